@@ -1,0 +1,34 @@
+//! The dataplane's one error type.
+
+use std::io;
+
+/// Everything that can go wrong in the dataplane outside the per-packet path (which never
+/// fails: a bad frame is a counted drop, not an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A table could not be built from the configuration given.
+    #[error("invalid table entry: {0}")]
+    InvalidTable(String),
+    /// An AF_XDP socket or UMEM could not be created.
+    #[error(
+        "AF_XDP setup failed on {ifname}: {reason}; check that the interface exists, that you are root (or have CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK) and that the kernel has CONFIG_XDP_SOCKETS"
+    )]
+    Xsk {
+        /// The interface the socket was meant for.
+        ifname: String,
+        /// What failed, as the library reported it.
+        reason: String,
+    },
+    /// A system call made while setting up or waiting failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The worker configuration is not usable.
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,32 @@
+//! # xylem-dataplane
+//!
+//! The packet-processing half of Xylem: everything that touches a frame between the AF_XDP RX
+//! ring of one pod-facing port and the TX ring of another.
+//!
+//! What it does:
+//! - [`pipeline`]: the per-packet decision, a pure function of `(now, frame, tables)` with no I/O,
+//!   no clock, no allocation and no lock. It is unit-tested on byte arrays.
+//! - [`tables`]: the read-only tables a worker consults (routes, gateway), published to workers by
+//!   an atomic pointer swap.
+//! - [`io`]: the I/O backends behind one trait: real AF_XDP sockets (via `xsk-rs`, sharing one UMEM
+//!   per worker) and an in-memory backend that runs the very same worker in tests.
+//! - [`worker`]: the pinned worker loop in its two placements (`dedicated` busy-poll, `shared`
+//!   block-when-idle through `mio`).
+//! - [`slowpath`]: the gateway's own presence on the pod network (a `smoltcp` interface answering
+//!   ARP and ICMP echo), fed by the workers through bounded queues.
+//!
+//! What it does not do: it loads no XDP program (see the `xdp-redirector` crate), creates no
+//! interfaces or namespaces, keeps no persistent state and serves no API (see `xylem-control`).
+
+pub mod checksum;
+pub mod error;
+pub mod io;
+pub mod ledger;
+pub mod pipeline;
+pub mod slowpath;
+pub mod stats;
+pub mod tables;
+pub mod wire;
+pub mod worker;
+
+pub use error::Error;

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Xylem bootstrap: installs every system package Xylem needs, then builds the workspace.
+#
+# Idempotent: run it as often as you like. As root on Debian bookworm:
+#   docker/bootstrap.sh            # install + build
+#   docker/bootstrap.sh demo       # ... then run `xylem lab demo`
+#   docker/bootstrap.sh test       # ... then run the whole test suite (privileged tests included)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bootstrap: must run as root (it installs packages and the tests create network namespaces)." >&2
+  echo "bootstrap: try: sudo $0 $*" >&2
+  exit 1
+fi
+
+packages=(
+  # The XDP program (clang-19 targets BPF; llvm-19 gives llvm-strip-19) and its headers.
+  clang-19 llvm-19 libbpf-dev linux-libc-dev
+  # xsk-rs compiles its own libxdp/libbpf: it needs these.
+  clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
+  # The lab, tests and benchmarks.
+  iproute2 ethtool iputils-ping netcat-openbsd netperf tcpdump bpftool procps
+  # Fonts for the benchmark charts (plotters renders text through fontconfig).
+  libfontconfig1-dev fonts-dejavu-core
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing: ${missing[*]}"
+  # netperf lives in Debian's non-free component; enable it in place (no new mirror is written).
+  src=/etc/apt/sources.list.d/debian.sources
+  if [ -f "$src" ] && ! grep -qE '^Components:.*\bnon-free\b' "$src"; then
+    sed -i -E '/^Components:/ { /\bnon-free\b/! s/$/ non-free/ }' "$src"
+  fi
+  if [ -f /etc/apt/sources.list ] && grep -qE '^deb .*debian' /etc/apt/sources.list; then
+    sed -i -E '/^deb .*debian/ { / non-free( |$)/! s/$/ non-free/ }' /etc/apt/sources.list
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# bpffs, for pinned maps (harmless if already mounted).
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || true
+
+export PATH="$HOME/.cargo/bin:$PATH"
+echo "bootstrap: building the workspace (release)"
+cargo build --release --workspace --bins
+
+case "${1:-}" in
+  "") ;;
+  demo) exec "$here/target/release/xylem" lab demo ;;
+  test) exec "$here/.ci/test" ;;
+  *) echo "bootstrap: unknown action '$1' (use: demo | test)" >&2; exit 2 ;;
+esac
