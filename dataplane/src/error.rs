@@ -31,4 +31,9 @@ pub enum Error {
     /// The worker configuration is not usable.
     #[error("invalid worker configuration: {0}")]
     Config(String),
+    /// A MAC address string could not be parsed.
+    #[error(
+        "invalid MAC address {0:?}: expected six two-digit hex bytes separated by ':' or '-', like 02:00:00:00:00:01"
+    )]
+    InvalidMacAddr(String),
 }

@@ -1,1 +1,300 @@
-//! (being written)
+//! Per-worker counters.
+//!
+//! Every worker owns one [`WorkerStats`] and is its only writer; the control side reads it through
+//! an `Arc` at any time and sums workers with [`StatsSnapshot`]'s `+=`. Counters use relaxed
+//! load + store (no read-modify-write), which compiles to a plain `add` on x86: correct because
+//! there is exactly one writer, and readers only need a value that was true at some point.
+//!
+//! Accounting rule of the pipeline: every frame given to [`crate::pipeline::process`] increments
+//! exactly one *verdict counter*: [`WorkerStats::forwarded`], [`WorkerStats::to_slowpath`] or one
+//! of [`WorkerStats::drops`]. A frame answered with an ICMP time-exceeded error counts as the drop
+//! [`DropReason::TtlExceeded`] (the original packet is dropped) plus
+//! [`WorkerStats::icmp_errors_sent`] (not a verdict counter).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter with one writer (its worker) and any number of readers (the control side). Relaxed
+/// load+store, no RMW: costs a plain add on x86.
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one. Only the owning worker may call this (single writer).
+    #[inline(always)]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`. Only the owning worker may call this (single writer): two concurrent writers
+    /// would lose updates, since this is a load followed by a store, not an atomic RMW.
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// The current value, from any thread.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Why a frame was dropped. Stable kebab-case names (Prometheus label values later).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl DropReason {
+            /// How many reasons there are (the length of [`WorkerStats::drops`]).
+            pub const COUNT: usize = [$(DropReason::$variant),*].len();
+            /// Every reason, in discriminant order: `ALL[r as usize] == r`.
+            pub const ALL: [DropReason; Self::COUNT] = [$(DropReason::$variant),*];
+
+            /// The stable kebab-case name of this reason.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// The frame is shorter than an Ethernet header (14 bytes) but not empty.
+    EthTruncated => "eth-truncated",
+    /// The frame has no bytes at all.
+    ZeroLength => "zero-length",
+    /// The Ethernet payload is shorter than a minimal IPv4 header (20 bytes).
+    Ipv4Truncated => "ipv4-truncated",
+    /// The IP version nibble of an EtherType-IPv4 frame is not 4.
+    Ipv4BadVersion => "ipv4-bad-version",
+    /// IHL is below 5, or the header it announces extends beyond the frame.
+    Ipv4BadIhl => "ipv4-bad-ihl",
+    /// Total length is beyond the frame or below the header length.
+    Ipv4BadTotalLength => "ipv4-bad-total-length",
+    /// The IPv4 header checksum does not verify.
+    Ipv4BadChecksum => "ipv4-bad-checksum",
+    /// An ARP packet that is truncated or not Ethernet/IPv4 request or reply.
+    ArpMalformed => "arp-malformed",
+    /// A well-formed ARP packet whose target is not the gateway's IPv4 address.
+    ArpNotForGateway => "arp-not-for-gateway",
+    /// The destination MAC is neither the gateway's nor one the frame's protocol may use
+    /// (broadcast for ARP, multicast for IPv6).
+    NotForGateway => "not-for-gateway",
+    /// An EtherType other than IPv4, ARP and IPv6 (this includes VLAN tags).
+    UnsupportedEthertype => "unsupported-ethertype",
+    /// IPv6 (and NDP): not handled yet.
+    Ipv6Unsupported => "ipv6-unsupported",
+    /// No host route for the IPv4 destination.
+    NoRoute => "no-route",
+    /// TTL expired in transit. Counted both when answered with ICMP time exceeded (then the
+    /// verdict is `Forward` towards the source and `icmp_errors_sent` counts the answer) and when
+    /// no answer is allowed (the packet is itself an ICMP error, or a non-initial fragment).
+    TtlExceeded => "ttl-exceeded",
+    /// TTL expired in transit and the source has no route, so no ICMP error can be sent.
+    TtlExceededUnroutable => "ttl-exceeded-unroutable",
+    /// TTL expired but the frame buffer has no room for the ICMP error (capacity too small).
+    IcmpNoRoom => "icmp-no-room",
+    /// The slow-path queue was full (counted by the worker).
+    SlowPathFull => "slowpath-full",
+    /// The TX ring of the egress port was full (counted by the worker).
+    TxRingFull => "tx-ring-full",
+    /// No free UMEM frame was available (counted by the worker).
+    NoFreeFrame => "no-free-frame",
+}
+
+/// Per-worker counters, cache-line aligned, shared by Arc with the control side.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct WorkerStats {
+    /// Frames received (counted by the worker).
+    pub rx_packets: Counter,
+    /// Bytes received (counted by the worker).
+    pub rx_bytes: Counter,
+    /// Frames transmitted (counted by the worker).
+    pub tx_packets: Counter,
+    /// Bytes transmitted (counted by the worker).
+    pub tx_bytes: Counter,
+    /// Transit packets forwarded by the pipeline (verdict counter).
+    pub forwarded: Counter,
+    /// Frames handed to the slow path by the pipeline (verdict counter).
+    pub to_slowpath: Counter,
+    /// Partial TCP/UDP checksums (left by TX checksum offload) completed by the pipeline.
+    pub checksum_completed: Counter,
+    /// ICMP error messages built by the pipeline.
+    pub icmp_errors_sent: Counter,
+    /// Drops by reason, indexed by `DropReason as usize` (verdict counters).
+    pub drops: [Counter; DropReason::COUNT],
+    /// RX batches processed (counted by the worker).
+    pub batches: Counter,
+    /// Polls that found work (counted by the worker).
+    pub busy_polls: Counter,
+    /// Polls that found nothing (counted by the worker).
+    pub idle_polls: Counter,
+    /// Wake-ups from a blocking wait (counted by the worker).
+    pub wakeups: Counter,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        Self {
+            rx_packets: Counter::default(),
+            rx_bytes: Counter::default(),
+            tx_packets: Counter::default(),
+            tx_bytes: Counter::default(),
+            forwarded: Counter::default(),
+            to_slowpath: Counter::default(),
+            checksum_completed: Counter::default(),
+            icmp_errors_sent: Counter::default(),
+            // Not `Default::default()`: arrays only derive it up to 32 elements.
+            drops: std::array::from_fn(|_| Counter::default()),
+            batches: Counter::default(),
+            busy_polls: Counter::default(),
+            idle_polls: Counter::default(),
+            wakeups: Counter::default(),
+        }
+    }
+}
+
+impl WorkerStats {
+    /// Counts one drop for reason `r`.
+    #[inline(always)]
+    pub fn drop(&self, r: DropReason) {
+        self.drops[r as usize].inc();
+    }
+
+    /// How many frames were dropped for reason `r`.
+    pub fn drops_of(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].get()
+    }
+
+    /// A plain copy of every counter (each read individually; not one atomic snapshot).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            rx_packets: self.rx_packets.get(),
+            rx_bytes: self.rx_bytes.get(),
+            tx_packets: self.tx_packets.get(),
+            tx_bytes: self.tx_bytes.get(),
+            forwarded: self.forwarded.get(),
+            to_slowpath: self.to_slowpath.get(),
+            checksum_completed: self.checksum_completed.get(),
+            icmp_errors_sent: self.icmp_errors_sent.get(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|&r| (r.as_str(), self.drops_of(r)))
+                .collect(),
+            batches: self.batches.get(),
+            busy_polls: self.busy_polls.get(),
+            idle_polls: self.idle_polls.get(),
+            wakeups: self.wakeups.get(),
+        }
+    }
+}
+
+/// The values of a [`WorkerStats`] at one moment, as plain numbers (serializable, summable).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// See [`WorkerStats::rx_packets`].
+    pub rx_packets: u64,
+    /// See [`WorkerStats::rx_bytes`].
+    pub rx_bytes: u64,
+    /// See [`WorkerStats::tx_packets`].
+    pub tx_packets: u64,
+    /// See [`WorkerStats::tx_bytes`].
+    pub tx_bytes: u64,
+    /// See [`WorkerStats::forwarded`].
+    pub forwarded: u64,
+    /// See [`WorkerStats::to_slowpath`].
+    pub to_slowpath: u64,
+    /// See [`WorkerStats::checksum_completed`].
+    pub checksum_completed: u64,
+    /// See [`WorkerStats::icmp_errors_sent`].
+    pub icmp_errors_sent: u64,
+    /// Drops keyed by [`DropReason::as_str`]; a snapshot taken from a [`WorkerStats`] has every
+    /// reason, zeros included.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// See [`WorkerStats::batches`].
+    pub batches: u64,
+    /// See [`WorkerStats::busy_polls`].
+    pub busy_polls: u64,
+    /// See [`WorkerStats::idle_polls`].
+    pub idle_polls: u64,
+    /// See [`WorkerStats::wakeups`].
+    pub wakeups: u64,
+}
+
+impl StatsSnapshot {
+    /// The sum of all drop counters.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+impl std::ops::AddAssign<&StatsSnapshot> for StatsSnapshot {
+    fn add_assign(&mut self, o: &StatsSnapshot) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.forwarded += o.forwarded;
+        self.to_slowpath += o.to_slowpath;
+        self.checksum_completed += o.checksum_completed;
+        self.icmp_errors_sent += o.icmp_errors_sent;
+        for (k, v) in &o.drops {
+            *self.drops.entry(k).or_insert(0) += v;
+        }
+        self.batches += o.batches;
+        self.busy_polls += o.busy_polls;
+        self.idle_polls += o.idle_polls;
+        self.wakeups += o.wakeups;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_discriminant_order_and_names_are_unique_kebab_case() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            let s = r.as_str();
+            assert!(seen.insert(s), "duplicate name {s}");
+            assert!(
+                s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{s} is not kebab-case"
+            );
+        }
+        assert_eq!(DropReason::COUNT, DropReason::ALL.len());
+    }
+
+    #[test]
+    fn counters_and_snapshots_sum() {
+        let a = WorkerStats::default();
+        a.forwarded.add(3);
+        a.drop(DropReason::NoRoute);
+        a.drop(DropReason::NoRoute);
+        assert_eq!(a.drops_of(DropReason::NoRoute), 2);
+        let b = WorkerStats::default();
+        b.forwarded.inc();
+        b.drop(DropReason::TtlExceeded);
+        let mut total = a.snapshot();
+        total += &b.snapshot();
+        assert_eq!(total.forwarded, 4);
+        assert_eq!(total.drops["no-route"], 2);
+        assert_eq!(total.drops["ttl-exceeded"], 1);
+        assert_eq!(total.total_drops(), 3);
+        assert_eq!(total.drops.len(), DropReason::COUNT);
+        assert_eq!(std::mem::align_of::<WorkerStats>(), 64);
+    }
+}

@@ -1,1 +1,239 @@
-//! (being written)
+//! The read-only tables a worker consults for every packet.
+//!
+//! A [`Tables`] value is built by the control side, then published to workers behind an atomic
+//! pointer swap; workers never mutate it, so lookups take no lock. Every change produces a new
+//! value with a higher [`Tables::revision`].
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use rustc_hash::FxHashMap;
+
+use crate::Error;
+
+/// Identifies a pod-facing port (one veth and its AF_XDP socket) within a worker.
+pub type PortId = u16;
+
+/// An Ethernet MAC address. Displays as `aa:bb:cc:dd:ee:ff`; parses from that form (or with `-`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// `ff:ff:ff:ff:ff:ff`.
+    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+
+    /// Whether this is the broadcast address.
+    #[inline]
+    pub fn is_broadcast(&self) -> bool {
+        *self == Self::BROADCAST
+    }
+
+    /// Whether the group bit is set (multicast, broadcast included).
+    #[inline]
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::InvalidMacAddr(s.to_owned());
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in &mut out {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+/// How much the pipeline does beyond plain forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// L2/L3 forwarding only: the benchmark floor.
+    #[default]
+    Passthrough,
+    /// Forwarding plus the later stages (policy and conntrack, service DNAT and reverse NAT, DNS
+    /// inspection, ESP). None exist yet, so for now this forwards exactly like `Passthrough`.
+    Full,
+}
+
+/// The gateway every pod uses as its default route: the dataplane answers for this address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    /// The MAC pods resolve the gateway IP to; also the source MAC of every frame we send.
+    pub mac: MacAddr,
+    /// The gateway's IPv4 address on the pod network.
+    pub ipv4: Ipv4Addr,
+}
+
+/// Where a host route leads: a port and the pod's MAC behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbor {
+    /// The egress port.
+    pub port: PortId,
+    /// The pod's MAC address (destination MAC of forwarded frames).
+    pub mac: MacAddr,
+}
+
+/// One revision of the forwarding tables: mode, gateway and exact-match IPv4 /32 host routes.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    revision: u64,
+    mode: Mode,
+    gateway: Gateway,
+    routes: FxHashMap<u32, Neighbor>,
+}
+
+impl Tables {
+    /// Empty tables (no routes) for `gateway`, at `revision`, in `mode`.
+    pub fn new(revision: u64, mode: Mode, gateway: Gateway) -> Self {
+        Self {
+            revision,
+            mode,
+            gateway,
+            routes: FxHashMap::default(),
+        }
+    }
+
+    /// Adds the host route `ip/32 -> n`. Rejects the gateway's own address (packets to it go to
+    /// the slow path) and an address that already has a route.
+    pub fn add_route(&mut self, ip: Ipv4Addr, n: Neighbor) -> Result<(), Error> {
+        if ip == self.gateway.ipv4 {
+            return Err(Error::InvalidTable(format!(
+                "route for {ip} is the gateway's own address; the gateway answers for it itself, \
+                 so give the pod another address"
+            )));
+        }
+        match self.routes.entry(ip.to_bits()) {
+            std::collections::hash_map::Entry::Occupied(e) => Err(Error::InvalidTable(format!(
+                "duplicate route for {ip}: already via port {} to {}, asked for port {} to {}; \
+                     remove the old one first",
+                e.get().port,
+                e.get().mac,
+                n.port,
+                n.mac
+            ))),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(n);
+                Ok(())
+            }
+        }
+    }
+
+    /// The host route for `ip`, if any.
+    #[inline]
+    pub fn route(&self, ip: Ipv4Addr) -> Option<Neighbor> {
+        self.routes.get(&ip.to_bits()).copied()
+    }
+
+    /// This table set's revision (increases with every published change).
+    #[inline]
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The pipeline mode.
+    #[inline]
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The gateway's addresses.
+    #[inline]
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Every host route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = (Ipv4Addr, Neighbor)> + '_ {
+        self.routes
+            .iter()
+            .map(|(&ip, &n)| (Ipv4Addr::from_bits(ip), n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gw() -> Gateway {
+        Gateway {
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ipv4: Ipv4Addr::new(10, 0, 0, 1),
+        }
+    }
+
+    #[test]
+    fn mac_display_and_parse_round_trip() {
+        let m = MacAddr([0x02, 0xab, 0, 0x10, 0xff, 1]);
+        assert_eq!(m.to_string(), "02:ab:00:10:ff:01");
+        assert_eq!("02:ab:00:10:ff:01".parse::<MacAddr>().unwrap(), m);
+        assert_eq!("02-AB-00-10-FF-01".parse::<MacAddr>().unwrap(), m);
+        for bad in [
+            "",
+            "02:ab:00:10:ff",
+            "02:ab:00:10:ff:01:02",
+            "2:ab:00:10:ff:01",
+            "zz:ab:00:10:ff:01",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        assert!(MacAddr::BROADCAST.is_broadcast() && MacAddr::BROADCAST.is_multicast());
+        assert!(!m.is_multicast());
+    }
+
+    #[test]
+    fn routes_add_lookup_and_reject() {
+        let mut t = Tables::new(7, Mode::Full, gw());
+        let n = Neighbor {
+            port: 3,
+            mac: MacAddr([2, 0, 0, 0, 0, 9]),
+        };
+        t.add_route(Ipv4Addr::new(10, 0, 0, 9), n).unwrap();
+        assert_eq!(t.route(Ipv4Addr::new(10, 0, 0, 9)), Some(n));
+        assert_eq!(t.route(Ipv4Addr::new(10, 0, 0, 8)), None);
+        let e = t
+            .add_route(Ipv4Addr::new(10, 0, 0, 9), n)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duplicate route for 10.0.0.9"), "{e}");
+        let e = t
+            .add_route(Ipv4Addr::new(10, 0, 0, 1), n)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gateway's own address"), "{e}");
+        assert_eq!(
+            t.routes().collect::<Vec<_>>(),
+            vec![(Ipv4Addr::new(10, 0, 0, 9), n)]
+        );
+        assert_eq!(
+            (t.revision(), t.mode(), *t.gateway()),
+            (7, Mode::Full, gw())
+        );
+    }
+}
