@@ -1,1 +1,1170 @@
-//! (being written)
+//! The per-packet decision: a pure function of `(now, ingress port, frame, tables)`.
+//!
+//! [`process`] takes a frame received on a pod-facing port, rewrites it in place when it is to be
+//! sent on, and returns a [`Verdict`]. It performs no I/O, reads no clock, allocates nothing,
+//! takes no lock and logs nothing, so it is unit-tested (and fuzzed) on byte arrays.
+//!
+//! Input is untrusted. Every header is bounds-checked before it is read; a malformed frame is a
+//! counted [`DropReason`], never a panic.
+//!
+//! # Stages
+//! 1. **Ethernet**: Ethernet II only; the destination MAC must be the gateway's (or broadcast for
+//!    ARP, multicast for IPv6, which is not supported yet).
+//! 2. **ARP**: requests/replies for the gateway's IPv4 go to the slow path, whose `smoltcp`
+//!    interface answers them.
+//! 3. **IPv4 validation**: version, IHL, total length, header checksum. Options are accepted and
+//!    forwarded. Fragments are forwarded as they are (only the checksum completion of stage 5 and
+//!    the ICMP error of stage 6 look at fragmentation).
+//! 4. **Local delivery**: packets for the gateway's IPv4 go to the slow path.
+//! 5. **Checksum completion**: a TCP/UDP segment carrying a *partial* checksum (a pod's TX
+//!    checksum offload left only the pseudo-header sum in the field) gets its full checksum.
+//!    Done for the slow path too, since `smoltcp` verifies checksums.
+//! 6. **Mode stages** ([`Mode::Full`]: policy and conntrack, service NAT, DNS inspection, ESP;
+//!    empty for now), then **routing**: exact /32 lookup; TTL expiry is answered with ICMP time
+//!    exceeded built in the same buffer; otherwise TTL is decremented (RFC 1624 incremental
+//!    checksum) and the MACs are rewritten.
+//!
+//! # Accounting
+//! Exactly one verdict counter of [`WorkerStats`] moves per call: `forwarded`, `to_slowpath` or
+//! one of `drops`. An ICMP time exceeded answer returns `Verdict::Forward` (the frame now holds
+//! the ICMP error) but counts as the drop [`DropReason::TtlExceeded`] plus `icmp_errors_sent`.
+//! RX/TX packet and byte counters are the worker's job.
+
+use std::net::Ipv4Addr;
+
+use crate::checksum;
+use crate::stats::{DropReason, WorkerStats};
+use crate::tables::{Gateway, MacAddr, Mode, PortId, Tables};
+use crate::wire::{self, arp, eth, ethertype, icmpv4, ip_proto, ipv4, tcp, udp};
+
+/// A frame being processed: a mutable view of a buffer (`buf` is the whole writable capacity
+/// starting at the first byte of the Ethernet header; `len` bytes are the frame).
+#[derive(Debug)]
+pub struct Frame<'a> {
+    buf: &'a mut [u8],
+    /// Invariant: `len <= buf.len()`.
+    len: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// A frame of `len` bytes at the start of `buf`; `len` is clamped to `buf.len()`.
+    #[inline]
+    pub fn new(buf: &'a mut [u8], len: usize) -> Self {
+        let len = len.min(buf.len());
+        Self { buf, len }
+    }
+
+    /// The frame's bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        // Cannot panic: `len <= buf.len()` is kept by `new` and `set_len`.
+        &self.buf[..self.len]
+    }
+
+    /// The frame's bytes, writable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // Cannot panic: `len <= buf.len()` is kept by `new` and `set_len`.
+        &mut self.buf[..self.len]
+    }
+
+    /// The frame's length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame has no bytes.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer's capacity: the largest length the frame can grow to.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Sets the frame's length, clamped to [`Frame::capacity`]. Bytes beyond the old length keep
+    /// whatever the buffer held.
+    #[inline]
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.buf.len());
+    }
+}
+
+/// What to do with a frame after [`process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the (rewritten) frame on this port.
+    Forward(PortId),
+    /// Hand the frame, unchanged apart from checksum completion, to the slow path.
+    SlowPath,
+    /// Drop the frame; the reason has been counted.
+    Drop(DropReason),
+}
+
+/// The internal result of the stages, mapped to a verdict and exactly one counter by [`process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Forwarded(PortId),
+    IcmpError(PortId),
+    SlowPath,
+    Drop(DropReason),
+}
+
+/// The whole per-packet decision. `now_ns` is a monotonic time read once per batch by the caller
+/// (unused by the L3 stage today; conntrack will use it). Counts drops, forwards and slow-path
+/// handoffs in `stats` (but NOT rx/tx packet/byte counters: the worker counts those).
+///
+/// Call once per received frame, with the tables current for the batch. On
+/// `Verdict::Forward(port)` the frame has been rewritten in place (and its length may have
+/// changed: see [`Frame::len`]); on `SlowPath` it is otherwise unchanged; on `Drop` its contents
+/// are unspecified.
+#[inline]
+pub fn process(
+    now_ns: u64,
+    ingress: PortId,
+    frame: &mut Frame<'_>,
+    tables: &Tables,
+    stats: &WorkerStats,
+) -> Verdict {
+    match decide(now_ns, ingress, frame, tables, stats) {
+        Outcome::Forwarded(port) => {
+            stats.forwarded.inc();
+            Verdict::Forward(port)
+        }
+        Outcome::IcmpError(port) => {
+            stats.drop(DropReason::TtlExceeded);
+            stats.icmp_errors_sent.inc();
+            Verdict::Forward(port)
+        }
+        Outcome::SlowPath => {
+            stats.to_slowpath.inc();
+            Verdict::SlowPath
+        }
+        Outcome::Drop(r) => {
+            stats.drop(r);
+            Verdict::Drop(r)
+        }
+    }
+}
+
+/// Stage 1: Ethernet, then dispatch on the EtherType.
+#[inline(always)]
+fn decide(
+    now_ns: u64,
+    ingress: PortId,
+    frame: &mut Frame<'_>,
+    tables: &Tables,
+    stats: &WorkerStats,
+) -> Outcome {
+    // Reserved for the later stages (conntrack timestamps, per-port policy).
+    let _ = (now_ns, ingress);
+    let gw = tables.gateway();
+    let Some((hdr, l3)) = frame.data().split_first_chunk::<{ eth::HEADER_LEN }>() else {
+        return Outcome::Drop(if frame.is_empty() {
+            DropReason::ZeroLength
+        } else {
+            DropReason::EthTruncated
+        });
+    };
+    let dst = MacAddr(wire::get::<{ eth::DST }, 6, _>(hdr));
+    let to_gateway = dst == gw.mac;
+    if !to_gateway && !dst.is_multicast() {
+        return Outcome::Drop(DropReason::NotForGateway);
+    }
+    match wire::be16::<{ eth::ETHERTYPE }, _>(hdr) {
+        ethertype::IPV4 if to_gateway => ipv4_stage(frame, tables, stats),
+        ethertype::IPV4 => Outcome::Drop(DropReason::NotForGateway),
+        ethertype::ARP if to_gateway || dst.is_broadcast() => arp_stage(l3, gw),
+        ethertype::ARP => Outcome::Drop(DropReason::NotForGateway),
+        ethertype::IPV6 => Outcome::Drop(DropReason::Ipv6Unsupported),
+        _ => Outcome::Drop(DropReason::UnsupportedEthertype),
+    }
+}
+
+/// Stage 2: ARP. `l3` is the Ethernet payload.
+#[inline]
+fn arp_stage(l3: &[u8], gw: &Gateway) -> Outcome {
+    let Some(a) = l3.first_chunk::<{ arp::LEN }>() else {
+        return Outcome::Drop(DropReason::ArpMalformed);
+    };
+    let op = wire::be16::<{ arp::OPER }, _>(a);
+    let well_formed = wire::be16::<{ arp::HTYPE }, _>(a) == arp::HTYPE_ETHERNET
+        && wire::be16::<{ arp::PTYPE }, _>(a) == ethertype::IPV4
+        && a[arp::HLEN] == 6
+        && a[arp::PLEN] == 4
+        && (op == arp::OP_REQUEST || op == arp::OP_REPLY);
+    if !well_formed {
+        return Outcome::Drop(DropReason::ArpMalformed);
+    }
+    if wire::get::<{ arp::TPA }, 4, _>(a) == gw.ipv4.octets() {
+        Outcome::SlowPath
+    } else {
+        Outcome::Drop(DropReason::ArpNotForGateway)
+    }
+}
+
+/// What stage 3 learned about a valid IPv4 header.
+#[derive(Clone, Copy, Debug)]
+struct Ipv4Info {
+    /// Header length in bytes (20..=60), within the frame.
+    header_len: usize,
+    /// Total length in bytes, `header_len <= total_len <= frame bytes after Ethernet`.
+    total_len: usize,
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    protocol: u8,
+    /// The flags/fragment-offset word.
+    flags_frag: u16,
+}
+
+impl Ipv4Info {
+    /// Whether this packet is a fragment (first or later) rather than a whole datagram.
+    #[inline]
+    fn is_fragment(&self) -> bool {
+        self.flags_frag & (ipv4::MORE_FRAGMENTS | ipv4::FRAG_OFFSET_MASK) != 0
+    }
+
+    /// Whether this is a non-initial fragment (it carries no L4 header).
+    #[inline]
+    fn is_later_fragment(&self) -> bool {
+        self.flags_frag & ipv4::FRAG_OFFSET_MASK != 0
+    }
+}
+
+/// Stage 3: validates the IPv4 header of an Ethernet payload.
+#[inline(always)]
+fn parse_ipv4(l3: &[u8]) -> Result<Ipv4Info, DropReason> {
+    let Some(h) = l3.first_chunk::<{ ipv4::MIN_HEADER_LEN }>() else {
+        return Err(DropReason::Ipv4Truncated);
+    };
+    let ver_ihl = h[ipv4::VER_IHL];
+    if ver_ihl >> 4 != 4 {
+        return Err(DropReason::Ipv4BadVersion);
+    }
+    let header_len = usize::from(ver_ihl & 0x0f) * 4;
+    if header_len < ipv4::MIN_HEADER_LEN {
+        return Err(DropReason::Ipv4BadIhl);
+    }
+    let Some(header) = l3.get(..header_len) else {
+        return Err(DropReason::Ipv4BadIhl);
+    };
+    let total_len = usize::from(wire::be16::<{ ipv4::TOTAL_LEN }, _>(h));
+    // Bytes after `total_len` are Ethernet padding and are fine.
+    if total_len < header_len || total_len > l3.len() {
+        return Err(DropReason::Ipv4BadTotalLength);
+    }
+    if !checksum::verify(header) {
+        return Err(DropReason::Ipv4BadChecksum);
+    }
+    Ok(Ipv4Info {
+        header_len,
+        total_len,
+        src: wire::get::<{ ipv4::SRC }, 4, _>(h),
+        dst: wire::get::<{ ipv4::DST }, 4, _>(h),
+        ttl: h[ipv4::TTL],
+        protocol: h[ipv4::PROTOCOL],
+        flags_frag: wire::be16::<{ ipv4::FLAGS_FRAG }, _>(h),
+    })
+}
+
+/// Stages 3 to 6 for an IPv4 frame addressed to the gateway's MAC.
+#[inline(always)]
+fn ipv4_stage(frame: &mut Frame<'_>, tables: &Tables, stats: &WorkerStats) -> Outcome {
+    let gw = tables.gateway();
+    let l3 = frame.data().get(eth::HEADER_LEN..).unwrap_or(&[]);
+    let ip = match parse_ipv4(l3) {
+        Ok(ip) => ip,
+        Err(r) => return Outcome::Drop(r),
+    };
+
+    // Stage 4: local delivery.
+    if ip.dst == gw.ipv4.octets() {
+        complete_l4_checksum(frame, &ip, stats);
+        return Outcome::SlowPath;
+    }
+
+    // Stage 6a: mode stages. They will run here, before routing, on the validated packet.
+    match tables.mode() {
+        Mode::Passthrough => {}
+        Mode::Full => {
+            // Policy + conntrack, service DNAT / reverse NAT, DNS inspection and ESP slot in
+            // here; none exists yet, so Full forwards exactly like Passthrough.
+        }
+    }
+
+    // Stage 6b: routing.
+    let Some(next) = tables.route(Ipv4Addr::from(ip.dst)) else {
+        return Outcome::Drop(DropReason::NoRoute);
+    };
+    if ip.ttl <= 1 {
+        return time_exceeded(frame, &ip, tables);
+    }
+    // Stage 5 (after routing so that undeliverable packets cost nothing).
+    complete_l4_checksum(frame, &ip, stats);
+
+    let Some((hdr, rest)) = frame
+        .data_mut()
+        .split_first_chunk_mut::<{ eth::HEADER_LEN }>()
+    else {
+        // Unreachable: stage 1 checked the length and nothing shortened the frame since.
+        return Outcome::Drop(DropReason::EthTruncated);
+    };
+    let Some(iph) = rest.first_chunk_mut::<{ ipv4::MIN_HEADER_LEN }>() else {
+        // Unreachable: stage 3 checked the length.
+        return Outcome::Drop(DropReason::Ipv4Truncated);
+    };
+    // TTL is the high byte of the 16-bit word TTL|protocol covered by the header checksum.
+    let old_word = u16::from_be_bytes([ip.ttl, ip.protocol]);
+    let new_word = u16::from_be_bytes([ip.ttl - 1, ip.protocol]);
+    iph[ipv4::TTL] = ip.ttl - 1;
+    let hc = wire::be16::<{ ipv4::CHECKSUM }, _>(iph);
+    wire::put_be16::<{ ipv4::CHECKSUM }, _>(iph, checksum::update_u16(hc, old_word, new_word));
+    wire::put::<{ eth::DST }, 6, _>(hdr, next.mac.0);
+    wire::put::<{ eth::SRC }, 6, _>(hdr, gw.mac.0);
+    Outcome::Forwarded(next.port)
+}
+
+/// Stage 5: if the TCP/UDP checksum field holds only the pseudo-header sum (a partial checksum
+/// left by TX checksum offload), computes and writes the full checksum and counts it. A correct
+/// checksum that happens to equal the pseudo-header sum is recomputed to the same value.
+/// Fragments are left alone (no whole segment to sum; the kernel completes checksums before it
+/// fragments).
+#[inline(always)]
+fn complete_l4_checksum(frame: &mut Frame<'_>, ip: &Ipv4Info, stats: &WorkerStats) {
+    let (field, min_len) = match ip.protocol {
+        ip_proto::TCP => (tcp::CHECKSUM, tcp::MIN_HEADER_LEN),
+        ip_proto::UDP => (udp::CHECKSUM, udp::HEADER_LEN),
+        _ => return,
+    };
+    if ip.is_fragment() {
+        return;
+    }
+    let start = eth::HEADER_LEN + ip.header_len;
+    let end = eth::HEADER_LEN + ip.total_len;
+    let Some(segment) = frame.data_mut().get_mut(start..end) else {
+        return;
+    };
+    let Ok(seg_len) = u16::try_from(segment.len()) else {
+        return;
+    };
+    if segment.len() < min_len {
+        return;
+    }
+    let Some(current) = wire::be16_at(segment, field) else {
+        return;
+    };
+    if ip.protocol == ip_proto::UDP && current == 0 {
+        return; // UDP without checksum.
+    }
+    let pseudo = checksum::ipv4_pseudo_header(ip.src, ip.dst, ip.protocol, seg_len);
+    if current != pseudo.fold() {
+        return;
+    }
+    put_checksum(segment, field, 0);
+    let mut full = pseudo.add_bytes(segment).checksum();
+    if ip.protocol == ip_proto::UDP && full == 0 {
+        full = 0xffff; // RFC 768: a computed zero is sent as all ones.
+    }
+    put_checksum(segment, field, full);
+    stats.checksum_completed.inc();
+}
+
+#[inline(always)]
+fn put_checksum(segment: &mut [u8], at: usize, v: u16) {
+    // Cannot fail: the caller read the field at the same offset.
+    let _written = wire::put_be16_at(segment, at, v);
+}
+
+/// Stage 6c: TTL expired in transit. Rewrites the frame into an ICMP time exceeded (type 11,
+/// code 0) addressed to the source, quoting the original IP header and the first 8 bytes of its
+/// payload (RFC 792), unless RFC 1122 §3.2.2 forbids an answer.
+#[cold]
+#[inline(never)]
+fn time_exceeded(frame: &mut Frame<'_>, ip: &Ipv4Info, tables: &Tables) -> Outcome {
+    let gw = tables.gateway();
+    let payload_start = eth::HEADER_LEN + ip.header_len;
+    // No ICMP error about a non-initial fragment, nor about an ICMP error.
+    if ip.is_later_fragment() {
+        return Outcome::Drop(DropReason::TtlExceeded);
+    }
+    if ip.protocol == ip_proto::ICMP
+        && ip.total_len > ip.header_len
+        && let Some(&icmp_type) = frame.data().get(payload_start)
+        && icmpv4::is_error(icmp_type)
+    {
+        return Outcome::Drop(DropReason::TtlExceeded);
+    }
+    let Some(back) = tables.route(Ipv4Addr::from(ip.src)) else {
+        return Outcome::Drop(DropReason::TtlExceededUnroutable);
+    };
+
+    // Copy the quote to the stack first: it overlaps where the new headers go.
+    let quote_len = ip.header_len + (ip.total_len - ip.header_len).min(icmpv4::QUOTED_PAYLOAD);
+    let mut quote = [0u8; ipv4::MAX_HEADER_LEN + icmpv4::QUOTED_PAYLOAD];
+    let (Some(dst), Some(src)) = (
+        quote.get_mut(..quote_len),
+        frame
+            .data()
+            .get(eth::HEADER_LEN..eth::HEADER_LEN + quote_len),
+    ) else {
+        // Unreachable: header_len <= 60 and the quote lies within the validated packet.
+        return Outcome::Drop(DropReason::TtlExceeded);
+    };
+    dst.copy_from_slice(src);
+
+    let ip_len = ipv4::MIN_HEADER_LEN + icmpv4::HEADER_LEN + quote_len;
+    let frame_len = eth::HEADER_LEN + ip_len;
+    if frame.capacity() < frame_len {
+        return Outcome::Drop(DropReason::IcmpNoRoom);
+    }
+    frame.set_len(frame_len);
+    let out = frame.data_mut();
+    let Some((e, rest)) = out.split_first_chunk_mut::<{ eth::HEADER_LEN }>() else {
+        return Outcome::Drop(DropReason::IcmpNoRoom);
+    };
+    let Some((h, rest)) = rest.split_first_chunk_mut::<{ ipv4::MIN_HEADER_LEN }>() else {
+        return Outcome::Drop(DropReason::IcmpNoRoom);
+    };
+    let Some((icmp, rest)) = rest.split_first_chunk_mut::<{ icmpv4::HEADER_LEN }>() else {
+        return Outcome::Drop(DropReason::IcmpNoRoom);
+    };
+    let (Some(q_out), Some(q_in)) = (rest.get_mut(..quote_len), quote.get(..quote_len)) else {
+        return Outcome::Drop(DropReason::IcmpNoRoom);
+    };
+
+    wire::put::<{ eth::DST }, 6, _>(e, back.mac.0);
+    wire::put::<{ eth::SRC }, 6, _>(e, gw.mac.0);
+    wire::put_be16::<{ eth::ETHERTYPE }, _>(e, ethertype::IPV4);
+
+    let ip_len16 = u16::try_from(ip_len).unwrap_or(u16::MAX); // <= 96
+    *h = [0; ipv4::MIN_HEADER_LEN];
+    h[ipv4::VER_IHL] = 0x45;
+    h[ipv4::TOS] = 0xc0; // precedence "internetwork control" for ICMP errors (RFC 1812 §4.3.2.5)
+    wire::put_be16::<{ ipv4::TOTAL_LEN }, _>(h, ip_len16);
+    h[ipv4::TTL] = 64;
+    h[ipv4::PROTOCOL] = ip_proto::ICMP;
+    wire::put::<{ ipv4::SRC }, 4, _>(h, gw.ipv4.octets());
+    wire::put::<{ ipv4::DST }, 4, _>(h, ip.src);
+    let hc = checksum::checksum(h);
+    wire::put_be16::<{ ipv4::CHECKSUM }, _>(h, hc);
+
+    *icmp = [icmpv4::TIME_EXCEEDED, 0, 0, 0, 0, 0, 0, 0];
+    q_out.copy_from_slice(q_in);
+    let ic = checksum::Sum::new()
+        .add_bytes(icmp)
+        .add_bytes(q_out)
+        .checksum();
+    wire::put_be16::<2, _>(icmp, ic);
+    Outcome::IcmpError(back.port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::Neighbor;
+    use etherparse::{
+        ArpHardwareId, ArpOperation, ArpPacket, EtherType, Icmpv4Type, NetHeaders, PacketBuilder,
+        PacketHeaders, TransportHeader,
+    };
+
+    const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const GW_IP: [u8; 4] = [10, 0, 0, 1];
+    const A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+    const A_IP: [u8; 4] = [10, 0, 0, 10];
+    const A_PORT: PortId = 1;
+    const B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+    const B_IP: [u8; 4] = [10, 0, 0, 11];
+    const B_PORT: PortId = 2;
+    const CAP: usize = 2048;
+
+    fn tables_in(mode: Mode) -> Tables {
+        let mut t = Tables::new(
+            1,
+            mode,
+            Gateway {
+                mac: MacAddr(GW_MAC),
+                ipv4: Ipv4Addr::from(GW_IP),
+            },
+        );
+        t.add_route(
+            Ipv4Addr::from(A_IP),
+            Neighbor {
+                port: A_PORT,
+                mac: MacAddr(A_MAC),
+            },
+        )
+        .unwrap();
+        t.add_route(
+            Ipv4Addr::from(B_IP),
+            Neighbor {
+                port: B_PORT,
+                mac: MacAddr(B_MAC),
+            },
+        )
+        .unwrap();
+        t
+    }
+
+    fn tables() -> Tables {
+        tables_in(Mode::Passthrough)
+    }
+
+    /// Runs `process` on a copy of `bytes` in a `CAP`-byte buffer; returns the verdict, the
+    /// resulting frame bytes and the stats. Also checks the one-verdict-counter rule.
+    fn run_with(t: &Tables, bytes: &[u8]) -> (Verdict, Vec<u8>, WorkerStats) {
+        let mut buf = vec![0u8; CAP.max(bytes.len())];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let mut f = Frame::new(&mut buf, bytes.len());
+        let stats = WorkerStats::default();
+        let v = process(123, A_PORT, &mut f, t, &stats);
+        let out = f.data().to_vec();
+        assert_eq!(verdict_counters(&stats), 1, "{v:?}");
+        (v, out, stats)
+    }
+
+    fn run(bytes: &[u8]) -> (Verdict, Vec<u8>, WorkerStats) {
+        run_with(&tables(), bytes)
+    }
+
+    fn verdict_counters(s: &WorkerStats) -> u64 {
+        s.forwarded.get()
+            + s.to_slowpath.get()
+            + DropReason::ALL.iter().map(|&r| s.drops_of(r)).sum::<u64>()
+    }
+
+    fn icmp_echo(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(A_MAC, GW_MAC)
+            .ipv4(src, dst, ttl)
+            .icmpv4_echo_request(7, 9);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn udp(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(A_MAC, GW_MAC)
+            .ipv4(src, dst, 64)
+            .udp(4000, 53);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn tcp(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(A_MAC, GW_MAC)
+            .ipv4(src, dst, 64)
+            .tcp(40000, 80, 0x1234_5678, 64240)
+            .ack(42)
+            .psh();
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn arp(op: ArpOperation, target: [u8; 4]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(A_MAC, [0xff; 6]).arp(
+            ArpPacket::new(
+                ArpHardwareId::ETHERNET,
+                EtherType::IPV4,
+                op,
+                &A_MAC,
+                &A_IP,
+                &[0; 6],
+                &target,
+            )
+            .unwrap(),
+        );
+        let mut v = Vec::new();
+        b.write(&mut v).unwrap();
+        v
+    }
+
+    /// Recomputes the IPv4 header checksum of an Ethernet frame in place (after a test edit).
+    fn fix_ip_checksum(f: &mut [u8]) {
+        let hl = usize::from(f[14] & 0xf) * 4;
+        f[24] = 0;
+        f[25] = 0;
+        let c = checksum::checksum(&f[14..14 + hl]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// Overwrites the L4 checksum with the partial (pseudo-header only) value that TX checksum
+    /// offload leaves.
+    fn make_partial(f: &mut [u8], field: usize) {
+        let hl = usize::from(f[14] & 0xf) * 4;
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let src: [u8; 4] = f[26..30].try_into().unwrap();
+        let dst: [u8; 4] = f[30..34].try_into().unwrap();
+        let p = checksum::ipv4_pseudo_header(src, dst, f[23], (total - hl) as u16).fold();
+        f[14 + hl + field..14 + hl + field + 2].copy_from_slice(&p.to_be_bytes());
+    }
+
+    fn ipv4_of(h: &PacketHeaders<'_>) -> etherparse::Ipv4Header {
+        match &h.net {
+            Some(NetHeaders::Ipv4(ip, _)) => ip.clone(),
+            other => panic!("not IPv4: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frame_clamps_lengths() {
+        let mut b = [0u8; 10];
+        let mut f = Frame::new(&mut b, 99);
+        assert_eq!((f.len(), f.capacity()), (10, 10));
+        f.set_len(3);
+        assert_eq!(f.data().len(), 3);
+        f.set_len(usize::MAX);
+        assert_eq!(f.len(), 10);
+        f.set_len(0);
+        assert!(f.is_empty() && f.data_mut().is_empty());
+    }
+
+    #[test]
+    fn arp_for_gateway_goes_to_slow_path() {
+        for op in [ArpOperation::REQUEST, ArpOperation::REPLY] {
+            let (v, out, s) = run(&arp(op, GW_IP));
+            assert_eq!(v, Verdict::SlowPath);
+            assert_eq!(out, arp(op, GW_IP), "slow-path frames are not modified");
+            assert_eq!(s.to_slowpath.get(), 1);
+        }
+        // Unicast to the gateway MAC too (ARP refresh).
+        let mut f = arp(ArpOperation::REQUEST, GW_IP);
+        f[..6].copy_from_slice(&GW_MAC);
+        assert_eq!(run(&f).0, Verdict::SlowPath);
+    }
+
+    #[test]
+    fn arp_for_another_ip_and_malformed_arp() {
+        let (v, _, s) = run(&arp(ArpOperation::REQUEST, B_IP));
+        assert_eq!(v, Verdict::Drop(DropReason::ArpNotForGateway));
+        assert_eq!(s.drops_of(DropReason::ArpNotForGateway), 1);
+
+        let good = arp(ArpOperation::REQUEST, GW_IP);
+        assert_eq!(
+            run(&good[..14 + 27]).0,
+            Verdict::Drop(DropReason::ArpMalformed)
+        );
+        for (at, val) in [(14, 9u8), (16, 0x86), (18, 8), (19, 16), (21, 3)] {
+            let mut f = good.clone();
+            f[at] = val;
+            let (v, _, s) = run(&f);
+            assert_eq!(v, Verdict::Drop(DropReason::ArpMalformed), "byte {at}");
+            assert_eq!(s.drops_of(DropReason::ArpMalformed), 1);
+        }
+        // ARP sent to some other unicast MAC is not ours.
+        let mut f = good.clone();
+        f[..6].copy_from_slice(&B_MAC);
+        assert_eq!(run(&f).0, Verdict::Drop(DropReason::NotForGateway));
+    }
+
+    #[test]
+    fn icmp_echo_between_pods_is_forwarded() {
+        for mode in [Mode::Passthrough, Mode::Full] {
+            let input = icmp_echo(A_IP, B_IP, 64, b"hello, pod");
+            let (v, out, s) = run_with(&tables_in(mode), &input);
+            assert_eq!(v, Verdict::Forward(B_PORT));
+            assert_eq!(s.forwarded.get(), 1);
+            assert_eq!(out.len(), input.len());
+            let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+            let e = h.link.clone().unwrap().ethernet2().unwrap();
+            assert_eq!((e.source, e.destination), (GW_MAC, B_MAC));
+            let ip = ipv4_of(&h);
+            assert_eq!(ip.time_to_live, 63);
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+            assert_eq!((ip.source, ip.destination), (A_IP, B_IP));
+            // Everything after the IP header is untouched.
+            assert_eq!(out[34..], input[34..]);
+            assert_eq!(out[12..22], input[12..22]);
+        }
+    }
+
+    #[test]
+    fn ttl_decrement_checksum_is_right_for_every_ttl_and_checksum_corner() {
+        for ttl in 2..=255u8 {
+            for ident in [0u16, 1, 0x00ff, 0xbeef, 0xfffe, 0xffff] {
+                let mut f = icmp_echo(A_IP, B_IP, ttl, b"x");
+                f[18..20].copy_from_slice(&ident.to_be_bytes());
+                fix_ip_checksum(&mut f);
+                let (v, out, _) = run(&f);
+                assert_eq!(v, Verdict::Forward(B_PORT));
+                assert!(
+                    checksum::verify(&out[14..34]),
+                    "ttl {ttl} ident {ident:04x}"
+                );
+                assert_eq!(out[22], ttl - 1);
+            }
+        }
+    }
+
+    #[test]
+    fn packets_for_the_gateway_go_to_slow_path() {
+        let input = icmp_echo(A_IP, GW_IP, 64, b"ping");
+        let (v, out, s) = run(&input);
+        assert_eq!(v, Verdict::SlowPath);
+        assert_eq!(out, input, "TTL and MACs untouched");
+        assert_eq!(s.to_slowpath.get(), 1);
+        // Even with TTL 1: it is not transit.
+        assert_eq!(
+            run(&icmp_echo(A_IP, GW_IP, 1, b"ping")).0,
+            Verdict::SlowPath
+        );
+    }
+
+    #[test]
+    fn unknown_destination_is_no_route() {
+        let (v, _, s) = run(&icmp_echo(A_IP, [192, 168, 1, 1], 64, b""));
+        assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
+        assert_eq!(s.drops_of(DropReason::NoRoute), 1);
+    }
+
+    fn check_time_exceeded(input: &[u8], out: &[u8]) {
+        let h = PacketHeaders::from_ethernet_slice(out).unwrap();
+        let e = h.link.clone().unwrap().ethernet2().unwrap();
+        assert_eq!(
+            (e.source, e.destination, e.ether_type),
+            (GW_MAC, A_MAC, EtherType::IPV4)
+        );
+        let ip = ipv4_of(&h);
+        assert_eq!(
+            (ip.source, ip.destination, ip.time_to_live),
+            (GW_IP, A_IP, 64)
+        );
+        assert_eq!(ip.protocol, etherparse::IpNumber::ICMP);
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        assert!(ip.options.is_empty());
+        let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else {
+            panic!("not ICMP: {:?}", h.transport);
+        };
+        assert_eq!(
+            icmp.icmp_type,
+            Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit)
+        );
+        let quote = h.payload.slice();
+        let in_hl = usize::from(input[14] & 0xf) * 4;
+        let in_total = usize::from(u16::from_be_bytes([input[16], input[17]]));
+        let want_quote = &input[14..14 + in_hl + (in_total - in_hl).min(8)];
+        assert_eq!(quote, want_quote, "original header + 8 bytes, as received");
+        let recomputed = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type.clone(), quote);
+        assert_eq!(icmp.checksum, recomputed.checksum);
+        assert_eq!(out.len(), 14 + 20 + 8 + want_quote.len());
+        assert_eq!(usize::from(ip.total_len), out.len() - 14);
+        // The exact bytes of the headers we wrote.
+        assert_eq!(
+            &out[14..24],
+            &[0x45, 0xc0, 0, (out.len() - 14) as u8, 0, 0, 0, 0, 64, 1]
+        );
+        assert_eq!(&out[34..42], &[11, 0, out[36], out[37], 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn ttl_one_and_zero_are_answered_with_time_exceeded() {
+        for ttl in [0u8, 1] {
+            let input = icmp_echo(A_IP, B_IP, ttl, b"0123456789abcdef");
+            let (v, out, s) = run(&input);
+            assert_eq!(v, Verdict::Forward(A_PORT), "back to the source's port");
+            assert_eq!(s.drops_of(DropReason::TtlExceeded), 1);
+            assert_eq!(s.icmp_errors_sent.get(), 1);
+            assert_eq!(s.forwarded.get(), 0);
+            check_time_exceeded(&input, &out);
+        }
+        // A short payload (fewer than 8 bytes) is quoted whole; UDP with options-free header.
+        let mut input = udp(A_IP, B_IP, b"abc");
+        input[22] = 1;
+        fix_ip_checksum(&mut input);
+        let (v, out, _) = run(&input);
+        assert_eq!(v, Verdict::Forward(A_PORT));
+        check_time_exceeded(&input, &out);
+        // With IP options (IHL 6), and Ethernet padding after the datagram.
+        let mut input = icmp_echo(A_IP, B_IP, 1, b"payload!payload!");
+        input.splice(34..34, [1, 1, 1, 0]); // NOP NOP NOP EOL
+        input[14] = 0x46;
+        let total = u16::from_be_bytes([input[16], input[17]]) + 4;
+        input[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ip_checksum(&mut input);
+        input.extend_from_slice(&[0; 10]);
+        let (v, out, _) = run(&input);
+        assert_eq!(v, Verdict::Forward(A_PORT));
+        check_time_exceeded(&input, &out);
+    }
+
+    #[test]
+    fn no_icmp_error_about_icmp_errors_fragments_or_unroutable_sources() {
+        // An ICMP error (itself a time exceeded) with TTL 1: dropped, not answered.
+        let b = PacketBuilder::ethernet2(A_MAC, GW_MAC)
+            .ipv4(A_IP, B_IP, 1)
+            .icmpv4(Icmpv4Type::TimeExceeded(
+                etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+            ));
+        let mut input = Vec::new();
+        b.write(&mut input, &[0x45; 28]).unwrap();
+        let (v, _, s) = run(&input);
+        assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
+        assert_eq!(s.icmp_errors_sent.get(), 0);
+        // A non-initial fragment.
+        let mut input = udp(A_IP, B_IP, b"fragment");
+        input[22] = 1;
+        input[20..22].copy_from_slice(&100u16.to_be_bytes());
+        fix_ip_checksum(&mut input);
+        let (v, _, s) = run(&input);
+        assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
+        assert_eq!(s.icmp_errors_sent.get(), 0);
+        // An unroutable source.
+        let (v, _, s) = run(&icmp_echo([10, 9, 9, 9], B_IP, 1, b""));
+        assert_eq!(v, Verdict::Drop(DropReason::TtlExceededUnroutable));
+        assert_eq!(s.drops_of(DropReason::TtlExceededUnroutable), 1);
+        assert_eq!(s.drops_of(DropReason::TtlExceeded), 0);
+        // No room in the buffer for the answer.
+        let input = icmp_echo(A_IP, B_IP, 1, b"");
+        let mut buf = input.clone();
+        let mut f = Frame::new(&mut buf, input.len());
+        let st = WorkerStats::default();
+        assert_eq!(
+            process(0, A_PORT, &mut f, &tables(), &st),
+            Verdict::Drop(DropReason::IcmpNoRoom)
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_dropped_with_their_own_reason() {
+        let good = icmp_echo(A_IP, B_IP, 64, b"0123456789");
+        let cases: Vec<(&str, Vec<u8>, DropReason)> = vec![
+            ("zero length", vec![], DropReason::ZeroLength),
+            (
+                "truncated ethernet",
+                good[..13].to_vec(),
+                DropReason::EthTruncated,
+            ),
+            (
+                "ethernet only",
+                good[..14].to_vec(),
+                DropReason::Ipv4Truncated,
+            ),
+            (
+                "truncated ip header",
+                good[..14 + 19].to_vec(),
+                DropReason::Ipv4Truncated,
+            ),
+            (
+                "ihl < 5",
+                {
+                    let mut f = good.clone();
+                    f[14] = 0x44;
+                    fix_ip_checksum(&mut f);
+                    f
+                },
+                DropReason::Ipv4BadIhl,
+            ),
+            (
+                "ihl 0",
+                {
+                    let mut f = good.clone();
+                    f[14] = 0x40;
+                    f
+                },
+                DropReason::Ipv4BadIhl,
+            ),
+            (
+                "ihl beyond frame",
+                {
+                    let mut f = good[..14 + 24].to_vec();
+                    f[14] = 0x47;
+                    f
+                },
+                DropReason::Ipv4BadIhl,
+            ),
+            (
+                "version 6 in ipv4",
+                {
+                    let mut f = good.clone();
+                    f[14] = 0x65;
+                    f
+                },
+                DropReason::Ipv4BadVersion,
+            ),
+            (
+                "total length beyond frame",
+                {
+                    let mut f = good.clone();
+                    f[17] += 1;
+                    fix_ip_checksum(&mut f);
+                    f
+                },
+                DropReason::Ipv4BadTotalLength,
+            ),
+            (
+                "total length below header",
+                {
+                    let mut f = good.clone();
+                    f[16] = 0;
+                    f[17] = 19;
+                    fix_ip_checksum(&mut f);
+                    f
+                },
+                DropReason::Ipv4BadTotalLength,
+            ),
+            (
+                "bad header checksum",
+                {
+                    let mut f = good.clone();
+                    f[24] ^= 1;
+                    f
+                },
+                DropReason::Ipv4BadChecksum,
+            ),
+            (
+                "other unicast mac",
+                {
+                    let mut f = good.clone();
+                    f[..6].copy_from_slice(&B_MAC);
+                    f
+                },
+                DropReason::NotForGateway,
+            ),
+            (
+                "ipv4 to broadcast mac",
+                {
+                    let mut f = good.clone();
+                    f[..6].copy_from_slice(&[0xff; 6]);
+                    f
+                },
+                DropReason::NotForGateway,
+            ),
+            (
+                "vlan tag",
+                {
+                    let mut f = good.clone();
+                    f[12..14].copy_from_slice(&[0x81, 0]);
+                    f
+                },
+                DropReason::UnsupportedEthertype,
+            ),
+            (
+                "unknown ethertype",
+                {
+                    let mut f = good.clone();
+                    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+                    f
+                },
+                DropReason::UnsupportedEthertype,
+            ),
+        ];
+        for (name, f, want) in cases {
+            let (v, _, s) = run(&f);
+            assert_eq!(v, Verdict::Drop(want), "{name}");
+            assert_eq!(s.drops_of(want), 1, "{name}");
+        }
+        // Trailing Ethernet padding beyond the total length is fine and kept.
+        let mut padded = icmp_echo(A_IP, B_IP, 64, b"");
+        padded.resize(60, 0);
+        let (v, out, _) = run(&padded);
+        assert_eq!((v, out.len()), (Verdict::Forward(B_PORT), 60));
+    }
+
+    #[test]
+    fn ipv6_is_counted_as_unsupported() {
+        let b = PacketBuilder::ethernet2(A_MAC, GW_MAC)
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .udp(1, 2);
+        let mut f = Vec::new();
+        b.write(&mut f, b"v6").unwrap();
+        let (v, _, s) = run(&f);
+        assert_eq!(v, Verdict::Drop(DropReason::Ipv6Unsupported));
+        assert_eq!(s.drops_of(DropReason::Ipv6Unsupported), 1);
+        // Neighbour discovery to a multicast MAC too.
+        f[..6].copy_from_slice(&[0x33, 0x33, 0xff, 0, 0, 1]);
+        assert_eq!(run(&f).0, Verdict::Drop(DropReason::Ipv6Unsupported));
+    }
+
+    fn l4_checksum_ok(out: &[u8]) -> bool {
+        let h = PacketHeaders::from_ethernet_slice(out).unwrap();
+        let ip = ipv4_of(&h);
+        let payload = h.payload.slice();
+        match &h.transport {
+            Some(TransportHeader::Udp(u)) => {
+                u.checksum == u.calc_checksum_ipv4(&ip, payload).unwrap()
+            }
+            Some(TransportHeader::Tcp(t)) => {
+                t.checksum == t.calc_checksum_ipv4(&ip, payload).unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_checksums_are_completed_and_correct_ones_left_alone() {
+        let payloads: [&[u8]; 4] = [b"", b"x", b"odd length payload!", &[0xa5; 1400]];
+        for p in payloads {
+            for (mut f, field) in [(tcp(A_IP, B_IP, p), 16), (udp(A_IP, B_IP, p), 6)] {
+                let correct = f.clone();
+                assert!(l4_checksum_ok(&correct));
+                // Correct checksum: untouched, not counted.
+                let (v, out, s) = run(&correct);
+                assert_eq!(v, Verdict::Forward(B_PORT));
+                assert_eq!(out[34..], correct[34..]);
+                assert_eq!(s.checksum_completed.get(), 0);
+                // Partial checksum: completed to what etherparse computes.
+                make_partial(&mut f, field);
+                assert!(!l4_checksum_ok(&f));
+                let (v, out, s) = run(&f);
+                assert_eq!(v, Verdict::Forward(B_PORT));
+                assert!(l4_checksum_ok(&out), "len {}", p.len());
+                assert_eq!(out[34..], correct[34..]);
+                assert_eq!(s.checksum_completed.get(), 1);
+                // Also on the way to the slow path (smoltcp verifies checksums).
+                let mut g = if field == 16 {
+                    tcp(A_IP, GW_IP, p)
+                } else {
+                    udp(A_IP, GW_IP, p)
+                };
+                make_partial(&mut g, field);
+                let (v, out, s) = run(&g);
+                assert_eq!(v, Verdict::SlowPath);
+                assert!(l4_checksum_ok(&out));
+                assert_eq!(s.checksum_completed.get(), 1);
+            }
+        }
+        // UDP without checksum (0) stays 0.
+        let mut f = udp(A_IP, B_IP, b"no checksum");
+        f[40] = 0;
+        f[41] = 0;
+        let (_, out, s) = run(&f);
+        assert_eq!(&out[40..42], &[0, 0]);
+        assert_eq!(s.checksum_completed.get(), 0);
+    }
+
+    #[test]
+    fn completed_udp_checksum_of_zero_is_sent_as_ffff() {
+        // Search payloads for one whose true checksum computes to 0 (sent as 0xFFFF).
+        for x in 0..=u16::MAX {
+            let mut f = udp(A_IP, B_IP, &x.to_be_bytes());
+            let field = u16::from_be_bytes([f[40], f[41]]);
+            if field != 0xffff {
+                continue;
+            }
+            make_partial(&mut f, 6);
+            let (_, out, s) = run(&f);
+            assert_eq!(&out[40..42], &[0xff, 0xff]);
+            assert_eq!(s.checksum_completed.get(), 1);
+            assert!(l4_checksum_ok(&out));
+            return;
+        }
+        panic!("no payload with a zero UDP checksum found");
+    }
+
+    /// A tiny deterministic RNG (no dependency).
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_frames_never_panic_and_get_one_verdict_each() {
+        let t = tables();
+        let stats = WorkerStats::default();
+        let mut r = XorShift(0x9e37_79b9_7f4a_7c15);
+        let seeds: Vec<Vec<u8>> = vec![
+            icmp_echo(A_IP, B_IP, 64, b"0123456789"),
+            icmp_echo(A_IP, B_IP, 1, b"0123456789"),
+            icmp_echo(A_IP, GW_IP, 64, b"ping"),
+            tcp(A_IP, B_IP, &[7; 300]),
+            udp(A_IP, B_IP, b"dns?"),
+            {
+                let mut f = udp(A_IP, B_IP, b"partial");
+                make_partial(&mut f, 6);
+                f
+            },
+            {
+                let mut f = tcp(A_IP, B_IP, b"partial");
+                make_partial(&mut f, 16);
+                f
+            },
+            arp(ArpOperation::REQUEST, GW_IP),
+        ];
+        let mut buf = vec![0u8; 512];
+        let n = 300_000;
+        let mut verdicts = [0u64; 3];
+        for i in 0..n {
+            let len;
+            if i % 4 == 0 {
+                // Pure noise, sometimes with plausible MAC/ethertype.
+                len = r.below(120);
+                for b in &mut buf[..len] {
+                    *b = r.next() as u8;
+                }
+                if len >= 14 && r.below(2) == 0 {
+                    buf[..6].copy_from_slice(&GW_MAC);
+                    buf[12..14].copy_from_slice(&[0x08, [0x00, 0x06][r.below(2)]]);
+                    if len > 14 && r.below(2) == 0 {
+                        buf[14] = 0x45;
+                    }
+                }
+            } else {
+                // A valid frame with a few bytes flipped, truncated or extended.
+                let s = &seeds[r.below(seeds.len())];
+                buf[..s.len()].copy_from_slice(s);
+                len = match r.below(4) {
+                    0 => r.below(s.len() + 1),
+                    1 => (s.len() + r.below(16)).min(buf.len()),
+                    _ => s.len(),
+                };
+                for _ in 0..r.below(4) {
+                    let at = r.below(s.len().min(60));
+                    buf[at] = r.next() as u8;
+                }
+                if r.below(3) == 0 && len >= 34 {
+                    // Keep the header checksum valid so deeper stages are reached.
+                    let hl = usize::from(buf[14] & 0xf) * 4;
+                    if (20..=60).contains(&hl) && 14 + hl <= len {
+                        buf[24] = 0;
+                        buf[25] = 0;
+                        let c = checksum::checksum(&buf[14..14 + hl]);
+                        buf[24..26].copy_from_slice(&c.to_be_bytes());
+                    }
+                }
+            }
+            // Vary the capacity too (the ICMP error needs room).
+            let cap = (len + r.below(64)).min(buf.len());
+            let mut f = Frame::new(&mut buf[..cap], len);
+            let before = verdict_counters(&stats);
+            let v = process(i, A_PORT, &mut f, &t, &stats);
+            assert_eq!(verdict_counters(&stats), before + 1);
+            assert!(f.len() <= cap);
+            verdicts[match v {
+                Verdict::Forward(_) => 0,
+                Verdict::SlowPath => 1,
+                Verdict::Drop(_) => 2,
+            }] += 1;
+        }
+        assert_eq!(verdict_counters(&stats), n);
+        assert_eq!(
+            stats.forwarded.get() + stats.icmp_errors_sent.get(),
+            verdicts[0],
+            "every Forward verdict is a forward or an ICMP error"
+        );
+        assert_eq!(stats.to_slowpath.get(), verdicts[1]);
+        // The mix reached every kind of verdict.
+        assert!(verdicts.iter().all(|&c| c > 1000), "{verdicts:?}");
+        assert!(stats.icmp_errors_sent.get() > 0 && stats.checksum_completed.get() > 0);
+    }
+
+    #[test]
+    fn snapshot_serializes() {
+        let (_, _, s) = run(&icmp_echo(A_IP, B_IP, 64, b""));
+        let snap = s.snapshot();
+        assert_eq!(snap.forwarded, 1);
+        let _ = format!("{snap:?}");
+    }
+}
