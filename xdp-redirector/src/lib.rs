@@ -904,6 +904,21 @@ mod tests {
     fn mode_display_and_serde() {
         assert_eq!(XdpMode::Native.to_string(), "native");
         assert_eq!(XdpMode::Generic.to_string(), "generic");
+        assert_eq!(
+            serde_json::to_string(&XdpMode::Native).unwrap(),
+            "\"native\""
+        );
+        let m: XdpMode = serde_json::from_str("\"generic\"").unwrap();
+        assert_eq!(m, XdpMode::Generic);
+        let p = AttachedProgram {
+            id: 7,
+            name: PROGRAM_NAME.into(),
+            mode: XdpMode::Native,
+        };
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"id":7,"name":"xylem_redirect","mode":"native"}"#
+        );
     }
 
     #[test]

@@ -1,0 +1,374 @@
+//! Privileged tests: load, attach, detach, stale cleanup, fail-open and
+//! redirect on veth pairs inside network namespaces this test creates.
+//! Each test skips (saying why) when not run as root.
+
+mod common;
+
+use common::{Netns, bound_xsk, ns_with_veth, object_path, two_ns};
+use xdp_redirector::{
+    Error, PROGRAM_NAME, RedirectFlags, Redirector, XdpMode, XdpModeRequest, attached_program,
+    counter, detach_stale,
+};
+
+fn load() -> Redirector {
+    Redirector::load().expect("Redirector::load")
+}
+
+fn program_on(ifname: &str) -> Option<(String, XdpMode)> {
+    attached_program(ifname)
+        .expect("attached_program")
+        .map(|p| (p.name, p.mode))
+}
+
+/// Attaches the committed object with `ip` (netlink, generic or driver mode),
+/// like an old agent or an operator would: an instance with empty maps.
+fn ip_attach(ns: &Netns, dev: &str, kind: &str) {
+    let obj = object_path();
+    ns.ip(&["link", "set", "dev", dev, kind, "obj", &obj, "sec", "xdp"]);
+}
+
+#[test]
+fn attach_modes_on_veth() {
+    require_root!();
+    let ns = ns_with_veth("modes");
+    ns.enter(|| {
+        let mut r = load();
+        assert_eq!(
+            r.attach("va", XdpModeRequest::Native, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Native
+        );
+        let p = attached_program("va").unwrap().expect("program on va");
+        assert_eq!(p.name, PROGRAM_NAME);
+        assert_eq!(p.mode, XdpMode::Native);
+        assert!(p.id > 0);
+
+        assert_eq!(
+            r.attach("vb", XdpModeRequest::Generic, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Generic
+        );
+        assert_eq!(
+            program_on("vb"),
+            Some((PROGRAM_NAME.into(), XdpMode::Generic))
+        );
+        assert_eq!(
+            r.attached(),
+            vec![
+                ("va".into(), XdpMode::Native),
+                ("vb".into(), XdpMode::Generic)
+            ]
+        );
+
+        // Attaching again with a compatible request keeps the attachment.
+        assert_eq!(
+            r.attach("va", XdpModeRequest::Auto, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Native
+        );
+        assert_eq!(attached_program("va").unwrap().map(|q| q.id), Some(p.id));
+        // An incompatible request re-attaches in the new mode.
+        assert_eq!(
+            r.attach("va", XdpModeRequest::Generic, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Generic
+        );
+        assert_eq!(
+            program_on("va"),
+            Some((PROGRAM_NAME.into(), XdpMode::Generic))
+        );
+
+        r.detach("va").unwrap();
+        assert_eq!(attached_program("va").unwrap(), None);
+        assert!(matches!(r.detach("va"), Err(Error::NotAttached { .. })));
+
+        // Auto on a veth means native.
+        assert_eq!(
+            r.attach("va", XdpModeRequest::Auto, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Native
+        );
+        assert_eq!(
+            program_on("va"),
+            Some((PROGRAM_NAME.into(), XdpMode::Native))
+        );
+    });
+}
+
+#[test]
+fn auto_falls_back_to_generic_only_without_native_support() {
+    require_root!();
+    // Loopback has no native XDP: the driver answers EOPNOTSUPP.
+    let ns = Netns::new("lo");
+    ns.enter(|| {
+        let mut r = load();
+        let err = r
+            .attach("lo", XdpModeRequest::Native, RedirectFlags::default())
+            .unwrap_err();
+        assert!(matches!(err, Error::NativeUnsupported { .. }), "{err}");
+        assert_eq!(attached_program("lo").unwrap(), None);
+        assert_eq!(
+            r.attach("lo", XdpModeRequest::Auto, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Generic
+        );
+        assert_eq!(
+            program_on("lo"),
+            Some((PROGRAM_NAME.into(), XdpMode::Generic))
+        );
+    });
+}
+
+#[test]
+fn unknown_interface_is_an_error() {
+    require_root!();
+    let ns = Netns::new("noif");
+    ns.enter(|| {
+        let mut r = load();
+        let err = r
+            .attach("nosuch0", XdpModeRequest::Auto, RedirectFlags::default())
+            .unwrap_err();
+        assert!(matches!(err, Error::InterfaceNotFound { .. }), "{err}");
+        assert!(err.to_string().contains("nosuch0 does not exist"), "{err}");
+        assert!(r.attached().is_empty());
+    });
+}
+
+#[test]
+fn stale_netlink_program_is_replaced_on_attach() {
+    require_root!();
+    let ns = ns_with_veth("stale");
+    ip_attach(&ns, "va", "xdpgeneric");
+    ip_attach(&ns, "vb", "xdpdrv");
+    ns.enter(|| {
+        let old_va = attached_program("va").unwrap().expect("ip attached va");
+        assert_eq!(old_va.mode, XdpMode::Generic);
+        let old_vb = attached_program("vb").unwrap().expect("ip attached vb");
+        assert_eq!(old_vb.mode, XdpMode::Native);
+
+        let mut r = load();
+        assert_eq!(
+            r.attach("va", XdpModeRequest::Auto, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Native
+        );
+        let now = attached_program("va").unwrap().expect("ours on va");
+        assert_ne!(now.id, old_va.id);
+        assert_eq!(now.mode, XdpMode::Native);
+        assert_eq!(
+            r.attach("vb", XdpModeRequest::Native, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Native
+        );
+        assert_ne!(
+            attached_program("vb").unwrap().map(|p| p.id),
+            Some(old_vb.id)
+        );
+
+        // Ours detached: nothing of the old generic program is left either.
+        r.detach("va").unwrap();
+        assert_eq!(attached_program("va").unwrap(), None);
+    });
+}
+
+#[test]
+fn detach_stale_removes_netlink_programs_in_any_mode_then_reports_none() {
+    require_root!();
+    let ns = ns_with_veth("dstale");
+    ip_attach(&ns, "va", "xdpgeneric");
+    ip_attach(&ns, "vb", "xdpdrv");
+    ns.enter(|| {
+        assert!(attached_program("va").unwrap().is_some());
+        assert!(detach_stale("va").unwrap());
+        assert_eq!(attached_program("va").unwrap(), None);
+        assert!(!detach_stale("va").unwrap());
+
+        assert!(detach_stale("vb").unwrap());
+        assert_eq!(attached_program("vb").unwrap(), None);
+        assert!(!detach_stale("vb").unwrap());
+    });
+}
+
+#[test]
+fn detach_stale_removes_a_program_held_by_a_live_bpf_link() {
+    require_root!();
+    let ns = ns_with_veth("dlink");
+    ns.enter(|| {
+        // A Redirector attaches through a bpf_link, which netlink cannot
+        // replace (EBUSY): detach_stale must BPF_LINK_DETACH it.
+        let mut r = load();
+        r.attach("va", XdpModeRequest::Native, RedirectFlags::default())
+            .unwrap();
+        assert!(detach_stale("va").unwrap());
+        assert_eq!(attached_program("va").unwrap(), None);
+        assert!(!detach_stale("va").unwrap());
+        // Dropping the owner of the now-defunct link is fine.
+        drop(r);
+        assert_eq!(attached_program("va").unwrap(), None);
+    });
+}
+
+#[test]
+fn drop_detaches_everything() {
+    require_root!();
+    let ns = ns_with_veth("drop");
+    ns.enter(|| {
+        let mut r = load();
+        r.attach("va", XdpModeRequest::Native, RedirectFlags::default())
+            .unwrap();
+        r.attach("vb", XdpModeRequest::Generic, RedirectFlags::default())
+            .unwrap();
+        assert!(attached_program("va").unwrap().is_some());
+        assert!(attached_program("vb").unwrap().is_some());
+        drop(r);
+        assert_eq!(attached_program("va").unwrap(), None);
+        assert_eq!(attached_program("vb").unwrap(), None);
+    });
+}
+
+#[test]
+fn fails_open_without_socket_and_without_if_config() {
+    require_root!();
+    let (a, b) = two_ns("open");
+    // va (in a) gets an `ip`-loaded instance whose if_config is empty: the
+    // echo replies cross an interface that has the program but no entry.
+    ip_attach(&a, "va", "xdpgeneric");
+    b.enter(|| {
+        let mut r = load();
+        r.attach("vb", XdpModeRequest::Auto, RedirectFlags::default())
+            .unwrap();
+        let before = r.counters().unwrap();
+        assert!(
+            a.ping("10.77.0.2", 3),
+            "ping failed with no socket registered"
+        );
+        let after = r.counters().unwrap();
+        assert!(
+            after.passed >= before.passed + 3,
+            "passed did not grow: {before:?} -> {after:?}"
+        );
+        assert_eq!(after.redirected, 0);
+        assert_eq!(after.errors, 0);
+        assert!(r.raw_counter(counter::PASSED_NO_SOCKET).unwrap() >= 3);
+        assert_eq!(r.raw_counter(counter::UNCONFIGURED).unwrap(), 0);
+    });
+    assert!(
+        attached_program_in(&a, "va").is_some(),
+        "the unconfigured instance on va was not in place"
+    );
+}
+
+fn attached_program_in(ns: &Netns, ifname: &str) -> Option<xdp_redirector::AttachedProgram> {
+    ns.enter(|| attached_program(ifname).unwrap())
+}
+
+#[test]
+fn redirects_to_a_registered_socket_and_honours_flags() {
+    require_root!();
+    let (a, b) = two_ns("redir");
+    let vb = b.ifindex("vb");
+    b.enter(|| {
+        let mut r = load();
+        r.attach("vb", XdpModeRequest::Auto, RedirectFlags::default())
+            .unwrap();
+        assert!(a.ping("10.77.0.2", 1), "baseline ping");
+
+        // The socket is bound but never given fill buffers: frames
+        // redirected to it are consumed (dropped), so ping must fail.
+        let xsk = bound_xsk(vb, 0);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&xsk.fd);
+        assert_eq!(r.register_socket(vb, 0, fd).unwrap(), 0);
+        assert_eq!(
+            r.register_socket(vb, 0, fd).unwrap(),
+            0,
+            "same slot on re-register"
+        );
+        let before = r.counters().unwrap();
+        assert!(
+            !a.ping("10.77.0.2", 2),
+            "ping worked although frames go to the socket"
+        );
+        let after = r.counters().unwrap();
+        assert!(
+            after.redirected >= before.redirected + 2,
+            "redirected did not grow: {before:?} -> {after:?}"
+        );
+
+        // Flags off: the same socket stays registered, frames go to the kernel.
+        let none = RedirectFlags {
+            ipv4: false,
+            ipv6: false,
+            arp: false,
+        };
+        r.attach("vb", XdpModeRequest::Auto, none).unwrap();
+        assert!(
+            a.ping("10.77.0.2", 2),
+            "ping failed with redirection switched off"
+        );
+        r.attach("vb", XdpModeRequest::Auto, RedirectFlags::default())
+            .unwrap();
+        assert!(!a.ping("10.77.0.2", 1), "redirection did not come back");
+
+        // Unregistered: fail open again.
+        r.unregister_socket(vb, 0).unwrap();
+        assert!(a.ping("10.77.0.2", 2), "ping failed after unregister");
+        assert!(matches!(
+            r.unregister_socket(vb, 0),
+            Err(Error::SocketNotRegistered { .. })
+        ));
+    });
+}
+
+#[test]
+fn slots_are_per_interface_and_queue_and_reused() {
+    require_root!();
+    let ns = ns_with_veth("slots");
+    let (va, vb) = (ns.ifindex("va"), ns.ifindex("vb"));
+    ns.enter(|| {
+        let mut r = load();
+        let sa = bound_xsk(va, 0);
+        let sb = bound_xsk(vb, 0);
+        let fa = std::os::fd::AsRawFd::as_raw_fd(&sa.fd);
+        let fb = std::os::fd::AsRawFd::as_raw_fd(&sb.fd);
+        assert_eq!(r.register_socket(va, 0, fa).unwrap(), 0);
+        assert_eq!(r.register_socket(vb, 0, fb).unwrap(), 1);
+        r.unregister_socket(va, 0).unwrap();
+        assert_eq!(
+            r.register_socket(va, 0, fa).unwrap(),
+            0,
+            "freed slot reused"
+        );
+        // detach removes the interface's slots.
+        r.attach("vb", XdpModeRequest::Auto, RedirectFlags::default())
+            .unwrap();
+        r.detach("vb").unwrap();
+        assert!(matches!(
+            r.unregister_socket(vb, 0),
+            Err(Error::SocketNotRegistered { .. })
+        ));
+    });
+}
+
+#[test]
+fn non_xsk_fd_is_rejected() {
+    require_root!();
+    let ns = ns_with_veth("badfd");
+    let va = ns.ifindex("va");
+    ns.enter(|| {
+        let mut r = load();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&udp);
+        for _ in 0..2 {
+            match r.register_socket(va, 0, fd) {
+                Err(Error::RegisterSocket { slot, .. }) => {
+                    assert_eq!(slot, 0, "a failed registration leaked its slot")
+                }
+                other => panic!("expected RegisterSocket error, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            r.unregister_socket(va, 0),
+            Err(Error::SocketNotRegistered { .. })
+        ));
+    });
+}
