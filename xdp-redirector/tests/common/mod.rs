@@ -13,15 +13,22 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Prints to the real stderr, past libtest's output capture, so that a
+/// skipped test says so even though it counts as passed.
+pub fn say(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
 /// Returns early from a test, saying why, when not running as root.
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !common::is_root() {
-            eprintln!(
+            common::say(&format!(
                 "SKIPPED {}: needs root (CAP_BPF, CAP_NET_ADMIN)",
-                module_path!()
-            );
+                std::thread::current().name().unwrap_or(module_path!())
+            ));
             return;
         }
     };
