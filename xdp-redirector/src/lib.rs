@@ -943,3 +943,10 @@ mod tests {
         ));
     }
 }
+
+/// The agent moves the `Redirector` between threads (control plane, signal
+/// handling); keep it `Send`.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Redirector>();
+};
