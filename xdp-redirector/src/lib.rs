@@ -877,6 +877,13 @@ fn is_not_found(e: &MapError) -> bool {
     }
 }
 
+/// The agent moves the `Redirector` between threads (control plane, signal
+/// handling); keep it `Send`.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Redirector>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -943,10 +950,3 @@ mod tests {
         ));
     }
 }
-
-/// The agent moves the `Redirector` between threads (control plane, signal
-/// handling); keep it `Send`.
-const _: () = {
-    const fn assert_send<T: Send>() {}
-    assert_send::<Redirector>();
-};
