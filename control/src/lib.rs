@@ -1,1 +1,23 @@
-//! placeholder
+//! # xylem-control
+//!
+//! The control side of Xylem: the `xylem-agent` daemon that runs a node's dataplane, and the
+//! `xylem` command-line tool, including the lab that builds a node and its pods in network
+//! namespaces on one machine.
+//!
+//! What it does: reads the agent's configuration, attaches the XDP redirector, binds the AF_XDP
+//! sockets, starts pinned workers and the slow path, serves a local JSON API on a unix socket,
+//! and shuts all of that down cleanly on SIGTERM. The CLI talks to that API; `xylem lab` creates
+//! and removes namespaces, veths and agents.
+//!
+//! What it does not do: it decides nothing per packet (that is `xylem-dataplane`), holds no XDP
+//! code (that is `xdp-redirector`), and does not yet keep state across restarts, serve
+//! Prometheus metrics or enforce policy: those come with later work.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod lab;
+pub mod output;
+
+pub use error::Error;

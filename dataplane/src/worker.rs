@@ -1,1 +1,589 @@
-//! (being written)
+//! The worker: one thread per configured core, moving frames between its ports' rings and
+//! deciding on each with [`crate::pipeline::process`].
+//!
+//! # The loop
+//! Each iteration ("batch") reads the clock once and loads the current [`Tables`] once (an
+//! atomic pointer load through `arc-swap`), then:
+//! 1. takes back completed TX frames into the free list;
+//! 2. tops up every port's fill ring from the free list;
+//! 3. takes up to `batch_size` frames from each port's RX ring and decides on each: forwarded
+//!    frames are queued for the destination port's TX ring (no copy: all ports share the UMEM),
+//!    slow-path frames are copied into the slow path's bounded queue, dropped frames go back to
+//!    the free list;
+//! 4. sends the slow path's replies (copied into free frames);
+//! 5. flushes the per-port TX queues, kicking the kernel once per port and batch.
+//!
+//! Nothing in that loop allocates, takes a lock or logs; the only system calls are the TX
+//! kicks (and, in `shared` placement, the idle wait).
+//!
+//! # Placements
+//! - [`Placement::Dedicated`]: the worker spins on its rings forever. Lowest latency when it has
+//!   a core to itself (bare metal, large nodes).
+//! - [`Placement::Shared`]: after `idle_spin` without traffic the worker blocks in `epoll` (via
+//!   `mio`) on its sockets and a [`mio::Waker`]; the kernel wakes it when frames arrive, the
+//!   control side when it publishes tables, has slow-path replies or wants it to stop. Best
+//!   when the worker shares cores with the pods (small nodes and VMs, where waking an idle vCPU
+//!   costs tens of microseconds; see `MACHINE-NOTES.md`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::io::Backend;
+use crate::ledger::{Ledger, LedgerError, Place};
+use crate::pipeline::{Verdict, process};
+use crate::slowpath::Signal;
+use crate::stats::{Counter, DropReason, WorkerStats};
+use crate::tables::{PortId, Tables};
+
+/// Largest frame the slow path carries (an MTU-1500 Ethernet frame with room to spare).
+pub const SLOW_FRAME_MAX: usize = 2048;
+
+/// A frame on its way to or from the slow path, copied out of (or into) a UMEM frame so the
+/// worker keeps its frames to itself. Fixed-size, so the queues carrying it never allocate.
+#[derive(Clone)]
+pub struct SlowFrame {
+    /// The port it arrived on, or is to leave by.
+    pub port: PortId,
+    /// Bytes used in `data`.
+    pub len: u16,
+    /// The frame.
+    pub data: [u8; SLOW_FRAME_MAX],
+}
+
+impl std::fmt::Debug for SlowFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlowFrame")
+            .field("port", &self.port)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl SlowFrame {
+    /// Copies `bytes` (up to [`SLOW_FRAME_MAX`]) into a new slow frame.
+    pub fn new(port: PortId, bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > SLOW_FRAME_MAX {
+            return None;
+        }
+        let mut data = [0u8; SLOW_FRAME_MAX];
+        data[..bytes.len()].copy_from_slice(bytes);
+        Some(SlowFrame {
+            port,
+            len: bytes.len() as u16,
+            data,
+        })
+    }
+
+    /// The frame's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..self.len as usize]
+    }
+}
+
+/// Where a worker runs and how it waits. See the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Busy-poll on a core kept for the dataplane.
+    Dedicated,
+    /// Share the pods' cores; block when idle.
+    Shared,
+}
+
+impl Placement {
+    /// The default for a machine with `cores` online CPUs: `dedicated` from 8 cores up (one or
+    /// two cores given to the dataplane are a small share of the node, and spinning gives the
+    /// lowest latency), `shared` below (on a 2- or 4-vCPU VM a spinning worker takes a large
+    /// share of the node, and every transaction that crosses to another vCPU pays for waking it).
+    pub fn default_for(cores: usize) -> Placement {
+        if cores >= 8 {
+            Placement::Dedicated
+        } else {
+            Placement::Shared
+        }
+    }
+
+    /// `"dedicated"` or `"shared"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Dedicated => "dedicated",
+            Placement::Shared => "shared",
+        }
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dedicated" => Ok(Placement::Dedicated),
+            "shared" => Ok(Placement::Shared),
+            other => Err(format!(
+                "unknown placement '{other}': use 'dedicated' or 'shared'"
+            )),
+        }
+    }
+}
+
+/// A worker's settings.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Index of the worker (also the queue it binds on multi-queue ports).
+    pub id: usize,
+    /// The CPU to pin to, if any.
+    pub core: Option<usize>,
+    /// How it waits.
+    pub placement: Placement,
+    /// Frames taken from each RX ring per batch (default 64).
+    pub batch_size: usize,
+    /// In `shared` placement, how long to keep polling after the last frame before blocking.
+    pub idle_spin: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: 0,
+            core: None,
+            placement: Placement::Shared,
+            batch_size: 64,
+            idle_spin: Duration::from_micros(50),
+        }
+    }
+}
+
+/// What a worker shares with the control side. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WorkerLink {
+    /// The tables, swapped atomically by the control side.
+    pub tables: Arc<ArcSwap<Tables>>,
+    /// The worker's counters (written by the worker only).
+    pub stats: Arc<WorkerStats>,
+    /// Frames for the slow path (shared by all workers).
+    pub to_slow: Arc<ArrayQueue<SlowFrame>>,
+    /// The slow path's replies for this worker to send.
+    pub from_slow: Arc<ArrayQueue<SlowFrame>>,
+    /// Wakes the slow-path thread.
+    pub slow_signal: Arc<Signal>,
+    /// Frames and bytes per port (indexed by port id), written by the worker once per batch.
+    pub ports: Arc<Vec<PortCounters>>,
+    /// Nanoseconds spent in batches that moved frames (the busy share of wall time).
+    pub busy_ns: Arc<Counter>,
+    /// Set to stop the worker.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl WorkerLink {
+    /// A link with fresh counters and a reply queue of 256 frames.
+    pub fn new(
+        tables: Arc<ArcSwap<Tables>>,
+        to_slow: Arc<ArrayQueue<SlowFrame>>,
+        slow_signal: Arc<Signal>,
+    ) -> Self {
+        WorkerLink {
+            tables,
+            stats: Arc::new(WorkerStats::default()),
+            to_slow,
+            slow_signal,
+            ports: Arc::new((0..MAX_PORTS).map(|_| PortCounters::default()).collect()),
+            busy_ns: Arc::new(Counter::default()),
+            from_slow: Arc::new(ArrayQueue::new(256)),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl WorkerLink {
+    /// Frames received on `port` by this worker.
+    pub fn port_rx(&self, port: usize) -> u64 {
+        self.ports.get(port).map_or(0, |p| p.rx_packets.get())
+    }
+    /// Frames sent on `port` by this worker.
+    pub fn port_tx(&self, port: usize) -> u64 {
+        self.ports.get(port).map_or(0, |p| p.tx_packets.get())
+    }
+}
+
+/// Most ports one worker serves.
+pub const MAX_PORTS: usize = 256;
+
+/// Per-port counters of one worker.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    /// Frames received.
+    pub rx_packets: Counter,
+    /// Frames sent.
+    pub tx_packets: Counter,
+}
+
+const WAKER: Token = Token(usize::MAX);
+
+/// A worker over backend `B`. Build it with [`Worker::new`], then either drive it step by step
+/// with [`Worker::run_once`] (tests) or hand it a thread with [`Worker::run`].
+pub struct Worker<B: Backend> {
+    cfg: WorkerConfig,
+    backend: B,
+    link: WorkerLink,
+    ledger: Ledger,
+    free: Vec<B::Desc>,
+    scratch: Vec<B::Desc>,
+    pending: Vec<Vec<B::Desc>>,
+    poll: Option<Poll>,
+    waker: Option<Arc<Waker>>,
+}
+
+impl<B: Backend> std::fmt::Debug for Worker<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("cfg", &self.cfg)
+            .field("ledger", &self.ledger)
+            .finish()
+    }
+}
+
+impl<B: Backend> Worker<B> {
+    /// Takes the backend's frames and prepares the queues. Allocates everything the loop needs
+    /// up front.
+    pub fn new(cfg: WorkerConfig, mut backend: B, link: WorkerLink) -> Result<Self, Error> {
+        if cfg.batch_size == 0 || cfg.batch_size > 4096 {
+            return Err(Error::Config(format!(
+                "batch size {} is out of range: use 1 to 4096 (default 64)",
+                cfg.batch_size
+            )));
+        }
+        let ports = backend.port_count();
+        if ports == 0 || ports > MAX_PORTS {
+            return Err(Error::Config(format!(
+                "a worker serves 1 to {MAX_PORTS} ports, not {ports}"
+            )));
+        }
+        let frames = backend.take_frames();
+        let total = backend.frame_count();
+        if frames.len() != total as usize {
+            return Err(Error::Config(
+                "the backend's frames were already taken".into(),
+            ));
+        }
+        let Some(&blank) = frames.first() else {
+            return Err(Error::Config("a worker needs frames".into()));
+        };
+        let mut free = Vec::with_capacity(total as usize);
+        free.extend(frames);
+        // Frames are taken from the back of the free list; reversing keeps the first frames
+        // first, which makes tests easier to read.
+        free.reverse();
+        let (poll, waker) = match cfg.placement {
+            Placement::Dedicated => (None, None),
+            Placement::Shared => {
+                let poll = Poll::new().map_err(|source| Error::Io {
+                    what: "creating the worker's epoll instance",
+                    source,
+                })?;
+                for (i, fd) in backend.raw_fds().into_iter().enumerate() {
+                    poll.registry()
+                        .register(&mut SourceFd(&fd), Token(i), Interest::READABLE)
+                        .map_err(|source| Error::Io {
+                            what: "registering an AF_XDP socket with epoll",
+                            source,
+                        })?;
+                }
+                let waker = Waker::new(poll.registry(), WAKER).map_err(|source| Error::Io {
+                    what: "creating the worker's waker",
+                    source,
+                })?;
+                (Some(poll), Some(Arc::new(waker)))
+            }
+        };
+        Ok(Worker {
+            scratch: vec![blank; cfg.batch_size.max(64)],
+            pending: (0..ports)
+                .map(|_| Vec::with_capacity(cfg.batch_size))
+                .collect(),
+            cfg,
+            backend,
+            link,
+            ledger: Ledger::new(total),
+            free,
+            poll,
+            waker,
+        })
+    }
+
+    /// The waker the control side uses to rouse a blocked worker (`shared` placement only).
+    pub fn waker(&self) -> Option<Arc<Waker>> {
+        self.waker.clone()
+    }
+
+    /// The backend (tests play the kernel's side through it).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// The frame ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// One batch. Returns how many frames it moved (received, sent or completed); 0 means idle.
+    pub fn run_once(&mut self, now_ns: u64) -> usize {
+        let tables = self.link.tables.load();
+        // One reference-count increment per batch, so `self` stays free for the ring calls.
+        let stats_owner = Arc::clone(&self.link.stats);
+        let stats = &*stats_owner;
+        let mut work = 0;
+        let ports = self.backend.port_count();
+
+        // 1. Completions back to the free list.
+        for port in 0..ports {
+            loop {
+                let n = self.backend.complete(port, &mut self.scratch);
+                for d in &self.scratch[..n] {
+                    let idx = self.backend.frame_index(d);
+                    self.ledger.moved(idx, Place::Tx, Place::Free);
+                    self.free.push(*d);
+                }
+                work += n;
+                if n < self.scratch.len() {
+                    break;
+                }
+            }
+        }
+
+        // 2. Top up the fill rings.
+        for port in 0..ports {
+            let want = self.free.len().min(u32::MAX as usize) as u32;
+            let room = self.backend.fill_room(port, want) as usize;
+            if room == 0 {
+                continue;
+            }
+            let start = self.free.len() - room;
+            if self.backend.fill(port, &self.free[start..]) == room {
+                for d in &self.free[start..] {
+                    let idx = self.backend.frame_index(d);
+                    self.ledger.moved(idx, Place::Free, Place::Fill);
+                }
+                self.free.truncate(start);
+            }
+        }
+
+        // 3. Receive and decide.
+        let mut slow_queued = false;
+        for port in 0..ports {
+            let n = self
+                .backend
+                .rx(port, &mut self.scratch[..self.cfg.batch_size]);
+            if n == 0 {
+                continue;
+            }
+            work += n;
+            stats.rx_packets.add(n as u64);
+            self.link.ports[port].rx_packets.add(n as u64);
+            for i in 0..n {
+                let mut d = self.scratch[i];
+                let idx = self.backend.frame_index(&d);
+                self.ledger.moved(idx, Place::Fill, Place::Held);
+                stats.rx_bytes.add(self.backend.desc_len(&d) as u64);
+                let to_slow = &self.link.to_slow;
+                let verdict = self.backend.with_frame(&mut d, |frame| {
+                    let v = process(now_ns, port as PortId, frame, &tables, stats);
+                    if v == Verdict::SlowPath {
+                        // Copy out now, while the frame is at hand.
+                        let queued = SlowFrame::new(port as PortId, frame.data())
+                            .is_some_and(|sf| to_slow.push(sf).is_ok());
+                        if !queued {
+                            return Verdict::Drop(DropReason::SlowPathFull);
+                        }
+                        slow_queued = true;
+                    }
+                    v
+                });
+                match verdict {
+                    Verdict::Forward(out) if (out as usize) < ports => {
+                        let q = out as usize;
+                        if self.pending[q].len() == self.cfg.batch_size {
+                            self.flush(q);
+                        }
+                        self.pending[q].push(d);
+                    }
+                    Verdict::Forward(_) => {
+                        stats.drop(DropReason::NoRoute);
+                        self.release(d);
+                    }
+                    Verdict::SlowPath => self.release(d),
+                    Verdict::Drop(reason) => {
+                        if reason == DropReason::SlowPathFull {
+                            stats.drop(reason);
+                        }
+                        self.release(d);
+                    }
+                }
+            }
+        }
+
+        if slow_queued {
+            self.link.slow_signal.notify();
+        }
+
+        // 4. Slow-path replies.
+        while let Some(sf) = self.link.from_slow.pop() {
+            work += 1;
+            let port = sf.port as usize;
+            let Some(mut d) = self.free.pop() else {
+                stats.drop(DropReason::NoFreeFrame);
+                continue;
+            };
+            let idx = self.backend.frame_index(&d);
+            self.ledger.moved(idx, Place::Free, Place::Held);
+            if port >= ports {
+                stats.drop(DropReason::NoRoute);
+                self.release(d);
+                continue;
+            }
+            self.backend.with_frame(&mut d, |frame| {
+                let n = sf.bytes().len().min(frame.capacity());
+                frame.set_len(n);
+                frame.data_mut().copy_from_slice(&sf.bytes()[..n]);
+            });
+            if self.pending[port].len() == self.cfg.batch_size {
+                self.flush(port);
+            }
+            self.pending[port].push(d);
+        }
+
+        // 5. Send.
+        for port in 0..ports {
+            if !self.pending[port].is_empty() {
+                self.flush(port);
+            }
+        }
+        if work > 0 {
+            stats.batches.inc();
+        }
+        work
+    }
+
+    fn release(&mut self, d: B::Desc) {
+        let idx = self.backend.frame_index(&d);
+        self.ledger.moved(idx, Place::Held, Place::Free);
+        self.free.push(d);
+    }
+
+    fn flush(&mut self, port: usize) {
+        let stats_owner = Arc::clone(&self.link.stats);
+        let stats = &*stats_owner;
+        let pending = std::mem::take(&mut self.pending[port]);
+        let sent = self.backend.tx(port, &pending);
+        let mut bytes = 0u64;
+        for d in &pending[..sent] {
+            let idx = self.backend.frame_index(d);
+            self.ledger.moved(idx, Place::Held, Place::Tx);
+            bytes += self.backend.desc_len(d) as u64;
+        }
+        stats.tx_packets.add(sent as u64);
+        stats.tx_bytes.add(bytes);
+        self.link.ports[port].tx_packets.add(sent as u64);
+        for d in &pending[sent..] {
+            stats.drop(DropReason::TxRingFull);
+            let idx = self.backend.frame_index(d);
+            self.ledger.moved(idx, Place::Held, Place::Free);
+            self.free.push(*d);
+        }
+        // Give the (now empty) vector back so its capacity is reused: no allocation.
+        let mut pending = pending;
+        pending.clear();
+        self.pending[port] = pending;
+    }
+
+    /// Checks the frame accounting against the kernel's rings. Call it when no traffic is
+    /// arriving: after a few idle batches every sent frame has completed, so every frame must be
+    /// free or waiting in a fill ring, and the fill rings must hold exactly the frames the ledger
+    /// says they do.
+    pub fn check_quiescent(&mut self) -> Result<(), LedgerError> {
+        self.ledger.check()?;
+        let held = self.ledger.count(Place::Held);
+        let tx = self.ledger.count(Place::Tx);
+        if held != 0 || tx != 0 {
+            return Err(self.ledger.error(format!(
+                "{held} frames held and {tx} in TX after quiescence"
+            )));
+        }
+        let in_rings: u32 = (0..self.backend.port_count())
+            .map(|p| self.backend.fill_ring_occupancy(p))
+            .sum();
+        if in_rings != self.ledger.count(Place::Fill) {
+            return Err(self.ledger.error(format!(
+                "the fill rings hold {in_rings} frames but the ledger says {}",
+                self.ledger.count(Place::Fill)
+            )));
+        }
+        if self.free.len() as u32 != self.ledger.count(Place::Free) {
+            return Err(self
+                .ledger
+                .error(format!("the free list holds {} frames", self.free.len())));
+        }
+        Ok(())
+    }
+
+    /// Runs the loop on the calling thread until `link.stop` is set, pinned to the configured
+    /// core. Returns the worker so its ledger can be checked.
+    pub fn run(mut self) -> Result<Self, Error> {
+        if let Some(core) = self.cfg.core {
+            let ok = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            if !ok {
+                return Err(Error::Config(format!(
+                    "cannot pin worker {} to CPU {core}: is that CPU online and in this process's cpuset?",
+                    self.cfg.id
+                )));
+            }
+        }
+        let epoch = Instant::now();
+        let mut events = Events::with_capacity(64);
+        let mut last_work = 0u64;
+        let mut prev: Option<u64> = None;
+        let idle_spin = self.cfg.idle_spin.as_nanos() as u64;
+        let stop = Arc::clone(&self.link.stop);
+        let busy_ns = Arc::clone(&self.link.busy_ns);
+        while !stop.load(Ordering::Relaxed) {
+            // The one clock read of the batch; it also closes the previous busy batch.
+            let now = epoch.elapsed().as_nanos() as u64;
+            if let Some(start) = prev.take() {
+                busy_ns.add(now.saturating_sub(start));
+            }
+            if self.run_once(now) > 0 {
+                last_work = now;
+                prev = Some(now);
+                self.link.stats.busy_polls.inc();
+                continue;
+            }
+            self.link.stats.idle_polls.inc();
+            match (&mut self.poll, self.cfg.placement) {
+                (Some(poll), Placement::Shared) if now.saturating_sub(last_work) >= idle_spin => {
+                    self.link.stats.wakeups.inc();
+                    // A timeout bounds how long a missed wake-up could stall us; the waker and the
+                    // sockets normally end the wait long before it.
+                    match poll.poll(&mut events, Some(Duration::from_millis(100))) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(source) => {
+                            return Err(Error::Io {
+                                what: "waiting on the worker's sockets",
+                                source,
+                            });
+                        }
+                    }
+                    last_work = epoch.elapsed().as_nanos() as u64;
+                }
+                _ => std::hint::spin_loop(),
+            }
+        }
+        Ok(self)
+    }
+}

@@ -1,1 +1,167 @@
-fn main() {}
+//! `xylem-agent`: runs a node's dataplane. See `xylem-agent --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use tracing_subscriber::EnvFilter;
+use xylem_control::Error;
+use xylem_control::agent::AgentState;
+use xylem_control::config::AgentConfig;
+use xylem_dataplane::tables::Mode;
+use xylem_dataplane::worker::Placement;
+
+/// Runs a node's Xylem dataplane: attaches the XDP redirector to the configured interfaces,
+/// binds AF_XDP sockets, starts pinned workers and serves the local API. Stops cleanly (and
+/// detaches its XDP programs) on SIGTERM or SIGINT.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The configuration file (YAML or JSON): node name, pod CIDR, gateway, ports.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Worker CPUs, comma-separated (one worker per CPU). Overrides `workers.cores`.
+    #[arg(long, value_delimiter = ',')]
+    worker_cores: Option<Vec<usize>>,
+    /// `dedicated` (busy-poll) or `shared` (block when idle). Overrides `workers.placement`.
+    #[arg(long)]
+    placement: Option<Placement>,
+    /// Frames per RX batch. Overrides `workers.batch_size`.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Microseconds to keep busy-polling after traffic in `shared` placement.
+    #[arg(long)]
+    idle_spin_us: Option<u64>,
+    /// `auto`, `native` or `generic`. Overrides `xdp_mode`.
+    #[arg(long)]
+    xdp_mode: Option<String>,
+    /// `passthrough` or `full`. Overrides `mode`.
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<Mode>,
+    /// State directory. Overrides `state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// API socket path. Overrides `api_socket`.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG otherwise, `info` by default.
+    #[arg(long)]
+    log: Option<String>,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "passthrough" => Ok(Mode::Passthrough),
+        "full" => Ok(Mode::Full),
+        o => Err(format!("unknown mode '{o}': use 'passthrough' or 'full'")),
+    }
+}
+
+fn load(args: &Args) -> Result<AgentConfig, Error> {
+    let text = std::fs::read_to_string(&args.config).map_err(|source| Error::File {
+        what: "reading the configuration",
+        path: args.config.clone(),
+        source,
+    })?;
+    let mut cfg = AgentConfig::parse(&text)?;
+    if let Some(c) = &args.worker_cores {
+        cfg.workers.cores = c.clone();
+    }
+    if let Some(p) = args.placement {
+        cfg.workers.placement = Some(p);
+    }
+    if let Some(b) = args.batch_size {
+        cfg.workers.batch_size = b;
+    }
+    if let Some(s) = args.idle_spin_us {
+        cfg.workers.idle_spin_us = s;
+    }
+    if let Some(m) = &args.xdp_mode {
+        cfg.xdp_mode = m.clone();
+    }
+    if let Some(m) = args.mode {
+        cfg.mode = m;
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    if let Some(s) = &args.api_socket {
+        cfg.api_socket = s.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn run(args: Args) -> Result<(), Error> {
+    let cfg = load(&args)?;
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| Error::File {
+        what: "creating the state directory",
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    xylem_control::api::claim_socket(&cfg.api_socket)?;
+
+    // Block the stop signals in every thread (threads inherit the mask), so only the main
+    // thread's sigwait sees them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().map_err(|e| Error::Io {
+        what: "blocking SIGTERM/SIGINT".into(),
+        source: e.into(),
+    })?;
+
+    let socket = cfg.api_socket.clone();
+    tracing::info!(
+        node = %cfg.node_name,
+        placement = cfg.placement().as_str(),
+        cores = ?cfg.worker_cores(),
+        mode = ?cfg.mode,
+        "starting"
+    );
+    let agent = AgentState::start(cfg)?;
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel();
+    let api_agent = std::sync::Arc::clone(&agent);
+    let api_socket = socket.clone();
+    let api = std::thread::Builder::new()
+        .name("xylem-api".into())
+        .spawn(move || xylem_control::api::serve(api_agent, api_socket, api_stopped))
+        .map_err(|source| Error::Io {
+            what: "starting the API thread".into(),
+            source,
+        })?;
+    tracing::info!(socket = %socket.display(), "ready");
+
+    let sig = signals.wait().map_err(|e| Error::Io {
+        what: "waiting for a signal".into(),
+        source: e.into(),
+    })?;
+    tracing::info!(signal = ?sig, "stopping");
+    let _ = stop_api.send(());
+    match api.join() {
+        Ok(Err(e)) => tracing::error!(error = %e, "API server failed"),
+        Err(_) => tracing::error!("API server panicked"),
+        Ok(Ok(())) => {}
+    }
+    let _ = std::fs::remove_file(&socket);
+    agent.shutdown()?;
+    tracing::info!("stopped; XDP programs detached");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = args.log.clone().map(EnvFilter::new).unwrap_or_else(|| {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("xylem-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,66 @@
-//! (being written)
+//! I/O backends: where a worker's frames come from and go to.
+//!
+//! A [`Backend`] is the set of ports one worker owns, all sharing one region of frames (a UMEM).
+//! It exposes the four AF_XDP rings per port — fill, RX, TX, completion — and access to the
+//! bytes of a frame. The worker ([`crate::worker`]) moves frame descriptors between those rings
+//! and its free list, and runs [`crate::pipeline::process`] on each received frame; it never
+//! knows which backend it runs on.
+//!
+//! - [`afxdp::XskBackend`]: real AF_XDP sockets from `xsk-rs`, one UMEM per worker shared by
+//!   every port (`XDP_SHARED_UMEM`), so forwarding from one port to another copies nothing in
+//!   userspace.
+//! - [`memory::MemoryBackend`]: the same rings in memory, with the kernel's side (taking fill
+//!   frames for arriving packets, completing sent ones) driven by the test. It runs the very same
+//!   worker without root.
+
+use std::os::fd::RawFd;
+
+use crate::pipeline::Frame;
+
+pub mod afxdp;
+pub mod memory;
+
+/// The rings and frames of the ports one worker owns. See the module documentation.
+///
+/// Port indices are `0..port_count()` and equal the [`crate::tables::PortId`]s the tables use.
+pub trait Backend {
+    /// A frame descriptor: which frame, and how many bytes of it hold a packet.
+    type Desc: Copy + std::fmt::Debug;
+
+    /// How many ports this backend has.
+    fn port_count(&self) -> usize;
+    /// How many frames the shared region holds.
+    fn frame_count(&self) -> u32;
+    /// The index (0..frame_count) of the frame a descriptor points at.
+    fn frame_index(&self, desc: &Self::Desc) -> u32;
+    /// The packet length a descriptor carries.
+    fn desc_len(&self, desc: &Self::Desc) -> usize;
+    /// Hands every frame to the caller, once, at start-up. Later calls return nothing.
+    fn take_frames(&mut self) -> Vec<Self::Desc>;
+
+    /// How many of the next `want` frames `port`'s fill ring has room for.
+    fn fill_room(&mut self, port: usize, want: u32) -> u32;
+    /// Gives frames to the kernel for receiving on `port`. All or nothing: returns `descs.len()`
+    /// or 0. Call [`Self::fill_room`] first.
+    fn fill(&mut self, port: usize, descs: &[Self::Desc]) -> usize;
+    /// Takes up to `out.len()` received frames from `port`.
+    fn rx(&mut self, port: usize, out: &mut [Self::Desc]) -> usize;
+    /// Queues frames for sending on `port` and wakes the kernel if it asks to be woken. Returns
+    /// how many were queued (a prefix of `descs`); the rest are still the caller's.
+    fn tx(&mut self, port: usize, descs: &[Self::Desc]) -> usize;
+    /// Takes up to `out.len()` frames whose sending on `port` completed.
+    fn complete(&mut self, port: usize, out: &mut [Self::Desc]) -> usize;
+    /// How many frames sit in `port`'s fill ring right now, as the ring itself says. Used by
+    /// the quiescence check of the frame accounting.
+    fn fill_ring_occupancy(&mut self, port: usize) -> u32;
+
+    /// Runs `f` on the frame `desc` points at. The frame's writable capacity is the whole data
+    /// area; whatever length `f` leaves on the [`Frame`] becomes the descriptor's length.
+    ///
+    /// The caller must hold the frame (it came from `rx` or the free list and has not been
+    /// given back to the kernel).
+    fn with_frame<R>(&mut self, desc: &mut Self::Desc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R;
+
+    /// File descriptors to wait on for readiness when idle (empty for in-memory backends).
+    fn raw_fds(&self) -> Vec<RawFd>;
+}

@@ -1,0 +1,369 @@
+//! The agent's configuration: a YAML (or JSON) file, with command-line overrides.
+//!
+//! Unknown fields are errors, never ignored: a typo in a config must not silently change what
+//! the dataplane does.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use xdp_redirector::XdpModeRequest;
+use xylem_dataplane::tables::{MacAddr, Mode};
+use xylem_dataplane::worker::Placement;
+
+use crate::Error;
+
+/// The default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/xylem/agent.sock";
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xylem";
+
+/// An IPv4 prefix, written `10.200.0.0/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv4Cidr {
+    /// The network address.
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Ipv4Cidr {
+    /// Whether `ip` is inside the prefix.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.len))
+        };
+        (u32::from(ip) & mask) == (u32::from(self.addr) & mask)
+    }
+
+    /// The `n`th address of the prefix.
+    pub fn nth(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr).wrapping_add(n))
+    }
+}
+
+impl TryFrom<String> for Ipv4Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Ipv4Cidr> for String {
+    fn from(c: Ipv4Cidr) -> String {
+        c.to_string()
+    }
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}' is not a CIDR: write it like 10.200.0.0/24"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|&l| l <= 32)
+            .ok_or_else(|| format!("'{l}' is not a prefix length from 0 to 32"))?;
+        Ok(Ipv4Cidr { addr, len })
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// What is on the other side of a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// A pod's veth.
+    Pod,
+    /// The host port: the node's own network namespace.
+    Host,
+}
+
+/// One interface the dataplane serves, and the endpoint behind it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// The dataplane's end of the veth (in the agent's network namespace).
+    pub ifname: String,
+    /// Pod or host.
+    pub kind: PortKind,
+    /// The endpoint's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The endpoint's MAC address (the far end of the veth).
+    pub mac: MacAddr,
+    /// Pod name (pods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Pod namespace (pods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The gateway's own addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The pods' default gateway.
+    pub ip: Ipv4Addr,
+    /// The MAC the gateway answers ARP with.
+    pub mac: MacAddr,
+}
+
+/// Worker settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// One worker per listed CPU. Empty: one worker, on the last CPU.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    /// `dedicated` or `shared`; default from the machine's CPU count
+    /// ([`Placement::default_for`]).
+    #[serde(default)]
+    pub placement: Option<Placement>,
+    /// Frames per RX batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// In `shared` placement: microseconds to keep polling after traffic before blocking.
+    #[serde(default = "default_idle_spin")]
+    pub idle_spin_us: u64,
+    /// Entries per AF_XDP ring.
+    #[serde(default = "default_ring")]
+    pub ring_size: u32,
+}
+
+fn default_batch() -> usize {
+    64
+}
+fn default_idle_spin() -> u64 {
+    50
+}
+fn default_ring() -> u32 {
+    1024
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            cores: Vec::new(),
+            placement: None,
+            batch_size: default_batch(),
+            idle_spin_us: default_idle_spin(),
+            ring_size: default_ring(),
+        }
+    }
+}
+
+/// The agent's whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// The node's pod CIDR.
+    pub pod_cidr: Ipv4Cidr,
+    /// The pods' gateway.
+    pub gateway: GatewayConfig,
+    /// The ports.
+    pub ports: Vec<PortConfig>,
+    /// Workers.
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    /// `auto` (native, falling back to generic), `native` or `generic`.
+    #[serde(default = "default_xdp_mode")]
+    pub xdp_mode: String,
+    /// `passthrough` (L2/L3 only) or `full` (the whole pipeline).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Where state is kept.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The API socket.
+    #[serde(default = "default_socket")]
+    pub api_socket: PathBuf,
+}
+
+fn default_xdp_mode() -> String {
+    "auto".into()
+}
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+
+impl AgentConfig {
+    /// Parses a YAML (or JSON) document.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let cfg: AgentConfig = serde_norway::from_str(text).map_err(|e| {
+            let field = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "document".into());
+            Error::config(field, e.to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The XDP mode asked for.
+    pub fn xdp_mode_request(&self) -> Result<XdpModeRequest, Error> {
+        self.xdp_mode
+            .parse()
+            .map_err(|e: xdp_redirector::Error| Error::config("xdp_mode", e.to_string()))
+    }
+
+    /// The placement in effect.
+    pub fn placement(&self) -> Placement {
+        self.workers
+            .placement
+            .unwrap_or_else(|| Placement::default_for(online_cpus()))
+    }
+
+    /// The worker cores in effect.
+    pub fn worker_cores(&self) -> Vec<usize> {
+        if self.workers.cores.is_empty() {
+            vec![online_cpus().saturating_sub(1)]
+        } else {
+            self.workers.cores.clone()
+        }
+    }
+
+    /// Checks everything that can be checked without touching the system.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.xdp_mode_request()?;
+        if self.ports.is_empty() {
+            return Err(Error::config("ports", "at least one port is needed"));
+        }
+        if !self.pod_cidr.contains(self.gateway.ip) {
+            return Err(Error::config(
+                "gateway.ip",
+                format!("{} is outside pod_cidr {}", self.gateway.ip, self.pod_cidr),
+            ));
+        }
+        let mut seen_if = std::collections::BTreeSet::new();
+        let mut seen_ip = std::collections::BTreeSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.ifname.is_empty() || p.ifname.len() > 15 {
+                return Err(Error::config(
+                    format!("ports[{i}].ifname"),
+                    "an interface name has 1 to 15 characters",
+                ));
+            }
+            if !seen_if.insert(&p.ifname) {
+                return Err(Error::config(
+                    format!("ports[{i}].ifname"),
+                    format!("{} is listed twice", p.ifname),
+                ));
+            }
+            if !seen_ip.insert(p.ip) {
+                return Err(Error::config(
+                    format!("ports[{i}].ip"),
+                    format!("{} is used by two ports", p.ip),
+                ));
+            }
+            if p.ip == self.gateway.ip {
+                return Err(Error::config(
+                    format!("ports[{i}].ip"),
+                    "is the gateway's own address",
+                ));
+            }
+            if !self.pod_cidr.contains(p.ip) {
+                return Err(Error::config(
+                    format!("ports[{i}].ip"),
+                    format!("{} is outside pod_cidr {}", p.ip, self.pod_cidr),
+                ));
+            }
+        }
+        let w = &self.workers;
+        if w.batch_size == 0 || w.batch_size > 4096 {
+            return Err(Error::config("workers.batch_size", "use 1 to 4096"));
+        }
+        if !w.ring_size.is_power_of_two() || !(64..=16384).contains(&w.ring_size) {
+            return Err(Error::config(
+                "workers.ring_size",
+                "use a power of two from 64 to 16384",
+            ));
+        }
+        let cpus = online_cpus();
+        for (i, c) in self.worker_cores().iter().enumerate() {
+            if *c >= cpus {
+                return Err(Error::config(
+                    format!("workers.cores[{i}]"),
+                    format!(
+                        "CPU {c} does not exist: this machine has CPUs 0 to {}",
+                        cpus - 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many CPUs are online.
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_name: node1
+pod_cidr: 10.200.0.0/24
+gateway: { ip: 10.200.0.1, mac: "0e:78:79:6c:00:01" }
+ports:
+  - { ifname: xyp0, kind: pod, ip: 10.200.0.10, mac: "02:00:00:00:00:0a", name: a }
+"#;
+
+    #[test]
+    fn parses_a_minimal_config() {
+        let c = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(c.ports.len(), 1);
+        assert_eq!(c.workers.batch_size, 64);
+        assert_eq!(c.api_socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn rejects_unknown_fields_naming_them() {
+        let bad = format!("{GOOD}bogus: 1\n");
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn rejects_a_port_outside_the_pod_cidr() {
+        let bad = GOOD.replace("10.200.0.10", "10.9.0.10");
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("ports[0].ip"), "{e}");
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c: Ipv4Cidr = "10.200.0.0/24".parse().unwrap();
+        assert!(c.contains("10.200.0.77".parse().unwrap()));
+        assert!(!c.contains("10.200.1.1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Ipv4Cidr>().is_err());
+    }
+}

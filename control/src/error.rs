@@ -1,0 +1,76 @@
+//! The control crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything the agent, the CLI and the lab can fail at. Messages say what to do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid. Nothing was applied.
+    #[error("invalid configuration: {field}: {why}")]
+    Config {
+        /// The offending field, as written in the file or flag.
+        field: String,
+        /// Why it is invalid and what would be accepted.
+        why: String,
+    },
+    /// A file could not be read or written.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The agent's API could not be reached.
+    #[error("cannot reach xylem-agent at {}: is it running? (start it, or `xylem lab up` for a lab; --socket picks another agent)", socket.display())]
+    AgentUnreachable {
+        /// The socket tried.
+        socket: PathBuf,
+    },
+    /// The agent answered with an error.
+    #[error("xylem-agent answered {status}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+    /// An external command failed.
+    #[error("`{command}` failed: {detail}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its stderr, or why it could not run.
+        detail: String,
+    },
+    /// The lab is not in the state the command needs.
+    #[error("{0}")]
+    Lab(String),
+    /// The dataplane failed.
+    #[error(transparent)]
+    Dataplane(#[from] xylem_dataplane::Error),
+    /// The XDP redirector failed.
+    #[error(transparent)]
+    Redirector(#[from] xdp_redirector::Error),
+    /// Some other I/O failure.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Shorthand for a configuration error.
+    pub fn config(field: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            why: why.into(),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! An in-memory backend: AF_XDP's four rings per port, with the kernel's side played by the
+//! caller. Used by tests and benchmarks to run the real worker without root or sockets.
+//!
+//! The "kernel" methods ([`MemoryBackend::inject`], [`MemoryBackend::deliver`]) behave like the
+//! kernel does: an arriving packet needs a frame from the port's fill ring (without one it is
+//! dropped and counted, like `rx_fill_ring_empty_descs`); a sent frame lands on the "wire" (a
+//! per-port queue of byte vectors the test reads) and its descriptor moves to the completion
+//! ring.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use super::Backend;
+use crate::pipeline::Frame;
+
+/// A frame descriptor of the in-memory backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemDesc {
+    /// Frame index.
+    pub index: u32,
+    /// Packet length.
+    pub len: u32,
+}
+
+#[derive(Debug)]
+struct MemPort {
+    fill: VecDeque<MemDesc>,
+    rx: VecDeque<MemDesc>,
+    tx: VecDeque<MemDesc>,
+    comp: VecDeque<MemDesc>,
+    wire: VecDeque<Vec<u8>>,
+    ring_size: usize,
+    rx_dropped_no_fill: u64,
+    keep_wire: bool,
+    sent: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    frame_size: usize,
+    mem: Vec<u8>,
+    frames: Option<Vec<MemDesc>>,
+    ports: Vec<MemPort>,
+}
+
+impl MemoryBackend {
+    /// `ports` ports with rings of `ring_size` entries, sharing `frame_count` frames of
+    /// `frame_size` bytes.
+    pub fn new(ports: usize, ring_size: usize, frame_count: u32, frame_size: usize) -> Self {
+        let port = || MemPort {
+            fill: VecDeque::with_capacity(ring_size),
+            rx: VecDeque::with_capacity(ring_size),
+            tx: VecDeque::with_capacity(ring_size),
+            comp: VecDeque::with_capacity(ring_size),
+            wire: VecDeque::new(),
+            ring_size,
+            rx_dropped_no_fill: 0,
+            keep_wire: true,
+            sent: 0,
+        };
+        MemoryBackend {
+            frame_size,
+            mem: vec![0; frame_count as usize * frame_size],
+            frames: Some(
+                (0..frame_count)
+                    .map(|index| MemDesc { index, len: 0 })
+                    .collect(),
+            ),
+            ports: (0..ports).map(|_| port()).collect(),
+        }
+    }
+
+    /// Kernel side: a packet arrives on `port`. Returns false (and counts it) if the port's fill
+    /// ring had no frame for it, or the RX ring was full.
+    pub fn inject(&mut self, port: usize, bytes: &[u8]) -> bool {
+        let p = &mut self.ports[port];
+        if p.rx.len() >= p.ring_size {
+            p.rx_dropped_no_fill += 1;
+            return false;
+        }
+        let Some(mut d) = p.fill.pop_front() else {
+            p.rx_dropped_no_fill += 1;
+            return false;
+        };
+        let n = bytes.len().min(self.frame_size);
+        let start = d.index as usize * self.frame_size;
+        self.mem[start..start + n].copy_from_slice(&bytes[..n]);
+        d.len = n as u32;
+        p.rx.push_back(d);
+        true
+    }
+
+    /// Kernel side: sends everything queued on every TX ring. Sent frames go to the wire (if
+    /// kept) and their descriptors to the completion ring. Returns how many were sent.
+    pub fn deliver(&mut self) -> usize {
+        let mut n = 0;
+        for p in &mut self.ports {
+            while p.comp.len() < p.ring_size {
+                let Some(d) = p.tx.pop_front() else { break };
+                if p.keep_wire {
+                    let start = d.index as usize * self.frame_size;
+                    p.wire
+                        .push_back(self.mem[start..start + d.len as usize].to_vec());
+                }
+                p.sent += 1;
+                p.comp.push_back(d);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Takes the frames sent on `port` so far, oldest first.
+    pub fn take_wire(&mut self, port: usize) -> Vec<Vec<u8>> {
+        self.ports[port].wire.drain(..).collect()
+    }
+
+    /// Whether sent frames are kept for [`Self::take_wire`] (default true). Turn it off for
+    /// long runs that only count.
+    pub fn keep_wire(&mut self, keep: bool) {
+        for p in &mut self.ports {
+            p.keep_wire = keep;
+        }
+    }
+
+    /// Frames sent on `port` so far.
+    pub fn sent(&self, port: usize) -> u64 {
+        self.ports[port].sent
+    }
+
+    /// Packets that arrived on `port` when its fill ring was empty.
+    pub fn rx_dropped(&self, port: usize) -> u64 {
+        self.ports[port].rx_dropped_no_fill
+    }
+
+    /// Frames that are in the kernel's hands on `port` (fill + RX, TX + completion).
+    pub fn in_kernel(&self, port: usize) -> (usize, usize) {
+        let p = &self.ports[port];
+        (p.fill.len() + p.rx.len(), p.tx.len() + p.comp.len())
+    }
+}
+
+impl Backend for MemoryBackend {
+    type Desc = MemDesc;
+
+    fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+    fn frame_count(&self) -> u32 {
+        (self.mem.len() / self.frame_size) as u32
+    }
+    fn frame_index(&self, desc: &MemDesc) -> u32 {
+        desc.index
+    }
+    fn desc_len(&self, desc: &MemDesc) -> usize {
+        desc.len as usize
+    }
+    fn take_frames(&mut self) -> Vec<MemDesc> {
+        self.frames.take().unwrap_or_default()
+    }
+    fn fill_room(&mut self, port: usize, want: u32) -> u32 {
+        let p = &self.ports[port];
+        want.min((p.ring_size - p.fill.len()) as u32)
+    }
+    fn fill(&mut self, port: usize, descs: &[MemDesc]) -> usize {
+        let p = &mut self.ports[port];
+        if p.ring_size - p.fill.len() < descs.len() {
+            return 0;
+        }
+        p.fill.extend(descs.iter().copied());
+        descs.len()
+    }
+    fn rx(&mut self, port: usize, out: &mut [MemDesc]) -> usize {
+        let p = &mut self.ports[port];
+        let n = out.len().min(p.rx.len());
+        for slot in out.iter_mut().take(n) {
+            // `n` is bounded by the ring's length, so the ring has an entry.
+            *slot = p.rx.pop_front().unwrap_or_default();
+        }
+        n
+    }
+    fn tx(&mut self, port: usize, descs: &[MemDesc]) -> usize {
+        let p = &mut self.ports[port];
+        let n = descs.len().min(p.ring_size - p.tx.len());
+        p.tx.extend(descs[..n].iter().copied());
+        n
+    }
+    fn complete(&mut self, port: usize, out: &mut [MemDesc]) -> usize {
+        let p = &mut self.ports[port];
+        let n = out.len().min(p.comp.len());
+        for slot in out.iter_mut().take(n) {
+            *slot = p.comp.pop_front().unwrap_or_default();
+        }
+        n
+    }
+    fn fill_ring_occupancy(&mut self, port: usize) -> u32 {
+        self.ports[port].fill.len() as u32
+    }
+    fn with_frame<R>(&mut self, desc: &mut MemDesc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R {
+        let start = desc.index as usize * self.frame_size;
+        let buf = &mut self.mem[start..start + self.frame_size];
+        let mut frame = Frame::new(buf, desc.len as usize);
+        let r = f(&mut frame);
+        desc.len = frame.len() as u32;
+        r
+    }
+    fn raw_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+}
