@@ -1,0 +1,405 @@
+//! Privileged end-to-end tests of the lab: real namespaces, real veths, the real XDP program,
+//! real AF_XDP sockets, a real `xylem-agent`, real ping and netperf.
+//!
+//! Each test brings up its own lab (a unique name, so its own namespaces and API socket) behind
+//! a guard that brings it down again even if the test panics. They need root; without it they
+//! print why and skip. CI runs as root, so there they run.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn xylem() -> &'static str {
+    env!("CARGO_BIN_EXE_xylem")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (namespaces, XDP, AF_XDP)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = sh(args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A lab that is brought down when dropped, also during a panic.
+struct LabGuard {
+    name: String,
+}
+
+impl LabGuard {
+    fn up(extra: &[&str]) -> LabGuard {
+        let name = format!(
+            "t{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let g = LabGuard { name };
+        let mut args = vec![xylem(), "--lab", &g.name, "lab", "up"];
+        args.extend_from_slice(extra);
+        g.ok_log(&args);
+        g
+    }
+
+    fn ok_log(&self, args: &[&str]) -> String {
+        let o = sh(args);
+        if !o.status.success() {
+            let log =
+                std::fs::read_to_string(format!("/run/xylem/labs/{}/node1/agent.log", self.name))
+                    .unwrap_or_default();
+            panic!(
+                "{args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{log}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn xylem(&self, args: &[&str]) -> String {
+        let mut a = vec![xylem(), "--lab", &self.name];
+        a.extend_from_slice(args);
+        self.ok_log(&a)
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.xylem(&["lab", "status", "-o", "json"])).unwrap()
+    }
+
+    fn agent(&self) -> Value {
+        serde_json::from_str(&self.xylem(&["status", "-o", "json"])).unwrap()
+    }
+
+    fn pod(&self, name: &str) -> (String, Ipv4Addr) {
+        let st = self.status();
+        let p = st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no pod {name} in {st}"))
+            .clone();
+        (
+            p["netns"].as_str().unwrap().to_string(),
+            p["ip"].as_str().unwrap().parse().unwrap(),
+        )
+    }
+
+    fn node_netns(&self) -> String {
+        self.status()["nodes"][0]["netns"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn prefix(&self) -> String {
+        format!("xylem-{}-", self.name)
+    }
+
+    fn down(&self) -> Output {
+        sh(&[xylem(), "--lab", &self.name, "lab", "down"])
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let o = self.down();
+        if !o.status.success() && !std::thread::panicking() {
+            panic!("lab down failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
+fn lab_namespaces(prefix: &str) -> Vec<String> {
+    ok(&["ip", "netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(String::from)
+        .collect()
+}
+
+fn ping(netns: &str, ip: Ipv4Addr, count: u32) -> bool {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &ip.to_string(),
+    ])
+    .status
+    .success()
+}
+
+/// Runs `f` on a thread that has entered network namespace `netns`.
+fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// Streams `len` pseudo-random bytes from pod `from` to pod `to` over TCP through the
+/// dataplane and checks that every byte arrived, in order.
+fn bulk_transfer(from_ns: &str, to_ns: &str, to_ip: Ipv4Addr, len: usize) {
+    let data: Vec<u8> = {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_netns(to_ns, move || {
+        let l = TcpListener::bind(SocketAddrV4::new(to_ip, 9100)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let sent = data.clone();
+    let client = in_netns(from_ns, move || {
+        let mut s = TcpStream::connect_timeout(
+            &std::net::SocketAddr::V4(SocketAddrV4::new(to_ip, 9100)),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        s.write_all(&sent).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    client.join().unwrap();
+    let got = server.join().unwrap();
+    assert_eq!(got.len(), data.len(), "byte count");
+    assert!(got == data, "the bytes received differ from the bytes sent");
+}
+
+fn netperf_rr(from_ns: &str, to_ns: &str, to_ip: Ipv4Addr) -> f64 {
+    ok(&["ip", "netns", "exec", to_ns, "netserver", "-4"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        from_ns,
+        "netperf",
+        "-4",
+        "-H",
+        &to_ip.to_string(),
+        "-t",
+        "TCP_RR",
+        "-l",
+        "2",
+        "--",
+        "-r",
+        "1,1",
+        "-o",
+        "P99_LATENCY,TRANSACTION_RATE",
+    ]);
+    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    let rate: f64 = last.split(',').nth(1).unwrap().trim().parse().unwrap();
+    rate
+}
+
+fn end_to_end(xdp_mode: &str) {
+    let lab = LabGuard::up(&["--xdp-mode", xdp_mode]);
+    let st = lab.status();
+    assert_eq!(st["pods"].as_array().unwrap().len(), 3);
+    for p in st["pods"].as_array().unwrap() {
+        assert!(p["ip"].as_str().unwrap().starts_with("10.200.0."), "{p}");
+        let ns = p["netns"].as_str().unwrap();
+        // The netns names work with `ip netns exec`.
+        ok(&["ip", "netns", "exec", ns, "true"]);
+    }
+    let agent = lab.agent();
+    for port in agent["ports"].as_array().unwrap() {
+        assert_eq!(port["xdp_mode"], xdp_mode, "{port}");
+    }
+
+    let (a_ns, a_ip) = lab.pod("pod-a");
+    let (b_ns, b_ip) = lab.pod("pod-b");
+    assert!(ping(&a_ns, b_ip, 5), "pod-a cannot ping pod-b");
+    assert!(ping(&b_ns, a_ip, 3), "pod-b cannot ping pod-a");
+    // The host (the node namespace's own stack) reaches a pod through the host port.
+    assert!(
+        ping(&lab.node_netns(), a_ip, 3),
+        "the host cannot ping pod-a"
+    );
+
+    let rate = netperf_rr(&a_ns, &b_ns, b_ip);
+    assert!(
+        rate > 100.0,
+        "TCP_RR through the dataplane: {rate} transactions/s"
+    );
+
+    bulk_transfer(&a_ns, &b_ns, b_ip, 8 << 20);
+
+    // The traffic went through the workers, not the kernel.
+    let after = lab.agent();
+    let fwd = after["totals"]["forwarded"].as_u64().unwrap();
+    assert!(fwd > 5_000, "forwarded {fwd}");
+    assert!(after["redirector"]["redirected"].as_u64().unwrap() >= fwd);
+    assert_eq!(after["health"]["ok"], true);
+
+    let prefix = lab.prefix();
+    let o = lab.down();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(lab_namespaces(&prefix).is_empty(), "namespaces left behind");
+}
+
+#[test]
+fn pods_talk_through_af_xdp_in_native_mode() {
+    require_root!();
+    end_to_end("native");
+}
+
+#[test]
+fn pods_talk_through_af_xdp_in_generic_mode() {
+    require_root!();
+    end_to_end("generic");
+}
+
+#[test]
+fn a_sigkilled_agent_fails_closed_for_pods_and_lab_down_recovers() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let (a_ns, _) = lab.pod("pod-a");
+    let (_, b_ip) = lab.pod("pod-b");
+    let node = lab.node_netns();
+    assert!(ping(&a_ns, b_ip, 2));
+    let pid = lab.status()["nodes"][0]["agent_pid"].as_u64().unwrap();
+    ok(&["kill", "-KILL", &pid.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(lab.status()["nodes"][0]["agent_running"], false);
+
+    // The kernel detached the XDP programs with the agent's links: no interface keeps a
+    // program that redirects into sockets nobody reads.
+    let node2 = node.clone();
+    let progs = in_netns(&node, move || {
+        ["xyp0", "xyp1", "xyp2", "xyhostdp"]
+            .iter()
+            .map(|i| xdp_redirector::attached_program(i).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    assert!(
+        progs.iter().all(Option::is_none),
+        "programs left on {node2}: {progs:?}"
+    );
+    // Pod traffic stops: the kernel does not route it (the gateway MAC is nobody's), so no
+    // policy is bypassed while the agent is down.
+    assert!(
+        !ping(&a_ns, b_ip, 2),
+        "pod traffic must not flow without the agent"
+    );
+    // The client says clearly that the agent is gone.
+    let o = sh(&[xylem(), "--lab", &lab.name, "status"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot reach xylem-agent at") && err.contains("is it running?"),
+        "{err}"
+    );
+
+    // lab down cleans up after the crash, and a new lab up works.
+    let prefix = lab.prefix();
+    let o = lab.down();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(lab_namespaces(&prefix).is_empty());
+    let args = [xylem(), "--lab", &lab.name, "lab", "up"];
+    lab.ok_log(&args);
+    let (a_ns, _) = lab.pod("pod-a");
+    let (_, b_ip) = lab.pod("pod-b");
+    assert!(ping(&a_ns, b_ip, 2), "a fresh lab works after the crash");
+}
+
+#[test]
+fn lab_up_is_idempotent_and_exec_runs_in_the_pod() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let before = lab.status();
+    let again = lab.xylem(&["lab", "up"]);
+    assert!(again.contains("pod-a"), "{again}");
+    let after = lab.status();
+    assert_eq!(
+        before["nodes"][0]["agent_pid"],
+        after["nodes"][0]["agent_pid"]
+    );
+    let out = lab.xylem(&[
+        "lab", "exec", "pod-b", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
+    assert!(out.contains("10.200.0.11/32"), "{out}");
+    let eps: Value = serde_json::from_str(&lab.xylem(&["endpoint", "list", "-o", "json"])).unwrap();
+    assert_eq!(eps.as_array().unwrap().len(), 3);
+    assert_eq!(eps[0]["name"], "pod-a");
+}
+
+#[test]
+fn cli_without_an_agent_says_what_to_do() {
+    let sock = std::env::temp_dir().join(format!("xylem-none-{}.sock", std::process::id()));
+    let o = sh(&[xylem(), "--socket", sock.to_str().unwrap(), "status"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot reach xylem-agent at {}: is it running?",
+            sock.display()
+        )),
+        "{err}"
+    );
+}
