@@ -357,6 +357,16 @@ impl<B: Backend> Worker<B> {
             }
         }
 
+        // 1b. Frames still on a TX ring need another kick: in copy mode the kernel sends at
+        // most 32 frames per wake-up. Counted as work so a `shared` worker does not block
+        // with frames stuck in a ring.
+        for port in 0..ports {
+            if self.backend.tx_queued(port) > 0 {
+                self.backend.tx_kick(port);
+                work += 1;
+            }
+        }
+
         // 2. Top up the fill rings.
         for port in 0..ports {
             let want = self.free.len().min(u32::MAX as usize) as u32;
@@ -584,6 +594,17 @@ impl<B: Backend> Worker<B> {
                 _ => std::hint::spin_loop(),
             }
         }
+        self.drain(epoch.elapsed().as_nanos() as u64);
         Ok(self)
+    }
+
+    /// Runs batches until nothing moves (at most 10,000), so that sent frames complete and come
+    /// back before the worker stops. Frames still arriving keep it busy only up to that bound.
+    pub fn drain(&mut self, now_ns: u64) {
+        for _ in 0..10_000 {
+            if self.run_once(now_ns) == 0 {
+                break;
+            }
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! On veth the kernel binds in copy mode (`XDP_COPY`): zero-copy needs driver support that veth
 //! does not have. In copy mode the fill ring never asks to be woken, while TX always does, so
 //! [`Backend::tx`] kicks the kernel (`sendto`) once per batch when the ring's need-wakeup flag is
-//! set. That kick is the only system call on the per-packet path.
+//! set. The kernel then copies at most 32 frames per kick, so the worker kicks again on every
+//! batch while frames are left on a TX ring ([`Backend::tx_kick`]). Those kicks are the only
+//! system calls on the per-packet path.
 
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
@@ -249,6 +251,20 @@ impl Backend for XskBackend {
             let _ = p.tx.wakeup();
         }
         queued
+    }
+    #[inline]
+    fn tx_queued(&mut self, port: usize) -> u32 {
+        let free = self.ports[port].tx.nb_free_exact();
+        self.ring_size.saturating_sub(free)
+    }
+    #[inline]
+    fn tx_kick(&mut self, port: usize) {
+        let tx = &mut self.ports[port].tx;
+        if tx.needs_wakeup() {
+            // EAGAIN/ENOBUFS are swallowed by xsk-rs; anything else shows up as frames that stay
+            // queued, and the next batch kicks again.
+            let _ = tx.wakeup();
+        }
     }
     #[inline]
     fn complete(&mut self, port: usize, out: &mut [FrameDesc]) -> usize {

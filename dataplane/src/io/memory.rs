@@ -186,6 +186,10 @@ impl Backend for MemoryBackend {
         p.tx.extend(descs[..n].iter().copied());
         n
     }
+    fn tx_queued(&mut self, port: usize) -> u32 {
+        self.ports[port].tx.len() as u32
+    }
+    fn tx_kick(&mut self, _port: usize) {}
     fn complete(&mut self, port: usize, out: &mut [MemDesc]) -> usize {
         let p = &mut self.ports[port];
         let n = out.len().min(p.comp.len());

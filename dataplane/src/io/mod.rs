@@ -48,6 +48,12 @@ pub trait Backend {
     /// Queues frames for sending on `port` and wakes the kernel if it asks to be woken. Returns
     /// how many were queued (a prefix of `descs`); the rest are still the caller's.
     fn tx(&mut self, port: usize, descs: &[Self::Desc]) -> usize;
+    /// Frames on `port`'s TX ring that the kernel has not taken yet.
+    fn tx_queued(&mut self, port: usize) -> u32;
+    /// Wakes the kernel to send what sits on `port`'s TX ring, if the ring asks to be woken.
+    /// In copy mode the kernel sends at most a small batch (32 frames) per wake-up, so a ring
+    /// with frames left needs another kick.
+    fn tx_kick(&mut self, port: usize);
     /// Takes up to `out.len()` frames whose sending on `port` completed.
     fn complete(&mut self, port: usize, out: &mut [Self::Desc]) -> usize;
     /// How many frames sit in `port`'s fill ring right now, as the ring itself says. Used by
