@@ -365,8 +365,10 @@ fn complete_l4_checksum(frame: &mut Frame<'_>, ip: &Ipv4Info, stats: &WorkerStat
     if current != pseudo.fold() {
         return;
     }
-    put_checksum(segment, field, 0);
-    let mut full = pseudo.add_bytes(segment).checksum();
+    // The field holds the folded pseudo-header sum, so summing the segment as it is gives
+    // pseudo-header + segment-with-zero-checksum (mod 0xFFFF): exactly the sum the checksum
+    // covers. Not zeroing the field first also spares a store-to-load forwarding stall.
+    let mut full = checksum::Sum::new().add_bytes(segment).checksum();
     if ip.protocol == ip_proto::UDP && full == 0 {
         full = 0xffff; // RFC 768: a computed zero is sent as all ones.
     }
