@@ -1,1 +1,251 @@
-fn main() {}
+//! `netperf-harness`: measures Xylem against the kernel's pod-to-pod datapaths with netperf.
+//!
+//! # What it does
+//! - Builds each kernel path (`veth`, `veth-netfilter`, `bridge`, `ipvlan`, `macvlan`) in its own
+//!   network namespaces named `xnh<pid>-...`; drives the Xylem paths (`xylem-passthrough`,
+//!   `xylem`) through `xylem lab up/status/down`.
+//! - Runs netperf TCP_RR, TCP_CRR, TCP_STREAM and UDP_RR, pinned to the pod core set, after a
+//!   warm-up, for N repetitions interleaved across paths, with the pod cores idle and busy, and
+//!   each Xylem path in the `dedicated` and `shared` worker placements.
+//! - Writes `results.json` (conditions, every run, medians and ratios), `report.md`, and
+//!   `chart.svg`/`chart.png`.
+//! - Removes everything it created on success, on failure and on SIGINT/SIGTERM (RAII guards,
+//!   a flag set by the signal handler, and a final sweep of its namespace prefix).
+//!
+//! # What it does not do
+//! - It never touches the host's interfaces, addresses or routes, and sends no traffic outside
+//!   its own namespaces (and those of the Xylem lab).
+//! - It does not build or configure Xylem: the lab CLI owns the agent, the XDP program and the
+//!   workers. If `xylem` is missing or `lab up` fails, those paths report the error and the
+//!   kernel paths still run.
+//! - It asserts no performance goal: ratios are reported, not enforced.
+//! - It does not install netperf (run `docker/bootstrap.sh`) nor iptables.
+
+mod chart;
+mod error;
+mod netperf;
+mod report;
+mod results;
+mod runner;
+mod stats;
+mod sys;
+mod topology;
+mod xylem;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::netperf::Test;
+use crate::results::{Load, PathKind, Placement, Results};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "netperf-harness",
+    version,
+    about = "Compare Xylem with the kernel's pod-to-pod datapaths using netperf"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the paths, run the tests, write results.json, report.md and the chart.
+    Run(RunArgs),
+    /// Re-render report.md and the chart from an existing results.json.
+    Report {
+        /// The results.json to read.
+        #[arg(long)]
+        results: PathBuf,
+        /// Output directory (default: the directory of results.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Markdown file with a hand-written reading of the run, placed near the top.
+        #[arg(long)]
+        notes: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Paths, comma-separated [default: all]: veth, veth-netfilter, bridge, ipvlan, macvlan,
+    /// xylem-passthrough, xylem, xylem-encrypted.
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
+    /// Tests, comma-separated [default: TCP_RR,TCP_CRR,TCP_STREAM,UDP_RR].
+    #[arg(long, value_delimiter = ',')]
+    tests: Vec<String>,
+    /// Worker placements for the Xylem paths [default: dedicated,shared].
+    #[arg(long, value_delimiter = ',')]
+    placements: Vec<String>,
+    /// Pod-core loads [default: idle,busy].
+    #[arg(long, value_delimiter = ',')]
+    load: Vec<String>,
+    /// Seconds per netperf test.
+    #[arg(long, default_value_t = 10)]
+    duration: u32,
+    /// Recorded repetitions (after a warm-up).
+    #[arg(long, default_value_t = 5)]
+    repeat: u32,
+    /// Output directory.
+    #[arg(long, default_value = "netperf-results")]
+    out: PathBuf,
+    /// The `xylem` binary [default: `xylem` next to this executable].
+    #[arg(long)]
+    xylem_bin: Option<PathBuf>,
+    /// Pod core set: netperf, netserver and the busy spinners run here [default: CPU 0].
+    #[arg(long, default_value = "0")]
+    pod_cores: String,
+    /// Worker cores for the dedicated placement [default: every CPU not in --pod-cores].
+    #[arg(long)]
+    worker_cores: Option<String>,
+    /// XDP attach mode passed to `xylem lab up`.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: String,
+    /// Worker batch size passed to `xylem lab up`.
+    #[arg(long, default_value_t = 64)]
+    batch_size: u32,
+    /// Markdown file with a hand-written reading of the run, placed near the top of report.md.
+    #[arg(long)]
+    notes: Option<PathBuf>,
+}
+
+fn parse_list<T: std::str::FromStr<Err = Error> + Clone>(
+    values: &[String],
+    default: &[T],
+) -> Result<Vec<T>> {
+    if values.is_empty() {
+        return Ok(default.to_vec());
+    }
+    values.iter().map(|v| v.trim().parse()).collect()
+}
+
+fn options(a: &RunArgs) -> Result<runner::Options> {
+    let pod_cores = sys::parse_cpu_list(&a.pod_cores)?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if let Some(c) = pod_cores.iter().find(|c| **c >= cpus) {
+        return Err(Error::Usage(format!(
+            "--pod-cores: CPU {c} does not exist ({cpus} CPUs)"
+        )));
+    }
+    let worker_cores = match &a.worker_cores {
+        Some(w) => sys::parse_cpu_list(w)?,
+        None => {
+            let rest: Vec<usize> = (0..cpus).filter(|c| !pod_cores.contains(c)).collect();
+            if rest.is_empty() {
+                pod_cores.clone()
+            } else {
+                rest
+            }
+        }
+    };
+    if a.duration == 0 || a.repeat == 0 {
+        return Err(Error::Usage(
+            "--duration and --repeat must be at least 1".into(),
+        ));
+    }
+    Ok(runner::Options {
+        paths: parse_list(&a.paths, &PathKind::ALL)?,
+        tests: parse_list(&a.tests, &Test::ALL)?,
+        placements: parse_list(&a.placements, &[Placement::Dedicated, Placement::Shared])?,
+        loads: parse_list(&a.load, &[Load::Idle, Load::Busy])?,
+        duration_s: a.duration,
+        repeat: a.repeat,
+        out: a.out.clone(),
+        xylem_bin: a.xylem_bin.clone().unwrap_or_else(xylem::default_bin),
+        pod_cores,
+        worker_cores,
+        xdp_mode: a.xdp_mode.clone(),
+        batch_size: a.batch_size,
+    })
+}
+
+fn read_notes(path: Option<&Path>) -> Result<Option<String>> {
+    path.map(|p| {
+        std::fs::read_to_string(p).map_err(|source| Error::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    })
+    .transpose()
+}
+
+fn write_outputs(res: &Results, out: &Path, notes: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let json = out.join("results.json");
+    let text = serde_json::to_string_pretty(res)? + "\n";
+    std::fs::write(&json, text).map_err(|source| Error::Io {
+        path: json.clone(),
+        source,
+    })?;
+    let md = out.join("report.md");
+    std::fs::write(&md, report::render(res, notes)).map_err(|source| Error::Io {
+        path: md.clone(),
+        source,
+    })?;
+    chart::write(res, out)
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run(a) => {
+            let opts = options(&a)?;
+            let notes = read_notes(a.notes.as_deref())?;
+            sys::install_signal_handlers();
+            let res = runner::run(&opts)?;
+            write_outputs(&res, &opts.out, notes.as_deref())?;
+            let measured = res.summary.iter().filter(|r| r.reps > 0).count();
+            eprintln!(
+                "wrote {}/results.json, report.md, chart.svg, chart.png: {measured} of {} cells measured, {} errors",
+                opts.out.display(),
+                res.summary.len(),
+                res.errors.len()
+            );
+            for r in res.summary.iter().filter(|r| r.reps == 0) {
+                if let Some(u) = r.unavailable.as_ref().or(r.error.as_ref()) {
+                    let pl = r
+                        .placement
+                        .map(|p| format!(" ({})", p.name()))
+                        .unwrap_or_default();
+                    eprintln!("  {}{} {} {}: {u}", r.path, pl, r.load.name(), r.test);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Report {
+            results,
+            out,
+            notes,
+        } => {
+            let text = std::fs::read_to_string(&results).map_err(|source| Error::Io {
+                path: results.clone(),
+                source,
+            })?;
+            let res: Results = serde_json::from_str(&text)?;
+            let out =
+                out.unwrap_or_else(|| results.parent().map(Path::to_path_buf).unwrap_or_default());
+            let notes = read_notes(notes.as_deref())?;
+            write_outputs(&res, &out, notes.as_deref())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netperf-harness: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

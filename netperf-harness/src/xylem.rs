@@ -1,0 +1,266 @@
+//! Xylem paths, driven through the `xylem lab` CLI (which owns its own namespaces and agent).
+//!
+//! The harness writes a two-pod LAB.yaml, runs `xylem lab up`, reads `xylem lab status -o json`,
+//! starts netserver in the first pod and measures from the second. Dropping a [`Lab`] runs
+//! `xylem lab down`, also when `up` failed half-way.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::results::{PathKind, Placement};
+use crate::sys::{self, ChildGuard};
+use crate::topology::{self, Endpoints};
+
+/// Name of the pod that runs netserver.
+pub const SERVER_POD: &str = "xnh-server";
+/// Name of the pod that runs netperf.
+pub const CLIENT_POD: &str = "xnh-client";
+
+/// The lab description the harness hands to `xylem lab up -f`.
+pub fn lab_yaml() -> String {
+    format!(
+        "# Written by netperf-harness: two pods, netserver in the first, netperf in the second.\n\
+         pods:\n  - name: {SERVER_POD}\n    namespace: bench\n    labels: {{app: netserver}}\n  \
+         - name: {CLIENT_POD}\n    namespace: bench\n    labels: {{app: netperf}}\n"
+    )
+}
+
+/// How to bring a lab up.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// The `xylem` binary.
+    pub bin: PathBuf,
+    /// Where to write LAB.yaml.
+    pub dir: PathBuf,
+    /// Worker placement.
+    pub placement: Placement,
+    /// Worker cores for this placement (`taskset` list).
+    pub worker_cores: String,
+    /// `passthrough` or `full`.
+    pub mode: &'static str,
+    /// `auto`, `native` or `generic`.
+    pub xdp_mode: String,
+    /// Worker batch size.
+    pub batch_size: u32,
+    /// The lab's name (`XYLEM_LAB`), unique to this run so it never touches anyone else's lab.
+    pub lab_name: String,
+}
+
+impl LabConfig {
+    /// The worker mode for a Xylem path.
+    pub fn mode_for(path: PathKind) -> &'static str {
+        if path == PathKind::XylemPassthrough {
+            "passthrough"
+        } else {
+            "full"
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Status {
+    #[serde(default)]
+    pods: Vec<PodStatus>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PodStatus {
+    name: String,
+    ip: String,
+    netns: String,
+    #[serde(default)]
+    interface: Option<String>,
+}
+
+/// Extracts the server and client pods from `xylem lab status -o json`.
+pub fn endpoints_from_status(json: &str) -> Result<Endpoints> {
+    if json.trim().is_empty() {
+        return Err(Error::Lab(
+            "`xylem lab status -o json` printed nothing (does this xylem binary implement `lab` yet?)".into(),
+        ));
+    }
+    let status: Status = serde_json::from_str(json).map_err(|e| {
+        Error::Lab(format!(
+            "`lab status -o json` is not the expected JSON: {e}"
+        ))
+    })?;
+    let find = |name: &str| {
+        status
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::Lab(format!("pod `{name}` missing from `lab status`")))
+    };
+    let (srv, cli) = (find(SERVER_POD)?, find(CLIENT_POD)?);
+    Ok(Endpoints {
+        server_ns: srv.netns.clone(),
+        server_ip: srv.ip.split('/').next().unwrap_or(&srv.ip).to_string(),
+        client_ns: cli.netns.clone(),
+        server_if: srv.interface.clone().unwrap_or_else(|| "eth0".into()),
+        client_if: cli.interface.clone().unwrap_or_else(|| "eth0".into()),
+    })
+}
+
+/// Runs `xylem lab down` on drop.
+#[derive(Debug)]
+struct DownGuard {
+    bin: PathBuf,
+    lab: String,
+}
+
+impl Drop for DownGuard {
+    fn drop(&mut self) {
+        let bin = self.bin.to_string_lossy().into_owned();
+        // Errors cannot be reported from Drop; `lab down` is documented to be idempotent.
+        let _ = sys::run_timed_env(
+            &[&bin, "lab", "down"],
+            &[("XYLEM_LAB", &self.lab)],
+            Duration::from_secs(60),
+        );
+    }
+}
+
+/// A running lab with netserver started in the server pod.
+#[derive(Debug)]
+pub struct Lab {
+    /// Server and client pods.
+    pub endpoints: Endpoints,
+    /// The `lab status -o json` output, recorded in the conditions.
+    pub status: serde_json::Value,
+    /// The `lab up` command line.
+    pub command: String,
+    _netserver: ChildGuard,
+    _down: DownGuard,
+}
+
+fn check(cmd: &[&str], lab: &str, timeout: Duration) -> Result<String> {
+    let out = sys::run_timed_env(cmd, &[("XYLEM_LAB", lab)], timeout)?;
+    if out.success {
+        Ok(out.stdout)
+    } else {
+        let msg = if out.stderr.trim().is_empty() {
+            out.stdout
+        } else {
+            out.stderr
+        };
+        Err(Error::Lab(format!(
+            "`XYLEM_LAB={lab} {}` failed ({}): {}",
+            sys::cmd_line(cmd),
+            out.status,
+            msg.trim()
+        )))
+    }
+}
+
+impl Lab {
+    /// Brings the lab up for `path` and starts netserver.
+    pub fn up(cfg: &LabConfig, pod_cores: &str) -> Result<Lab> {
+        if !cfg.bin.is_file() {
+            return Err(Error::Lab(format!(
+                "xylem binary not found at {} (build it: cargo build --release -p xylem-control, or pass --xylem-bin)",
+                cfg.bin.display()
+            )));
+        }
+        let yaml = cfg.dir.join("lab.yaml");
+        std::fs::write(&yaml, lab_yaml()).map_err(|source| Error::Io {
+            path: yaml.clone(),
+            source,
+        })?;
+        let bin = cfg.bin.to_string_lossy().into_owned();
+        let yaml_s = yaml.to_string_lossy().into_owned();
+        let batch = cfg.batch_size.to_string();
+        let up = [
+            bin.as_str(),
+            "lab",
+            "up",
+            "-f",
+            &yaml_s,
+            "--placement",
+            cfg.placement.name(),
+            "--worker-cores",
+            &cfg.worker_cores,
+            "--mode",
+            cfg.mode,
+            "--xdp-mode",
+            &cfg.xdp_mode,
+            "--batch-size",
+            &batch,
+        ];
+        let down = DownGuard {
+            bin: cfg.bin.clone(),
+            lab: cfg.lab_name.clone(),
+        };
+        check(&up, &cfg.lab_name, Duration::from_secs(180))?;
+        let status_text = check(
+            &[&bin, "lab", "status", "-o", "json"],
+            &cfg.lab_name,
+            Duration::from_secs(30),
+        )?;
+        let endpoints = endpoints_from_status(&status_text)?;
+        let status = serde_json::from_str(&status_text).unwrap_or(serde_json::Value::Null);
+        // The lab already turns TX checksum offload off; repeat it for symmetry with the kernel
+        // paths (harmless if the interface is named differently).
+        for (ns, dev) in [
+            (&endpoints.server_ns, &endpoints.server_if),
+            (&endpoints.client_ns, &endpoints.client_if),
+        ] {
+            let _ = sys::run(&topology::exec_args(
+                ns,
+                &["ethtool", "-K", dev, "tx", "off"],
+            ));
+        }
+        let netserver = topology::start_netserver(&endpoints.server_ns, pod_cores)?;
+        Ok(Lab {
+            endpoints,
+            status,
+            command: format!("XYLEM_LAB={} {}", cfg.lab_name, sys::cmd_line(&up)),
+            _netserver: netserver,
+            _down: down,
+        })
+    }
+}
+
+/// The default `xylem` binary: next to the harness's own executable.
+pub fn default_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+        .join("xylem")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_parsing() -> Result<()> {
+        let json = r#"{"nodes":[{"name":"node-a","netns":"xylem-node-a","api_socket":"/run/x.sock","agent_pid":42,"pod_cidr":"10.42.0.0/24","gateway":"10.42.0.1"}],
+            "pods":[{"name":"xnh-client","namespace":"bench","labels":{"app":"netperf"},"ip":"10.42.0.3","netns":"xylem-pod-2","node":"node-a"},
+                    {"name":"xnh-server","namespace":"bench","labels":{"app":"netserver"},"ip":"10.42.0.2/32","netns":"xylem-pod-1","node":"node-a"}]}"#;
+        let e = endpoints_from_status(json)?;
+        assert_eq!(e.server_ip, "10.42.0.2");
+        assert_eq!(e.server_ns, "xylem-pod-1");
+        assert_eq!(e.client_ns, "xylem-pod-2");
+        assert_eq!(e.server_if, "eth0", "interface defaults to eth0");
+        assert!(matches!(
+            endpoints_from_status(r#"{"pods":[]}"#),
+            Err(Error::Lab(_))
+        ));
+        assert!(matches!(
+            endpoints_from_status("not json"),
+            Err(Error::Lab(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn lab_yaml_has_two_pods() {
+        let y = lab_yaml();
+        assert_eq!(y.matches("- name:").count(), 2);
+        assert!(y.contains(SERVER_POD) && y.contains(CLIENT_POD));
+    }
+}
