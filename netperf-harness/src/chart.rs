@@ -152,7 +152,7 @@ where
                 let a = x0 + 0.12 + j as f64 * 0.26;
                 chart
                     .draw_series(std::iter::once(Rectangle::new(
-                        [(a, 0.0), (a + 0.24, v)],
+                        [(a, 0.0), (a + 0.24, v.min(top))],
                         LAT_COLORS[j].filled(),
                     )))
                     .map_err(err)?;
@@ -161,7 +161,7 @@ where
                 chart
                     .draw_series(std::iter::once(Text::new(
                         format!("{p99:.0}"),
-                        (x0 + 0.12 + 2.0 * 0.26 + 0.12, p99),
+                        (x0 + 0.12 + 2.0 * 0.26 + 0.12, p99.min(top)),
                         small.clone(),
                     )))
                     .map_err(err)?;

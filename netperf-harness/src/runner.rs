@@ -53,7 +53,12 @@ fn read_trim(path: &str) -> Option<String> {
 }
 
 /// Records the machine and method.
-fn conditions(opts: &Options, prefix: &str, harness_cores: &[usize]) -> serde_json::Value {
+fn conditions(
+    opts: &Options,
+    prefix: &str,
+    harness_cores: &[usize],
+    cpus: usize,
+) -> serde_json::Value {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("model name"))
@@ -86,7 +91,7 @@ fn conditions(opts: &Options, prefix: &str, harness_cores: &[usize]) -> serde_js
         "date": date,
         "kernel": kernel,
         "cpu_model": cpu_model,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "cpus": cpus,
         "hypervisor": hypervisor,
         "isolated_cpus": read_trim("/sys/devices/system/cpu/isolated"),
         "clocksource": read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
@@ -242,7 +247,8 @@ pub fn run(opts: &Options) -> Result<Results> {
         // Best effort: keep the harness's own wake-ups off the pod cores.
         let _ = sys::pin_self(&harness_cores);
     }
-    let mut conditions = conditions(opts, &prefix, &harness_cores);
+    // Counted before pinning: available_parallelism() honours the affinity mask.
+    let mut conditions = conditions(opts, &prefix, &harness_cores, cpus);
     let mut notes: Vec<String> = Vec::new();
 
     let result = run_inner(opts, &prefix, &pod, &mut notes, &mut conditions);
