@@ -19,5 +19,6 @@ pub mod config;
 pub mod error;
 pub mod lab;
 pub mod output;
+pub mod policy;
 
 pub use error::Error;

@@ -19,6 +19,9 @@
 //! interfaces or namespaces, keeps no persistent state and serves no API (see `xylem-control`).
 
 pub mod checksum;
+pub mod conntrack;
+pub mod monitor;
+pub mod policy;
 pub mod error;
 pub mod io;
 pub mod ledger;
