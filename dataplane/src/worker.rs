@@ -22,7 +22,10 @@
 //! - [`Placement::Shared`]: after traffic the worker keeps polling for `idle_spin`, yielding the
 //!   core between polls so the pods that share it run first (spinning without yielding starves
 //!   them: P99 four times worse in our measurements); then it blocks in `epoll` (via `mio`) on
-//!   its sockets and a [`mio::Waker`]; the kernel wakes it when frames arrive, the
+//!   its sockets and a [`mio::Waker`]. When a yield comes back late (another task, such as a
+//!   busy pod, holds the core), yielding would hand that task whole time slices while frames
+//!   wait, so the worker blocks at once for the next second: a blocked worker is woken, and
+//!   preempts the busy task, as soon as a frame arrives; the kernel wakes it when frames arrive, the
 //!   control side when it publishes tables, has slow-path replies or wants it to stop. Best
 //!   when the worker shares cores with the pods (small nodes and VMs, where waking an idle vCPU
 //!   costs tens of microseconds; see `MACHINE-NOTES.md`).
@@ -40,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::io::Backend;
 use crate::ledger::{Ledger, LedgerError, Place};
+use crate::monitor::{EventType, FlowEvent, MonitorLink};
 use crate::pipeline::{Verdict, process};
 use crate::slowpath::Signal;
 use crate::stats::{Counter, DropReason, WorkerStats};
@@ -181,6 +185,8 @@ pub struct WorkerLink {
     pub busy_ns: Arc<Counter>,
     /// Set to stop the worker.
     pub stop: Arc<AtomicBool>,
+    /// The flow monitor's ring, lost counter and enable mask.
+    pub monitor: MonitorLink,
 }
 
 impl WorkerLink {
@@ -199,6 +205,7 @@ impl WorkerLink {
             busy_ns: Arc::new(Counter::default()),
             from_slow: Arc::new(ArrayQueue::new(256)),
             stop: Arc::new(AtomicBool::new(false)),
+            monitor: MonitorLink::default(),
         }
     }
 }
@@ -227,6 +234,26 @@ pub struct PortCounters {
 }
 
 const WAKER: Token = Token(usize::MAX);
+
+/// Pushes the monitor event for one decided frame, if its type is enabled.
+#[inline]
+fn emit(monitor: &MonitorLink, mask: u32, now_ns: u64, port: PortId, v: Verdict, data: &[u8]) {
+    let (kind, egress, reason) = match v {
+        Verdict::Forward(out) => (EventType::Trace, Some(out), None),
+        Verdict::Drop(r) => (EventType::Drop, None, Some(r)),
+        _ => return,
+    };
+    if mask & kind.bit() != 0 {
+        monitor.push(FlowEvent::from_frame(
+            now_ns, kind, port, egress, data, reason,
+        ));
+    }
+}
+
+/// A yield that takes longer than this means another task held the core.
+const YIELD_CONTENDED_NS: u64 = 5_000;
+/// How long a `shared` worker blocks at once (instead of yielding) after a contended yield.
+const YIELD_BACKOFF_NS: u64 = 1_000_000_000;
 
 /// A worker over backend `B`. Build it with [`Worker::new`], then either drive it step by step
 /// with [`Worker::run_once`] (tests) or hand it a thread with [`Worker::run`].
@@ -342,6 +369,10 @@ impl<B: Backend> Worker<B> {
         let stats = &*stats_owner;
         let mut work = 0;
         let ports = self.backend.port_count();
+        // The monitor's enable mask, once per batch: 0 (nobody listening) costs one branch per
+        // frame and nothing else.
+        let mon_mask = self.link.monitor.load_mask();
+        let monitor_owner = (mon_mask != 0).then(|| self.link.monitor.clone());
 
         // 1. Completions back to the free list.
         for port in 0..ports {
@@ -405,15 +436,19 @@ impl<B: Backend> Worker<B> {
                 stats.rx_bytes.add(self.backend.desc_len(&d) as u64);
                 let to_slow = &self.link.to_slow;
                 let verdict = self.backend.with_frame(&mut d, |frame| {
-                    let v = process(now_ns, port as PortId, frame, &tables, stats);
+                    let mut v = process(now_ns, port as PortId, frame, &tables, stats);
                     if v == Verdict::SlowPath {
                         // Copy out now, while the frame is at hand.
                         let queued = SlowFrame::new(port as PortId, frame.data())
                             .is_some_and(|sf| to_slow.push(sf).is_ok());
                         if !queued {
-                            return Verdict::Drop(DropReason::SlowPathFull);
+                            v = Verdict::Drop(DropReason::SlowPathFull);
+                        } else {
+                            slow_queued = true;
                         }
-                        slow_queued = true;
+                    }
+                    if let Some(m) = &monitor_owner {
+                        emit(m, mon_mask, now_ns, port as PortId, v, frame.data());
                     }
                     v
                 });
@@ -563,6 +598,11 @@ impl<B: Backend> Worker<B> {
         let idle_spin = self.cfg.idle_spin.as_nanos() as u64;
         let stop = Arc::clone(&self.link.stop);
         let busy_ns = Arc::clone(&self.link.busy_ns);
+        // Shared placement polls after traffic by yielding the core. If a yield comes back late,
+        // another task (a busy pod) holds the core and each yield would hand it a whole time
+        // slice; then the worker blocks at once for a while instead, so the kernel's wake-up
+        // preempts that task as soon as a frame arrives.
+        let mut yield_off_until = 0u64;
         while !stop.load(Ordering::Relaxed) {
             // The one clock read of the batch; it also closes the previous busy batch.
             let now = epoch.elapsed().as_nanos() as u64;
@@ -577,7 +617,9 @@ impl<B: Backend> Worker<B> {
             }
             self.link.stats.idle_polls.inc();
             match (&mut self.poll, self.cfg.placement) {
-                (Some(poll), Placement::Shared) if now.saturating_sub(last_work) >= idle_spin => {
+                (Some(poll), Placement::Shared)
+                    if now.saturating_sub(last_work) >= idle_spin || now < yield_off_until =>
+                {
                     self.link.stats.wakeups.inc();
                     // A timeout bounds how long a missed wake-up could stall us; the waker and the
                     // sockets normally end the wait long before it.
@@ -594,7 +636,13 @@ impl<B: Backend> Worker<B> {
                     last_work = epoch.elapsed().as_nanos() as u64;
                 }
                 // Shared cores: poll again, but let the pods on this core run first.
-                (_, Placement::Shared) => std::thread::yield_now(),
+                (_, Placement::Shared) => {
+                    std::thread::yield_now();
+                    let back = epoch.elapsed().as_nanos() as u64;
+                    if back.saturating_sub(now) > YIELD_CONTENDED_NS {
+                        yield_off_until = back + YIELD_BACKOFF_NS;
+                    }
+                }
                 _ => std::hint::spin_loop(),
             }
         }
