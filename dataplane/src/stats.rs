@@ -125,6 +125,8 @@ pub struct WorkerStats {
     pub tx_bytes: Counter,
     /// Transit packets forwarded by the pipeline (verdict counter).
     pub forwarded: Counter,
+    /// Bytes of the frames the pipeline forwarded (counted by the worker).
+    pub forwarded_bytes: Counter,
     /// Frames handed to the slow path by the pipeline (verdict counter).
     pub to_slowpath: Counter,
     /// Partial TCP/UDP checksums (left by TX checksum offload) completed by the pipeline.
@@ -151,6 +153,7 @@ impl Default for WorkerStats {
             tx_packets: Counter::default(),
             tx_bytes: Counter::default(),
             forwarded: Counter::default(),
+            forwarded_bytes: Counter::default(),
             to_slowpath: Counter::default(),
             checksum_completed: Counter::default(),
             icmp_errors_sent: Counter::default(),
@@ -184,6 +187,7 @@ impl WorkerStats {
             tx_packets: self.tx_packets.get(),
             tx_bytes: self.tx_bytes.get(),
             forwarded: self.forwarded.get(),
+            forwarded_bytes: self.forwarded_bytes.get(),
             to_slowpath: self.to_slowpath.get(),
             checksum_completed: self.checksum_completed.get(),
             icmp_errors_sent: self.icmp_errors_sent.get(),
@@ -212,6 +216,8 @@ pub struct StatsSnapshot {
     pub tx_bytes: u64,
     /// See [`WorkerStats::forwarded`].
     pub forwarded: u64,
+    /// See [`WorkerStats::forwarded_bytes`].
+    pub forwarded_bytes: u64,
     /// See [`WorkerStats::to_slowpath`].
     pub to_slowpath: u64,
     /// See [`WorkerStats::checksum_completed`].
@@ -245,6 +251,7 @@ impl std::ops::AddAssign<&StatsSnapshot> for StatsSnapshot {
         self.tx_packets += o.tx_packets;
         self.tx_bytes += o.tx_bytes;
         self.forwarded += o.forwarded;
+        self.forwarded_bytes += o.forwarded_bytes;
         self.to_slowpath += o.to_slowpath;
         self.checksum_completed += o.checksum_completed;
         self.icmp_errors_sent += o.icmp_errors_sent;
