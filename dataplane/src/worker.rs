@@ -187,6 +187,9 @@ pub struct WorkerLink {
     pub stop: Arc<AtomicBool>,
     /// The flow monitor's ring, lost counter and enable mask.
     pub monitor: MonitorLink,
+    /// The origin of the worker's clock (`now_ns` counts from here), so the control side can
+    /// turn event timestamps into wall time.
+    pub epoch: Instant,
 }
 
 impl WorkerLink {
@@ -206,6 +209,7 @@ impl WorkerLink {
             from_slow: Arc::new(ArrayQueue::new(256)),
             stop: Arc::new(AtomicBool::new(false)),
             monitor: MonitorLink::default(),
+            epoch: Instant::now(),
         }
     }
 }
@@ -219,6 +223,10 @@ impl WorkerLink {
     pub fn port_tx(&self, port: usize) -> u64 {
         self.ports.get(port).map_or(0, |p| p.tx_packets.get())
     }
+    /// Frames received on `port` by this worker and dropped.
+    pub fn port_drops(&self, port: usize) -> u64 {
+        self.ports.get(port).map_or(0, |p| p.drops.get())
+    }
 }
 
 /// Most ports one worker serves.
@@ -231,6 +239,8 @@ pub struct PortCounters {
     pub rx_packets: Counter,
     /// Frames sent.
     pub tx_packets: Counter,
+    /// Frames received on this port and dropped (by the pipeline or the worker).
+    pub drops: Counter,
 }
 
 const WAKER: Token = Token(usize::MAX);
@@ -454,6 +464,7 @@ impl<B: Backend> Worker<B> {
                 });
                 match verdict {
                     Verdict::Forward(out) if (out as usize) < ports => {
+                        stats.forwarded_bytes.add(self.backend.desc_len(&d) as u64);
                         let q = out as usize;
                         if self.pending[q].len() == self.cfg.batch_size {
                             self.flush(q);
@@ -462,6 +473,7 @@ impl<B: Backend> Worker<B> {
                     }
                     Verdict::Forward(_) => {
                         stats.drop(DropReason::NoRoute);
+                        self.link.ports[port].drops.inc();
                         self.release(d);
                     }
                     Verdict::SlowPath => self.release(d),
@@ -469,6 +481,7 @@ impl<B: Backend> Worker<B> {
                         if reason == DropReason::SlowPathFull {
                             stats.drop(reason);
                         }
+                        self.link.ports[port].drops.inc();
                         self.release(d);
                     }
                 }
@@ -591,7 +604,7 @@ impl<B: Backend> Worker<B> {
                 )));
             }
         }
-        let epoch = Instant::now();
+        let epoch = self.link.epoch;
         let mut events = Events::with_capacity(64);
         let mut last_work = 0u64;
         let mut prev: Option<u64> = None;
