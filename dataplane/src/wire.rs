@@ -1,14 +1,17 @@
-//! Wire-format constants and zero-copy field accessors for the few headers the pipeline reads.
+//! Wire-format constants and in-place field writers for the headers the pipeline rewrites.
 //!
-//! The pipeline first takes a fixed-size array view of a header with `<[u8]>::first_chunk` or
-//! `split_first_chunk_mut` (that is the one bounds check, and it can fail: a malformed frame is a
-//! counted drop). Fields are then read and written through [`get`], [`be16`], [`put`] and
-//! [`put_be16`], whose offsets are const generics checked against the array length *at compile
-//! time*: after the view is taken, no accessor can panic. Variable-offset parts (the L4 header
-//! after IPv4 options, the ICMP quote) use `get`/`get_mut` on slices instead.
+//! Reading is etherparse's job: the pipeline parses every header it looks at with etherparse
+//! 0.21 slices (see `pipeline`'s module doc), which are read-only views. What is left here is
+//! what they cannot do: *write* fields in place (MAC rewrite, TTL and checksum updates, the ICMP
+//! time exceeded built in the received buffer). The offsets below are those writes' offsets. Two
+//! reads stay outside etherparse, for reasons given there: the IPv4 header checksum sum
+//! (`crate::checksum`) and the ICMP type byte ([`icmpv4::is_error`]).
 //!
-//! etherparse is the oracle in tests; the hot path reads fixed offsets because it needs only a
-//! handful of fields and must tell apart the exact reason a header is bad.
+//! The pipeline takes a fixed-size array view of a header with `split_first_chunk_mut` (that is
+//! the one bounds check) and writes through [`put`] and [`put_be16`], whose offsets are const
+//! generics checked against the array length *at compile time*: after the view is taken, no
+//! writer can panic. [`put_be16_at`] is for a runtime offset (the L4 checksum, after IPv4
+//! options) and fails without writing when the field does not fit.
 
 /// Ethernet II header layout.
 pub mod eth {
@@ -20,16 +23,6 @@ pub mod eth {
     pub const SRC: usize = 6;
     /// Offset of the EtherType.
     pub const ETHERTYPE: usize = 12;
-}
-
-/// EtherType values.
-pub mod ethertype {
-    /// IPv4.
-    pub const IPV4: u16 = 0x0800;
-    /// ARP.
-    pub const ARP: u16 = 0x0806;
-    /// IPv6.
-    pub const IPV6: u16 = 0x86dd;
 }
 
 /// IPv4 header layout (RFC 791).
@@ -44,10 +37,6 @@ pub mod ipv4 {
     pub const TOS: usize = 1;
     /// Offset of the total length.
     pub const TOTAL_LEN: usize = 2;
-    /// Offset of the identification.
-    pub const IDENT: usize = 4;
-    /// Offset of flags (3 high bits) and fragment offset (13 low bits).
-    pub const FLAGS_FRAG: usize = 6;
     /// Offset of the TTL (the high byte of the 16-bit word TTL|protocol).
     pub const TTL: usize = 8;
     /// Offset of the protocol.
@@ -58,44 +47,6 @@ pub mod ipv4 {
     pub const SRC: usize = 12;
     /// Offset of the destination address.
     pub const DST: usize = 16;
-    /// The More Fragments flag in the flags/fragment word.
-    pub const MORE_FRAGMENTS: u16 = 0x2000;
-    /// The fragment offset mask in the flags/fragment word.
-    pub const FRAG_OFFSET_MASK: u16 = 0x1fff;
-}
-
-/// IP protocol numbers.
-pub mod ip_proto {
-    /// ICMP.
-    pub const ICMP: u8 = 1;
-    /// TCP.
-    pub const TCP: u8 = 6;
-    /// UDP.
-    pub const UDP: u8 = 17;
-}
-
-/// ARP for Ethernet/IPv4 (RFC 826).
-pub mod arp {
-    /// Length of an Ethernet/IPv4 ARP packet.
-    pub const LEN: usize = 28;
-    /// Offset of the hardware type (1 = Ethernet).
-    pub const HTYPE: usize = 0;
-    /// Offset of the protocol type (0x0800 = IPv4).
-    pub const PTYPE: usize = 2;
-    /// Offset of the hardware address length (6).
-    pub const HLEN: usize = 4;
-    /// Offset of the protocol address length (4).
-    pub const PLEN: usize = 5;
-    /// Offset of the operation (1 request, 2 reply).
-    pub const OPER: usize = 6;
-    /// Offset of the target protocol address.
-    pub const TPA: usize = 24;
-    /// Hardware type Ethernet.
-    pub const HTYPE_ETHERNET: u16 = 1;
-    /// Operation: request.
-    pub const OP_REQUEST: u16 = 1;
-    /// Operation: reply.
-    pub const OP_REPLY: u16 = 2;
 }
 
 /// ICMPv4 (RFC 792).
@@ -118,33 +69,14 @@ pub mod icmpv4 {
 
 /// TCP header layout.
 pub mod tcp {
-    /// Length of a header without options.
-    pub const MIN_HEADER_LEN: usize = 20;
     /// Offset of the checksum.
     pub const CHECKSUM: usize = 16;
 }
 
 /// UDP header layout.
 pub mod udp {
-    /// Length of the header.
-    pub const HEADER_LEN: usize = 8;
     /// Offset of the checksum.
     pub const CHECKSUM: usize = 6;
-}
-
-/// Copies `L` bytes at offset `AT` out of a fixed-size view. Out-of-range offsets fail to compile.
-#[inline(always)]
-pub fn get<const AT: usize, const L: usize, const N: usize>(b: &[u8; N]) -> [u8; L] {
-    const { assert!(AT + L <= N, "field beyond the header view") };
-    let mut out = [0u8; L];
-    out.copy_from_slice(&b[AT..AT + L]);
-    out
-}
-
-/// Reads the big-endian `u16` at offset `AT`. Out-of-range offsets fail to compile.
-#[inline(always)]
-pub fn be16<const AT: usize, const N: usize>(b: &[u8; N]) -> u16 {
-    u16::from_be_bytes(get::<AT, 2, N>(b))
 }
 
 /// Writes `v` at offset `AT`. Out-of-range offsets fail to compile.
@@ -158,13 +90,6 @@ pub fn put<const AT: usize, const L: usize, const N: usize>(b: &mut [u8; N], v: 
 #[inline(always)]
 pub fn put_be16<const AT: usize, const N: usize>(b: &mut [u8; N], v: u16) {
     put::<AT, 2, N>(b, v.to_be_bytes());
-}
-
-/// Reads a big-endian `u16` at a runtime offset of a slice; `None` if it does not fit.
-#[inline(always)]
-pub fn be16_at(b: &[u8], at: usize) -> Option<u16> {
-    let w = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([w[0], w[1]]))
 }
 
 /// Writes a big-endian `u16` at a runtime offset of a slice; `false` (and no write) if it does
@@ -188,16 +113,13 @@ mod tests {
     fn accessors() {
         let mut b = [0u8; 6];
         put_be16::<2, _>(&mut b, 0xabcd);
-        assert_eq!(be16::<2, _>(&b), 0xabcd);
-        assert_eq!(get::<1, 3, _>(&b), [0, 0xab, 0xcd]);
+        assert_eq!(b, [0, 0, 0xab, 0xcd, 0, 0]);
         put::<4, 2, _>(&mut b, [1, 2]);
         assert_eq!(b, [0, 0, 0xab, 0xcd, 1, 2]);
-        assert_eq!(be16_at(&b, 4), Some(0x0102));
-        assert_eq!(be16_at(&b, 5), None);
-        assert_eq!(be16_at(&b, usize::MAX), None);
         assert!(put_be16_at(&mut b, 0, 0x0a0b));
         assert!(!put_be16_at(&mut b, 5, 0));
-        assert_eq!(b[..2], [0x0a, 0x0b]);
+        assert!(!put_be16_at(&mut b, usize::MAX, 0));
+        assert_eq!(b, [0x0a, 0x0b, 0xab, 0xcd, 1, 2]);
         assert!(icmpv4::is_error(11) && !icmpv4::is_error(8) && !icmpv4::is_error(0));
     }
 }
