@@ -1,0 +1,237 @@
+//! Policies + endpoints → [`PolicyTables`].
+//!
+//! Every distinct endpoint label set gets an identity; every prefix a policy mentions (including
+//! `except` prefixes) gets a CIDR identity whose addresses are those for which it is the longest
+//! match, so a `cidr` with `except` selects exactly the CIDR identities within the `cidr` and
+//! not within an `except`. Then, for each local endpoint identity, every rule whose
+//! `endpointSelector` matches it adds one entry per (selected peer identity × port spec) to the
+//! identity's ingress or egress table. Compilation cost is O(rules × identities); per-packet
+//! cost is independent of it (see [`xylem_dataplane::policy`]).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use xylem_dataplane::policy::{
+    DirectionTable, Identity, PolicyTables, PolicyTablesBuilder, RuleOrigin, RuleRef, Section,
+    identity,
+};
+
+use super::labels::{Labels, endpoint_labels};
+use super::{Cidr, Entity, IdentityAllocator, Peer, PeerRule, Policy};
+
+/// A local endpoint as the agent knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Its IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its labels (with or without `k8s:`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What compilation says about one endpoint (for `xylem endpoint list`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointInfo {
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its security identity.
+    pub identity: Identity,
+    /// Its normalized labels, namespace included.
+    pub labels: Labels,
+    /// Whether ingress is default-deny.
+    pub ingress_enforced: bool,
+    /// Whether egress is default-deny.
+    pub egress_enforced: bool,
+}
+
+/// The result of [`compile`].
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The tables to publish to workers.
+    pub tables: PolicyTables,
+    /// Per endpoint: identity and enforcement.
+    pub endpoints: Vec<EndpointInfo>,
+    /// The CIDR identities given to policy prefixes.
+    pub cidr_identities: Vec<(Cidr, Identity)>,
+}
+
+/// Compiles `policies` for `endpoints` at `revision`. `host_addrs` are the node's addresses on
+/// the pod network (the gateway, the host port), which get the `host` identity. Identities come
+/// from `ids`, so they stay stable across compilations.
+pub fn compile(
+    revision: u64,
+    policies: &[Policy],
+    endpoints: &[EndpointSpec],
+    host_addrs: &[Ipv4Addr],
+    ids: &mut IdentityAllocator,
+) -> Compiled {
+    let mut b = PolicyTablesBuilder::new(revision);
+    // Identities of the local endpoints.
+    let mut local: BTreeMap<Identity, Labels> = BTreeMap::new();
+    let mut eps = Vec::with_capacity(endpoints.len());
+    for e in endpoints {
+        let labels = endpoint_labels(&e.namespace, &e.labels);
+        let id = ids.identity(&labels);
+        b.add_endpoint(e.ip, id);
+        local.insert(id, labels.clone());
+        eps.push((e.ip, id, labels));
+    }
+    for &h in host_addrs {
+        b.add_address(h, identity::HOST);
+    }
+    // CIDR identities, sorted by (address, length).
+    let mut prefixes: Vec<Cidr> = policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .flat_map(|r| [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny])
+        .flatten()
+        .flat_map(|pr| &pr.peers)
+        .flat_map(|peer| match peer {
+            Peer::Cidr { net, except } => std::iter::once(*net)
+                .chain(except.iter().copied())
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    let cidr_ids: Vec<(Cidr, Identity)> = prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c, identity::FIRST_CIDR + i as Identity))
+        .collect();
+    for (c, id) in &cidr_ids {
+        b.add_cidr(c.addr, c.len, *id);
+    }
+    // Origins, in input order: refs[policy][spec][section][index].
+    let sections = [
+        Section::Ingress,
+        Section::IngressDeny,
+        Section::Egress,
+        Section::EgressDeny,
+    ];
+    let mut refs: Vec<Vec<[Vec<RuleRef>; 4]>> = Vec::with_capacity(policies.len());
+    for p in policies {
+        let key = p.key();
+        let mut per_spec = Vec::with_capacity(p.rules.len());
+        for (si, r) in p.rules.iter().enumerate() {
+            let lists = [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny];
+            let per_section: [Vec<RuleRef>; 4] = std::array::from_fn(|k| {
+                (0..lists[k].len())
+                    .map(|index| {
+                        b.add_origin(RuleOrigin {
+                            policy: key.clone(),
+                            spec: si,
+                            section: sections[k],
+                            index,
+                        })
+                    })
+                    .collect()
+            });
+            per_spec.push(per_section);
+        }
+        refs.push(per_spec);
+    }
+    let cx = PeerCx {
+        local: &local,
+        cidrs: &cidr_ids,
+    };
+    let mut enforced: BTreeMap<Identity, (bool, bool)> = BTreeMap::new();
+    for (&id, labels) in &local {
+        let ep = b.endpoint_policy(id);
+        let (mut ing, mut eg) = (false, false);
+        for (pi, p) in policies.iter().enumerate() {
+            for (si, r) in p.rules.iter().enumerate() {
+                if !r.selector.matches(labels) {
+                    continue;
+                }
+                ing |= !r.ingress.is_empty() || !r.ingress_deny.is_empty();
+                eg |= !r.egress.is_empty() || !r.egress_deny.is_empty();
+                let lists = [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny];
+                for (k, list) in lists.iter().enumerate() {
+                    let table = if k < 2 {
+                        &mut ep.ingress
+                    } else {
+                        &mut ep.egress
+                    };
+                    for (i, pr) in list.iter().enumerate() {
+                        cx.add(table, pr, k % 2 == 1, refs[pi][si][k][i]);
+                    }
+                }
+            }
+        }
+        ep.ingress.set_enforced(ing);
+        ep.egress.set_enforced(eg);
+        enforced.insert(id, (ing, eg));
+    }
+    let endpoints = eps
+        .into_iter()
+        .map(|(ip, id, labels)| EndpointInfo {
+            ip,
+            identity: id,
+            labels,
+            ingress_enforced: enforced[&id].0,
+            egress_enforced: enforced[&id].1,
+        })
+        .collect();
+    Compiled {
+        tables: b.build(),
+        endpoints,
+        cidr_identities: cidr_ids,
+    }
+}
+
+struct PeerCx<'a> {
+    local: &'a BTreeMap<Identity, Labels>,
+    cidrs: &'a [(Cidr, Identity)],
+}
+
+impl PeerCx<'_> {
+    fn add(&self, table: &mut DirectionTable, pr: &PeerRule, deny: bool, rule: RuleRef) {
+        let mut peers: Vec<Identity> = Vec::new();
+        for peer in &pr.peers {
+            self.select(peer, &mut peers);
+        }
+        peers.sort_unstable();
+        peers.dedup();
+        for &peer in &peers {
+            for ps in &pr.ports {
+                table.add(peer, ps.proto, ps.range, deny, rule);
+            }
+        }
+    }
+
+    fn select(&self, peer: &Peer, out: &mut Vec<Identity>) {
+        match peer {
+            Peer::Endpoints(sel) => out.extend(
+                self.local
+                    .iter()
+                    .filter(|(_, l)| sel.matches(l))
+                    .map(|(&id, _)| id),
+            ),
+            Peer::Cidr { net, except } => {
+                let lo = self.cidrs.partition_point(|(c, _)| c.addr < net.addr);
+                let hi = self
+                    .cidrs
+                    .partition_point(|(c, _)| c.addr.to_bits() <= net.last());
+                out.extend(
+                    self.cidrs[lo..hi]
+                        .iter()
+                        .filter(|(c, _)| net.contains(c) && !except.iter().any(|x| x.contains(c)))
+                        .map(|&(_, id)| id),
+                );
+            }
+            Peer::Entity(Entity::All) => out.push(identity::ANY),
+            Peer::Entity(Entity::Host) => out.push(identity::HOST),
+            Peer::Entity(Entity::World) => {
+                out.push(identity::WORLD);
+                out.extend(self.cidrs.iter().map(|&(_, id)| id));
+            }
+            Peer::Entity(Entity::Cluster) => {
+                out.push(identity::HOST);
+                out.extend(self.local.keys().copied());
+            }
+        }
+    }
+}

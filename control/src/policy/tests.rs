@@ -1,0 +1,745 @@
+//! Table-driven semantic and rejection tests (no root needed).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey, proto, tcp_flags};
+use xylem_dataplane::policy::{Flow, PolicyVerdict, decide};
+
+use super::*;
+
+const HEAD: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n";
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// name, namespace, labels, address
+type Pod = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+const PODS: &[Pod] = &[
+    ("web", "default", &[("app", "web")], "10.0.0.10"),
+    ("web2", "default", &[("k8s:app", "web")], "10.0.0.11"),
+    (
+        "client",
+        "default",
+        &[("app", "client"), ("tier", "fe")],
+        "10.0.0.20",
+    ),
+    ("db", "default", &[("app", "db")], "10.0.0.30"),
+    ("batch", "default", &[("app", "batch")], "10.0.0.40"),
+    ("pclient", "prod", &[("app", "client")], "10.0.1.20"),
+    ("prom", "monitoring", &[("app", "prom")], "10.0.2.5"),
+];
+const GATEWAY: &str = "10.0.0.1";
+const HOSTPORT: &str = "10.200.0.254";
+
+fn addr(name: &str) -> Ipv4Addr {
+    match name {
+        "gw" => ip(GATEWAY),
+        "hostport" => ip(HOSTPORT),
+        _ => PODS
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|p| ip(p.3))
+            .unwrap_or_else(|| ip(name)),
+    }
+}
+
+fn endpoints() -> Vec<EndpointSpec> {
+    PODS.iter()
+        .map(|(_, ns, labels, a)| EndpointSpec {
+            ip: ip(a),
+            namespace: (*ns).into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect::<BTreeMap<_, _>>(),
+        })
+        .collect()
+}
+
+fn build(yaml: &str) -> (Compiled, Vec<Policy>) {
+    let policies = parse_policies(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let mut ids = IdentityAllocator::new();
+    let c = compile(
+        1,
+        &policies,
+        &endpoints(),
+        &[ip(GATEWAY), ip(HOSTPORT)],
+        &mut ids,
+    );
+    (c, policies)
+}
+
+/// `"src dst port/PROTO"`, e.g. `"client web 80/TCP"` or `"client web ICMP"`.
+fn flow(spec: &str) -> FlowKey {
+    let mut it = spec.split_whitespace();
+    let src = addr(it.next().unwrap());
+    let dst = addr(it.next().unwrap());
+    let pp = it.next().unwrap();
+    let (port, proto) = match pp.split_once('/') {
+        Some((p, "TCP")) => (p.parse().unwrap(), proto::TCP),
+        Some((p, "UDP")) => (p.parse().unwrap(), proto::UDP),
+        None if pp == "ICMP" => (0, proto::ICMP),
+        _ => panic!("bad flow {spec}"),
+    };
+    FlowKey {
+        src,
+        dst,
+        sport: 40000,
+        dport: port,
+        proto,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    yaml: String,
+    /// (flow, expected verdict, expected deciding rule or "")
+    expect: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+fn pol(name: &str, ns: &str, spec: &str) -> String {
+    format!("{HEAD}metadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}")
+}
+
+fn cases() -> Vec<Case> {
+    let web_from_client = pol(
+        "web",
+        "default",
+        "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - fromEndpoints:\n    - matchLabels: {k8s:app: client}\n    toPorts:\n    - ports:\n      - port: \"80\"\n        protocol: TCP\n",
+    );
+    vec![
+        Case {
+            name: "no policy allows everything",
+            yaml: String::new(),
+            expect: vec![
+                ("client web 80/TCP", "allowed", ""),
+                ("8.8.8.8 web 22/TCP", "allowed", ""),
+                ("web 8.8.8.8 ICMP", "allowed", ""),
+            ],
+        },
+        Case {
+            name: "labels, shared identity, other direction open",
+            yaml: web_from_client.clone(),
+            expect: vec![
+                (
+                    "client web 80/TCP",
+                    "allowed",
+                    "default/web spec[0] ingress[0]",
+                ),
+                (
+                    "client web2 80/TCP",
+                    "allowed",
+                    "default/web spec[0] ingress[0]",
+                ),
+                ("client web 81/TCP", "policy-denied", ""),
+                ("client web 80/UDP", "policy-denied", ""),
+                ("client web ICMP", "policy-denied", ""),
+                ("db web 80/TCP", "policy-denied", ""),
+                ("db web2 80/TCP", "policy-denied", ""),
+                ("client db 80/TCP", "allowed", ""),
+                ("web db 5432/TCP", "allowed", ""),
+                ("8.8.8.8 web 80/TCP", "policy-denied", ""),
+            ],
+        },
+        Case {
+            name: "namespaces: selectors are limited to the policy's namespace unless named",
+            yaml: format!(
+                "{web_from_client}---\n{}---\n{}",
+                pol(
+                    "from-prod",
+                    "default",
+                    "  endpointSelector:\n    matchLabels: {app: db}\n  ingress:\n  - fromEndpoints:\n    - matchLabels: {k8s:io.kubernetes.pod.namespace: prod, app: client}\n",
+                ),
+                pol(
+                    "lock-prod",
+                    "prod",
+                    "  endpointSelector: {}\n  ingress:\n  - fromEndpoints:\n    - {}\n",
+                )
+            ),
+            expect: vec![
+                ("pclient web 80/TCP", "policy-denied", ""),
+                (
+                    "pclient db 5432/TCP",
+                    "allowed",
+                    "default/from-prod spec[0] ingress[0]",
+                ),
+                ("client db 5432/TCP", "policy-denied", ""),
+                // lock-prod selects only prod's endpoints, and allows only prod's peers.
+                ("client pclient 80/TCP", "policy-denied", ""),
+                ("prom pclient 80/TCP", "policy-denied", ""),
+                ("batch prom 80/TCP", "allowed", ""),
+            ],
+        },
+        Case {
+            name: "matchExpressions In / NotIn / Exists / DoesNotExist",
+            yaml: format!(
+                "{}---\n{}",
+                pol(
+                    "exists",
+                    "default",
+                    "  endpointSelector:\n    matchExpressions:\n    - {key: app, operator: In, values: [web, db]}\n  ingress:\n  - fromEndpoints:\n    - matchExpressions:\n      - {key: tier, operator: Exists}\n",
+                ),
+                pol(
+                    "batch",
+                    "default",
+                    "  endpointSelector:\n    matchExpressions:\n    - {key: tier, operator: DoesNotExist}\n    - {key: app, operator: NotIn, values: [web, db]}\n  ingress:\n  - fromEndpoints:\n    - matchExpressions:\n      - {key: app, operator: NotIn, values: [client]}\n",
+                ),
+            ),
+            expect: vec![
+                (
+                    "client web 80/TCP",
+                    "allowed",
+                    "default/exists spec[0] ingress[0]",
+                ),
+                (
+                    "client db 80/TCP",
+                    "allowed",
+                    "default/exists spec[0] ingress[0]",
+                ),
+                ("batch db 80/TCP", "policy-denied", ""),
+                // batch: selected by `batch` (no tier, app not web/db).
+                (
+                    "db batch 80/TCP",
+                    "allowed",
+                    "default/batch spec[0] ingress[0]",
+                ),
+                ("client batch 80/TCP", "policy-denied", ""),
+                // client has a tier: not selected by `batch`, so open.
+                ("batch client 80/TCP", "allowed", ""),
+            ],
+        },
+        Case {
+            name: "CIDR with except; CIDRs never match cluster addresses",
+            yaml: pol(
+                "cidr",
+                "default",
+                "  endpointSelector:\n    matchLabels: {app: client}\n  egress:\n  - toCIDRSet:\n    - cidr: 8.0.0.0/8\n      except: [8.8.0.0/16]\n  - toCIDR: [8.8.4.4/32, 10.0.0.0/8]\n",
+            ),
+            expect: vec![
+                (
+                    "client 8.1.2.3 443/TCP",
+                    "allowed",
+                    "default/cidr spec[0] egress[0]",
+                ),
+                ("client 8.8.8.8 443/TCP", "policy-denied", ""),
+                (
+                    "client 8.8.4.4 53/UDP",
+                    "allowed",
+                    "default/cidr spec[0] egress[1]",
+                ),
+                ("client 1.1.1.1 443/TCP", "policy-denied", ""),
+                ("client web 80/TCP", "policy-denied", ""),
+                (
+                    "client 10.9.9.9 80/TCP",
+                    "allowed",
+                    "default/cidr spec[0] egress[1]",
+                ),
+            ],
+        },
+        Case {
+            name: "entities",
+            yaml: format!(
+                "{}---\n{}---\n{}",
+                pol(
+                    "world",
+                    "default",
+                    "  endpointSelector:\n    matchLabels: {app: client}\n  egress:\n  - toEntities: [world]\n",
+                ),
+                pol(
+                    "cluster",
+                    "default",
+                    "  endpointSelector:\n    matchLabels: {app: batch}\n  egress:\n  - toEntities: [cluster]\n",
+                ),
+                pol(
+                    "host",
+                    "default",
+                    "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - fromEntities: [host]\n  egress:\n  - toEntities: [all]\n",
+                ),
+            ),
+            expect: vec![
+                (
+                    "client 8.8.8.8 443/TCP",
+                    "allowed",
+                    "default/world spec[0] egress[0]",
+                ),
+                ("client web 80/TCP", "policy-denied", ""),
+                ("client gw 53/UDP", "policy-denied", ""),
+                ("batch web 80/TCP", "policy-denied", ""), // web's ingress: host only
+                (
+                    "batch db 80/TCP",
+                    "allowed",
+                    "default/cluster spec[0] egress[0]",
+                ),
+                (
+                    "batch pclient 80/TCP",
+                    "allowed",
+                    "default/cluster spec[0] egress[0]",
+                ),
+                (
+                    "batch gw 53/UDP",
+                    "allowed",
+                    "default/cluster spec[0] egress[0]",
+                ),
+                ("batch 8.8.8.8 443/TCP", "policy-denied", ""),
+                (
+                    "gw web 80/TCP",
+                    "allowed",
+                    "default/host spec[0] ingress[0]",
+                ),
+                (
+                    "hostport web 8080/TCP",
+                    "allowed",
+                    "default/host spec[0] ingress[0]",
+                ),
+                (
+                    "web 1.2.3.4 ICMP",
+                    "allowed",
+                    "default/host spec[0] egress[0]",
+                ),
+            ],
+        },
+        Case {
+            name: "ports, ranges, protocols",
+            yaml: pol(
+                "ports",
+                "default",
+                "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - toPorts:\n    - ports:\n      - {port: \"8000\", endPort: 8999, protocol: TCP}\n      - {port: \"53\", protocol: UDP}\n      - {port: \"443\"}\n      - {port: \"100\", endPort: 110, protocol: ANY}\n",
+            ),
+            expect: vec![
+                (
+                    "client web 8000/TCP",
+                    "allowed",
+                    "default/ports spec[0] ingress[0]",
+                ),
+                (
+                    "client web 8500/TCP",
+                    "allowed",
+                    "default/ports spec[0] ingress[0]",
+                ),
+                (
+                    "db web 8999/TCP",
+                    "allowed",
+                    "default/ports spec[0] ingress[0]",
+                ),
+                ("client web 9000/TCP", "policy-denied", ""),
+                ("client web 7999/TCP", "policy-denied", ""),
+                ("client web 8500/UDP", "policy-denied", ""),
+                (
+                    "client web 53/UDP",
+                    "allowed",
+                    "default/ports spec[0] ingress[0]",
+                ),
+                ("client web 53/TCP", "policy-denied", ""),
+                (
+                    "client web 443/UDP",
+                    "allowed",
+                    "default/ports spec[0] ingress[0]",
+                ),
+                (
+                    "client web 105/UDP",
+                    "allowed",
+                    "default/ports spec[0] ingress[0]",
+                ),
+                ("client web 111/TCP", "policy-denied", ""),
+                ("client web ICMP", "policy-denied", ""),
+            ],
+        },
+        Case {
+            name: "deny beats allow, across policies",
+            yaml: format!(
+                "{}---\n{}",
+                pol(
+                    "allow",
+                    "default",
+                    "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - fromEntities: [all]\n  ingressDeny:\n  - fromEndpoints:\n    - matchLabels: {app: client}\n    toPorts:\n    - ports:\n      - {port: \"22\", protocol: TCP}\n",
+                ),
+                pol(
+                    "deny",
+                    "default",
+                    "  endpointSelector:\n    matchLabels: {app: web}\n  ingressDeny:\n  - fromEndpoints:\n    - matchLabels: {app: db}\n  egressDeny:\n  - toCIDR: [8.8.8.8/32]\n",
+                ),
+            ),
+            expect: vec![
+                (
+                    "client web 80/TCP",
+                    "allowed",
+                    "default/allow spec[0] ingress[0]",
+                ),
+                (
+                    "client web 22/TCP",
+                    "policy-deny-rule",
+                    "default/allow spec[0] ingressDeny[0]",
+                ),
+                (
+                    "db web 80/TCP",
+                    "policy-deny-rule",
+                    "default/deny spec[0] ingressDeny[0]",
+                ),
+                (
+                    "web 8.8.8.8 53/UDP",
+                    "policy-deny-rule",
+                    "default/deny spec[0] egressDeny[0]",
+                ),
+                // The egressDeny section makes egress default-deny (as Cilium).
+                ("web 1.1.1.1 53/UDP", "policy-denied", ""),
+            ],
+        },
+        Case {
+            name: "default-deny per direction; `ingress: [{}]` denies everything",
+            yaml: format!(
+                "{}---\n{}",
+                pol(
+                    "egress-only",
+                    "default",
+                    "  endpointSelector:\n    matchLabels: {app: client}\n  egress:\n  - toEndpoints:\n    - matchLabels: {app: web}\n",
+                ),
+                pol(
+                    "deny-all-in",
+                    "default",
+                    "  endpointSelector:\n    matchLabels: {app: db}\n  ingress:\n  - {}\n",
+                ),
+            ),
+            expect: vec![
+                (
+                    "client web 80/TCP",
+                    "allowed",
+                    "default/egress-only spec[0] egress[0]",
+                ),
+                ("client batch 80/TCP", "policy-denied", ""),
+                ("batch client 80/TCP", "allowed", ""),
+                ("web db 5432/TCP", "policy-denied", ""),
+                ("gw db 5432/TCP", "policy-denied", ""),
+                ("db web 80/TCP", "allowed", ""),
+            ],
+        },
+        Case {
+            name: "List kind and specs",
+            yaml:                 "apiVersion: v1\nkind: List\nitems:\n- apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {name: multi}\n  specs:\n  - endpointSelector: {matchLabels: {app: web}}\n    ingress:\n    - fromEndpoints: [{matchLabels: {app: client}}]\n  - endpointSelector: {matchLabels: {app: web}}\n    description: second\n    ingress:\n    - fromEndpoints: [{matchLabels: {app: db}}]\n"
+                .into(),
+            expect: vec![
+                (
+                    "client web 80/TCP",
+                    "allowed",
+                    "default/multi spec[0] ingress[0]",
+                ),
+                (
+                    "db web 80/TCP",
+                    "allowed",
+                    "default/multi spec[1] ingress[0]",
+                ),
+                ("batch web 80/TCP", "policy-denied", ""),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn semantics() {
+    let mut failures = Vec::new();
+    for case in cases() {
+        let (c, _) = build(&case.yaml);
+        for (f, verdict, rule) in &case.expect {
+            let t = trace_tables(&c.tables, &flow(f));
+            let got_rule = t.rule.as_ref().map(|r| r.to_string()).unwrap_or_default();
+            if t.verdict != *verdict || got_rule != *rule {
+                failures.push(format!(
+                    "[{}] {f}: expected {verdict} {rule:?}, got {} {got_rule:?}\n{t}",
+                    case.name, t.verdict
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn identities_shared_by_equal_labels_and_enforcement_reported() {
+    let (c, _) = build(&pol(
+        "p",
+        "default",
+        "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - {}\n",
+    ));
+    let by_ip = |a: &str| c.endpoints.iter().find(|e| e.ip == ip(a)).unwrap();
+    let (web, web2, client) = (by_ip("10.0.0.10"), by_ip("10.0.0.11"), by_ip("10.0.0.20"));
+    assert_eq!(web.identity, web2.identity);
+    assert_ne!(web.identity, client.identity);
+    // Same labels in another namespace: another identity.
+    let mut ids = IdentityAllocator::new();
+    let a = ids.identity(&endpoint_labels(
+        "default",
+        &[("app".into(), "x".into())].into(),
+    ));
+    let b = ids.identity(&endpoint_labels(
+        "prod",
+        &[("app".into(), "x".into())].into(),
+    ));
+    let a2 = ids.identity(&endpoint_labels(
+        "default",
+        &[("k8s:app".into(), "x".into())].into(),
+    ));
+    assert_ne!(a, b);
+    assert_eq!(a, a2);
+    assert!(web.ingress_enforced && !web.egress_enforced);
+    assert!(!client.ingress_enforced && !client.egress_enforced);
+}
+
+#[test]
+fn replies_pass_through_conntrack() {
+    // The client may reach web on 80; neither may otherwise reach the client.
+    let (c, _) = build(&format!(
+        "{}---\n{}",
+        pol(
+            "client",
+            "default",
+            "  endpointSelector:\n    matchLabels: {app: client}\n  ingress:\n  - {}\n  egress:\n  - toEndpoints: [{matchLabels: {app: web}}]\n",
+        ),
+        pol(
+            "web",
+            "default",
+            "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n  egress:\n  - {}\n",
+        )
+    ));
+    let mut ct = Conntrack::new(&CtConfig::default());
+    let key = flow("client web 80/TCP");
+    let f = |key: FlowKey, flags| Flow {
+        key,
+        tcp_flags: flags,
+        icmp_error_of: None,
+    };
+    use tcp_flags::*;
+    assert_eq!(
+        decide(0, &c.tables, &mut ct, &f(key, SYN)),
+        PolicyVerdict::New
+    );
+    assert_eq!(
+        decide(1, &c.tables, &mut ct, &f(key.reversed(), SYN | ACK)),
+        PolicyVerdict::Reply
+    );
+    // The same packet from web, not as a reply, is denied both by web's egress and the
+    // client's ingress.
+    let unsolicited = FlowKey {
+        sport: 80,
+        dport: 40001,
+        ..key.reversed()
+    };
+    assert!(!decide(2, &c.tables, &mut ct, &f(unsolicited, SYN)).allows());
+}
+
+#[test]
+fn trace_with_labels_and_display() {
+    let policies = parse_policies(&pol(
+        "web",
+        "default",
+        "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
+    ))
+    .unwrap();
+    let ids = IdentityAllocator::new();
+    let lbl = |app: &str| TracePeer::Labels {
+        namespace: "default".into(),
+        labels: [("app".to_owned(), app.to_owned())].into(),
+    };
+    let t = trace(
+        &policies,
+        &[],
+        &[],
+        &ids,
+        &lbl("client"),
+        &lbl("web"),
+        80,
+        proto::TCP,
+    );
+    assert!(t.allowed, "{t}");
+    let s = t.to_string();
+    assert!(
+        s.contains("ingress of destination: allowed by default/web spec[0] ingress[0]"),
+        "{s}"
+    );
+    assert!(
+        s.contains("egress of source: allowed: no policy selects it"),
+        "{s}"
+    );
+    let t = trace(
+        &policies,
+        &[],
+        &[],
+        &ids,
+        &lbl("other"),
+        &lbl("web"),
+        80,
+        proto::TCP,
+    );
+    assert_eq!(t.verdict, "policy-denied");
+    assert!(
+        t.to_string().contains("default-deny, no rule allows it"),
+        "{t}"
+    );
+    let t = trace(
+        &policies,
+        &[],
+        &[],
+        &ids,
+        &lbl("web"),
+        &TracePeer::Ip(ip("8.8.8.8")),
+        53,
+        proto::UDP,
+    );
+    assert!(t.allowed && t.ingress.is_none(), "{t}");
+}
+
+/// Each bad input, the field its error must name, and a phrase of the reason.
+#[test]
+fn rejections_name_the_field() {
+    let spec = |s: &str| pol("bad", "default", s);
+    let sel = "  endpointSelector: {}\n";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            spec(&format!("{sel}  egress:\n  - toFQDNs:\n    - matchName: example.com\n")),
+            "spec.egress[0].toFQDNs",
+            "not supported yet",
+        ),
+        (
+            spec(&format!("{sel}  egress:\n  - toPorts:\n    - ports: [{{port: \"53\", protocol: UDP}}]\n      rules:\n        dns:\n        - matchPattern: \"*\"\n")),
+            "spec.egress[0].toPorts[0].rules",
+            "not supported yet",
+        ),
+        (
+            spec(&format!("{sel}  ingress:\n  - fromRequires: [{{}}]\n")),
+            "spec.ingress[0].fromRequires",
+            "not in the supported subset",
+        ),
+        (
+            format!("{HEAD}metadata: {{name: bad}}\nspec:\n{sel}status: {{}}\n"),
+            "status",
+            "not in the supported subset",
+        ),
+        (
+            spec("  nodeSelector: {}\n"),
+            "spec.nodeSelector",
+            "not in the supported subset",
+        ),
+        (
+            spec(&format!("{sel}  egress:\n  - toEntities: [remote-node]\n")),
+            "spec.egress[0].toEntities[0]",
+            "remote-node",
+        ),
+        (
+            "apiVersion: cilium.io/v1\nkind: CiliumNetworkPolicy\nmetadata: {name: bad}\nspec: {endpointSelector: {}}\n".into(),
+            "apiVersion",
+            "expected \"cilium.io/v2\"",
+        ),
+        (
+            "apiVersion: cilium.io/v2\nkind: NetworkPolicy\nmetadata: {name: bad}\nspec: {endpointSelector: {}}\n".into(),
+            "kind",
+            "expected \"CiliumNetworkPolicy\"",
+        ),
+        (
+            spec(&format!("{sel}  egress:\n  - toCIDR: [10.0.0.0/33]\n")),
+            "spec.egress[0].toCIDR[0]",
+            "prefix length",
+        ),
+        (
+            spec(&format!("{sel}  ingress:\n  - fromCIDRSet:\n    - cidr: 10.0.0.0/8\n      except: [11.0.0.0/16]\n")),
+            "spec.ingress[0].fromCIDRSet[0].except[0]",
+            "not within",
+        ),
+        (
+            spec(&format!("{sel}  ingress:\n  - fromCIDRSet:\n    - cidr: 10.0.0.x/8\n")),
+            "spec.ingress[0].fromCIDRSet[0].cidr",
+            "not a valid IPv4 CIDR",
+        ),
+        (
+            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"70000\"}}]\n")),
+            "spec.ingress[0].toPorts[0].ports[0].port",
+            "out of range",
+        ),
+        (
+            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"http\"}}]\n")),
+            "spec.ingress[0].toPorts[0].ports[0].port",
+            "not a number",
+        ),
+        (
+            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"8080\", endPort: 80}}]\n")),
+            "spec.ingress[0].toPorts[0].ports[0].endPort",
+            "below port 8080",
+        ),
+        (
+            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"80\", endPort: 70000}}]\n")),
+            "spec.ingress[0].toPorts[0].ports[0].endPort",
+            "out of range",
+        ),
+        (
+            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"80\", protocol: SCTP}}]\n")),
+            "spec.ingress[0].toPorts[0].ports[0].protocol",
+            "SCTP",
+        ),
+        (
+            spec("  endpointSelector:\n    matchExpressions:\n    - {key: app, operator: Like, values: [x]}\n"),
+            "spec.endpointSelector.matchExpressions[0].operator",
+            "Like",
+        ),
+        (
+            spec("  endpointSelector:\n    matchExpressions:\n    - {key: app, operator: In}\n"),
+            "spec.endpointSelector.matchExpressions[0].values",
+            "at least one value",
+        ),
+        (
+            spec("  endpointSelector:\n    matchLabels: {reserved:host: \"\"}\n"),
+            "spec.endpointSelector.matchLabels.reserved:host",
+            "label key",
+        ),
+    ];
+    for (yaml, field, why) in cases {
+        let e = parse_policies(&yaml)
+            .expect_err(&format!("accepted:\n{yaml}"))
+            .to_string();
+        assert!(
+            e.contains(&format!(": {field}: ")),
+            "wanted field {field}: {e}"
+        );
+        assert!(e.contains(why), "wanted {why:?}: {e}");
+        assert!(e.contains("document 1"), "{e}");
+    }
+}
+
+#[test]
+fn one_bad_document_rejects_the_whole_input() {
+    let good = pol("good", "default", "  endpointSelector: {}\n");
+    let bad = pol(
+        "bad",
+        "default",
+        "  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: x}]\n",
+    );
+    let e = parse_policies(&format!("{good}---\n{bad}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("document 2 (policy default/bad)"), "{e}");
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {}\n",
+        bad.replace('\n', "\n  ").trim_end()
+    );
+    let e = parse_policies(&list).unwrap_err().to_string();
+    assert!(e.contains("document 1 items[0]"), "{e}");
+    let e = parse_policies(&format!("{good}---\n{good}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("appears twice"), "{e}");
+    // Ports must be strings, as Cilium's schema says.
+    let e = parse_policies(&pol(
+        "p",
+        "default",
+        "  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: 80}]}]\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("spec.ingress[0].toPorts[0].ports[0].port"),
+        "{e}"
+    );
+}
