@@ -302,10 +302,12 @@ impl Cx<'_> {
             ));
         };
         let mut selector = self.selector(&format!("{path}.endpointSelector"), sel)?;
-        // A namespaced policy only ever selects endpoints of its own namespace.
-        selector
-            .match_labels
-            .insert(NAMESPACE_LABEL.into(), self.namespace.into());
+        // A namespaced policy only ever selects endpoints of its own namespace (added as a
+        // requirement, so a selector naming another namespace selects nothing, as in Cilium).
+        selector.match_expressions.push((
+            NAMESPACE_LABEL.into(),
+            Requirement::In(vec![self.namespace.into()]),
+        ));
         let ing = |name: &str, v: Option<Vec<RawIngress>>| -> Result<Vec<PeerRule>, Error> {
             v.into_iter()
                 .flatten()

@@ -161,8 +161,12 @@ fn cases() -> Vec<Case> {
                     "lock-prod",
                     "prod",
                     "  endpointSelector: {}\n  ingress:\n  - fromEndpoints:\n    - {}\n",
-                )
-            ),
+                ),
+            ) + &pol(
+                "elsewhere",
+                "prod",
+                "  endpointSelector:\n    matchLabels: {k8s:io.kubernetes.pod.namespace: monitoring}\n  ingress:\n  - {}\n",
+            ).replace("apiVersion", "---\napiVersion"),
             expect: vec![
                 ("pclient web 80/TCP", "policy-denied", ""),
                 (
@@ -174,6 +178,8 @@ fn cases() -> Vec<Case> {
                 // lock-prod selects only prod's endpoints, and allows only prod's peers.
                 ("client pclient 80/TCP", "policy-denied", ""),
                 ("prom pclient 80/TCP", "policy-denied", ""),
+                // A prod policy naming another namespace in its endpointSelector selects
+                // nothing.
                 ("batch prom 80/TCP", "allowed", ""),
             ],
         },

@@ -1,0 +1,217 @@
+//! `policy::decide` on established flows: the per-packet cost of policy plus connection
+//! tracking, with 10, 1,000 and 100,000 rules and 1,000 and 1,000,000 tracked connections.
+//!
+//! Rules are written as CiliumNetworkPolicy YAML and go through the real parser and compiler
+//! (`xylem_control::policy`): one policy selecting the server, with `N` ingress rules from `N`
+//! distinct (client label, port) pairs, all compiled into the server's ingress table.
+//! The conntrack table is filled to the given number of connections (its capacity) with flows
+//! between other addresses, then:
+//! - `established/one-flow`: the same established flow every packet (hot in cache);
+//! - `established/random-flow`: a different tracked flow each packet, drawn at random from
+//!   65,536 of them spread over the whole table (cache-cold at 1,000,000 connections);
+//! - `established/random-flow-batch32-prefetch`: the same, 32 packets at a time, prefetching
+//!   their entries first as a worker's batch loop would (time per iteration ÷ 32 = ns/packet;
+//!   criterion's throughput line gives packets/s);
+//! - `new-flow-lookup`: `evaluate` alone (the policy lookup a new flow pays), per rule count.
+//!
+//! Criterion reports time per iteration, which is ns/packet. Bytes per tracked connection are
+//! printed before the measurements.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey, proto, tcp_flags};
+use xylem_dataplane::policy::{Flow, PolicyTables, PolicyVerdict, decide, evaluate};
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const CLIENT_LABELS: u32 = 100;
+const NOW: u64 = 1_000_000_000;
+const BATCH: usize = 32;
+
+/// One policy with `rules` ingress rules; the last allows the benchmarked client on 80/TCP.
+fn tables(rules: u32) -> PolicyTables {
+    let mut y = String::from(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: bench}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n",
+    );
+    for i in 0..rules - 1 {
+        let _ = writeln!(
+            y,
+            "  - fromEndpoints: [{{matchLabels: {{app: client-{}}}}}]\n    toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]",
+            i % CLIENT_LABELS,
+            1000 + i / CLIENT_LABELS
+        );
+    }
+    y.push_str(
+        "  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
+    );
+    let policies = parse_policies(&y).expect("bench policy parses");
+    let ep = |ip: Ipv4Addr, app: String| EndpointSpec {
+        ip,
+        namespace: "default".into(),
+        labels: BTreeMap::from([("app".to_owned(), app)]),
+    };
+    let mut eps = vec![ep(SERVER, "server".into()), ep(CLIENT, "client".into())];
+    for j in 0..CLIENT_LABELS {
+        eps.push(ep(
+            Ipv4Addr::from_bits(0x0a01_0000 + j),
+            format!("client-{j}"),
+        ));
+    }
+    let c = compile(
+        1,
+        &policies,
+        &eps,
+        &[Ipv4Addr::new(10, 0, 0, 1)],
+        &mut IdentityAllocator::new(),
+    );
+    let server = c.tables.endpoint(SERVER).expect("server").1;
+    assert!(
+        server.ingress.exact_keys() >= rules as usize,
+        "rules compiled"
+    );
+    c.tables
+}
+
+fn key(i: u64) -> FlowKey {
+    // Filler flows between addresses outside the cluster: tracked, never policy-checked again.
+    FlowKey {
+        src: Ipv4Addr::from_bits(0x6400_0000 | (i >> 16) as u32),
+        dst: Ipv4Addr::new(192, 0, 2, 1),
+        sport: i as u16,
+        dport: 443,
+        proto: proto::TCP,
+    }
+}
+
+fn ack(key: FlowKey) -> Flow {
+    Flow {
+        key,
+        tcp_flags: tcp_flags::ACK,
+        icmp_error_of: None,
+    }
+}
+
+/// A tracker holding `conns` connections (its capacity), the benchmarked one among them.
+fn conntrack(t: &PolicyTables, conns: usize) -> (Conntrack, Flow) {
+    let mut ct = Conntrack::new(&CtConfig {
+        capacity: conns,
+        seed: 0x1234_5678,
+        ..CtConfig::default()
+    });
+    let main = FlowKey {
+        src: CLIENT,
+        dst: SERVER,
+        sport: 40000,
+        dport: 80,
+        proto: proto::TCP,
+    };
+    let syn = Flow {
+        tcp_flags: tcp_flags::SYN,
+        ..ack(main)
+    };
+    assert_eq!(decide(0, t, &mut ct, &syn), PolicyVerdict::New);
+    for i in 0..conns as u64 - 1 {
+        let v = decide(0, t, &mut ct, &ack(key(i)));
+        assert_eq!(v, PolicyVerdict::New);
+    }
+    assert_eq!(ct.len(), conns);
+    // Complete the handshake so the flow is established.
+    decide(0, t, &mut ct, &ack(main.reversed()));
+    (ct, ack(main))
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+fn bench(c: &mut Criterion) {
+    let rule_counts = [10u32, 1_000, 100_000];
+    let conn_counts = [1_000usize, 1_000_000];
+    let all: Vec<(u32, PolicyTables)> = rule_counts.iter().map(|&r| (r, tables(r))).collect();
+    for &n in &conn_counts {
+        let ct = Conntrack::new(&CtConfig {
+            capacity: n,
+            ..CtConfig::default()
+        });
+        println!(
+            "conntrack: {} bytes per slot, {:.1} bytes per tracked connection at capacity {} ({} MiB)",
+            Conntrack::BYTES_PER_SLOT,
+            ct.bytes_per_entry(),
+            n,
+            ct.memory_bytes() >> 20
+        );
+    }
+
+    let mut g = c.benchmark_group("policy-ct");
+    g.throughput(Throughput::Elements(1));
+    for &conns in &conn_counts {
+        for (rules, t) in &all {
+            let (mut ct, flow) = conntrack(t, conns);
+            let id = format!("{rules}-rules/{conns}-conns");
+            assert_eq!(decide(NOW, t, &mut ct, &flow), PolicyVerdict::Established);
+            g.bench_function(BenchmarkId::new("established/one-flow", &id), |b| {
+                b.iter(|| black_box(decide(black_box(NOW), t, &mut ct, black_box(&flow))))
+            });
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            let sample: Vec<Flow> = (0..65_536)
+                .map(|_| ack(key(xorshift(&mut seed) % (conns as u64 - 1))))
+                .collect();
+            let mut i = 0usize;
+            g.bench_function(BenchmarkId::new("established/random-flow", &id), |b| {
+                b.iter(|| {
+                    i = (i + 1) & 0xffff;
+                    black_box(decide(black_box(NOW), t, &mut ct, &sample[i]))
+                })
+            });
+            assert_eq!(
+                decide(NOW, t, &mut ct, &sample[7]),
+                PolicyVerdict::Established
+            );
+            // As a worker would: prefetch the entries of a 32-packet batch, then decide them.
+            g.throughput(Throughput::Elements(BATCH as u64));
+            let mut i = 0usize;
+            g.bench_function(
+                BenchmarkId::new("established/random-flow-batch32-prefetch", &id),
+                |b| {
+                    b.iter(|| {
+                        i = (i + BATCH) & 0xffff;
+                        let batch = &sample[i..i + BATCH];
+                        for f in batch {
+                            ct.prefetch(&f.key);
+                        }
+                        for f in batch {
+                            black_box(decide(black_box(NOW), t, &mut ct, f));
+                        }
+                    })
+                },
+            );
+            g.throughput(Throughput::Elements(1));
+        }
+    }
+    for (rules, t) in &all {
+        let k = FlowKey {
+            src: CLIENT,
+            dst: SERVER,
+            sport: 40001,
+            dport: 80,
+            proto: proto::TCP,
+        };
+        assert!(evaluate(t, &k).drop().is_none());
+        g.bench_function(
+            BenchmarkId::new("new-flow-lookup", format!("{rules}-rules")),
+            |b| b.iter(|| black_box(evaluate(t, black_box(&k)))),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
