@@ -862,6 +862,54 @@ mod tests {
         }
     }
 
+    /// Random inserts, refreshes and bounded GC against a model: every key the model says is
+    /// live must be found, every other must not (backward-shift deletion and slot reuse keep
+    /// probe chains intact).
+    #[test]
+    fn matches_a_model_under_churn() {
+        let mut ct = Conntrack::new(&cfg(500));
+        let mut model: std::collections::HashMap<FlowKey, u64> = Default::default();
+        let udp = CtTimeouts::default().udp;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut now = 0u64;
+        for step in 0..20_000 {
+            now += next() % (udp / 50);
+            let k = key((next() % 900) as u32, (next() % 3) as u16, 53, proto::UDP);
+            match ct.probe(now, &k) {
+                Probe::Hit { slot, orig } => {
+                    ct.update(now, slot, orig, 0);
+                    model.insert(k, now + udp);
+                }
+                Probe::Vacant { slot, reuse } => {
+                    ct.insert(now, slot, reuse, &k, 0, 1);
+                    model.insert(k, now + udp);
+                }
+                Probe::Full => ct.count_full(),
+            }
+            if step % 7 == 0 {
+                ct.gc(now, (next() % 40) as usize);
+            }
+            if step % 1000 == 0 {
+                for (k, &exp) in &model {
+                    assert_eq!(ct.get(now, k).is_some(), now < exp, "step {step} {k:?}");
+                }
+                let live = model.values().filter(|&&e| now < e).count();
+                assert!(ct.len() >= live && ct.len() <= ct.capacity());
+            }
+        }
+        assert!(
+            ct.stats().gc_removed > 0 && ct.stats().reused > 0,
+            "{:?}",
+            ct.stats()
+        );
+    }
+
     #[test]
     fn tcp_states_and_timeouts() {
         use tcp_flags::*;

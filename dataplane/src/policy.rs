@@ -1053,6 +1053,72 @@ mod tests {
     }
 
     #[test]
+    fn icmp_echo_reply_matches_its_request() {
+        let t = tables(1, true);
+        let mut ct = ct(16);
+        // Echo from the host to the server (allowed: host), identifier 7 in both ports.
+        let echo = Flow::new(FlowKey {
+            src: GW,
+            dst: SERVER,
+            sport: 7,
+            dport: 7,
+            proto: proto::ICMP,
+        });
+        assert_eq!(decide(0, &t, &mut ct, &echo), PolicyVerdict::New);
+        assert_eq!(
+            decide(1, &t, &mut ct, &Flow::new(echo.key.reversed())),
+            PolicyVerdict::Reply
+        );
+        // The client may not ping the server (its ingress allows only 80/TCP from it).
+        let ping = Flow::new(FlowKey {
+            src: CLIENT,
+            ..echo.key
+        });
+        assert!(!decide(2, &t, &mut ct, &ping).allows());
+    }
+
+    #[test]
+    fn many_wide_ranges_on_one_key() {
+        let mut b = PolicyTablesBuilder::new(1);
+        b.add_endpoint(SERVER, ID_SERVER);
+        let r = origin(&mut b, Section::Ingress, 0);
+        let d = origin(&mut b, Section::IngressDeny, 0);
+        let ing = &mut b.endpoint_policy(ID_SERVER).ingress;
+        ing.set_enforced(true);
+        // 500 disjoint 100-port ranges: 0-99 allowed, 100-199 not, 200-299 allowed, ...
+        for i in 0..320u16 {
+            ing.add(
+                ID_CLIENT,
+                proto::TCP,
+                Some((i * 200, i * 200 + 99)),
+                false,
+                r,
+            );
+        }
+        ing.add(ID_CLIENT, proto::TCP, Some((20_050, 20_149)), true, d);
+        let t = b.build();
+        let ing = &t.endpoint(SERVER).unwrap().1.ingress;
+        for port in (0..64_000u16).step_by(37) {
+            let want = if (20_050..=20_149).contains(&port) {
+                DirVerdict::DenyRule(d)
+            } else if port % 200 < 100 {
+                DirVerdict::Allowed(r)
+            } else {
+                DirVerdict::DefaultDeny
+            };
+            assert_eq!(
+                ing.lookup(ID_CLIENT, proto::TCP, Some(port)),
+                want,
+                "{port}"
+            );
+        }
+        assert_eq!(
+            ing.lookup(ID_CLIENT, proto::TCP, Some(65_535)),
+            DirVerdict::DefaultDeny
+        );
+    }
+
+    #[test]
     fn wide_ranges_and_cidrs() {
         let mut b = PolicyTablesBuilder::new(1);
         b.add_endpoint(SERVER, ID_SERVER);
