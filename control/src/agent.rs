@@ -9,23 +9,27 @@
 //!   the workers, detach the XDP programs (so the kernel gets the interfaces back), remove the
 //!   API socket.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use xdp_redirector::{RedirectCounters, RedirectFlags, Redirector, XdpMode};
 use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
+use xylem_dataplane::monitor::{EventType, FlowEvent, MonitorLink};
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::stats::StatsSnapshot;
-use xylem_dataplane::tables::{Gateway, Neighbor, Tables};
+use xylem_dataplane::tables::{Gateway, MacAddr, Neighbor, Tables};
 use xylem_dataplane::worker::{Placement, Worker, WorkerConfig, WorkerLink};
 
 use crate::Error;
-use crate::config::{AgentConfig, PortConfig};
+use crate::config::{AgentConfig, PortConfig, PortKind};
+use crate::state::{StateStore, kind};
 
 /// One port as the API reports it.
 #[derive(Clone, Debug, Serialize)]
@@ -48,6 +52,8 @@ pub struct PortStatus {
     pub rx: u64,
     /// Frames sent on the port, all workers.
     pub tx: u64,
+    /// Frames received on the port and dropped, all workers.
+    pub drops: u64,
 }
 
 /// One worker as the API reports it.
@@ -115,7 +121,7 @@ pub struct SlowPathCounters {
 }
 
 /// An endpoint as `GET /v1/endpoints` returns it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Endpoint {
     /// Pod name.
     pub name: String,
@@ -127,6 +133,182 @@ pub struct Endpoint {
     pub ip: std::net::Ipv4Addr,
     /// The dataplane's interface for it.
     pub interface: String,
+    /// The endpoint's MAC address (`aa:bb:cc:dd:ee:ff`).
+    pub mac: String,
+    /// Its security identity (none until policy lands).
+    pub identity: Option<u32>,
+}
+
+/// The body of `PUT /v1/endpoints/{namespace}/{name}`, before validation: strings, so each
+/// field's error can name it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRequest {
+    /// The dataplane's end of the pod's veth; must be one of the agent's pod ports.
+    pub ifname: String,
+    /// The pod's IPv4 address (inside the pod CIDR).
+    pub ip: String,
+    /// The pod's MAC address.
+    pub mac: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A request the agent refused; nothing was changed.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    /// HTTP status (4xx).
+    pub status: u16,
+    /// The field at fault (`ip`, `mac`, `namespace`, …).
+    pub field: String,
+    /// Why.
+    pub why: String,
+}
+
+fn reject(status: u16, field: &str, why: impl Into<String>) -> Rejected {
+    Rejected {
+        status,
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// Checks a Kubernetes-style name (RFC 1123 label: lowercase alphanumerics and `-`, 1–63).
+pub fn check_name(field: &str, v: &str) -> Result<(), Rejected> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(reject(
+            422,
+            field,
+            format!("{v:?} is not a valid name: use 1 to 63 lowercase letters, digits and '-'"),
+        ))
+    }
+}
+
+fn check_label(k: &str, v: &str) -> Result<(), Rejected> {
+    let good = |s: &str, max: usize| {
+        s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    if k.is_empty() || !good(k, 253) {
+        return Err(reject(422, &format!("labels.{k}"), "invalid label key"));
+    }
+    if !good(v, 63) {
+        return Err(reject(
+            422,
+            &format!("labels.{k}"),
+            format!("{v:?} is not a valid label value (at most 63 of [A-Za-z0-9-_./])"),
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps event types enabled while a monitor client listens; dropping it disables the types
+/// nobody else listens to.
+pub struct MonitorSubscription {
+    agent: Arc<AgentState>,
+    types: Vec<EventType>,
+}
+
+impl std::fmt::Debug for MonitorSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorSubscription")
+            .field("types", &self.types)
+            .finish()
+    }
+}
+
+impl Drop for MonitorSubscription {
+    fn drop(&mut self) {
+        for t in &self.types {
+            let left = self.agent.monitor_listeners[*t as usize].fetch_sub(1, Ordering::SeqCst);
+            if left == 1 {
+                self.agent
+                    .monitor_mask
+                    .fetch_and(!t.bit(), Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// `namespace/name` of a pod port.
+fn endpoint_key(p: &PortConfig) -> String {
+    format!(
+        "{}/{}",
+        p.namespace.as_deref().unwrap_or("default"),
+        p.name.as_deref().unwrap_or(&p.ifname)
+    )
+}
+
+fn endpoint_of(p: &PortConfig) -> Endpoint {
+    Endpoint {
+        name: p.name.clone().unwrap_or_default(),
+        namespace: p.namespace.clone().unwrap_or_else(|| "default".into()),
+        labels: p.labels.clone(),
+        ip: p.ip,
+        interface: p.ifname.clone(),
+        mac: p.mac.to_string(),
+        identity: None,
+    }
+}
+
+/// The ports' bindings: the configuration's, overridden by the endpoints kept in the store
+/// (and by deletions recorded there). A stored endpoint that no longer fits the configuration
+/// is an error: the agent refuses to start rather than run half-configured.
+fn restore_bindings(
+    cfg: &AgentConfig,
+    store: &dyn StateStore,
+) -> Result<Vec<Option<PortConfig>>, Error> {
+    let mut b: Vec<Option<PortConfig>> = cfg.ports.iter().cloned().map(Some).collect();
+    for ifname in store.list(kind::UNBOUND)?.keys() {
+        if let Some(i) = cfg.ports.iter().position(|p| &p.ifname == ifname) {
+            b[i] = None;
+        }
+    }
+    let stored = store.list(kind::ENDPOINT)?;
+    for (key, v) in &stored {
+        let bad = |why: String| {
+            Error::State(format!(
+                "stored endpoint {key} cannot be restored: {why}; fix the configuration, or start \
+                 with --start-empty to discard the stored state"
+            ))
+        };
+        let p: PortConfig = serde_json::from_value(v.clone()).map_err(|e| bad(e.to_string()))?;
+        let Some(i) = cfg.ports.iter().position(|c| c.ifname == p.ifname) else {
+            return Err(bad(format!(
+                "its interface {} is not a configured port",
+                p.ifname
+            )));
+        };
+        if !cfg.pod_cidr.contains(p.ip) {
+            return Err(bad(format!("{} is outside the pod CIDR", p.ip)));
+        }
+        // A configured endpoint that was moved elsewhere through the API leaves its old port.
+        for (j, other) in b.iter_mut().enumerate() {
+            if j != i
+                && other
+                    .as_ref()
+                    .is_some_and(|o| o.kind == PortKind::Pod && endpoint_key(o) == *key)
+            {
+                *other = None;
+            }
+        }
+        b[i] = Some(p);
+    }
+    let n = stored.len();
+    if n > 0 {
+        tracing::info!(endpoints = n, "restored endpoints from the state store");
+    }
+    Ok(b)
 }
 
 struct WorkerHandle {
@@ -148,6 +330,13 @@ pub struct AgentState {
     slow_thread: Option<JoinHandle<()>>,
     slow_stop: Arc<AtomicBool>,
     wakers: Vec<Arc<mio::Waker>>,
+    store: Box<dyn StateStore>,
+    /// What each port (by port id) serves now: the configuration's port, with the endpoint's
+    /// identity, IP and MAC as last set through the API; `None` when its endpoint was deleted.
+    bindings: Mutex<Vec<Option<PortConfig>>>,
+    monitor_mask: Arc<AtomicU32>,
+    monitor_listeners: [AtomicUsize; 4],
+    wall_epoch: std::time::SystemTime,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -176,12 +365,23 @@ fn ifindex(name: &str) -> Result<u32, Error> {
 ///
 /// [`PortId`]: xylem_dataplane::tables::PortId
 pub fn build_tables(cfg: &AgentConfig, revision: u64) -> Result<Tables, Error> {
+    let all: Vec<Option<PortConfig>> = cfg.ports.iter().cloned().map(Some).collect();
+    build_tables_from(cfg, &all, revision)
+}
+
+/// Builds the tables for the ports' current bindings (port id = index; `None`: no route).
+pub fn build_tables_from(
+    cfg: &AgentConfig,
+    bindings: &[Option<PortConfig>],
+    revision: u64,
+) -> Result<Tables, Error> {
     let gw = Gateway {
         mac: cfg.gateway.mac,
         ipv4: cfg.gateway.ip,
     };
     let mut t = Tables::new(revision, cfg.mode, gw);
-    for (i, p) in cfg.ports.iter().enumerate() {
+    for (i, p) in bindings.iter().enumerate() {
+        let Some(p) = p else { continue };
         t.add_route(
             p.ip,
             Neighbor {
@@ -196,12 +396,19 @@ pub fn build_tables(cfg: &AgentConfig, revision: u64) -> Result<Tables, Error> {
 impl AgentState {
     /// Sets everything up and starts the threads. On error, whatever was set up is torn down
     /// again (the redirector detaches when dropped).
-    pub fn start(cfg: AgentConfig) -> Result<Arc<Self>, Error> {
+    ///
+    /// The endpoints kept in `store` are restored before any socket is registered, so the
+    /// workers never see traffic with tables older than the stored state.
+    pub fn start(cfg: AgentConfig, store: Box<dyn StateStore>) -> Result<Arc<Self>, Error> {
         cfg.validate()?;
         let mode_req = cfg.xdp_mode_request()?;
         let placement = cfg.placement();
         let cores = cfg.worker_cores();
-        let tables = Arc::new(ArcSwap::from_pointee(build_tables(&cfg, 1)?));
+        let bindings = restore_bindings(&cfg, store.as_ref())?;
+        let tables = Arc::new(ArcSwap::from_pointee(build_tables_from(
+            &cfg, &bindings, 1,
+        )?));
+        let monitor_mask = Arc::new(AtomicU32::new(0));
 
         let mut redirector = Redirector::load()?;
         let mut ports = Vec::new();
@@ -233,10 +440,14 @@ impl AgentState {
             for (ifidx, queue, fd) in backend.socket_fds() {
                 redirector.register_socket(ifidx, queue, fd)?;
             }
-            let link = WorkerLink::new(
+            let mut link = WorkerLink::new(
                 Arc::clone(&tables),
                 Arc::clone(&to_slow),
                 Arc::clone(&signal),
+            );
+            link.monitor = MonitorLink::with_mask(
+                Arc::clone(&monitor_mask),
+                xylem_dataplane::monitor::DEFAULT_RING,
             );
             let wcfg = WorkerConfig {
                 id: w,
@@ -302,6 +513,11 @@ impl AgentState {
             slow_thread: Some(slow_thread),
             slow_stop,
             wakers,
+            store,
+            bindings: Mutex::new(bindings),
+            monitor_mask,
+            monitor_listeners: Default::default(),
+            wall_epoch: std::time::SystemTime::now(),
         }))
     }
 
@@ -330,6 +546,7 @@ impl AgentState {
                 stats: snap,
             });
         }
+        let bindings = self.bindings_snapshot();
         let ports = self
             .ports
             .iter()
@@ -338,15 +555,20 @@ impl AgentState {
                 ifname: p.ifname.clone(),
                 ifindex: *idx,
                 kind: p.kind,
-                ip: p.ip,
-                endpoint: match (&p.namespace, &p.name) {
-                    (_, None) => "host".into(),
-                    (ns, Some(n)) => format!("{}/{n}", ns.as_deref().unwrap_or("default")),
+                ip: bindings
+                    .get(i)
+                    .and_then(|b| b.as_ref())
+                    .map_or(p.ip, |b| b.ip),
+                endpoint: match (p.kind, bindings.get(i).and_then(|b| b.as_ref())) {
+                    (PortKind::Host, _) => "host".into(),
+                    (_, None) => "-".into(),
+                    (_, Some(b)) => endpoint_key(b),
                 },
                 xdp_mode: *mode,
                 queues: (0..self.workers.len() as u32).collect(),
                 rx: self.workers.iter().map(|w| w.link.port_rx(i)).sum(),
                 tx: self.workers.iter().map(|w| w.link.port_tx(i)).sum(),
+                drops: self.workers.iter().map(|w| w.link.port_drops(i)).sum(),
             })
             .collect();
         let redirector = self
@@ -392,20 +614,257 @@ impl AgentState {
         }
     }
 
+    fn bindings_snapshot(&self) -> Vec<Option<PortConfig>> {
+        self.bindings.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
     /// The pods this agent serves.
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.cfg
+        self.bindings_snapshot()
+            .iter()
+            .flatten()
+            .filter(|p| p.kind == PortKind::Pod)
+            .map(endpoint_of)
+            .collect()
+    }
+
+    /// Creates or replaces the endpoint `namespace/name`: validates, stores it durably, then
+    /// publishes new tables. A refused request changes nothing. Returns the endpoint and whether
+    /// it is new.
+    pub fn put_endpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+        req: EndpointRequest,
+    ) -> Result<(Endpoint, bool), Rejected> {
+        check_name("namespace", namespace)?;
+        check_name("name", name)?;
+        let ip: Ipv4Addr = req
+            .ip
+            .parse()
+            .map_err(|_| reject(422, "ip", format!("{:?} is not an IPv4 address", req.ip)))?;
+        if !self.cfg.pod_cidr.contains(ip) {
+            return Err(reject(
+                422,
+                "ip",
+                format!("{ip} is outside the pod CIDR {}", self.cfg.pod_cidr),
+            ));
+        }
+        if ip == self.cfg.gateway.ip || ip == self.cfg.pod_cidr.addr {
+            return Err(reject(
+                422,
+                "ip",
+                format!("{ip} is reserved (gateway or network)"),
+            ));
+        }
+        let mac: MacAddr = req.mac.parse().map_err(|_| {
+            reject(
+                422,
+                "mac",
+                format!(
+                    "{:?} is not a MAC address (write it 02:00:00:00:00:0a)",
+                    req.mac
+                ),
+            )
+        })?;
+        if mac.is_multicast() || mac.0 == [0; 6] {
+            return Err(reject(
+                422,
+                "mac",
+                format!("{:?} is not a unicast MAC address", req.mac),
+            ));
+        }
+        for (k, v) in &req.labels {
+            check_label(k, v)?;
+        }
+        let mut bindings = self
+            .bindings
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let Some(port) = self
             .ports
             .iter()
-            .filter(|p| p.kind == crate::config::PortKind::Pod)
-            .map(|p| Endpoint {
-                name: p.name.clone().unwrap_or_default(),
-                namespace: p.namespace.clone().unwrap_or_else(|| "default".into()),
-                labels: p.labels.clone(),
-                ip: p.ip,
-                interface: p.ifname.clone(),
-            })
-            .collect()
+            .position(|(p, _, _)| p.ifname == req.ifname)
+        else {
+            return Err(reject(
+                422,
+                "ifname",
+                format!(
+                    "{:?} is not a port of this agent (ports: {}); interfaces are added through the \
+                     agent's configuration (`ports:`), not yet at runtime",
+                    req.ifname,
+                    self.ports
+                        .iter()
+                        .map(|(p, _, _)| p.ifname.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        if self.ports[port].0.kind != PortKind::Pod {
+            return Err(reject(
+                422,
+                "ifname",
+                format!("{} is the host port", req.ifname),
+            ));
+        }
+        let key = format!("{namespace}/{name}");
+        for (i, b) in bindings.iter().enumerate() {
+            let Some(b) = b else { continue };
+            let same = b.kind == PortKind::Pod && endpoint_key(b) == key;
+            if i != port && same {
+                return Err(reject(
+                    409,
+                    "ifname",
+                    format!("{key} is already on {}: delete it first", b.ifname),
+                ));
+            }
+            if i != port && b.ip == ip {
+                return Err(reject(
+                    409,
+                    "ip",
+                    format!("{ip} is already used by {}", b.ifname),
+                ));
+            }
+            if i == port && b.kind == PortKind::Pod && !same {
+                return Err(reject(
+                    409,
+                    "ifname",
+                    format!(
+                        "{} already serves {}: delete it first",
+                        b.ifname,
+                        endpoint_key(b)
+                    ),
+                ));
+            }
+        }
+        let created = bindings[port].is_none()
+            || bindings[port]
+                .as_ref()
+                .is_some_and(|b| endpoint_key(b) != key);
+        let new_port = PortConfig {
+            ifname: req.ifname.clone(),
+            kind: PortKind::Pod,
+            ip,
+            mac,
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: req.labels,
+        };
+        let mut next = bindings.clone();
+        next[port] = Some(new_port.clone());
+        let revision = self.tables.load().revision() + 1;
+        let tables = build_tables_from(&self.cfg, &next, revision)
+            .map_err(|e| reject(422, "ip", e.to_string()))?;
+        let value = serde_json::to_value(&new_port).map_err(|e| reject(500, "-", e.to_string()))?;
+        self.store
+            .put(kind::ENDPOINT, &key, value)
+            .and_then(|_| self.store.delete(kind::UNBOUND, &req.ifname).map(|_| ()))
+            .map_err(|e| reject(500, "-", e.to_string()))?;
+        self.tables.store(Arc::new(tables));
+        self.wake_workers();
+        *bindings = next;
+        tracing::info!(endpoint = %key, ifname = %req.ifname, %ip, revision, "endpoint set");
+        Ok((endpoint_of(&new_port), created))
+    }
+
+    /// Deletes the endpoint `namespace/name`: its route goes (its port stays attached and
+    /// serves nothing), durably. Returns whether it existed.
+    pub fn delete_endpoint(&self, namespace: &str, name: &str) -> Result<bool, Rejected> {
+        check_name("namespace", namespace)?;
+        check_name("name", name)?;
+        let key = format!("{namespace}/{name}");
+        let mut bindings = self
+            .bindings
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let Some(port) = bindings.iter().position(|b| {
+            b.as_ref()
+                .is_some_and(|b| b.kind == PortKind::Pod && endpoint_key(b) == key)
+        }) else {
+            return Ok(false);
+        };
+        let ifname = self.ports[port].0.ifname.clone();
+        let mut next = bindings.clone();
+        next[port] = None;
+        let revision = self.tables.load().revision() + 1;
+        let tables = build_tables_from(&self.cfg, &next, revision)
+            .map_err(|e| reject(500, "-", e.to_string()))?;
+        self.store
+            .put(kind::UNBOUND, &ifname, serde_json::json!({}))
+            .and_then(|_| self.store.delete(kind::ENDPOINT, &key).map(|_| ()))
+            .map_err(|e| reject(500, "-", e.to_string()))?;
+        self.tables.store(Arc::new(tables));
+        self.wake_workers();
+        *bindings = next;
+        tracing::info!(endpoint = %key, %ifname, revision, "endpoint deleted");
+        Ok(true)
+    }
+
+    fn wake_workers(&self) {
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+    }
+
+    /// Enables the event types in `types` while the returned guard lives (the API holds one
+    /// per listening client).
+    pub fn monitor_subscribe(self: &Arc<Self>, types: &[EventType]) -> MonitorSubscription {
+        for t in types {
+            self.monitor_listeners[*t as usize].fetch_add(1, Ordering::SeqCst);
+            self.monitor_mask.fetch_or(t.bit(), Ordering::SeqCst);
+        }
+        MonitorSubscription {
+            agent: Arc::clone(self),
+            types: types.to_vec(),
+        }
+    }
+
+    /// Takes every queued flow event of every worker into `out`, as `(worker, event)`.
+    pub fn drain_events(&self, out: &mut Vec<(usize, FlowEvent)>) {
+        for w in &self.workers {
+            while let Some(ev) = w.link.monitor.ring.pop() {
+                out.push((w.id, ev));
+            }
+        }
+    }
+
+    /// Events the workers could not queue, all workers.
+    pub fn monitor_lost(&self) -> u64 {
+        self.workers.iter().map(|w| w.link.monitor.lost.get()).sum()
+    }
+
+    /// Port id → (interface, `namespace/name` or `host`/`-`), and IP → endpoint, for naming
+    /// the endpoints in flow events.
+    pub fn names(&self) -> (Vec<String>, BTreeMap<Ipv4Addr, String>) {
+        let b = self.bindings_snapshot();
+        let ports = self
+            .ports
+            .iter()
+            .map(|(p, _, _)| p.ifname.clone())
+            .collect();
+        let mut ips = BTreeMap::new();
+        for p in b.iter().flatten() {
+            let name = match p.kind {
+                PortKind::Host => "host".to_string(),
+                PortKind::Pod => endpoint_key(p),
+            };
+            ips.insert(p.ip, name);
+        }
+        ips.insert(self.cfg.gateway.ip, "gateway".into());
+        (ports, ips)
+    }
+
+    /// The wall-clock time of a worker clock reading.
+    pub fn wall_time(&self, worker: usize, ns: u64) -> std::time::SystemTime {
+        let base = self
+            .workers
+            .get(worker)
+            .map(|w| w.link.epoch)
+            .unwrap_or(self.started);
+        // Wall time of the worker's epoch: ours, corrected by the gap between the two Instants.
+        let skew = self.started.saturating_duration_since(base);
+        self.wall_epoch - skew + Duration::from_nanos(ns)
     }
 
     /// Stops the workers and the slow path and detaches every XDP program. Idempotent.

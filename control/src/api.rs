@@ -4,6 +4,16 @@
 //! Routes:
 //! - `GET /v1/status`: [`crate::agent::Status`]
 //! - `GET /v1/endpoints`: the pods served, as [`crate::agent::Endpoint`]s
+//! - `GET|PUT|DELETE /v1/endpoints/{namespace}/{name}`: one endpoint; `PUT` takes
+//!   [`crate::agent::EndpointRequest`] (`ifname`, `ip`, `mac`, `labels`), answers 201 (created)
+//!   or 200 (replaced); `DELETE` answers 204 or 404
+//! - `GET /v1/metrics`: the Prometheus exposition (as on `--metrics-addr`'s `/metrics`)
+//! - `GET /v1/monitor?type=drop,trace`: flow events as newline-delimited JSON, until the client
+//!   goes; `{"type":"lost","lost":N}` lines report events lost so far for this client
+//!
+//! Errors are JSON `{"error": "<field>: <why>", "field": "<field>"}` with a 4xx status; a refused
+//! request changes nothing. Bodies above [`BODY_LIMIT`] get 413. Clients are served
+//! concurrently (each connection is a task on the API thread's runtime).
 //!
 //! [`Client`] is the CLI's side.
 
@@ -11,18 +21,25 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, watch};
+use xylem_dataplane::monitor::{EventType, FlowEvent};
 
 use crate::Error;
-use crate::agent::AgentState;
+use crate::agent::{AgentState, EndpointRequest, Rejected};
 
 /// Refuses a socket path that a live agent is listening on, and removes a stale one (left by an
 /// agent that was killed).
@@ -50,12 +67,303 @@ pub fn claim_socket(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-async fn status(State(agent): State<Arc<AgentState>>) -> Response {
-    Json(agent.status()).into_response()
+/// Largest request body accepted (bigger ones get 413).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Flow events buffered per monitor client before it counts them as lost.
+const CLIENT_BUFFER: usize = 8192;
+
+#[derive(Clone)]
+struct Api {
+    agent: Arc<AgentState>,
+    events: broadcast::Sender<(usize, FlowEvent)>,
+    shutdown: watch::Receiver<bool>,
 }
 
-async fn endpoints(State(agent): State<Arc<AgentState>>) -> Response {
-    Json(agent.endpoints()).into_response()
+fn error(status: u16, field: &str, why: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        code,
+        Json(serde_json::json!({"error": format!("{field}: {why}"), "field": field})),
+    )
+        .into_response()
+}
+
+fn rejected(r: Rejected) -> Response {
+    error(r.status, &r.field, &r.why)
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    Json(api.agent.status()).into_response()
+}
+
+async fn endpoints(State(api): State<Api>) -> Response {
+    Json(api.agent.endpoints()).into_response()
+}
+
+async fn get_endpoint(
+    State(api): State<Api>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    match api
+        .agent
+        .endpoints()
+        .into_iter()
+        .find(|e| e.namespace == namespace && e.name == name)
+    {
+        Some(e) => Json(e).into_response(),
+        None => error(404, "endpoint", &format!("no endpoint {namespace}/{name}")),
+    }
+}
+
+/// The field a serde_json error is about (the first name in backquotes), or `body`.
+fn serde_field(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    msg.split('`')
+        .nth(1)
+        .filter(|f| !f.is_empty() && f.len() < 64)
+        .map(String::from)
+        .unwrap_or_else(|| "body".into())
+}
+
+async fn put_endpoint(
+    State(api): State<Api>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let req: EndpointRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(400, &serde_field(&e), &e.to_string()),
+    };
+    match api.agent.put_endpoint(&namespace, &name, req) {
+        Ok((ep, created)) => {
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (code, Json(ep)).into_response()
+        }
+        Err(r) => rejected(r),
+    }
+}
+
+async fn delete_endpoint(
+    State(api): State<Api>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    match api.agent.delete_endpoint(&namespace, &name) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(404, "endpoint", &format!("no endpoint {namespace}/{name}")),
+        Err(r) => rejected(r),
+    }
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn metrics_text(agent: &AgentState) -> String {
+    crate::metrics::render(
+        &agent.status(),
+        agent.monitor_lost(),
+        agent.endpoints().len(),
+    )
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    ([(CONTENT_TYPE, OPENMETRICS)], metrics_text(&api.agent)).into_response()
+}
+
+/// `type=drop,trace` (or the parameter repeated); all types when absent.
+fn parse_types(query: Option<&str>) -> Result<Vec<EventType>, Box<Response>> {
+    let mut types = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "type" {
+            return Err(Box::new(error(
+                400,
+                k,
+                "unknown parameter: use type=drop|trace|policy-verdict|dns",
+            )));
+        }
+        for t in v.split(',').filter(|t| !t.is_empty()) {
+            let t: EventType = t
+                .parse()
+                .map_err(|e: String| Box::new(error(400, "type", &e)))?;
+            if !types.contains(&t) {
+                types.push(t);
+            }
+        }
+    }
+    if types.is_empty() {
+        types = EventType::ALL.to_vec();
+    }
+    Ok(types)
+}
+
+/// RFC 3339 UTC with nanoseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+fn protocol_name(p: u8) -> serde_json::Value {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        0 => serde_json::Value::Null,
+        n => n.into(),
+    }
+}
+
+/// One flow event as the monitor stream carries it (stable field names).
+fn event_json(
+    agent: &AgentState,
+    names: &(Vec<String>, BTreeMap<std::net::Ipv4Addr, String>),
+    worker: usize,
+    ev: &FlowEvent,
+) -> serde_json::Value {
+    let (ports, ips) = names;
+    let port = |p: u16| ports.get(p as usize).cloned();
+    let ep = |ip: std::net::Ipv4Addr| {
+        serde_json::json!({
+            "ip": (!ip.is_unspecified()).then(|| ip.to_string()),
+            "endpoint": ips.get(&ip),
+        })
+    };
+    serde_json::json!({
+        "time": rfc3339(agent.wall_time(worker, ev.timestamp_ns)),
+        "type": ev.kind.as_str(),
+        "worker": worker,
+        "ingress": port(ev.ingress_port),
+        "egress": ev.egress_port.and_then(port),
+        "source": ep(ev.src),
+        "destination": ep(ev.dst),
+        "protocol": protocol_name(ev.protocol),
+        "src_port": ev.src_port,
+        "dst_port": ev.dst_port,
+        "len": ev.len,
+        "verdict": ev.verdict(),
+        "drop_reason": ev.drop_reason.map(|r| r.as_str()),
+    })
+}
+
+fn line(v: &serde_json::Value) -> Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
+    let types = match parse_types(uri.query()) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let rx = api.events.subscribe();
+    let sub = api.agent.monitor_subscribe(&types);
+    let base_lost = api.agent.monitor_lost();
+    tracing::info!(?types, "monitor client attached");
+    struct St {
+        api: Api,
+        rx: broadcast::Receiver<(usize, FlowEvent)>,
+        _sub: crate::agent::MonitorSubscription,
+        types: Vec<EventType>,
+        base_lost: u64,
+        lagged: u64,
+        reported: u64,
+        names: (Vec<String>, BTreeMap<std::net::Ipv4Addr, String>),
+        names_at: std::time::Instant,
+        done: bool,
+    }
+    let names = api.agent.names();
+    let st = St {
+        api,
+        rx,
+        _sub: sub,
+        types,
+        base_lost,
+        lagged: 0,
+        reported: 0,
+        names,
+        names_at: std::time::Instant::now(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            let lost = st.api.agent.monitor_lost().saturating_sub(st.base_lost) + st.lagged;
+            if lost != st.reported {
+                st.reported = lost;
+                let l = line(&serde_json::json!({"type": "lost", "lost": lost}));
+                return Some((Ok::<_, std::convert::Infallible>(l), st));
+            }
+            if st.names_at.elapsed() > std::time::Duration::from_secs(1) {
+                st.names = st.api.agent.names();
+                st.names_at = std::time::Instant::now();
+            }
+            let mut shutdown = st.api.shutdown.clone();
+            let got = tokio::select! {
+                r = st.rx.recv() => Some(r),
+                _ = shutdown.wait_for(|s| *s) => None,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+            };
+            match got {
+                None | Some(Err(broadcast::error::RecvError::Closed)) => {
+                    st.done = true;
+                    let l = line(&serde_json::json!({"type": "end", "lost": st.reported}));
+                    return Some((Ok(l), st));
+                }
+                Some(Err(broadcast::error::RecvError::Lagged(n))) => st.lagged += n,
+                Some(Ok((w, ev))) => {
+                    if st.types.contains(&ev.kind) {
+                        let v = event_json(&st.api.agent, &st.names, w, &ev);
+                        return Some((Ok(line(&v)), st));
+                    }
+                }
+            }
+        }
+    });
+    (
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Moves events from the workers' rings to the monitor clients, every 5 ms while one listens.
+async fn dispatch(agent: Arc<AgentState>, tx: broadcast::Sender<(usize, FlowEvent)>) {
+    let mut buf = Vec::with_capacity(4096);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
+    loop {
+        tick.tick().await;
+        if tx.receiver_count() == 0 {
+            continue;
+        }
+        agent.drain_events(&mut buf);
+        for e in buf.drain(..) {
+            let _ = tx.send(e);
+        }
+    }
 }
 
 async fn not_found() -> Response {
@@ -66,10 +374,12 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// Serves the API on `path` until `shutdown` resolves.
+/// Serves the API on `path` (and Prometheus metrics on `metrics_addr`, when given) until
+/// `shutdown` resolves.
 pub fn serve(
     agent: Arc<AgentState>,
     path: PathBuf,
+    metrics_addr: Option<SocketAddr>,
     shutdown: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -92,14 +402,55 @@ pub fn serve(
                 source,
             },
         )?;
+        let (events, _) = broadcast::channel(CLIENT_BUFFER);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(dispatch(Arc::clone(&agent), events.clone()));
+        let api = Api {
+            agent: Arc::clone(&agent),
+            events,
+            shutdown: stop_rx,
+        };
+        if let Some(addr) = metrics_addr {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Io {
+                    what: format!("listening for metrics on {addr}"),
+                    source,
+                })?;
+            tracing::info!(%addr, "serving metrics on /metrics");
+            let m = Router::new()
+                .route("/metrics", get(metrics))
+                .fallback(not_found)
+                .with_state(api.clone());
+            let mut stop = api.shutdown.clone();
+            tokio::spawn(async move {
+                let r = axum::serve(tcp, m)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            });
+        }
         let app = Router::new()
             .route("/v1/status", get(status))
             .route("/v1/endpoints", get(endpoints))
+            .route(
+                "/v1/endpoints/{namespace}/{name}",
+                get(get_endpoint).put(put_endpoint).delete(delete_endpoint),
+            )
+            .route("/v1/metrics", get(metrics))
+            .route("/v1/monitor", get(monitor))
             .fallback(not_found)
-            .with_state(agent);
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(api);
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.await;
+                // Ends the monitor streams, which would otherwise hold the shutdown open.
+                let _ = stop_tx.send(true);
             })
             .await
             .map_err(|source| Error::Io {
@@ -134,33 +485,73 @@ impl Client {
 
     /// `GET path`, as raw bytes.
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Error> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        self.request("GET", path, None)
+    }
+
+    /// `PUT path` with a JSON body; the answer decoded as JSON.
+    pub fn put<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        let b = serde_json::to_vec(body).map_err(|e| Error::Api {
+            status: 0,
+            message: e.to_string(),
+        })?;
+        let out = self.request("PUT", path, Some(b))?;
+        serde_json::from_slice(&out).map_err(|e| Error::Api {
+            status: 200,
+            message: format!("undecodable answer to {path}: {e}"),
+        })
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        self.request("DELETE", path, None).map(|_| ())
+    }
+
+    fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|source| Error::Io {
                 what: "starting the client runtime".into(),
                 source,
-            })?;
+            })
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
         let unreachable = || Error::AgentUnreachable {
             socket: self.socket.clone(),
         };
-        rt.block_on(async {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
-                .await
-                .map_err(|_| unreachable())?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|_| unreachable())?;
-            tokio::spawn(conn);
-            let req = hyper::Request::get(path)
-                .header("host", "xylem-agent")
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| Error::Api {
-                    status: 0,
-                    message: e.to_string(),
-                })?;
-            let resp = sender.send_request(req).await.map_err(|_| unreachable())?;
-            let status = resp.status().as_u16();
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|_| unreachable())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| unreachable())?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "xylem-agent");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Error::Api {
+                status: 0,
+                message: e.to_string(),
+            })?;
+        let resp = sender.send_request(req).await.map_err(|_| unreachable())?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
             let body = resp
                 .into_body()
                 .collect()
@@ -168,14 +559,92 @@ impl Client {
                 .map_err(|_| unreachable())?
                 .to_bytes()
                 .to_vec();
-            if status >= 400 {
-                let message = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-                return Err(Error::Api { status, message });
-            }
-            Ok(body)
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(Error::Api { status, message });
+        }
+        Ok(resp)
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
+        let rt = Self::runtime()?;
+        rt.block_on(async {
+            let resp = self.send(method, path, body).await?;
+            Ok(resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| Error::AgentUnreachable {
+                    socket: self.socket.clone(),
+                })?
+                .to_bytes()
+                .to_vec())
         })
     }
+
+    /// `GET path` as a stream of lines: calls `on_line` for each line until the stream ends,
+    /// `on_line` returns false, or Ctrl-C (SIGINT) / SIGTERM arrives. Returns why it stopped.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> Result<StreamEnd, Error> {
+        let rt = Self::runtime()?;
+        rt.block_on(async {
+            // Installed before anything else, once: a signal that arrives between two polls is
+            // kept by the stream rather than lost.
+            let sig = |kind, what: &str| {
+                tokio::signal::unix::signal(kind).map_err(|source| Error::Io {
+                    what: format!("installing a {what} handler"),
+                    source,
+                })
+            };
+            let mut int = sig(tokio::signal::unix::SignalKind::interrupt(), "SIGINT")?;
+            let mut term = sig(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")?;
+            let resp = tokio::select! {
+                r = self.send("GET", path, None) => r?,
+                _ = int.recv() => return Ok(StreamEnd::Interrupted),
+                _ = term.recv() => return Ok(StreamEnd::Interrupted),
+            };
+            let mut body = resp.into_body();
+            let mut buf: Vec<u8> = Vec::new();
+            loop {
+                let frame = tokio::select! {
+                    f = body.frame() => f,
+                    _ = int.recv() => return Ok(StreamEnd::Interrupted),
+                    _ = term.recv() => return Ok(StreamEnd::Interrupted),
+                };
+                let Some(frame) = frame else {
+                    return Ok(StreamEnd::Ended);
+                };
+                let frame = frame.map_err(|_| Error::AgentUnreachable {
+                    socket: self.socket.clone(),
+                })?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                buf.extend_from_slice(data);
+                while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                    let l: Vec<u8> = buf.drain(..=nl).collect();
+                    let text = String::from_utf8_lossy(&l[..l.len() - 1]);
+                    if !on_line(&text) {
+                        return Ok(StreamEnd::Stopped);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Why [`Client::stream_lines`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The agent ended the stream (it is stopping).
+    Ended,
+    /// The caller's callback asked to stop.
+    Stopped,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
 }

@@ -197,7 +197,13 @@ pub struct AgentConfig {
     /// The API socket.
     #[serde(default = "default_socket")]
     pub api_socket: PathBuf,
+    /// Where to serve Prometheus metrics (`/metrics`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
+
+/// The default metrics address (when enabled without one).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9962";
 
 fn default_xdp_mode() -> String {
     "auto".into()

@@ -55,6 +55,9 @@ pub enum Error {
     /// The XDP redirector failed.
     #[error(transparent)]
     Redirector(#[from] xdp_redirector::Error),
+    /// The state store cannot be used (corrupt file, failed write).
+    #[error("{0}")]
+    State(String),
     /// Some other I/O failure.
     #[error("{what}: {source}")]
     Io {

@@ -530,6 +530,8 @@ impl Lab {
             mode: opts.mode,
             state_dir: dir.join(&node_name).join("state"),
             api_socket: api_socket.clone(),
+            // Inside the node's namespace: `ip netns exec <node> curl 127.0.0.1:9962/metrics`.
+            metrics_addr: crate::config::DEFAULT_METRICS_ADDR.parse().ok(),
         };
         cfg.validate()?;
         let node_dir = dir.join(&node_name);
@@ -732,15 +734,14 @@ fn wait_ready(socket: &Path, pid: u32, log: &Path) -> Result<(), Error> {
                 tail.join("\n")
             )));
         }
-        if let Ok(st) = client.get::<serde_json::Value>("/v1/status") {
-            if st
+        if let Ok(st) = client.get::<serde_json::Value>("/v1/status")
+            && st
                 .get("health")
                 .and_then(|h| h.get("ok"))
                 .and_then(|o| o.as_bool())
                 == Some(true)
-            {
-                return Ok(());
-            }
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(Error::Lab(format!(

@@ -10,15 +10,18 @@
 //! and removes namespaces, veths and agents.
 //!
 //! What it does not do: it decides nothing per packet (that is `xylem-dataplane`), holds no XDP
-//! code (that is `xdp-redirector`), and does not yet keep state across restarts, serve
-//! Prometheus metrics or enforce policy: those come with later work.
+//! code (that is `xdp-redirector`), and does not yet enforce policy (later work).
+//! It keeps the objects it is given in a [`state`] store, serves Prometheus [`metrics`] and
+//! streams flow events from the workers' monitor rings.
 
 pub mod agent;
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod lab;
+pub mod metrics;
 pub mod output;
 pub mod policy;
+pub mod state;
 
 pub use error::Error;

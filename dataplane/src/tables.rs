@@ -16,10 +16,31 @@ use crate::Error;
 pub type PortId = u16;
 
 /// An Ethernet MAC address. Displays as `aa:bb:cc:dd:ee:ff`; parses from that form (or with `-`).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+/// Serialized as that string; deserialized from it (or from an array of six bytes, the form
+/// older configuration files carry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
+
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Bytes([u8; 6]),
+        }
+        match Form::deserialize(d)? {
+            Form::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Form::Bytes(b) => Ok(MacAddr(b)),
+        }
+    }
+}
 
 impl MacAddr {
     /// `ff:ff:ff:ff:ff:ff`.

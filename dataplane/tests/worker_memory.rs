@@ -289,7 +289,7 @@ fn frame_accounting_holds_after_a_million_packets() {
         }
         r.worker.run_once(injected);
         r.worker.backend_mut().deliver();
-        if i % 4096 == 0 {
+        if i.is_multiple_of(4096) {
             r.worker.ledger().check().unwrap();
         }
     }

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 use xylem_control::Error;
 use xylem_control::agent::AgentState;
 use xylem_control::config::AgentConfig;
+use xylem_control::state::FileStore;
 use xylem_dataplane::tables::Mode;
 use xylem_dataplane::worker::Placement;
 
@@ -45,6 +46,14 @@ struct Args {
     /// API socket path. Overrides `api_socket`.
     #[arg(long)]
     api_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`/metrics`); `--metrics-addr` alone means
+    /// 127.0.0.1:9962. Overrides `metrics_addr`. Off by default.
+    #[arg(long, num_args = 0..=1, default_missing_value = xylem_control::config::DEFAULT_METRICS_ADDR)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Discard the stored state (files are moved aside as `*.json.discarded`) instead of
+    /// refusing to start when it cannot be read.
+    #[arg(long)]
+    start_empty: bool,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG otherwise, `info` by default.
     #[arg(long)]
     log: Option<String>,
@@ -89,6 +98,9 @@ fn load(args: &Args) -> Result<AgentConfig, Error> {
     if let Some(s) = &args.api_socket {
         cfg.api_socket = s.clone();
     }
+    if let Some(a) = args.metrics_addr {
+        cfg.metrics_addr = Some(a);
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -100,6 +112,12 @@ fn run(args: Args) -> Result<(), Error> {
         path: cfg.state_dir.clone(),
         source,
     })?;
+    // Before anything is attached: a corrupt store stops the start here.
+    let store = if args.start_empty {
+        FileStore::open_empty(&cfg.state_dir)?
+    } else {
+        FileStore::open(&cfg.state_dir)?
+    };
     xylem_control::api::claim_socket(&cfg.api_socket)?;
 
     // Block the stop signals in every thread (threads inherit the mask), so only the main
@@ -120,13 +138,14 @@ fn run(args: Args) -> Result<(), Error> {
         mode = ?cfg.mode,
         "starting"
     );
-    let agent = AgentState::start(cfg)?;
+    let agent = AgentState::start(cfg, Box::new(store))?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel();
     let api_agent = std::sync::Arc::clone(&agent);
     let api_socket = socket.clone();
+    let metrics_addr = agent.config().metrics_addr;
     let api = std::thread::Builder::new()
         .name("xylem-api".into())
-        .spawn(move || xylem_control::api::serve(api_agent, api_socket, api_stopped))
+        .spawn(move || xylem_control::api::serve(api_agent, api_socket, metrics_addr, api_stopped))
         .map_err(|source| Error::Io {
             what: "starting the API thread".into(),
             source,

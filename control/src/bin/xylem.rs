@@ -38,6 +38,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EndpointCmd,
     },
+    /// The agent's Prometheus metrics (the same text as its --metrics-addr serves).
+    Metrics,
+    /// Stream flow events live (like `cilium monitor`) until Ctrl-C; ends with the number of
+    /// events lost.
+    Monitor {
+        /// Event types to show (repeat or comma-separate); all when absent.
+        #[arg(long = "type", short = 't', value_delimiter = ',', value_parser = ["drop", "trace", "policy-verdict", "dns"])]
+        types: Vec<String>,
+        /// Output format: one line per event, or one JSON object per line.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
     /// A lab: a node namespace running xylem-agent, and pod namespaces behind it.
     Lab {
         #[command(subcommand)]
@@ -52,6 +64,31 @@ enum EndpointCmd {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
+    },
+    /// Create or replace an endpoint on one of the agent's pod ports (kept across restarts).
+    Put {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        endpoint: String,
+        /// The dataplane's end of the pod's veth.
+        #[arg(long)]
+        ifname: String,
+        /// The pod's IPv4 address.
+        #[arg(long)]
+        ip: String,
+        /// The pod's MAC address.
+        #[arg(long)]
+        mac: String,
+        /// A label `KEY=VALUE` (repeatable).
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Delete an endpoint: its port stays attached but routes nothing to it.
+    Delete {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        endpoint: String,
     },
 }
 
@@ -211,12 +248,15 @@ fn print_status(st: &serde_json::Value) {
                 s(&p["queues"]),
                 s(&p["rx"]),
                 s(&p["tx"]),
+                s(&p["drops"]),
             ]
         })
         .collect();
     println!();
     print_table(
-        &["PORT", "ENDPOINT", "IP", "XDP", "QUEUES", "RX", "TX"],
+        &[
+            "PORT", "ENDPOINT", "IP", "XDP", "QUEUES", "RX", "TX", "DROPS",
+        ],
         &ports,
     );
     let r = &st["redirector"];
@@ -275,14 +315,164 @@ fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
             vec![
                 e["name"].as_str().unwrap_or("").into(),
                 e["namespace"].as_str().unwrap_or("").into(),
+                if labels.is_empty() {
+                    "-".into()
+                } else {
+                    labels
+                },
                 e["ip"].as_str().unwrap_or("").into(),
                 e["interface"].as_str().unwrap_or("").into(),
-                labels,
+                e["identity"].as_u64().map_or("-".into(), |i| i.to_string()),
             ]
         })
         .collect();
-    print_table(&["NAME", "NAMESPACE", "IP", "INTERFACE", "LABELS"], &rows);
+    print_table(
+        &["NAME", "NAMESPACE", "LABELS", "IP", "INTERFACE", "IDENTITY"],
+        &rows,
+    );
     Ok(())
+}
+
+fn endpoint_path(e: &str) -> Result<String, Error> {
+    let (ns, name) = e.split_once('/').unwrap_or(("default", e));
+    if ns.is_empty() || name.is_empty() || name.contains('/') {
+        return Err(Error::config(
+            "endpoint",
+            format!("'{e}' is not NAMESPACE/NAME or NAME"),
+        ));
+    }
+    Ok(format!("/v1/endpoints/{ns}/{name}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn endpoint_put(
+    cli: &Cli,
+    endpoint: &str,
+    ifname: &str,
+    ip: &str,
+    mac: &str,
+    labels: &[String],
+    output: Format,
+) -> Result<(), Error> {
+    let mut map = serde_json::Map::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| Error::config("--label", format!("'{l}' is not KEY=VALUE")))?;
+        map.insert(k.into(), v.into());
+    }
+    let body = serde_json::json!({"ifname": ifname, "ip": ip, "mac": mac, "labels": map});
+    let ep: serde_json::Value = Client::new(socket(cli)?).put(&endpoint_path(endpoint)?, &body)?;
+    match output {
+        Format::Json => print_json(&ep),
+        Format::Table => println!(
+            "endpoint {}/{} on {} ({})",
+            ep["namespace"].as_str().unwrap_or(""),
+            ep["name"].as_str().unwrap_or(""),
+            ep["interface"].as_str().unwrap_or(""),
+            ep["ip"].as_str().unwrap_or("")
+        ),
+    }
+    Ok(())
+}
+
+fn metrics(cli: &Cli) -> Result<(), Error> {
+    let text = Client::new(socket(cli)?).get_bytes("/v1/metrics")?;
+    print!("{}", String::from_utf8_lossy(&text));
+    Ok(())
+}
+
+fn monitor(cli: &Cli, types: &[String], output: Format) -> Result<(), Error> {
+    let client = Client::new(socket(cli)?);
+    let path = if types.is_empty() {
+        "/v1/monitor".to_string()
+    } else {
+        format!("/v1/monitor?type={}", types.join(","))
+    };
+    let mut lost = 0u64;
+    let mut shown = 0u64;
+    if output == Format::Table {
+        eprintln!(
+            "Listening for events on {}; press Ctrl-C to quit",
+            client_socket(cli)?
+        );
+    }
+    let end = client.stream_lines(&path, |l| {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            return true;
+        };
+        match v["type"].as_str() {
+            Some("lost") | Some("end") => {
+                lost = v["lost"].as_u64().unwrap_or(lost);
+                return true;
+            }
+            _ => {}
+        }
+        shown += 1;
+        match output {
+            Format::Json => println!("{l}"),
+            Format::Table => println!("{}", monitor_line(&v)),
+        }
+        true
+    })?;
+    if end == xylem_control::api::StreamEnd::Ended {
+        eprintln!("the agent ended the stream (stopping?)");
+    }
+    match output {
+        Format::Json => println!("{}", serde_json::json!({"events": shown, "lost": lost})),
+        Format::Table => println!("\n{shown} events shown, {lost} events lost"),
+    }
+    Ok(())
+}
+
+fn client_socket(cli: &Cli) -> Result<String, Error> {
+    Ok(socket(cli)?.display().to_string())
+}
+
+/// `cilium monitor`-style: time, type, verdict/reason, ingress port, then the flow.
+fn monitor_line(v: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let end = |e: &serde_json::Value, port: &serde_json::Value| {
+        let ip = s(&e["ip"]);
+        let p = port.as_u64().unwrap_or(0);
+        let name = e["endpoint"]
+            .as_str()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        if p != 0 && v["protocol"] != "ICMP" {
+            format!("{ip}:{p}{name}")
+        } else {
+            format!("{ip}{name}")
+        }
+    };
+    let proto = match &v["protocol"] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(p) if p == "ICMP" => {
+            format!("ICMP type {} code {}", v["src_port"], v["dst_port"])
+        }
+        p => p
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| p.to_string()),
+    };
+    let verdict = match v["drop_reason"].as_str() {
+        Some(r) => format!("DROPPED ({r})"),
+        None => s(&v["verdict"]),
+    };
+    format!(
+        "{} {:<6} {:<28} from {} -> {} {} via {}{}",
+        s(&v["time"]),
+        s(&v["type"]),
+        verdict,
+        end(&v["source"], &v["src_port"]),
+        end(&v["destination"], &v["dst_port"]),
+        proto,
+        s(&v["ingress"]),
+        v["egress"]
+            .as_str()
+            .map(|e| format!(" -> {e}"))
+            .unwrap_or_default(),
+    )
 }
 
 fn demo(cli: &Cli, a: &UpArgs) -> Result<(), Error> {
@@ -398,9 +588,24 @@ fn print_ping_summary(out: &str) {
 fn run(cli: &Cli) -> Result<(), Error> {
     match &cli.cmd {
         Cmd::Status { output } => status(cli, *output),
-        Cmd::Endpoint {
-            cmd: EndpointCmd::List { output },
-        } => endpoints(cli, *output),
+        Cmd::Endpoint { cmd } => match cmd {
+            EndpointCmd::List { output } => endpoints(cli, *output),
+            EndpointCmd::Put {
+                endpoint,
+                ifname,
+                ip,
+                mac,
+                labels,
+                output,
+            } => endpoint_put(cli, endpoint, ifname, ip, mac, labels, *output),
+            EndpointCmd::Delete { endpoint } => {
+                Client::new(socket(cli)?).delete(&endpoint_path(endpoint)?)?;
+                println!("endpoint {endpoint} deleted");
+                Ok(())
+            }
+        },
+        Cmd::Metrics => metrics(cli),
+        Cmd::Monitor { types, output } => monitor(cli, types, *output),
         Cmd::Lab { cmd } => {
             let lab = Lab::new(&cli.lab)?;
             match cmd {

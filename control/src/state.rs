@@ -1,0 +1,241 @@
+//! The agent's persistent state: every object it is given (endpoints now; policies, services
+//! and keys later), kept so a restarted agent restores the same dataplane state with no client
+//! action.
+//!
+//! Callers use the [`StateStore`] trait (get/put/delete/list by kind and key), so another
+//! backend (etcd, for cluster mesh) can replace [`FileStore`] without touching them.
+//!
+//! [`FileStore`] keeps one JSON file per kind (`<state_dir>/<kind>.json`, a map from key to
+//! object). Every write goes to a temporary file that is fsynced, renamed over the old one, and
+//! the directory is fsynced: a crash leaves either the old or the new file, never half of one.
+//! A file that cannot be read or parsed makes [`FileStore::open`] fail with a message naming it:
+//! the agent then refuses to start rather than run half-configured (unless `--start-empty`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use crate::Error;
+
+/// Object kinds the agent stores.
+pub mod kind {
+    /// Endpoints (pods), keyed `namespace/name`.
+    pub const ENDPOINT: &str = "endpoints";
+    /// Configured pod ports whose endpoint was deleted through the API, keyed by interface.
+    pub const UNBOUND: &str = "unbound-ports";
+}
+
+/// A store of JSON objects by kind and key.
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// The object `key` of `kind`, if any.
+    fn get(&self, kind: &str, key: &str) -> Result<Option<Value>, Error>;
+    /// Stores `value` as `key` of `kind`, durably, before returning.
+    fn put(&self, kind: &str, key: &str, value: Value) -> Result<(), Error>;
+    /// Removes `key` of `kind`; returns whether it existed.
+    fn delete(&self, kind: &str, key: &str) -> Result<bool, Error>;
+    /// Every object of `kind`, by key.
+    fn list(&self, kind: &str) -> Result<BTreeMap<String, Value>, Error>;
+}
+
+/// The file backend: see the module documentation.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    kinds: Mutex<BTreeMap<String, BTreeMap<String, Value>>>,
+}
+
+/// The error for a state file that cannot be used.
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::State(format!(
+        "state file {} is unreadable or corrupt ({why}); the agent will not start half-configured: \
+         repair or move the file away, or start with --start-empty to discard the stored state",
+        path.display()
+    ))
+}
+
+impl FileStore {
+    /// Opens the store in `dir` (created if missing) and loads every `*.json` file in it. Fails
+    /// on any file that cannot be read or parsed.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::File {
+            what: "creating the state directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut kinds = BTreeMap::new();
+        let rd = std::fs::read_dir(dir).map_err(|source| Error::File {
+            what: "reading the state directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+        for entry in rd.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let Some(kind) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let text = std::fs::read(&path).map_err(|e| corrupt(&path, e))?;
+            let map: BTreeMap<String, Value> =
+                serde_json::from_slice(&text).map_err(|e| corrupt(&path, e))?;
+            kinds.insert(kind.to_string(), map);
+        }
+        Ok(FileStore {
+            dir: dir.to_owned(),
+            kinds: Mutex::new(kinds),
+        })
+    }
+
+    /// Opens the store after moving every state file aside (`*.json` → `*.json.discarded`):
+    /// `--start-empty`.
+    pub fn open_empty(dir: &Path) -> Result<Self, Error> {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for entry in rd.flatten() {
+                let path = entry.path();
+                if path.extension().and_then(|e| e.to_str()) == Some("json") {
+                    let mut to = path.clone().into_os_string();
+                    to.push(".discarded");
+                    std::fs::rename(&path, &to).map_err(|source| Error::File {
+                        what: "moving a state file aside",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    tracing::warn!(file = %path.display(), "state discarded (--start-empty)");
+                }
+            }
+        }
+        Self::open(dir)
+    }
+
+    /// The file of `kind`.
+    pub fn path_of(&self, kind: &str) -> PathBuf {
+        self.dir.join(format!("{kind}.json"))
+    }
+
+    fn write(&self, kind: &str, map: &BTreeMap<String, Value>) -> Result<(), Error> {
+        let path = self.path_of(kind);
+        let tmp = self.dir.join(format!(".{kind}.json.tmp"));
+        let io = |what: &'static str, p: &Path| {
+            let p = p.to_owned();
+            move |source| Error::File {
+                what,
+                path: p,
+                source,
+            }
+        };
+        let bytes = serde_json::to_vec_pretty(map).map_err(|e| Error::State(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io("writing state", &tmp))?;
+        f.write_all(&bytes).map_err(io("writing state", &tmp))?;
+        f.sync_all().map_err(io("syncing state", &tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io("renaming state into place", &path))?;
+        let d = std::fs::File::open(&self.dir).map_err(io("opening the state dir", &self.dir))?;
+        d.sync_all()
+            .map_err(io("syncing the state dir", &self.dir))?;
+        Ok(())
+    }
+}
+
+impl StateStore for FileStore {
+    fn get(&self, kind: &str, key: &str) -> Result<Option<Value>, Error> {
+        let kinds = self
+            .kinds
+            .lock()
+            .map_err(|_| Error::State("poisoned".into()))?;
+        Ok(kinds.get(kind).and_then(|m| m.get(key)).cloned())
+    }
+
+    fn put(&self, kind: &str, key: &str, value: Value) -> Result<(), Error> {
+        let mut kinds = self
+            .kinds
+            .lock()
+            .map_err(|_| Error::State("poisoned".into()))?;
+        let mut map = kinds.get(kind).cloned().unwrap_or_default();
+        map.insert(key.to_string(), value);
+        // Written first, then kept: memory never holds what the disk does not.
+        self.write(kind, &map)?;
+        kinds.insert(kind.to_string(), map);
+        Ok(())
+    }
+
+    fn delete(&self, kind: &str, key: &str) -> Result<bool, Error> {
+        let mut kinds = self
+            .kinds
+            .lock()
+            .map_err(|_| Error::State("poisoned".into()))?;
+        let mut map = kinds.get(kind).cloned().unwrap_or_default();
+        if map.remove(key).is_none() {
+            return Ok(false);
+        }
+        self.write(kind, &map)?;
+        kinds.insert(kind.to_string(), map);
+        Ok(true)
+    }
+
+    fn list(&self, kind: &str) -> Result<BTreeMap<String, Value>, Error> {
+        let kinds = self
+            .kinds
+            .lock()
+            .map_err(|_| Error::State("poisoned".into()))?;
+        Ok(kinds.get(kind).cloned().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xylem-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn put_get_list_delete_survive_reopening() {
+        let d = tmpdir("rt");
+        let s = FileStore::open(&d).unwrap();
+        s.put(
+            "endpoints",
+            "default/a",
+            serde_json::json!({"ip": "10.0.0.1"}),
+        )
+        .unwrap();
+        s.put(
+            "endpoints",
+            "default/b",
+            serde_json::json!({"ip": "10.0.0.2"}),
+        )
+        .unwrap();
+        assert!(s.delete("endpoints", "default/b").unwrap());
+        assert!(!s.delete("endpoints", "default/b").unwrap());
+        let s2 = FileStore::open(&d).unwrap();
+        assert_eq!(
+            s2.get("endpoints", "default/a").unwrap().unwrap()["ip"],
+            "10.0.0.1"
+        );
+        assert_eq!(s2.list("endpoints").unwrap().len(), 1);
+        assert!(!d.join(".endpoints.json.tmp").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_by_name_unless_started_empty() {
+        let d = tmpdir("corrupt");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("endpoints.json"), b"{\"default/a\": ").unwrap();
+        let e = FileStore::open(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("endpoints.json") && e.contains("--start-empty"),
+            "{e}"
+        );
+        let s = FileStore::open_empty(&d).unwrap();
+        assert!(s.list("endpoints").unwrap().is_empty());
+        assert!(d.join("endpoints.json.discarded").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

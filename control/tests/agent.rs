@@ -1,0 +1,456 @@
+//! End-to-end tests of the agent's control side through its real unix socket: the API and its
+//! validation, persistence across SIGTERM and SIGKILL restarts, a corrupt state file, metrics
+//! scraped over HTTP and parsed by a Prometheus text parser, and the monitor under load.
+//!
+//! The lab-based tests need root (namespaces, XDP, AF_XDP); without it they print why and skip.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use xylem_control::api::Client;
+
+#[macro_use]
+mod common;
+use common::*;
+
+fn endpoints(c: &Client) -> BTreeMap<String, Value> {
+    let eps: Vec<Value> = c.get("/v1/endpoints").unwrap();
+    eps.into_iter()
+        .map(|e| {
+            (
+                format!(
+                    "{}/{}",
+                    e["namespace"].as_str().unwrap(),
+                    e["name"].as_str().unwrap()
+                ),
+                e,
+            )
+        })
+        .collect()
+}
+
+fn revision(c: &Client) -> u64 {
+    let st: Value = c.get("/v1/status").unwrap();
+    st["tables_revision"].as_u64().unwrap()
+}
+
+/// A raw request (so malformed bodies reach the agent as they are): status and body.
+fn api_status(sock: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/stderr",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+            sock,
+        ])
+        .args(["-X", method, "-H", "content-type: application/json"])
+        .args(["--data-binary", "@-"])
+        .arg(format!("http://xylem{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin.take().unwrap().write_all(body)?;
+            ch.wait_with_output()
+        })
+        .expect("curl");
+    (
+        String::from_utf8_lossy(&o.stdout).parse().unwrap_or(0),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn client(lab: &LabGuard) -> Client {
+    Client::new(lab.socket())
+}
+
+/// Moves pod-c's endpoint to `prod/web` at 10.200.0.42 through the API (and gives pod-c's
+/// eth0 that address), so what a restart must restore differs from the configuration file.
+fn move_pod_c(lab: &LabGuard, c: &Client) -> (String, Ipv4Addr) {
+    let (ns_c, _) = lab.pod("pod-c");
+    let mac = mac_in(&ns_c, "eth0");
+    c.delete("/v1/endpoints/default/pod-c").unwrap();
+    let ep: Value = c
+        .put(
+            "/v1/endpoints/prod/web",
+            &json!({"ifname": "xyp2", "ip": "10.200.0.42", "mac": mac, "labels": {"app": "web"}}),
+        )
+        .unwrap();
+    assert_eq!(ep["ip"], "10.200.0.42");
+    assert_eq!(ep["mac"], mac.as_str());
+    assert_eq!(ep["labels"]["app"], "web");
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_c,
+        "ip",
+        "addr",
+        "add",
+        "10.200.0.42/32",
+        "dev",
+        "eth0",
+    ]);
+    (ns_c, "10.200.0.42".parse().unwrap())
+}
+
+#[test]
+fn api_round_trips_refuses_bad_requests_and_state_survives_sigterm_and_sigkill() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let c = client(&lab);
+    let (ns_a, _) = lab.pod("pod-a");
+
+    let before = endpoints(&c);
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(before["default/pod-a"]["identity"], Value::Null);
+
+    // Refused requests: 4xx naming the field, nothing changed.
+    let sock = lab.socket();
+    let rev = revision(&c);
+    let mac = mac_in(&lab.pod("pod-c").0, "eth0");
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/v1/endpoints/prod/web",
+            json!({"ifname": "xyp2", "ip": "10.200.0.999", "mac": mac}).to_string(),
+            422,
+            "ip",
+        ),
+        (
+            "/v1/endpoints/prod/web",
+            json!({"ifname": "xyp2", "ip": "10.9.0.1", "mac": mac}).to_string(),
+            422,
+            "ip",
+        ),
+        (
+            "/v1/endpoints/prod/web",
+            json!({"ifname": "xyp2", "ip": "10.200.0.42", "mac": "zz"}).to_string(),
+            422,
+            "mac",
+        ),
+        (
+            "/v1/endpoints/prod/web",
+            json!({"ifname": "nope0", "ip": "10.200.0.42", "mac": mac}).to_string(),
+            422,
+            "ifname",
+        ),
+        (
+            "/v1/endpoints/prod/web",
+            json!({"ifname": "xyp2", "ip": "10.200.0.42", "mac": mac, "colour": 1}).to_string(),
+            400,
+            "colour",
+        ),
+        (
+            "/v1/endpoints/prod/web",
+            json!({"ip": "10.200.0.42", "mac": mac}).to_string(),
+            400,
+            "ifname",
+        ),
+        (
+            "/v1/endpoints/Prod_X/web",
+            json!({"ifname": "xyp2", "ip": "10.200.0.42", "mac": mac}).to_string(),
+            422,
+            "namespace",
+        ),
+        ("/v1/endpoints/prod/web", "{not json".into(), 400, "body"),
+        // The port already serves pod-c; pod-b's IP is taken.
+        (
+            "/v1/endpoints/prod/web",
+            json!({"ifname": "xyp2", "ip": "10.200.0.42", "mac": mac}).to_string(),
+            409,
+            "ifname",
+        ),
+        (
+            "/v1/endpoints/default/pod-c",
+            json!({"ifname": "xyp2", "ip": "10.200.0.11", "mac": mac}).to_string(),
+            409,
+            "ip",
+        ),
+    ];
+    for (path, body, want, field) in &cases {
+        let (code, text) = api_status(&sock, "PUT", path, body.as_bytes());
+        assert_eq!(code, *want, "{path} {body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}"));
+        assert_eq!(v["field"], *field, "{body}: {text}");
+    }
+    let huge = vec![b'x'; 200 * 1024];
+    let (code, _) = api_status(&sock, "PUT", "/v1/endpoints/prod/web", &huge);
+    assert_eq!(code, 413, "an oversized body is refused");
+    assert_eq!(endpoints(&c), before, "refused requests changed nothing");
+    assert_eq!(revision(&c), rev, "refused requests published no tables");
+
+    // Concurrent clients, one of them holding a monitor stream open.
+    let mut mon = Command::new(xylem())
+        .args(["--socket", &sock, "monitor", "-o", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Give it time to install its signal handlers before it is interrupted below.
+    std::thread::sleep(Duration::from_millis(500));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let c = Client::new(sock);
+                for _ in 0..10 {
+                    let st: Value = c.get("/v1/status").unwrap();
+                    assert_eq!(st["health"]["ok"], true);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // SAFETY: kill(2) of the monitor we started.
+    unsafe { libc::kill(mon.id() as i32, libc::SIGINT) };
+    assert!(mon.wait().unwrap().success());
+
+    // A real change: pod-c becomes prod/web at a new address; traffic follows the new tables.
+    let (_, web_ip) = move_pod_c(&lab, &c);
+    assert!(revision(&c) > rev);
+    assert!(ping(&ns_a, web_ip, 2), "pod-a cannot reach prod/web");
+    let configured = endpoints(&c);
+    assert!(configured.contains_key("prod/web") && !configured.contains_key("default/pod-c"));
+
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
+        lab.kill_agent(sig);
+        lab.start_agent(&[])
+            .unwrap_or_else(|e| panic!("restart after {name}: {e}"));
+        let c = client(&lab);
+        assert_eq!(endpoints(&c), configured, "endpoints after {name}");
+        assert!(
+            ping(&ns_a, web_ip, 2),
+            "pod-a cannot reach prod/web after {name}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_state_file_is_refused_unless_started_empty() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let st = lab.status();
+    let cfg = st["nodes"][0]["agent_config"].as_str().unwrap().to_string();
+    let dir = std::path::Path::new(&cfg).parent().unwrap().join("state");
+    lab.kill_agent(libc::SIGTERM);
+    std::fs::write(dir.join("endpoints.json"), b"{\"prod/web\": {\"ifn").unwrap();
+    let err = lab
+        .start_agent(&[])
+        .expect_err("the agent started on a corrupt state file");
+    assert!(
+        err.contains("endpoints.json") && err.contains("corrupt") && err.contains("--start-empty"),
+        "{err}"
+    );
+    lab.start_agent(&["--start-empty"]).unwrap();
+    assert_eq!(endpoints(&client(&lab)).len(), 3);
+    assert!(dir.join("endpoints.json.discarded").exists());
+}
+
+fn scrape(netns: &str) -> prometheus_parse::Scrape {
+    let text = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "curl",
+        "-sf",
+        "http://127.0.0.1:9962/metrics",
+    ]);
+    assert!(text.contains("# EOF"), "not OpenMetrics text: {text}");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("exposition text parses")
+}
+
+fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .find(|m| m.metric == name && labels.iter().all(|(k, v)| m.labels.get(k) == Some(*v)))
+        .map(|m| match m.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+}
+
+#[test]
+fn metrics_are_valid_exposition_and_count_the_packets_sent() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let node = lab.node_netns();
+    let (ns_a, _) = lab.pod("pod-a");
+    let (_, ip_b) = lab.pod("pod-b");
+    // Warm ARP caches so only the pings below cross the dataplane afterwards.
+    assert!(ping(&ns_a, ip_b, 1));
+    std::thread::sleep(Duration::from_millis(300));
+    let s0 = scrape(&node);
+    for name in [
+        "xylem_forward_count_total",
+        "xylem_forward_bytes_total",
+        "xylem_xdp_redirect_total",
+        "xylem_monitor_events_lost_total",
+    ] {
+        value(&s0, name, &[]);
+    }
+    value(&s0, "xylem_worker_busy_ratio", &[("worker", "0")]);
+    let no_route = [("reason", "no-route"), ("direction", "ingress")];
+    value(&s0, "xylem_drop_count_total", &no_route);
+
+    assert!(ping(&ns_a, ip_b, 10));
+    // Three echo requests to an address nobody has: dropped, counted no-route.
+    let _ = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_a,
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "10.200.0.99",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let s1 = scrape(&node);
+    let d = |n: &str, l: &[(&str, &str)]| value(&s1, n, l) - value(&s0, n, l);
+    assert_eq!(
+        d("xylem_forward_count_total", &[]),
+        20.0,
+        "10 requests + 10 replies"
+    );
+    assert_eq!(
+        d("xylem_forward_bytes_total", &[]),
+        20.0 * 98.0,
+        "98-byte ICMP frames"
+    );
+    assert_eq!(d("xylem_drop_count_total", &no_route), 3.0);
+    assert!(d("xylem_xdp_redirect_total", &[]) >= 23.0);
+    let cli = lab.xylem(&["metrics"]);
+    assert!(cli.contains("xylem_forward_count_total"), "{cli}");
+}
+
+#[test]
+fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let (ns_a, _) = lab.pod("pod-a");
+    let (ns_b, ip_b) = lab.pod("pod-b");
+    let sock = lab.socket();
+    let mon = Command::new(xylem())
+        .args(["--socket", &sock, "monitor", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ping(&ns_a, ip_b, 3));
+    let _ = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_a,
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "10.200.0.99",
+    ]);
+    // Load: a bulk TCP stream for two seconds makes far more events than a client reads.
+    ok(&["ip", "netns", "exec", &ns_b, "netserver", "-4"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_a,
+        "netperf",
+        "-4",
+        "-H",
+        &ip_b.to_string(),
+        "-t",
+        "TCP_STREAM",
+        "-l",
+        "2",
+    ]);
+    // SAFETY: kill(2) of the monitor we started.
+    unsafe { libc::kill(mon.id() as i32, libc::SIGINT) };
+    let out = mon.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let ping_seen = lines.iter().any(|v| {
+        v["type"] == "trace"
+            && v["protocol"] == "ICMP"
+            && v["source"]["endpoint"] == "default/pod-a"
+            && v["destination"]["endpoint"] == "default/pod-b"
+            && v["verdict"] == "FORWARDED"
+    });
+    assert!(ping_seen, "no ping trace among {} events", lines.len());
+    let drop_seen = lines.iter().any(|v| {
+        v["type"] == "drop" && v["verdict"] == "DROPPED" && v["drop_reason"] == "no-route"
+    });
+    assert!(drop_seen, "no no-route drop event");
+    let last = lines.last().unwrap();
+    assert!(last["lost"].is_u64() && last["events"].is_u64(), "{last}");
+    eprintln!(
+        "monitor: {} events shown, {} lost",
+        last["events"], last["lost"]
+    );
+    // Nobody listens any more: the workers stop producing events.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn every_command_says_what_to_do_when_the_agent_is_down() {
+    let sock = std::env::temp_dir().join(format!("xylem-down-{}.sock", std::process::id()));
+    let s = sock.to_str().unwrap();
+    for cmd in [
+        &["status"][..],
+        &["endpoint", "list"],
+        &["endpoint", "delete", "default/a"],
+        &[
+            "endpoint",
+            "put",
+            "a",
+            "--ifname",
+            "x",
+            "--ip",
+            "10.0.0.1",
+            "--mac",
+            "02:00:00:00:00:01",
+        ],
+        &["metrics"],
+        &["monitor"],
+    ] {
+        let mut args = vec!["--socket", s];
+        args.extend_from_slice(cmd);
+        let o = Command::new(xylem()).args(&args).output().unwrap();
+        assert!(!o.status.success(), "{cmd:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("cannot reach xylem-agent at {s}: is it running?")),
+            "{cmd:?}: {err}"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! Helpers shared by the privileged end-to-end tests: running commands, and [`LabGuard`], a lab
+//! with a unique name that is brought down when dropped (also during a panic).
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+pub fn xylem() -> &'static str {
+    env!("CARGO_BIN_EXE_xylem")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (namespaces, XDP, AF_XDP)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+pub fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+pub fn ok(args: &[&str]) -> String {
+    let o = sh(args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A lab that is brought down when dropped, also during a panic.
+pub struct LabGuard {
+    pub name: String,
+}
+
+impl LabGuard {
+    pub fn up(extra: &[&str]) -> LabGuard {
+        let name = format!(
+            "t{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let g = LabGuard { name };
+        let mut args = vec![xylem(), "--lab", &g.name, "lab", "up"];
+        args.extend_from_slice(extra);
+        g.ok_log(&args);
+        g
+    }
+
+    pub fn ok_log(&self, args: &[&str]) -> String {
+        let o = sh(args);
+        if !o.status.success() {
+            let log =
+                std::fs::read_to_string(format!("/run/xylem/labs/{}/node1/agent.log", self.name))
+                    .unwrap_or_default();
+            panic!(
+                "{args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{log}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn xylem(&self, args: &[&str]) -> String {
+        let mut a = vec![xylem(), "--lab", &self.name];
+        a.extend_from_slice(args);
+        self.ok_log(&a)
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.xylem(&["lab", "status", "-o", "json"])).unwrap()
+    }
+
+    pub fn agent(&self) -> Value {
+        serde_json::from_str(&self.xylem(&["status", "-o", "json"])).unwrap()
+    }
+
+    pub fn pod(&self, name: &str) -> (String, Ipv4Addr) {
+        let st = self.status();
+        let p = st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no pod {name} in {st}"))
+            .clone();
+        (
+            p["netns"].as_str().unwrap().to_string(),
+            p["ip"].as_str().unwrap().parse().unwrap(),
+        )
+    }
+
+    pub fn node_netns(&self) -> String {
+        self.status()["nodes"][0]["netns"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn prefix(&self) -> String {
+        format!("xylem-{}-", self.name)
+    }
+
+    pub fn down(&self) -> Output {
+        sh(&[xylem(), "--lab", &self.name, "lab", "down"])
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let o = self.down();
+        if !o.status.success() && !std::thread::panicking() {
+            panic!("lab down failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
+pub fn lab_namespaces(prefix: &str) -> Vec<String> {
+    ok(&["ip", "netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(String::from)
+        .collect()
+}
+
+pub fn ping(netns: &str, ip: Ipv4Addr, count: u32) -> bool {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &ip.to_string(),
+    ])
+    .status
+    .success()
+}
+
+impl LabGuard {
+    /// The lab's agent API socket.
+    pub fn socket(&self) -> String {
+        self.status()["nodes"][0]["api_socket"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Pid of the agent running in the lab's node namespace (the lab's record goes stale once
+    /// a test restarts the agent itself, so ask the kernel).
+    pub fn agent_pid(&self) -> Option<i32> {
+        let ns = self.node_netns();
+        let out = sh(&["ip", "netns", "pids", &ns]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "xylem-agent")
+            })
+    }
+
+    /// Sends `sig` to the agent and waits until it is gone.
+    pub fn kill_agent(&self, sig: i32) {
+        let pid = self.agent_pid().expect("no agent running");
+        // SAFETY: kill(2) of the agent process this lab started.
+        unsafe { libc::kill(pid, sig) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        // Until it is reaped: a zombie leader can still have threads exiting and files open
+        // (the API socket among them). Its parent (init, or `start_agent`'s reaper) reaps it.
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent {pid} did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the agent again with the lab's configuration plus `extra` flags, in the node
+    /// namespace, and waits until its API answers. Returns the agent's exit output if it
+    /// stopped during start-up instead.
+    pub fn start_agent(&self, extra: &[&str]) -> Result<(), String> {
+        let st = self.status();
+        let node = &st["nodes"][0];
+        let cfg = node["agent_config"].as_str().unwrap().to_string();
+        let log = node["agent_log"].as_str().unwrap().to_string();
+        let ns = node["netns"].as_str().unwrap().to_string();
+        let agent = std::path::Path::new(xylem()).with_file_name("xylem-agent");
+        let logf = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&agent)
+            .args(["--config", &cfg])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let sock = node["api_socket"].as_str().unwrap().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                return Err(format!("agent exited ({status}): {}", tail.join("\n")));
+            }
+            let o = sh(&[xylem(), "--socket", &sock, "status", "-o", "json"]);
+            if o.status.success() {
+                // Reap it in the background so it does not linger as a zombie.
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+                return Ok(());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent did not answer within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// The MAC address of `ifname` in namespace `netns`.
+pub fn mac_in(netns: &str, ifname: &str) -> String {
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "cat",
+        &format!("/sys/class/net/{ifname}/address"),
+    ])
+    .trim()
+    .to_string()
+}
