@@ -125,6 +125,18 @@ fn conntrack(t: &PolicyTables, conns: usize) -> (Conntrack, Flow) {
     (ct, ack(main))
 }
 
+/// `AnonHugePages` of this process, as the kernel reports it.
+fn anon_huge_pages() -> String {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("AnonHugePages:"))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn xorshift(s: &mut u64) -> u64 {
     *s ^= *s << 13;
     *s ^= *s >> 7;
@@ -135,7 +147,15 @@ fn xorshift(s: &mut u64) -> u64 {
 fn bench(c: &mut Criterion) {
     let rule_counts = [10u32, 1_000, 100_000];
     let conn_counts = [1_000usize, 1_000_000];
-    let all: Vec<(u32, PolicyTables)> = rule_counts.iter().map(|&r| (r, tables(r))).collect();
+    let all: Vec<(u32, PolicyTables)> = rule_counts
+        .iter()
+        .map(|&r| {
+            let t0 = std::time::Instant::now();
+            let t = tables(r);
+            println!("{r} rules: YAML parse + compile {:?}", t0.elapsed());
+            (r, t)
+        })
+        .collect();
     for &n in &conn_counts {
         let ct = Conntrack::new(&CtConfig {
             capacity: n,
@@ -155,6 +175,10 @@ fn bench(c: &mut Criterion) {
     for &conns in &conn_counts {
         for (rules, t) in &all {
             let (mut ct, flow) = conntrack(t, conns);
+            println!(
+                "{rules} rules, {conns} connections: {} (transparent huge pages in use, whole process)",
+                anon_huge_pages()
+            );
             let id = format!("{rules}-rules/{conns}-conns");
             assert_eq!(decide(NOW, t, &mut ct, &flow), PolicyVerdict::Established);
             g.bench_function(BenchmarkId::new("established/one-flow", &id), |b| {
