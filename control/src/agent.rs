@@ -229,6 +229,7 @@ impl std::fmt::Debug for MonitorSubscription {
 
 impl Drop for MonitorSubscription {
     fn drop(&mut self) {
+        tracing::info!(types = ?self.types, "monitor client detached");
         for t in &self.types {
             let left = self.agent.monitor_listeners[*t as usize].fetch_sub(1, Ordering::SeqCst);
             if left == 1 {
