@@ -1,0 +1,14 @@
+//! Fuzzes the agent configuration and lab file parsers: parse or a clear error, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use xylem_control::config::AgentConfig;
+use xylem_control::lab::LabFile;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = AgentConfig::parse(text);
+    let _ = LabFile::parse(text);
+});
