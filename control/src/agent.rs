@@ -25,7 +25,7 @@ use xylem_dataplane::monitor::{EventType, FlowEvent, MonitorLink};
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::stats::StatsSnapshot;
 use xylem_dataplane::tables::{Gateway, MacAddr, Neighbor, Tables};
-use xylem_dataplane::worker::{Placement, Worker, WorkerConfig, WorkerLink};
+use xylem_dataplane::worker::{Placement, PortControl, Worker, WorkerConfig, WorkerLink};
 
 use crate::Error;
 use crate::config::{AgentConfig, PortConfig, PortKind};
@@ -262,13 +262,16 @@ fn endpoint_of(p: &PortConfig) -> Endpoint {
     }
 }
 
-/// The ports' bindings: the configuration's, overridden by the endpoints kept in the store
-/// (and by deletions recorded there). A stored endpoint that no longer fits the configuration
-/// is an error: the agent refuses to start rather than run half-configured.
+/// The ports and their bindings: the configuration's ports, then the interfaces that stored
+/// endpoints added at runtime; bound as the configuration says, overridden by the endpoints kept
+/// in the store (and by deletions recorded there). A stored endpoint that cannot be restored
+/// (its interface is gone, its address outside the pod CIDR) is an error: the agent refuses to
+/// start rather than run half-configured.
 fn restore_bindings(
     cfg: &AgentConfig,
     store: &dyn StateStore,
-) -> Result<Vec<Option<PortConfig>>, Error> {
+) -> Result<(Vec<PortConfig>, Vec<Option<PortConfig>>), Error> {
+    let mut all: Vec<PortConfig> = cfg.ports.clone();
     let mut b: Vec<Option<PortConfig>> = cfg.ports.iter().cloned().map(Some).collect();
     for ifname in store.list(kind::UNBOUND)?.keys() {
         if let Some(i) = cfg.ports.iter().position(|p| &p.ifname == ifname) {
@@ -284,11 +287,20 @@ fn restore_bindings(
             ))
         };
         let p: PortConfig = serde_json::from_value(v.clone()).map_err(|e| bad(e.to_string()))?;
-        let Some(i) = cfg.ports.iter().position(|c| c.ifname == p.ifname) else {
-            return Err(bad(format!(
-                "its interface {} is not a configured port",
-                p.ifname
-            )));
+        let i = match all.iter().position(|c| c.ifname == p.ifname) {
+            Some(i) => i,
+            None => {
+                // Added through the API: its interface must still be there.
+                ifindex(&p.ifname).map_err(|_| {
+                    bad(format!(
+                        "its interface {} does not exist in the agent's network namespace",
+                        p.ifname
+                    ))
+                })?;
+                all.push(p.clone());
+                b.push(None);
+                all.len() - 1
+            }
         };
         if !cfg.pod_cidr.contains(p.ip) {
             return Err(bad(format!("{} is outside the pod CIDR", p.ip)));
@@ -309,13 +321,14 @@ fn restore_bindings(
     if n > 0 {
         tracing::info!(endpoints = n, "restored endpoints from the state store");
     }
-    Ok(b)
+    Ok((all, b))
 }
 
 struct WorkerHandle {
     id: usize,
     core: usize,
     link: WorkerLink,
+    ports_ctl: PortControl<PortSpec>,
     thread: Option<JoinHandle<Result<(), Error>>>,
 }
 
@@ -325,7 +338,9 @@ pub struct AgentState {
     started: Instant,
     tables: Arc<ArcSwap<Tables>>,
     workers: Vec<WorkerHandle>,
-    ports: Vec<(PortConfig, u32, XdpMode)>,
+    /// The ports by port id: their configuration (as first opened), ifindex and XDP mode.
+    /// Grows when an endpoint names a new interface; locked after `bindings`.
+    ports: Mutex<Vec<(PortConfig, u32, XdpMode)>>,
     redirector: Mutex<Redirector>,
     slow_stats: Arc<SlowPathStats>,
     slow_thread: Option<JoinHandle<()>>,
@@ -405,7 +420,7 @@ impl AgentState {
         let mode_req = cfg.xdp_mode_request()?;
         let placement = cfg.placement();
         let cores = cfg.worker_cores();
-        let bindings = restore_bindings(&cfg, store.as_ref())?;
+        let (all_ports, bindings) = restore_bindings(&cfg, store.as_ref())?;
         let tables = Arc::new(ArcSwap::from_pointee(build_tables_from(
             &cfg, &bindings, 1,
         )?));
@@ -413,7 +428,7 @@ impl AgentState {
 
         let mut redirector = Redirector::load()?;
         let mut ports = Vec::new();
-        for p in &cfg.ports {
+        for p in &all_ports {
             let idx = ifindex(&p.ifname)?;
             let mode = redirector.attach(&p.ifname, mode_req, RedirectFlags::default())?;
             tracing::info!(ifname = %p.ifname, %mode, "XDP program attached");
@@ -437,7 +452,12 @@ impl AgentState {
                 ring_size: cfg.workers.ring_size,
                 zero_copy: false,
             };
-            let backend = XskBackend::new(&specs, opts, 4 * cfg.workers.batch_size as u32)?;
+            let backend = XskBackend::with_spare_ports(
+                &specs,
+                opts,
+                4 * cfg.workers.batch_size as u32,
+                cfg.workers.spare_ports,
+            )?;
             for (ifidx, queue, fd) in backend.socket_fds() {
                 redirector.register_socket(ifidx, queue, fd)?;
             }
@@ -488,6 +508,7 @@ impl AgentState {
             if let Some(w) = worker.waker() {
                 wakers.push(w);
             }
+            let ports_ctl = worker.port_control();
             let thread = std::thread::Builder::new()
                 .name(format!("xylem-worker-{id}"))
                 .spawn(move || worker.run().map(|_| ()).map_err(Error::from))
@@ -499,6 +520,7 @@ impl AgentState {
                 id,
                 core,
                 link,
+                ports_ctl,
                 thread: Some(thread),
             });
         }
@@ -508,7 +530,7 @@ impl AgentState {
             started: Instant::now(),
             tables,
             workers,
-            ports,
+            ports: Mutex::new(ports),
             redirector: Mutex::new(redirector),
             slow_stats,
             slow_thread: Some(slow_thread),
@@ -548,8 +570,8 @@ impl AgentState {
             });
         }
         let bindings = self.bindings_snapshot();
-        let ports = self
-            .ports
+        let ports = self.ports_snapshot();
+        let ports = ports
             .iter()
             .enumerate()
             .map(|(i, (p, idx, mode))| PortStatus {
@@ -613,6 +635,72 @@ impl AgentState {
             },
             totals,
         }
+    }
+
+    fn ports_snapshot(&self) -> Vec<(PortConfig, u32, XdpMode)> {
+        self.ports.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Opens a new pod port on `ifname` while the workers run: attaches the redirector, asks
+    /// every worker to bind a socket on its UMEM (between two batches), registers the sockets
+    /// in the XSKMAP. Returns the new port id. Called with the bindings lock held.
+    fn open_port(&self, ifname: &str) -> Result<usize, Error> {
+        let idx = ifindex(ifname)?;
+        let mode_req = self.cfg.xdp_mode_request()?;
+        let mut redirector = self
+            .redirector
+            .lock()
+            .map_err(|_| Error::Lab("redirector lock poisoned".into()))?;
+        let mut ports = self
+            .ports
+            .lock()
+            .map_err(|_| Error::Lab("ports lock poisoned".into()))?;
+        let mode = redirector.attach(ifname, mode_req, RedirectFlags::default())?;
+        for w in &self.workers {
+            let spec = PortSpec {
+                ifname: ifname.to_string(),
+                ifindex: idx,
+                queue: w.id as u32,
+            };
+            w.ports_ctl
+                .requests
+                .push(spec)
+                .map_err(|_| Error::Lab("the worker's port queue is full".into()))?;
+        }
+        self.wake_workers();
+        for w in &self.workers {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let reply = loop {
+                if let Some(r) = w.ports_ctl.replies.pop() {
+                    break r;
+                }
+                if Instant::now() > deadline || w.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                    break Err(format!("worker {} did not answer", w.id));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            // A worker that failed leaves the port ids of the workers out of step: report it
+            // loudly (the agent is then unhealthy for that port; restart it).
+            let fd = reply.map_err(|why| {
+                tracing::error!(worker = w.id, %ifname, %why, "adding a port failed");
+                Error::Lab(format!("worker {} could not open {ifname}: {why}", w.id))
+            })?;
+            if let Some(fd) = fd {
+                redirector.register_socket(idx, w.id as u32, fd)?;
+            }
+        }
+        let cfg = PortConfig {
+            ifname: ifname.to_string(),
+            kind: PortKind::Pod,
+            ip: Ipv4Addr::UNSPECIFIED,
+            mac: MacAddr::default(),
+            name: None,
+            namespace: None,
+            labels: BTreeMap::new(),
+        };
+        ports.push((cfg, idx, mode));
+        tracing::info!(%ifname, %mode, port = ports.len() - 1, "port added");
+        Ok(ports.len() - 1)
     }
 
     fn bindings_snapshot(&self) -> Vec<Option<PortConfig>> {
@@ -682,27 +770,34 @@ impl AgentState {
             .bindings
             .lock()
             .map_err(|_| reject(500, "-", "agent state poisoned"))?;
-        let Some(port) = self
-            .ports
+        let known = self
+            .ports_snapshot()
             .iter()
-            .position(|(p, _, _)| p.ifname == req.ifname)
-        else {
-            return Err(reject(
-                422,
-                "ifname",
-                format!(
-                    "{:?} is not a port of this agent (ports: {}); interfaces are added through the \
-                     agent's configuration (`ports:`), not yet at runtime",
-                    req.ifname,
-                    self.ports
-                        .iter()
-                        .map(|(p, _, _)| p.ifname.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        };
-        if self.ports[port].0.kind != PortKind::Pod {
+            .position(|(p, _, _)| p.ifname == req.ifname);
+        if known.is_none() {
+            // A new interface: it must exist in the agent's namespace; checked before anything
+            // is attached.
+            if req.ifname.is_empty() || req.ifname.len() > 15 {
+                return Err(reject(
+                    422,
+                    "ifname",
+                    "an interface name has 1 to 15 characters",
+                ));
+            }
+            if ifindex(&req.ifname).is_err() {
+                return Err(reject(
+                    422,
+                    "ifname",
+                    format!(
+                        "interface {:?} does not exist in the agent's network namespace",
+                        req.ifname
+                    ),
+                ));
+            }
+        }
+        if let Some(i) = known
+            && self.ports_snapshot()[i].0.kind != PortKind::Pod
+        {
             return Err(reject(
                 422,
                 "ifname",
@@ -710,9 +805,11 @@ impl AgentState {
             ));
         }
         let key = format!("{namespace}/{name}");
+        let port_opt = known;
         for (i, b) in bindings.iter().enumerate() {
             let Some(b) = b else { continue };
             let same = b.kind == PortKind::Pod && endpoint_key(b) == key;
+            let port = port_opt.unwrap_or(usize::MAX);
             if i != port && same {
                 return Err(reject(
                     409,
@@ -739,6 +836,17 @@ impl AgentState {
                 ));
             }
         }
+        // Every check passed: open the new interface now (attach, a socket per worker).
+        let port = match port_opt {
+            Some(p) => p,
+            None => {
+                let p = self
+                    .open_port(&req.ifname)
+                    .map_err(|e| reject(500, "ifname", e.to_string()))?;
+                bindings.resize(p + 1, None);
+                p
+            }
+        };
         let created = bindings[port].is_none()
             || bindings[port]
                 .as_ref()
@@ -785,7 +893,7 @@ impl AgentState {
         }) else {
             return Ok(false);
         };
-        let ifname = self.ports[port].0.ifname.clone();
+        let ifname = self.ports_snapshot()[port].0.ifname.clone();
         let mut next = bindings.clone();
         next[port] = None;
         let revision = self.tables.load().revision() + 1;
@@ -840,7 +948,7 @@ impl AgentState {
     pub fn names(&self) -> (Vec<String>, BTreeMap<Ipv4Addr, String>) {
         let b = self.bindings_snapshot();
         let ports = self
-            .ports
+            .ports_snapshot()
             .iter()
             .map(|(p, _, _)| p.ifname.clone())
             .collect();

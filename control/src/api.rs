@@ -6,7 +6,8 @@
 //! - `GET /v1/endpoints`: the pods served, as [`crate::agent::Endpoint`]s
 //! - `GET|PUT|DELETE /v1/endpoints/{namespace}/{name}`: one endpoint; `PUT` takes
 //!   [`crate::agent::EndpointRequest`] (`ifname`, `ip`, `mac`, `labels`), answers 201 (created)
-//!   or 200 (replaced); `DELETE` answers 204 or 404
+//!   or 200 (replaced); an `ifname` that is not yet a port is opened on every worker first.
+//!   `DELETE` answers 204 or 404
 //! - `GET /v1/metrics`: the Prometheus exposition (as on `--metrics-addr`'s `/metrics`)
 //! - `GET /v1/monitor?type=drop,trace`: flow events as newline-delimited JSON, until the client
 //!   goes; `{"type":"lost","lost":N}` lines report events lost so far for this client

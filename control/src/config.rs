@@ -146,6 +146,14 @@ pub struct WorkersConfig {
     /// Entries per AF_XDP ring.
     #[serde(default = "default_ring")]
     pub ring_size: u32,
+    /// Pod ports each worker can take on at runtime (endpoints naming a new interface), beyond
+    /// the configured ones: each adds one ring's worth of frames to the worker's UMEM.
+    #[serde(default = "default_spare_ports")]
+    pub spare_ports: u32,
+}
+
+fn default_spare_ports() -> u32 {
+    4
 }
 
 fn default_batch() -> usize {
@@ -166,6 +174,7 @@ impl Default for WorkersConfig {
             batch_size: default_batch(),
             idle_spin_us: default_idle_spin(),
             ring_size: default_ring(),
+            spare_ports: default_spare_ports(),
         }
     }
 }

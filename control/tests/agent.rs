@@ -454,3 +454,59 @@ fn every_command_says_what_to_do_when_the_agent_is_down() {
         );
     }
 }
+
+#[test]
+fn a_running_lab_gains_a_pod_through_the_api_and_keeps_it_after_sigkill() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let rev = revision(&client(&lab));
+    let out = lab.xylem(&[
+        "lab",
+        "add-pod",
+        "web",
+        "--namespace",
+        "prod",
+        "-l",
+        "app=web",
+    ]);
+    assert!(out.contains("prod/web"), "{out}");
+    let (ns_a, _) = lab.pod("pod-a");
+    let (ns_web, web_ip) = lab.pod("web");
+    let c = client(&lab);
+    let eps = endpoints(&c);
+    assert_eq!(eps["prod/web"]["labels"]["app"], "web");
+    assert!(revision(&c) > rev);
+    let st: Value = c.get("/v1/status").unwrap();
+    let port = st["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["endpoint"] == "prod/web")
+        .unwrap_or_else(|| panic!("no port for prod/web in {st}"))
+        .clone();
+    assert!(port["xdp_mode"].is_string());
+    assert!(ping(&ns_a, web_ip, 2), "pod-a cannot reach the added pod");
+    let node = lab.node_netns();
+    let _ = ns_web;
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &web_ip.to_string(),
+    ]);
+
+    lab.kill_agent(libc::SIGKILL);
+    lab.start_agent(&[]).unwrap();
+    let c = client(&lab);
+    assert_eq!(endpoints(&c), eps, "endpoints after SIGKILL");
+    assert!(
+        ping(&ns_a, web_ip, 2),
+        "the added pod is unreachable after SIGKILL"
+    );
+}

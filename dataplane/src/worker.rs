@@ -277,6 +277,27 @@ pub struct Worker<B: Backend> {
     pending: Vec<Vec<B::Desc>>,
     poll: Option<Poll>,
     waker: Option<Arc<Waker>>,
+    ports_ctl: PortControl<B::PortSpec>,
+}
+
+/// How the control side adds ports to a running worker: push a spec on `requests` (then wake
+/// the worker), and read the outcome from `replies`, in order. The worker checks `requests`
+/// once per batch (one atomic load when empty) and opens the port between batches.
+#[derive(Debug)]
+pub struct PortControl<S> {
+    /// Ports to open.
+    pub requests: Arc<ArrayQueue<S>>,
+    /// One answer per request: the new port's file descriptor (AF_XDP), or why it failed.
+    pub replies: Arc<ArrayQueue<Result<Option<std::os::fd::RawFd>, String>>>,
+}
+
+impl<S> Clone for PortControl<S> {
+    fn clone(&self) -> Self {
+        PortControl {
+            requests: Arc::clone(&self.requests),
+            replies: Arc::clone(&self.replies),
+        }
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for Worker<B> {
@@ -353,7 +374,45 @@ impl<B: Backend> Worker<B> {
             free,
             poll,
             waker,
+            ports_ctl: PortControl {
+                requests: Arc::new(ArrayQueue::new(16)),
+                replies: Arc::new(ArrayQueue::new(16)),
+            },
         })
+    }
+
+    /// The queues through which the control side adds ports to this worker while it runs.
+    pub fn port_control(&self) -> PortControl<B::PortSpec> {
+        self.ports_ctl.clone()
+    }
+
+    /// Opens the ports the control side asked for. Between batches only.
+    #[cold]
+    fn add_ports(&mut self) {
+        while let Some(spec) = self.ports_ctl.requests.pop() {
+            let n = self.backend.port_count();
+            let r = if n >= MAX_PORTS {
+                Err(format!("a worker serves at most {MAX_PORTS} ports"))
+            } else {
+                self.backend
+                    .add_port(&spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|fd| {
+                        if let (Some(poll), Some(fd)) = (&self.poll, fd) {
+                            poll.registry()
+                                .register(&mut SourceFd(&fd), Token(n), Interest::READABLE)
+                                .map_err(|e| {
+                                    format!("registering the new socket with epoll: {e}")
+                                })?;
+                        }
+                        self.pending.push(Vec::with_capacity(self.cfg.batch_size));
+                        Ok(fd)
+                    })
+            };
+            // The control side waits for exactly one reply per request; the queue has room
+            // for as many replies as requests.
+            let _ = self.ports_ctl.replies.push(r);
+        }
     }
 
     /// The waker the control side uses to rouse a blocked worker (`shared` placement only).
@@ -373,6 +432,9 @@ impl<B: Backend> Worker<B> {
 
     /// One batch. Returns how many frames it moved (received, sent or completed); 0 means idle.
     pub fn run_once(&mut self, now_ns: u64) -> usize {
+        if !self.ports_ctl.requests.is_empty() {
+            self.add_ports();
+        }
         let tables = self.link.tables.load();
         // One reference-count increment per batch, so `self` stays free for the ring calls.
         let stats_owner = Arc::clone(&self.link.stats);

@@ -320,3 +320,31 @@ fn frame_accounting_holds_after_a_million_packets() {
     let l = r.worker.ledger();
     assert_eq!(l.count(Place::Held) + l.count(Place::Tx), 0);
 }
+
+#[test]
+fn a_port_added_to_a_running_worker_receives_and_sends() {
+    let mut r = rig(2, 64, 512, 32);
+    r.worker.run_once(0);
+    let ctl = r.worker.port_control();
+    ctl.requests.push(64).unwrap();
+    r.link.tables.store(Arc::new(tables(3)));
+    r.worker.run_once(0);
+    assert_eq!(ctl.replies.pop(), Some(Ok(None)));
+    // Its fill ring was topped up from the shared free list in the same batch.
+    r.worker.run_once(0);
+    let sent = udp(0, 2, 64, b"to the new port");
+    assert!(r.worker.backend_mut().inject(0, &sent));
+    r.worker.run_once(0);
+    r.worker.backend_mut().deliver();
+    assert_eq!(r.worker.backend_mut().take_wire(2).len(), 1);
+    let back = udp(2, 0, 64, b"from the new port");
+    assert!(r.worker.backend_mut().inject(2, &back));
+    r.worker.run_once(0);
+    r.worker.backend_mut().deliver();
+    assert_eq!(r.worker.backend_mut().take_wire(0).len(), 1);
+    for _ in 0..4 {
+        r.worker.run_once(0);
+        r.worker.backend_mut().deliver();
+    }
+    r.worker.check_quiescent().unwrap();
+}

@@ -135,6 +135,17 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Add a pod to the running lab, registered with the agent through its API.
+    AddPod {
+        /// Pod name.
+        name: String,
+        /// Kubernetes namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// A label `KEY=VALUE` (repeatable).
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+    },
     /// Remove everything the lab created (also after a crash).
     Down,
     /// Bring a lab up, ping and run netperf TCP_RR through the dataplane, print the results
@@ -635,6 +646,29 @@ fn run(cli: &Cli) -> Result<(), Error> {
                         command: format!("ip netns exec {} {}", p.netns, cmd.join(" ")),
                         detail: err.to_string(),
                     })
+                }
+                LabCmd::AddPod {
+                    name,
+                    namespace,
+                    labels,
+                } => {
+                    let mut map = std::collections::BTreeMap::new();
+                    for l in labels {
+                        let (k, v) = l.split_once('=').ok_or_else(|| {
+                            Error::config("--label", format!("'{l}' is not KEY=VALUE"))
+                        })?;
+                        map.insert(k.to_string(), v.to_string());
+                    }
+                    let p = lab.add_pod(&lab::LabPod {
+                        name: name.clone(),
+                        namespace: namespace.clone(),
+                        labels: map,
+                    })?;
+                    println!(
+                        "pod {}/{} at {} (netns {}, port {})",
+                        p.namespace, p.name, p.ip, p.netns, p.interface
+                    );
+                    Ok(())
                 }
                 LabCmd::Down => {
                     lab.down()?;

@@ -67,6 +67,7 @@ struct XskPort {
 
 /// See the module documentation.
 pub struct XskBackend {
+    sock_cfg: SocketConfig,
     umem: Umem,
     ports: Vec<XskPort>,
     frames: Option<Vec<FrameDesc>>,
@@ -93,10 +94,55 @@ fn xsk_err(ifname: &str, what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Binds one port's socket to `umem`.
+fn bind_port(spec: &PortSpec, sock_cfg: SocketConfig, umem: &Umem) -> Result<XskPort, Error> {
+    let iface: Interface = spec
+        .ifname
+        .parse()
+        .map_err(|e| xsk_err(&spec.ifname, "interface name", e))?;
+    // SAFETY: every socket on this UMEM is created with XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD
+    // (the contract xsk-rs states for shared UMEMs), and each (interface, queue) pair is
+    // bound once, so no two sockets share fill/completion rings.
+    let (tx, rx, fq_cq) =
+        unsafe { Socket::new(sock_cfg, umem, &iface, spec.queue) }.map_err(|e| {
+            xsk_err(
+                &spec.ifname,
+                &format!("binding an AF_XDP socket to queue {}", spec.queue),
+                e,
+            )
+        })?;
+    let (fill, comp) = fq_cq.ok_or_else(|| {
+        xsk_err(
+            &spec.ifname,
+            "binding",
+            format!("queue {} is already bound to this UMEM", spec.queue),
+        )
+    })?;
+    Ok(XskPort {
+        spec: spec.clone(),
+        tx,
+        rx,
+        fill,
+        comp,
+    })
+}
+
 impl XskBackend {
     /// Creates one UMEM big enough for every port's fill and TX rings plus `spare` frames in
     /// flight, and binds one socket per port to it.
     pub fn new(ports: &[PortSpec], opts: XskOptions, spare: u32) -> Result<Self, Error> {
+        Self::with_spare_ports(ports, opts, spare, 0)
+    }
+
+    /// As [`Self::new`], with room for `spare_ports` more ports added later
+    /// ([`Backend::add_port`]): one ring's worth of frames each. The fill rings are topped up
+    /// from the shared free list, so a port added later takes its frames from there.
+    pub fn with_spare_ports(
+        ports: &[PortSpec],
+        opts: XskOptions,
+        spare: u32,
+        spare_ports: u32,
+    ) -> Result<Self, Error> {
         let first = ports
             .first()
             .ok_or_else(|| Error::Config("a worker needs at least one port".into()))?;
@@ -110,7 +156,8 @@ impl XskBackend {
             .comp_queue_size(ring)
             .build()
             .map_err(|e| Error::Config(format!("UMEM configuration: {e}")))?;
-        let frame_count = (ports.len() as u32) * opts.ring_size * 2 + spare;
+        let frame_count =
+            (ports.len() as u32) * opts.ring_size * 2 + spare_ports * opts.ring_size + spare;
         let count = NonZeroU32::new(frame_count)
             .ok_or_else(|| Error::Config("UMEM of zero frames".into()))?;
         let (umem, frames) = Umem::new(umem_cfg, count, false)
@@ -131,37 +178,10 @@ impl XskBackend {
 
         let mut xports = Vec::with_capacity(ports.len());
         for spec in ports {
-            let iface: Interface = spec
-                .ifname
-                .parse()
-                .map_err(|e| xsk_err(&spec.ifname, "interface name", e))?;
-            // SAFETY: every socket on this UMEM is created with XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD
-            // (the contract xsk-rs states for shared UMEMs), and each (interface, queue) pair is
-            // bound once, so no two sockets share fill/completion rings.
-            let (tx, rx, fq_cq) = unsafe { Socket::new(sock_cfg, &umem, &iface, spec.queue) }
-                .map_err(|e| {
-                    xsk_err(
-                        &spec.ifname,
-                        &format!("binding an AF_XDP socket to queue {}", spec.queue),
-                        e,
-                    )
-                })?;
-            let (fill, comp) = fq_cq.ok_or_else(|| {
-                xsk_err(
-                    &spec.ifname,
-                    "binding",
-                    format!("queue {} is already bound to this UMEM", spec.queue),
-                )
-            })?;
-            xports.push(XskPort {
-                spec: spec.clone(),
-                tx,
-                rx,
-                fill,
-                comp,
-            });
+            xports.push(bind_port(spec, sock_cfg, &umem)?);
         }
         Ok(XskBackend {
+            sock_cfg,
             umem,
             ports: xports,
             frames: Some(frames),
@@ -196,6 +216,21 @@ impl XskBackend {
 
 impl Backend for XskBackend {
     type Desc = FrameDesc;
+    type PortSpec = PortSpec;
+
+    fn add_port(&mut self, spec: &PortSpec) -> Result<Option<RawFd>, Error> {
+        if self
+            .ports
+            .iter()
+            .any(|p| p.spec.ifindex == spec.ifindex && p.spec.queue == spec.queue)
+        {
+            return Err(xsk_err(&spec.ifname, "adding a port", "already bound"));
+        }
+        let port = bind_port(spec, self.sock_cfg, &self.umem)?;
+        let fd = port.rx.fd().as_raw_fd();
+        self.ports.push(port);
+        Ok(Some(fd))
+    }
 
     fn port_count(&self) -> usize {
         self.ports.len()

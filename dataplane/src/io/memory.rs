@@ -44,11 +44,9 @@ pub struct MemoryBackend {
     ports: Vec<MemPort>,
 }
 
-impl MemoryBackend {
-    /// `ports` ports with rings of `ring_size` entries, sharing `frame_count` frames of
-    /// `frame_size` bytes.
-    pub fn new(ports: usize, ring_size: usize, frame_count: u32, frame_size: usize) -> Self {
-        let port = || MemPort {
+impl MemPort {
+    fn new(ring_size: usize) -> Self {
+        MemPort {
             fill: VecDeque::with_capacity(ring_size),
             rx: VecDeque::with_capacity(ring_size),
             tx: VecDeque::with_capacity(ring_size),
@@ -58,7 +56,15 @@ impl MemoryBackend {
             rx_dropped_no_fill: 0,
             keep_wire: true,
             sent: 0,
-        };
+        }
+    }
+}
+
+impl MemoryBackend {
+    /// `ports` ports with rings of `ring_size` entries, sharing `frame_count` frames of
+    /// `frame_size` bytes.
+    pub fn new(ports: usize, ring_size: usize, frame_count: u32, frame_size: usize) -> Self {
+        let port = || MemPort::new(ring_size);
         MemoryBackend {
             frame_size,
             mem: vec![0; frame_count as usize * frame_size],
@@ -143,6 +149,13 @@ impl MemoryBackend {
 
 impl Backend for MemoryBackend {
     type Desc = MemDesc;
+    /// The new port's ring size.
+    type PortSpec = usize;
+
+    fn add_port(&mut self, ring_size: &usize) -> Result<Option<RawFd>, crate::Error> {
+        self.ports.push(MemPort::new(*ring_size));
+        Ok(None)
+    }
 
     fn port_count(&self) -> usize {
         self.ports.len()

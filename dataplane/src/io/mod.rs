@@ -26,6 +26,13 @@ pub mod memory;
 pub trait Backend {
     /// A frame descriptor: which frame, and how many bytes of it hold a packet.
     type Desc: Copy + std::fmt::Debug;
+    /// What [`Self::add_port`] needs to open one more port.
+    type PortSpec: Send + std::fmt::Debug + 'static;
+
+    /// Opens one more port (index `port_count()` before the call) on the same frames. Returns
+    /// the file descriptor to wait on and to register in the XSKMAP, if the backend has one.
+    /// Called by the worker between batches, never per packet.
+    fn add_port(&mut self, spec: &Self::PortSpec) -> Result<Option<RawFd>, crate::Error>;
 
     /// How many ports this backend has.
     fn port_count(&self) -> usize;
