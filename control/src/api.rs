@@ -136,7 +136,14 @@ async fn put_endpoint(
         Ok(r) => r,
         Err(e) => return error(400, &serde_field(&e), &e.to_string()),
     };
-    match api.agent.put_endpoint(&namespace, &name, req) {
+    // Off the API thread's runtime: opening a port waits for the workers, and the store
+    // fsyncs; other clients (monitor streams among them) keep being served meanwhile.
+    let agent = Arc::clone(&api.agent);
+    let r = tokio::task::spawn_blocking(move || agent.put_endpoint(&namespace, &name, req)).await;
+    let Ok(r) = r else {
+        return error(500, "-", "the request's task failed; see the agent log");
+    };
+    match r {
         Ok((ep, created)) => {
             let code = if created {
                 StatusCode::CREATED
@@ -153,7 +160,12 @@ async fn delete_endpoint(
     State(api): State<Api>,
     UrlPath((namespace, name)): UrlPath<(String, String)>,
 ) -> Response {
-    match api.agent.delete_endpoint(&namespace, &name) {
+    let agent = Arc::clone(&api.agent);
+    let (ns, n) = (namespace.clone(), name.clone());
+    let Ok(r) = tokio::task::spawn_blocking(move || agent.delete_endpoint(&ns, &n)).await else {
+        return error(500, "-", "the request's task failed; see the agent log");
+    };
+    match r {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(404, "endpoint", &format!("no endpoint {namespace}/{name}")),
         Err(r) => rejected(r),
