@@ -20,12 +20,12 @@
 
 pub mod checksum;
 pub mod conntrack;
-pub mod monitor;
-pub mod policy;
 pub mod error;
 pub mod io;
 pub mod ledger;
+pub mod monitor;
 pub mod pipeline;
+pub mod policy;
 pub mod slowpath;
 pub mod stats;
 pub mod tables;
