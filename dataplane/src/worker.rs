@@ -22,13 +22,13 @@
 //! - [`Placement::Shared`]: after traffic the worker keeps polling for `idle_spin`, yielding the
 //!   core between polls so the pods that share it run first (spinning without yielding starves
 //!   them: P99 four times worse in our measurements); then it blocks in `epoll` (via `mio`) on
-//!   its sockets and a [`mio::Waker`]. When a yield comes back late (another task, such as a
-//!   busy pod, holds the core), yielding would hand that task whole time slices while frames
-//!   wait, so the worker blocks at once for the next second: a blocked worker is woken, and
-//!   preempts the busy task, as soon as a frame arrives; the kernel wakes it when frames arrive, the
-//!   control side when it publishes tables, has slow-path replies or wants it to stop. Best
-//!   when the worker shares cores with the pods (small nodes and VMs, where waking an idle vCPU
-//!   costs tens of microseconds; see `MACHINE-NOTES.md`).
+//!   its sockets and a [`mio::Waker`]. The kernel wakes it when frames arrive; the control side
+//!   wakes it when it publishes tables, has slow-path replies or wants it to stop. When a yield
+//!   comes back late (another task, such as a busy pod, holds the core), yielding would hand
+//!   that task whole time slices while frames wait, so the worker then blocks at once for the
+//!   next second: a blocked worker is woken, and preempts the busy task, as soon as a frame
+//!   arrives. Best when the worker shares cores with the pods (small nodes and VMs, where waking
+//!   an idle vCPU costs tens of microseconds; see `MACHINE-NOTES.md`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
