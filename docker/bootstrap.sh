@@ -22,7 +22,7 @@ packages=(
   # xsk-rs compiles its own libxdp/libbpf: it needs these.
   clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
   # The lab, tests and benchmarks.
-  iproute2 ethtool iputils-ping netcat-openbsd netperf tcpdump bpftool procps iptables
+  iproute2 ethtool iputils-ping netcat-openbsd netperf tcpdump bpftool procps iptables curl util-linux
   # Fonts for the benchmark charts (plotters renders text through fontconfig).
   libfontconfig1-dev fonts-dejavu-core
 )
