@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0)
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /*
  * xylem_redirect: Xylem's XDP program for pod-facing veths.
  *
