@@ -8,6 +8,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use xylem_bench::{BenchFrame, make_partial, pod_ip, tables, tcp_frame, udp_frame};
+use xylem_dataplane::conntrack::{Conntrack, CtConfig};
 use xylem_dataplane::pipeline::{Verdict, process};
 use xylem_dataplane::stats::WorkerStats;
 use xylem_dataplane::tables::{Mode, Tables};
@@ -19,10 +20,11 @@ fn run_one(
     frame: &[u8],
 ) {
     let stats = WorkerStats::default();
+    let mut ct = Conntrack::new(&CtConfig::default());
     let mut b = BenchFrame::new(frame);
     b.reset();
     assert!(matches!(
-        process(0, 0, &mut b.frame(), t, &stats),
+        process(0, 0, &mut b.frame(), t, &mut ct, &stats),
         Verdict::Forward(_)
     ));
     c.bench_function(id, |bench| {
@@ -33,6 +35,7 @@ fn run_one(
                 0,
                 &mut b.frame(),
                 black_box(t),
+                &mut ct,
                 &stats,
             ))
         })
@@ -86,6 +89,7 @@ fn forward(c: &mut Criterion) {
         })
         .collect();
     let stats = WorkerStats::default();
+    let mut ct = Conntrack::new(&CtConfig::default());
     let mut i = 0usize;
     g.bench_function(
         BenchmarkId::new("udp-64B-4096-dsts", "65536-routes"),
@@ -94,7 +98,14 @@ fn forward(c: &mut Criterion) {
                 i = (i + 1) & 4095;
                 let b = &mut frames[i];
                 b.reset();
-                black_box(process(0, 0, &mut b.frame(), black_box(&t), &stats))
+                black_box(process(
+                    0,
+                    0,
+                    &mut b.frame(),
+                    black_box(&t),
+                    &mut ct,
+                    &stats,
+                ))
             })
         },
     );

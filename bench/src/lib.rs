@@ -189,6 +189,11 @@ mod tests {
     fn bench_frames_forward_and_reset() {
         let t = tables(256, Mode::Passthrough);
         let stats = WorkerStats::default();
+        let mut ct =
+            xylem_dataplane::conntrack::Conntrack::new(&xylem_dataplane::conntrack::CtConfig {
+                capacity: 1024,
+                ..Default::default()
+            });
         for (frame, partial) in [
             (udp_frame(64, pod_ip(255)), false),
             (tcp_frame(1500, pod_ip(255)), false),
@@ -201,7 +206,7 @@ mod tests {
             let mut b = BenchFrame::new(&frame);
             for _ in 0..3 {
                 b.reset();
-                let v = process(0, 0, &mut b.frame(), &t, &stats);
+                let v = process(0, 0, &mut b.frame(), &t, &mut ct, &stats);
                 assert_eq!(v, Verdict::Forward(255 % 64));
             }
         }

@@ -476,6 +476,7 @@ impl AgentState {
                 placement,
                 batch_size: cfg.workers.batch_size,
                 idle_spin: Duration::from_micros(cfg.workers.idle_spin_us),
+                ct_capacity: cfg.workers.ct_capacity,
             };
             let worker = Worker::new(wcfg, backend, link.clone())?;
             built.push((w, core, link, worker));

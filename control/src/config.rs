@@ -150,6 +150,14 @@ pub struct WorkersConfig {
     /// the configured ones: each adds one ring's worth of frames to the worker's UMEM.
     #[serde(default = "default_spare_ports")]
     pub spare_ports: u32,
+    /// Connections each worker's conntrack holds (network policy, `full` mode); allocated at
+    /// start, about 43 bytes each.
+    #[serde(default = "default_ct_capacity")]
+    pub ct_capacity: usize,
+}
+
+fn default_ct_capacity() -> usize {
+    xylem_dataplane::worker::DEFAULT_CT_CAPACITY
 }
 
 fn default_spare_ports() -> u32 {
@@ -173,6 +181,7 @@ impl Default for WorkersConfig {
             placement: None,
             batch_size: default_batch(),
             idle_spin_us: default_idle_spin(),
+            ct_capacity: default_ct_capacity(),
             ring_size: default_ring(),
             spare_ports: default_spare_ports(),
         }
@@ -266,6 +275,15 @@ impl AgentConfig {
         self.xdp_mode_request()?;
         if self.ports.is_empty() {
             return Err(Error::config("ports", "at least one port is needed"));
+        }
+        if self.workers.ct_capacity == 0 || self.workers.ct_capacity > 1 << 26 {
+            return Err(Error::config(
+                "workers.ct_capacity",
+                format!(
+                    "{} is out of range: use 1 to 67108864 (default 262144)",
+                    self.workers.ct_capacity
+                ),
+            ));
         }
         if !self.pod_cidr.contains(self.gateway.ip) {
             return Err(Error::config(

@@ -62,6 +62,8 @@
 use std::net::Ipv4Addr;
 
 use crate::checksum;
+use crate::conntrack::{Conntrack, FlowKey, proto};
+use crate::policy::{self, Flow, PolicyVerdict};
 use crate::stats::{DropReason, WorkerStats};
 use crate::tables::{Gateway, MacAddr, Mode, PortId, Tables};
 use etherparse::err::{LenError, ipv4 as ipv4_err};
@@ -150,8 +152,9 @@ enum Outcome {
 }
 
 /// The whole per-packet decision. `now_ns` is a monotonic time read once per batch by the caller
-/// (unused by the L3 stage today; conntrack will use it). Counts drops, forwards and slow-path
-/// handoffs in `stats` (but NOT rx/tx packet/byte counters: the worker counts those).
+/// (conntrack timestamps). Counts drops, forwards and slow-path handoffs in `stats` (but NOT
+/// rx/tx packet/byte counters: the worker counts those). `ct` is the calling worker's own
+/// connection tracker, used (and written) in [`Mode::Full`] only.
 ///
 /// Call once per received frame, with the tables current for the batch. On
 /// `Verdict::Forward(port)` the frame has been rewritten in place (and its length may have
@@ -163,9 +166,25 @@ pub fn process(
     ingress: PortId,
     frame: &mut Frame<'_>,
     tables: &Tables,
+    ct: &mut Conntrack,
     stats: &WorkerStats,
 ) -> Verdict {
-    match decide(now_ns, ingress, frame, tables, stats) {
+    process_traced(now_ns, ingress, frame, tables, ct, stats).0
+}
+
+/// [`process`], also returning the policy verdict when the policy stage ran (`Mode::Full`, an
+/// IPv4 packet in transit), for the monitor's `policy-verdict` events.
+#[inline]
+pub fn process_traced(
+    now_ns: u64,
+    ingress: PortId,
+    frame: &mut Frame<'_>,
+    tables: &Tables,
+    ct: &mut Conntrack,
+    stats: &WorkerStats,
+) -> (Verdict, Option<PolicyVerdict>) {
+    let mut pv = None;
+    let v = match decide(now_ns, ingress, frame, tables, ct, &mut pv, stats) {
         Outcome::Forwarded(port) => {
             stats.forwarded.inc();
             Verdict::Forward(port)
@@ -183,7 +202,8 @@ pub fn process(
             stats.drop(r);
             Verdict::Drop(r)
         }
-    }
+    };
+    (v, pv)
 }
 
 /// Stage 1: Ethernet, then dispatch on the EtherType.
@@ -193,10 +213,12 @@ fn decide(
     ingress: PortId,
     frame: &mut Frame<'_>,
     tables: &Tables,
+    ct: &mut Conntrack,
+    pv: &mut Option<PolicyVerdict>,
     stats: &WorkerStats,
 ) -> Outcome {
-    // Reserved for the later stages (conntrack timestamps, per-port policy).
-    let _ = (now_ns, ingress);
+    // Reserved for later stages (per-port policy).
+    let _ = ingress;
     let gw = tables.gateway();
     let ether = match Ethernet2Slice::from_slice_without_fcs(frame.data()) {
         Ok(e) => e,
@@ -209,7 +231,7 @@ fn decide(
     }
     match ether.ether_type() {
         EtherType::IPV4 if to_gateway => match parse_ipv4(ether.payload_slice()) {
-            Ok(ip) => ipv4_stage(frame, &ip, tables, stats),
+            Ok(ip) => ipv4_stage(now_ns, frame, &ip, tables, ct, pv, stats),
             Err(r) => Outcome::Drop(r),
         },
         EtherType::IPV4 => Outcome::Drop(DropReason::NotForGateway),
@@ -329,9 +351,12 @@ fn ipv4_error(e: &ipv4_err::HeaderSliceError) -> DropReason {
 /// Stages 4 to 6 for a valid IPv4 packet addressed to the gateway's MAC.
 #[inline(always)]
 fn ipv4_stage(
+    now_ns: u64,
     frame: &mut Frame<'_>,
     ip: &Ipv4Info,
     tables: &Tables,
+    ct: &mut Conntrack,
+    pv: &mut Option<PolicyVerdict>,
     stats: &WorkerStats,
 ) -> Outcome {
     let gw = tables.gateway();
@@ -346,8 +371,19 @@ fn ipv4_stage(
     match tables.mode() {
         Mode::Passthrough => {}
         Mode::Full => {
-            // Policy + conntrack, service DNAT / reverse NAT, DNS inspection and ESP slot in
-            // here; none exists yet, so Full forwards exactly like Passthrough.
+            // Policy + conntrack. (Service DNAT / reverse NAT, DNS inspection and ESP will slot
+            // in here too.)
+            let start = eth::HEADER_LEN + ip.header_len;
+            let l4 = frame
+                .data()
+                .get(start..start + usize::from(ip.payload_len))
+                .unwrap_or(&[]);
+            let flow = flow_of(l4, ip);
+            let v = policy::decide(now_ns, tables.policy(), ct, &flow);
+            *pv = Some(v);
+            if let PolicyVerdict::Drop { reason, .. } = v {
+                return Outcome::Drop(reason.into());
+            }
         }
     }
 
@@ -383,6 +419,100 @@ fn ipv4_stage(
     wire::put::<{ eth::DST }, 6, _>(hdr, next.mac.0);
     wire::put::<{ eth::SRC }, 6, _>(hdr, gw.mac.0);
     Outcome::Forwarded(next.port)
+}
+
+/// The policy stage's view of a packet: its 5-tuple, TCP flags and, for an ICMP error, the
+/// 5-tuple it quotes. `l4` is the IP payload (within the total length). Every read is
+/// bounds-checked; a header too short to read leaves the ports (and flags) at 0. A non-initial
+/// fragment carries no L4 header, so its ports are 0 too.
+#[inline(always)]
+fn flow_of(l4: &[u8], ip: &Ipv4Info) -> Flow {
+    let mut flow = Flow::new(l4_key(
+        ip.src,
+        ip.dst,
+        ip.protocol.0,
+        l4,
+        ip.is_later_fragment,
+    ));
+    if ip.is_later_fragment {
+        return flow;
+    }
+    match ip.protocol.0 {
+        proto::TCP => {
+            if let Ok(t) = TcpHeaderSlice::from_slice(l4) {
+                flow.tcp_flags = tcp_flags_of(&t);
+            }
+        }
+        proto::ICMP => {
+            if let Some(&t) = l4.first()
+                && icmpv4::is_error(t)
+            {
+                flow.icmp_error_of = l4.get(icmpv4::HEADER_LEN..).and_then(quoted_key);
+            }
+        }
+        _ => {}
+    }
+    flow
+}
+
+/// The conntrack flags byte of a TCP header.
+#[inline(always)]
+fn tcp_flags_of(t: &TcpHeaderSlice<'_>) -> u8 {
+    use crate::conntrack::tcp_flags as f;
+    (if t.fin() { f::FIN } else { 0 })
+        | (if t.syn() { f::SYN } else { 0 })
+        | (if t.rst() { f::RST } else { 0 })
+        | (if t.ack() { f::ACK } else { 0 })
+}
+
+/// The 5-tuple of a packet whose L4 bytes start at `l4`: TCP/UDP ports; for ICMP echo request
+/// and reply the identifier as both ports; otherwise (or when too short) ports 0.
+#[inline(always)]
+fn l4_key(src: [u8; 4], dst: [u8; 4], protocol: u8, l4: &[u8], no_l4: bool) -> FlowKey {
+    let mut key = FlowKey {
+        src: Ipv4Addr::from(src),
+        dst: Ipv4Addr::from(dst),
+        sport: 0,
+        dport: 0,
+        proto: protocol,
+    };
+    if no_l4 {
+        return key;
+    }
+    match protocol {
+        proto::TCP | proto::UDP => {
+            if let Some(p) = l4.first_chunk::<4>() {
+                key.sport = u16::from_be_bytes([p[0], p[1]]);
+                key.dport = u16::from_be_bytes([p[2], p[3]]);
+            }
+        }
+        proto::ICMP => {
+            // Echo reply (0) and echo request (8): identifier at bytes 4..6.
+            if let (Some(0 | 8), Some(id)) = (l4.first(), l4.get(4..6)) {
+                let id = u16::from_be_bytes([id[0], id[1]]);
+                key.sport = id;
+                key.dport = id;
+            }
+        }
+        _ => {}
+    }
+    key
+}
+
+/// The 5-tuple quoted by an ICMP error (`quote`: the bytes after the ICMP header: the original
+/// IP header and at least 8 bytes of its payload), as quoted.
+#[inline]
+fn quoted_key(quote: &[u8]) -> Option<FlowKey> {
+    let h = Ipv4HeaderSlice::from_slice(quote).ok()?;
+    let inner = quote.get(h.slice().len()..).unwrap_or(&[]);
+    let later = h.fragments_offset().value() != 0;
+    Some(l4_key(
+        h.source(),
+        h.destination(),
+        h.protocol().0,
+        inner,
+        later,
+    ))
 }
 
 /// Stage 5: if the TCP/UDP checksum field holds only the pseudo-header sum (a partial checksum
@@ -563,6 +693,13 @@ mod tests {
         tables_in(Mode::Passthrough)
     }
 
+    fn test_ct() -> Conntrack {
+        Conntrack::new(&crate::conntrack::CtConfig {
+            capacity: 1024,
+            ..Default::default()
+        })
+    }
+
     /// Runs `process` on a copy of `bytes` in a `CAP`-byte buffer; returns the verdict, the
     /// resulting frame bytes and the stats. Also checks the one-verdict-counter rule.
     fn run_with(t: &Tables, bytes: &[u8]) -> (Verdict, Vec<u8>, WorkerStats) {
@@ -570,7 +707,8 @@ mod tests {
         buf[..bytes.len()].copy_from_slice(bytes);
         let mut f = Frame::new(&mut buf, bytes.len());
         let stats = WorkerStats::default();
-        let v = process(123, A_PORT, &mut f, t, &stats);
+        let mut ct = test_ct();
+        let v = process(123, A_PORT, &mut f, t, &mut ct, &stats);
         let out = f.data().to_vec();
         assert_eq!(verdict_counters(&stats), 1, "{v:?}");
         (v, out, stats)
@@ -873,7 +1011,7 @@ mod tests {
         let mut f = Frame::new(&mut buf, input.len());
         let st = WorkerStats::default();
         assert_eq!(
-            process(0, A_PORT, &mut f, &tables(), &st),
+            process(0, A_PORT, &mut f, &tables(), &mut test_ct(), &st),
             Verdict::Drop(DropReason::IcmpNoRoom)
         );
     }
@@ -1136,6 +1274,7 @@ mod tests {
     fn random_and_mutated_frames_never_panic_and_get_one_verdict_each() {
         let t = tables();
         let stats = WorkerStats::default();
+        let mut ct = test_ct();
         let mut r = XorShift(0x9e37_79b9_7f4a_7c15);
         let seeds: Vec<Vec<u8>> = vec![
             icmp_echo(A_IP, B_IP, 64, b"0123456789"),
@@ -1201,7 +1340,7 @@ mod tests {
             let cap = (len + r.below(64)).min(buf.len());
             let mut f = Frame::new(&mut buf[..cap], len);
             let before = verdict_counters(&stats);
-            let v = process(i, A_PORT, &mut f, &t, &stats);
+            let v = process(i, A_PORT, &mut f, &t, &mut ct, &stats);
             assert_eq!(verdict_counters(&stats), before + 1);
             assert!(f.len() <= cap);
             verdicts[match v {

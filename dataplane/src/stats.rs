@@ -109,6 +109,23 @@ drop_reasons! {
     TxRingFull => "tx-ring-full",
     /// No free UMEM frame was available (counted by the worker).
     NoFreeFrame => "no-free-frame",
+    /// Network policy: the direction is default-deny and no rule allows the flow (`full` mode).
+    PolicyDenied => "policy-denied",
+    /// Network policy: a deny rule (`ingressDeny`/`egressDeny`) matched (`full` mode).
+    PolicyDenyRule => "policy-deny-rule",
+    /// Network policy allowed a new flow but the worker's conntrack table is full.
+    CtFull => "ct-full",
+}
+
+impl From<crate::policy::PolicyDropReason> for DropReason {
+    #[inline]
+    fn from(r: crate::policy::PolicyDropReason) -> Self {
+        match r {
+            crate::policy::PolicyDropReason::PolicyDenied => DropReason::PolicyDenied,
+            crate::policy::PolicyDropReason::PolicyDenyRule => DropReason::PolicyDenyRule,
+            crate::policy::PolicyDropReason::CtFull => DropReason::CtFull,
+        }
+    }
 }
 
 /// Per-worker counters, cache-line aligned, shared by Arc with the control side.

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use rustc_hash::FxHashMap;
 
 use crate::Error;
+use crate::policy::PolicyTables;
 
 /// Identifies a pod-facing port (one veth and its AF_XDP socket) within a worker.
 pub type PortId = u16;
@@ -98,8 +99,8 @@ pub enum Mode {
     /// L2/L3 forwarding only: the benchmark floor.
     #[default]
     Passthrough,
-    /// Forwarding plus the later stages (policy and conntrack, service DNAT and reverse NAT, DNS
-    /// inspection, ESP). None exist yet, so for now this forwards exactly like `Passthrough`.
+    /// Forwarding plus the later stages: network policy and connection tracking today (service
+    /// DNAT and reverse NAT, DNS inspection and ESP later).
     Full,
 }
 
@@ -121,13 +122,16 @@ pub struct Neighbor {
     pub mac: MacAddr,
 }
 
-/// One revision of the forwarding tables: mode, gateway and exact-match IPv4 /32 host routes.
+/// One revision of the forwarding tables: mode, gateway, exact-match IPv4 /32 host routes and
+/// the compiled network policy. Published as one value, so a worker never sees routes of one
+/// revision with the policy of another.
 #[derive(Clone, Debug)]
 pub struct Tables {
     revision: u64,
     mode: Mode,
     gateway: Gateway,
     routes: FxHashMap<u32, Neighbor>,
+    policy: PolicyTables,
 }
 
 impl Tables {
@@ -138,7 +142,20 @@ impl Tables {
             mode,
             gateway,
             routes: FxHashMap::default(),
+            policy: PolicyTables::default(),
         }
+    }
+
+    /// Sets the compiled network policy (consulted in [`Mode::Full`] only). New tables start
+    /// with [`PolicyTables::default`]: no rule, everything allowed.
+    pub fn set_policy(&mut self, policy: PolicyTables) {
+        self.policy = policy;
+    }
+
+    /// The compiled network policy.
+    #[inline]
+    pub fn policy(&self) -> &PolicyTables {
+        &self.policy
     }
 
     /// Adds the host route `ip/32 -> n`. Rejects the gateway's own address (packets to it go to

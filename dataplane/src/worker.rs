@@ -11,7 +11,12 @@
 //!    slow-path frames are copied into the slow path's bounded queue, dropped frames go back to
 //!    the free list;
 //! 4. sends the slow path's replies (copied into free frames);
-//! 5. flushes the per-port TX queues, kicking the kernel once per port and batch.
+//! 5. flushes the per-port TX queues, kicking the kernel once per port and batch;
+//! 6. collects expired conntrack entries with a small budget ([`CT_GC_BUDGET`] slots).
+//!
+//! Each worker owns one [`Conntrack`] (allocated in [`Worker::new`], capacity
+//! [`WorkerConfig::ct_capacity`]); nobody else touches it. The control side lists or flushes it
+//! through [`CtControl`], a bounded queue checked once per batch like [`PortControl`].
 //!
 //! Nothing in that loop allocates, takes a lock or logs; the only system calls are the TX
 //! kicks (and, in `shared` placement, the idle wait).
@@ -41,10 +46,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts};
 use crate::io::Backend;
 use crate::ledger::{Ledger, LedgerError, Place};
 use crate::monitor::{EventType, FlowEvent, MonitorLink};
-use crate::pipeline::{Verdict, process};
+use crate::pipeline::{Verdict, process_traced};
+use crate::policy::PolicyVerdict;
 use crate::slowpath::Signal;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tables::{PortId, Tables};
@@ -152,6 +159,54 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     /// In `shared` placement, how long to keep polling after the last frame before blocking.
     pub idle_spin: Duration,
+    /// Most connections the worker's conntrack holds (default [`DEFAULT_CT_CAPACITY`]).
+    pub ct_capacity: usize,
+}
+
+/// The default conntrack capacity per worker.
+pub const DEFAULT_CT_CAPACITY: usize = 262_144;
+
+/// Conntrack slots examined by the garbage collection of one batch.
+pub const CT_GC_BUDGET: usize = 64;
+
+/// Most entries one [`CtRequest::List`] answer carries.
+pub const CT_LIST_MAX: usize = 65_536;
+
+/// A request to a worker about its conntrack, answered between batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtRequest {
+    /// A snapshot of at most `max` live entries (capped at [`CT_LIST_MAX`]).
+    List {
+        /// The most entries to copy.
+        max: usize,
+    },
+    /// Remove every entry.
+    Flush,
+}
+
+/// A worker's answer to a [`CtRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CtSnapshot {
+    /// The entries (empty after a flush).
+    pub entries: Vec<CtEntry>,
+    /// Entries in the table before the request (live and expired not yet collected).
+    pub len: usize,
+    /// The table's capacity.
+    pub capacity: usize,
+    /// Bytes of the table per connection at capacity.
+    pub bytes_per_entry: f64,
+    /// The tracker's counters.
+    pub stats: CtStats,
+}
+
+/// How the control side reaches a worker's conntrack: push a request (then wake the worker)
+/// and read exactly one reply per request, in order.
+#[derive(Clone, Debug)]
+pub struct CtControl {
+    /// Requests.
+    pub requests: Arc<ArrayQueue<CtRequest>>,
+    /// One answer per request.
+    pub replies: Arc<ArrayQueue<CtSnapshot>>,
 }
 
 impl Default for WorkerConfig {
@@ -162,6 +217,7 @@ impl Default for WorkerConfig {
             placement: Placement::Shared,
             batch_size: 64,
             idle_spin: Duration::from_micros(50),
+            ct_capacity: DEFAULT_CT_CAPACITY,
         }
     }
 }
@@ -245,9 +301,36 @@ pub struct PortCounters {
 
 const WAKER: Token = Token(usize::MAX);
 
-/// Pushes the monitor event for one decided frame, if its type is enabled.
+/// Pushes the monitor events for one decided frame, if their types are enabled: the policy
+/// verdict (when the policy stage ran), then the trace or drop event.
 #[inline]
-fn emit(monitor: &MonitorLink, mask: u32, now_ns: u64, port: PortId, v: Verdict, data: &[u8]) {
+fn emit(
+    monitor: &MonitorLink,
+    mask: u32,
+    now_ns: u64,
+    port: PortId,
+    v: Verdict,
+    pv: Option<PolicyVerdict>,
+    data: &[u8],
+) {
+    if let Some(pv) = pv
+        && mask & EventType::PolicyVerdict.bit() != 0
+    {
+        let (egress, reason) = match (pv, v) {
+            (PolicyVerdict::Drop { reason, .. }, _) => (None, Some(DropReason::from(reason))),
+            (_, Verdict::Forward(out)) => (Some(out), None),
+            (_, Verdict::Drop(r)) => (None, Some(r)),
+            (_, Verdict::SlowPath) => (None, None),
+        };
+        monitor.push(FlowEvent::from_frame(
+            now_ns,
+            EventType::PolicyVerdict,
+            port,
+            egress,
+            data,
+            reason,
+        ));
+    }
     let (kind, egress, reason) = match v {
         Verdict::Forward(out) => (EventType::Trace, Some(out), None),
         Verdict::Drop(r) => (EventType::Drop, None, Some(r)),
@@ -278,6 +361,8 @@ pub struct Worker<B: Backend> {
     poll: Option<Poll>,
     waker: Option<Arc<Waker>>,
     ports_ctl: PortControl<B::PortSpec>,
+    ct: Conntrack,
+    ct_ctl: CtControl,
 }
 
 /// How the control side adds ports to a running worker: push a spec on `requests` (then wake
@@ -362,7 +447,28 @@ impl<B: Backend> Worker<B> {
                 (Some(poll), Some(Arc::new(waker)))
             }
         };
+        if cfg.ct_capacity == 0 {
+            return Err(Error::Config(
+                "conntrack capacity is 0: give each worker room for at least one connection \
+                 (default 262144)"
+                    .into(),
+            ));
+        }
+        let seed = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(cfg.id)
+        };
+        let ct = Conntrack::new(&CtConfig {
+            capacity: cfg.ct_capacity,
+            timeouts: CtTimeouts::default(),
+            seed,
+        });
         Ok(Worker {
+            ct,
+            ct_ctl: CtControl {
+                requests: Arc::new(ArrayQueue::new(16)),
+                replies: Arc::new(ArrayQueue::new(16)),
+            },
             scratch: vec![blank; cfg.batch_size.max(64)],
             pending: (0..ports)
                 .map(|_| Vec::with_capacity(cfg.batch_size))
@@ -384,6 +490,44 @@ impl<B: Backend> Worker<B> {
     /// The queues through which the control side adds ports to this worker while it runs.
     pub fn port_control(&self) -> PortControl<B::PortSpec> {
         self.ports_ctl.clone()
+    }
+
+    /// The queues through which the control side lists or flushes this worker's conntrack.
+    pub fn ct_control(&self) -> CtControl {
+        self.ct_ctl.clone()
+    }
+
+    /// The worker's conntrack (tests and benchmarks inspect it).
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.ct
+    }
+
+    /// Answers the control side's conntrack requests. Between batches only.
+    #[cold]
+    fn ct_requests(&mut self, now_ns: u64) {
+        while let Some(req) = self.ct_ctl.requests.pop() {
+            let len = self.ct.len();
+            let entries = match req {
+                CtRequest::List { max } => self
+                    .ct
+                    .entries(now_ns)
+                    .filter(|e| e.expires_in_ns > 0)
+                    .take(max.min(CT_LIST_MAX))
+                    .collect(),
+                CtRequest::Flush => {
+                    self.ct.flush();
+                    Vec::new()
+                }
+            };
+            // The control side waits for exactly one reply per request.
+            let _ = self.ct_ctl.replies.push(CtSnapshot {
+                entries,
+                len,
+                capacity: self.ct.capacity(),
+                bytes_per_entry: self.ct.bytes_per_entry(),
+                stats: *self.ct.stats(),
+            });
+        }
     }
 
     /// Opens the ports the control side asked for. Between batches only.
@@ -434,6 +578,9 @@ impl<B: Backend> Worker<B> {
     pub fn run_once(&mut self, now_ns: u64) -> usize {
         if !self.ports_ctl.requests.is_empty() {
             self.add_ports();
+        }
+        if !self.ct_ctl.requests.is_empty() {
+            self.ct_requests(now_ns);
         }
         let tables = self.link.tables.load();
         // One reference-count increment per batch, so `self` stays free for the ring calls.
@@ -507,8 +654,10 @@ impl<B: Backend> Worker<B> {
                 self.ledger.moved(idx, Place::Fill, Place::Held);
                 stats.rx_bytes.add(self.backend.desc_len(&d) as u64);
                 let to_slow = &self.link.to_slow;
+                let ct = &mut self.ct;
                 let verdict = self.backend.with_frame(&mut d, |frame| {
-                    let mut v = process(now_ns, port as PortId, frame, &tables, stats);
+                    let (mut v, pv) =
+                        process_traced(now_ns, port as PortId, frame, &tables, ct, stats);
                     if v == Verdict::SlowPath {
                         // Copy out now, while the frame is at hand.
                         let queued = SlowFrame::new(port as PortId, frame.data())
@@ -520,7 +669,7 @@ impl<B: Backend> Worker<B> {
                         }
                     }
                     if let Some(m) = &monitor_owner {
-                        emit(m, mon_mask, now_ns, port as PortId, v, frame.data());
+                        emit(m, mon_mask, now_ns, port as PortId, v, pv, frame.data());
                     }
                     v
                 });
@@ -585,6 +734,11 @@ impl<B: Backend> Worker<B> {
             if !self.pending[port].is_empty() {
                 self.flush(port);
             }
+        }
+
+        // 6. Conntrack garbage collection, bounded.
+        if !self.ct.is_empty() {
+            self.ct.gc(now_ns, CT_GC_BUDGET);
         }
         if work > 0 {
             stats.batches.inc();

@@ -348,3 +348,164 @@ fn a_port_added_to_a_running_worker_receives_and_sends() {
     }
     r.worker.check_quiescent().unwrap();
 }
+
+/// Policy for the `policy_*` tests: pod 0 (identity 300) and pod 1 (301), pod 2 (302). Pod 1's
+/// ingress is enforced and allows UDP 5001 from pod 0 only; nothing else is enforced.
+fn policy_tables(revision: u64) -> xylem_dataplane::policy::PolicyTables {
+    use xylem_dataplane::policy::{PolicyTablesBuilder, RuleOrigin, Section};
+    let mut b = PolicyTablesBuilder::new(revision);
+    for i in 0..3u8 {
+        b.add_endpoint(pod_ip(i), 300 + u32::from(i));
+    }
+    let rule = b.add_origin(RuleOrigin {
+        policy: "default/allow-a".into(),
+        spec: 0,
+        section: Section::Ingress,
+        index: 0,
+    });
+    let p = b.endpoint_policy(301);
+    p.ingress.set_enforced(true);
+    p.ingress.add(300, 17, Some((5001, 5001)), false, rule);
+    b.build()
+}
+
+fn udp_ports(from: u8, to: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(from), GW_MAC)
+        .ipv4(pod_ip(from).octets(), pod_ip(to).octets(), 64)
+        .udp(sport, dport)
+        .write(&mut v, b"policy")
+        .unwrap();
+    v
+}
+
+fn policy_rig() -> Rig {
+    let r = rig(3, 64, 512, 64);
+    let mut t = Tables::new(2, Mode::Full, *tables(3).gateway());
+    for (ip, n) in tables(3).routes() {
+        t.add_route(ip, n).unwrap();
+    }
+    t.set_policy(policy_tables(2));
+    r.link.tables.store(Arc::new(t));
+    r
+}
+
+#[test]
+fn policy_allows_denies_and_passes_replies_in_full_mode() {
+    let mut r = policy_rig();
+    settle(&mut r);
+    // Allowed: pod 0 → pod 1 UDP 5001.
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(0, &udp_ports(0, 1, 40000, 5001))
+    );
+    settle(&mut r);
+    assert_eq!(r.worker.backend_mut().take_wire(1).len(), 1, "allowed flow");
+    // Denied: pod 2 → pod 1 UDP 5001 (no rule), and pod 0 → pod 1 UDP 5002 (wrong port).
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(2, &udp_ports(2, 1, 40000, 5001))
+    );
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(0, &udp_ports(0, 1, 40000, 5002))
+    );
+    settle(&mut r);
+    assert!(
+        r.worker.backend_mut().take_wire(1).is_empty(),
+        "denied flows"
+    );
+    assert_eq!(r.link.stats.drops_of(DropReason::PolicyDenied), 2);
+    // Reply: pod 1 → pod 0 from 5001 to 40000 (pod 1's egress is open anyway; pod 0's ingress
+    // is not enforced) and an unsolicited pod 1 → pod 2 (egress not enforced): both pass. The
+    // reply is tracked as such.
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(1, &udp_ports(1, 0, 5001, 40000))
+    );
+    settle(&mut r);
+    assert_eq!(r.worker.backend_mut().take_wire(0).len(), 1, "reply");
+    assert_eq!(
+        r.worker.conntrack().len(),
+        1,
+        "one tracked flow (the allowed one)"
+    );
+    assert_eq!(r.link.stats.forwarded.get(), 2);
+    r.worker.check_quiescent().unwrap();
+}
+
+#[test]
+fn narrowed_policy_stops_an_established_flow_on_its_next_packet() {
+    let mut r = policy_rig();
+    settle(&mut r);
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(0, &udp_ports(0, 1, 40000, 5001))
+    );
+    settle(&mut r);
+    assert_eq!(r.worker.backend_mut().take_wire(1).len(), 1);
+    // New revision: pod 1's ingress enforced with no rule at all.
+    let mut t = (**r.link.tables.load()).clone();
+    let mut b = xylem_dataplane::policy::PolicyTablesBuilder::new(3);
+    for i in 0..3u8 {
+        b.add_endpoint(pod_ip(i), 300 + u32::from(i));
+    }
+    b.endpoint_policy(301).ingress.set_enforced(true);
+    t.set_policy(b.build());
+    r.link.tables.store(Arc::new(t));
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(0, &udp_ports(0, 1, 40000, 5001))
+    );
+    settle(&mut r);
+    assert!(r.worker.backend_mut().take_wire(1).is_empty());
+    assert_eq!(r.link.stats.drops_of(DropReason::PolicyDenied), 1);
+    assert_eq!(r.worker.conntrack().len(), 0);
+}
+
+#[test]
+fn conntrack_is_listed_and_flushed_through_the_control_queue() {
+    use xylem_dataplane::worker::CtRequest;
+    let mut r = policy_rig();
+    settle(&mut r);
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(0, &udp_ports(0, 1, 40000, 5001))
+    );
+    settle(&mut r);
+    let ctl = r.worker.ct_control();
+    ctl.requests.push(CtRequest::List { max: 10 }).unwrap();
+    r.worker.run_once(1);
+    let snap = ctl.replies.pop().expect("a reply");
+    assert_eq!(snap.entries.len(), 1);
+    assert_eq!(snap.entries[0].orig.dport, 5001);
+    assert!(snap.bytes_per_entry > 32.0 && snap.bytes_per_entry < 64.0);
+    ctl.requests.push(CtRequest::Flush).unwrap();
+    r.worker.run_once(2);
+    assert_eq!(ctl.replies.pop().unwrap().len, 1);
+    assert!(r.worker.conntrack().is_empty());
+}
+
+#[test]
+fn passthrough_mode_skips_policy() {
+    let mut r = rig(3, 64, 512, 64);
+    let mut t = tables(3);
+    t.set_policy(policy_tables(2));
+    r.link.tables.store(Arc::new(t));
+    settle(&mut r);
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(2, &udp_ports(2, 1, 40000, 5001))
+    );
+    settle(&mut r);
+    assert_eq!(r.worker.backend_mut().take_wire(1).len(), 1);
+    assert!(r.worker.conntrack().is_empty());
+}

@@ -68,7 +68,8 @@ fuzz_target!(|data: &[u8]| {
     let capacity = buf.len();
     let stats = WorkerStats::default();
     let mut f = Frame::new(&mut buf, frame.len());
-    let v = process(0, 0, &mut f, t, &stats);
+    let mut ct = xylem_dataplane::conntrack::Conntrack::new(&xylem_dataplane::conntrack::CtConfig { capacity: 1024, ..Default::default() });
+    let v = process(0, 0, &mut f, t, &mut ct, &stats);
     assert_eq!(verdict_counters(&stats), 1, "{v:?}");
     assert!(f.len() <= capacity);
     match v {
