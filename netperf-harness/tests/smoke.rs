@@ -65,7 +65,7 @@ fn every_path_measures_or_says_why() {
         );
     }
     let out = std::env::temp_dir().join(format!("netperf-harness-smoke-{}", std::process::id()));
-    let status = Command::new(&harness)
+    let mut child = Command::new(&harness)
         .args([
             "run",
             "--tests",
@@ -79,8 +79,12 @@ fn every_path_measures_or_says_why() {
         .arg(&out)
         .arg("--xylem-bin")
         .arg(&xylem)
-        .status()
+        .spawn()
         .expect("harness starts");
+    // The harness names everything it creates after its own pid: `xnh<pid>-…` for its
+    // namespaces and links, lab `xnh<pid>` (namespaces `xylem-xnh<pid>-…`) for the Xylem paths.
+    let harness_pid = child.id();
+    let status = child.wait().expect("harness runs");
     assert!(status.success(), "harness exited with {status}");
 
     let text = std::fs::read_to_string(out.join("results.json")).expect("results.json written");
@@ -126,13 +130,14 @@ fn every_path_measures_or_says_why() {
         assert!(out.join(f).is_file(), "{f} written");
     }
 
-    // Nothing left behind: namespaces or links with the harness prefix (its pid is unknown here,
-    // so check the common prefix `xnh` followed by digits).
+    // Nothing left behind by this harness run (other runs may be going on at the same time,
+    // e.g. another test suite on the machine, so only this run's prefixes count).
+    let own = format!("xnh{harness_pid}-");
+    let own_lab = format!("xylem-xnh{harness_pid}-");
     let leftover = |l: &String| {
         l.split_whitespace().any(|w| {
             let w = w.trim_end_matches(':');
-            w.strip_prefix("xnh")
-                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+            w.starts_with(&own) || w.starts_with(&own_lab)
         })
     };
     let ns: Vec<String> = names(&["netns", "list"])
