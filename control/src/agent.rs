@@ -25,7 +25,14 @@ use xylem_dataplane::monitor::{EventType, FlowEvent, MonitorLink};
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::stats::StatsSnapshot;
 use xylem_dataplane::tables::{Gateway, MacAddr, Neighbor, Tables};
-use xylem_dataplane::worker::{Placement, PortControl, Worker, WorkerConfig, WorkerLink};
+use xylem_dataplane::worker::{
+    CtControl, CtRequest, CtSnapshot, Placement, PortControl, Worker, WorkerConfig, WorkerLink,
+};
+
+use crate::policy::{
+    EndpointInfo, EndpointSpec, IdentityAllocator, Policy, Trace, TracePeer, compile,
+    parse_policies, reserved_name,
+};
 
 use crate::Error;
 use crate::config::{AgentConfig, PortConfig, PortKind};
@@ -135,8 +142,239 @@ pub struct Endpoint {
     pub interface: String,
     /// The endpoint's MAC address (`aa:bb:cc:dd:ee:ff`).
     pub mac: String,
-    /// Its security identity (none until policy lands).
+    /// Its security identity.
     pub identity: Option<u32>,
+    /// Whether a policy makes its ingress default-deny.
+    #[serde(default)]
+    pub ingress_enforced: Option<bool>,
+    /// Whether a policy makes its egress default-deny.
+    #[serde(default)]
+    pub egress_enforced: Option<bool>,
+}
+
+/// A stored network policy as `GET /v1/policies` returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The document as imported.
+    pub source: serde_json::Value,
+}
+
+/// A security identity as `GET /v1/identities` returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdentityView {
+    /// The number.
+    pub identity: u32,
+    /// Its labels (the namespace among them), or the reserved name.
+    pub labels: BTreeMap<String, String>,
+    /// The local endpoints (`namespace/name`) that have it.
+    pub endpoints: Vec<String>,
+}
+
+/// The body of `POST /v1/policy/trace`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    /// The source: `namespace/name` or `name` of an endpoint, an IPv4 address, or labels
+    /// `k=v,k2=v2` (with an optional `io.kubernetes.pod.namespace`; default namespace
+    /// `default`).
+    pub src: String,
+    /// The destination, written like `src`.
+    pub dst: String,
+    /// The destination port and protocol: `80/TCP`, `53/UDP`, `ICMP`.
+    pub dport: String,
+}
+
+/// The conntrack of every worker, as `GET /v1/ct` returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CtView {
+    /// Per worker, in worker order.
+    pub workers: Vec<CtWorkerView>,
+}
+
+/// One worker's conntrack.
+#[derive(Clone, Debug, Serialize)]
+pub struct CtWorkerView {
+    /// The worker.
+    pub worker: usize,
+    /// Its snapshot.
+    #[serde(flatten)]
+    pub snapshot: CtSnapshot,
+}
+
+/// The policy side of the agent: the stored policies, the identities and what the last
+/// compilation said about each endpoint. Locked after `bindings`.
+#[derive(Debug, Default)]
+struct PolicyState {
+    policies: BTreeMap<String, Policy>,
+    ids: IdentityAllocator,
+    endpoints: Vec<EndpointInfo>,
+}
+
+/// Restores the stored identity allocation (so identities survive restarts).
+fn restore_identities(store: &dyn StateStore, ids: &mut IdentityAllocator) -> Result<(), Error> {
+    let Some(all) = store.get(kind::IDENTITY, "all")? else {
+        return Ok(());
+    };
+    let map: BTreeMap<u32, BTreeMap<String, String>> =
+        serde_json::from_value(all).map_err(|e| {
+            Error::State(format!(
+                "stored identities cannot be restored: {e}; start with --start-empty to discard \
+                 the stored state"
+            ))
+        })?;
+    for (id, labels) in map {
+        ids.restore(labels, id);
+    }
+    Ok(())
+}
+
+/// The identity allocation as stored.
+fn identities_value(ps: &PolicyState) -> serde_json::Value {
+    let map: BTreeMap<u32, &BTreeMap<String, String>> = ps.ids.list().collect();
+    serde_json::to_value(map).unwrap_or_default()
+}
+
+/// Restores the stored policies. A stored policy that no longer parses stops the agent.
+fn restore_policies(store: &dyn StateStore) -> Result<BTreeMap<String, Policy>, Error> {
+    let mut out = BTreeMap::new();
+    for (key, v) in store.list(kind::POLICY)? {
+        let bad = |why: String| {
+            Error::State(format!(
+                "stored policy {key} cannot be restored: {why}; start with --start-empty to \
+                 discard the stored state"
+            ))
+        };
+        let yaml = v
+            .get("yaml")
+            .and_then(|y| y.as_str())
+            .ok_or_else(|| bad("no \"yaml\" field".into()))?;
+        for p in parse_policies(yaml).map_err(|e| bad(e.to_string()))? {
+            out.insert(p.key(), p);
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(
+            policies = out.len(),
+            "restored policies from the state store"
+        );
+    }
+    Ok(out)
+}
+
+/// The tables for `bindings` with `ps`'s policies compiled in (same revision). Updates the
+/// identities and the per-endpoint enforcement in `ps`.
+fn build_full_tables(
+    cfg: &AgentConfig,
+    bindings: &[Option<PortConfig>],
+    revision: u64,
+    policies: &BTreeMap<String, Policy>,
+    ps: &mut PolicyState,
+) -> Result<Tables, Error> {
+    let mut t = build_tables_from(cfg, bindings, revision)?;
+    let mut specs = Vec::new();
+    let mut host = vec![cfg.gateway.ip];
+    for p in bindings.iter().flatten() {
+        match p.kind {
+            PortKind::Pod => specs.push(EndpointSpec {
+                ip: p.ip,
+                namespace: p.namespace.clone().unwrap_or_else(|| "default".into()),
+                labels: p.labels.clone(),
+            }),
+            _ => host.push(p.ip),
+        }
+    }
+    let list: Vec<Policy> = policies.values().cloned().collect();
+    let compiled = compile(revision, &list, &specs, &host, &mut ps.ids);
+    let used: std::collections::BTreeSet<u32> =
+        compiled.endpoints.iter().map(|e| e.identity).collect();
+    ps.ids.retain(|id| used.contains(&id));
+    ps.endpoints = compiled.endpoints;
+    t.set_policy(compiled.tables);
+    Ok(t)
+}
+
+fn policy_rejected(e: Error) -> Rejected {
+    match e {
+        Error::Policy {
+            document,
+            field,
+            why,
+        } => reject(
+            422,
+            &field,
+            format!("{why} (in {document}); nothing was imported"),
+        ),
+        other => reject(422, "body", other.to_string()),
+    }
+}
+
+/// Parses a trace peer (see [`TraceRequest`]).
+fn trace_peer(field: &str, v: &str, eps: &[Endpoint]) -> Result<TracePeer, Rejected> {
+    if let Ok(ip) = v.parse::<Ipv4Addr>() {
+        return Ok(TracePeer::Ip(ip));
+    }
+    if v.contains('=') {
+        let mut labels = BTreeMap::new();
+        let mut namespace = "default".to_string();
+        for kv in v.split(',') {
+            let Some((k, val)) = kv.split_once('=') else {
+                return Err(reject(422, field, format!("{kv:?} is not key=value")));
+            };
+            let (k, val) = (k.trim(), val.trim());
+            if k.trim_start_matches("k8s:") == crate::policy::NAMESPACE_LABEL {
+                namespace = val.to_string();
+            } else {
+                labels.insert(k.to_string(), val.to_string());
+            }
+        }
+        return Ok(TracePeer::Labels { namespace, labels });
+    }
+    let (ns, name) = v.split_once('/').unwrap_or(("", v));
+    let found: Vec<&Endpoint> = eps
+        .iter()
+        .filter(|e| e.name == name && (ns.is_empty() || e.namespace == ns))
+        .collect();
+    match found.as_slice() {
+        [e] => Ok(TracePeer::Ip(e.ip)),
+        [] => Err(reject(
+            422,
+            field,
+            format!("{v:?} is neither an endpoint, an IPv4 address nor labels k=v"),
+        )),
+        _ => Err(reject(
+            422,
+            field,
+            format!("{v:?} names endpoints in several namespaces: write namespace/name"),
+        )),
+    }
+}
+
+/// Parses `80/TCP`, `53/udp`, `ICMP`, `80` (TCP) into (port, protocol).
+fn trace_port(v: &str) -> Result<(u16, u8), Rejected> {
+    use xylem_dataplane::conntrack::proto;
+    let bad = || {
+        reject(
+            422,
+            "dport",
+            format!("{v:?} is not PORT/PROTO (80/TCP, 53/UDP) or ICMP"),
+        )
+    };
+    let (port, pr) = v.split_once('/').unwrap_or((v, "TCP"));
+    if port.eq_ignore_ascii_case("icmp") {
+        return Ok((0, proto::ICMP));
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let pr = match pr.to_ascii_uppercase().as_str() {
+        "TCP" => proto::TCP,
+        "UDP" => proto::UDP,
+        "ICMP" => proto::ICMP,
+        _ => return Err(bad()),
+    };
+    Ok((port, pr))
 }
 
 /// The body of `PUT /v1/endpoints/{namespace}/{name}`, before validation: strings, so each
@@ -259,6 +497,8 @@ fn endpoint_of(p: &PortConfig) -> Endpoint {
         interface: p.ifname.clone(),
         mac: p.mac.to_string(),
         identity: None,
+        ingress_enforced: None,
+        egress_enforced: None,
     }
 }
 
@@ -329,6 +569,7 @@ struct WorkerHandle {
     core: usize,
     link: WorkerLink,
     ports_ctl: PortControl<PortSpec>,
+    ct_ctl: CtControl,
     thread: Option<JoinHandle<Result<(), Error>>>,
 }
 
@@ -350,6 +591,10 @@ pub struct AgentState {
     /// What each port (by port id) serves now: the configuration's port, with the endpoint's
     /// identity, IP and MAC as last set through the API; `None` when its endpoint was deleted.
     bindings: Mutex<Vec<Option<PortConfig>>>,
+    /// Policies and identities; locked after `bindings`.
+    policy: Mutex<PolicyState>,
+    /// Serializes conntrack requests (one reply per request, in order).
+    ct_lock: Mutex<()>,
     monitor_mask: Arc<AtomicU32>,
     monitor_listeners: [AtomicUsize; 4],
     wall_epoch: std::time::SystemTime,
@@ -421,9 +666,13 @@ impl AgentState {
         let placement = cfg.placement();
         let cores = cfg.worker_cores();
         let (all_ports, bindings) = restore_bindings(&cfg, store.as_ref())?;
-        let tables = Arc::new(ArcSwap::from_pointee(build_tables_from(
-            &cfg, &bindings, 1,
-        )?));
+        let mut policy = PolicyState::default();
+        restore_identities(store.as_ref(), &mut policy.ids)?;
+        let policies = restore_policies(store.as_ref())?;
+        let first = build_full_tables(&cfg, &bindings, 1, &policies, &mut policy)?;
+        store.put(kind::IDENTITY, "all", identities_value(&policy))?;
+        policy.policies = policies;
+        let tables = Arc::new(ArcSwap::from_pointee(first));
         let monitor_mask = Arc::new(AtomicU32::new(0));
 
         let mut redirector = Redirector::load()?;
@@ -478,6 +727,7 @@ impl AgentState {
                 idle_spin: Duration::from_micros(cfg.workers.idle_spin_us),
                 ct_capacity: cfg.workers.ct_capacity,
             };
+            // Conntrack memory is allocated here, before any traffic.
             let worker = Worker::new(wcfg, backend, link.clone())?;
             built.push((w, core, link, worker));
         }
@@ -510,6 +760,13 @@ impl AgentState {
                 wakers.push(w);
             }
             let ports_ctl = worker.port_control();
+            let ct_ctl = worker.ct_control();
+            tracing::info!(
+                worker = id,
+                capacity = worker.conntrack().capacity(),
+                bytes = worker.conntrack().memory_bytes(),
+                "conntrack allocated"
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("xylem-worker-{id}"))
                 .spawn(move || worker.run().map(|_| ()).map_err(Error::from))
@@ -522,6 +779,7 @@ impl AgentState {
                 core,
                 link,
                 ports_ctl,
+                ct_ctl,
                 thread: Some(thread),
             });
         }
@@ -539,6 +797,8 @@ impl AgentState {
             wakers,
             store,
             bindings: Mutex::new(bindings),
+            policy: Mutex::new(policy),
+            ct_lock: Mutex::new(()),
             monitor_mask,
             monitor_listeners: Default::default(),
             wall_epoch: std::time::SystemTime::now(),
@@ -710,12 +970,247 @@ impl AgentState {
 
     /// The pods this agent serves.
     pub fn endpoints(&self) -> Vec<Endpoint> {
+        let info: BTreeMap<Ipv4Addr, EndpointInfo> = self
+            .policy
+            .lock()
+            .map(|p| p.endpoints.iter().map(|e| (e.ip, e.clone())).collect())
+            .unwrap_or_default();
         self.bindings_snapshot()
             .iter()
             .flatten()
             .filter(|p| p.kind == PortKind::Pod)
-            .map(endpoint_of)
+            .map(|p| {
+                let mut e = endpoint_of(p);
+                if let Some(i) = info.get(&p.ip) {
+                    e.identity = Some(i.identity);
+                    e.ingress_enforced = Some(i.ingress_enforced);
+                    e.egress_enforced = Some(i.egress_enforced);
+                }
+                e
+            })
             .collect()
+    }
+
+    /// Tables for `bindings` at `revision` with the current policies compiled in.
+    fn tables_for(&self, bindings: &[Option<PortConfig>], revision: u64) -> Result<Tables, Error> {
+        let mut ps = self
+            .policy
+            .lock()
+            .map_err(|_| Error::Lab("policy state poisoned".into()))?;
+        let policies = std::mem::take(&mut ps.policies);
+        let r = build_full_tables(&self.cfg, bindings, revision, &policies, &mut ps);
+        ps.policies = policies;
+        if r.is_ok() {
+            self.store
+                .put(kind::IDENTITY, "all", identities_value(&ps))?;
+        }
+        r
+    }
+
+    /// Imports the policies of `yaml` (one document, several, or a `List`): all or nothing.
+    /// Each is stored durably (replacing one of the same `namespace/name`), then the tables are
+    /// recompiled and published in one swap. Returns the new revision.
+    pub fn import_policies(&self, yaml: &str) -> Result<u64, Rejected> {
+        let parsed = parse_policies(yaml).map_err(policy_rejected)?;
+        if parsed.is_empty() {
+            return Err(reject(422, "body", "no policy in the input"));
+        }
+        let bindings = self
+            .bindings
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let mut ps = self
+            .policy
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let mut next = ps.policies.clone();
+        let mut values = Vec::new();
+        for p in parsed {
+            let text =
+                serde_norway::to_string(&p.source).map_err(|e| reject(500, "-", e.to_string()))?;
+            values.push((p.key(), serde_json::json!({ "yaml": text })));
+            next.insert(p.key(), p);
+        }
+        let revision = self.tables.load().revision() + 1;
+        let tables = build_full_tables(&self.cfg, &bindings, revision, &next, &mut ps)
+            .map_err(|e| reject(500, "-", e.to_string()))?;
+        for (key, v) in values {
+            self.store
+                .put(kind::POLICY, &key, v)
+                .map_err(|e| reject(500, "-", e.to_string()))?;
+        }
+        self.store
+            .put(kind::IDENTITY, "all", identities_value(&ps))
+            .map_err(|e| reject(500, "-", e.to_string()))?;
+        self.tables.store(Arc::new(tables));
+        self.wake_workers();
+        ps.policies = next;
+        tracing::info!(revision, "policies imported");
+        Ok(revision)
+    }
+
+    /// The stored policies, by `namespace/name`.
+    pub fn policies(&self) -> Vec<PolicyView> {
+        self.policy
+            .lock()
+            .map(|ps| {
+                ps.policies
+                    .values()
+                    .map(|p| PolicyView {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                        source: serde_json::to_value(&p.source).unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Deletes the policy `namespace/name`, durably, and publishes the recompiled tables.
+    /// Returns the new revision, or `None` if there was no such policy.
+    pub fn delete_policy(&self, namespace: &str, name: &str) -> Result<Option<u64>, Rejected> {
+        check_name("namespace", namespace)?;
+        check_name("name", name)?;
+        let key = format!("{namespace}/{name}");
+        let bindings = self
+            .bindings
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let mut ps = self
+            .policy
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        if !ps.policies.contains_key(&key) {
+            return Ok(None);
+        }
+        let mut next = ps.policies.clone();
+        next.remove(&key);
+        let revision = self.tables.load().revision() + 1;
+        let tables = build_full_tables(&self.cfg, &bindings, revision, &next, &mut ps)
+            .map_err(|e| reject(500, "-", e.to_string()))?;
+        self.store
+            .delete(kind::POLICY, &key)
+            .and_then(|_| self.store.put(kind::IDENTITY, "all", identities_value(&ps)))
+            .map_err(|e| reject(500, "-", e.to_string()))?;
+        self.tables.store(Arc::new(tables));
+        self.wake_workers();
+        ps.policies = next;
+        tracing::info!(policy = %key, revision, "policy deleted");
+        Ok(Some(revision))
+    }
+
+    /// The security identities: the reserved ones, then one per endpoint label set.
+    pub fn identities(&self) -> Vec<IdentityView> {
+        use xylem_dataplane::policy::identity;
+        let eps = self.endpoints();
+        let mut out: Vec<IdentityView> = [identity::HOST, identity::WORLD]
+            .into_iter()
+            .map(|id| IdentityView {
+                identity: id,
+                labels: BTreeMap::from([(
+                    reserved_name(id).unwrap_or("reserved").to_string(),
+                    String::new(),
+                )]),
+                endpoints: Vec::new(),
+            })
+            .collect();
+        if let Ok(ps) = self.policy.lock() {
+            for (id, labels) in ps.ids.list() {
+                out.push(IdentityView {
+                    identity: id,
+                    labels: labels.clone(),
+                    endpoints: eps
+                        .iter()
+                        .filter(|e| e.identity == Some(id))
+                        .map(|e| format!("{}/{}", e.namespace, e.name))
+                        .collect(),
+                });
+            }
+        }
+        out.sort_by_key(|i| i.identity);
+        out
+    }
+
+    /// Explains the policy verdict for a new connection `src → dst:dport`.
+    pub fn trace(&self, req: &TraceRequest) -> Result<Trace, Rejected> {
+        let eps = self.endpoints();
+        let src = trace_peer("src", &req.src, &eps)?;
+        let dst = trace_peer("dst", &req.dst, &eps)?;
+        let (port, proto) = trace_port(&req.dport)?;
+        let bindings = self.bindings_snapshot();
+        let mut specs = Vec::new();
+        let mut host = vec![self.cfg.gateway.ip];
+        for p in bindings.iter().flatten() {
+            match p.kind {
+                PortKind::Pod => specs.push(EndpointSpec {
+                    ip: p.ip,
+                    namespace: p.namespace.clone().unwrap_or_else(|| "default".into()),
+                    labels: p.labels.clone(),
+                }),
+                _ => host.push(p.ip),
+            }
+        }
+        let ps = self
+            .policy
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let list: Vec<Policy> = ps.policies.values().cloned().collect();
+        Ok(crate::policy::trace(
+            &list, &specs, &host, &ps.ids, &src, &dst, port, proto,
+        ))
+    }
+
+    /// Sends `req` to every worker's conntrack and collects the answers (worker order).
+    fn ct_request(&self, req: CtRequest) -> Result<Vec<CtWorkerView>, Rejected> {
+        let _one = self
+            .ct_lock
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        for w in &self.workers {
+            w.ct_ctl
+                .requests
+                .push(req)
+                .map_err(|_| reject(503, "-", "the worker's conntrack queue is full"))?;
+        }
+        self.wake_workers();
+        let mut out = Vec::new();
+        for w in &self.workers {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let snapshot = loop {
+                if let Some(r) = w.ct_ctl.replies.pop() {
+                    break r;
+                }
+                if Instant::now() > deadline || w.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                    return Err(reject(
+                        503,
+                        "-",
+                        format!("worker {} did not answer; see xylem status", w.id),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            out.push(CtWorkerView {
+                worker: w.id,
+                snapshot,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every worker's tracked connections (at most `max` per worker).
+    pub fn ct_list(&self, max: usize) -> Result<CtView, Rejected> {
+        Ok(CtView {
+            workers: self.ct_request(CtRequest::List { max })?,
+        })
+    }
+
+    /// Empties every worker's conntrack. Returns how many entries there were.
+    pub fn ct_flush(&self) -> Result<usize, Rejected> {
+        Ok(self
+            .ct_request(CtRequest::Flush)?
+            .iter()
+            .map(|w| w.snapshot.len)
+            .sum())
     }
 
     /// Creates or replaces the endpoint `namespace/name`: validates, stores it durably, then
@@ -864,7 +1359,8 @@ impl AgentState {
         let mut next = bindings.clone();
         next[port] = Some(new_port.clone());
         let revision = self.tables.load().revision() + 1;
-        let tables = build_tables_from(&self.cfg, &next, revision)
+        let tables = self
+            .tables_for(&next, revision)
             .map_err(|e| reject(422, "ip", e.to_string()))?;
         let value = serde_json::to_value(&new_port).map_err(|e| reject(500, "-", e.to_string()))?;
         self.store
@@ -898,7 +1394,8 @@ impl AgentState {
         let mut next = bindings.clone();
         next[port] = None;
         let revision = self.tables.load().revision() + 1;
-        let tables = build_tables_from(&self.cfg, &next, revision)
+        let tables = self
+            .tables_for(&next, revision)
             .map_err(|e| reject(500, "-", e.to_string()))?;
         self.store
             .put(kind::UNBOUND, &ifname, serde_json::json!({}))

@@ -8,6 +8,14 @@
 //!   [`crate::agent::EndpointRequest`] (`ifname`, `ip`, `mac`, `labels`), answers 201 (created)
 //!   or 200 (replaced); an `ifname` that is not yet a port is opened on every worker first.
 //!   `DELETE` answers 204 or 404
+//! - `POST /v1/policies`: the body is CiliumNetworkPolicy YAML (one document, several, or a
+//!   `List`); all or nothing; answers `{"revision": N}`. `GET /v1/policies`: every stored
+//!   policy ([`crate::agent::PolicyView`]); `GET|DELETE /v1/policies/{namespace}/{name}`
+//!   (`DELETE` answers `{"revision": N}` or 404)
+//! - `GET /v1/identities`: [`crate::agent::IdentityView`]s
+//! - `POST /v1/policy/trace`: [`crate::agent::TraceRequest`] in, [`crate::policy::Trace`] out
+//! - `GET /v1/ct?max=N`: every worker's tracked connections ([`crate::agent::CtView`]);
+//!   `DELETE /v1/ct` flushes them (`{"flushed": N}`)
 //! - `GET /v1/metrics`: the Prometheus exposition (as on `--metrics-addr`'s `/metrics`)
 //! - `GET /v1/monitor?type=drop,trace`: flow events as newline-delimited JSON, until the client
 //!   goes; `{"type":"lost","lost":N}` lines report events lost so far for this client
@@ -40,7 +48,7 @@ use tokio::sync::{broadcast, watch};
 use xylem_dataplane::monitor::{EventType, FlowEvent};
 
 use crate::Error;
-use crate::agent::{AgentState, EndpointRequest, Rejected};
+use crate::agent::{AgentState, EndpointRequest, Rejected, TraceRequest};
 
 /// Refuses a socket path that a live agent is listening on, and removes a stale one (left by an
 /// agent that was killed).
@@ -169,6 +177,110 @@ async fn delete_endpoint(
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(404, "endpoint", &format!("no endpoint {namespace}/{name}")),
         Err(r) => rejected(r),
+    }
+}
+
+/// Runs `f` on the blocking pool (it may fsync or wait for workers) and maps its outcome.
+async fn blocking<T: serde::Serialize + Send + 'static>(
+    f: impl FnOnce() -> Result<T, Rejected> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(r)) => Err(rejected(r)),
+        Err(_) => Err(error(
+            500,
+            "-",
+            "the request's task failed; see the agent log",
+        )),
+    }
+}
+
+async fn post_policies(State(api): State<Api>, body: Bytes) -> Response {
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return error(400, "body", "the policy file is not UTF-8 text");
+    };
+    let agent = Arc::clone(&api.agent);
+    match blocking(move || agent.import_policies(&text)).await {
+        Ok(revision) => Json(serde_json::json!({ "revision": revision })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_policies(State(api): State<Api>) -> Response {
+    Json(api.agent.policies()).into_response()
+}
+
+async fn get_policy(
+    State(api): State<Api>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    match api
+        .agent
+        .policies()
+        .into_iter()
+        .find(|p| p.namespace == namespace && p.name == name)
+    {
+        Some(p) => Json(p).into_response(),
+        None => error(404, "policy", &format!("no policy {namespace}/{name}")),
+    }
+}
+
+async fn delete_policy(
+    State(api): State<Api>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    let agent = Arc::clone(&api.agent);
+    let (ns, n) = (namespace.clone(), name.clone());
+    match blocking(move || agent.delete_policy(&ns, &n)).await {
+        Ok(Some(revision)) => Json(serde_json::json!({ "revision": revision })).into_response(),
+        Ok(None) => error(404, "policy", &format!("no policy {namespace}/{name}")),
+        Err(r) => r,
+    }
+}
+
+async fn identities(State(api): State<Api>) -> Response {
+    Json(api.agent.identities()).into_response()
+}
+
+async fn policy_trace(State(api): State<Api>, body: Bytes) -> Response {
+    let req: TraceRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(400, &serde_field(&e), &e.to_string()),
+    };
+    match api.agent.trace(&req) {
+        Ok(t) => Json(t).into_response(),
+        Err(r) => rejected(r),
+    }
+}
+
+async fn get_ct(State(api): State<Api>, uri: Uri) -> Response {
+    let mut max = 4096usize;
+    for kv in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+    {
+        match kv.split_once('=') {
+            Some(("max", v)) => match v.parse() {
+                Ok(n) => max = n,
+                Err(_) => return error(400, "max", &format!("{v:?} is not a number")),
+            },
+            _ => return error(400, kv, "unknown query parameter (use max=N)"),
+        }
+    }
+    let agent = Arc::clone(&api.agent);
+    match blocking(move || agent.ct_list(max)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn delete_ct(State(api): State<Api>) -> Response {
+    let agent = Arc::clone(&api.agent);
+    match blocking(move || agent.ct_flush()).await {
+        Ok(n) => Json(serde_json::json!({ "flushed": n })).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -454,6 +566,14 @@ pub fn serve(
                 "/v1/endpoints/{namespace}/{name}",
                 get(get_endpoint).put(put_endpoint).delete(delete_endpoint),
             )
+            .route("/v1/policies", get(get_policies).post(post_policies))
+            .route(
+                "/v1/policies/{namespace}/{name}",
+                get(get_policy).delete(delete_policy),
+            )
+            .route("/v1/identities", get(identities))
+            .route("/v1/policy/trace", axum::routing::post(policy_trace))
+            .route("/v1/ct", get(get_ct).delete(delete_ct))
             .route("/v1/metrics", get(metrics))
             .route("/v1/monitor", get(monitor))
             .fallback(not_found)
@@ -521,6 +641,25 @@ impl Client {
     /// `DELETE path`.
     pub fn delete(&self, path: &str) -> Result<(), Error> {
         self.request("DELETE", path, None).map(|_| ())
+    }
+
+    /// `DELETE path`; the answer decoded as JSON.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let out = self.request("DELETE", path, None)?;
+        serde_json::from_slice(&out).map_err(|e| Error::Api {
+            status: 200,
+            message: format!("undecodable answer to {path}: {e}"),
+        })
+    }
+
+    /// `POST path` with `body` as it is (JSON or, for policies, YAML text); the answer decoded
+    /// as JSON.
+    pub fn post_raw<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, Error> {
+        let out = self.request("POST", path, Some(body))?;
+        serde_json::from_slice(&out).map_err(|e| Error::Api {
+            status: 200,
+            message: format!("undecodable answer to {path}: {e}"),
+        })
     }
 
     fn runtime() -> Result<tokio::runtime::Runtime, Error> {

@@ -206,7 +206,8 @@ pub struct AgentConfig {
     /// `auto` (native, falling back to generic), `native` or `generic`.
     #[serde(default = "default_xdp_mode")]
     pub xdp_mode: String,
-    /// `passthrough` (L2/L3 only) or `full` (the whole pipeline).
+    /// `full` (the whole pipeline, network policy included; the default) or `passthrough`
+    /// (L2/L3 only).
     #[serde(default)]
     pub mode: Mode,
     /// Where state is kept.

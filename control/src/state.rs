@@ -26,6 +26,10 @@ pub mod kind {
     pub const ENDPOINT: &str = "endpoints";
     /// Configured pod ports whose endpoint was deleted through the API, keyed by interface.
     pub const UNBOUND: &str = "unbound-ports";
+    /// Network policies, keyed `namespace/name`; each value is `{"yaml": "<the document>"}`.
+    pub const POLICY: &str = "policies";
+    /// Security identities: one object, key `all`, mapping each identity to its labels.
+    pub const IDENTITY: &str = "identities";
 }
 
 /// A store of JSON objects by kind and key.

@@ -111,7 +111,11 @@ fn api_round_trips_refuses_bad_requests_and_state_survives_sigterm_and_sigkill()
 
     let before = endpoints(&c);
     assert_eq!(before.len(), 3, "{before:?}");
-    assert_eq!(before["default/pod-a"]["identity"], Value::Null);
+    // Every endpoint has a security identity now that policy is wired (issue 4).
+    assert!(
+        before["default/pod-a"]["identity"].as_u64().unwrap() >= 256,
+        "{before:?}"
+    );
 
     // Refused requests: 4xx naming the field, nothing changed.
     let sock = lab.socket();

@@ -96,11 +96,12 @@ impl FromStr for MacAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// L2/L3 forwarding only: the benchmark floor.
-    #[default]
+    /// L2/L3 forwarding only: the benchmark floor (no policy is enforced).
     Passthrough,
     /// Forwarding plus the later stages: network policy and connection tracking today (service
-    /// DNAT and reverse NAT, DNS inspection and ESP later).
+    /// DNAT and reverse NAT, DNS inspection and ESP later). The default: policy is on unless
+    /// the passthrough floor is asked for.
+    #[default]
     Full,
 }
 

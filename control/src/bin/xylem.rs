@@ -50,6 +50,21 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Network policy (CiliumNetworkPolicy YAML).
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Security identities.
+    Identity {
+        #[command(subcommand)]
+        cmd: IdentityCmd,
+    },
+    /// Connection tracking (every worker's table).
+    Ct {
+        #[command(subcommand)]
+        cmd: CtCmd,
+    },
     /// A lab: a node namespace running xylem-agent, and pod namespaces behind it.
     Lab {
         #[command(subcommand)]
@@ -92,6 +107,81 @@ enum EndpointCmd {
     },
 }
 
+/// Output of `policy get`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum PolicyFormat {
+    /// A table.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+    /// The policies as YAML documents (importable again).
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Import the policies of a file (one document, several, or a List): all or nothing.
+    /// Prints the new policy revision.
+    Import {
+        /// The YAML file (`-` for standard input).
+        file: PathBuf,
+    },
+    /// Show the stored policies, or one.
+    Get {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: PolicyFormat,
+    },
+    /// Delete a policy. Prints the new policy revision.
+    Delete {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        name: String,
+    },
+    /// Explain the verdict for a new connection, and the rule that decided it.
+    Trace {
+        /// A pod (`NAME` or `NAMESPACE/NAME`), labels (`k=v,k2=v2`) or an IPv4 address.
+        #[arg(long)]
+        src: String,
+        /// A pod, labels or an IPv4 address.
+        #[arg(long)]
+        dst: String,
+        /// `PORT/PROTO` (80/TCP, 53/UDP) or ICMP.
+        #[arg(long)]
+        dport: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IdentityCmd {
+    /// List the identities.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtCmd {
+    /// List tracked connections.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+        /// At most this many entries per worker.
+        #[arg(long, default_value_t = 4096)]
+        max: usize,
+    },
+    /// Remove every tracked connection (established flows are then checked as new ones).
+    Flush,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 struct UpArgs {
     /// LAB.yaml: `pods: [{name, namespace, labels}]`. Default: pods pod-a, pod-b, pod-c.
@@ -103,8 +193,9 @@ struct UpArgs {
     /// Worker CPUs, comma-separated.
     #[arg(long, value_delimiter = ',')]
     worker_cores: Vec<usize>,
-    /// `passthrough` (L2/L3 only) or `full`.
-    #[arg(long, default_value = "passthrough", value_parser = parse_mode)]
+    /// `full` (network policy and connection tracking) or `passthrough` (L2/L3 only, the
+    /// benchmark floor).
+    #[arg(long, default_value = "full", value_parser = parse_mode)]
     mode: Mode,
     /// `auto`, `native` or `generic`.
     #[arg(long)]
@@ -334,13 +425,271 @@ fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
                 e["ip"].as_str().unwrap_or("").into(),
                 e["interface"].as_str().unwrap_or("").into(),
                 e["identity"].as_u64().map_or("-".into(), |i| i.to_string()),
+                enforcement(&e["ingress_enforced"]),
+                enforcement(&e["egress_enforced"]),
             ]
         })
         .collect();
     print_table(
-        &["NAME", "NAMESPACE", "LABELS", "IP", "INTERFACE", "IDENTITY"],
+        &[
+            "NAME",
+            "NAMESPACE",
+            "LABELS",
+            "IP",
+            "INTERFACE",
+            "IDENTITY",
+            "INGRESS",
+            "EGRESS",
+        ],
         &rows,
     );
+    Ok(())
+}
+
+fn enforcement(v: &serde_json::Value) -> String {
+    match v.as_bool() {
+        Some(true) => "enforced".into(),
+        Some(false) => "open".into(),
+        None => "-".into(),
+    }
+}
+
+fn policy_path(n: &str) -> Result<String, Error> {
+    let (ns, name) = n.split_once('/').unwrap_or(("default", n));
+    if ns.is_empty() || name.is_empty() || name.contains('/') {
+        return Err(Error::config(
+            "policy",
+            format!("'{n}' is not NAMESPACE/NAME or NAME"),
+        ));
+    }
+    Ok(format!("/v1/policies/{ns}/{name}"))
+}
+
+fn policy_import(cli: &Cli, file: &std::path::Path) -> Result<(), Error> {
+    let text = if file.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|source| {
+            Error::Io {
+                what: "reading the policy from standard input".into(),
+                source,
+            }
+        })?;
+        t
+    } else {
+        std::fs::read_to_string(file).map_err(|source| Error::File {
+            what: "reading the policy file",
+            path: file.to_owned(),
+            source,
+        })?
+    };
+    let r: serde_json::Value =
+        Client::new(socket(cli)?).post_raw("/v1/policies", text.into_bytes())?;
+    println!("{}", r["revision"]);
+    Ok(())
+}
+
+fn policy_get(cli: &Cli, name: Option<&str>, output: PolicyFormat) -> Result<(), Error> {
+    let client = Client::new(socket(cli)?);
+    let list: Vec<serde_json::Value> = match name {
+        Some(n) => vec![client.get(&policy_path(n)?)?],
+        None => client.get("/v1/policies")?,
+    };
+    match output {
+        PolicyFormat::Json => match name {
+            Some(_) => print_json(&list[0]),
+            None => print_json(&list),
+        },
+        PolicyFormat::Yaml => {
+            for p in &list {
+                let y = serde_norway::to_string(&p["source"]).map_err(|e| Error::Api {
+                    status: 200,
+                    message: e.to_string(),
+                })?;
+                print!("---\n{y}");
+            }
+        }
+        PolicyFormat::Table => {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|p| {
+                    let spec = &p["source"];
+                    let count = |k: &str| {
+                        let mut n = 0;
+                        for r in std::iter::once(&spec["spec"])
+                            .chain(spec["specs"].as_array().into_iter().flatten())
+                        {
+                            n += r[k].as_array().map_or(0, |a| a.len());
+                        }
+                        n.to_string()
+                    };
+                    vec![
+                        p["namespace"].as_str().unwrap_or("").into(),
+                        p["name"].as_str().unwrap_or("").into(),
+                        count("ingress"),
+                        count("ingressDeny"),
+                        count("egress"),
+                        count("egressDeny"),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "NAMESPACE",
+                    "NAME",
+                    "INGRESS",
+                    "INGRESS-DENY",
+                    "EGRESS",
+                    "EGRESS-DENY",
+                ],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn policy_trace(cli: &Cli, src: &str, dst: &str, dport: &str, output: Format) -> Result<(), Error> {
+    let body = serde_json::json!({"src": src, "dst": dst, "dport": dport});
+    let body = serde_json::to_vec(&body).map_err(|e| Error::Api {
+        status: 0,
+        message: e.to_string(),
+    })?;
+    let t: serde_json::Value = Client::new(socket(cli)?).post_raw("/v1/policy/trace", body)?;
+    if output == Format::Json {
+        print_json(&t);
+        return Ok(());
+    }
+    let rule = |r: &serde_json::Value| {
+        if r.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{} spec[{}] {}[{}]",
+                r["policy"].as_str().unwrap_or(""),
+                r["spec"],
+                r["section"].as_str().unwrap_or(""),
+                r["index"]
+            )
+        }
+    };
+    println!(
+        "{src} (identity {}) -> {dst} (identity {}) {dport}: {}",
+        t["src_identity"],
+        t["dst_identity"],
+        t["verdict"].as_str().unwrap_or("")
+    );
+    for d in ["egress", "ingress"] {
+        let v = &t[d];
+        if v.is_null() {
+            println!("  {d}: not a local endpoint");
+        } else {
+            println!(
+                "  {d}: {} (rule: {})",
+                v["verdict"]["verdict"]
+                    .as_str()
+                    .or(v["verdict"].as_str())
+                    .unwrap_or(""),
+                rule(&v["rule"])
+            );
+        }
+    }
+    println!("  decided by: {}", rule(&t["rule"]));
+    Ok(())
+}
+
+fn identity_list(cli: &Cli, output: Format) -> Result<(), Error> {
+    let list: serde_json::Value = Client::new(socket(cli)?).get("/v1/identities")?;
+    if output == Format::Json {
+        print_json(&list);
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|i| {
+            let labels = i["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| match v.as_str() {
+                            Some("") => k.clone(),
+                            Some(v) => format!("{k}={v}"),
+                            None => k.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let eps = i["endpoints"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                i["identity"].to_string(),
+                labels,
+                if eps.is_empty() { "-".into() } else { eps },
+            ]
+        })
+        .collect();
+    print_table(&["IDENTITY", "LABELS", "ENDPOINTS"], &rows);
+    Ok(())
+}
+
+fn ct_list(cli: &Cli, output: Format, max: usize) -> Result<(), Error> {
+    let v: serde_json::Value = Client::new(socket(cli)?).get(&format!("/v1/ct?max={max}"))?;
+    if output == Format::Json {
+        print_json(&v);
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let mut rows = Vec::new();
+    for w in v["workers"].as_array().unwrap_or(&empty) {
+        for e in w["entries"].as_array().unwrap_or(&empty) {
+            let o = &e["orig"];
+            let proto = match o["proto"].as_u64() {
+                Some(6) => "TCP".to_string(),
+                Some(17) => "UDP".to_string(),
+                Some(1) => "ICMP".to_string(),
+                Some(p) => p.to_string(),
+                None => "-".to_string(),
+            };
+            rows.push(vec![
+                w["worker"].to_string(),
+                proto,
+                format!("{}:{}", o["src"].as_str().unwrap_or(""), o["sport"]),
+                format!("{}:{}", o["dst"].as_str().unwrap_or(""), o["dport"]),
+                e["state"].as_str().unwrap_or("").into(),
+                format!("{:.0}", e["expires_in_ns"].as_f64().unwrap_or(0.0) / 1e9),
+            ]);
+        }
+    }
+    print_table(
+        &[
+            "WORKER",
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "STATE",
+            "EXPIRES-S",
+        ],
+        &rows,
+    );
+    for w in v["workers"].as_array().unwrap_or(&empty) {
+        println!(
+            "worker {}: {} entries of {} ({:.1} bytes each at capacity)",
+            w["worker"],
+            w["len"],
+            w["capacity"],
+            w["bytes_per_entry"].as_f64().unwrap_or(0.0)
+        );
+    }
     Ok(())
 }
 
@@ -612,6 +961,33 @@ fn run(cli: &Cli) -> Result<(), Error> {
             EndpointCmd::Delete { endpoint } => {
                 Client::new(socket(cli)?).delete(&endpoint_path(endpoint)?)?;
                 println!("endpoint {endpoint} deleted");
+                Ok(())
+            }
+        },
+        Cmd::Policy { cmd } => match cmd {
+            PolicyCmd::Import { file } => policy_import(cli, file),
+            PolicyCmd::Get { name, output } => policy_get(cli, name.as_deref(), *output),
+            PolicyCmd::Delete { name } => {
+                let r: serde_json::Value =
+                    Client::new(socket(cli)?).delete_json(&policy_path(name)?)?;
+                println!("{}", r["revision"]);
+                Ok(())
+            }
+            PolicyCmd::Trace {
+                src,
+                dst,
+                dport,
+                output,
+            } => policy_trace(cli, src, dst, dport, *output),
+        },
+        Cmd::Identity { cmd } => match cmd {
+            IdentityCmd::List { output } => identity_list(cli, *output),
+        },
+        Cmd::Ct { cmd } => match cmd {
+            CtCmd::List { output, max } => ct_list(cli, *output, *max),
+            CtCmd::Flush => {
+                let r: serde_json::Value = Client::new(socket(cli)?).delete_json("/v1/ct")?;
+                println!("{} connections flushed", r["flushed"]);
                 Ok(())
             }
         },

@@ -47,6 +47,20 @@ impl IdentityAllocator {
         self.by_labels.iter().map(|(l, &id)| (id, l))
     }
 
+    /// Gives `labels` the identity `id` again (restoring a stored allocation, so identities stay
+    /// the same across agent restarts). Identities below [`identity::FIRST_ENDPOINT`], and a
+    /// label set or number already taken, are ignored.
+    pub fn restore(&mut self, labels: Labels, id: Identity) {
+        if !(identity::FIRST_ENDPOINT..identity::FIRST_CIDR).contains(&id)
+            || self.by_labels.contains_key(&labels)
+            || self.by_labels.values().any(|&v| v == id)
+        {
+            return;
+        }
+        self.by_labels.insert(labels, id);
+        self.next = self.next.max(id + 1);
+    }
+
     /// Forgets identities not in `keep` (call after endpoints are removed).
     pub fn retain(&mut self, keep: impl Fn(Identity) -> bool) {
         self.by_labels.retain(|_, id| keep(*id));
