@@ -3,15 +3,92 @@
 //! Each iteration restores the dozen bytes the previous call rewrote ([`BenchFrame::reset`]) and
 //! calls `process` once; `reset-only` times the restore alone. Criterion reports time per
 //! iteration, which is ns/packet.
+//!
+//! `*-full-policy-established` runs the same frames in `Mode::Full` with a realistic policy
+//! (1,000 ingress rules on the destination, an egress policy on the source, written as
+//! CiliumNetworkPolicy YAML and compiled by `xylem_control::policy`) and a conntrack holding
+//! 50,000 other connections: the frame belongs to an established connection, so this is
+//! policy + conntrack cost on the fast path, to compare with the `Passthrough` cases of the
+//! same run.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::collections::BTreeMap;
+use std::fmt::Write;
 use xylem_bench::{BenchFrame, make_partial, pod_ip, tables, tcp_frame, udp_frame};
-use xylem_dataplane::conntrack::{Conntrack, CtConfig};
+
+use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey, proto};
 use xylem_dataplane::pipeline::{Verdict, process};
+use xylem_dataplane::policy::{Flow, decide};
 use xylem_dataplane::stats::WorkerStats;
 use xylem_dataplane::tables::{Mode, Tables};
+
+/// `tables(routes, Full)` with a policy: pod `dst` (app=server) accepts 1,000 ingress rules
+/// (999 from other client labels and ports, the last from app=client on 80/TCP and UDP); pod 0
+/// (app=client) may only send to app=server. The bench frames go from pod 0 to pod `dst`,
+/// port 80.
+fn policy_tables(routes: u32, dst: u32) -> Tables {
+    let mut y = String::from(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: server}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n",
+    );
+    for i in 0..999u32 {
+        let _ = writeln!(
+            y,
+            "  - fromEndpoints: [{{matchLabels: {{app: client-{}}}}}]\n    toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]",
+            i % 50,
+            1000 + i / 50
+        );
+    }
+    y.push_str(
+        "  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}, {port: \"80\", protocol: UDP}]}]\n",
+    );
+    y.push_str(
+        "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: server}}]\n",
+    );
+    let policies = parse_policies(&y).expect("bench policy parses");
+    let eps: Vec<EndpointSpec> = (0..routes)
+        .map(|i| EndpointSpec {
+            ip: pod_ip(i),
+            namespace: "default".into(),
+            labels: BTreeMap::from([(
+                "app".to_owned(),
+                match i {
+                    0 => "client".to_owned(),
+                    i if i == dst => "server".to_owned(),
+                    i => format!("client-{}", i % 50),
+                },
+            )]),
+        })
+        .collect();
+    let mut t = tables(routes, Mode::Full);
+    let compiled = compile(
+        t.revision(),
+        &policies,
+        &eps,
+        &[xylem_bench::GW_IP],
+        &mut IdentityAllocator::new(),
+    );
+    t.set_policy(compiled.tables);
+    t
+}
+
+/// A conntrack holding `n` connections between addresses outside the pods.
+fn busy_conntrack(t: &Tables, n: u32) -> Conntrack {
+    let mut ct = Conntrack::new(&CtConfig::default());
+    for i in 0..n {
+        let key = FlowKey {
+            src: std::net::Ipv4Addr::from_bits(0x0b00_0000 + i),
+            dst: std::net::Ipv4Addr::new(192, 0, 2, 1),
+            sport: 1024 + (i % 60_000) as u16,
+            dport: 443,
+            proto: proto::UDP,
+        };
+        assert!(decide(1, t.policy(), &mut ct, &Flow::new(key)).allows());
+    }
+    ct
+}
 
 fn run_one(
     c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -19,8 +96,21 @@ fn run_one(
     t: &Tables,
     frame: &[u8],
 ) {
+    let ct = Conntrack::new(&CtConfig {
+        capacity: 16,
+        ..CtConfig::default()
+    });
+    run_one_ct(c, id, t, frame, ct);
+}
+
+fn run_one_ct(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    t: &Tables,
+    frame: &[u8],
+    mut ct: Conntrack,
+) {
     let stats = WorkerStats::default();
-    let mut ct = Conntrack::new(&CtConfig::default());
     let mut b = BenchFrame::new(frame);
     b.reset();
     assert!(matches!(
@@ -76,6 +166,30 @@ fn forward(c: &mut Criterion) {
         BenchmarkId::new("udp-64B-mode-full", "256-routes"),
         &t_full,
         &udp_frame(64, pod_ip(255)),
+    );
+
+    // Full mode with policy, an established flow, 50,000 other tracked connections.
+    let t_pol = policy_tables(256, 255);
+    let ct = busy_conntrack(&t_pol, 50_000);
+    println!(
+        "conntrack: {} connections tracked, {:.1} bytes per connection at capacity {}",
+        ct.len(),
+        ct.bytes_per_entry(),
+        ct.capacity()
+    );
+    run_one_ct(
+        &mut g,
+        BenchmarkId::new("tcp-1500B-full-policy-established", "256-routes"),
+        &t_pol,
+        &tcp_frame(1500, pod_ip(255)),
+        ct,
+    );
+    run_one_ct(
+        &mut g,
+        BenchmarkId::new("udp-64B-full-policy-established", "256-routes"),
+        &t_pol,
+        &udp_frame(64, pod_ip(255)),
+        busy_conntrack(&t_pol, 50_000),
     );
 
     // 65,536 routes with 4,096 different destinations in turn: lookups that miss the cache.

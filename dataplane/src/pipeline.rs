@@ -19,8 +19,10 @@
 //! 5. **Checksum completion**: a TCP/UDP segment carrying a *partial* checksum (a pod's TX
 //!    checksum offload left only the pseudo-header sum in the field) gets its full checksum.
 //!    Done for the slow path too, since `smoltcp` verifies checksums.
-//! 6. **Mode stages** ([`Mode::Full`]: policy and conntrack, service NAT, DNS inspection, ESP;
-//!    empty for now), then **routing**: exact /32 lookup; TTL expiry is answered with ICMP time
+//! 6. **Mode stages** ([`Mode::Full`]: policy and conntrack today — a [`Flow`] built from the
+//!    parsed headers goes to [`policy::decide`] with the worker's [`Conntrack`], and a refusal is
+//!    the drop `policy-denied`, `policy-deny-rule` or `ct-full`; service NAT, DNS inspection and
+//!    ESP later), then **routing**: exact /32 lookup; TTL expiry is answered with ICMP time
 //!    exceeded built in the same buffer; otherwise TTL is decremented (RFC 1624 incremental
 //!    checksum) and the MACs are rewritten.
 //!
@@ -373,13 +375,7 @@ fn ipv4_stage(
         Mode::Full => {
             // Policy + conntrack. (Service DNAT / reverse NAT, DNS inspection and ESP will slot
             // in here too.)
-            let start = eth::HEADER_LEN + ip.header_len;
-            let l4 = frame
-                .data()
-                .get(start..start + usize::from(ip.payload_len))
-                .unwrap_or(&[]);
-            let flow = flow_of(l4, ip);
-            let v = policy::decide(now_ns, tables.policy(), ct, &flow);
+            let v = policy_stage(now_ns, frame.data(), ip, tables, ct);
             *pv = Some(v);
             if let PolicyVerdict::Drop { reason, .. } = v {
                 return Outcome::Drop(reason.into());
@@ -419,6 +415,25 @@ fn ipv4_stage(
     wire::put::<{ eth::DST }, 6, _>(hdr, next.mac.0);
     wire::put::<{ eth::SRC }, 6, _>(hdr, gw.mac.0);
     Outcome::Forwarded(next.port)
+}
+
+/// Stage 6a in [`Mode::Full`]: policy and conntrack for a validated IPv4 packet in transit.
+/// Out of line, so the passthrough path's code stays small (no measurable difference either way
+/// in the `forward` benchmark).
+#[inline(never)]
+fn policy_stage(
+    now_ns: u64,
+    data: &[u8],
+    ip: &Ipv4Info,
+    tables: &Tables,
+    ct: &mut Conntrack,
+) -> PolicyVerdict {
+    let start = eth::HEADER_LEN + ip.header_len;
+    let l4 = data
+        .get(start..start + usize::from(ip.payload_len))
+        .unwrap_or(&[]);
+    let flow = flow_of(l4, ip);
+    policy::decide(now_ns, tables.policy(), ct, &flow)
 }
 
 /// The policy stage's view of a packet: its 5-tuple, TCP flags and, for an ICMP error, the
