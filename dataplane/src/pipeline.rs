@@ -171,7 +171,13 @@ pub fn process(
     ct: &mut Conntrack,
     stats: &WorkerStats,
 ) -> Verdict {
-    process_traced(now_ns, ingress, frame, tables, ct, stats).0
+    // Not `process_traced(..).0`: returning the pair cost ~3 ns per packet in the `forward`
+    // benchmark (passthrough 14.3 → 17.4 ns), even with the policy verdict unused.
+    let mut pv = None;
+    account(
+        decide(now_ns, ingress, frame, tables, ct, &mut pv, stats),
+        stats,
+    )
 }
 
 /// [`process`], also returning the policy verdict when the policy stage ran (`Mode::Full`, an
@@ -186,7 +192,17 @@ pub fn process_traced(
     stats: &WorkerStats,
 ) -> (Verdict, Option<PolicyVerdict>) {
     let mut pv = None;
-    let v = match decide(now_ns, ingress, frame, tables, ct, &mut pv, stats) {
+    let v = account(
+        decide(now_ns, ingress, frame, tables, ct, &mut pv, stats),
+        stats,
+    );
+    (v, pv)
+}
+
+/// Maps an outcome to its verdict and moves exactly one verdict counter.
+#[inline(always)]
+fn account(o: Outcome, stats: &WorkerStats) -> Verdict {
+    match o {
         Outcome::Forwarded(port) => {
             stats.forwarded.inc();
             Verdict::Forward(port)
@@ -204,8 +220,7 @@ pub fn process_traced(
             stats.drop(r);
             Verdict::Drop(r)
         }
-    };
-    (v, pv)
+    }
 }
 
 /// Stage 1: Ethernet, then dispatch on the EtherType.

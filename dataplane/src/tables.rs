@@ -132,7 +132,9 @@ pub struct Tables {
     mode: Mode,
     gateway: Gateway,
     routes: FxHashMap<u32, Neighbor>,
-    policy: PolicyTables,
+    /// Behind an `Arc`: it is large (its LPM alone is 33 hash maps), and keeping it out of line
+    /// keeps the fields every packet reads (mode, gateway, routes) together.
+    policy: std::sync::Arc<PolicyTables>,
 }
 
 impl Tables {
@@ -143,14 +145,14 @@ impl Tables {
             mode,
             gateway,
             routes: FxHashMap::default(),
-            policy: PolicyTables::default(),
+            policy: std::sync::Arc::new(PolicyTables::default()),
         }
     }
 
     /// Sets the compiled network policy (consulted in [`Mode::Full`] only). New tables start
     /// with [`PolicyTables::default`]: no rule, everything allowed.
     pub fn set_policy(&mut self, policy: PolicyTables) {
-        self.policy = policy;
+        self.policy = std::sync::Arc::new(policy);
     }
 
     /// The compiled network policy.
