@@ -50,7 +50,7 @@ use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts};
 use crate::io::Backend;
 use crate::ledger::{Ledger, LedgerError, Place};
 use crate::monitor::{EventType, FlowEvent, MonitorLink};
-use crate::pipeline::{Verdict, process_traced};
+use crate::pipeline::{Verdict, process, process_traced};
 use crate::policy::PolicyVerdict;
 use crate::slowpath::Signal;
 use crate::stats::{Counter, DropReason, WorkerStats};
@@ -592,6 +592,7 @@ impl<B: Backend> Worker<B> {
         // frame and nothing else.
         let mon_mask = self.link.monitor.load_mask();
         let monitor_owner = (mon_mask != 0).then(|| self.link.monitor.clone());
+        let want_pv = mon_mask & EventType::PolicyVerdict.bit() != 0;
 
         // 1. Completions back to the free list.
         for port in 0..ports {
@@ -656,8 +657,16 @@ impl<B: Backend> Worker<B> {
                 let to_slow = &self.link.to_slow;
                 let ct = &mut self.ct;
                 let verdict = self.backend.with_frame(&mut d, |frame| {
-                    let (mut v, pv) =
-                        process_traced(now_ns, port as PortId, frame, &tables, ct, stats);
+                    // The policy verdict is only asked for while a monitor client wants it:
+                    // returning it costs a few ns per packet.
+                    let (mut v, pv) = if want_pv {
+                        process_traced(now_ns, port as PortId, frame, &tables, ct, stats)
+                    } else {
+                        (
+                            process(now_ns, port as PortId, frame, &tables, ct, stats),
+                            None,
+                        )
+                    };
                     if v == Verdict::SlowPath {
                         // Copy out now, while the frame is at hand.
                         let queued = SlowFrame::new(port as PortId, frame.data())

@@ -509,3 +509,41 @@ fn passthrough_mode_skips_policy() {
     assert_eq!(r.worker.backend_mut().take_wire(1).len(), 1);
     assert!(r.worker.conntrack().is_empty());
 }
+
+#[test]
+fn policy_verdicts_reach_the_monitor_only_when_asked_for() {
+    use xylem_dataplane::monitor::EventType;
+    let mut r = policy_rig();
+    settle(&mut r);
+    // Nobody listening: no event.
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(2, &udp_ports(2, 1, 40000, 5001))
+    );
+    settle(&mut r);
+    assert!(r.link.monitor.ring.is_empty());
+    r.link.monitor.mask.store(
+        EventType::PolicyVerdict.bit(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(0, &udp_ports(0, 1, 40000, 5001))
+    );
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(2, &udp_ports(2, 1, 40000, 5001))
+    );
+    settle(&mut r);
+    let allowed = r.link.monitor.ring.pop().expect("allowed verdict");
+    let denied = r.link.monitor.ring.pop().expect("denied verdict");
+    assert!(r.link.monitor.ring.is_empty(), "only policy-verdict events");
+    assert_eq!(allowed.kind, EventType::PolicyVerdict);
+    assert_eq!((allowed.src, allowed.drop_reason), (pod_ip(0), None));
+    assert_eq!(allowed.egress_port, Some(1));
+    assert_eq!(denied.src, pod_ip(2));
+    assert_eq!(denied.drop_reason, Some(DropReason::PolicyDenied));
+}
