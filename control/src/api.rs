@@ -21,7 +21,7 @@
 //!   goes; `{"type":"lost","lost":N}` lines report events lost so far for this client
 //!
 //! Errors are JSON `{"error": "<field>: <why>", "field": "<field>"}` with a 4xx status; a refused
-//! request changes nothing. Bodies above [`BODY_LIMIT`] get 413. Clients are served
+//! request changes nothing. Bodies above [`BODY_LIMIT`] ([`POLICY_BODY_LIMIT`] for a policy import) get 413. Clients are served
 //! concurrently (each connection is a task on the API thread's runtime).
 //!
 //! [`Client`] is the CLI's side.
@@ -78,6 +78,9 @@ pub fn claim_socket(path: &Path) -> Result<(), Error> {
 
 /// Largest request body accepted (bigger ones get 413).
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Largest policy import accepted: policy files with thousands of rules run to megabytes.
+pub const POLICY_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Flow events buffered per monitor client before it counts them as lost.
 const CLIENT_BUFFER: usize = 8192;
@@ -566,7 +569,12 @@ pub fn serve(
                 "/v1/endpoints/{namespace}/{name}",
                 get(get_endpoint).put(put_endpoint).delete(delete_endpoint),
             )
-            .route("/v1/policies", get(get_policies).post(post_policies))
+            .route(
+                "/v1/policies",
+                get(get_policies)
+                    .post(post_policies)
+                    .layer(DefaultBodyLimit::max(POLICY_BODY_LIMIT)),
+            )
             .route(
                 "/v1/policies/{namespace}/{name}",
                 get(get_policy).delete(delete_policy),

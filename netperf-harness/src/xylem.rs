@@ -19,6 +19,33 @@ pub const SERVER_POD: &str = "xnh-server";
 /// Name of the pod that runs netperf.
 pub const CLIENT_POD: &str = "xnh-client";
 
+/// How many rules the `xylem` path's policy holds besides the one the benchmark needs.
+pub const POLICY_RULES: usize = 1_000;
+
+/// The `xylem` path's policy: the server pod admits the client on every port (netperf's data
+/// connections use ephemeral ports) and [`POLICY_RULES`] other label/port pairs; the client may
+/// reach only the server. Both pods are selected, so both directions are enforced.
+pub fn policy_yaml() -> String {
+    let mut y = String::from(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: bench-server\n  \
+         namespace: bench\nspec:\n  endpointSelector:\n    matchLabels: {app: netserver}\n  \
+         ingress:\n  - fromEndpoints:\n    - matchLabels: {app: netperf}\n",
+    );
+    for i in 0..POLICY_RULES {
+        y.push_str(&format!(
+            "  - fromEndpoints:\n    - matchLabels: {{app: svc-{i}}}\n    toPorts:\n    - ports:\n      \
+             - {{port: \"{}\", protocol: TCP}}\n",
+            10_000 + i
+        ));
+    }
+    y.push_str(
+        "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: bench-client\n  \
+         namespace: bench\nspec:\n  endpointSelector:\n    matchLabels: {app: netperf}\n  \
+         egress:\n  - toEndpoints:\n    - matchLabels: {app: netserver}\n",
+    );
+    y
+}
+
 /// The lab description the harness hands to `xylem lab up -f`.
 pub fn lab_yaml() -> String {
     format!(
@@ -194,6 +221,21 @@ impl Lab {
             lab: cfg.lab_name.clone(),
         };
         check(&up, &cfg.lab_name, Duration::from_secs(180))?;
+        if cfg.mode == "full" {
+            // The full pipeline enforces a realistic policy: both pods selected, both directions
+            // enforced, so every packet goes through the policy tables and connection tracking.
+            let policy = cfg.dir.join("policy.yaml");
+            std::fs::write(&policy, policy_yaml()).map_err(|source| Error::Io {
+                path: policy.clone(),
+                source,
+            })?;
+            let policy_s = policy.to_string_lossy().into_owned();
+            check(
+                &[&bin, "policy", "import", &policy_s],
+                &cfg.lab_name,
+                Duration::from_secs(60),
+            )?;
+        }
         let status_text = check(
             &[&bin, "lab", "status", "-o", "json"],
             &cfg.lab_name,
@@ -255,6 +297,12 @@ mod tests {
             Err(Error::Lab(_))
         ));
         Ok(())
+    }
+
+    #[test]
+    fn the_policy_parses_with_every_rule() {
+        let policies = xylem_control::policy::parse_policies(&policy_yaml()).unwrap();
+        assert_eq!(policies.len(), 2);
     }
 
     #[test]
