@@ -923,7 +923,7 @@ fn demo_traffic(lab: &Lab, st: &lab::LabState) -> Result<(), Error> {
         let h: Vec<&str> = header.split(',').collect();
         let v: Vec<&str> = values.split(',').collect();
         for (k, val) in h.iter().zip(v) {
-            println!("  {k:<32} {val}");
+            println!("  {k:<40} {val}");
         }
     } else {
         println!("{out}");
