@@ -265,16 +265,12 @@ fn restore_policies(store: &dyn StateStore) -> Result<BTreeMap<String, Policy>, 
     Ok(out)
 }
 
-/// The tables for `bindings` with `ps`'s policies compiled in (same revision). Updates the
-/// identities and the per-endpoint enforcement in `ps`.
-fn build_full_tables(
+/// What the policy compiler needs from the port bindings: the pods as endpoints, and the
+/// addresses that are the `host` entity (the gateway and the host ports).
+fn policy_inputs(
     cfg: &AgentConfig,
     bindings: &[Option<PortConfig>],
-    revision: u64,
-    policies: &BTreeMap<String, Policy>,
-    ps: &mut PolicyState,
-) -> Result<Tables, Error> {
-    let mut t = build_tables_from(cfg, bindings, revision)?;
+) -> (Vec<EndpointSpec>, Vec<std::net::Ipv4Addr>) {
     let mut specs = Vec::new();
     let mut host = vec![cfg.gateway.ip];
     for p in bindings.iter().flatten() {
@@ -287,6 +283,20 @@ fn build_full_tables(
             _ => host.push(p.ip),
         }
     }
+    (specs, host)
+}
+
+/// The tables for `bindings` with `ps`'s policies compiled in (same revision). Updates the
+/// identities and the per-endpoint enforcement in `ps`.
+fn build_full_tables(
+    cfg: &AgentConfig,
+    bindings: &[Option<PortConfig>],
+    revision: u64,
+    policies: &BTreeMap<String, Policy>,
+    ps: &mut PolicyState,
+) -> Result<Tables, Error> {
+    let mut t = build_tables_from(cfg, bindings, revision)?;
+    let (specs, host) = policy_inputs(cfg, bindings);
     let list: Vec<Policy> = policies.values().cloned().collect();
     let compiled = compile(revision, &list, &specs, &host, &mut ps.ids);
     let used: std::collections::BTreeSet<u32> =
@@ -1137,19 +1147,7 @@ impl AgentState {
         let src = trace_peer("src", &req.src, &eps)?;
         let dst = trace_peer("dst", &req.dst, &eps)?;
         let (port, proto) = trace_port(&req.dport)?;
-        let bindings = self.bindings_snapshot();
-        let mut specs = Vec::new();
-        let mut host = vec![self.cfg.gateway.ip];
-        for p in bindings.iter().flatten() {
-            match p.kind {
-                PortKind::Pod => specs.push(EndpointSpec {
-                    ip: p.ip,
-                    namespace: p.namespace.clone().unwrap_or_else(|| "default".into()),
-                    labels: p.labels.clone(),
-                }),
-                _ => host.push(p.ip),
-            }
-        }
+        let (specs, host) = policy_inputs(&self.cfg, &self.bindings_snapshot());
         let ps = self
             .policy
             .lock()

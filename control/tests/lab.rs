@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,19 +14,6 @@ use serde_json::Value;
 #[macro_use]
 mod common;
 use common::*;
-
-/// Runs `f` on a thread that has entered network namespace `netns`.
-fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
 
 /// Streams `len` pseudo-random bytes from pod `from` to pod `to` over TCP through the
 /// dataplane and checks that every byte arrived, in order.

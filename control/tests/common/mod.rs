@@ -268,3 +268,20 @@ pub fn mac_in(netns: &str, ifname: &str) -> String {
     .trim()
     .to_string()
 }
+
+/// Runs `f` on a thread that has entered network namespace `netns`.
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&fd),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .expect("setns");
+        f()
+    })
+}
