@@ -93,6 +93,27 @@ fn udp(from: u8, to: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// An ARP request from pod `i` for the gateway's address.
+fn arp_for_gateway(i: u8) -> Vec<u8> {
+    let mut arp = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(i), [0xff; 6])
+        .arp(
+            etherparse::ArpPacket::new(
+                etherparse::ArpHardwareId::ETHERNET,
+                etherparse::EtherType::IPV4,
+                etherparse::ArpOperation::REQUEST,
+                &pod_mac(i),
+                &pod_ip(i).octets(),
+                &[0; 6],
+                &GW_IP.octets(),
+            )
+            .unwrap(),
+        )
+        .write(&mut arp)
+        .unwrap();
+    arp
+}
+
 /// Runs the worker and the fake kernel until nothing moves.
 fn settle(r: &mut Rig) {
     for _ in 0..16 {
@@ -138,22 +159,7 @@ fn forwards_between_ports_rewriting_macs_and_ttl() {
 fn the_gateway_answers_arp_through_the_slow_path() {
     let mut r = rig(2, 64, 256, 64);
     settle(&mut r);
-    let mut arp = Vec::new();
-    PacketBuilder::ethernet2(pod_mac(1), [0xff; 6])
-        .arp(
-            etherparse::ArpPacket::new(
-                etherparse::ArpHardwareId::ETHERNET,
-                etherparse::EtherType::IPV4,
-                etherparse::ArpOperation::REQUEST,
-                &pod_mac(1),
-                &pod_ip(1).octets(),
-                &[0; 6],
-                &GW_IP.octets(),
-            )
-            .unwrap(),
-        )
-        .write(&mut arp)
-        .unwrap();
+    let arp = arp_for_gateway(1);
     assert!(r.worker.backend_mut().inject(1, &arp));
     settle(&mut r);
     let wire = r.worker.backend_mut().take_wire(1);
@@ -182,22 +188,7 @@ fn the_gateway_answers_ping() {
     let mut r = rig(2, 64, 256, 64);
     settle(&mut r);
     // The gateway must know the pod's MAC: a pod ARPs for it first, which fills smoltcp's cache.
-    let mut arp = Vec::new();
-    PacketBuilder::ethernet2(pod_mac(0), [0xff; 6])
-        .arp(
-            etherparse::ArpPacket::new(
-                etherparse::ArpHardwareId::ETHERNET,
-                etherparse::EtherType::IPV4,
-                etherparse::ArpOperation::REQUEST,
-                &pod_mac(0),
-                &pod_ip(0).octets(),
-                &[0; 6],
-                &GW_IP.octets(),
-            )
-            .unwrap(),
-        )
-        .write(&mut arp)
-        .unwrap();
+    let arp = arp_for_gateway(0);
     r.worker.backend_mut().inject(0, &arp);
     settle(&mut r);
     r.worker.backend_mut().take_wire(0);
