@@ -1,6 +1,6 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose publicly: walk the
 //! kernel's bpf_links to find the one that owns a device's XDP program,
-//! detach it, and read a program's name by id.
+//! detach a link by descriptor or id, and read a program's name by id.
 //!
 //! `bpf_attr` is a union; each command below fills only its own leading
 //! fields, and the kernel treats a shorter attr as zero-padded.
@@ -117,6 +117,15 @@ pub(crate) fn link_detach(link: &OwnedFd) -> io::Result<()> {
     let fd = u32::try_from(link.as_raw_fd()).map_err(|_| io::Error::other("negative fd"))?;
     put_u32(&mut attr, 0, fd);
     sys_bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// `BPF_LINK_DETACH` on the link with id `link_id`, through a descriptor of
+/// our own. Closing a link's descriptor detaches only when it was the last
+/// reference, and a child process forked by another thread (between fork and
+/// exec) briefly holds one too; an explicit detach does not depend on that.
+pub(crate) fn link_detach_by_id(link_id: u32) -> io::Result<()> {
+    let fd = fd_by_id(BPF_LINK_GET_FD_BY_ID, link_id)?;
+    link_detach(&fd)
 }
 
 /// The name of loaded program `prog_id` (at most 15 bytes, as the kernel keeps it).

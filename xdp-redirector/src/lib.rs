@@ -47,6 +47,7 @@ use std::str::FromStr;
 
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::programs::links::FdLink;
 use aya::programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 
 /// The BPF object, built by `bpf/build.sh` and committed.
@@ -579,10 +580,29 @@ impl Redirector {
                 ifname: ifname.to_owned(),
             })?;
         let prog = self.program_mut()?;
-        prog.detach(att.link).map_err(|source| Error::Detach {
+        let link = prog.take_link(att.link).map_err(|source| Error::Detach {
             ifname: ifname.to_owned(),
             source,
-        })
+        })?;
+        // A bpf_link detaches when its last descriptor closes, and dropping
+        // ours is not always the last: a process forked by another thread
+        // holds a copy until it execs. Detach explicitly so the program is
+        // gone when this returns. A netlink attachment (kernels without XDP
+        // links) detaches synchronously when dropped.
+        if let Ok(fd_link) = FdLink::try_from(link) {
+            let link_id = fd_link
+                .info()
+                .map_err(|e| Error::BpfSyscall {
+                    op: "BPF_OBJ_GET_INFO_BY_FD (link)",
+                    source: io::Error::other(e),
+                })?
+                .id();
+            bpf_sys::link_detach_by_id(link_id).map_err(|source| Error::BpfSyscall {
+                op: "BPF_LINK_DETACH",
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Detaches the program from `ifname` and removes the interface's

@@ -226,6 +226,71 @@ fn drop_detaches_everything() {
     });
 }
 
+/// A child forked by another thread holds copies of every descriptor until
+/// it execs or exits, the link's among them. Detach and drop must still
+/// remove the program at once: CI once saw a generic-mode program outlive
+/// `detach` while a parallel test was spawning `ip`.
+#[test]
+fn detach_is_immediate_while_a_forked_child_holds_the_link() {
+    require_root!();
+    let ns = ns_with_veth("forked");
+    ns.enter(|| {
+        let mut r = load();
+        r.attach("va", XdpModeRequest::Generic, RedirectFlags::default())
+            .unwrap();
+        r.attach("vb", XdpModeRequest::Native, RedirectFlags::default())
+            .unwrap();
+        let child = HeldDescriptors::fork();
+        r.detach("va").unwrap();
+        assert_eq!(attached_program("va").unwrap(), None);
+        // Changing mode detaches the old link first; the new one must attach.
+        assert_eq!(
+            r.attach("vb", XdpModeRequest::Generic, RedirectFlags::default())
+                .unwrap(),
+            XdpMode::Generic
+        );
+        assert_eq!(
+            program_on("vb"),
+            Some((PROGRAM_NAME.into(), XdpMode::Generic))
+        );
+        drop(r);
+        assert_eq!(attached_program("vb").unwrap(), None);
+        drop(child);
+    });
+}
+
+/// A forked child that sleeps with copies of all the parent's descriptors,
+/// killed and reaped on drop.
+struct HeldDescriptors(libc::pid_t);
+
+impl HeldDescriptors {
+    fn fork() -> Self {
+        // SAFETY: the child calls only async-signal-safe functions (`sleep`,
+        // `_exit`) before it ends, as a fork in a threaded process requires.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: async-signal-safe; `_exit` skips the parent's atexit
+            // handlers and destructors, which the child must not run.
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0);
+            }
+        }
+        Self(pid)
+    }
+}
+
+impl Drop for HeldDescriptors {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 #[test]
 fn fails_open_without_socket_and_without_if_config() {
     require_root!();
