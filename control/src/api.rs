@@ -744,11 +744,14 @@ impl Client {
         })
     }
 
-    /// `GET path` as a stream of lines: calls `on_line` for each line until the stream ends,
-    /// `on_line` returns false, or Ctrl-C (SIGINT) / SIGTERM arrives. Returns why it stopped.
+    /// `GET path` as a stream of lines: calls `on_open` once the agent has answered (its
+    /// response headers arrived, so the stream is live), then `on_line` for each line until the
+    /// stream ends, `on_line` returns false, or Ctrl-C (SIGINT) / SIGTERM arrives. Returns why
+    /// it stopped.
     pub fn stream_lines(
         &self,
         path: &str,
+        on_open: impl FnOnce(),
         mut on_line: impl FnMut(&str) -> bool,
     ) -> Result<StreamEnd, Error> {
         let rt = Self::runtime()?;
@@ -768,6 +771,7 @@ impl Client {
                 _ = int.recv() => return Ok(StreamEnd::Interrupted),
                 _ = term.recv() => return Ok(StreamEnd::Interrupted),
             };
+            on_open();
             let mut body = resp.into_body();
             let mut buf: Vec<u8> = Vec::new();
             loop {

@@ -192,14 +192,7 @@ fn api_round_trips_refuses_bad_requests_and_state_survives_sigterm_and_sigkill()
     assert_eq!(revision(&c), rev, "refused requests published no tables");
 
     // Concurrent clients, one of them holding a monitor stream open.
-    let mut mon = Command::new(xylem())
-        .args(["--socket", &sock, "monitor", "-o", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Give it time to install its signal handlers before it is interrupted below.
-    std::thread::sleep(Duration::from_millis(500));
+    let mon = Monitor::start(&["--socket", &sock, "monitor", "-o", "json"]);
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let sock = sock.clone();
@@ -215,9 +208,8 @@ fn api_round_trips_refuses_bad_requests_and_state_survives_sigterm_and_sigkill()
     for t in threads {
         t.join().unwrap();
     }
-    // SAFETY: kill(2) of the monitor we started.
-    unsafe { libc::kill(mon.id() as i32, libc::SIGINT) };
-    assert!(mon.wait().unwrap().success());
+    let (status, _, stderr) = mon.stop(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
 
     // A real change: pod-c becomes prod/web at a new address; traffic follows the new tables.
     let (_, web_ip) = move_pod_c(&lab, &c);
@@ -353,13 +345,7 @@ fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
     let (ns_a, _) = lab.pod("pod-a");
     let (ns_b, ip_b) = lab.pod("pod-b");
     let sock = lab.socket();
-    let mon = Command::new(xylem())
-        .args(["--socket", &sock, "monitor", "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mon = Monitor::start(&["--socket", &sock, "monitor", "-o", "json"]);
     assert!(ping(&ns_a, ip_b, 3));
     let _ = sh(&[
         "ip",
@@ -390,15 +376,8 @@ fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
         "-l",
         "2",
     ]);
-    // SAFETY: kill(2) of the monitor we started.
-    unsafe { libc::kill(mon.id() as i32, libc::SIGINT) };
-    let out = mon.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (status, text, stderr) = mon.stop(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))

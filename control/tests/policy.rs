@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -220,12 +219,7 @@ fn tcp_and_udp_allowed_and_denied_between_labelled_pods_with_drops_in_the_monito
     assert!(rev > 1);
 
     // The monitor, listening for drops while denied traffic is sent.
-    let mut mon = Command::new(xylem())
-        .args(["--lab", &g.name, "monitor", "--type", "drop", "-o", "json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mon = Monitor::start(&["--lab", &g.name, "monitor", "--type", "drop", "-o", "json"]);
 
     assert!(
         tcp_connects(&client_ns, web_ip, 8080),
@@ -249,11 +243,10 @@ fn tcp_and_udp_allowed_and_denied_between_labelled_pods_with_drops_in_the_monito
     );
     assert_eq!(udp.from(other_ip), 0, "other → web UDP denied");
 
+    // The dispatcher moves events every 5 ms; give the last drops time to reach the client.
     std::thread::sleep(Duration::from_millis(500));
-    mon.kill().unwrap();
-    let mut out = String::new();
-    mon.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let _ = mon.wait();
+    let (status, out, stderr) = mon.stop(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
     let denied: Vec<Value> = out
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

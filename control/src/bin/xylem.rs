@@ -751,13 +751,14 @@ fn monitor(cli: &Cli, types: &[String], output: Format) -> Result<(), Error> {
     };
     let mut lost = 0u64;
     let mut shown = 0u64;
-    if output == Format::Table {
-        eprintln!(
-            "Listening for events on {}; press Ctrl-C to quit",
-            client_socket(cli)?
-        );
-    }
-    let end = client.stream_lines(&path, |l| {
+    // On stderr in both formats, once the agent has attached this client: from then on no
+    // event of the chosen types is missed (scripts wait for this line before sending traffic).
+    let listening = format!(
+        "Listening for events on {}; press Ctrl-C to quit",
+        client_socket(cli)?
+    );
+    let on_open = || eprintln!("{listening}");
+    let end = client.stream_lines(&path, on_open, |l| {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
             return true;
         };

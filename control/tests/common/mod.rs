@@ -285,3 +285,79 @@ pub fn in_netns<T: Send + 'static>(
         f()
     })
 }
+
+/// A running `xylem monitor` whose subscription is live: [`Monitor::start`] returns only after
+/// the CLI printed its "Listening for events" line, which it does once the agent attached it.
+/// Its output is drained by threads, so a chatty stream never blocks it on a full pipe.
+pub struct Monitor {
+    child: std::process::Child,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Monitor {
+    pub fn start(args: &[&str]) -> Monitor {
+        use std::io::BufRead as _;
+        use std::process::Stdio;
+        let mut child = Command::new(xylem())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xylem monitor");
+        let out = child.stdout.take().expect("piped stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(out), &mut s);
+            s
+        });
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if line.starts_with("Listening for events") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let mut m = Monitor {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        };
+        if rx.recv_timeout(std::time::Duration::from_secs(30)).is_err() {
+            let _ = m.child.kill();
+            let (_, _, err) = m.finish_inner();
+            panic!("xylem monitor {args:?} did not start listening within 30 s:\n{err}");
+        }
+        m
+    }
+
+    /// Sends `signal` (SIGINT: a clean stop) and returns (exit status, stdout, stderr).
+    pub fn stop(mut self, signal: i32) -> (std::process::ExitStatus, String, String) {
+        // SAFETY: kill(2) of the child we started and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.finish_inner()
+    }
+
+    fn finish_inner(&mut self) -> (std::process::ExitStatus, String, String) {
+        let status = self.child.wait().expect("wait for xylem monitor");
+        let join = |h: Option<std::thread::JoinHandle<String>>| {
+            h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        };
+        (status, join(self.stdout.take()), join(self.stderr.take()))
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if self.stdout.is_some() {
+            let _ = self.child.kill();
+            let _ = self.finish_inner();
+        }
+    }
+}
