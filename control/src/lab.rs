@@ -209,6 +209,36 @@ pub fn run(args: &[&str]) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// netperf's control port.
+pub const NETSERVER_PORT: u16 = 12865;
+
+/// Starts `netserver` (it daemonizes) in network namespace `netns` and returns once it
+/// listens, so a netperf started right after never races it. `lab down` stops it with the
+/// lab's other processes.
+pub fn start_netserver(netns: &str) -> Result<(), Error> {
+    let port = NETSERVER_PORT.to_string();
+    run(&["ip", "netns", "exec", netns, "netserver", "-4", "-p", &port])?;
+    let filter = format!("sport = :{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listening = run(&["ip", "netns", "exec", netns, "ss", "-Hltn", &filter])
+            .is_ok_and(|s| !s.trim().is_empty());
+        if listening {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Command {
+                command: format!("ip netns exec {netns} netserver -4 -p {port}"),
+                detail: format!(
+                    "netserver did not listen on port {port} within 10 s; \
+                     run it by hand in that namespace to see why"
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn netns_list() -> Vec<String> {
     run(&["ip", "netns", "list"])
         .unwrap_or_default()

@@ -360,8 +360,7 @@ fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
         "10.200.0.99",
     ]);
     // Load: a bulk TCP stream for two seconds makes far more events than a client reads.
-    ok(&["ip", "netns", "exec", &ns_b, "netserver", "-4"]);
-    std::thread::sleep(Duration::from_millis(300));
+    xylem_control::lab::start_netserver(&ns_b).expect("netserver");
     let _ = sh(&[
         "ip",
         "netns",

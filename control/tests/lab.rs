@@ -57,8 +57,7 @@ fn bulk_transfer(from_ns: &str, to_ns: &str, to_ip: Ipv4Addr, len: usize) {
 }
 
 fn netperf_rr(from_ns: &str, to_ns: &str, to_ip: Ipv4Addr) -> f64 {
-    ok(&["ip", "netns", "exec", to_ns, "netserver", "-4"]);
-    std::thread::sleep(Duration::from_millis(300));
+    xylem_control::lab::start_netserver(to_ns).expect("netserver");
     let out = ok(&[
         "ip",
         "netns",

@@ -898,8 +898,7 @@ fn demo_traffic(lab: &Lab, st: &lab::LabState) -> Result<(), Error> {
         "\n== netperf TCP_RR {} -> {} (5 s, 1-byte request/response)",
         a.name, b.name
     );
-    lab::run(&["ip", "netns", "exec", &b.netns, "netserver", "-4"])?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    lab::start_netserver(&b.netns)?;
     let out = lab::run(&[
         "ip",
         "netns",
