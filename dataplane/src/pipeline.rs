@@ -15,7 +15,9 @@
 //! 3. **IPv4 validation**: version, IHL, total length, header checksum. Options are accepted and
 //!    forwarded. Fragments are forwarded as they are (only the checksum completion of stage 5 and
 //!    the ICMP error of stage 6 look at fragmentation).
-//! 4. **Local delivery**: packets for the gateway's IPv4 go to the slow path.
+//! 4. **Local delivery**: packets for the gateway's IPv4 go to the slow path; in [`Mode::Full`]
+//!    they pass the policy stage of 6 first (the gateway is the `host` entity, so a pod's
+//!    egress policy decides whether it may ping its gateway). ARP is not subject to policy.
 //! 5. **Checksum completion**: a TCP/UDP segment carrying a *partial* checksum (a pod's TX
 //!    checksum offload left only the pseudo-header sum in the field) gets its full checksum.
 //!    Done for the slow path too, since `smoltcp` verifies checksums.
@@ -378,8 +380,16 @@ fn ipv4_stage(
 ) -> Outcome {
     let gw = tables.gateway();
 
-    // Stage 4: local delivery.
+    // Stage 4: local delivery. The gateway is the node (the `host` entity): in full mode what a
+    // pod sends it passes the pod's egress policy first, as traffic to the host port does.
     if ip.dst == gw.ipv4.octets() {
+        if tables.mode() == Mode::Full {
+            let v = policy_stage(now_ns, frame.data(), ip, tables, ct);
+            *pv = Some(v);
+            if let PolicyVerdict::Drop { reason, .. } = v {
+                return Outcome::Drop(reason.into());
+            }
+        }
         complete_l4_checksum(frame, ip, stats);
         return Outcome::SlowPath;
     }
@@ -432,7 +442,8 @@ fn ipv4_stage(
     Outcome::Forwarded(next.port)
 }
 
-/// Stage 6a in [`Mode::Full`]: policy and conntrack for a validated IPv4 packet in transit.
+/// Stage 6a in [`Mode::Full`]: policy and conntrack for a validated IPv4 packet in transit or
+/// addressed to the gateway.
 /// Out of line, so the passthrough path's code stays small (no measurable difference either way
 /// in the `forward` benchmark).
 #[inline(never)]
@@ -930,6 +941,71 @@ mod tests {
             run(&icmp_echo(A_IP, GW_IP, 1, b"ping")).0,
             Verdict::SlowPath
         );
+    }
+
+    /// Full-mode tables where A's egress is default-deny; `allow_host` adds a rule letting A
+    /// send ICMP to the `host` entity (the gateway's address maps to it, as the agent does).
+    fn tables_with_a_egress(allow_host: bool) -> Tables {
+        use crate::policy::{PolicyTablesBuilder, RuleOrigin, Section, identity};
+        let mut t = tables_in(Mode::Full);
+        let mut b = PolicyTablesBuilder::new(1);
+        b.add_endpoint(Ipv4Addr::from(A_IP), 300);
+        b.add_endpoint(Ipv4Addr::from(B_IP), 301);
+        b.add_address(Ipv4Addr::from(GW_IP), identity::HOST);
+        let rule = b.add_origin(RuleOrigin {
+            policy: "default/a-out".into(),
+            spec: 0,
+            section: Section::Egress,
+            index: 0,
+        });
+        let p = b.endpoint_policy(300);
+        p.egress.set_enforced(true);
+        if allow_host {
+            p.egress.add(identity::HOST, proto::ICMP, None, false, rule);
+        }
+        t.set_policy(b.build());
+        t
+    }
+
+    #[test]
+    fn packets_for_the_gateway_pass_the_senders_egress_policy_in_full_mode() {
+        let ping = icmp_echo(A_IP, GW_IP, 64, b"ping");
+        // Egress default-deny without a rule for `host`: the gateway is not reachable.
+        let (v, _, s) = run_with(&tables_with_a_egress(false), &ping);
+        assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+        assert_eq!(s.drops_of(DropReason::PolicyDenied), 1);
+        assert_eq!(s.to_slowpath.get(), 0);
+        // `toEntities: [host]` (ICMP): it is, and the verdict is the policy's.
+        let t = tables_with_a_egress(true);
+        let (v, out, s) = run_with(&t, &ping);
+        assert_eq!(v, Verdict::SlowPath);
+        assert_eq!(out, ping, "local delivery leaves the frame as it is");
+        assert_eq!(s.to_slowpath.get(), 1);
+        let mut f = ping.clone();
+        f.resize(CAP, 0);
+        let mut frame = Frame::new(&mut f, ping.len());
+        let (v, pv) = process_traced(
+            1,
+            A_PORT,
+            &mut frame,
+            &t,
+            &mut test_ct(),
+            &WorkerStats::default(),
+        );
+        assert_eq!(v, Verdict::SlowPath);
+        assert!(pv.is_some_and(|pv| pv.allows()), "{pv:?}");
+        // ARP is not policed: A still resolves its gateway under default-deny egress.
+        let (v, _, _) = run_with(
+            &tables_with_a_egress(false),
+            &arp(ArpOperation::REQUEST, GW_IP),
+        );
+        assert_eq!(v, Verdict::SlowPath);
+        // Passthrough mode has no policy at all.
+        let (v, _, _) = run_with(&tables_in(Mode::Passthrough), &ping);
+        assert_eq!(v, Verdict::SlowPath);
+        // B has no policy: its egress is open, the gateway included.
+        let (v, _, _) = run_with(&t, &icmp_echo(B_IP, GW_IP, 64, b"ping"));
+        assert_eq!(v, Verdict::SlowPath);
     }
 
     #[test]
