@@ -507,3 +507,67 @@ fn policy_identity_ct_and_endpoint_json_output() {
     g.xylem(&["policy", "get"]);
     g.xylem(&["endpoint", "list"]);
 }
+
+/// other may send only to web: its gateway (the `host` entity) is out of reach.
+const OTHER_TO_WEB: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: other-out
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels: {app: other}
+  egress:
+    - toEndpoints:
+        - matchLabels: {app: web}
+";
+
+/// The same, plus the node.
+const OTHER_TO_WEB_AND_HOST: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: other-out
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels: {app: other}
+  egress:
+    - toEndpoints:
+        - matchLabels: {app: web}
+    - toEntities: [host]
+";
+
+#[test]
+fn the_gateway_is_the_host_entity_for_a_pods_egress_policy() {
+    require_root!();
+    let g = lab_up();
+    let (_, web_ip) = g.pod("web");
+    let (other_ns, _) = g.pod("other");
+    let gateway: Ipv4Addr = g.status()["nodes"][0]["gateway"]
+        .as_str()
+        .expect("lab status names the gateway")
+        .parse()
+        .expect("gateway is an IPv4 address");
+    assert!(ping(&other_ns, gateway, 1), "gateway answers without policy");
+
+    g.xylem(&["policy", "import", &write_policy("other-out", OTHER_TO_WEB)]);
+    assert!(ping(&other_ns, web_ip, 1), "egress to web allowed");
+    assert!(
+        !ping(&other_ns, gateway, 1),
+        "egress to the gateway (host) denied"
+    );
+    let drops = g.agent()["totals"]["drops"]["policy-denied"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(drops >= 1, "the denied pings were counted: {drops}");
+
+    g.xylem(&[
+        "policy",
+        "import",
+        &write_policy("other-out-host", OTHER_TO_WEB_AND_HOST),
+    ]);
+    assert!(
+        ping(&other_ns, gateway, 1),
+        "toEntities: [host] lets other reach its gateway"
+    );
+}
