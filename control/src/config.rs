@@ -336,6 +336,21 @@ impl AgentConfig {
                 "use a power of two from 64 to 16384",
             ));
         }
+        // Each worker tracks connections in its own table, and a pod's veth hands a flow's two
+        // directions to queues (hence workers) chosen independently (TCP picks a random
+        // transmit hash per socket): a reply could meet a worker that never saw the request
+        // and be judged, wrongly, as a new flow. Refuse rather than drop replies.
+        if self.mode == Mode::Full && self.worker_cores().len() > 1 {
+            return Err(Error::config(
+                "workers.cores",
+                format!(
+                    "{} worker cores in full mode: connection tracking is per worker, so a \
+                     reply could reach a worker that never saw its request; use one worker core \
+                     with mode full (several are fine with mode passthrough)",
+                    self.worker_cores().len()
+                ),
+            ));
+        }
         let cpus = online_cpus();
         for (i, c) in self.worker_cores().iter().enumerate() {
             if *c >= cpus {
@@ -391,6 +406,15 @@ ports:
         let bad = GOOD.replace("10.200.0.10", "10.9.0.10");
         let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         assert!(e.contains("ports[0].ip"), "{e}");
+    }
+
+    #[test]
+    fn several_workers_are_refused_in_full_mode_only() {
+        let two = format!("{GOOD}workers: {{ cores: [0, 0] }}\n");
+        let e = AgentConfig::parse(&two).unwrap_err().to_string();
+        assert!(e.contains("workers.cores") && e.contains("one worker"), "{e}");
+        let passthrough = format!("{two}mode: passthrough\n");
+        AgentConfig::parse(&passthrough).expect("several workers forward in passthrough");
     }
 
     #[test]

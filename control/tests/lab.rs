@@ -233,3 +233,97 @@ fn cli_without_an_agent_says_what_to_do() {
         "{err}"
     );
 }
+
+/// Two workers: every pod veth gets two queues, one socket on each per worker. In passthrough
+/// mode the connections spread over both workers and all of them work; in full mode (per-worker
+/// connection tracking) the agent refuses the configuration, naming the field.
+#[test]
+fn two_workers_carry_connections_in_passthrough_and_are_refused_in_full_mode() {
+    require_root!();
+    let refused = LabGuard {
+        name: format!(
+            "t{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
+    };
+    let o = sh(&[
+        xylem(),
+        "--lab",
+        &refused.name,
+        "lab",
+        "up",
+        "--worker-cores",
+        "0,0",
+        "--mode",
+        "full",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "two workers in full mode were accepted");
+    assert!(err.contains("workers.cores"), "{err}");
+    drop(refused);
+
+    let lab = LabGuard::up(&[
+        "--worker-cores",
+        "0,0",
+        "--placement",
+        "shared",
+        "--mode",
+        "passthrough",
+    ]);
+    let (a_ns, _) = lab.pod("pod-a");
+    let (b_ns, b_ip) = lab.pod("pod-b");
+    const CONNS: usize = 20;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_netns(&b_ns, move || {
+        let l = TcpListener::bind(SocketAddrV4::new(b_ip, 9200)).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut echoed = 0;
+        for _ in 0..CONNS {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(&got).unwrap();
+            echoed += 1;
+        }
+        echoed
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let client = in_netns(&a_ns, move || {
+        (0..CONNS)
+            .filter(|i| {
+                let msg = vec![*i as u8; 3000];
+                let mut s = TcpStream::connect_timeout(
+                    &std::net::SocketAddr::V4(SocketAddrV4::new(b_ip, 9200)),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(&msg).unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).unwrap();
+                back == msg
+            })
+            .count()
+    });
+    assert_eq!(client.join().unwrap(), CONNS, "connections echoed intact");
+    assert_eq!(server.join().unwrap(), CONNS);
+    let st = lab.agent();
+    let workers = st["workers"].as_array().expect("workers in status");
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        let rx = w["stats"]["rx_packets"].as_u64().unwrap_or(0);
+        // Each connection's socket picks a random transmit hash, hence a queue: with 20
+        // connections both queues, and so both workers, see traffic.
+        assert!(rx > 0, "worker {} saw no traffic: {st}", w["id"]);
+    }
+}
