@@ -1,11 +1,17 @@
-//! Fuzzes `xylem_dataplane::pipeline::process` with arbitrary frames against a fixed table.
+//! Fuzzes `xylem_dataplane::pipeline::process` with arbitrary frames against fixed tables.
 //!
-//! Input layout: the first byte chooses the buffer's spare capacity (0..=127 bytes beyond the
-//! frame, so the "no room for the ICMP error" path is reached) and the mode (high bit); the rest
-//! is the frame, starting at the Ethernet header.
+//! Input layout:
+//! - byte 0: the buffer's spare capacity (low 7 bits: 0..=127 bytes beyond the frame, so the "no
+//!   room for the ICMP error" path is reached) and the mode (high bit: full, else passthrough);
+//! - byte 1: bit 0 repairs the IPv4 header checksum before processing (random bytes almost never
+//!   carry a valid one, and without a repair the fuzzer stops at stage 3); bit 1 uses tables
+//!   with an enforced policy (full mode only); bit 2 processes the frame a second time with the
+//!   same conntrack (the established-flow path);
+//! - the rest is the frame, starting at the Ethernet header.
 //!
-//! Checks, beyond "does not panic": exactly one verdict counter moves, the frame stays within
-//! its buffer, and every frame sent on (`Verdict::Forward`) carries a valid IPv4 header checksum.
+//! Checks, beyond "does not panic": exactly one verdict counter moves per call, the frame stays
+//! within its buffer, and every frame sent on (`Verdict::Forward`) carries a valid IPv4 header
+//! checksum and the gateway's source MAC.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -13,11 +19,15 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use xylem_dataplane::checksum;
+use xylem_dataplane::conntrack::{Conntrack, CtConfig};
 use xylem_dataplane::pipeline::{Frame, Verdict, process};
+use xylem_dataplane::policy::{PolicyTables, PolicyTablesBuilder, RuleOrigin, Section, identity};
 use xylem_dataplane::stats::{DropReason, WorkerStats};
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 
-fn table(mode: Mode) -> Tables {
+const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+fn table(mode: Mode, policy: Option<PolicyTables>) -> Tables {
     let mut t = Tables::new(
         1,
         mode,
@@ -25,7 +35,7 @@ fn table(mode: Mode) -> Tables {
             // Seeds are easiest to write with these: gateway 02:00:00:00:00:01 / 10.0.0.1,
             // pods 10.0.0.2..=10.0.0.9 behind ports 0..=7.
             mac: MacAddr([0x02, 0, 0, 0, 0, 0x01]),
-            ipv4: Ipv4Addr::new(10, 0, 0, 1),
+            ipv4: GATEWAY_IP,
         },
     );
     for i in 2..10u8 {
@@ -38,16 +48,60 @@ fn table(mode: Mode) -> Tables {
         )
         .expect("distinct routes");
     }
+    if let Some(p) = policy {
+        t.set_policy(p);
+    }
     t
 }
 
-fn tables(full: bool) -> &'static Tables {
+/// Pods 10.0.0.2..=9 with identities 302..=309; the gateway is `host`; 192.168.0.0/16 is a
+/// CIDR identity. 10.0.0.2's ingress allows TCP 80 from 10.0.0.3, UDP 1000-2000 from anyone,
+/// and denies everything from 10.0.0.4; 10.0.0.5's egress allows ICMP to the host and anything
+/// to the CIDR, and denies TCP 22 to anyone.
+fn policy() -> PolicyTables {
+    let mut b = PolicyTablesBuilder::new(1);
+    for i in 2..10u8 {
+        b.add_endpoint(Ipv4Addr::new(10, 0, 0, i), 300 + u32::from(i));
+    }
+    b.add_address(GATEWAY_IP, identity::HOST);
+    b.add_cidr(Ipv4Addr::new(192, 168, 0, 0), 16, identity::FIRST_CIDR);
+    let origin = |section, index| RuleOrigin {
+        policy: "default/fuzz".into(),
+        spec: 0,
+        section,
+        index,
+    };
+    let (in0, in1, in2) = (
+        b.add_origin(origin(Section::Ingress, 0)),
+        b.add_origin(origin(Section::Ingress, 1)),
+        b.add_origin(origin(Section::IngressDeny, 0)),
+    );
+    let (out0, out1, out2) = (
+        b.add_origin(origin(Section::Egress, 0)),
+        b.add_origin(origin(Section::Egress, 1)),
+        b.add_origin(origin(Section::EgressDeny, 0)),
+    );
+    let p = b.endpoint_policy(302);
+    p.ingress.set_enforced(true);
+    p.ingress.add(303, 6, Some((80, 80)), false, in0);
+    p.ingress.add(identity::ANY, 17, Some((1000, 2000)), false, in1);
+    p.ingress.add(304, 0, None, true, in2);
+    let p = b.endpoint_policy(305);
+    p.egress.set_enforced(true);
+    p.egress.add(identity::HOST, 1, None, false, out0);
+    p.egress.add(identity::FIRST_CIDR, 0, None, false, out1);
+    p.egress.add(identity::ANY, 6, Some((22, 22)), true, out2);
+    b.build()
+}
+
+fn tables(full: bool, enforced: bool) -> &'static Tables {
     static PASSTHROUGH: OnceLock<Tables> = OnceLock::new();
     static FULL: OnceLock<Tables> = OnceLock::new();
-    if full {
-        FULL.get_or_init(|| table(Mode::Full))
-    } else {
-        PASSTHROUGH.get_or_init(|| table(Mode::Passthrough))
+    static ENFORCED: OnceLock<Tables> = OnceLock::new();
+    match (full, enforced) {
+        (false, _) => PASSTHROUGH.get_or_init(|| table(Mode::Passthrough, None)),
+        (true, false) => FULL.get_or_init(|| table(Mode::Full, None)),
+        (true, true) => ENFORCED.get_or_init(|| table(Mode::Full, Some(policy()))),
     }
 }
 
@@ -57,19 +111,29 @@ fn verdict_counters(s: &WorkerStats) -> u64 {
         + DropReason::ALL.iter().map(|&r| s.drops_of(r)).sum::<u64>()
 }
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&control, frame)) = data.split_first() else {
+/// Rewrites the IPv4 header checksum of an Ethernet/IPv4 frame whose IHL fits in it.
+fn repair_ipv4_checksum(frame: &mut [u8]) {
+    if frame.get(12..14) != Some(&[0x08, 0x00][..]) {
         return;
-    };
-    let spare = usize::from(control & 0x7f);
-    let t = tables(control & 0x80 != 0);
+    }
+    let Some(&vihl) = frame.get(14) else { return };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < 20 || frame.len() < 14 + ihl {
+        return;
+    }
+    frame[24] = 0;
+    frame[25] = 0;
+    let sum = checksum::checksum(&frame[14..14 + ihl]);
+    frame[24..26].copy_from_slice(&sum.to_be_bytes());
+}
+
+fn run_once(frame: &[u8], spare: usize, t: &Tables, ct: &mut Conntrack) {
     let mut buf = vec![0u8; frame.len() + spare];
     buf[..frame.len()].copy_from_slice(frame);
     let capacity = buf.len();
     let stats = WorkerStats::default();
     let mut f = Frame::new(&mut buf, frame.len());
-    let mut ct = xylem_dataplane::conntrack::Conntrack::new(&xylem_dataplane::conntrack::CtConfig { capacity: 1024, ..Default::default() });
-    let v = process(0, 0, &mut f, t, &mut ct, &stats);
+    let v = process(0, 0, &mut f, t, ct, &stats);
     assert_eq!(verdict_counters(&stats), 1, "{v:?}");
     assert!(f.len() <= capacity);
     match v {
@@ -86,5 +150,25 @@ fuzz_target!(|data: &[u8]| {
         }
         Verdict::SlowPath => assert_eq!(stats.to_slowpath.get(), 1),
         Verdict::Drop(r) => assert_eq!(stats.drops_of(r), 1),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let [control, flags, frame @ ..] = data else {
+        return;
+    };
+    let spare = usize::from(control & 0x7f);
+    let t = tables(control & 0x80 != 0, flags & 0x02 != 0);
+    let mut frame = frame.to_vec();
+    if flags & 0x01 != 0 {
+        repair_ipv4_checksum(&mut frame);
+    }
+    let mut ct = Conntrack::new(&CtConfig {
+        capacity: 64,
+        ..Default::default()
+    });
+    run_once(&frame, spare, t, &mut ct);
+    if flags & 0x04 != 0 {
+        run_once(&frame, spare, t, &mut ct);
     }
 });
