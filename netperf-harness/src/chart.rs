@@ -24,6 +24,7 @@ fn short(r: &SummaryRow) -> (String, String) {
     let name = match r.path.name() {
         "veth-netfilter" => "veth+iptables".to_string(),
         "xylem-passthrough" => "xylem-pt".to_string(),
+        "xylem-monitored" => "xylem+mon".to_string(),
         "xylem-encrypted" => "xylem-esp".to_string(),
         n => n.to_string(),
     };

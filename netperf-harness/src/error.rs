@@ -49,6 +49,10 @@ pub enum Error {
     /// The `xylem lab` CLI failed or returned something unusable.
     #[error("xylem lab: {0}")]
     Lab(String),
+    /// The `xylem monitor` client of the `xylem-monitored` path failed to attach, exited early,
+    /// or ended without its summary line.
+    #[error("xylem monitor: {0}")]
+    Monitor(String),
     /// A path could not be built or measured; wraps the cause and names the path.
     #[error("path `{path}`: {source}")]
     Path {

@@ -3,12 +3,17 @@
 //! # What it does
 //! - Builds each kernel path (`veth`, `veth-netfilter`, `bridge`, `ipvlan`, `macvlan`) in its own
 //!   network namespaces named `xnh<pid>-...`; drives the Xylem paths (`xylem-passthrough`,
-//!   `xylem`) through `xylem lab up/status/down`.
+//!   `xylem`, `xylem-monitored`) through `xylem lab up/status/down`.
+//! - `xylem-monitored` is `xylem` (same lab, same 1,000-rule policy) with a
+//!   `xylem monitor -o json` client receiving every event type for the whole of each test
+//!   (module `monitor`): it measures what attaching a monitor costs the workers (issue 3's goal:
+//!   within 5%), and records how many events the client carried and how many were lost.
 //! - Runs netperf TCP_RR, TCP_CRR, TCP_STREAM and UDP_RR, pinned to the pod core set, after a
 //!   warm-up, for N repetitions interleaved across paths, with the pod cores idle and busy, and
 //!   each Xylem path in the `dedicated` and `shared` worker placements.
 //! - Writes `results.json` (conditions, every run, medians and ratios), `report.md`, and
-//!   `chart.svg`/`chart.png`.
+//!   `chart.svg`/`chart.png`. The report sets `xylem` against `xylem-passthrough` (the policy's
+//!   cost) and `xylem-monitored` against `xylem` (the monitor's cost), each within the run.
 //! - Removes everything it created on success, on failure and on SIGINT/SIGTERM (RAII guards,
 //!   a flag set by the signal handler, and a final sweep of its namespace prefix).
 //!
@@ -23,6 +28,7 @@
 
 mod chart;
 mod error;
+mod monitor;
 mod netperf;
 mod report;
 mod results;
@@ -73,7 +79,8 @@ enum Cmd {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Paths, comma-separated [default: all]: veth, veth-netfilter, bridge, ipvlan, macvlan,
-    /// xylem-passthrough, xylem, xylem-encrypted.
+    /// xylem-passthrough, xylem, xylem-monitored (xylem with a `xylem monitor` client attached),
+    /// xylem-encrypted.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Tests, comma-separated [default: TCP_RR,TCP_CRR,TCP_STREAM,UDP_RR].

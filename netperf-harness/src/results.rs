@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::monitor::MonitorCounts;
 use crate::netperf::{Measurement, Test};
 use crate::stats::{ratio, spread};
 
@@ -30,13 +31,16 @@ pub enum PathKind {
     XylemPassthrough,
     /// Xylem with the full pipeline.
     Xylem,
+    /// `Xylem` (same lab, same policy) with a `xylem monitor` client receiving every event type
+    /// for the whole of each test.
+    XylemMonitored,
     /// Xylem with ESP encryption between nodes.
     XylemEncrypted,
 }
 
 impl PathKind {
     /// Every path, in report order.
-    pub const ALL: [PathKind; 8] = [
+    pub const ALL: [PathKind; 9] = [
         PathKind::Veth,
         PathKind::VethNetfilter,
         PathKind::Bridge,
@@ -44,6 +48,7 @@ impl PathKind {
         PathKind::Macvlan,
         PathKind::XylemPassthrough,
         PathKind::Xylem,
+        PathKind::XylemMonitored,
         PathKind::XylemEncrypted,
     ];
 
@@ -57,6 +62,7 @@ impl PathKind {
             PathKind::Macvlan => "macvlan",
             PathKind::XylemPassthrough => "xylem-passthrough",
             PathKind::Xylem => "xylem",
+            PathKind::XylemMonitored => "xylem-monitored",
             PathKind::XylemEncrypted => "xylem-encrypted",
         }
     }
@@ -65,8 +71,19 @@ impl PathKind {
     pub fn is_xylem(self) -> bool {
         matches!(
             self,
-            PathKind::XylemPassthrough | PathKind::Xylem | PathKind::XylemEncrypted
+            PathKind::XylemPassthrough
+                | PathKind::Xylem
+                | PathKind::XylemMonitored
+                | PathKind::XylemEncrypted
         )
+    }
+
+    /// The path this one is `path` plus a monitor client: `xylem-monitored` → `xylem`.
+    pub fn unmonitored(self) -> Option<PathKind> {
+        match self {
+            PathKind::XylemMonitored => Some(PathKind::Xylem),
+            _ => None,
+        }
     }
 }
 
@@ -190,6 +207,12 @@ pub struct Run {
     pub remote_cpu_util: Option<f64>,
     /// The exact netperf command line.
     pub command: String,
+    /// `xylem-monitored` only: event lines the monitor client printed during this run.
+    #[serde(default)]
+    pub monitor_events: Option<u64>,
+    /// `xylem-monitored` only: events lost on the way (the monitor's own final count).
+    #[serde(default)]
+    pub monitor_lost: Option<u64>,
 }
 
 impl Run {
@@ -213,7 +236,16 @@ impl Run {
             local_cpu_util: m.local_cpu_util,
             remote_cpu_util: m.remote_cpu_util,
             command,
+            monitor_events: None,
+            monitor_lost: None,
         }
+    }
+
+    /// Records what the monitor client attached during this run carried.
+    pub fn with_monitor(mut self, c: MonitorCounts) -> Run {
+        self.monitor_events = Some(c.events);
+        self.monitor_lost = Some(c.lost);
+        self
     }
 
     fn cell(&self) -> Cell {
@@ -281,12 +313,28 @@ pub struct SummaryRow {
     /// P99 divided by `veth`'s P99 under the same load and test (`null` for `veth` itself).
     pub ratio_p99_vs_veth: Option<f64>,
     /// P99 divided by `xylem-passthrough`'s P99, same placement, load and test (Xylem paths other
-    /// than passthrough only).
+    /// than passthrough only; for `xylem-monitored` this is the policy and the monitor together).
     pub ratio_p99_vs_passthrough: Option<f64>,
     /// Rate divided by `veth`'s rate, same load and test.
     pub ratio_rate_vs_veth: Option<f64>,
     /// Rate divided by `xylem-passthrough`'s rate, same placement, load and test.
     pub ratio_rate_vs_passthrough: Option<f64>,
+    /// `xylem-monitored` only: P99 divided by `xylem`'s P99, same placement, load and test (the
+    /// monitor's cost).
+    #[serde(default)]
+    pub ratio_p99_vs_xylem: Option<f64>,
+    /// `xylem-monitored` only: rate divided by `xylem`'s rate, same placement, load and test.
+    #[serde(default)]
+    pub ratio_rate_vs_xylem: Option<f64>,
+    /// `xylem-monitored` only: throughput divided by `xylem`'s, same placement, load and test.
+    #[serde(default)]
+    pub ratio_throughput_vs_xylem: Option<f64>,
+    /// `xylem-monitored` only: event lines the monitor printed, summed over repetitions.
+    #[serde(default)]
+    pub monitor_events: Option<u64>,
+    /// `xylem-monitored` only: events lost, summed over repetitions.
+    #[serde(default)]
+    pub monitor_lost: Option<u64>,
     /// Repetitions that produced numbers.
     pub reps: usize,
     /// Why the path cannot run here (`null` if it can).
@@ -371,6 +419,11 @@ pub fn summarize(
                 ratio_p99_vs_passthrough: None,
                 ratio_rate_vs_veth: None,
                 ratio_rate_vs_passthrough: None,
+                ratio_p99_vs_xylem: None,
+                ratio_rate_vs_xylem: None,
+                ratio_throughput_vs_xylem: None,
+                monitor_events: sum(mine.iter().map(|r| r.monitor_events)),
+                monitor_lost: sum(mine.iter().map(|r| r.monitor_lost)),
                 reps: mine.len(),
                 unavailable: unavailable.get(&cell.path).cloned(),
                 error,
@@ -381,8 +434,17 @@ pub fn summarize(
     rows
 }
 
-/// Fills the ratio columns: against `veth` under the same load and test, and against
-/// `xylem-passthrough` with the same placement, load and test.
+/// The sum of the values present, or `None` when there are none.
+fn sum(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    values
+        .flatten()
+        .fold(None, |acc, v| Some(acc.unwrap_or(0).saturating_add(v)))
+}
+
+/// Fills the ratio columns: against `veth` under the same load and test; against
+/// `xylem-passthrough` with the same placement, load and test (Xylem paths other than
+/// passthrough, `xylem-monitored` included: its ratio holds policy and monitor together); and,
+/// for `xylem-monitored` only, against `xylem` with the same placement, load and test.
 pub fn apply_ratios(rows: &mut [SummaryRow]) {
     let find = |rows: &[SummaryRow],
                 path: PathKind,
@@ -393,7 +455,7 @@ pub fn apply_ratios(rows: &mut [SummaryRow]) {
             .find(|r| {
                 r.path == path && r.placement == placement && r.load == load && r.test == test
             })
-            .map(|r| (r.p99_us, r.rate_per_s))
+            .map(|r| (r.p99_us, r.rate_per_s, r.throughput_mbps))
     };
     for i in 0..rows.len() {
         let r = &rows[i];
@@ -413,12 +475,19 @@ pub fn apply_ratios(rows: &mut [SummaryRow]) {
         } else {
             None
         };
-        let (p99, rate) = (r.p99_us, r.rate_per_s);
+        let unmonitored = r
+            .path
+            .unmonitored()
+            .and_then(|p| find(rows, p, r.placement, r.load, r.test));
+        let (p99, rate, tput) = (r.p99_us, r.rate_per_s, r.throughput_mbps);
         let row = &mut rows[i];
-        row.ratio_p99_vs_veth = veth.and_then(|(b, _)| ratio(p99, b));
-        row.ratio_rate_vs_veth = veth.and_then(|(_, b)| ratio(rate, b));
-        row.ratio_p99_vs_passthrough = pt.and_then(|(b, _)| ratio(p99, b));
-        row.ratio_rate_vs_passthrough = pt.and_then(|(_, b)| ratio(rate, b));
+        row.ratio_p99_vs_veth = veth.and_then(|(b, _, _)| ratio(p99, b));
+        row.ratio_rate_vs_veth = veth.and_then(|(_, b, _)| ratio(rate, b));
+        row.ratio_p99_vs_passthrough = pt.and_then(|(b, _, _)| ratio(p99, b));
+        row.ratio_rate_vs_passthrough = pt.and_then(|(_, b, _)| ratio(rate, b));
+        row.ratio_p99_vs_xylem = unmonitored.and_then(|(b, _, _)| ratio(p99, b));
+        row.ratio_rate_vs_xylem = unmonitored.and_then(|(_, b, _)| ratio(rate, b));
+        row.ratio_throughput_vs_xylem = unmonitored.and_then(|(_, _, b)| ratio(tput, b));
     }
 }
 
@@ -669,5 +738,254 @@ mod tests {
             Some(&serde_json::json!("dedicated"))
         );
         Ok(())
+    }
+
+    fn row_t(
+        rows: &[SummaryRow],
+        path: PathKind,
+        placement: Option<Placement>,
+        load: Load,
+        test: Test,
+    ) -> SummaryRow {
+        rows.iter()
+            .find(|r| {
+                r.path == path && r.placement == placement && r.load == load && r.test == test
+            })
+            .cloned()
+            .expect("row exists")
+    }
+
+    #[test]
+    fn monitored_is_compared_with_xylem_of_the_same_placement_load_and_test() {
+        let rows = fixtures::monitored_summary();
+        let (d, s) = (Some(Placement::Dedicated), Some(Placement::Shared));
+        let m = row_t(&rows, PathKind::XylemMonitored, s, Load::Idle, Test::TcpRr);
+        assert_eq!(
+            m.ratio_rate_vs_xylem,
+            Some(0.975),
+            "39k against xylem's 40k"
+        );
+        assert_eq!(m.ratio_p99_vs_xylem, Some(1.025));
+        assert_eq!(
+            m.ratio_throughput_vs_xylem, None,
+            "RR tests have no throughput"
+        );
+        assert_eq!(
+            (m.monitor_events, m.monitor_lost),
+            (Some(220_000), Some(5)),
+            "summed over repetitions"
+        );
+        // Its passthrough ratio stays against passthrough (policy and monitor together).
+        assert_eq!(m.ratio_rate_vs_passthrough, Some(0.78));
+        assert_eq!(m.ratio_p99_vs_passthrough, Some(41.0 / 40.0));
+        let m = row_t(&rows, PathKind::XylemMonitored, d, Load::Idle, Test::TcpRr);
+        assert_eq!(
+            m.ratio_p99_vs_xylem,
+            Some(1.1),
+            "dedicated against dedicated"
+        );
+        let st = row_t(
+            &rows,
+            PathKind::XylemMonitored,
+            s,
+            Load::Idle,
+            Test::TcpStream,
+        );
+        assert_eq!(st.ratio_throughput_vs_xylem, Some(0.9));
+        assert_eq!(
+            (st.ratio_p99_vs_xylem, st.ratio_rate_vs_xylem),
+            (None, None)
+        );
+        let no_base = row_t(
+            &rows,
+            PathKind::XylemMonitored,
+            d,
+            Load::Idle,
+            Test::TcpStream,
+        );
+        assert_eq!(no_base.reps, 1);
+        assert_eq!(
+            no_base.ratio_throughput_vs_xylem, None,
+            "xylem failed there"
+        );
+
+        // `xylem` itself: no monitor columns, and its passthrough ratios are its own.
+        let x = row_t(&rows, PathKind::Xylem, s, Load::Idle, Test::TcpRr);
+        assert_eq!(x.ratio_rate_vs_xylem, None);
+        assert_eq!(x.ratio_p99_vs_xylem, None);
+        assert_eq!((x.monitor_events, x.monitor_lost), (None, None));
+        assert_eq!(x.ratio_rate_vs_passthrough, Some(0.8));
+        assert_eq!(x.ratio_p99_vs_passthrough, Some(1.0));
+        let pt = row_t(
+            &rows,
+            PathKind::XylemPassthrough,
+            s,
+            Load::Idle,
+            Test::TcpRr,
+        );
+        assert_eq!(pt.ratio_rate_vs_xylem, None);
+        assert_eq!(pt.ratio_rate_vs_passthrough, None);
+    }
+
+    #[test]
+    fn the_monitored_path_runs_like_the_full_xylem_path() {
+        assert!(PathKind::XylemMonitored.is_xylem(), "one lab per placement");
+        assert_eq!(
+            crate::xylem::LabConfig::mode_for(PathKind::XylemMonitored),
+            "full",
+            "same pipeline and policy as `xylem`"
+        );
+        assert_eq!(
+            "xylem-monitored".parse::<PathKind>().ok(),
+            Some(PathKind::XylemMonitored)
+        );
+        assert_eq!(
+            PathKind::XylemMonitored.unmonitored(),
+            Some(PathKind::Xylem)
+        );
+        assert_eq!(PathKind::Xylem.unmonitored(), None);
+        let all = PathKind::ALL;
+        let pos = |p| all.iter().position(|q| *q == p);
+        assert_eq!(
+            pos(PathKind::XylemMonitored),
+            pos(PathKind::Xylem).map(|i| i + 1),
+            "visited right after `xylem`, so the two are measured close in time"
+        );
+    }
+
+    #[test]
+    fn results_without_the_monitor_fields_still_parse() -> Result<()> {
+        let results = Results {
+            conditions: serde_json::json!({}),
+            runs: vec![run(PathKind::Xylem, None, Load::Idle, 1, 20.0, 100.0)],
+            summary: sample(),
+            errors: Vec::new(),
+        };
+        let mut v = serde_json::to_value(&results)?;
+        let strip = |o: &mut serde_json::Value, keys: &[&str]| {
+            for k in keys {
+                o.as_object_mut().map(|o| o.remove(*k));
+            }
+        };
+        for r in v["runs"].as_array_mut().into_iter().flatten() {
+            strip(r, &["monitor_events", "monitor_lost"]);
+        }
+        for r in v["summary"].as_array_mut().into_iter().flatten() {
+            strip(
+                r,
+                &[
+                    "ratio_p99_vs_xylem",
+                    "ratio_rate_vs_xylem",
+                    "ratio_throughput_vs_xylem",
+                    "monitor_events",
+                    "monitor_lost",
+                ],
+            );
+        }
+        assert!(!v.to_string().contains("monitor_"), "fields stripped");
+        let back: Results = serde_json::from_value(v)?;
+        assert_eq!(back, results, "an older results.json reads as before");
+        Ok(())
+    }
+}
+
+/// Summaries with `xylem-monitored` for the results and report tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A run of `test`: `value` is the P99 (µs) of a request/response test, the throughput
+    /// (Mbit/s) of TCP_STREAM; `rate` is ignored for TCP_STREAM.
+    pub fn run_of(cell: Cell, rep: u32, value: f64, rate: f64) -> Run {
+        let m = if cell.test.is_rr() {
+            Measurement {
+                p99_us: Some(value),
+                rate_per_s: Some(rate),
+                ..Measurement::default()
+            }
+        } else {
+            Measurement {
+                throughput_mbps: Some(value),
+                ..Measurement::default()
+            }
+        };
+        Run::new(cell, rep, m, "netperf ...".into())
+    }
+
+    /// Passthrough, `xylem` and `xylem-monitored`, both placements and loads, TCP_RR and
+    /// TCP_STREAM:
+    /// - shared idle TCP_RR: monitored rate 0.975×, P99 1.025× (meets the goal), 220k events,
+    ///   5 lost over two repetitions;
+    /// - dedicated idle TCP_RR: P99 1.10× (misses it on P99);
+    /// - shared idle TCP_STREAM: throughput 0.90× (misses it), 300k of 1.8M events lost;
+    /// - dedicated idle TCP_STREAM: `xylem` failed, so no baseline;
+    /// - shared busy TCP_RR: the monitor failed to attach, so no monitored numbers.
+    pub fn monitored_summary() -> Vec<SummaryRow> {
+        let (d, s) = (Some(Placement::Dedicated), Some(Placement::Shared));
+        let mut cells = Vec::new();
+        for load in [Load::Idle, Load::Busy] {
+            for path in [
+                PathKind::XylemPassthrough,
+                PathKind::Xylem,
+                PathKind::XylemMonitored,
+            ] {
+                for placement in [d, s] {
+                    for test in [Test::TcpRr, Test::TcpStream] {
+                        cells.push(Cell {
+                            path,
+                            placement,
+                            load,
+                            test,
+                        });
+                    }
+                }
+            }
+        }
+        let cell = |path, placement, load, test| Cell {
+            path,
+            placement,
+            load,
+            test,
+        };
+        let (idle, busy) = (Load::Idle, Load::Busy);
+        let (rr, st) = (Test::TcpRr, Test::TcpStream);
+        let (pt, x, m) = (
+            PathKind::XylemPassthrough,
+            PathKind::Xylem,
+            PathKind::XylemMonitored,
+        );
+        let counts = |events, lost| MonitorCounts { events, lost };
+        let runs = vec![
+            run_of(cell(pt, s, idle, rr), 1, 40.0, 50_000.0),
+            run_of(cell(x, s, idle, rr), 1, 40.0, 41_000.0),
+            run_of(cell(x, s, idle, rr), 2, 40.0, 39_000.0),
+            run_of(cell(m, s, idle, rr), 1, 41.0, 40_000.0).with_monitor(counts(100_000, 0)),
+            run_of(cell(m, s, idle, rr), 2, 41.0, 38_000.0).with_monitor(counts(120_000, 5)),
+            run_of(cell(x, d, idle, rr), 1, 60.0, 25_000.0),
+            run_of(cell(m, d, idle, rr), 1, 66.0, 24_500.0).with_monitor(counts(50_000, 0)),
+            run_of(cell(x, s, idle, st), 1, 2_000.0, 0.0),
+            run_of(cell(m, s, idle, st), 1, 1_800.0, 0.0).with_monitor(counts(1_800_000, 300_000)),
+            run_of(cell(m, d, idle, st), 1, 2_100.0, 0.0).with_monitor(counts(2_000_000, 0)),
+            run_of(cell(x, s, busy, rr), 1, 45.0, 26_000.0),
+        ];
+        let errors = vec![
+            RunError {
+                path: x,
+                placement: d,
+                load: idle,
+                test: Some(st),
+                rep: 1,
+                message: "path `xylem`: TCP_STREAM: netperf: boom".into(),
+            },
+            RunError {
+                path: m,
+                placement: s,
+                load: busy,
+                test: Some(rr),
+                rep: 1,
+                message: "path `xylem-monitored`: TCP_RR: xylem monitor: did not attach".into(),
+            },
+        ];
+        summarize(&cells, &runs, &BTreeMap::new(), &errors)
     }
 }

@@ -1,13 +1,14 @@
 //! The run: preflight, conditions, building paths, the interleaved measurement loop.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::monitor::{self, Monitor, MonitorCounts};
 use crate::netperf::{self, Test};
 use crate::results::{self, Cell, Load, PathKind, Placement, Results, Run, RunError};
 use crate::sys::{self, ChildGuard};
@@ -81,6 +82,7 @@ fn conditions(
         .ok()
         .map(|s| s.trim().to_string());
     let pod = sys::cpu_list(&opts.pod_cores);
+    let xylem_bin = opts.xylem_bin.display().to_string();
     let example = netperf::netperf_args(
         Test::TcpRr,
         "<server-ip>",
@@ -134,7 +136,15 @@ fn conditions(
             "netserver": format!("ip netns exec <server-pod> taskset -c {pod} netserver -D -p {}", netperf::NETSERVER_PORT),
             "spinner": format!("taskset -c <pod-core> nice -n 19 sh -c 'while :; do :; done'"),
         },
-        "xylem_bin": opts.xylem_bin.display().to_string(),
+        "xylem_bin": xylem_bin,
+        "monitor": opts.paths.contains(&PathKind::XylemMonitored).then(|| json!({
+            "path": "xylem-monitored: the xylem path's lab and policy, plus this client",
+            "command": sys::cmd_line(&Monitor::args(&xylem_bin, "<lab-api-socket>")),
+            "event_types": "all (no --type): a trace event per forwarded frame, policy verdicts, drops",
+            "pinning": "none: every CPU, wherever the scheduler puts it, like a user's shell",
+            "attach": format!("per test, after the warm-up; netperf starts once it prints `{}` on stderr", monitor::LISTENING),
+            "stop": format!("after netperf, once its output has been quiet for {} ms (at most {} s), SIGINT; events = its stdout lines before its final summary line, lost = that line's count", monitor::QUIET.as_millis(), monitor::DRAIN_LIMIT.as_secs()),
+        })),
         "notes": [],
         "lab_status": null,
     })
@@ -210,6 +220,26 @@ fn measure(
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// [`measure`] with a `xylem monitor` client attached to the agent at `socket` for the whole
+/// test; returns what it carried too.
+fn measure_monitored(
+    ep: &Endpoints,
+    test: Test,
+    duration_s: u32,
+    pod_cores: &str,
+    cpu: usize,
+    bin: &Path,
+    socket: Option<&Path>,
+) -> Result<(netperf::Measurement, String, MonitorCounts)> {
+    let socket = socket.ok_or_else(|| {
+        Error::Monitor("`xylem lab status -o json` reported no API socket to attach to".into())
+    })?;
+    let mon = Monitor::attach(bin, socket)?;
+    let (m, cmd) = measure(ep, test, duration_s, pod_cores, cpu)?;
+    let counts = mon.stop()?;
+    Ok((m, cmd, counts))
 }
 
 /// Executes the whole plan and returns the results (per-path failures are inside them).
@@ -425,6 +455,7 @@ fn run_inner(
                 }
                 // Set up the environment for this visit.
                 let lab;
+                let mut api_socket: Option<PathBuf> = None;
                 let ep: &Endpoints = if c.path.is_xylem() {
                     let placement = c.placement.unwrap_or(Placement::Dedicated);
                     let cfg = LabConfig {
@@ -446,6 +477,7 @@ fn run_inner(
                                 conditions["lab_status"] = l.status.clone();
                                 conditions["commands"]["lab_up_example"] = json!(l.command);
                             }
+                            api_socket = l.api_socket.clone();
                             lab = l;
                             &lab.endpoints
                         }
@@ -487,8 +519,23 @@ fn run_inner(
                         load,
                         test,
                     };
-                    match measure(ep, test, opts.duration_s, pod, cpu) {
-                        Ok((m, cmd)) => runs.push(Run::new(cell, rep, m, cmd)),
+                    let measured = if c.path == PathKind::XylemMonitored {
+                        measure_monitored(
+                            ep,
+                            test,
+                            opts.duration_s,
+                            pod,
+                            cpu,
+                            &opts.xylem_bin,
+                            api_socket.as_deref(),
+                        )
+                        .map(|(m, cmd, counts)| Run::new(cell, rep, m, cmd).with_monitor(counts))
+                    } else {
+                        measure(ep, test, opts.duration_s, pod, cpu)
+                            .map(|(m, cmd)| Run::new(cell, rep, m, cmd))
+                    };
+                    match measured {
+                        Ok(run) => runs.push(run),
                         Err(Error::Interrupted) => return Err(Error::Interrupted),
                         Err(e) => {
                             let msg = format!("path `{}`: {test}: {e}", c.path);

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -237,6 +237,30 @@ pub fn spawn(args: &[&str]) -> Result<ChildGuard> {
     Ok(ChildGuard::new(child, cmd))
 }
 
+/// Spawns a long-running process whose standard output and error the caller reads (the
+/// `xylem monitor` client). The caller must keep reading both, or the process blocks on a full
+/// pipe.
+pub fn spawn_piped(args: &[&str]) -> Result<(ChildGuard, ChildStdout, ChildStderr)> {
+    let cmd = cmd_line(args);
+    let mut c = command(args)?;
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|source| Error::Spawn {
+        cmd: cmd.clone(),
+        source,
+    })?;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        // Unreachable with both set to piped; the guard below still reaps the child.
+        let _guard = ChildGuard::new(child, cmd.clone());
+        return Err(Error::Spawn {
+            cmd,
+            source: std::io::Error::other("no stdout/stderr pipe"),
+        });
+    };
+    Ok((ChildGuard::new(child, cmd), out, err))
+}
+
 /// Owns a child process; dropping it sends SIGTERM, then SIGKILL after a second, and reaps it.
 #[derive(Debug)]
 pub struct ChildGuard {
@@ -262,6 +286,32 @@ impl ChildGuard {
     /// Whether the process has already exited (it is then reaped).
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Sends `sig` to the process, unless it has already exited (and been reaped).
+    pub fn signal(&mut self, sig: libc::c_int) -> bool {
+        if self.exited() {
+            return false;
+        }
+        let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
+            return false;
+        };
+        // SAFETY: `pid` is our own unreaped child (checked just above, and only this guard
+        // reaps it), so the id cannot have been reused.
+        unsafe { libc::kill(pid, sig) == 0 }
+    }
+
+    /// Waits up to `timeout` for the process to exit, polling every 20 ms; `None` if it is
+    /// still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if start.elapsed() < timeout => thread::sleep(Duration::from_millis(20)),
+                _ => return None,
+            }
+        }
     }
 }
 

@@ -180,7 +180,10 @@ fn tag(kind: PathKind) -> &'static str {
         PathKind::Bridge => "br",
         PathKind::Ipvlan => "ipvl",
         PathKind::Macvlan => "mvl",
-        PathKind::XylemPassthrough | PathKind::Xylem | PathKind::XylemEncrypted => "xyl",
+        PathKind::XylemPassthrough
+        | PathKind::Xylem
+        | PathKind::XylemMonitored
+        | PathKind::XylemEncrypted => "xyl",
     }
 }
 
@@ -281,7 +284,10 @@ pub fn build(kind: PathKind, prefix: &str, pod_cores: &str) -> Result<KernelPath
             address_pod(&cli, "10.201.0.3/24", None)?;
             server_ip = "10.201.0.2";
         }
-        PathKind::XylemPassthrough | PathKind::Xylem | PathKind::XylemEncrypted => {
+        PathKind::XylemPassthrough
+        | PathKind::Xylem
+        | PathKind::XylemMonitored
+        | PathKind::XylemEncrypted => {
             return Err(Error::Usage(format!("{kind} is not a kernel path")));
         }
     }

@@ -3,6 +3,10 @@
 //! The harness writes a two-pod LAB.yaml, runs `xylem lab up`, reads `xylem lab status -o json`,
 //! starts netserver in the first pod and measures from the second. Dropping a [`Lab`] runs
 //! `xylem lab down`, also when `up` failed half-way.
+//!
+//! `xylem` and `xylem-monitored` get the same lab in `full` mode with the same policy
+//! ([`policy_yaml`]); the monitor client of `xylem-monitored` is the runner's business (see
+//! `monitor`), attached to the API socket `lab status` reports.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,7 +94,14 @@ impl LabConfig {
 #[derive(Debug, Deserialize)]
 struct Status {
     #[serde(default)]
+    nodes: Vec<NodeStatus>,
+    #[serde(default)]
     pods: Vec<PodStatus>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeStatus {
+    api_socket: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +142,22 @@ pub fn endpoints_from_status(json: &str) -> Result<Endpoints> {
     })
 }
 
+/// The API socket of the lab's (first) node, from `xylem lab status -o json`: what a
+/// `xylem monitor` client connects to.
+pub fn api_socket_from_status(json: &str) -> Result<PathBuf> {
+    let status: Status = serde_json::from_str(json).map_err(|e| {
+        Error::Lab(format!(
+            "`lab status -o json` is not the expected JSON: {e}"
+        ))
+    })?;
+    status
+        .nodes
+        .into_iter()
+        .next()
+        .map(|n| n.api_socket)
+        .ok_or_else(|| Error::Lab("`lab status` lists no node (no API socket)".into()))
+}
+
 /// Runs `xylem lab down` on drop.
 #[derive(Debug)]
 struct DownGuard {
@@ -159,6 +186,8 @@ pub struct Lab {
     pub status: serde_json::Value,
     /// The `lab up` command line.
     pub command: String,
+    /// The agent's API socket (`nodes[0].api_socket` of `lab status`), if it reported one.
+    pub api_socket: Option<PathBuf>,
     _netserver: ChildGuard,
     _down: DownGuard,
 }
@@ -242,6 +271,7 @@ impl Lab {
             Duration::from_secs(30),
         )?;
         let endpoints = endpoints_from_status(&status_text)?;
+        let api_socket = api_socket_from_status(&status_text).ok();
         let status = serde_json::from_str(&status_text).unwrap_or(serde_json::Value::Null);
         // The lab already turns TX checksum offload off; repeat it for symmetry with the kernel
         // paths (harmless if the interface is named differently).
@@ -259,6 +289,7 @@ impl Lab {
             endpoints,
             status,
             command: format!("XYLEM_LAB={} {}", cfg.lab_name, sys::cmd_line(&up)),
+            api_socket,
             _netserver: netserver,
             _down: down,
         })
@@ -288,6 +319,11 @@ mod tests {
         assert_eq!(e.server_ns, "xylem-pod-1");
         assert_eq!(e.client_ns, "xylem-pod-2");
         assert_eq!(e.server_if, "eth0", "interface defaults to eth0");
+        assert_eq!(api_socket_from_status(json)?, PathBuf::from("/run/x.sock"));
+        assert!(matches!(
+            api_socket_from_status(r#"{"nodes":[],"pods":[]}"#),
+            Err(Error::Lab(_))
+        ));
         assert!(matches!(
             endpoints_from_status(r#"{"pods":[]}"#),
             Err(Error::Lab(_))
