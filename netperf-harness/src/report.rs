@@ -65,6 +65,141 @@ fn find(
         .find(|r| r.path == path && r.placement == placement && r.load == load && r.test == test)
 }
 
+/// Issue 3's goal: with a monitor attached, throughput within 5% of throughput without one.
+pub const MONITOR_GOAL: f64 = 0.05;
+
+/// A large count, short: `950`, `12.3k`, `4.56M`.
+fn count(v: Option<u64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(n) if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        Some(n) if n >= 10_000 => format!("{:.1}k", n as f64 / 1e3),
+        Some(n) => n.to_string(),
+    }
+}
+
+/// Whether a `xylem-monitored` row meets [`MONITOR_GOAL`] against `xylem`: for request/response
+/// tests the rate must not fall and the P99 not rise by more than 5%; for TCP_STREAM the
+/// throughput must not fall by more than 5%. `None` when a ratio is missing.
+pub fn monitor_verdict(r: &SummaryRow) -> Option<String> {
+    let mut failed = Vec::new();
+    if r.test.is_rr() {
+        let (rate, p99) = (r.ratio_rate_vs_xylem?, r.ratio_p99_vs_xylem?);
+        if rate < 1.0 - MONITOR_GOAL {
+            failed.push("rate");
+        }
+        if p99 > 1.0 + MONITOR_GOAL {
+            failed.push("P99");
+        }
+    } else if r.ratio_throughput_vs_xylem? < 1.0 - MONITOR_GOAL {
+        failed.push("throughput");
+    }
+    Some(if failed.is_empty() {
+        "met".into()
+    } else {
+        format!("not met ({})", failed.join(", "))
+    })
+}
+
+/// How far `xylem`'s own repetitions spread around its median, as `min–max×` of the measure the
+/// goal is about (rate, or throughput for TCP_STREAM): a monitored ratio inside it is noise.
+fn own_spread(r: &SummaryRow) -> String {
+    let (med, lo, hi) = if r.test.is_rr() {
+        (r.rate_per_s, r.rate_per_s_min, r.rate_per_s_max)
+    } else {
+        (
+            r.throughput_mbps,
+            r.throughput_mbps_min,
+            r.throughput_mbps_max,
+        )
+    };
+    match (med, lo, hi) {
+        (Some(m), Some(a), Some(b)) if m > 0.0 => format!("{:.2}–{:.2}×", a / m, b / m),
+        _ => "–".into(),
+    }
+}
+
+/// `xylem-monitored` against `xylem` of the same run, per test, placement and load.
+fn monitor_section(md: &mut String, rows: &[SummaryRow], tests: &[Test], loads: &[Load]) {
+    let monitored: Vec<&SummaryRow> = rows
+        .iter()
+        .filter(|r| r.path == PathKind::XylemMonitored)
+        .collect();
+    if monitored.is_empty() {
+        return;
+    }
+    let pct = MONITOR_GOAL * 100.0;
+    let _ = writeln!(
+        md,
+        "## Monitor attached (issue 3, reported, not asserted)\n"
+    );
+    let _ = writeln!(
+        md,
+        "`xylem-monitored` is the `xylem` path (same lab, same 1,000-rule policy) with a `xylem monitor -o json` client receiving every event type (a trace event per forwarded frame, policy verdicts, drops) for the whole of each test; both paths were measured in this run, interleaved. Goal: throughput with the monitor within {pct:.0}% of throughput without one: for the request/response tests rate ≥ {:.2}× and P99 ≤ {:.2}×, for TCP_STREAM throughput ≥ {:.2}×. *xylem's spread* is the unmonitored path's own min–max over repetitions relative to its median: a ratio inside it is within this run's noise. Events are the monitor's output lines, lost are the events it reported dropped (full worker rings or client buffer); both summed over repetitions.\n",
+        1.0 - MONITOR_GOAL,
+        1.0 + MONITOR_GOAL,
+        1.0 - MONITOR_GOAL
+    );
+    let _ = writeln!(
+        md,
+        "| test | placement | load | P99 ×xylem | rate ×xylem | Mbit/s ×xylem | xylem's spread | events | lost | verdict |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let (mut met, mut judged) = (0, 0);
+    for &test in tests {
+        for placement in [Placement::Dedicated, Placement::Shared] {
+            for &load in loads {
+                let Some(r) = find(rows, PathKind::XylemMonitored, Some(placement), load, test)
+                else {
+                    continue;
+                };
+                let base = find(rows, PathKind::Xylem, Some(placement), load, test);
+                let verdict = match monitor_verdict(r) {
+                    Some(v) => {
+                        judged += 1;
+                        if v == "met" {
+                            met += 1;
+                        }
+                        v
+                    }
+                    None if r.reps == 0 => {
+                        let why = status(r);
+                        if why.is_empty() {
+                            "not measured".into()
+                        } else {
+                            format!("not measured: {why}")
+                        }
+                    }
+                    None => "not measured (no `xylem` baseline)".into(),
+                };
+                let lost_share = match (r.monitor_events, r.monitor_lost) {
+                    (Some(e), Some(l)) if e + l > 0 => {
+                        format!(" ({:.1}%)", 100.0 * l as f64 / (e + l) as f64)
+                    }
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {test} | {} | {} | {} | {} | {} | {} | {} | {}{lost_share} | {verdict} |",
+                    placement.name(),
+                    load.name(),
+                    ratio(r.ratio_p99_vs_xylem),
+                    ratio(r.ratio_rate_vs_xylem),
+                    ratio(r.ratio_throughput_vs_xylem),
+                    base.map(own_spread).unwrap_or_else(|| "–".into()),
+                    count(r.monitor_events),
+                    count(r.monitor_lost),
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n{met} of {judged} measured cells meet the goal ({} cells planned).\n",
+        monitored.len()
+    );
+}
+
 /// Renders the report; `notes` is a hand-written reading of the run placed near the top.
 pub fn render(res: &Results, notes: Option<&str>) -> String {
     let c = &res.conditions;
@@ -192,6 +327,8 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
     }
     let _ = writeln!(md);
 
+    monitor_section(&mut md, &res.summary, &tests, &loads);
+
     // Cilium comparison.
     let _ = writeln!(
         md,
@@ -209,7 +346,12 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
     let _ = writeln!(md, "| Cilium 1.4 IPVLAN (published) | 27 | 100 | 37.5k |");
     let _ = writeln!(md, "| Cilium 1.4 veth (published) | 31 | 131 | 33k |");
     let mut seen = Vec::new();
-    for r in res.summary.iter().filter(|r| r.load == Load::Idle) {
+    // `xylem-monitored` is `xylem` plus a client, not another datapath: its section is above.
+    for r in res
+        .summary
+        .iter()
+        .filter(|r| r.load == Load::Idle && r.path != PathKind::XylemMonitored)
+    {
         let key = (r.path, r.placement);
         if seen.contains(&key) {
             continue;
@@ -288,4 +430,144 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
         let _ = writeln!(md);
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::fixtures::monitored_summary;
+
+    fn results(summary: Vec<SummaryRow>) -> Results {
+        Results {
+            conditions: serde_json::json!({"kernel": "6.1", "cpus": 2}),
+            runs: Vec::new(),
+            summary,
+            errors: Vec::new(),
+        }
+    }
+
+    fn monitored(test: Test, rate: Option<f64>, p99: Option<f64>, tput: Option<f64>) -> SummaryRow {
+        let mut r = monitored_summary()
+            .into_iter()
+            .find(|r| r.path == PathKind::XylemMonitored && r.test == test)
+            .expect("a monitored row");
+        r.ratio_rate_vs_xylem = rate;
+        r.ratio_p99_vs_xylem = p99;
+        r.ratio_throughput_vs_xylem = tput;
+        r
+    }
+
+    #[test]
+    fn the_monitor_goal_is_five_percent_each_way() {
+        let v = |r: SummaryRow| monitor_verdict(&r);
+        let rr = Test::TcpRr;
+        assert_eq!(
+            v(monitored(rr, Some(0.95), Some(1.05), None)).as_deref(),
+            Some("met")
+        );
+        assert_eq!(
+            v(monitored(rr, Some(1.2), Some(0.8), None)).as_deref(),
+            Some("met")
+        );
+        assert_eq!(
+            v(monitored(rr, Some(0.94), Some(1.0), None)).as_deref(),
+            Some("not met (rate)")
+        );
+        assert_eq!(
+            v(monitored(rr, Some(1.0), Some(1.06), None)).as_deref(),
+            Some("not met (P99)")
+        );
+        assert_eq!(
+            v(monitored(rr, Some(0.5), Some(2.0), None)).as_deref(),
+            Some("not met (rate, P99)")
+        );
+        assert_eq!(
+            v(monitored(rr, Some(1.0), None, None)),
+            None,
+            "no P99 baseline"
+        );
+        let st = Test::TcpStream;
+        assert_eq!(
+            v(monitored(st, None, None, Some(0.96))).as_deref(),
+            Some("met")
+        );
+        assert_eq!(
+            v(monitored(st, None, None, Some(0.9))).as_deref(),
+            Some("not met (throughput)")
+        );
+        assert_eq!(v(monitored(st, None, None, None)), None);
+    }
+
+    fn section(md: &str) -> &str {
+        let start = md.find("## Monitor attached").expect("monitor section");
+        let rest = &md[start..];
+        let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
+        &rest[..end]
+    }
+
+    fn line<'a>(sec: &'a str, prefix: &str) -> &'a str {
+        sec.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no row starting {prefix:?} in:\n{sec}"))
+    }
+
+    #[test]
+    fn the_report_shows_each_monitored_cell_against_xylem() {
+        let md = render(&results(monitored_summary()), None);
+        let sec = section(&md);
+        assert!(sec.contains("within 5%"), "states the goal: {sec}");
+        assert_eq!(
+            line(sec, "| TCP_RR | shared | idle |"),
+            "| TCP_RR | shared | idle | 1.02× | 0.97× | – | 0.97–1.02× | 220.0k | 5 (0.0%) | met |"
+        );
+        assert_eq!(
+            line(sec, "| TCP_RR | dedicated | idle |"),
+            "| TCP_RR | dedicated | idle | 1.10× | 0.98× | – | 1.00–1.00× | 50.0k | 0 (0.0%) | not met (P99) |"
+        );
+        assert_eq!(
+            line(sec, "| TCP_STREAM | shared | idle |"),
+            "| TCP_STREAM | shared | idle | – | – | 0.90× | 1.00–1.00× | 1.80M | 300.0k (14.3%) | not met (throughput) |"
+        );
+        assert!(
+            line(sec, "| TCP_STREAM | dedicated | idle |").ends_with(
+                "| – | – | – | – | 2.00M | 0 (0.0%) | not measured (no `xylem` baseline) |"
+            ),
+            "xylem failed in that cell"
+        );
+        let failed = line(sec, "| TCP_RR | shared | busy |");
+        assert!(
+            failed.contains(
+                "not measured: error: path `xylem-monitored`: TCP_RR: xylem monitor: did not attach"
+            ),
+            "{failed}"
+        );
+        assert!(
+            sec.contains("1 of 3 measured cells meet the goal (8 cells planned)."),
+            "{sec}"
+        );
+        // Every planned monitored cell has a row: 2 tests × 2 placements × 2 loads.
+        assert_eq!(sec.lines().filter(|l| l.starts_with("| TCP_")).count(), 8);
+    }
+
+    #[test]
+    fn no_monitor_section_without_the_monitored_path() {
+        let rows: Vec<SummaryRow> = monitored_summary()
+            .into_iter()
+            .filter(|r| r.path != PathKind::XylemMonitored)
+            .collect();
+        let md = render(&results(rows), None);
+        assert!(!md.contains("## Monitor attached"));
+    }
+
+    #[test]
+    fn the_monitored_path_is_not_another_datapath_next_to_cilium() {
+        let md = render(&results(monitored_summary()), None);
+        let start = md.find("## Against Cilium").expect("cilium section");
+        let cilium = &md[start..];
+        let cilium = &cilium[..cilium[3..].find("\n## ").map_or(cilium.len(), |e| e + 3)];
+        assert!(cilium.contains("| xylem (shared) (here) |"), "{cilium}");
+        assert!(!cilium.contains("xylem-monitored"), "{cilium}");
+        // The main tables still list it, like any path.
+        assert!(md.contains("| xylem-monitored (shared) |"));
+    }
 }
