@@ -1,7 +1,9 @@
 //! Privileged smoke test: every path, one short TCP_RR repetition, then no leftovers.
 //!
 //! Skips (and says why) when not root or when netperf is missing. Xylem paths may fail only
-//! when the `xylem` binary is absent; if it exists they must produce numbers.
+//! when the `xylem` binary is absent; if it exists they must produce numbers, and
+//! `xylem-monitored` must have carried events and be set against `xylem` in the results and the
+//! report.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,6 +45,47 @@ fn names(args: &[&str]) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// `xylem-monitored`'s monitor carried events, and the run and the report set it against
+/// `xylem` of the same run.
+fn check_monitored(v: &serde_json::Value, out: &Path) {
+    let runs = v["runs"].as_array().expect("runs array");
+    let monitored: Vec<&serde_json::Value> = runs
+        .iter()
+        .filter(|r| r["path"] == "xylem-monitored")
+        .collect();
+    assert!(!monitored.is_empty(), "no xylem-monitored run");
+    for r in &monitored {
+        let events = r["monitor_events"].as_u64().unwrap_or(0);
+        eprintln!(
+            "xylem-monitored {} {}: {events} events, {} lost",
+            r["placement"], r["test"], r["monitor_lost"]
+        );
+        assert!(events > 0, "the monitor carried no events: {r}");
+        assert!(r["monitor_lost"].is_u64(), "lost count recorded: {r}");
+    }
+    let row = v["summary"]
+        .as_array()
+        .and_then(|s| s.iter().find(|r| r["path"] == "xylem-monitored"))
+        .expect("xylem-monitored summary row");
+    for k in ["ratio_p99_vs_xylem", "ratio_rate_vs_xylem"] {
+        assert!(row[k].is_number(), "{k} missing: {row}");
+    }
+    assert!(row["monitor_events"].as_u64().unwrap_or(0) > 0, "{row}");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    let cell = md
+        .lines()
+        .find(|l| l.starts_with("| TCP_RR | shared | idle |"))
+        .unwrap_or_else(|| panic!("no monitor row in report.md:\n{md}"));
+    eprintln!("report: {cell}");
+    let cols: Vec<&str> = cell.split('|').map(str::trim).collect();
+    // | test | placement | load | P99 ×xylem | rate ×xylem | Mbit/s ×xylem | spread | events | lost | verdict |
+    assert!(cols[4].ends_with('×') && cols[5].ends_with('×'), "{cell}");
+    assert!(
+        cols[10] == "met" || cols[10].starts_with("not met"),
+        "{cell}"
+    );
 }
 
 #[test]
@@ -98,6 +141,7 @@ fn every_path_measures_or_says_why() {
         "macvlan",
         "xylem-passthrough",
         "xylem",
+        "xylem-monitored",
         "xylem-encrypted",
     ];
     for path in all {
@@ -128,6 +172,9 @@ fn every_path_measures_or_says_why() {
     }
     for f in ["report.md", "chart.svg", "chart.png"] {
         assert!(out.join(f).is_file(), "{f} written");
+    }
+    if xylem_present {
+        check_monitored(&v, &out);
     }
 
     // Nothing left behind by this harness run (other runs may be going on at the same time,
