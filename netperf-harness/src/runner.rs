@@ -143,6 +143,7 @@ fn conditions(
             "event_types": "all (no --type): a trace event per forwarded frame, policy verdicts, drops",
             "pinning": "none: every CPU, wherever the scheduler puts it, like a user's shell",
             "attach": format!("per test, after the warm-up; netperf starts once it prints `{}` on stderr", monitor::LISTENING),
+            "drain": format!("a harness thread (pinned with the harness) counts its stdout lines, reading a {} KiB pipe every {} ms rather than waking per line", monitor::PIPE_BYTES / 1024, monitor::DRAIN_PAUSE.as_millis()),
             "stop": format!("after netperf, once its output has been quiet for {} ms (at most {} s), SIGINT; events = its stdout lines before its final summary line, lost = that line's count", monitor::QUIET.as_millis(), monitor::DRAIN_LIMIT.as_secs()),
         })),
         "notes": [],

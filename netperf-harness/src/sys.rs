@@ -1,6 +1,7 @@
 //! Processes, signals and CPU pinning: the only place the harness talks to the OS directly.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
@@ -259,6 +260,16 @@ pub fn spawn_piped(args: &[&str]) -> Result<(ChildGuard, ChildStdout, ChildStder
         });
     };
     Ok((ChildGuard::new(child, cmd), out, err))
+}
+
+/// Asks for a pipe of `bytes` (Linux caps it at `/proc/sys/fs/pipe-max-size`, 1 MiB by default,
+/// for non-root); returns the size granted, or `None` if the kernel refused.
+pub fn grow_pipe(pipe: &impl AsRawFd, bytes: usize) -> Option<usize> {
+    let bytes = libc::c_int::try_from(bytes).ok()?;
+    // SAFETY: F_SETPIPE_SZ takes an int argument and only changes the pipe's capacity; the fd is
+    // open for as long as `pipe` is borrowed.
+    let got = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
+    usize::try_from(got).ok()
 }
 
 /// Owns a child process; dropping it sends SIGTERM, then SIGKILL after a second, and reaps it.
