@@ -103,7 +103,11 @@ pub fn monitor_verdict(r: &SummaryRow) -> Option<String> {
 
 /// How far `xylem`'s own repetitions spread around its median, as `min–max×` of the measure the
 /// goal is about (rate, or throughput for TCP_STREAM): a monitored ratio inside it is noise.
+/// One repetition has no spread: `–`.
 fn own_spread(r: &SummaryRow) -> String {
+    if r.reps < 2 {
+        return "–".into();
+    }
     let (med, lo, hi) = if r.test.is_rr() {
         (r.rate_per_s, r.rate_per_s_min, r.rate_per_s_max)
     } else {
@@ -135,7 +139,7 @@ fn monitor_section(md: &mut String, rows: &[SummaryRow], tests: &[Test], loads: 
     );
     let _ = writeln!(
         md,
-        "`xylem-monitored` is the `xylem` path (same lab, same 1,000-rule policy) with a `xylem monitor -o json` client receiving every event type (a trace event per forwarded frame, policy verdicts, drops) for the whole of each test; both paths were measured in this run, interleaved. Goal: throughput with the monitor within {pct:.0}% of throughput without one: for the request/response tests rate ≥ {:.2}× and P99 ≤ {:.2}×, for TCP_STREAM throughput ≥ {:.2}×. *xylem's spread* is the unmonitored path's own min–max over repetitions relative to its median: a ratio inside it is within this run's noise. Events are the monitor's output lines, lost are the events it reported dropped (full worker rings or client buffer); both summed over repetitions.\n",
+        "`xylem-monitored` is the `xylem` path (same lab, same 1,000-rule policy) with a `xylem monitor -o json` client receiving every event type (a trace event per forwarded frame, policy verdicts, drops) for the whole of each test; both paths were measured in this run, interleaved. Goal: throughput with the monitor within {pct:.0}% of throughput without one: for the request/response tests rate ≥ {:.2}× and P99 ≤ {:.2}×, for TCP_STREAM throughput ≥ {:.2}×. *xylem's spread* is the unmonitored path's own min–max over repetitions relative to its median (– with one repetition): a ratio inside it is within this run's noise. Events are the monitor's output lines, lost are the events it reported dropped (full worker rings or client buffer); both summed over repetitions.\n",
         1.0 - MONITOR_GOAL,
         1.0 + MONITOR_GOAL,
         1.0 - MONITOR_GOAL
@@ -522,11 +526,11 @@ mod tests {
         );
         assert_eq!(
             line(sec, "| TCP_RR | dedicated | idle |"),
-            "| TCP_RR | dedicated | idle | 1.10× | 0.98× | – | 1.00–1.00× | 50.0k | 0 (0.0%) | not met (P99) |"
+            "| TCP_RR | dedicated | idle | 1.10× | 0.98× | – | – | 50.0k | 0 (0.0%) | not met (P99) |"
         );
         assert_eq!(
             line(sec, "| TCP_STREAM | shared | idle |"),
-            "| TCP_STREAM | shared | idle | – | – | 0.90× | 1.00–1.00× | 1.80M | 300.0k (14.3%) | not met (throughput) |"
+            "| TCP_STREAM | shared | idle | – | – | 0.90× | – | 1.80M | 300.0k (14.3%) | not met (throughput) |"
         );
         assert!(
             line(sec, "| TCP_STREAM | dedicated | idle |").ends_with(
