@@ -1,4 +1,5 @@
 //! Fuzzes the agent configuration and lab file parsers: parse or a clear error, never a panic.
+//! Seeds: `seeds/config/`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
