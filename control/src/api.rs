@@ -82,13 +82,23 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Largest policy import accepted: policy files with thousands of rules run to megabytes.
 pub const POLICY_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Flow events buffered per monitor client before it counts them as lost.
-const CLIENT_BUFFER: usize = 8192;
+/// Dispatcher batches (one per 5 ms tick that had events) buffered per monitor client before
+/// its events count as lost: about 1.3 s of events.
+const CLIENT_BUFFER: usize = 256;
+
+/// What the dispatcher hands every monitor client per tick: the events drained from the
+/// workers' rings, as `(worker, event)`, and the running number of the first, by which a client
+/// that fell behind knows how many it missed.
+#[derive(Clone)]
+struct EventBatch {
+    first: u64,
+    events: Arc<[(usize, FlowEvent)]>,
+}
 
 #[derive(Clone)]
 struct Api {
     agent: Arc<AgentState>,
-    events: broadcast::Sender<(usize, FlowEvent)>,
+    events: broadcast::Sender<EventBatch>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -411,11 +421,14 @@ async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
     tracing::info!(?types, "monitor client attached");
     struct St {
         api: Api,
-        rx: broadcast::Receiver<(usize, FlowEvent)>,
+        rx: broadcast::Receiver<EventBatch>,
         _sub: crate::agent::MonitorSubscription,
         types: Vec<EventType>,
         base_lost: u64,
+        /// Events of batches this client missed (it fell behind the broadcast buffer).
         lagged: u64,
+        /// The running number of the next event this client expects.
+        next: Option<u64>,
         reported: u64,
         names: (Vec<String>, BTreeMap<std::net::Ipv4Addr, String>),
         names_at: std::time::Instant,
@@ -429,11 +442,14 @@ async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
         types,
         base_lost,
         lagged: 0,
+        next: None,
         reported: 0,
         names,
         names_at: std::time::Instant::now(),
         done: false,
     };
+    // One chunk per batch of events (not per event): a busy monitor costs the agent and the
+    // client a write per 5 ms tick rather than one per packet.
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
@@ -461,11 +477,24 @@ async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
                     let l = line(&serde_json::json!({"type": "end", "lost": st.reported}));
                     return Some((Ok(l), st));
                 }
-                Some(Err(broadcast::error::RecvError::Lagged(n))) => st.lagged += n,
-                Some(Ok((w, ev))) => {
-                    if st.types.contains(&ev.kind) {
-                        let v = event_json(&st.api.agent, &st.names, w, &ev);
-                        return Some((Ok(line(&v)), st));
+                // Counted from the next batch's running number.
+                Some(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Some(Ok(batch)) => {
+                    if let Some(next) = st.next {
+                        st.lagged += batch.first.saturating_sub(next);
+                    }
+                    st.next = Some(batch.first + batch.events.len() as u64);
+                    let mut chunk = Vec::new();
+                    for (w, ev) in batch.events.iter() {
+                        if st.types.contains(&ev.kind) {
+                            let v = event_json(&st.api.agent, &st.names, *w, ev);
+                            if serde_json::to_writer(&mut chunk, &v).is_ok() {
+                                chunk.push(b'\n');
+                            }
+                        }
+                    }
+                    if !chunk.is_empty() {
+                        return Some((Ok(Bytes::from(chunk)), st));
                     }
                 }
             }
@@ -478,9 +507,11 @@ async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
         .into_response()
 }
 
-/// Moves events from the workers' rings to the monitor clients, every 5 ms while one listens.
-async fn dispatch(agent: Arc<AgentState>, tx: broadcast::Sender<(usize, FlowEvent)>) {
+/// Moves events from the workers' rings to the monitor clients, every 5 ms while one listens:
+/// one broadcast batch per tick.
+async fn dispatch(agent: Arc<AgentState>, tx: broadcast::Sender<EventBatch>) {
     let mut buf = Vec::with_capacity(4096);
+    let mut seq = 0u64;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
     loop {
         tick.tick().await;
@@ -488,9 +519,15 @@ async fn dispatch(agent: Arc<AgentState>, tx: broadcast::Sender<(usize, FlowEven
             continue;
         }
         agent.drain_events(&mut buf);
-        for e in buf.drain(..) {
-            let _ = tx.send(e);
+        if buf.is_empty() {
+            continue;
         }
+        let batch = EventBatch {
+            first: seq,
+            events: buf.drain(..).collect(),
+        };
+        seq += batch.events.len() as u64;
+        let _ = tx.send(batch);
     }
 }
 
@@ -746,13 +783,15 @@ impl Client {
 
     /// `GET path` as a stream of lines: calls `on_open` once the agent has answered (its
     /// response headers arrived, so the stream is live), then `on_line` for each line until the
-    /// stream ends, `on_line` returns false, or Ctrl-C (SIGINT) / SIGTERM arrives. Returns why
-    /// it stopped.
+    /// stream ends, `on_line` returns false, or Ctrl-C (SIGINT) / SIGTERM arrives, and
+    /// `on_chunk_end` after the lines of each piece of body that arrived (where a caller that
+    /// buffers its output flushes it). Returns why it stopped.
     pub fn stream_lines(
         &self,
         path: &str,
         on_open: impl FnOnce(),
         mut on_line: impl FnMut(&str) -> bool,
+        mut on_chunk_end: impl FnMut(),
     ) -> Result<StreamEnd, Error> {
         let rt = Self::runtime()?;
         rt.block_on(async {
@@ -790,13 +829,16 @@ impl Client {
                     continue;
                 };
                 buf.extend_from_slice(data);
-                while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-                    let l: Vec<u8> = buf.drain(..=nl).collect();
-                    let text = String::from_utf8_lossy(&l[..l.len() - 1]);
+                let mut start = 0;
+                while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+                    let text = String::from_utf8_lossy(&buf[start..start + nl]);
+                    start += nl + 1;
                     if !on_line(&text) {
                         return Ok(StreamEnd::Stopped);
                     }
                 }
+                buf.drain(..start);
+                on_chunk_end();
             }
         })
     }

@@ -757,25 +757,42 @@ fn monitor(cli: &Cli, types: &[String], output: Format) -> Result<(), Error> {
         "Listening for events on {}; press Ctrl-C to quit",
         client_socket(cli)?
     );
+    use std::io::Write as _;
     let on_open = || eprintln!("{listening}");
-    let end = client.stream_lines(&path, on_open, |l| {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
-            return true;
-        };
-        match v["type"].as_str() {
-            Some("lost") | Some("end") => {
-                lost = v["lost"].as_u64().unwrap_or(lost);
+    // Buffered, flushed once per piece of stream the agent sent (one per 5 ms of events at
+    // most): a write per event would cost the machine a syscall per packet seen.
+    let out = std::cell::RefCell::new(std::io::BufWriter::with_capacity(
+        1 << 16,
+        std::io::stdout().lock(),
+    ));
+    let end = client.stream_lines(
+        &path,
+        on_open,
+        |l| {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
                 return true;
+            };
+            match v["type"].as_str() {
+                Some("lost") | Some("end") => {
+                    lost = v["lost"].as_u64().unwrap_or(lost);
+                    return true;
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        shown += 1;
-        match output {
-            Format::Json => println!("{l}"),
-            Format::Table => println!("{}", monitor_line(&v)),
-        }
-        true
-    })?;
+            shown += 1;
+            let mut out = out.borrow_mut();
+            // A closed stdout (`xylem monitor | head`) ends the stream.
+            match output {
+                Format::Json => writeln!(out, "{l}").is_ok(),
+                Format::Table => writeln!(out, "{}", monitor_line(&v)).is_ok(),
+            }
+        },
+        || {
+            let _ = out.borrow_mut().flush();
+        },
+    )?;
+    let _ = out.borrow_mut().flush();
+    drop(out);
     if end == xylem_control::api::StreamEnd::Ended {
         eprintln!("the agent ended the stream (stopping?)");
     }
