@@ -362,46 +362,78 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
-fn protocol_name(p: u8) -> serde_json::Value {
+/// A flow's protocol as the monitor names it: `ICMP`, `TCP`, `UDP`, another number, or null.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Protocol {
+    Name(&'static str),
+    Number(u8),
+}
+
+fn protocol_name(p: u8) -> Option<Protocol> {
     match p {
-        1 => "ICMP".into(),
-        6 => "TCP".into(),
-        17 => "UDP".into(),
-        0 => serde_json::Value::Null,
-        n => n.into(),
+        0 => None,
+        1 => Some(Protocol::Name("ICMP")),
+        6 => Some(Protocol::Name("TCP")),
+        17 => Some(Protocol::Name("UDP")),
+        n => Some(Protocol::Number(n)),
     }
 }
 
-/// One flow event as the monitor stream carries it (stable field names).
-fn event_json(
+/// One end of a flow: its address and, when it is one of ours, the endpoint's name.
+#[derive(serde::Serialize)]
+struct Peer<'a> {
+    ip: Option<std::net::Ipv4Addr>,
+    endpoint: Option<&'a str>,
+}
+
+/// One flow event as the monitor stream carries it (stable field names). Borrowed, and written
+/// straight into the client's chunk: one allocation (the time) per event.
+#[derive(serde::Serialize)]
+struct EventLine<'a> {
+    time: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    worker: usize,
+    ingress: Option<&'a str>,
+    egress: Option<&'a str>,
+    source: Peer<'a>,
+    destination: Peer<'a>,
+    protocol: Option<Protocol>,
+    src_port: u16,
+    dst_port: u16,
+    len: u16,
+    verdict: &'static str,
+    drop_reason: Option<&'static str>,
+}
+
+fn event_line<'a>(
     agent: &AgentState,
-    names: &(Vec<String>, BTreeMap<std::net::Ipv4Addr, String>),
+    names: &'a (Vec<String>, BTreeMap<std::net::Ipv4Addr, String>),
     worker: usize,
     ev: &FlowEvent,
-) -> serde_json::Value {
+) -> EventLine<'a> {
     let (ports, ips) = names;
-    let port = |p: u16| ports.get(p as usize).cloned();
-    let ep = |ip: std::net::Ipv4Addr| {
-        serde_json::json!({
-            "ip": (!ip.is_unspecified()).then(|| ip.to_string()),
-            "endpoint": ips.get(&ip),
-        })
+    let port = |p: u16| ports.get(p as usize).map(String::as_str);
+    let peer = |ip: std::net::Ipv4Addr| Peer {
+        ip: (!ip.is_unspecified()).then_some(ip),
+        endpoint: ips.get(&ip).map(String::as_str),
     };
-    serde_json::json!({
-        "time": rfc3339(agent.wall_time(worker, ev.timestamp_ns)),
-        "type": ev.kind.as_str(),
-        "worker": worker,
-        "ingress": port(ev.ingress_port),
-        "egress": ev.egress_port.and_then(port),
-        "source": ep(ev.src),
-        "destination": ep(ev.dst),
-        "protocol": protocol_name(ev.protocol),
-        "src_port": ev.src_port,
-        "dst_port": ev.dst_port,
-        "len": ev.len,
-        "verdict": ev.verdict(),
-        "drop_reason": ev.drop_reason.map(|r| r.as_str()),
-    })
+    EventLine {
+        time: rfc3339(agent.wall_time(worker, ev.timestamp_ns)),
+        kind: ev.kind.as_str(),
+        worker,
+        ingress: port(ev.ingress_port),
+        egress: ev.egress_port.and_then(port),
+        source: peer(ev.src),
+        destination: peer(ev.dst),
+        protocol: protocol_name(ev.protocol),
+        src_port: ev.src_port,
+        dst_port: ev.dst_port,
+        len: ev.len,
+        verdict: ev.verdict(),
+        drop_reason: ev.drop_reason.map(|r| r.as_str()),
+    }
 }
 
 fn line(v: &serde_json::Value) -> Bytes {
@@ -487,7 +519,7 @@ async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
                     let mut chunk = Vec::new();
                     for (w, ev) in batch.events.iter() {
                         if st.types.contains(&ev.kind) {
-                            let v = event_json(&st.api.agent, &st.names, *w, ev);
+                            let v = event_line(&st.api.agent, &st.names, *w, ev);
                             if serde_json::to_writer(&mut chunk, &v).is_ok() {
                                 chunk.push(b'\n');
                             }

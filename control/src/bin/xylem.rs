@@ -769,23 +769,26 @@ fn monitor(cli: &Cli, types: &[String], output: Format) -> Result<(), Error> {
         &path,
         on_open,
         |l| {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
-                return true;
-            };
-            match v["type"].as_str() {
-                Some("lost") | Some("end") => {
+            // The agent's own lines (`lost`, `end`) are few; events are passed through as they
+            // are in JSON output, without parsing them. Inside a JSON string a quote is always
+            // escaped, so this pattern only matches the `type` field itself.
+            if l.contains(r#""type":"lost""#) || l.contains(r#""type":"end""#) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
                     lost = v["lost"].as_u64().unwrap_or(lost);
-                    return true;
                 }
-                _ => {}
+                return true;
             }
-            shown += 1;
             let mut out = out.borrow_mut();
             // A closed stdout (`xylem monitor | head`) ends the stream.
-            match output {
-                Format::Json => writeln!(out, "{l}").is_ok(),
-                Format::Table => writeln!(out, "{}", monitor_line(&v)).is_ok(),
-            }
+            let written = match output {
+                Format::Json => writeln!(out, "{l}"),
+                Format::Table => match serde_json::from_str::<serde_json::Value>(l) {
+                    Ok(v) => writeln!(out, "{}", monitor_line(&v)),
+                    Err(_) => return true,
+                },
+            };
+            shown += 1;
+            written.is_ok()
         },
         || {
             let _ = out.borrow_mut().flush();
