@@ -107,7 +107,8 @@ struct RunArgs {
     /// Pod core set: netperf, netserver and the busy spinners run here [default: CPU 0].
     #[arg(long, default_value = "0")]
     pod_cores: String,
-    /// Worker cores for the dedicated placement [default: every CPU not in --pod-cores].
+    /// Worker cores for the dedicated placement [default: the first CPU not in --pod-cores].
+    /// Several cores mean several workers, which the agent accepts in passthrough mode only.
     #[arg(long)]
     worker_cores: Option<String>,
     /// XDP attach mode passed to `xylem lab up`.
@@ -143,14 +144,11 @@ fn options(a: &RunArgs) -> Result<runner::Options> {
     }
     let worker_cores = match &a.worker_cores {
         Some(w) => sys::parse_cpu_list(w)?,
-        None => {
-            let rest: Vec<usize> = (0..cpus).filter(|c| !pod_cores.contains(c)).collect();
-            if rest.is_empty() {
-                pod_cores.clone()
-            } else {
-                rest
-            }
-        }
+        // One worker: a netperf test is one flow, which one worker carries, and the agent
+        // refuses several workers in full mode (connection tracking is per worker).
+        None => (0..cpus)
+            .find(|c| !pod_cores.contains(c))
+            .map_or_else(|| vec![pod_cores[0]], |c| vec![c]),
     };
     if a.duration == 0 || a.repeat == 0 {
         return Err(Error::Usage(

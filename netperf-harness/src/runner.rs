@@ -104,7 +104,7 @@ fn conditions(
             "netperf_cpu": opts.pod_cores[0],
             "netserver_cpu": opts.pod_cores[0],
             "worker_cores_dedicated": sys::cpu_list(&opts.worker_cores),
-            "worker_cores_shared": pod,
+            "worker_cores_shared": opts.pod_cores[0].to_string(),
             "harness_cores": sys::cpu_list(harness_cores),
             "busy_load": "one `nice -n 19` shell spin loop per pod core, pinned with taskset, killed after the load block",
         },
@@ -465,7 +465,8 @@ fn run_inner(
                         placement,
                         worker_cores: match placement {
                             Placement::Dedicated => sys::cpu_list(&opts.worker_cores),
-                            Placement::Shared => pod.to_string(),
+                            // The core netperf and netserver run on: one worker.
+                            Placement::Shared => opts.pod_cores[0].to_string(),
                         },
                         mode: LabConfig::mode_for(c.path),
                         xdp_mode: opts.xdp_mode.clone(),
