@@ -412,7 +412,10 @@ ports:
     fn several_workers_are_refused_in_full_mode_only() {
         let two = format!("{GOOD}workers: {{ cores: [0, 0] }}\n");
         let e = AgentConfig::parse(&two).unwrap_err().to_string();
-        assert!(e.contains("workers.cores") && e.contains("one worker"), "{e}");
+        assert!(
+            e.contains("workers.cores") && e.contains("one worker"),
+            "{e}"
+        );
         let passthrough = format!("{two}mode: passthrough\n");
         AgentConfig::parse(&passthrough).expect("several workers forward in passthrough");
     }

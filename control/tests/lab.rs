@@ -259,7 +259,10 @@ fn two_workers_carry_connections_in_passthrough_and_are_refused_in_full_mode() {
         "full",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "two workers in full mode were accepted");
+    assert!(
+        !o.status.success(),
+        "two workers in full mode were accepted"
+    );
     assert!(err.contains("workers.cores"), "{err}");
     drop(refused);
 

@@ -548,7 +548,10 @@ fn the_gateway_is_the_host_entity_for_a_pods_egress_policy() {
         .expect("lab status names the gateway")
         .parse()
         .expect("gateway is an IPv4 address");
-    assert!(ping(&other_ns, gateway, 1), "gateway answers without policy");
+    assert!(
+        ping(&other_ns, gateway, 1),
+        "gateway answers without policy"
+    );
 
     g.xylem(&["policy", "import", &write_policy("other-out", OTHER_TO_WEB)]);
     assert!(ping(&other_ns, web_ip, 1), "egress to web allowed");
