@@ -3,11 +3,18 @@
 //! Criterion benchmarks of Xylem's per-packet path (`cargo bench -p xylem-bench`), plus the
 //! frame and table builders they share. Nothing here is used at run time.
 //!
-//! The benchmarks time [`xylem_dataplane::pipeline::process`] alone: no I/O, no rings. A frame
-//! that `process` forwarded has had its destination MAC, TTL and header checksum (and, for a
-//! partial-checksum frame, its L4 checksum) rewritten, so [`BenchFrame::reset`] restores exactly
-//! those bytes (about a dozen, not a copy of the frame) before each call; the `reset-only`
-//! benchmark measures that overhead so it can be subtracted.
+//! - `forward` and `policy` time [`xylem_dataplane::pipeline::process`] and
+//!   [`xylem_dataplane::policy::decide`] alone: no I/O, no rings. A frame that `process`
+//!   forwarded has had its destination MAC, TTL and header checksum (and, for a partial-checksum
+//!   frame, its L4 checksum) rewritten, so [`BenchFrame::reset`] restores exactly those bytes
+//!   (about a dozen, not a copy of the frame) before each call; the `reset-only` benchmark
+//!   measures that overhead so it can be subtracted.
+//! - `worker` times a whole worker batch (`Worker::run_once`) over the in-memory backend in
+//!   `Mode::Full`, with 100,000 rules and up to 1,000,000 tracked connections, with the
+//!   conntrack prefetch on and off.
+//!
+//! Read results as ratios against a baseline of the same run (the machines are noisy VMs), and
+//! note the CPU the run was pinned to (`taskset -c N cargo bench ...`).
 
 use std::net::Ipv4Addr;
 
@@ -62,8 +69,21 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 
 /// An Ethernet + IPv4 + TCP/UDP frame of exactly `frame_len` bytes (at least 54 for TCP, 42
-/// for UDP) from `src` to `dst`, with correct checksums, sent to the gateway's MAC.
+/// for UDP) from `src` port 40000 to `dst` port 80 (TCP: PSH ACK), with correct checksums,
+/// sent to the gateway's MAC.
 pub fn l4_frame(protocol: u8, frame_len: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    flow_frame(protocol, frame_len, (src, 40000), (dst, 80), 0x18)
+}
+
+/// As [`l4_frame`], from `src` (address, port) to `dst` (address, port), with TCP flags
+/// `tcp_flags` (byte 13 of the TCP header; ignored for UDP).
+pub fn flow_frame(
+    protocol: u8,
+    frame_len: usize,
+    (src, sport): (Ipv4Addr, u16),
+    (dst, dport): (Ipv4Addr, u16),
+    tcp_flags: u8,
+) -> Vec<u8> {
     let l4_header = if protocol == TCP { 20 } else { 8 };
     assert!(frame_len >= 14 + 20 + l4_header, "frame too short");
     let mut f = vec![0u8; frame_len];
@@ -84,13 +104,13 @@ pub fn l4_frame(protocol: u8, frame_len: usize, src: Ipv4Addr, dst: Ipv4Addr) ->
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let seg_len = total - 20;
     let seg = &mut f[34..];
-    seg[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    seg[2..4].copy_from_slice(&80u16.to_be_bytes());
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&dport.to_be_bytes());
     if protocol == TCP {
         seg[4..8].copy_from_slice(&0x1122_3344u32.to_be_bytes());
         seg[8..12].copy_from_slice(&0x5566_7788u32.to_be_bytes());
         seg[12] = 5 << 4;
-        seg[13] = 0x18; // PSH ACK
+        seg[13] = tcp_flags;
         seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
     } else {
         seg[4..6].copy_from_slice(&seg_len.to_be_bytes());

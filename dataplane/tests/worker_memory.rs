@@ -538,3 +538,48 @@ fn policy_verdicts_reach_the_monitor_only_when_asked_for() {
     assert_eq!(denied.src, pod_ip(2));
     assert_eq!(denied.drop_reason, Some(DropReason::PolicyDenied));
 }
+
+/// The conntrack prefetch of the worker's step 3 is a hint: forced on, on a batch mixing
+/// allowed, denied and reply packets with truncated and malformed frames, the worker sends,
+/// drops and tracks exactly what it does with the prefetch off, and never panics.
+#[test]
+fn prefetching_conntrack_entries_changes_no_verdict() {
+    use xylem_dataplane::worker::CtPrefetch;
+    let mut batch = vec![
+        udp_ports(0, 1, 40000, 5001),
+        udp_ports(2, 1, 40000, 5001),
+        udp_ports(0, 1, 40000, 5002),
+        udp_ports(1, 0, 5001, 40000),
+        arp_for_gateway(0),
+        Vec::new(),
+        vec![0xff; 3],
+    ];
+    let good = udp_ports(0, 1, 40001, 5001);
+    for n in [13, 14, 20, 33, 34, 37, 41] {
+        batch.push(good[..n].to_vec());
+    }
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x4f;
+    batch.push(bad_ihl);
+    let mut outcomes = Vec::new();
+    for when in [CtPrefetch::Never, CtPrefetch::Always] {
+        let mut r = policy_rig();
+        r.worker.set_ct_prefetch(when);
+        settle(&mut r);
+        for round in 0..2 {
+            for f in &batch {
+                assert!(r.worker.backend_mut().inject(round % 3, f));
+            }
+            settle(&mut r);
+        }
+        let wire: Vec<_> = (0..3)
+            .map(|p| r.worker.backend_mut().take_wire(p))
+            .collect();
+        let entries: Vec<_> = r.worker.conntrack().entries(0).map(|e| e.orig).collect();
+        let drops: Vec<_> = r.link.stats.drops.iter().map(|c| c.get()).collect();
+        r.worker.check_quiescent().unwrap();
+        outcomes.push((wire, entries, drops, r.link.stats.forwarded.get()));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    assert_eq!(outcomes[1].3, 4, "allowed and reply, twice");
+}
