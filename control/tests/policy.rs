@@ -522,21 +522,6 @@ spec:
         - matchLabels: {app: web}
 ";
 
-/// The same, plus the node.
-const OTHER_TO_WEB_AND_HOST: &str = "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: other-out
-  namespace: default
-spec:
-  endpointSelector:
-    matchLabels: {app: other}
-  egress:
-    - toEndpoints:
-        - matchLabels: {app: web}
-    - toEntities: [host]
-";
-
 #[test]
 fn the_gateway_is_the_host_entity_for_a_pods_egress_policy() {
     require_root!();
@@ -567,7 +552,11 @@ fn the_gateway_is_the_host_entity_for_a_pods_egress_policy() {
     g.xylem(&[
         "policy",
         "import",
-        &write_policy("other-out-host", OTHER_TO_WEB_AND_HOST),
+        // The same policy with a second egress rule: the node.
+        &write_policy(
+            "other-out-host",
+            &format!("{OTHER_TO_WEB}    - toEntities: [host]\n"),
+        ),
     ]);
     assert!(
         ping(&other_ns, gateway, 1),
