@@ -1425,12 +1425,11 @@ impl AgentState {
         }
     }
 
-    /// Takes every queued flow event of every worker into `out`, as `(worker, event)`.
+    /// Takes every queued flow event of every worker into `out`, as `(worker, event)`: one
+    /// bulk read of each worker's ring.
     pub fn drain_events(&self, out: &mut Vec<(usize, FlowEvent)>) {
         for w in &self.workers {
-            while let Some(ev) = w.link.monitor.ring.pop() {
-                out.push((w.id, ev));
-            }
+            w.link.monitor.ring.drain(|ev| out.push((w.id, ev)));
         }
     }
 

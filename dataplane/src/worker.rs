@@ -14,7 +14,10 @@
 //!    decision in turn (at 1,000,000 connections the batch takes a third of the time: see the
 //!    `worker` benchmark); then it decides on each frame: forwarded frames are queued for the
 //!    destination port's TX ring (no copy: all ports share the UMEM), slow-path frames are
-//!    copied into the slow path's bounded queue, dropped frames go back to the free list;
+//!    copied into the slow path's bounded queue, dropped frames go back to the free list. While
+//!    a monitor client listens for a frame's event type, the event is written into the worker's
+//!    [`MonitorWriter`]; the batch's events are published to the monitor's ring once, at the
+//!    end of the step;
 //! 4. sends the slow path's replies (copied into free frames);
 //! 5. flushes the per-port TX queues, kicking the kernel once per port and batch;
 //! 6. collects expired conntrack entries with a small budget ([`CT_GC_BUDGET`] slots).
@@ -54,7 +57,7 @@ use crate::Error;
 use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts, FlowKey};
 use crate::io::Backend;
 use crate::ledger::{Ledger, LedgerError, Place};
-use crate::monitor::{EventType, FlowEvent, MonitorLink};
+use crate::monitor::{EventType, FlowEvent, MonitorLink, MonitorWriter};
 use crate::pipeline::{Verdict, process, process_traced};
 use crate::policy::PolicyVerdict;
 use crate::slowpath::Signal;
@@ -331,7 +334,7 @@ const WAKER: Token = Token(usize::MAX);
 /// verdict (when the policy stage ran), then the trace or drop event.
 #[inline]
 fn emit(
-    monitor: &MonitorLink,
+    monitor: &mut MonitorWriter,
     mask: u32,
     now_ns: u64,
     port: PortId,
@@ -389,6 +392,8 @@ pub struct Worker<B: Backend> {
     ports_ctl: PortControl<B::PortSpec>,
     ct: Conntrack,
     ct_ctl: CtControl,
+    /// The producing end of the monitor's ring (events of a batch, published once per batch).
+    monitor: MonitorWriter,
     /// When step 3 prefetches the batch's conntrack entries.
     ct_prefetch: CtPrefetch,
 }
@@ -486,6 +491,13 @@ impl<B: Backend> Worker<B> {
             use std::hash::BuildHasher;
             std::collections::hash_map::RandomState::new().hash_one(cfg.id)
         };
+        let monitor = link.monitor.writer(2 * cfg.batch_size).ok_or_else(|| {
+            Error::Config(
+                "the monitor ring of this worker link already has a worker: build each worker \
+                 with its own WorkerLink"
+                    .into(),
+            )
+        })?;
         let ct = Conntrack::new(&CtConfig {
             capacity: cfg.ct_capacity,
             timeouts: CtTimeouts::default(),
@@ -493,6 +505,7 @@ impl<B: Backend> Worker<B> {
         });
         Ok(Worker {
             ct,
+            monitor,
             ct_prefetch: CtPrefetch::Auto,
             ct_ctl: CtControl {
                 requests: Arc::new(ArrayQueue::new(16)),
@@ -626,7 +639,6 @@ impl<B: Backend> Worker<B> {
         // The monitor's enable mask, once per batch: 0 (nobody listening) costs one branch per
         // frame and nothing else.
         let mon_mask = self.link.monitor.load_mask();
-        let monitor_owner = (mon_mask != 0).then(|| self.link.monitor.clone());
         let want_pv = mon_mask & EventType::PolicyVerdict.bit() != 0;
         // Prefetch conntrack entries only where the policy stage will look them up, and only
         // when the table is too big to stay in cache.
@@ -711,6 +723,7 @@ impl<B: Backend> Worker<B> {
                 stats.rx_bytes.add(self.backend.desc_len(&d) as u64);
                 let to_slow = &self.link.to_slow;
                 let ct = &mut self.ct;
+                let monitor = &mut self.monitor;
                 let verdict = self.backend.with_frame(&mut d, |frame| {
                     // The policy verdict is only asked for while a monitor client wants it:
                     // returning it costs a few ns per packet.
@@ -732,8 +745,16 @@ impl<B: Backend> Worker<B> {
                             slow_queued = true;
                         }
                     }
-                    if let Some(m) = &monitor_owner {
-                        emit(m, mon_mask, now_ns, port as PortId, v, pv, frame.data());
+                    if mon_mask != 0 {
+                        emit(
+                            monitor,
+                            mon_mask,
+                            now_ns,
+                            port as PortId,
+                            v,
+                            pv,
+                            frame.data(),
+                        );
                     }
                     v
                 });
@@ -763,6 +784,8 @@ impl<B: Backend> Worker<B> {
             }
         }
 
+        // The batch's monitor events, if any: one release store for all of them.
+        self.monitor.publish();
         if slow_queued {
             self.link.slow_signal.notify();
         }

@@ -583,3 +583,52 @@ fn prefetching_conntrack_entries_changes_no_verdict() {
     assert_eq!(outcomes[0], outcomes[1]);
     assert_eq!(outcomes[1].3, 4, "allowed and reply, twice");
 }
+
+/// Trace events reach the monitor's ring at the end of each batch, in order; what does not fit
+/// is counted lost, and the worker never waits. A link's ring takes one worker only.
+#[test]
+fn trace_events_fill_the_ring_then_count_as_lost() {
+    use std::sync::atomic::Ordering;
+    use xylem_dataplane::monitor::{EventType, MonitorLink};
+    let mut link = WorkerLink::new(
+        Arc::new(ArcSwap::from_pointee(tables(2))),
+        Arc::new(ArrayQueue::new(64)),
+        Arc::new(Signal::default()),
+    );
+    link.monitor = MonitorLink::new(8);
+    let cfg = WorkerConfig {
+        placement: Placement::Dedicated,
+        batch_size: 64,
+        ..WorkerConfig::default()
+    };
+    let mut w = Worker::new(
+        cfg.clone(),
+        MemoryBackend::new(2, 64, 256, 2048),
+        link.clone(),
+    )
+    .unwrap();
+    let again = Worker::new(cfg, MemoryBackend::new(2, 64, 256, 2048), link.clone());
+    assert!(again.is_err(), "a second worker on the same monitor ring");
+    w.run_once(0);
+    link.monitor
+        .mask
+        .store(EventType::Trace.bit(), Ordering::Relaxed);
+    for i in 0..20u16 {
+        assert!(w.backend_mut().inject(0, &udp_ports(0, 1, 1000 + i, 5001)));
+    }
+    w.run_once(1);
+    assert_eq!(link.stats.forwarded.get(), 20);
+    assert_eq!((link.monitor.ring.len(), link.monitor.lost.get()), (8, 12));
+    let mut sports = Vec::new();
+    link.monitor.ring.drain(|ev| {
+        assert_eq!((ev.kind, ev.egress_port), (EventType::Trace, Some(1)));
+        sports.push(ev.src_port);
+    });
+    assert_eq!(sports, (1000..1008).collect::<Vec<_>>());
+    w.backend_mut().deliver();
+    for i in 0..5u16 {
+        assert!(w.backend_mut().inject(0, &udp_ports(0, 1, 2000 + i, 5001)));
+    }
+    w.run_once(2);
+    assert_eq!((link.monitor.ring.len(), link.monitor.lost.get()), (5, 12));
+}
