@@ -110,18 +110,34 @@ impl FlowKey {
         let payload_len = usize::from(h.payload_len().ok()?);
         // The pipeline drops a packet whose total length goes beyond the frame.
         let l4 = l3.get(header_len..header_len + payload_len)?;
+        // A non-initial fragment carries no L4 header.
+        let later_fragment = h.fragments_offset().value() != 0;
+        Some(FlowKey::from_l4(
+            h.source(),
+            h.destination(),
+            h.protocol().0,
+            l4,
+            later_fragment,
+        ))
+    }
+
+    /// The 5-tuple of a packet whose L4 bytes start at `l4` (`no_l4`: a non-initial fragment,
+    /// which has none): TCP/UDP ports; for ICMP echo request and reply the identifier as both
+    /// ports; otherwise (or when too short) ports 0. The policy stage and [`Self::of_frame`]
+    /// both build their keys here, so a prefetch always finds the entry the stage looks up.
+    #[inline(always)]
+    pub fn from_l4(src: [u8; 4], dst: [u8; 4], protocol: u8, l4: &[u8], no_l4: bool) -> FlowKey {
         let mut key = FlowKey {
-            src: Ipv4Addr::from(h.source()),
-            dst: Ipv4Addr::from(h.destination()),
+            src: Ipv4Addr::from(src),
+            dst: Ipv4Addr::from(dst),
             sport: 0,
             dport: 0,
-            proto: h.protocol().0,
+            proto: protocol,
         };
-        if h.fragments_offset().value() != 0 {
-            // A non-initial fragment carries no L4 header.
-            return Some(key);
+        if no_l4 {
+            return key;
         }
-        match key.proto {
+        match protocol {
             proto::TCP | proto::UDP => {
                 if let Some(p) = l4.first_chunk::<4>() {
                     key.sport = u16::from_be_bytes([p[0], p[1]]);
@@ -139,7 +155,7 @@ impl FlowKey {
             }
             _ => {}
         }
-        Some(key)
+        key
     }
 }
 

@@ -468,7 +468,7 @@ fn policy_stage(
 /// fragment carries no L4 header, so its ports are 0 too.
 #[inline(always)]
 fn flow_of(l4: &[u8], ip: &Ipv4Info) -> Flow {
-    let mut flow = Flow::new(l4_key(
+    let mut flow = Flow::new(FlowKey::from_l4(
         ip.src,
         ip.dst,
         ip.protocol.0,
@@ -506,40 +506,6 @@ fn tcp_flags_of(t: &TcpHeaderSlice<'_>) -> u8 {
         | (if t.ack() { f::ACK } else { 0 })
 }
 
-/// The 5-tuple of a packet whose L4 bytes start at `l4`: TCP/UDP ports; for ICMP echo request
-/// and reply the identifier as both ports; otherwise (or when too short) ports 0.
-#[inline(always)]
-fn l4_key(src: [u8; 4], dst: [u8; 4], protocol: u8, l4: &[u8], no_l4: bool) -> FlowKey {
-    let mut key = FlowKey {
-        src: Ipv4Addr::from(src),
-        dst: Ipv4Addr::from(dst),
-        sport: 0,
-        dport: 0,
-        proto: protocol,
-    };
-    if no_l4 {
-        return key;
-    }
-    match protocol {
-        proto::TCP | proto::UDP => {
-            if let Some(p) = l4.first_chunk::<4>() {
-                key.sport = u16::from_be_bytes([p[0], p[1]]);
-                key.dport = u16::from_be_bytes([p[2], p[3]]);
-            }
-        }
-        proto::ICMP => {
-            // Echo reply (0) and echo request (8): identifier at bytes 4..6.
-            if let (Some(0 | 8), Some(id)) = (l4.first(), l4.get(4..6)) {
-                let id = u16::from_be_bytes([id[0], id[1]]);
-                key.sport = id;
-                key.dport = id;
-            }
-        }
-        _ => {}
-    }
-    key
-}
-
 /// The 5-tuple quoted by an ICMP error (`quote`: the bytes after the ICMP header: the original
 /// IP header and at least 8 bytes of its payload), as quoted.
 #[inline]
@@ -547,7 +513,7 @@ fn quoted_key(quote: &[u8]) -> Option<FlowKey> {
     let h = Ipv4HeaderSlice::from_slice(quote).ok()?;
     let inner = quote.get(h.slice().len()..).unwrap_or(&[]);
     let later = h.fragments_offset().value() != 0;
-    Some(l4_key(
+    Some(FlowKey::from_l4(
         h.source(),
         h.destination(),
         h.protocol().0,

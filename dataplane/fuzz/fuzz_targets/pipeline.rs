@@ -9,6 +9,8 @@
 //!   same conntrack (the established-flow path);
 //! - the rest is the frame, starting at the Ethernet header.
 //!
+//! Also runs the worker's prefetch key reader (`FlowKey::of_frame`) on every frame.
+//!
 //! Checks, beyond "does not panic": exactly one verdict counter moves per call, the frame stays
 //! within its buffer, and every frame sent on (`Verdict::Forward`) carries a valid IPv4 header
 //! checksum and the gateway's source MAC.
@@ -19,7 +21,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use xylem_dataplane::checksum;
-use xylem_dataplane::conntrack::{Conntrack, CtConfig};
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey};
 use xylem_dataplane::pipeline::{Frame, Verdict, process};
 use xylem_dataplane::policy::{PolicyTables, PolicyTablesBuilder, RuleOrigin, Section, identity};
 use xylem_dataplane::stats::{DropReason, WorkerStats};
@@ -163,6 +165,8 @@ fuzz_target!(|data: &[u8]| {
     if flags & 0x01 != 0 {
         repair_ipv4_checksum(&mut frame);
     }
+    // The worker's prefetch pass reads every received frame's key before the pipeline runs.
+    let _ = FlowKey::of_frame(&frame);
     let mut ct = Conntrack::new(&CtConfig {
         capacity: 64,
         ..Default::default()
