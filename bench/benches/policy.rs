@@ -18,7 +18,6 @@
 //! printed before the measurements.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
@@ -29,26 +28,13 @@ use xylem_dataplane::policy::{Flow, PolicyTables, PolicyVerdict, decide, evaluat
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-const CLIENT_LABELS: u32 = 100;
+const CLIENT_LABELS: u32 = xylem_bench::POLICY_CLIENT_LABELS;
 const NOW: u64 = 1_000_000_000;
 const BATCH: usize = 32;
 
 /// One policy with `rules` ingress rules; the last allows the benchmarked client on 80/TCP.
 fn tables(rules: u32) -> PolicyTables {
-    let mut y = String::from(
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: bench}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n",
-    );
-    for i in 0..rules - 1 {
-        let _ = writeln!(
-            y,
-            "  - fromEndpoints: [{{matchLabels: {{app: client-{}}}}}]\n    toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]",
-            i % CLIENT_LABELS,
-            1000 + i / CLIENT_LABELS
-        );
-    }
-    y.push_str(
-        "  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
-    );
+    let y = xylem_bench::server_policy_yaml(rules);
     let policies = parse_policies(&y).expect("bench policy parses");
     let ep = |ip: Ipv4Addr, app: String| EndpointSpec {
         ip,

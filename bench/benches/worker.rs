@@ -25,7 +25,6 @@
 //! `cargo bench -p xylem-bench --bench worker`
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -43,7 +42,7 @@ use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{CtPrefetch, Placement, Worker, WorkerConfig, WorkerLink};
 
 const RULES: u32 = 100_000;
-const OTHER_LABELS: u32 = 100;
+const OTHER_LABELS: u32 = xylem_bench::POLICY_CLIENT_LABELS;
 /// Endpoints labelled `app=client`; each opens up to 65,536 connections (one per source port).
 const CLIENTS: u32 = 16;
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -66,20 +65,7 @@ fn conn(i: u64) -> (Ipv4Addr, u16) {
 /// `Mode::Full` tables: routes to the server (port 1) and the clients (port 0), and the
 /// 100,000-rule policy.
 fn tables() -> Tables {
-    let mut y = String::from(
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: bench}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n",
-    );
-    for i in 0..RULES - 1 {
-        let _ = writeln!(
-            y,
-            "  - fromEndpoints: [{{matchLabels: {{app: client-{}}}}}]\n    toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]",
-            i % OTHER_LABELS,
-            1000 + i / OTHER_LABELS
-        );
-    }
-    y.push_str(
-        "  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
-    );
+    let y = xylem_bench::server_policy_yaml(RULES);
     let policies = parse_policies(&y).expect("bench policy parses");
     let ep = |ip: Ipv4Addr, app: String| EndpointSpec {
         ip,
