@@ -199,6 +199,31 @@ impl BenchFrame {
     }
 }
 
+/// Label values `client-0` .. `client-99` that [`server_policy_yaml`]'s filler rules name.
+pub const POLICY_CLIENT_LABELS: u32 = 100;
+
+/// One CiliumNetworkPolicy selecting `app: server` with `rules` ingress rules: `rules - 1`
+/// filler rules from distinct (`app: client-N` label, TCP port) pairs, then the one the
+/// benchmarked client (`app: client`) matches, on 80/TCP.
+pub fn server_policy_yaml(rules: u32) -> String {
+    use std::fmt::Write as _;
+    let mut y = String::from(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: bench}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n",
+    );
+    for i in 0..rules.saturating_sub(1) {
+        let _ = writeln!(
+            y,
+            "  - fromEndpoints: [{{matchLabels: {{app: client-{}}}}}]\n    toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]",
+            i % POLICY_CLIENT_LABELS,
+            1000 + i / POLICY_CLIENT_LABELS
+        );
+    }
+    y.push_str(
+        "  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
+    );
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,29 +258,4 @@ mod tests {
         assert_eq!(stats.forwarded.get(), 9);
         assert_eq!(stats.checksum_completed.get(), 3);
     }
-}
-
-/// Label values `client-0` .. `client-99` that [`server_policy_yaml`]'s filler rules name.
-pub const POLICY_CLIENT_LABELS: u32 = 100;
-
-/// One CiliumNetworkPolicy selecting `app: server` with `rules` ingress rules: `rules - 1`
-/// filler rules from distinct (`app: client-N` label, TCP port) pairs, then the one the
-/// benchmarked client (`app: client`) matches, on 80/TCP.
-pub fn server_policy_yaml(rules: u32) -> String {
-    use std::fmt::Write as _;
-    let mut y = String::from(
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: bench}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n",
-    );
-    for i in 0..rules.saturating_sub(1) {
-        let _ = writeln!(
-            y,
-            "  - fromEndpoints: [{{matchLabels: {{app: client-{}}}}}]\n    toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]",
-            i % POLICY_CLIENT_LABELS,
-            1000 + i / POLICY_CLIENT_LABELS
-        );
-    }
-    y.push_str(
-        "  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
-    );
-    y
 }
