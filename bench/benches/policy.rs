@@ -111,25 +111,6 @@ fn conntrack(t: &PolicyTables, conns: usize) -> (Conntrack, Flow) {
     (ct, ack(main))
 }
 
-/// `AnonHugePages` of this process, as the kernel reports it.
-fn anon_huge_pages() -> String {
-    std::fs::read_to_string("/proc/self/smaps_rollup")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("AnonHugePages:"))
-                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn xorshift(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
 fn bench(c: &mut Criterion) {
     let rule_counts = [10u32, 1_000, 100_000];
     let conn_counts = [1_000usize, 1_000_000];
@@ -163,7 +144,7 @@ fn bench(c: &mut Criterion) {
             let (mut ct, flow) = conntrack(t, conns);
             println!(
                 "{rules} rules, {conns} connections: {} (transparent huge pages in use, whole process)",
-                anon_huge_pages()
+                xylem_bench::anon_huge_pages()
             );
             let id = format!("{rules}-rules/{conns}-conns");
             assert_eq!(decide(NOW, t, &mut ct, &flow), PolicyVerdict::Established);
@@ -172,7 +153,7 @@ fn bench(c: &mut Criterion) {
             });
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
             let sample: Vec<Flow> = (0..65_536)
-                .map(|_| ack(key(xorshift(&mut seed) % (conns as u64 - 1))))
+                .map(|_| ack(key(xylem_bench::xorshift(&mut seed) % (conns as u64 - 1))))
                 .collect();
             let mut i = 0usize;
             g.bench_function(BenchmarkId::new("established/random-flow", &id), |b| {

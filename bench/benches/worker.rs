@@ -128,25 +128,6 @@ fn ack(i: u64, reply: bool) -> Vec<u8> {
     flow_frame(proto::TCP, FRAME_LEN, src, dst, tcp_flags::ACK)
 }
 
-/// `AnonHugePages` of this process, as the kernel reports it.
-fn anon_huge_pages() -> String {
-    std::fs::read_to_string("/proc/self/smaps_rollup")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("AnonHugePages:"))
-                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn xorshift(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
 /// One batch: `frames` arrive on `port`, the worker runs once, the "kernel" sends what it
 /// queued. Returns how long `run_once` took.
 fn batch<'a>(
@@ -213,12 +194,12 @@ fn bench(c: &mut Criterion) {
             t0.elapsed(),
             w.conntrack().bytes_per_entry(),
             w.conntrack().memory_bytes() >> 20,
-            anon_huge_pages()
+            xylem_bench::anon_huge_pages()
         );
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut pool = Vec::with_capacity(POOL * FRAME_LEN);
         for _ in 0..POOL {
-            pool.extend_from_slice(&ack(xorshift(&mut seed) % conns as u64, false));
+            pool.extend_from_slice(&ack(xylem_bench::xorshift(&mut seed) % conns as u64, false));
         }
         let forwarded = link.stats.forwarded.get();
         let mut sent = 0u64;

@@ -224,6 +224,27 @@ pub fn server_policy_yaml(rules: u32) -> String {
     y
 }
 
+/// `AnonHugePages` of this process, as the kernel reports it (printed next to the conntrack
+/// benchmarks: whether the table got huge pages changes its miss cost).
+pub fn anon_huge_pages() -> String {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("AnonHugePages:"))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A xorshift64 step: the benchmarks' cheap, reproducible choice of flows.
+pub fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
