@@ -21,6 +21,7 @@
 pub mod checksum;
 pub mod conntrack;
 pub mod error;
+pub mod frame;
 pub mod io;
 pub mod ledger;
 pub mod monitor;

@@ -22,7 +22,7 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use super::Backend;
 use crate::Error;
-use crate::pipeline::Frame;
+use crate::frame::Frame;
 
 /// The frame size: one page, so the UMEM is aligned and a frame holds any Ethernet frame of
 /// MTU 1500 (or up to ~3.8 KB) after the kernel's 256-byte XDP headroom.

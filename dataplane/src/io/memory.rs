@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use super::Backend;
-use crate::pipeline::Frame;
+use crate::frame::Frame;
 
 /// A frame descriptor of the in-memory backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -15,7 +15,7 @@
 
 use std::os::fd::RawFd;
 
-use crate::pipeline::Frame;
+use crate::frame::Frame;
 
 pub mod afxdp;
 pub mod memory;
