@@ -19,11 +19,10 @@ use std::fmt::Write;
 use xylem_bench::{BenchFrame, make_partial, pod_ip, tables, tcp_frame, udp_frame};
 
 use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
-use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey, proto};
-use xylem_dataplane::pipeline::{Verdict, process};
-use xylem_dataplane::policy::{Flow, decide};
-use xylem_dataplane::stats::WorkerStats;
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey};
+use xylem_dataplane::pipeline::{Meta, Verdict, flow_and_policy, process};
 use xylem_dataplane::tables::{Mode, Tables};
+use xylem_dataplane::wire::ip::proto;
 
 /// `tables(routes, Full)` with a policy: pod `dst` (app=server) accepts 1,000 ingress rules
 /// (999 from other client labels and ports, the last from app=client on 80/TCP and UDP); pod 0
@@ -85,7 +84,7 @@ fn busy_conntrack(t: &Tables, n: u32) -> Conntrack {
             dport: 443,
             proto: proto::UDP,
         };
-        assert!(decide(1, t.policy(), &mut ct, &Flow::new(key)).allows());
+        assert!(flow_and_policy(1, &Meta::from_key(key), t.policy(), &mut ct).allows());
     }
     ct
 }
@@ -110,11 +109,10 @@ fn run_one_ct(
     frame: &[u8],
     mut ct: Conntrack,
 ) {
-    let stats = WorkerStats::default();
     let mut b = BenchFrame::new(frame);
     b.reset();
     assert!(matches!(
-        process(0, 0, &mut b.frame(), t, &mut ct, &stats),
+        process(0, 0, &mut b.frame(), t, &mut ct).verdict,
         Verdict::Forward(_)
     ));
     c.bench_function(id, |bench| {
@@ -126,7 +124,6 @@ fn run_one_ct(
                 &mut b.frame(),
                 black_box(t),
                 &mut ct,
-                &stats,
             ))
         })
     });
@@ -202,7 +199,6 @@ fn forward(c: &mut Criterion) {
             ))
         })
         .collect();
-    let stats = WorkerStats::default();
     let mut ct = Conntrack::new(&CtConfig::default());
     let mut i = 0usize;
     g.bench_function(
@@ -212,18 +208,12 @@ fn forward(c: &mut Criterion) {
                 i = (i + 1) & 4095;
                 let b = &mut frames[i];
                 b.reset();
-                black_box(process(
-                    0,
-                    0,
-                    &mut b.frame(),
-                    black_box(&t),
-                    &mut ct,
-                    &stats,
-                ))
+                let o = process(0, 0, &mut b.frame(), black_box(&t), &mut ct);
+                debug_assert!(matches!(o.verdict, Verdict::Forward(_)));
+                black_box(o)
             })
         },
     );
-    assert_eq!(stats.drops.iter().map(|c| c.get()).sum::<u64>(), 0);
 
     let mut b = BenchFrame::new(&udp_frame(64, pod_ip(3)));
     g.bench_function("reset-only", |bench| {

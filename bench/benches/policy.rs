@@ -1,5 +1,5 @@
-//! `policy::decide` on established flows: the per-packet cost of policy plus connection
-//! tracking, with 10, 1,000 and 100,000 rules and 1,000 and 1,000,000 tracked connections.
+//! The pipeline's conntrack lookup, policy and commit stages (`pipeline::flow_and_policy`) on
+//! established flows: the per-packet cost of policy plus connection tracking, with 10, 1,000 and 100,000 rules and 1,000 and 1,000,000 tracked connections.
 //!
 //! Rules are written as CiliumNetworkPolicy YAML and go through the real parser and compiler
 //! (`xylem_control::policy`): one policy selecting the server, with `N` ingress rules from `N`
@@ -23,8 +23,11 @@ use std::net::Ipv4Addr;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
-use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey, proto, tcp_flags};
-use xylem_dataplane::policy::{Flow, PolicyTables, PolicyVerdict, decide, evaluate};
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey};
+use xylem_dataplane::pipeline::{Meta, flow_and_policy as decide};
+use xylem_dataplane::policy::{PolicyTables, PolicyVerdict, evaluate};
+use xylem_dataplane::wire::ip::proto;
+use xylem_dataplane::wire::tcp::flags as tcp_flags;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
@@ -74,16 +77,15 @@ fn key(i: u64) -> FlowKey {
     }
 }
 
-fn ack(key: FlowKey) -> Flow {
-    Flow {
-        key,
+fn ack(key: FlowKey) -> Meta {
+    Meta {
         tcp_flags: tcp_flags::ACK,
-        icmp_error_of: None,
+        ..Meta::from_key(key)
     }
 }
 
 /// A tracker holding `conns` connections (its capacity), the benchmarked one among them.
-fn conntrack(t: &PolicyTables, conns: usize) -> (Conntrack, Flow) {
+fn conntrack(t: &PolicyTables, conns: usize) -> (Conntrack, Meta) {
     let mut ct = Conntrack::new(&CtConfig {
         capacity: conns,
         seed: 0x1234_5678,
@@ -96,18 +98,18 @@ fn conntrack(t: &PolicyTables, conns: usize) -> (Conntrack, Flow) {
         dport: 80,
         proto: proto::TCP,
     };
-    let syn = Flow {
+    let syn = Meta {
         tcp_flags: tcp_flags::SYN,
         ..ack(main)
     };
-    assert_eq!(decide(0, t, &mut ct, &syn), PolicyVerdict::New);
+    assert_eq!(decide(0, &syn, t, &mut ct), PolicyVerdict::New);
     for i in 0..conns as u64 - 1 {
-        let v = decide(0, t, &mut ct, &ack(key(i)));
+        let v = decide(0, &ack(key(i)), t, &mut ct);
         assert_eq!(v, PolicyVerdict::New);
     }
     assert_eq!(ct.len(), conns);
     // Complete the handshake so the flow is established.
-    decide(0, t, &mut ct, &ack(main.reversed()));
+    decide(0, &ack(main.reversed()), t, &mut ct);
     (ct, ack(main))
 }
 
@@ -147,23 +149,23 @@ fn bench(c: &mut Criterion) {
                 xylem_bench::anon_huge_pages()
             );
             let id = format!("{rules}-rules/{conns}-conns");
-            assert_eq!(decide(NOW, t, &mut ct, &flow), PolicyVerdict::Established);
+            assert_eq!(decide(NOW, &flow, t, &mut ct), PolicyVerdict::Established);
             g.bench_function(BenchmarkId::new("established/one-flow", &id), |b| {
-                b.iter(|| black_box(decide(black_box(NOW), t, &mut ct, black_box(&flow))))
+                b.iter(|| black_box(decide(black_box(NOW), black_box(&flow), t, &mut ct)))
             });
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-            let sample: Vec<Flow> = (0..65_536)
+            let sample: Vec<Meta> = (0..65_536)
                 .map(|_| ack(key(xylem_bench::xorshift(&mut seed) % (conns as u64 - 1))))
                 .collect();
             let mut i = 0usize;
             g.bench_function(BenchmarkId::new("established/random-flow", &id), |b| {
                 b.iter(|| {
                     i = (i + 1) & 0xffff;
-                    black_box(decide(black_box(NOW), t, &mut ct, &sample[i]))
+                    black_box(decide(black_box(NOW), &sample[i], t, &mut ct))
                 })
             });
             assert_eq!(
-                decide(NOW, t, &mut ct, &sample[7]),
+                decide(NOW, &sample[7], t, &mut ct),
                 PolicyVerdict::Established
             );
             // As a worker would: prefetch the entries of a 32-packet batch, then decide them.
@@ -179,7 +181,7 @@ fn bench(c: &mut Criterion) {
                             ct.prefetch(&f.key);
                         }
                         for f in batch {
-                            black_box(decide(black_box(NOW), t, &mut ct, f));
+                            black_box(decide(black_box(NOW), f, t, &mut ct));
                         }
                     })
                 },

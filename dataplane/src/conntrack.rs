@@ -1062,7 +1062,6 @@ mod tests {
     /// empty tracker, and returns the key of the entry it created, if any.
     fn key_decide_inserts(frame: &[u8]) -> Option<FlowKey> {
         use crate::pipeline::{Frame, process};
-        use crate::stats::WorkerStats;
         use crate::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
         let mut t = Tables::new(
             1,
@@ -1084,14 +1083,7 @@ mod tests {
         let mut buf = vec![0u8; 2048];
         let n = frame.len().min(buf.len());
         buf[..n].copy_from_slice(&frame[..n]);
-        process(
-            1,
-            0,
-            &mut Frame::new(&mut buf, n),
-            &t,
-            &mut ct,
-            &WorkerStats::default(),
-        );
+        process(1, 0, &mut Frame::new(&mut buf, n), &t, &mut ct);
         ct.entries(1).next().map(|e| e.orig)
     }
 

@@ -2,9 +2,9 @@
 //! for the control side to stream (`xylem monitor`).
 //!
 //! Cost model. A worker loads [`MonitorLink::mask`] once per batch. When it is 0 (nobody
-//! listening) the worker does nothing else for the monitor: no parsing, no push. When a type is
-//! enabled, each matching frame costs a bounds-checked read of a few header bytes and a 32-byte
-//! event written into the worker's [`MonitorWriter`] (plain stores into memory only the worker
+//! listening) the worker does nothing else for the monitor. When a type is enabled, each
+//! matching frame costs a copy of its 5-tuple from the [`Meta`] the pipeline's parse stage
+//! already made (the frame is never read again) and a 32-byte event written into the worker's [`MonitorWriter`] (plain stores into memory only the worker
 //! touches). Once per batch the writer copies its events into the ring and publishes them with
 //! one release store ([`MonitorWriter::publish`]). The ring is single-producer single-consumer
 //! (`rtrb`): no compare-and-swap, and the consumer's side stays off the worker's cache lines
@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::Meta;
 use crate::stats::{Counter, DropReason};
+use crate::wire::ip::proto;
 
 /// Events per worker ring by default.
 pub const DEFAULT_RING: usize = 4096;
@@ -34,7 +36,7 @@ pub enum EventType {
     Drop = 0,
     /// A frame was forwarded.
     Trace = 1,
-    /// A policy decision (not produced until policy lands).
+    /// A policy decision (`full` mode: every packet the conntrack and policy stages judged).
     PolicyVerdict = 2,
     /// A DNS observation (not produced until DNS lands).
     Dns = 3,
@@ -105,15 +107,17 @@ pub struct FlowEvent {
 }
 
 impl FlowEvent {
-    /// Builds an event from a frame's bytes: reads the IPv4 addresses, protocol and L4 ports
-    /// when present (every read bounds-checked; a short or non-IPv4 frame gives zeros).
+    /// An event about a frame whose headers the pipeline's parse stage read into `meta`
+    /// (`None`: the frame did not parse, or is not IPv4; its addresses and ports are then 0).
+    /// For ICMP the ports hold the type and code. The 5-tuple is the packet's as it arrived.
     #[inline]
-    pub fn from_frame(
+    pub fn new(
         timestamp_ns: u64,
         kind: EventType,
         ingress_port: u16,
         egress_port: Option<u16>,
-        frame: &[u8],
+        meta: Option<&Meta>,
+        len: usize,
         drop_reason: Option<DropReason>,
     ) -> Self {
         let mut ev = FlowEvent {
@@ -127,60 +131,17 @@ impl FlowEvent {
             src_port: 0,
             dst_port: 0,
             drop_reason,
-            len: frame.len().min(u16::MAX as usize) as u16,
+            len: len.min(u16::MAX as usize) as u16,
         };
-        // Fast path: an IPv4 header without options followed by at least 4 bytes, all read
-        // after one bounds check. Same result as the general path below.
-        if let Some(h) = frame.first_chunk::<38>()
-            && h[12..15] == [0x08, 0x00, 0x45]
-        {
-            ev.protocol = h[23];
-            ev.src = Ipv4Addr::new(h[26], h[27], h[28], h[29]);
-            ev.dst = Ipv4Addr::new(h[30], h[31], h[32], h[33]);
-            match ev.protocol {
-                6 | 17 => {
-                    ev.src_port = u16::from_be_bytes([h[34], h[35]]);
-                    ev.dst_port = u16::from_be_bytes([h[36], h[37]]);
-                }
-                1 => {
-                    ev.src_port = u16::from(h[34]);
-                    ev.dst_port = u16::from(h[35]);
-                }
-                _ => {}
-            }
-            return ev;
-        }
-        let is_ipv4 = frame.get(12..14) == Some(&[0x08, 0x00][..]);
-        let Some(ip) = frame.get(14..).filter(|_| is_ipv4) else {
-            return ev;
-        };
-        let (Some(&vihl), Some(&proto), Some(s), Some(d)) =
-            (ip.first(), ip.get(9), ip.get(12..16), ip.get(16..20))
-        else {
-            return ev;
-        };
-        if vihl >> 4 != 4 {
-            return ev;
-        }
-        ev.protocol = proto;
-        ev.src = Ipv4Addr::new(s[0], s[1], s[2], s[3]);
-        ev.dst = Ipv4Addr::new(d[0], d[1], d[2], d[3]);
-        let ihl = usize::from(vihl & 0x0f) * 4;
-        let l4 = ip.get(ihl..).unwrap_or(&[]);
-        match proto {
-            6 | 17 => {
-                if let Some(p) = l4.get(0..4) {
-                    ev.src_port = u16::from_be_bytes([p[0], p[1]]);
-                    ev.dst_port = u16::from_be_bytes([p[2], p[3]]);
-                }
-            }
-            1 => {
-                if let Some(p) = l4.get(0..2) {
-                    ev.src_port = u16::from(p[0]);
-                    ev.dst_port = u16::from(p[1]);
-                }
-            }
-            _ => {}
+        if let Some(m) = meta {
+            ev.src = m.key.src;
+            ev.dst = m.key.dst;
+            ev.protocol = m.key.proto;
+            (ev.src_port, ev.dst_port) = if m.key.proto == proto::ICMP {
+                (u16::from(m.icmp_type), u16::from(m.icmp_code))
+            } else {
+                (m.key.sport, m.key.dport)
+            };
         }
         ev
     }
@@ -376,29 +337,40 @@ mod tests {
     }
 
     #[test]
-    fn extracts_the_five_tuple() {
+    fn carries_the_parsed_five_tuple() {
         let f = udp_frame();
-        let ev = FlowEvent::from_frame(7, EventType::Trace, 1, Some(2), &f, None);
+        let gw = crate::tables::Gateway {
+            mac: crate::tables::MacAddr([2, 0, 0, 0, 0, 2]),
+            ipv4: Ipv4Addr::new(10, 0, 0, 254),
+        };
+        let crate::pipeline::Parsed::Ipv4(m) = crate::pipeline::parse(&f, &gw).unwrap() else {
+            panic!("not IPv4");
+        };
+        let ev = FlowEvent::new(7, EventType::Trace, 1, Some(2), Some(&m), f.len(), None);
         assert_eq!(ev.src, Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(ev.dst, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!((ev.protocol, ev.src_port, ev.dst_port), (17, 1234, 53));
-        assert_eq!(ev.verdict(), "FORWARDED");
-    }
-
-    #[test]
-    fn truncated_frames_give_zeros_never_panic() {
-        let f = udp_frame();
-        for n in 0..f.len() {
-            let ev = FlowEvent::from_frame(0, EventType::Drop, 0, None, &f[..n], None);
-            assert!(ev.len as usize == n);
-        }
+        assert_eq!((ev.len as usize, ev.verdict()), (f.len(), "FORWARDED"));
+        let none = FlowEvent::new(
+            0,
+            EventType::Drop,
+            0,
+            None,
+            None,
+            3,
+            Some(DropReason::EthTruncated),
+        );
+        assert_eq!(
+            (none.protocol, none.src, none.verdict()),
+            (0, Ipv4Addr::UNSPECIFIED, "DROPPED")
+        );
     }
 
     #[test]
     fn a_full_ring_counts_lost_events() {
         let m = MonitorLink::new(2);
         let mut w = m.writer(4).unwrap();
-        let ev = FlowEvent::from_frame(0, EventType::Drop, 0, None, &[], None);
+        let ev = FlowEvent::new(0, EventType::Drop, 0, None, None, 0, None);
         for _ in 0..5 {
             w.push(ev);
         }
@@ -416,12 +388,13 @@ mod tests {
         let mut w = m.writer(8).unwrap();
         assert!(m.writer(8).is_none(), "one producer per ring");
         for port in 0..3 {
-            w.push(FlowEvent::from_frame(
+            w.push(FlowEvent::new(
                 0,
                 EventType::Trace,
                 port,
                 None,
-                &[],
+                None,
+                0,
                 None,
             ));
         }
@@ -461,7 +434,7 @@ mod tests {
             })
         };
         for i in 0..EVENTS {
-            let mut ev = FlowEvent::from_frame(i, EventType::Trace, 0, None, &[], None);
+            let mut ev = FlowEvent::new(i, EventType::Trace, 0, None, None, 0, None);
             ev.src_port = i as u16;
             ev.dst_port = (i >> 16) as u16;
             w.push(ev);
@@ -475,55 +448,6 @@ mod tests {
         assert!(seen.windows(2).all(|p| p[0] < p[1]), "in order, once each");
         assert_eq!(seen.len() as u64 + m.lost.get(), EVENTS);
         assert!(!seen.is_empty());
-    }
-
-    #[test]
-    fn both_paths_read_the_header_fields_where_they_are() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        let bases = [udp_frame(), {
-            let mut v = Vec::new();
-            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-                .icmpv4_echo_request(7, 8)
-                .write(&mut v, &[0; 8])
-                .unwrap();
-            v
-        }];
-        for i in 0..5000 {
-            let mut f = bases[i % 2].clone();
-            let at = (next() % 40) as usize;
-            f[at] = next() as u8;
-            if i % 3 == 0 {
-                f[23] = [1, 6, 17, 47][(next() % 4) as usize];
-            }
-            // Whichever path it takes (an IHL other than 5 takes the general one), the event
-            // must hold what a plain reading of the bytes says.
-            let fast = FlowEvent::from_frame(0, EventType::Trace, 0, None, &f, None);
-            let is_ip = f[12..14] == [8, 0] && f[14] >> 4 == 4;
-            if !is_ip {
-                assert_eq!(fast.protocol, 0);
-                continue;
-            }
-            assert_eq!(fast.protocol, f[23]);
-            assert_eq!(fast.src.octets(), f[26..30]);
-            let ihl = usize::from(f[14] & 0x0f) * 4;
-            let l4 = f.get(14 + ihl..).unwrap_or(&[]);
-            let want = match f[23] {
-                6 | 17 if l4.len() >= 4 => (
-                    u16::from_be_bytes([l4[0], l4[1]]),
-                    u16::from_be_bytes([l4[2], l4[3]]),
-                ),
-                1 if l4.len() >= 2 => (u16::from(l4[0]), u16::from(l4[1])),
-                _ => (0, 0),
-            };
-            assert_eq!((fast.src_port, fast.dst_port), want, "{f:02x?}");
-        }
     }
 
     #[test]

@@ -1,5 +1,4 @@
-//! Compiled network policy: the read-only lookup structures a worker consults, and
-//! [`decide`], the per-packet policy + conntrack decision.
+//! Compiled network policy: the read-only lookup structures a worker consults.
 //!
 //! What it does:
 //! - [`PolicyTables`]: one revision of compiled policy. It maps addresses to security
@@ -7,16 +6,14 @@
 //!   longest-prefix match over the CIDRs the policies mention, falling back to `world`), and holds
 //!   for every local endpoint identity an ingress and an egress [`DirectionTable`] keyed by
 //!   `(peer identity, protocol, port)`.
-//! - [`decide`]: a pure function of `(now, tables, flow)` that mutates only the worker's
-//!   [`Conntrack`]. Packets of tracked connections (either direction) and ICMP errors about them
-//!   pass on one conntrack probe; a new flow is checked against the sender's egress table and the
-//!   receiver's ingress table, and tracked if allowed.
-//! - [`evaluate`]: the policy half alone, with the deciding rule per direction, for `policy trace`.
+//! - [`evaluate`]: the verdict of both directions for a 5-tuple, with the deciding rule per
+//!   direction: what the pipeline's policy stage asks of a new flow, what its conntrack stage
+//!   asks again of a tracked flow after a policy change, and what `policy trace` shows.
 //!
 //! What it does not do: parse YAML, select endpoints or allocate identities (that is
-//! `xylem_control::policy`, which builds these tables with [`PolicyTablesBuilder`]), parse frames
-//! (the pipeline fills a [`Flow`]), count drops or emit monitor events (the caller maps
-//! [`PolicyVerdict`] onto its counters).
+//! `xylem_control::policy`, which builds these tables with [`PolicyTablesBuilder`]), track
+//! connections (`crate::conntrack`, driven by `crate::pipeline::flow`), parse frames, count drops
+//! or emit monitor events (the worker maps [`PolicyVerdict`] onto its counters).
 //!
 //! # Lookup cost
 //! Resolving a peer is one hash probe, or (for addresses outside the cluster) one probe per
@@ -26,20 +23,13 @@
 //! over that pair's range segments. Port ranges up to [`EXPAND_RANGE_LIMIT`] ports are expanded
 //! into exact keys; wider ones become disjoint segments. None of this depends on the number of
 //! rules. Established flows do not look at policy at all unless the revision changed.
-//!
-//! # Revisions and narrowed policy
-//! Each conntrack entry stores the policy revision (low 32 bits) that last allowed it. On a hit
-//! whose revision differs from [`PolicyTables::revision`], the entry's original direction is
-//! re-evaluated once: still allowed → the revision is updated; denied → the entry is removed
-//! and the packet dropped. So a narrowed policy stops established connections on their very next
-//! packet after the swap (well within the 1 s the issue asks for), at the cost of one policy
-//! lookup per live flow per policy change.
 
 use std::net::Ipv4Addr;
 
 use rustc_hash::FxHashMap;
 
-use crate::conntrack::{Conntrack, FlowKey, Probe, proto, tcp_flags};
+use crate::conntrack::FlowKey;
+use crate::wire::ip::proto;
 
 /// A numeric security identity.
 pub type Identity = u32;
@@ -570,30 +560,7 @@ impl PolicyTablesBuilder {
     }
 }
 
-/// What the pipeline knows of one packet, for [`decide`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flow {
-    /// The packet's 5-tuple (see [`FlowKey`] for ICMP).
-    pub key: FlowKey,
-    /// TCP flags (0 for other protocols).
-    pub tcp_flags: u8,
-    /// For an ICMP error (destination unreachable, time exceeded, …): the 5-tuple of the packet
-    /// it quotes, as quoted (so its source is this error's destination).
-    pub icmp_error_of: Option<FlowKey>,
-}
-
-impl Flow {
-    /// A flow without TCP flags or ICMP error.
-    pub fn new(key: FlowKey) -> Self {
-        Self {
-            key,
-            tcp_flags: 0,
-            icmp_error_of: None,
-        }
-    }
-}
-
-/// Why [`decide`] dropped a packet.
+/// Why the policy (or the commit of a new flow) dropped a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyDropReason {
@@ -616,7 +583,7 @@ impl PolicyDropReason {
     }
 }
 
-/// The outcome of [`decide`].
+/// The verdict of the conntrack and policy stages for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyVerdict {
@@ -711,103 +678,14 @@ pub fn evaluate(t: &PolicyTables, key: &FlowKey) -> Evaluation {
     }
 }
 
-/// The per-packet policy and conntrack decision.
-///
-/// A pure function of `now` (nanoseconds, any monotonic origin), `tables` and `flow`; it mutates
-/// only `ct`, allocates nothing and reads no clock. In order:
-/// 1. An ICMP error quoting a live tracked flow is [`PolicyVerdict::Related`].
-/// 2. A packet of a live tracked flow (either direction) is `Established` or `Reply`, after
-///    advancing the TCP state. If the entry was allowed under another policy revision, its
-///    original direction is evaluated again first: denied → the entry is removed and the packet
-///    dropped with the deny reason. A TCP SYN (without ACK) on a closing entry starts over as a
-///    new flow.
-/// 3. Otherwise the flow is new: [`evaluate`] decides; an allowed flow is tracked
-///    ([`PolicyVerdict::New`]) unless it is a TCP RST or an ICMP error (`Untracked`); no room →
-///    `Drop { reason: CtFull }` (counted in the tracker's `full`).
-#[inline]
-pub fn decide(now: u64, tables: &PolicyTables, ct: &mut Conntrack, flow: &Flow) -> PolicyVerdict {
-    let rev = tables.revision();
-    if let Some(inner) = &flow.icmp_error_of
-        && let Probe::Hit { slot, .. } = ct.probe(now, inner)
-        && (ct.revision(slot) == rev as u32 || recheck(tables, ct, slot).is_none())
-    {
-        return PolicyVerdict::Related;
-    }
-    let probe = ct.probe(now, &flow.key);
-    let fresh_syn = flow.key.proto == proto::TCP
-        && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    let (slot, reuse) = match probe {
-        Probe::Hit { slot, orig } if !(fresh_syn && ct.is_closing(slot)) => {
-            if ct.revision(slot) != rev as u32
-                && let Some(drop) = recheck(tables, ct, slot)
-            {
-                return drop;
-            }
-            ct.update(now, slot, orig, flow.tcp_flags);
-            return if orig {
-                PolicyVerdict::Established
-            } else {
-                PolicyVerdict::Reply
-            };
-        }
-        Probe::Hit { slot, .. } => (Some(slot), true),
-        Probe::Vacant { slot, reuse } => (Some(slot), reuse),
-        Probe::Full => (None, false),
-    };
-    if let Some(drop) = evaluate(tables, &flow.key).drop() {
-        return drop;
-    }
-    let untracked = flow.icmp_error_of.is_some()
-        || (flow.key.proto == proto::TCP && flow.tcp_flags & tcp_flags::RST != 0);
-    if untracked {
-        return PolicyVerdict::Untracked;
-    }
-    match slot {
-        Some(slot) => {
-            ct.insert(now, slot, reuse, &flow.key, flow.tcp_flags, rev);
-            PolicyVerdict::New
-        }
-        None => {
-            ct.count_full();
-            PolicyVerdict::Drop {
-                reason: PolicyDropReason::CtFull,
-                direction: None,
-                rule: None,
-            }
-        }
-    }
-}
-
-/// Re-evaluates the entry at `slot` against `tables`: allowed → stamps the revision and returns
-/// `None`; denied → removes the entry and returns the drop.
-#[cold]
-fn recheck(tables: &PolicyTables, ct: &mut Conntrack, slot: usize) -> Option<PolicyVerdict> {
-    match evaluate(tables, &ct.orig_key(slot)).drop() {
-        None => {
-            ct.set_revision(slot, tables.revision());
-            None
-        }
-        Some(d) => {
-            ct.remove_for_policy(slot);
-            Some(d)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{CtConfig, CtTimeouts};
-    use tcp_flags::*;
 
-    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-    const OTHER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
-    const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const EXT: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
     const ID_CLIENT: Identity = 300;
     const ID_SERVER: Identity = 301;
-    const ID_OTHER: Identity = 302;
 
     fn origin(b: &mut PolicyTablesBuilder, section: Section, index: usize) -> RuleRef {
         b.add_origin(RuleOrigin {
@@ -816,265 +694,6 @@ mod tests {
             section,
             index,
         })
-    }
-
-    /// Server ingress: allow client on 80/TCP (and `narrow` drops that), deny other on any.
-    fn tables(rev: u64, allow_client: bool) -> PolicyTables {
-        let mut b = PolicyTablesBuilder::new(rev);
-        b.add_endpoint(CLIENT, ID_CLIENT);
-        b.add_endpoint(SERVER, ID_SERVER);
-        b.add_endpoint(OTHER, ID_OTHER);
-        b.add_address(GW, identity::HOST);
-        let r0 = origin(&mut b, Section::Ingress, 0);
-        let r1 = origin(&mut b, Section::IngressDeny, 0);
-        let sp = b.endpoint_policy(ID_SERVER);
-        sp.ingress.set_enforced(true);
-        if allow_client {
-            sp.ingress
-                .add(ID_CLIENT, proto::TCP, Some((80, 80)), false, r0);
-        }
-        sp.ingress.add(identity::HOST, PROTO_ANY, None, false, r0);
-        sp.ingress.add(ID_OTHER, PROTO_ANY, None, true, r1);
-        b.build()
-    }
-
-    fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Flow {
-        Flow {
-            key: FlowKey {
-                src,
-                dst,
-                sport,
-                dport,
-                proto: proto::TCP,
-            },
-            tcp_flags: flags,
-            icmp_error_of: None,
-        }
-    }
-
-    fn ct(cap: usize) -> Conntrack {
-        Conntrack::new(&CtConfig {
-            capacity: cap,
-            timeouts: CtTimeouts::default(),
-            seed: 9,
-        })
-    }
-
-    #[test]
-    fn new_flow_then_replies_via_conntrack() {
-        let t = tables(1, true);
-        let mut ct = ct(16);
-        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
-        assert_eq!(decide(0, &t, &mut ct, &syn), PolicyVerdict::New);
-        let synack = tcp(SERVER, 80, CLIENT, 40000, SYN | ACK);
-        assert_eq!(decide(1, &t, &mut ct, &synack), PolicyVerdict::Reply);
-        let ack = tcp(CLIENT, 40000, SERVER, 80, ACK);
-        assert_eq!(decide(2, &t, &mut ct, &ack), PolicyVerdict::Established);
-        // The server may not open a connection to the client's port on its own... it may,
-        // since client egress is not enforced; but another port on the server is denied.
-        let other_port = tcp(CLIENT, 40001, SERVER, 81, SYN);
-        assert!(matches!(
-            decide(3, &t, &mut ct, &other_port),
-            PolicyVerdict::Drop {
-                reason: PolicyDropReason::PolicyDenied,
-                direction: Some(Direction::Ingress),
-                rule: None
-            }
-        ));
-        let from_other = tcp(OTHER, 1, SERVER, 80, SYN);
-        assert!(matches!(
-            decide(3, &t, &mut ct, &from_other),
-            PolicyVerdict::Drop {
-                reason: PolicyDropReason::PolicyDenyRule,
-                rule: Some(RuleRef(1)),
-                ..
-            }
-        ));
-        let from_host = tcp(GW, 1, SERVER, 22, SYN);
-        assert_eq!(decide(3, &t, &mut ct, &from_host), PolicyVerdict::New);
-    }
-
-    #[test]
-    fn icmp_errors_related_to_tracked_flows() {
-        let t = tables(1, true);
-        let mut ct = ct(16);
-        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
-        decide(0, &t, &mut ct, &syn);
-        // The server (or a router) answers with an ICMP error quoting the SYN.
-        let err = Flow {
-            key: FlowKey {
-                src: SERVER,
-                dst: CLIENT,
-                sport: 0,
-                dport: 0,
-                proto: proto::ICMP,
-            },
-            tcp_flags: 0,
-            icmp_error_of: Some(syn.key),
-        };
-        assert_eq!(decide(1, &t, &mut ct, &err), PolicyVerdict::Related);
-        // An error quoting an unknown flow is judged as plain ICMP: the client's egress is open.
-        let unrelated = Flow {
-            icmp_error_of: Some(tcp(CLIENT, 1, SERVER, 9, SYN).key),
-            ..err
-        };
-        assert_eq!(decide(1, &t, &mut ct, &unrelated), PolicyVerdict::Untracked);
-        // ... but into the server, ICMP from the client is not allowed.
-        let into_server = Flow {
-            key: unrelated.key.reversed(),
-            ..unrelated
-        };
-        assert!(!decide(1, &t, &mut ct, &into_server).allows());
-    }
-
-    #[test]
-    fn narrowed_policy_stops_established_flows() {
-        let t1 = tables(1, true);
-        let mut ct = ct(16);
-        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
-        decide(0, &t1, &mut ct, &syn);
-        decide(1, &t1, &mut ct, &tcp(SERVER, 80, CLIENT, 40000, SYN | ACK));
-        // An unrelated change (same verdict) keeps the flow, restamped once.
-        let t2 = tables(2, true);
-        let data = tcp(CLIENT, 40000, SERVER, 80, ACK);
-        assert_eq!(decide(2, &t2, &mut ct, &data), PolicyVerdict::Established);
-        assert_eq!(ct.stats().policy_removed, 0);
-        // Narrowed: the next packet, in either direction, is dropped and the entry gone.
-        let t3 = tables(3, false);
-        let reply = tcp(SERVER, 80, CLIENT, 40000, ACK);
-        assert!(matches!(
-            decide(3, &t3, &mut ct, &reply),
-            PolicyVerdict::Drop {
-                reason: PolicyDropReason::PolicyDenied,
-                ..
-            }
-        ));
-        assert_eq!(ct.stats().policy_removed, 1);
-        assert!(ct.is_empty());
-        assert!(!decide(4, &t3, &mut ct, &data).allows());
-    }
-
-    #[test]
-    fn timeouts_with_a_manual_clock() {
-        let to = CtTimeouts::default();
-        let t = tables(1, true);
-        let mut ct = ct(16);
-        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
-        decide(0, &t, &mut ct, &syn);
-        // Half-open: after the SYN timeout the SYN-ACK is no longer a reply but a new flow
-        // (allowed: neither the server's egress nor the client's ingress is enforced).
-        let synack = tcp(SERVER, 80, CLIENT, 40000, SYN | ACK);
-        assert_eq!(
-            decide(to.tcp_syn - 1, &t, &mut ct, &synack),
-            PolicyVerdict::Reply
-        );
-        let synack2 = tcp(SERVER, 80, CLIENT, 40002, SYN | ACK);
-        let syn2 = tcp(CLIENT, 40002, SERVER, 80, SYN);
-        decide(0, &t, &mut ct, &syn2);
-        assert_eq!(
-            decide(to.tcp_syn, &t, &mut ct, &synack2),
-            PolicyVerdict::New
-        );
-        // A full handshake lives for the established timeout.
-        let mut now = to.tcp_syn + 1;
-        ct.flush();
-        assert_eq!(decide(now, &t, &mut ct, &syn), PolicyVerdict::New);
-        now += 1;
-        assert_eq!(decide(now, &t, &mut ct, &synack), PolicyVerdict::Reply);
-        now += 1;
-        decide(now, &t, &mut ct, &tcp(CLIENT, 40000, SERVER, 80, ACK));
-        let reply = tcp(SERVER, 80, CLIENT, 40000, ACK);
-        now += to.tcp_established - 1;
-        assert_eq!(decide(now, &t, &mut ct, &reply), PolicyVerdict::Reply);
-        // FIN shortens it.
-        decide(now, &t, &mut ct, &tcp(CLIENT, 40000, SERVER, 80, FIN | ACK));
-        assert_eq!(
-            decide(now + to.tcp_fin - 1, &t, &mut ct, &reply),
-            PolicyVerdict::Reply
-        );
-        // Expired: no longer a reply (a new flow, the server's egress being open).
-        // (Each packet after the FIN refreshes the FIN timeout.)
-        let late = now + 2 * to.tcp_fin - 1;
-        assert_eq!(decide(late, &t, &mut ct, &reply), PolicyVerdict::New);
-        // The client's own packets on it would now be judged afresh (they count as replies of
-        // the server's new flow here, which is what conntrack by tuple means).
-        ct.flush();
-        // UDP from host to the server: tracked with the UDP timeout.
-        let udp = Flow::new(FlowKey {
-            src: GW,
-            dst: SERVER,
-            sport: 5,
-            dport: 53,
-            proto: proto::UDP,
-        });
-        let rudp = Flow::new(udp.key.reversed());
-        assert_eq!(decide(0, &t, &mut ct, &udp), PolicyVerdict::New);
-        assert_eq!(decide(to.udp - 1, &t, &mut ct, &rudp), PolicyVerdict::Reply);
-        assert_eq!(
-            decide(2 * to.udp - 2, &t, &mut ct, &rudp),
-            PolicyVerdict::Reply
-        );
-        // Expired: a reply from the server is a new flow; server egress is not enforced.
-        assert_eq!(decide(3 * to.udp, &t, &mut ct, &rudp), PolicyVerdict::New);
-    }
-
-    #[test]
-    fn ct_full_drops_new_flows_only() {
-        let t = tables(1, true);
-        let mut ct = ct(2);
-        assert_eq!(
-            decide(0, &t, &mut ct, &tcp(GW, 1, SERVER, 1, SYN)),
-            PolicyVerdict::New
-        );
-        assert_eq!(
-            decide(0, &t, &mut ct, &tcp(GW, 2, SERVER, 1, SYN)),
-            PolicyVerdict::New
-        );
-        assert!(matches!(
-            decide(0, &t, &mut ct, &tcp(GW, 3, SERVER, 1, SYN)),
-            PolicyVerdict::Drop {
-                reason: PolicyDropReason::CtFull,
-                ..
-            }
-        ));
-        assert_eq!(ct.stats().full, 1);
-        assert_eq!(
-            decide(0, &t, &mut ct, &tcp(SERVER, 1, GW, 2, SYN | ACK)),
-            PolicyVerdict::Reply
-        );
-        // A denied flow is reported as denied, not as ct-full.
-        assert!(matches!(
-            decide(0, &t, &mut ct, &tcp(OTHER, 3, SERVER, 1, SYN)),
-            PolicyVerdict::Drop {
-                reason: PolicyDropReason::PolicyDenyRule,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn icmp_echo_reply_matches_its_request() {
-        let t = tables(1, true);
-        let mut ct = ct(16);
-        // Echo from the host to the server (allowed: host), identifier 7 in both ports.
-        let echo = Flow::new(FlowKey {
-            src: GW,
-            dst: SERVER,
-            sport: 7,
-            dport: 7,
-            proto: proto::ICMP,
-        });
-        assert_eq!(decide(0, &t, &mut ct, &echo), PolicyVerdict::New);
-        assert_eq!(
-            decide(1, &t, &mut ct, &Flow::new(echo.key.reversed())),
-            PolicyVerdict::Reply
-        );
-        // The client may not ping the server (its ingress allows only 80/TCP from it).
-        let ping = Flow::new(FlowKey {
-            src: CLIENT,
-            ..echo.key
-        });
-        assert!(!decide(2, &t, &mut ct, &ping).allows());
     }
 
     #[test]

@@ -5,11 +5,16 @@
 //! load + store (no read-modify-write), which compiles to a plain `add` on x86: correct because
 //! there is exactly one writer, and readers only need a value that was true at some point.
 //!
-//! Accounting rule of the pipeline: every frame given to [`crate::pipeline::process`] increments
-//! exactly one *verdict counter*: [`WorkerStats::forwarded`], [`WorkerStats::to_slowpath`] or one
-//! of [`WorkerStats::drops`]. A frame answered with an ICMP time-exceeded error counts as the drop
-//! [`DropReason::TtlExceeded`] (the original packet is dropped) plus
-//! [`WorkerStats::icmp_errors_sent`] (not a verdict counter).
+//! Accounting rule: the worker counts every frame it receives exactly once, by its final fate,
+//! in one *verdict counter*: [`WorkerStats::forwarded`] (handed to a TX ring),
+//! [`WorkerStats::to_slowpath`] (handed to the slow path's queue) or one of
+//! [`WorkerStats::drops`] (including `tx-ring-full` and `slowpath-full`, when the pipeline's
+//! decision could not be carried out). So at rest `rx_packets` equals the sum of the verdict
+//! counters. A frame answered with an ICMP time-exceeded error counts as the drop
+//! [`DropReason::TtlExceeded`] (the original packet is dropped), and the answer, once on a TX
+//! ring, as [`WorkerStats::icmp_errors_sent`]. The slow path's replies are not received frames:
+//! each is counted once in [`WorkerStats::slowpath_replies_sent`] or
+//! [`WorkerStats::slowpath_replies_dropped`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,12 +108,10 @@ drop_reasons! {
     TtlExceededUnroutable => "ttl-exceeded-unroutable",
     /// TTL expired but the frame buffer has no room for the ICMP error (capacity too small).
     IcmpNoRoom => "icmp-no-room",
-    /// The slow-path queue was full (counted by the worker).
+    /// The slow-path queue was full.
     SlowPathFull => "slowpath-full",
-    /// The TX ring of the egress port was full (counted by the worker).
+    /// The TX ring of the egress port was full.
     TxRingFull => "tx-ring-full",
-    /// No free UMEM frame was available (counted by the worker).
-    NoFreeFrame => "no-free-frame",
     /// Network policy: the direction is default-deny and no rule allows the flow (`full` mode).
     PolicyDenied => "policy-denied",
     /// Network policy: a deny rule (`ingressDeny`/`egressDeny`) matched (`full` mode).
@@ -152,6 +155,10 @@ pub struct WorkerStats {
     pub icmp_errors_sent: Counter,
     /// Drops by reason, indexed by `DropReason as usize` (verdict counters).
     pub drops: [Counter; DropReason::COUNT],
+    /// Slow-path replies handed to a TX ring.
+    pub slowpath_replies_sent: Counter,
+    /// Slow-path replies that could not be sent (no free frame, no such port, TX ring full).
+    pub slowpath_replies_dropped: Counter,
     /// RX batches processed (counted by the worker).
     pub batches: Counter,
     /// Polls that found work (counted by the worker).
@@ -176,6 +183,8 @@ impl Default for WorkerStats {
             icmp_errors_sent: Counter::default(),
             // Not `Default::default()`: arrays only derive it up to 32 elements.
             drops: std::array::from_fn(|_| Counter::default()),
+            slowpath_replies_sent: Counter::default(),
+            slowpath_replies_dropped: Counter::default(),
             batches: Counter::default(),
             busy_polls: Counter::default(),
             idle_polls: Counter::default(),
@@ -212,6 +221,8 @@ impl WorkerStats {
                 .iter()
                 .map(|&r| (r.as_str(), self.drops_of(r)))
                 .collect(),
+            slowpath_replies_sent: self.slowpath_replies_sent.get(),
+            slowpath_replies_dropped: self.slowpath_replies_dropped.get(),
             batches: self.batches.get(),
             busy_polls: self.busy_polls.get(),
             idle_polls: self.idle_polls.get(),
@@ -244,6 +255,10 @@ pub struct StatsSnapshot {
     /// Drops keyed by [`DropReason::as_str`]; a snapshot taken from a [`WorkerStats`] has every
     /// reason, zeros included.
     pub drops: BTreeMap<&'static str, u64>,
+    /// See [`WorkerStats::slowpath_replies_sent`].
+    pub slowpath_replies_sent: u64,
+    /// See [`WorkerStats::slowpath_replies_dropped`].
+    pub slowpath_replies_dropped: u64,
     /// See [`WorkerStats::batches`].
     pub batches: u64,
     /// See [`WorkerStats::busy_polls`].
@@ -255,6 +270,11 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
+    /// The sum of the verdict counters: at rest, every frame received (`rx_packets`).
+    pub fn verdicts(&self) -> u64 {
+        self.forwarded + self.to_slowpath + self.total_drops()
+    }
+
     /// The sum of all drop counters.
     pub fn total_drops(&self) -> u64 {
         self.drops.values().sum()
@@ -275,6 +295,8 @@ impl std::ops::AddAssign<&StatsSnapshot> for StatsSnapshot {
         for (k, v) in &o.drops {
             *self.drops.entry(k).or_insert(0) += v;
         }
+        self.slowpath_replies_sent += o.slowpath_replies_sent;
+        self.slowpath_replies_dropped += o.slowpath_replies_dropped;
         self.batches += o.batches;
         self.busy_polls += o.busy_polls;
         self.idle_polls += o.idle_polls;

@@ -54,11 +54,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts, FlowKey};
+use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts};
 use crate::io::Backend;
 use crate::ledger::{Ledger, LedgerError, Place};
 use crate::monitor::{EventType, FlowEvent, MonitorLink, MonitorWriter};
-use crate::pipeline::{Verdict, process, process_traced};
+use crate::pipeline::{Outcome, Parsed, Verdict, decide, parse};
 use crate::policy::PolicyVerdict;
 use crate::slowpath::Signal;
 use crate::stats::{Counter, DropReason, WorkerStats};
@@ -331,44 +331,81 @@ pub struct PortCounters {
 const WAKER: Token = Token(usize::MAX);
 
 /// Pushes the monitor events for one decided frame, if their types are enabled: the policy
-/// verdict (when the policy stage ran), then the trace or drop event.
+/// verdict (when the policy stage ran), then the trace or drop event. `verdict` is the frame's
+/// final fate (a slow-path handoff that found the queue full is a drop); `event(kind, egress,
+/// reason)` builds an event about the frame.
 #[inline]
 fn emit(
     monitor: &mut MonitorWriter,
     mask: u32,
-    now_ns: u64,
-    port: PortId,
-    v: Verdict,
-    pv: Option<PolicyVerdict>,
-    data: &[u8],
+    o: &Outcome,
+    verdict: Verdict,
+    event: impl Fn(EventType, Option<PortId>, Option<DropReason>) -> FlowEvent,
 ) {
-    if let Some(pv) = pv
+    let egress = match verdict {
+        Verdict::Forward(out) | Verdict::IcmpError(out) => Some(out),
+        Verdict::SlowPath | Verdict::Drop(_) => None,
+    };
+    let reason = match verdict {
+        Verdict::Drop(r) => Some(r),
+        _ => None,
+    };
+    if let Some(pv) = o.policy
         && mask & EventType::PolicyVerdict.bit() != 0
     {
-        let (egress, reason) = match (pv, v) {
-            (PolicyVerdict::Drop { reason, .. }, _) => (None, Some(DropReason::from(reason))),
-            (_, Verdict::Forward(out)) => (Some(out), None),
-            (_, Verdict::Drop(r)) => (None, Some(r)),
-            (_, Verdict::SlowPath) => (None, None),
+        let reason = match pv {
+            PolicyVerdict::Drop { reason, .. } => Some(DropReason::from(reason)),
+            _ => reason,
         };
-        monitor.push(FlowEvent::from_frame(
-            now_ns,
-            EventType::PolicyVerdict,
-            port,
-            egress,
-            data,
-            reason,
-        ));
+        monitor.push(event(EventType::PolicyVerdict, egress, reason));
     }
-    let (kind, egress, reason) = match v {
-        Verdict::Forward(out) => (EventType::Trace, Some(out), None),
-        Verdict::Drop(r) => (EventType::Drop, None, Some(r)),
-        _ => return,
+    let kind = match verdict {
+        Verdict::Forward(_) | Verdict::IcmpError(_) => EventType::Trace,
+        Verdict::Drop(_) => EventType::Drop,
+        Verdict::SlowPath => return,
     };
     if mask & kind.bit() != 0 {
-        monitor.push(FlowEvent::from_frame(
-            now_ns, kind, port, egress, data, reason,
-        ));
+        monitor.push(event(kind, egress, reason));
+    }
+}
+
+/// Why a frame sits on a port's TX queue: what to count once the ring has taken it, or could
+/// not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxKind {
+    /// A packet the pipeline forwarded: `forwarded` when queued, else the drop `tx-ring-full`.
+    Forwarded,
+    /// An ICMP error answering an expired packet (already counted as `ttl-exceeded`):
+    /// `icmp_errors_sent` when queued.
+    IcmpError,
+    /// A slow-path reply: `slowpath_replies_sent` or `slowpath_replies_dropped`.
+    SlowPathReply,
+}
+
+/// The frames waiting for one port's TX ring, with why each is there.
+#[derive(Debug)]
+struct TxQueue<D> {
+    descs: Vec<D>,
+    kinds: Vec<TxKind>,
+}
+
+impl<D> TxQueue<D> {
+    fn with_capacity(n: usize) -> Self {
+        TxQueue {
+            descs: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, d: D, kind: TxKind) {
+        self.descs.push(d);
+        self.kinds.push(kind);
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.descs.len()
     }
 }
 
@@ -386,7 +423,9 @@ pub struct Worker<B: Backend> {
     ledger: Ledger,
     free: Vec<B::Desc>,
     scratch: Vec<B::Desc>,
-    pending: Vec<Vec<B::Desc>>,
+    /// The parse stage's results for the batch being decided (prefetching batches only).
+    parsed: Vec<Result<Parsed, DropReason>>,
+    pending: Vec<TxQueue<B::Desc>>,
     poll: Option<Poll>,
     waker: Option<Arc<Waker>>,
     ports_ctl: PortControl<B::PortSpec>,
@@ -512,8 +551,9 @@ impl<B: Backend> Worker<B> {
                 replies: Arc::new(ArrayQueue::new(16)),
             },
             scratch: vec![blank; cfg.batch_size.max(64)],
+            parsed: vec![Err(DropReason::ZeroLength); cfg.batch_size.max(64)],
             pending: (0..ports)
-                .map(|_| Vec::with_capacity(cfg.batch_size))
+                .map(|_| TxQueue::with_capacity(cfg.batch_size))
                 .collect(),
             cfg,
             backend,
@@ -597,7 +637,8 @@ impl<B: Backend> Worker<B> {
                                     format!("registering the new socket with epoll: {e}")
                                 })?;
                         }
-                        self.pending.push(Vec::with_capacity(self.cfg.batch_size));
+                        self.pending
+                            .push(TxQueue::with_capacity(self.cfg.batch_size));
                         Ok(fd)
                     })
             };
@@ -639,15 +680,15 @@ impl<B: Backend> Worker<B> {
         // The monitor's enable mask, once per batch: 0 (nobody listening) costs one branch per
         // frame and nothing else.
         let mon_mask = self.link.monitor.load_mask();
-        let want_pv = mon_mask & EventType::PolicyVerdict.bit() != 0;
-        // Prefetch conntrack entries only where the policy stage will look them up, and only
-        // when the table is too big to stay in cache.
+        // Prefetch flow state only where the conntrack stage will look it up, and only when the
+        // table is too big to stay in cache.
         let ct_prefetch = tables.mode() == Mode::Full
             && match self.ct_prefetch {
                 CtPrefetch::Auto => self.ct.len() >= CT_PREFETCH_MIN_ENTRIES,
                 CtPrefetch::Always => true,
                 CtPrefetch::Never => false,
             };
+        let gw = *tables.gateway();
 
         // 1. Completions back to the free list.
         for port in 0..ports {
@@ -704,16 +745,15 @@ impl<B: Backend> Worker<B> {
             work += n;
             stats.rx_packets.add(n as u64);
             self.link.ports[port].rx_packets.add(n as u64);
-            // 3a. Start loading the conntrack entries of the whole batch, so that their cache
-            // misses overlap instead of each stalling its packet's decision in turn.
+            // 3a. Parse the whole batch first and start loading each frame's flow state, so
+            // that their cache misses overlap instead of each stalling its decision in turn.
             if ct_prefetch {
                 let ct = &self.ct;
-                for d in &mut self.scratch[..n] {
-                    self.backend.with_frame(d, |frame| {
-                        if let Some(key) = FlowKey::of_frame(frame.data()) {
-                            ct.prefetch(&key);
-                        }
-                    });
+                for (d, parsed) in self.scratch[..n].iter_mut().zip(&mut self.parsed) {
+                    *parsed = self.backend.with_frame(d, |frame| parse(frame.data(), &gw));
+                    if let Ok(Parsed::Ipv4(m)) = parsed {
+                        ct.prefetch(&m.key);
+                    }
                 }
             }
             for i in 0..n {
@@ -724,59 +764,70 @@ impl<B: Backend> Worker<B> {
                 let to_slow = &self.link.to_slow;
                 let ct = &mut self.ct;
                 let monitor = &mut self.monitor;
+                let parsed = &self.parsed[i];
                 let verdict = self.backend.with_frame(&mut d, |frame| {
-                    // The policy verdict is only asked for while a monitor client wants it:
-                    // returning it costs a few ns per packet.
-                    let (mut v, pv) = if want_pv {
-                        process_traced(now_ns, port as PortId, frame, &tables, ct, stats)
+                    // Parsed once: in 3a, or here.
+                    let p = if ct_prefetch {
+                        *parsed
                     } else {
-                        (
-                            process(now_ns, port as PortId, frame, &tables, ct, stats),
-                            None,
-                        )
+                        parse(frame.data(), &gw)
                     };
+                    let o = match &p {
+                        Ok(p) => decide(now_ns, port as PortId, frame, p, &tables, ct),
+                        Err(r) => Outcome::drop(*r),
+                    };
+                    if o.checksum_completed {
+                        stats.checksum_completed.inc();
+                    }
+                    let mut v = o.verdict;
                     if v == Verdict::SlowPath {
                         // Copy out now, while the frame is at hand.
                         let queued = SlowFrame::new(port as PortId, frame.data())
                             .is_some_and(|sf| to_slow.push(sf).is_ok());
-                        if !queued {
-                            v = Verdict::Drop(DropReason::SlowPathFull);
-                        } else {
+                        if queued {
                             slow_queued = true;
+                        } else {
+                            v = Verdict::Drop(DropReason::SlowPathFull);
                         }
                     }
                     if mon_mask != 0 {
-                        emit(
-                            monitor,
-                            mon_mask,
-                            now_ns,
-                            port as PortId,
-                            v,
-                            pv,
-                            frame.data(),
-                        );
+                        let meta = match &p {
+                            Ok(Parsed::Ipv4(m)) => Some(m),
+                            _ => None,
+                        };
+                        let len = frame.len();
+                        emit(monitor, mon_mask, &o, v, |kind, egress, reason| {
+                            FlowEvent::new(now_ns, kind, port as PortId, egress, meta, len, reason)
+                        });
                     }
                     v
                 });
+                // Every received frame is counted once, here or (if queued for TX) in `flush`.
                 match verdict {
-                    Verdict::Forward(out) if (out as usize) < ports => {
-                        stats.forwarded_bytes.add(self.backend.desc_len(&d) as u64);
+                    Verdict::Forward(out) | Verdict::IcmpError(out) if (out as usize) < ports => {
                         let q = out as usize;
+                        let kind = if let Verdict::IcmpError(_) = verdict {
+                            stats.drop(DropReason::TtlExceeded);
+                            TxKind::IcmpError
+                        } else {
+                            TxKind::Forwarded
+                        };
                         if self.pending[q].len() == self.cfg.batch_size {
                             self.flush(q);
                         }
-                        self.pending[q].push(d);
+                        self.pending[q].push(d, kind);
                     }
-                    Verdict::Forward(_) => {
+                    Verdict::Forward(_) | Verdict::IcmpError(_) => {
                         stats.drop(DropReason::NoRoute);
                         self.link.ports[port].drops.inc();
                         self.release(d);
                     }
-                    Verdict::SlowPath => self.release(d),
+                    Verdict::SlowPath => {
+                        stats.to_slowpath.inc();
+                        self.release(d);
+                    }
                     Verdict::Drop(reason) => {
-                        if reason == DropReason::SlowPathFull {
-                            stats.drop(reason);
-                        }
+                        stats.drop(reason);
                         self.link.ports[port].drops.inc();
                         self.release(d);
                     }
@@ -794,17 +845,16 @@ impl<B: Backend> Worker<B> {
         while let Some(sf) = self.link.from_slow.pop() {
             work += 1;
             let port = sf.port as usize;
+            if port >= ports {
+                stats.slowpath_replies_dropped.inc();
+                continue;
+            }
             let Some(mut d) = self.free.pop() else {
-                stats.drop(DropReason::NoFreeFrame);
+                stats.slowpath_replies_dropped.inc();
                 continue;
             };
             let idx = self.backend.frame_index(&d);
             self.ledger.moved(idx, Place::Free, Place::Held);
-            if port >= ports {
-                stats.drop(DropReason::NoRoute);
-                self.release(d);
-                continue;
-            }
             self.backend.with_frame(&mut d, |frame| {
                 let n = sf.bytes().len().min(frame.capacity());
                 frame.set_len(n);
@@ -813,12 +863,12 @@ impl<B: Backend> Worker<B> {
             if self.pending[port].len() == self.cfg.batch_size {
                 self.flush(port);
             }
-            self.pending[port].push(d);
+            self.pending[port].push(d, TxKind::SlowPathReply);
         }
 
         // 5. Send.
         for port in 0..ports {
-            if !self.pending[port].is_empty() {
+            if self.pending[port].len() != 0 {
                 self.flush(port);
             }
         }
@@ -839,30 +889,44 @@ impl<B: Backend> Worker<B> {
         self.free.push(d);
     }
 
+    /// Hands `port`'s pending frames to its TX ring, and counts each by its kind (see
+    /// [`TxKind`]): the ones the ring took as sent, the others as dropped.
     fn flush(&mut self, port: usize) {
         let stats_owner = Arc::clone(&self.link.stats);
         let stats = &*stats_owner;
-        let pending = std::mem::take(&mut self.pending[port]);
-        let sent = self.backend.tx(port, &pending);
+        let q = &mut self.pending[port];
+        let sent = self.backend.tx(port, &q.descs);
         let mut bytes = 0u64;
-        for d in &pending[..sent] {
+        for (d, kind) in q.descs.iter().zip(&q.kinds).take(sent) {
             let idx = self.backend.frame_index(d);
             self.ledger.moved(idx, Place::Held, Place::Tx);
-            bytes += self.backend.desc_len(d) as u64;
+            let len = self.backend.desc_len(d) as u64;
+            bytes += len;
+            match kind {
+                TxKind::Forwarded => {
+                    stats.forwarded.inc();
+                    stats.forwarded_bytes.add(len);
+                }
+                TxKind::IcmpError => stats.icmp_errors_sent.inc(),
+                TxKind::SlowPathReply => stats.slowpath_replies_sent.inc(),
+            }
         }
         stats.tx_packets.add(sent as u64);
         stats.tx_bytes.add(bytes);
         self.link.ports[port].tx_packets.add(sent as u64);
-        for d in &pending[sent..] {
-            stats.drop(DropReason::TxRingFull);
+        for (d, kind) in q.descs.iter().zip(&q.kinds).skip(sent) {
+            match kind {
+                TxKind::Forwarded => stats.drop(DropReason::TxRingFull),
+                TxKind::IcmpError => {}
+                TxKind::SlowPathReply => stats.slowpath_replies_dropped.inc(),
+            }
             let idx = self.backend.frame_index(d);
             self.ledger.moved(idx, Place::Held, Place::Free);
             self.free.push(*d);
         }
-        // Give the (now empty) vector back so its capacity is reused: no allocation.
-        let mut pending = pending;
-        pending.clear();
-        self.pending[port] = pending;
+        // Cleared, not replaced: the vectors keep their capacity, so no allocation.
+        q.descs.clear();
+        q.kinds.clear();
     }
 
     /// Checks the frame accounting against the kernel's rings. Call it when no traffic is

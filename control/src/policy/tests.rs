@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey, proto, tcp_flags};
-use xylem_dataplane::policy::{Flow, PolicyVerdict, decide};
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey, proto};
+use xylem_dataplane::pipeline::{Meta, flow_and_policy};
+use xylem_dataplane::policy::PolicyVerdict;
+use xylem_dataplane::wire::tcp::flags as tcp_flags;
 
 use super::*;
 
@@ -514,11 +516,11 @@ fn replies_pass_through_conntrack() {
     ));
     let mut ct = Conntrack::new(&CtConfig::default());
     let key = flow("client web 80/TCP");
-    let f = |key: FlowKey, flags| Flow {
-        key,
+    let f = |key: FlowKey, flags| Meta {
         tcp_flags: flags,
-        icmp_error_of: None,
+        ..Meta::from_key(key)
     };
+    let decide = |now, t, ct: &mut Conntrack, m: &Meta| flow_and_policy(now, m, t, ct);
     use tcp_flags::*;
     assert_eq!(
         decide(0, &c.tables, &mut ct, &f(key, SYN)),

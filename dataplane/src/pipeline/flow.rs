@@ -1,0 +1,128 @@
+//! Stages 4 and 6b, **conntrack lookup** and **commit**: the flow state of a packet.
+//!
+//! [`lookup`] finds the packet's flow (either direction, one probe) or the flow an ICMP error
+//! quotes, advances a TCP flow's state, and revalidates an entry that was allowed under an
+//! older policy revision. It answers [`Tracking::Known`] with the verdict for a packet of a
+//! tracked flow, or [`Tracking::New`] with where a new entry would go. The policy stage judges a
+//! new flow; [`commit`] tracks it once allowed.
+//!
+//! Later stages that keep per-flow state (service translation, masquerade, DNS over TCP) will
+//! find it on the entry this stage found, without a second lookup.
+//!
+//! # Narrowed policy
+//! Each entry stores the policy revision (low 32 bits) that last allowed it. On a hit whose
+//! revision differs from the tables', the entry's original direction is evaluated again: still
+//! allowed → the revision is updated; denied → the entry is removed and the packet dropped. So
+//! a narrowed policy stops established connections on their very next packet after the swap, at
+//! the cost of one policy evaluation per live flow per change.
+
+use super::Meta;
+use crate::conntrack::{Conntrack, Probe};
+use crate::policy::{PolicyDropReason, PolicyTables, PolicyVerdict, evaluate};
+use crate::wire::ip::proto;
+use crate::wire::tcp::flags;
+
+/// Where a new flow's entry would go: a slot, and whether it holds an expired entry to reuse.
+/// `None`: the table is full.
+pub type Vacancy = Option<(usize, bool)>;
+
+/// What [`lookup`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracking {
+    /// A packet of a tracked flow (`Established`, `Reply`), an ICMP error about one
+    /// (`Related`), or a packet of a flow the current policy no longer allows (`Drop`).
+    Known(PolicyVerdict),
+    /// Not tracked: the policy stage decides.
+    New(Vacancy),
+}
+
+/// Stage 4. See the module documentation. Mutates only `ct`.
+#[inline]
+pub fn lookup(now: u64, ct: &mut Conntrack, meta: &Meta, rules: &PolicyTables) -> Tracking {
+    if meta.has(Meta::ICMP_ERROR) {
+        // An error is related to the flow it quotes, or judged on its own and never tracked.
+        if let Some(inner) = &meta.quoted
+            && let Probe::Hit { slot, .. } = ct.probe(now, inner)
+            && revalidate(ct, slot, rules).is_none()
+        {
+            return Tracking::Known(PolicyVerdict::Related);
+        }
+        return Tracking::New(None);
+    }
+    let fresh_syn =
+        meta.key.proto == proto::TCP && meta.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN;
+    match ct.probe(now, &meta.key) {
+        // A SYN on a closing entry starts a new connection on the same tuple.
+        Probe::Hit { slot, .. } if fresh_syn && ct.is_closing(slot) => {
+            Tracking::New(Some((slot, true)))
+        }
+        Probe::Hit { slot, orig } => {
+            if let Some(drop) = revalidate(ct, slot, rules) {
+                return Tracking::Known(drop);
+            }
+            ct.update(now, slot, orig, meta.tcp_flags);
+            Tracking::Known(if orig {
+                PolicyVerdict::Established
+            } else {
+                PolicyVerdict::Reply
+            })
+        }
+        Probe::Vacant { slot, reuse } => Tracking::New(Some((slot, reuse))),
+        Probe::Full => Tracking::New(None),
+    }
+}
+
+/// Checks the entry at `slot` against the current policy if it was allowed under another
+/// revision: allowed → stamps the revision and returns `None`; denied → removes the entry and
+/// returns the drop.
+#[inline(always)]
+fn revalidate(ct: &mut Conntrack, slot: usize, rules: &PolicyTables) -> Option<PolicyVerdict> {
+    if ct.revision(slot) == rules.revision() as u32 {
+        return None;
+    }
+    recheck(ct, slot, rules)
+}
+
+#[cold]
+fn recheck(ct: &mut Conntrack, slot: usize, rules: &PolicyTables) -> Option<PolicyVerdict> {
+    match evaluate(rules, &ct.orig_key(slot)).drop() {
+        None => {
+            ct.set_revision(slot, rules.revision());
+            None
+        }
+        Some(d) => {
+            ct.remove_for_policy(slot);
+            Some(d)
+        }
+    }
+}
+
+/// Stage 6b: tracks a new flow the policy stage allowed, at the place [`lookup`] found.
+/// `New`, or `ct-full` when the table had no room (counted in the table's `full`).
+#[inline]
+pub fn commit(
+    now: u64,
+    ct: &mut Conntrack,
+    meta: &Meta,
+    vacancy: Vacancy,
+    revision: u64,
+) -> PolicyVerdict {
+    match vacancy {
+        Some((slot, reuse)) => {
+            ct.insert(now, slot, reuse, &meta.key, meta.tcp_flags, revision);
+            PolicyVerdict::New
+        }
+        None => {
+            ct.count_full();
+            PolicyVerdict::Drop {
+                reason: PolicyDropReason::CtFull,
+                direction: None,
+                rule: None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "flow_tests.rs"]
+mod tests;

@@ -1,0 +1,208 @@
+//! The per-packet decision: a pure function of `(now, ingress port, frame, tables)` and the
+//! worker's flow state.
+//!
+//! [`process`] takes a frame received on a pod-facing port, rewrites it in place when it is to
+//! be sent on, and returns an [`Outcome`]: what to do with the frame and what happened on the
+//! way. It performs no I/O, reads no clock, allocates nothing, takes no lock, logs nothing and
+//! counts nothing (the worker counts each frame once, from its outcome), so it is unit-tested
+//! and fuzzed on byte arrays.
+//!
+//! # Stages
+//! One module per stage, called in this order by [`decide`], which reads top to bottom:
+//!
+//! | # | stage | module | what it does |
+//! |---|---|---|---|
+//! | 1 | parse | [`parse`] | Ethernet, ARP, IPv4, the transport header: once, into a [`Meta`] |
+//! | 2 | ingress checks | *(the security issue)* | is the frame's source the port's own endpoint? |
+//! | 3 | decapsulation | *(ESP)* | inner packet of a tunnel from another node |
+//! | 4 | conntrack lookup | [`flow`] | the flow's state; revalidates it after a policy change |
+//! | 5 | service translation | *(services)* | DNAT to a backend, reverse NAT of replies |
+//! | 6 | policy | [`policy`] | a new flow against the sender's egress and the receiver's ingress |
+//! | 6b | conntrack commit | [`flow`] | an allowed new flow is tracked |
+//! | 7 | DNS inspection | *(DNS-aware policy)* | |
+//! | 8 | routing | [`route`] | local delivery (slow path), `/32` lookup, TTL expiry |
+//! | 9 | NAT rewrite | *(services, masquerade)* | |
+//! | 10 | encapsulation | *(ESP)* | |
+//! | 11 | emit | [`emit`] | completes partial checksums, decrements TTL, rewrites MACs; builds ICMP errors |
+//!
+//! Stages in italics do not exist yet; they go in at their number, and ARCHITECTURE.md says what
+//! each will take and give. ARP frames leave after stage 1 ([`arp`]). In [`Mode::Passthrough`]
+//! (the benchmark floor) stages 4 to 7 are skipped.
+//!
+//! A frame is parsed once: the worker may call [`parse`] for a whole batch first (to prefetch
+//! flow state) and then [`decide`] on each frame with its [`Parsed`]; [`process`] does both for
+//! one frame. Stages read the [`Meta`], never the headers again; emit writes through the
+//! [`crate::wire`] views.
+//!
+//! Input is untrusted. A malformed frame is an [`Outcome`] with a [`DropReason`], never a panic.
+
+pub mod arp;
+pub mod emit;
+pub mod flow;
+pub mod parse;
+pub mod policy;
+pub mod route;
+
+pub use crate::frame::Frame;
+pub use parse::{Meta, Parsed, parse};
+
+use crate::conntrack::Conntrack;
+use crate::policy::{PolicyTables, PolicyVerdict};
+use crate::stats::DropReason;
+use crate::tables::{Mode, PortId, Tables};
+
+/// What to do with a frame after [`process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the (rewritten) frame on this port.
+    Forward(PortId),
+    /// The packet was dropped because its TTL expired ([`DropReason::TtlExceeded`]), and its
+    /// buffer now holds the ICMP time exceeded for its source: transmit that on this port.
+    IcmpError(PortId),
+    /// Hand the frame, unchanged apart from checksum completion, to the slow path.
+    SlowPath,
+    /// Drop the frame.
+    Drop(DropReason),
+}
+
+/// What happened to a frame: the worker's only source for counting it and for its monitor
+/// events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Where the frame goes.
+    pub verdict: Verdict,
+    /// The policy verdict, when the conntrack and policy stages ran (`full` mode, a valid IPv4
+    /// packet).
+    pub policy: Option<PolicyVerdict>,
+    /// A partial TCP or UDP checksum (left by a pod's TX offload) was completed.
+    pub checksum_completed: bool,
+}
+
+impl Outcome {
+    /// An outcome with only a verdict.
+    #[inline(always)]
+    pub fn verdict(verdict: Verdict) -> Self {
+        Outcome {
+            verdict,
+            policy: None,
+            checksum_completed: false,
+        }
+    }
+
+    /// A drop.
+    #[inline(always)]
+    pub fn drop(reason: DropReason) -> Self {
+        Self::verdict(Verdict::Drop(reason))
+    }
+
+    /// The drop reason this frame counts as, if it is not sent on as it came: a drop, or a
+    /// packet answered with an ICMP error.
+    #[inline]
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        match self.verdict {
+            Verdict::Drop(r) => Some(r),
+            Verdict::IcmpError(_) => Some(DropReason::TtlExceeded),
+            Verdict::Forward(_) | Verdict::SlowPath => None,
+        }
+    }
+}
+
+/// The whole per-packet decision for one frame: [`parse`], then [`decide`].
+///
+/// `now_ns` is a monotonic time read once per batch by the caller (flow-state timestamps).
+/// `ct` is the flow state, used (and written) in [`Mode::Full`] only. On `Verdict::Forward` and
+/// `Verdict::IcmpError` the frame has been rewritten in place (and its length may have changed:
+/// see [`Frame::len`]); on `SlowPath` it is otherwise unchanged; on `Drop` its contents are
+/// unspecified.
+#[inline]
+pub fn process(
+    now_ns: u64,
+    ingress: PortId,
+    frame: &mut Frame<'_>,
+    tables: &Tables,
+    ct: &mut Conntrack,
+) -> Outcome {
+    match parse(frame.data(), tables.gateway()) {
+        Ok(parsed) => decide(now_ns, ingress, frame, &parsed, tables, ct),
+        Err(reason) => Outcome::drop(reason),
+    }
+}
+
+/// Stages 2 to 11 for a frame that [`parse`] accepted, as `parsed`. Same contract as
+/// [`process`]; `parsed` must come from this very frame, unchanged since.
+#[inline(always)]
+pub fn decide(
+    now_ns: u64,
+    ingress: PortId,
+    frame: &mut Frame<'_>,
+    parsed: &Parsed,
+    tables: &Tables,
+    ct: &mut Conntrack,
+) -> Outcome {
+    // The ingress port is the frame's identity; the ingress-checks stage will read it.
+    let _ = ingress;
+    let meta = match parsed {
+        Parsed::Arp { target } => return arp::to_gateway(*target, tables.gateway()),
+        Parsed::Ipv4(meta) => meta,
+    };
+
+    // Stages 4 to 6b: flow state and policy.
+    let policy = match tables.mode() {
+        Mode::Passthrough => None,
+        Mode::Full => {
+            let v = flow_and_policy(now_ns, meta, tables.policy(), ct);
+            if let PolicyVerdict::Drop { reason, .. } = v {
+                return Outcome {
+                    policy: Some(v),
+                    ..Outcome::drop(reason.into())
+                };
+            }
+            Some(v)
+        }
+    };
+
+    // Stage 8: routing. Stage 11: emit.
+    let (verdict, checksum_completed) = match route::route(meta, tables) {
+        route::Route::Local => (Verdict::SlowPath, emit::complete_checksum(frame, meta)),
+        route::Route::Next(next) => {
+            let completed = emit::complete_checksum(frame, meta);
+            (
+                emit::forward(frame, meta, &next, tables.gateway()),
+                completed,
+            )
+        }
+        route::Route::TtlExpired { back } => (
+            emit::time_exceeded(frame, meta, &back, tables.gateway()),
+            false,
+        ),
+        route::Route::Drop(reason) => (Verdict::Drop(reason), false),
+    };
+    Outcome {
+        verdict,
+        policy,
+        checksum_completed,
+    }
+}
+
+/// Stages 4, 6 and 6b (conntrack lookup, policy, commit), which [`decide`] runs in
+/// [`Mode::Full`]: the policy verdict for the packet `meta` describes, with `rules` and the flow
+/// state `ct`. Public for benchmarks and tests that judge flows without frames. Out of line, so
+/// the passthrough path's code stays small.
+#[inline(never)]
+pub fn flow_and_policy(
+    now_ns: u64,
+    meta: &Meta,
+    rules: &PolicyTables,
+    ct: &mut Conntrack,
+) -> PolicyVerdict {
+    match flow::lookup(now_ns, ct, meta, rules) {
+        flow::Tracking::Known(v) => v,
+        flow::Tracking::New(vacancy) => match policy::admit(rules, meta) {
+            PolicyVerdict::New => flow::commit(now_ns, ct, meta, vacancy, rules.revision()),
+            v => v,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
