@@ -4,8 +4,13 @@
 //! ring of one pod-facing port and the TX ring of another.
 //!
 //! What it does:
-//! - [`pipeline`]: the per-packet decision, a pure function of `(now, frame, tables)` with no I/O,
-//!   no clock, no allocation and no lock. It is unit-tested on byte arrays.
+//! - [`pipeline`]: the per-packet decision, a fixed order of stages (parse, conntrack lookup,
+//!   policy, routing, emit, …), a function of `(now, frame, tables, flow state)` with no I/O, no
+//!   clock, no allocation and no lock, returning an [`pipeline::Outcome`]. It is unit-tested and
+//!   fuzzed on byte arrays.
+//! - [`wire`]: zero-copy, bounds-checked views of the headers (Ethernet, ARP, IPv4, ICMP, TCP,
+//!   UDP) and the builders of the packets the dataplane sends itself.
+//! - [`conntrack`]: the flow table the conntrack stages read and write.
 //! - [`tables`]: the read-only tables a worker consults (routes, gateway), published to workers by
 //!   an atomic pointer swap.
 //! - [`io`]: the I/O backends behind one trait: real AF_XDP sockets (via `xsk-rs`, sharing one UMEM

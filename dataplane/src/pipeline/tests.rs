@@ -797,3 +797,10 @@ fn snapshot_serializes() {
     assert_eq!(snap.forwarded, 1);
     let _ = format!("{snap:?}");
 }
+
+#[test]
+fn meta_is_small_enough_to_keep_a_batch_of() {
+    // A worker keeps one per frame of a batch; ARCHITECTURE.md states the size.
+    assert_eq!(std::mem::size_of::<Meta>(), 42);
+    assert!(std::mem::size_of::<Result<Parsed, DropReason>>() <= 46);
+}
