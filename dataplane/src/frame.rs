@@ -12,23 +12,51 @@
 //! not see the headroom at all. The frame knows nothing of descriptors or rings: keeping the
 //! head position with the descriptor is the backend's job (see [`crate::io::Backend::with_frame`]).
 
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
 /// A frame being processed: a mutable view of a buffer.
 ///
 /// ```text
-/// buf: [ headroom (head bytes) | packet (len bytes) | tailroom ]
-///        ^ buf[0]               ^ buf[head]
+/// buffer: [ headroom (head bytes) | packet (len bytes) | tailroom ]
+///                                  ^ data
+///                                  <------------ cap ------------->
 /// ```
 ///
-/// Invariant, established by the constructors and kept by every method: `head + len <=
-/// buf.len()`. The accessors rely on it and never check bounds again, so none of them can
-/// panic.
-#[derive(Debug)]
+/// It is a `&mut [u8]` kept as a pointer to the packet's first byte with the room on either
+/// side, so that reading the packet costs what reading a slice does (no offset to add, no
+/// bounds to check) however often the pipeline asks. Invariants, established by the
+/// constructors and kept by every method: `data` is `head` bytes into the buffer the frame
+/// was made from, `head + cap` is that buffer's length, and `len <= cap`. The accessors rely
+/// on them and never check bounds again, so none of them can panic.
 pub struct Frame<'a> {
-    buf: &'a mut [u8],
-    /// Offset in `buf` of the packet's first byte: the headroom.
-    head: usize,
+    /// The packet's first byte.
+    data: NonNull<u8>,
     /// Packet length.
     len: usize,
+    /// Bytes from `data` to the end of the buffer.
+    cap: usize,
+    /// Bytes from the start of the buffer to `data`: the headroom.
+    head: usize,
+    /// The frame holds the buffer's exclusive borrow for `'a`.
+    _buf: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: a `Frame` is an exclusive borrow of a byte buffer (the pointer is only ever used
+// within that borrow), so it may move to or be shared with another thread exactly as the
+// `&mut [u8]` it was made from may.
+unsafe impl Send for Frame<'_> {}
+// SAFETY: as above; `&Frame` gives only `&[u8]` access.
+unsafe impl Sync for Frame<'_> {}
+
+impl std::fmt::Debug for Frame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("headroom", &self.head)
+            .field("len", &self.len)
+            .field("capacity", &self.cap)
+            .finish()
+    }
 }
 
 impl<'a> Frame<'a> {
@@ -44,25 +72,35 @@ impl<'a> Frame<'a> {
     #[inline]
     pub fn with_headroom(buf: &'a mut [u8], headroom: usize, len: usize) -> Self {
         let head = headroom.min(buf.len());
-        let len = len.min(buf.len() - head);
-        Self { buf, head, len }
+        let cap = buf.len() - head;
+        // From the whole buffer, so that the pointer may move back over the headroom later.
+        let start = NonNull::from(buf).cast::<u8>();
+        // SAFETY: `head <= buf.len()`, so this stays inside the buffer (or one past its end).
+        let data = unsafe { start.add(head) };
+        Self {
+            data,
+            len: len.min(cap),
+            cap,
+            head,
+            _buf: PhantomData,
+        }
     }
 
     /// The frame's bytes.
     #[inline]
     pub fn data(&self) -> &[u8] {
-        debug_assert!(self.head + self.len <= self.buf.len());
-        // SAFETY: `head + len <= buf.len()` is the type's invariant (see the type's doc), so
-        // the range is inside `buf`.
-        unsafe { self.buf.get_unchecked(self.head..self.head + self.len) }
+        debug_assert!(self.len <= self.cap);
+        // SAFETY: `data` points `head` bytes into the buffer borrowed for `'a`, with `cap >=
+        // len` bytes after it (the type's invariants); `&self` lends it shared.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.len) }
     }
 
     /// The frame's bytes, writable.
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        debug_assert!(self.head + self.len <= self.buf.len());
-        // SAFETY: as in `data`.
-        unsafe { self.buf.get_unchecked_mut(self.head..self.head + self.len) }
+        debug_assert!(self.len <= self.cap);
+        // SAFETY: as in `data`; `&mut self` lends it exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr(), self.len) }
     }
 
     /// The frame's length in bytes.
@@ -81,14 +119,14 @@ impl<'a> Frame<'a> {
     /// the packet's start to the end of the buffer.
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.buf.len() - self.head
+        self.cap
     }
 
     /// Sets the frame's length, clamped to [`Frame::capacity`]. Bytes beyond the old length keep
     /// whatever the buffer held.
     #[inline]
     pub fn set_len(&mut self, len: usize) {
-        self.len = len.min(self.capacity());
+        self.len = len.min(self.cap);
     }
 
     /// The room in front of the packet: how many bytes [`Frame::prepend`] can still add.
@@ -105,12 +143,15 @@ impl<'a> Frame<'a> {
         if n > self.head {
             return None;
         }
-        // `head + len` is unchanged, so the invariant still holds.
+        // SAFETY: `n <= head`, and `data` is `head` bytes into the buffer, so `data - n` is
+        // still inside it.
+        self.data = unsafe { self.data.sub(n) };
         self.head -= n;
+        self.cap += n;
         self.len += n;
-        // SAFETY: `head + n` is the old `head`, and the old `head <= buf.len()` by the
-        // invariant, so the range is inside `buf`.
-        Some(unsafe { self.buf.get_unchecked_mut(self.head..self.head + n) })
+        // SAFETY: the `n` bytes from the new `data` are inside the buffer (they end at the old
+        // `data`), borrowed exclusively through `&mut self`.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr(), n) })
     }
 
     /// Removes `n` bytes from the front of the frame (they become headroom). Returns false and
@@ -121,8 +162,11 @@ impl<'a> Frame<'a> {
         if n > self.len {
             return false;
         }
-        // `head + len` is unchanged, so the invariant still holds.
+        // SAFETY: `n <= len <= cap`, so `data + n` is still inside the buffer (or one past its
+        // end).
+        self.data = unsafe { self.data.add(n) };
         self.head += n;
+        self.cap -= n;
         self.len -= n;
         true
     }

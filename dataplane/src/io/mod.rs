@@ -24,7 +24,7 @@ pub mod memory;
 /// received packet for outer headers, without moving the packet.
 ///
 /// 128 bytes: two cache lines, so a packet that started on a cache-line boundary still does,
-/// and enough for the largest encapsulation planned — Ethernet (14) + IPv6 (40) + UDP for NAT
+/// and enough for the largest encapsulation in sight — Ethernet (14) + IPv6 (40) + UDP for NAT
 /// traversal (8) + ESP header (8) + a 16-byte IV (AES-CBC) = 86 bytes, plus a VLAN tag (4) —
 /// where ESP tunnel mode over IPv4 with an 8-byte IV needs 50. It is DPDK's default mbuf
 /// headroom for the same reasons. On AF_XDP it costs nothing: it fits inside the 256 bytes the
@@ -35,7 +35,7 @@ pub const DEFAULT_HEADROOM: usize = 128;
 ///
 /// Port indices are `0..port_count()` and equal the [`crate::tables::PortId`]s the tables use.
 pub trait Backend {
-    /// A frame descriptor: which frame, and how many bytes of it hold a packet.
+    /// A frame descriptor: which frame, where in it the packet starts, and how long it is.
     type Desc: Copy + std::fmt::Debug;
     /// What [`Self::add_port`] needs to open one more port.
     type PortSpec: Send + std::fmt::Debug + 'static;
