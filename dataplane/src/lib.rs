@@ -17,6 +17,8 @@
 //!   per worker) and an in-memory backend that runs the very same worker in tests.
 //! - [`worker`]: the pinned worker loop in its two placements (`dedicated` busy-poll, `shared`
 //!   block-when-idle through `mio`).
+//! - [`learned`]: facts the workers learn from the traffic themselves (first user: the addresses
+//!   in DNS answers, for DNS-aware policy), in one lock-free table every worker reads and writes.
 //! - [`slowpath`]: the gateway's own presence on the pod network (a `smoltcp` interface answering
 //!   ARP and ICMP echo), fed by the workers through bounded queues.
 //!
@@ -28,6 +30,7 @@ pub mod conntrack;
 pub mod error;
 pub mod frame;
 pub mod io;
+pub mod learned;
 pub mod ledger;
 pub mod monitor;
 pub mod pipeline;

@@ -11,6 +11,31 @@
 //! set. The kernel then copies at most 32 frames per kick, so the worker kicks again on every
 //! batch while frames are left on a TX ring ([`Backend::tx_kick`]). Those kicks are the only
 //! system calls on the per-packet path.
+//!
+//! # Headroom
+//!
+//! A UMEM frame is laid out as the UMEM's own frame headroom, then the kernel's 256-byte XDP
+//! headroom (`XDP_PACKET_HEADROOM`, room for the XDP program's `bpf_xdp_adjust_head`), then
+//! the packet: a received descriptor's address points `frame headroom + 256` bytes into its
+//! frame. Once the worker holds the frame, all of it is the worker's (in copy mode the kernel
+//! writes only the packet, and the XDP metadata in front of it if the program set any, which
+//! Xylem's does not), so [`Backend::with_frame`] hands the pipeline the whole frame with the
+//! packet's first byte where the descriptor points, and everything before it is headroom. The
+//! UMEM's frame headroom is only added when the configured headroom
+//! ([`XskBackend::with_headroom`], default [`DEFAULT_HEADROOM`]) is more than the XDP
+//! headroom gives: with the default, the layout is the kernel's own.
+//!
+//! A frame whose head was moved back (a prepend) is sent from its new first byte: the TX
+//! descriptor's address is moved back with it. The kernel accepts that: in an aligned UMEM a
+//! TX descriptor is valid when it stays inside one chunk (`xp_aligned_validate_desc`: the
+//! offset in the chunk plus the length is at most the chunk size); the headroom is not
+//! checked on TX, copy mode sends `len` bytes from the address, the completion ring returns
+//! the address as submitted, and the fill ring masks any address back to its chunk's start.
+//! The privileged test `xsk_headroom` checks the bytes that arrive. xsk-rs 0.11 handles such
+//! addresses everywhere (it finds a frame's start by masking) but offers no way to set one:
+//! `FrameDesc`'s fields are private and it has no setter. `DescAddr` (below) does it, after
+//! checking once, at start-up, where the field is. A `FrameDesc::set_addr` in xsk-rs would
+//! replace it.
 
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,13 +45,113 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use super::Backend;
+use super::{Backend, DEFAULT_HEADROOM};
 use crate::Error;
 use crate::frame::Frame;
 
 /// The frame size: one page, so the UMEM is aligned and a frame holds any Ethernet frame of
 /// MTU 1500 (or up to ~3.8 KB) after the kernel's 256-byte XDP headroom.
 pub const FRAME_SIZE: u32 = 4096;
+
+/// The most headroom [`XskBackend::with_headroom`] accepts: half a frame, which leaves 2 KiB
+/// for the packet and its trailer.
+pub const MAX_HEADROOM: usize = FRAME_SIZE as usize / 2;
+
+/// The UMEM's frame headroom is a multiple of this, so that a received packet starts on a
+/// cache line, as it does with the XDP headroom alone.
+const CACHE_LINE: usize = 64;
+
+/// Sets the address of a `FrameDesc`, which xsk-rs 0.11 keeps private (see the module
+/// documentation). Only [`DescAddr::find`] makes one, after checking where the field is.
+#[derive(Clone, Copy, Debug)]
+struct DescAddr {
+    /// Byte offset of the address field in a `FrameDesc`; a multiple of `size_of::<usize>()`.
+    offset: usize,
+}
+
+// What `DescAddr` relies on, checked at compile time: a `FrameDesc` is four words (xsk-rs
+// 0.11's address, options, and the headroom and data lengths), word-aligned. A different
+// xsk-rs stops the build here rather than writing the wrong bytes.
+const _: () = assert!(std::mem::size_of::<FrameDesc>() == 4 * std::mem::size_of::<usize>());
+const _: () = assert!(std::mem::align_of::<FrameDesc>() == std::mem::align_of::<usize>());
+
+impl DescAddr {
+    /// How xsk-rs 0.11 prints a blank descriptor. Derived `Debug` lists every field, so this
+    /// says the descriptor holds exactly these five fields and that they are integers.
+    const BLANK: &'static str =
+        "FrameDesc { addr: 0, options: 0, lengths: SegmentLengths { headroom: 0, data: 0 } }";
+
+    /// Finds the word of a `FrameDesc` that holds its address: the one word which, once
+    /// written, changes `addr()` and nothing else. Runs once, at start-up.
+    fn find() -> Result<Self, Error> {
+        let unknown = |why: String| {
+            Error::Config(format!(
+                "this xsk-rs's frame descriptor is not the one Xylem knows ({why}): build \
+                 with xsk-rs 0.11 as in Cargo.lock"
+            ))
+        };
+        let blank = FrameDesc::default();
+        let printed = format!("{blank:?}");
+        if printed != Self::BLANK {
+            return Err(unknown(format!("it prints as {printed}")));
+        }
+        // Both halves non-zero, so a write over the 32-bit options field shows in `options()`.
+        const MARK: usize = 0x5a5a_5a5a_a5a5_a5a5;
+        let word = std::mem::size_of::<usize>();
+        let mut found = None;
+        for offset in (0..std::mem::size_of::<FrameDesc>()).step_by(word) {
+            let mut d = FrameDesc::default();
+            // SAFETY: `offset` is a multiple of the word size inside a word-aligned struct of
+            // four words (checked at compile time), so the write is aligned and in bounds. The
+            // struct's fields are integers only (checked just above through `Debug`): three
+            // words and a u32 that with its padding fills the fourth word. A word-aligned word
+            // therefore covers exactly one field (and maybe padding), and any value is a valid
+            // integer.
+            unsafe {
+                std::ptr::from_mut(&mut d)
+                    .cast::<u8>()
+                    .add(offset)
+                    .cast::<usize>()
+                    .write(MARK);
+            }
+            if d.addr() == MARK
+                && d.options() == 0
+                && d.lengths().headroom() == 0
+                && d.lengths().data() == 0
+            {
+                if found.is_some() {
+                    return Err(unknown("two words hold its address".into()));
+                }
+                found = Some(offset);
+            }
+        }
+        found
+            .map(|offset| DescAddr { offset })
+            .ok_or_else(|| unknown("no word holds its address".into()))
+    }
+
+    /// Points `desc` at `addr`, keeping its lengths and options.
+    #[inline]
+    fn set(self, desc: &mut FrameDesc, addr: usize) {
+        // SAFETY: `find` checked that the word at `offset` is the descriptor's address field (an
+        // integer: any value is valid), aligned and inside the struct.
+        unsafe {
+            std::ptr::from_mut(desc)
+                .cast::<u8>()
+                .add(self.offset)
+                .cast::<usize>()
+                .write(addr);
+        }
+        debug_assert_eq!(desc.addr(), addr);
+    }
+}
+
+/// The start of the frame `addr` points into: frames are `FRAME_SIZE` bytes, a power of two,
+/// and the UMEM is aligned.
+#[inline]
+fn frame_start(addr: usize) -> usize {
+    addr & !(FRAME_SIZE as usize - 1)
+}
 
 /// How one port's socket is bound.
 #[derive(Clone, Debug)]
@@ -73,6 +198,10 @@ pub struct XskBackend {
     frames: Option<Vec<FrameDesc>>,
     frame_count: u32,
     ring_size: u32,
+    /// Offset in its frame of a received packet's first byte: the UMEM's frame headroom plus
+    /// the kernel's XDP headroom.
+    rx_head: usize,
+    addr: DescAddr,
 }
 
 impl std::fmt::Debug for XskBackend {
@@ -83,6 +212,7 @@ impl std::fmt::Debug for XskBackend {
                 &self.ports.iter().map(|p| &p.spec).collect::<Vec<_>>(),
             )
             .field("frame_count", &self.frame_count)
+            .field("headroom", &self.rx_head)
             .finish()
     }
 }
@@ -143,15 +273,41 @@ impl XskBackend {
         spare: u32,
         spare_ports: u32,
     ) -> Result<Self, Error> {
+        Self::with_headroom(ports, opts, spare, spare_ports, DEFAULT_HEADROOM)
+    }
+
+    /// As [`Self::with_spare_ports`], with at least `headroom` bytes (at most
+    /// [`MAX_HEADROOM`]) in front of every received packet (see the module documentation):
+    /// the kernel's 256-byte XDP headroom, plus as much UMEM frame headroom as it takes to
+    /// reach `headroom`, rounded up to a cache line. [`Self::headroom`] says what it came to.
+    pub fn with_headroom(
+        ports: &[PortSpec],
+        opts: XskOptions,
+        spare: u32,
+        spare_ports: u32,
+        headroom: usize,
+    ) -> Result<Self, Error> {
         let first = ports
             .first()
             .ok_or_else(|| Error::Config("a worker needs at least one port".into()))?;
+        if headroom > MAX_HEADROOM {
+            return Err(Error::Config(format!(
+                "a headroom of {headroom} bytes is more than half a {FRAME_SIZE}-byte frame: \
+                 use at most {MAX_HEADROOM}"
+            )));
+        }
+        let addr = DescAddr::find()?;
         let ring = QueueSize::new(opts.ring_size)
             .map_err(|e| Error::Config(format!("ring size {}: {e}", opts.ring_size)))?;
         let frame_size = FrameSize::new(FRAME_SIZE)
             .map_err(|e| Error::Config(format!("frame size {FRAME_SIZE}: {e}")))?;
+        let xdp_headroom = UmemConfig::default().xdp_headroom() as usize;
+        let frame_headroom = headroom
+            .saturating_sub(xdp_headroom)
+            .next_multiple_of(CACHE_LINE);
         let umem_cfg = UmemConfig::builder()
             .frame_size(frame_size)
+            .frame_headroom(frame_headroom as u32)
             .fill_queue_size(ring)
             .comp_queue_size(ring)
             .build()
@@ -187,7 +343,15 @@ impl XskBackend {
             frames: Some(frames),
             frame_count,
             ring_size: opts.ring_size,
+            rx_head: xdp_headroom + frame_headroom,
+            addr,
         })
+    }
+
+    /// The headroom in front of a received packet, and of a frame from the completion ring
+    /// or the initial set: the kernel's XDP headroom plus the UMEM's frame headroom.
+    pub fn headroom(&self) -> usize {
+        self.rx_head
     }
 
     /// `(ifindex, queue, fd)` of every port's socket, for the redirector's XSKMAP.
@@ -304,7 +468,18 @@ impl Backend for XskBackend {
     #[inline]
     fn complete(&mut self, port: usize, out: &mut [FrameDesc]) -> usize {
         // SAFETY: descriptors come back from this UMEM's completion ring.
-        unsafe { self.ports[port].comp.consume(out) }
+        let n = unsafe { self.ports[port].comp.consume(out) };
+        // A frame sent after a prepend or a strip comes back with the address it was sent
+        // from; put its head back where a received packet's is, so a frame reused from the
+        // free list has the full headroom.
+        for d in &mut out[..n] {
+            let addr = d.addr();
+            let home = frame_start(addr) + self.rx_head;
+            if addr != home {
+                self.addr.set(d, home);
+            }
+        }
+        n
     }
     fn fill_ring_occupancy(&mut self, port: usize) -> u32 {
         // nb_free_exact counts the free slots of a ring of `ring_size` entries.
@@ -313,24 +488,66 @@ impl Backend for XskBackend {
     }
     #[inline]
     fn with_frame<R>(&mut self, desc: &mut FrameDesc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R {
-        // SAFETY: `desc` is a frame of this UMEM that the worker holds (it came from an RX or
-        // completion ring, or the initial set, and has not been produced to a ring since), so
-        // neither the kernel nor any other reference touches it while `f` runs.
-        let mut data = unsafe { self.umem.data_mut(desc) };
-        let len = data.contents().len();
-        let mut cursor = data.cursor();
-        let cap = cursor.buf_len();
-        cursor.set_pos(cap);
-        let (r, new_len) = {
-            let buf = data.contents_mut();
-            let mut frame = Frame::new(buf, len);
+        let addr = desc.addr();
+        let start = frame_start(addr);
+        let head = addr - start;
+        let len = desc.lengths().data();
+        // The whole frame, headroom included: the data segment of a copy of the descriptor
+        // pointed at the frame's first byte runs to the frame's end.
+        let mut whole = *desc;
+        self.addr.set(&mut whole, start);
+        let (r, new_head, new_len) = {
+            // SAFETY: `desc` is a frame of this UMEM that the worker holds (it came from an RX
+            // or completion ring, or the initial set, and has not been produced to a ring
+            // since), so neither the kernel nor any other reference touches it while `f` runs;
+            // `whole` points at the start of that same frame.
+            let mut data = unsafe { self.umem.data_mut(&mut whole) };
+            let mut cursor = data.cursor();
+            let cap = cursor.buf_len();
+            cursor.set_pos(cap);
+            let mut frame = Frame::with_headroom(data.contents_mut(), head, len);
             let r = f(&mut frame);
-            (r, frame.len())
+            (r, frame.headroom(), frame.len())
         };
+        if new_head != head {
+            self.addr.set(desc, start + new_head);
+        }
+        // SAFETY: as above; `desc` still points into the frame the worker holds, and `data` of
+        // `whole` is gone.
+        let mut data = unsafe { self.umem.data_mut(desc) };
+        // The frame keeps `new_head + new_len` within the frame, so this is not clamped.
         data.cursor().set_pos(new_len);
         r
     }
     fn raw_fds(&self) -> Vec<RawFd> {
         self.ports.iter().map(|p| p.rx.fd().as_raw_fd()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_field_of_a_frame_descriptor_is_found_and_set_alone() {
+        let field = DescAddr::find().expect("xsk-rs 0.11's FrameDesc");
+        let mut d = FrameDesc::default();
+        d.set_options(3);
+        for addr in [0, 4096 + 256, 7 * 4096 + 206, usize::MAX] {
+            field.set(&mut d, addr);
+            assert_eq!(d.addr(), addr);
+            assert_eq!(d.options(), 3);
+            assert_eq!((d.lengths().headroom(), d.lengths().data()), (0, 0));
+        }
+    }
+
+    #[test]
+    fn frame_start_masks_any_address_inside_a_frame() {
+        for i in 0..4usize {
+            let start = i * FRAME_SIZE as usize;
+            for off in [0, 1, 206, 256, FRAME_SIZE as usize - 1] {
+                assert_eq!(frame_start(start + off), start);
+            }
+        }
     }
 }

@@ -6,11 +6,17 @@
 //! dropped and counted, like `rx_fill_ring_empty_descs`); a sent frame lands on the "wire" (a
 //! per-port queue of byte vectors the test reads) and its descriptor moves to the completion
 //! ring.
+//!
+//! Each frame is `frame_size` bytes: `headroom` bytes of room, then the packet, as in a UMEM
+//! frame. An arriving packet is written right after the headroom; a descriptor carries the
+//! offset of its packet's first byte, so a frame whose head was moved (a prepend or a strip)
+//! goes on the wire from its new first byte. Completed descriptors come back with the head
+//! where an arriving packet's would be, like the AF_XDP backend's.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
-use super::Backend;
+use super::{Backend, DEFAULT_HEADROOM};
 use crate::frame::Frame;
 
 /// A frame descriptor of the in-memory backend.
@@ -18,6 +24,8 @@ use crate::frame::Frame;
 pub struct MemDesc {
     /// Frame index.
     pub index: u32,
+    /// Offset of the packet's first byte in the frame: the frame's headroom.
+    pub offset: u32,
     /// Packet length.
     pub len: u32,
 }
@@ -39,6 +47,8 @@ struct MemPort {
 #[derive(Debug)]
 pub struct MemoryBackend {
     frame_size: usize,
+    /// Where an arriving packet starts in its frame. Invariant: `headroom <= frame_size`.
+    headroom: usize,
     mem: Vec<u8>,
     frames: Option<Vec<MemDesc>>,
     ports: Vec<MemPort>,
@@ -62,19 +72,71 @@ impl MemPort {
 
 impl MemoryBackend {
     /// `ports` ports with rings of `ring_size` entries, sharing `frame_count` frames of
-    /// `frame_size` bytes.
+    /// `frame_size` bytes, each with [`DEFAULT_HEADROOM`] bytes of headroom (none when
+    /// `frame_size` is not larger than that).
     pub fn new(ports: usize, ring_size: usize, frame_count: u32, frame_size: usize) -> Self {
+        let headroom = if frame_size > DEFAULT_HEADROOM {
+            DEFAULT_HEADROOM
+        } else {
+            0
+        };
+        Self::build(ports, ring_size, frame_count, frame_size, headroom)
+    }
+
+    /// As [`Self::new`], with `headroom` bytes of headroom in each frame: a packet arriving in
+    /// a frame starts `headroom` bytes into it, and has `frame_size - headroom` bytes of room.
+    /// Fails when the headroom leaves no room for a packet.
+    pub fn with_headroom(
+        ports: usize,
+        ring_size: usize,
+        frame_count: u32,
+        frame_size: usize,
+        headroom: usize,
+    ) -> Result<Self, crate::Error> {
+        if headroom >= frame_size {
+            return Err(crate::Error::Config(format!(
+                "a headroom of {headroom} bytes leaves no room for a packet in a frame of \
+                 {frame_size} bytes: use a headroom smaller than the frame"
+            )));
+        }
+        Ok(Self::build(
+            ports,
+            ring_size,
+            frame_count,
+            frame_size,
+            headroom,
+        ))
+    }
+
+    fn build(
+        ports: usize,
+        ring_size: usize,
+        frame_count: u32,
+        frame_size: usize,
+        headroom: usize,
+    ) -> Self {
         let port = || MemPort::new(ring_size);
+        let offset = headroom as u32;
         MemoryBackend {
             frame_size,
+            headroom,
             mem: vec![0; frame_count as usize * frame_size],
             frames: Some(
                 (0..frame_count)
-                    .map(|index| MemDesc { index, len: 0 })
+                    .map(|index| MemDesc {
+                        index,
+                        offset,
+                        len: 0,
+                    })
                     .collect(),
             ),
             ports: (0..ports).map(|_| port()).collect(),
         }
+    }
+
+    /// The headroom of a frame fresh from the RX or completion ring.
+    pub fn headroom(&self) -> usize {
+        self.headroom
     }
 
     /// Kernel side: a packet arrives on `port`. Returns false (and counts it) if the port's fill
@@ -89,9 +151,12 @@ impl MemoryBackend {
             p.rx_dropped_no_fill += 1;
             return false;
         };
-        let n = bytes.len().min(self.frame_size);
-        let start = d.index as usize * self.frame_size;
+        // Like the kernel: the packet goes after the headroom, wherever the descriptor
+        // given to the fill ring pointed.
+        let n = bytes.len().min(self.frame_size - self.headroom);
+        let start = d.index as usize * self.frame_size + self.headroom;
         self.mem[start..start + n].copy_from_slice(&bytes[..n]);
+        d.offset = self.headroom as u32;
         d.len = n as u32;
         p.rx.push_back(d);
         true
@@ -105,9 +170,12 @@ impl MemoryBackend {
             while p.comp.len() < p.ring_size {
                 let Some(d) = p.tx.pop_front() else { break };
                 if p.keep_wire {
-                    let start = d.index as usize * self.frame_size;
-                    p.wire
-                        .push_back(self.mem[start..start + d.len as usize].to_vec());
+                    // The packet from its first byte, wherever the worker left it; clamped to
+                    // the frame, as the kernel rejects a descriptor that crosses it.
+                    let frame = d.index as usize * self.frame_size;
+                    let start = frame + (d.offset as usize).min(self.frame_size);
+                    let end = (start + d.len as usize).min(frame + self.frame_size);
+                    p.wire.push_back(self.mem[start..end].to_vec());
                 }
                 p.sent += 1;
                 p.comp.push_back(d);
@@ -207,7 +275,11 @@ impl Backend for MemoryBackend {
         let p = &mut self.ports[port];
         let n = out.len().min(p.comp.len());
         for slot in out.iter_mut().take(n) {
-            *slot = p.comp.pop_front().unwrap_or_default();
+            let mut d = p.comp.pop_front().unwrap_or_default();
+            // Back to the configured headroom, so a frame reused from the free list has it
+            // whatever the last packet sent in it did to its head.
+            d.offset = self.headroom as u32;
+            *slot = d;
         }
         n
     }
@@ -217,8 +289,9 @@ impl Backend for MemoryBackend {
     fn with_frame<R>(&mut self, desc: &mut MemDesc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R {
         let start = desc.index as usize * self.frame_size;
         let buf = &mut self.mem[start..start + self.frame_size];
-        let mut frame = Frame::new(buf, desc.len as usize);
+        let mut frame = Frame::with_headroom(buf, desc.offset as usize, desc.len as usize);
         let r = f(&mut frame);
+        desc.offset = frame.headroom() as u32;
         desc.len = frame.len() as u32;
         r
     }

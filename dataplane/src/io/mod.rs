@@ -20,11 +20,22 @@ use crate::frame::Frame;
 pub mod afxdp;
 pub mod memory;
 
+/// The headroom a backend gives its frames unless told otherwise: room in front of each
+/// received packet for outer headers, without moving the packet.
+///
+/// 128 bytes: two cache lines, so a packet that started on a cache-line boundary still does,
+/// and enough for the largest encapsulation in sight — Ethernet (14) + IPv6 (40) + UDP for NAT
+/// traversal (8) + ESP header (8) + a 16-byte IV (AES-CBC) = 86 bytes, plus a VLAN tag (4) —
+/// where ESP tunnel mode over IPv4 with an 8-byte IV needs 50. It is DPDK's default mbuf
+/// headroom for the same reasons. On AF_XDP it costs nothing: it fits inside the 256 bytes the
+/// kernel already leaves in front of every received packet.
+pub const DEFAULT_HEADROOM: usize = 128;
+
 /// The rings and frames of the ports one worker owns. See the module documentation.
 ///
 /// Port indices are `0..port_count()` and equal the [`crate::tables::PortId`]s the tables use.
 pub trait Backend {
-    /// A frame descriptor: which frame, and how many bytes of it hold a packet.
+    /// A frame descriptor: which frame, where in it the packet starts, and how long it is.
     type Desc: Copy + std::fmt::Debug;
     /// What [`Self::add_port`] needs to open one more port.
     type PortSpec: Send + std::fmt::Debug + 'static;
@@ -67,8 +78,17 @@ pub trait Backend {
     /// the quiescence check of the frame accounting.
     fn fill_ring_occupancy(&mut self, port: usize) -> u32;
 
-    /// Runs `f` on the frame `desc` points at. The frame's writable capacity is the whole data
-    /// area; whatever length `f` leaves on the [`Frame`] becomes the descriptor's length.
+    /// Runs `f` on the frame `desc` points at. The [`Frame`]'s buffer is the whole writable
+    /// area of the descriptor's buffer; its packet starts where the descriptor says. Wherever
+    /// `f` leaves the packet's first byte ([`Frame::prepend`], [`Frame::strip_front`]) and
+    /// whatever length it leaves become the descriptor's, so a frame sent after a prepend goes
+    /// out whole, headers in front.
+    ///
+    /// Headroom: a frame fresh from `rx`, from `complete` or from `take_frames` has at least
+    /// the backend's configured headroom in front of its packet ([`DEFAULT_HEADROOM`] unless
+    /// the constructor was given another; the AF_XDP backend's frames have at least the
+    /// kernel's 256-byte XDP headroom as well, see [`afxdp`]). A descriptor the caller moved
+    /// keeps its head where the caller left it until it comes back from `rx` or `complete`.
     ///
     /// The caller must hold the frame (it came from `rx` or the free list and has not been
     /// given back to the kernel).
