@@ -825,7 +825,9 @@ impl<B: Backend> Worker<B> {
                     Verdict::Forward(out) | Verdict::IcmpError(out) if (out as usize) < ports => {
                         let q = out as usize;
                         let kind = if let Verdict::IcmpError(_) = verdict {
+                            // The packet itself is dropped; its answer is counted when sent.
                             stats.drop(DropReason::TtlExceeded);
+                            self.link.ports[port].drops.inc();
                             TxKind::IcmpError
                         } else {
                             TxKind::Forwarded

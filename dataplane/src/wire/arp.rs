@@ -32,7 +32,7 @@ pub struct Packet<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> Packet<T> {
     /// A view of untrusted bytes: `arp-malformed` unless it is a whole Ethernet/IPv4 request or
     /// reply (hardware type 1, protocol 0x0800, address sizes 6 and 4, operation 1 or 2).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buf: T) -> Result<Self, DropReason> {
         let b = buf.as_ref();
         if b.len() < LEN {
@@ -52,33 +52,33 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The operation ([`REQUEST`] or [`REPLY`]).
-    #[inline]
+    #[inline(always)]
     pub fn operation(&self) -> u16 {
         be16(self.buf.as_ref(), field::OPER)
     }
 
     /// The sender's MAC.
-    #[inline]
+    #[inline(always)]
     pub fn sender_mac(&self) -> [u8; 6] {
         let b = &self.buf.as_ref()[field::SHA];
         [b[0], b[1], b[2], b[3], b[4], b[5]]
     }
 
     /// The sender's IPv4 address.
-    #[inline]
+    #[inline(always)]
     pub fn sender_ip(&self) -> [u8; 4] {
         addr(self.buf.as_ref(), field::SPA)
     }
 
     /// The target's MAC.
-    #[inline]
+    #[inline(always)]
     pub fn target_mac(&self) -> [u8; 6] {
         let b = &self.buf.as_ref()[field::THA];
         [b[0], b[1], b[2], b[3], b[4], b[5]]
     }
 
     /// The target's IPv4 address.
-    #[inline]
+    #[inline(always)]
     pub fn target_ip(&self) -> [u8; 4] {
         addr(self.buf.as_ref(), field::TPA)
     }

@@ -36,14 +36,14 @@ pub struct Frame<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Frame<T> {
     /// A view without checks: for buffers the caller sized (at least [`HEADER_LEN`] bytes).
-    #[inline]
+    #[inline(always)]
     pub fn new_unchecked(buf: T) -> Self {
         Self { buf }
     }
 
     /// A view of an untrusted frame: at least [`HEADER_LEN`] bytes, else `zero-length` (no byte
     /// at all) or `eth-truncated`.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buf: T) -> Result<Self, DropReason> {
         match buf.as_ref().len() {
             0 => Err(DropReason::ZeroLength),
@@ -53,27 +53,27 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     /// The destination MAC.
-    #[inline]
+    #[inline(always)]
     pub fn dst(&self) -> [u8; 6] {
         let b = self.buf.as_ref();
         [b[0], b[1], b[2], b[3], b[4], b[5]]
     }
 
     /// The source MAC.
-    #[inline]
+    #[inline(always)]
     pub fn src(&self) -> [u8; 6] {
         let b = &self.buf.as_ref()[field::SRC];
         [b[0], b[1], b[2], b[3], b[4], b[5]]
     }
 
     /// The EtherType.
-    #[inline]
+    #[inline(always)]
     pub fn ethertype(&self) -> EtherType {
         EtherType(be16(self.buf.as_ref(), field::ETHERTYPE))
     }
 
     /// The bytes after the header.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[field::PAYLOAD..]
     }
@@ -81,25 +81,25 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     /// Sets the destination MAC.
-    #[inline]
+    #[inline(always)]
     pub fn set_dst(&mut self, mac: [u8; 6]) {
         self.buf.as_mut()[field::DST].copy_from_slice(&mac);
     }
 
     /// Sets the source MAC.
-    #[inline]
+    #[inline(always)]
     pub fn set_src(&mut self, mac: [u8; 6]) {
         self.buf.as_mut()[field::SRC].copy_from_slice(&mac);
     }
 
     /// Sets the EtherType.
-    #[inline]
+    #[inline(always)]
     pub fn set_ethertype(&mut self, t: EtherType) {
         put16(self.buf.as_mut(), field::ETHERTYPE, t.0);
     }
 
     /// The bytes after the header, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buf.as_mut()[field::PAYLOAD..]
     }
@@ -118,7 +118,7 @@ pub struct Repr {
 
 impl Repr {
     /// Writes the header into the first [`HEADER_LEN`] bytes of `frame`.
-    #[inline]
+    #[inline(always)]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, frame: &mut Frame<T>) {
         frame.set_dst(self.dst);
         frame.set_src(self.src);

@@ -33,7 +33,7 @@ pub struct Packet<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// A view without checks, for a buffer the caller sized and filled.
-    #[inline]
+    #[inline(always)]
     pub fn new_unchecked(buf: T) -> Self {
         Self { buf }
     }
@@ -43,7 +43,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// (`ipv4-bad-ihl`), total length at least the header and within the buffer
     /// (`ipv4-bad-total-length`). It does not verify the header checksum: see
     /// [`Packet::verify_checksum`].
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buf: T) -> Result<Self, DropReason> {
         let b = buf.as_ref();
         let Some(h) = b.first_chunk::<MIN_HEADER_LEN>() else {
@@ -67,7 +67,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// as [`Packet::new_checked`] but the total length's, which describes the original packet.
     /// [`Packet::payload`] is then what follows the header, up to the total length or the end
     /// of the buffer, whichever comes first.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked_header(buf: T) -> Result<Self, DropReason> {
         let b = buf.as_ref();
         let Some(&vihl) = b.first() else {
@@ -87,99 +87,99 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The header length in bytes (20..=60).
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         usize::from(self.buf.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
     /// The total length field.
-    #[inline]
+    #[inline(always)]
     pub fn total_len(&self) -> u16 {
         be16(self.buf.as_ref(), field::TOTAL_LEN)
     }
 
     /// Total length minus header length.
-    #[inline]
+    #[inline(always)]
     pub fn payload_len(&self) -> u16 {
         // Cannot underflow after `new_checked`; saturating keeps `new_unchecked` views sane.
         self.total_len().saturating_sub(self.header_len() as u16)
     }
 
     /// DSCP and ECN.
-    #[inline]
+    #[inline(always)]
     pub fn tos(&self) -> u8 {
         self.buf.as_ref()[field::TOS]
     }
 
     /// The identification field.
-    #[inline]
+    #[inline(always)]
     pub fn ident(&self) -> u16 {
         be16(self.buf.as_ref(), field::IDENT)
     }
 
     /// The "more fragments" flag.
-    #[inline]
+    #[inline(always)]
     pub fn more_fragments(&self) -> bool {
         self.buf.as_ref()[field::FLAGS_FRAG] & 0x20 != 0
     }
 
     /// The fragment offset in 8-byte units.
-    #[inline]
+    #[inline(always)]
     pub fn frag_offset(&self) -> u16 {
         be16(self.buf.as_ref(), field::FLAGS_FRAG) & 0x1fff
     }
 
     /// A fragment (first or later) rather than a whole datagram.
-    #[inline]
+    #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         self.more_fragments() || self.frag_offset() != 0
     }
 
     /// The time to live.
-    #[inline]
+    #[inline(always)]
     pub fn ttl(&self) -> u8 {
         self.buf.as_ref()[field::TTL]
     }
 
     /// The payload's protocol.
-    #[inline]
+    #[inline(always)]
     pub fn protocol(&self) -> Protocol {
         Protocol(self.buf.as_ref()[field::PROTOCOL])
     }
 
     /// The header checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), field::CHECKSUM)
     }
 
     /// The source address.
-    #[inline]
+    #[inline(always)]
     pub fn src(&self) -> [u8; 4] {
         addr(self.buf.as_ref(), field::SRC)
     }
 
     /// The destination address.
-    #[inline]
+    #[inline(always)]
     pub fn dst(&self) -> [u8; 4] {
         addr(self.buf.as_ref(), field::DST)
     }
 
     /// Whether the header checksum verifies.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         checksum::verify(self.header())
     }
 
     /// The header, options included.
-    #[inline]
+    #[inline(always)]
     pub fn header(&self) -> &[u8] {
         &self.buf.as_ref()[..self.header_len()]
     }
 
     /// The payload: from the end of the header to the total length (or, for a view made by
     /// [`Packet::new_checked_header`], to the end of the buffer if that comes first).
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         let b = self.buf.as_ref();
         let end = usize::from(self.total_len()).min(b.len());
@@ -189,7 +189,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the time to live, and updates the header checksum incrementally (RFC 1624).
-    #[inline]
+    #[inline(always)]
     pub fn set_ttl_and_update_checksum(&mut self, ttl: u8) {
         // TTL is the high byte of the 16-bit word TTL|protocol covered by the checksum.
         let proto = self.protocol().0;
@@ -227,7 +227,7 @@ impl Repr {
 
     /// Writes the header (identification 0, no flags, checksum filled) into the first
     /// [`MIN_HEADER_LEN`] bytes of `buf`.
-    #[inline]
+    #[inline(always)]
     pub fn emit(&self, buf: &mut [u8; MIN_HEADER_LEN]) {
         *buf = [0; MIN_HEADER_LEN];
         buf[field::VER_IHL] = 0x45;

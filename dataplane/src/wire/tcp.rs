@@ -37,7 +37,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// A view of untrusted bytes: `None` unless the segment holds a header whose data offset is
     /// at least 5 and within the segment. (A segment that fails is still forwarded by the
     /// pipeline, as the kernel would route it: only its flags and checksum are not read.)
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buf: T) -> Option<Self> {
         let b = buf.as_ref();
         let h = b.first_chunk::<MIN_HEADER_LEN>()?;
@@ -46,25 +46,25 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         be16(self.buf.as_ref(), field::SRC_PORT)
     }
 
     /// The destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         be16(self.buf.as_ref(), field::DST_PORT)
     }
 
     /// The FIN, SYN, RST, PSH, ACK, URG, ECE and CWR bits (see [`flags`]).
-    #[inline]
+    #[inline(always)]
     pub fn flags(&self) -> u8 {
         self.buf.as_ref()[field::FLAGS]
     }
 
     /// The checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), field::CHECKSUM)
     }

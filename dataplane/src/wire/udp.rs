@@ -23,37 +23,37 @@ pub struct Packet<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> Packet<T> {
     /// A view of untrusted bytes: `None` if they are shorter than the header. The length field
     /// is not checked against the IP payload: the pipeline forwards what IP carries.
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buf: T) -> Option<Self> {
         (buf.as_ref().len() >= HEADER_LEN).then_some(Self { buf })
     }
 
     /// The source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         be16(self.buf.as_ref(), field::SRC_PORT)
     }
 
     /// The destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         be16(self.buf.as_ref(), field::DST_PORT)
     }
 
     /// The length field.
-    #[inline]
+    #[inline(always)]
     pub fn len(&self) -> u16 {
         be16(self.buf.as_ref(), field::LENGTH)
     }
 
     /// Whether the length field is 0 (never valid: the header alone is 8).
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The checksum field (0: the sender computed none).
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), field::CHECKSUM)
     }
