@@ -22,9 +22,12 @@
 //! 5. flushes the per-port TX queues, kicking the kernel once per port and batch;
 //! 6. collects expired conntrack entries with a small budget ([`CT_GC_BUDGET`] slots).
 //!
-//! Each worker owns one [`Conntrack`] (allocated in [`Worker::new`], capacity
-//! [`WorkerConfig::ct_capacity`]); nobody else touches it. The control side lists or flushes it
-//! through [`CtControl`], a bounded queue checked once per batch like [`PortControl`].
+//! Every worker of an agent holds a handle on one shared [`Conntrack`]
+//! ([`Worker::with_conntrack`]; [`Worker::new`] makes a table of its own, of capacity
+//! [`WorkerConfig::ct_capacity`]), so a flow's two directions find one entry whichever queues
+//! they arrive on. The control side lists it directly (reads take no lock) and flushes it
+//! through one worker's [`CtControl`], a bounded queue checked once per batch like
+//! [`PortControl`].
 //!
 //! Nothing in that loop allocates, takes a lock or logs; the only system calls are the TX
 //! kicks (and, in `shared` placement, the idle wait).
@@ -167,11 +170,12 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     /// In `shared` placement, how long to keep polling after the last frame before blocking.
     pub idle_spin: Duration,
-    /// Most connections the worker's conntrack holds (default [`DEFAULT_CT_CAPACITY`]).
+    /// Most connections the conntrack [`Worker::new`] makes holds (default
+    /// [`DEFAULT_CT_CAPACITY`]); [`Worker::with_conntrack`] uses the table it is given.
     pub ct_capacity: usize,
 }
 
-/// The default conntrack capacity per worker.
+/// The default conntrack capacity (of the agent's table, shared by its workers).
 pub const DEFAULT_CT_CAPACITY: usize = 262_144;
 
 /// Conntrack slots examined by the garbage collection of one batch.
@@ -428,9 +432,36 @@ impl<B: Backend> std::fmt::Debug for Worker<B> {
 }
 
 impl<B: Backend> Worker<B> {
-    /// Takes the backend's frames and prepares the queues. Allocates everything the loop needs
-    /// up front.
-    pub fn new(cfg: WorkerConfig, mut backend: B, link: WorkerLink) -> Result<Self, Error> {
+    /// Takes the backend's frames and prepares the queues, with a conntrack of its own
+    /// (capacity [`WorkerConfig::ct_capacity`]). Allocates everything the loop needs up front.
+    pub fn new(cfg: WorkerConfig, backend: B, link: WorkerLink) -> Result<Self, Error> {
+        if cfg.ct_capacity == 0 {
+            return Err(Error::Config(
+                "conntrack capacity is 0: give the table room for at least one connection \
+                 (default 262144)"
+                    .into(),
+            ));
+        }
+        let seed = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(cfg.id)
+        };
+        let ct = Conntrack::new(&CtConfig {
+            capacity: cfg.ct_capacity,
+            timeouts: CtTimeouts::default(),
+            seed,
+        });
+        Self::with_conntrack(cfg, backend, link, ct)
+    }
+
+    /// As [`Worker::new`], on the conntrack `ct` (a handle: clone one table's handle for each
+    /// worker that shares it).
+    pub fn with_conntrack(
+        cfg: WorkerConfig,
+        mut backend: B,
+        link: WorkerLink,
+        ct: Conntrack,
+    ) -> Result<Self, Error> {
         if cfg.batch_size == 0 || cfg.batch_size > 4096 {
             return Err(Error::Config(format!(
                 "batch size {} is out of range: use 1 to 4096 (default 64)",
@@ -480,17 +511,6 @@ impl<B: Backend> Worker<B> {
                 (Some(poll), Some(Arc::new(waker)))
             }
         };
-        if cfg.ct_capacity == 0 {
-            return Err(Error::Config(
-                "conntrack capacity is 0: give each worker room for at least one connection \
-                 (default 262144)"
-                    .into(),
-            ));
-        }
-        let seed = {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(cfg.id)
-        };
         let monitor = link.monitor.writer(2 * cfg.batch_size).ok_or_else(|| {
             Error::Config(
                 "the monitor ring of this worker link already has a worker: build each worker \
@@ -498,11 +518,6 @@ impl<B: Backend> Worker<B> {
                     .into(),
             )
         })?;
-        let ct = Conntrack::new(&CtConfig {
-            capacity: cfg.ct_capacity,
-            timeouts: CtTimeouts::default(),
-            seed,
-        });
         Ok(Worker {
             ct,
             monitor,
@@ -534,7 +549,8 @@ impl<B: Backend> Worker<B> {
         self.ports_ctl.clone()
     }
 
-    /// The queues through which the control side lists or flushes this worker's conntrack.
+    /// The queues through which the control side lists or flushes the conntrack, between this
+    /// worker's batches.
     pub fn ct_control(&self) -> CtControl {
         self.ct_ctl.clone()
     }
@@ -545,7 +561,7 @@ impl<B: Backend> Worker<B> {
         self.ct_prefetch = when;
     }
 
-    /// The worker's conntrack (tests and benchmarks inspect it).
+    /// The worker's handle on its conntrack (tests and benchmarks inspect it).
     pub fn conntrack(&self) -> &Conntrack {
         &self.ct
     }
@@ -573,7 +589,7 @@ impl<B: Backend> Worker<B> {
                 len,
                 capacity: self.ct.capacity(),
                 bytes_per_entry: self.ct.bytes_per_entry(),
-                stats: *self.ct.stats(),
+                stats: self.ct.stats(),
             });
         }
     }
