@@ -608,7 +608,7 @@ impl Conntrack {
                 end = pos.wrapping_add(GC_CHUNK);
             }
             let i = pos % n;
-            let (m, seen, _) = t.locked_view(i);
+            let (m, seen, _) = t.view(i);
             let st = state_of(m);
             if st != EMPTY
                 && CtState::from_u8(st).is_some()
@@ -698,7 +698,7 @@ impl Conntrack {
         let mut found = None;
         let mut expired = None;
         while i != run.end {
-            let (m, seen, addrs) = t.locked_view(i);
+            let (m, seen, addrs) = t.view(i);
             let live = t.is_live(m, seen, now);
             if Table::is_key(m, addrs, &c) {
                 found = Some((i, m, live));
@@ -732,7 +732,7 @@ impl Conntrack {
                 Some(run.end)
             }
         };
-        let h = at.map(|x| handle(x, t.locked_view(x).0));
+        let h = at.map(|x| handle(x, t.view(x).0));
         t.unlock_run(&run);
         match (merge, h) {
             (true, _) => self.count(|s| &s.races),
@@ -782,7 +782,7 @@ impl Conntrack {
             Some(r) => orig_key_of(r.addrs, r.meta),
             // Gone since the probe: what the slot holds now.
             None => {
-                let (m, _, addrs) = self.t.locked_view(slot & 0xffff_ffff);
+                let (m, _, addrs) = self.t.view(slot & 0xffff_ffff);
                 orig_key_of(addrs, m)
             }
         }

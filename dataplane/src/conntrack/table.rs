@@ -714,9 +714,10 @@ impl Table {
         }
     }
 
-    /// Under the lock of its stripe: the `meta`, `seen` and `addrs` of slot `i`.
+    /// The `meta`, `seen` and `addrs` of slot `i`, each read on its own: consistent only
+    /// under the lock of its stripe (else a first look, to be confirmed under the lock).
     #[inline]
-    pub(super) fn locked_view(&self, i: usize) -> (u64, u64, u64) {
+    pub(super) fn view(&self, i: usize) -> (u64, u64, u64) {
         let s = &self.slots[i];
         (
             s.meta.load(Relaxed),
@@ -844,7 +845,7 @@ impl Table {
         } else {
             self.try_lock_run(i)?
         };
-        let (m, seen, _) = self.locked_view(i);
+        let (m, seen, _) = self.view(i);
         let st = state_of(m);
         let r = (st != EMPTY && st != BUSY && keep_going(m, seen)).then(|| self.remove_locked(i));
         self.unlock_run(&run);

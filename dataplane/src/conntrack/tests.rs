@@ -533,3 +533,9 @@ fn a_full_table_keeps_one_slot_empty_even_past_capacity() {
             .all(|k| ct.get(0, k).is_some() || ct.probe(0, k) == Probe::Full)
     );
 }
+
+#[test]
+fn handles_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Conntrack>();
+}
