@@ -24,109 +24,22 @@
 //!
 //! `cargo bench -p xylem-bench --bench worker`
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam::queue::ArrayQueue;
-use xylem_bench::{GW_IP, GW_MAC, flow_frame};
-use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
-use xylem_dataplane::conntrack::{proto, tcp_flags};
+use xylem_bench::full::{CLIENT_PORT, CLIENTS, FRAME_LEN, RULES, SERVER_PORT, ack, tables};
 use xylem_dataplane::io::memory::MemoryBackend;
 use xylem_dataplane::slowpath::Signal;
-use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
+use xylem_dataplane::tables::Tables;
 use xylem_dataplane::worker::{CtPrefetch, Placement, Worker, WorkerConfig, WorkerLink};
 
-const RULES: u32 = 100_000;
-const OTHER_LABELS: u32 = xylem_bench::POLICY_CLIENT_LABELS;
-/// Endpoints labelled `app=client`; each opens up to 65,536 connections (one per source port).
-const CLIENTS: u32 = 16;
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const CLIENT_PORT: usize = 0;
-const SERVER_PORT: usize = 1;
 const BATCH: usize = 64;
-const FRAME_LEN: usize = 64;
 const POOL: usize = 1 << 20;
 const NOW: u64 = 1_000_000_000;
-
-fn client(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 1, i as u8)
-}
-
-/// Connection `i`: `(client address, source port)`.
-fn conn(i: u64) -> (Ipv4Addr, u16) {
-    (client((i >> 16) as u32), i as u16)
-}
-
-/// `Mode::Full` tables: routes to the server (port 1) and the clients (port 0), and the
-/// 100,000-rule policy.
-fn tables() -> Tables {
-    let y = xylem_bench::server_policy_yaml(RULES);
-    let policies = parse_policies(&y).expect("bench policy parses");
-    let ep = |ip: Ipv4Addr, app: String| EndpointSpec {
-        ip,
-        namespace: "default".into(),
-        labels: BTreeMap::from([("app".to_owned(), app)]),
-    };
-    let mut eps = vec![ep(SERVER, "server".into())];
-    eps.extend((0..CLIENTS).map(|i| ep(client(i), "client".into())));
-    eps.extend(
-        (0..OTHER_LABELS).map(|j| ep(Ipv4Addr::from_bits(0x0a01_0000 + j), format!("client-{j}"))),
-    );
-    let mut t = Tables::new(
-        1,
-        Mode::Full,
-        Gateway {
-            mac: MacAddr(GW_MAC),
-            ipv4: GW_IP,
-        },
-    );
-    let route = |t: &mut Tables, ip: Ipv4Addr, port: usize| {
-        let mut mac = [2, 0, 0, 0, 0, 0];
-        mac[2..].copy_from_slice(&ip.octets());
-        t.add_route(
-            ip,
-            Neighbor {
-                port: port as u16,
-                mac: MacAddr(mac),
-            },
-        )
-        .expect("distinct addresses");
-    };
-    route(&mut t, SERVER, SERVER_PORT);
-    for i in 0..CLIENTS {
-        route(&mut t, client(i), CLIENT_PORT);
-    }
-    let c = compile(
-        t.revision(),
-        &policies,
-        &eps,
-        &[GW_IP],
-        &mut IdentityAllocator::new(),
-    );
-    let server = c.tables.endpoint(SERVER).expect("server").1;
-    assert!(
-        server.ingress.exact_keys() >= RULES as usize,
-        "rules compiled"
-    );
-    t.set_policy(c.tables);
-    t
-}
-
-/// A client's ACK on connection `i` (to the server), or the server's reply.
-fn ack(i: u64, reply: bool) -> Vec<u8> {
-    let (c, sport) = conn(i);
-    let (src, dst) = if reply {
-        ((SERVER, 80), (c, sport))
-    } else {
-        ((c, sport), (SERVER, 80))
-    };
-    flow_frame(proto::TCP, FRAME_LEN, src, dst, tcp_flags::ACK)
-}
 
 /// One batch: `frames` arrive on `port`, the worker runs once, the "kernel" sends what it
 /// queued. Returns how long `run_once` took.

@@ -12,6 +12,8 @@
 //! - `worker` times a whole worker batch (`Worker::run_once`) over the in-memory backend in
 //!   `Mode::Full`, with 100,000 rules and up to 1,000,000 tracked connections, with the
 //!   conntrack prefetch on and off.
+//! - `workers` measures the aggregate packet rate of one worker against two (one shared
+//!   conntrack, or a handoff of each frame to the worker owning its flow), same set-up.
 //!
 //! Read results as ratios against a baseline of the same run (the machines are noisy VMs), and
 //! note the CPU the run was pinned to (`taskset -c N cargo bench ...`).
@@ -243,6 +245,117 @@ pub fn xorshift(s: &mut u64) -> u64 {
     *s ^= *s >> 7;
     *s ^= *s << 17;
     *s
+}
+
+/// The `Mode::Full` set-up of the worker benchmarks (`worker`, `workers`): the 100,000-rule
+/// server policy as CiliumNetworkPolicy YAML compiled by `xylem_control::policy` (as in the
+/// `policy` benchmark), sixteen `app=client` endpoints on port 0 that open up to 65,536
+/// connections each to the server (port 1) on 80/TCP, and their ACK frames.
+pub mod full {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
+    use xylem_dataplane::conntrack::{proto, tcp_flags};
+    use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
+
+    use super::{GW_IP, GW_MAC, flow_frame};
+
+    /// Ingress rules of the server's policy.
+    pub const RULES: u32 = 100_000;
+    /// Endpoints labelled `app=client`; each opens up to 65,536 connections (one per source
+    /// port).
+    pub const CLIENTS: u32 = 16;
+    /// The server.
+    pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    /// The clients' port.
+    pub const CLIENT_PORT: usize = 0;
+    /// The server's port.
+    pub const SERVER_PORT: usize = 1;
+    /// Bytes of every frame.
+    pub const FRAME_LEN: usize = 64;
+
+    /// Client `i`'s address.
+    pub fn client(i: u32) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 1, i as u8)
+    }
+
+    /// Connection `i`: `(client address, source port)`.
+    pub fn conn(i: u64) -> (Ipv4Addr, u16) {
+        (client((i >> 16) as u32), i as u16)
+    }
+
+    /// `Mode::Full` tables: routes to the server (port 1) and the clients (port 0), and the
+    /// 100,000-rule policy.
+    pub fn tables() -> Tables {
+        let y = super::server_policy_yaml(RULES);
+        let policies = parse_policies(&y).expect("bench policy parses");
+        let ep = |ip: Ipv4Addr, app: String| EndpointSpec {
+            ip,
+            namespace: "default".into(),
+            labels: BTreeMap::from([("app".to_owned(), app)]),
+        };
+        let mut eps = vec![ep(SERVER, "server".into())];
+        eps.extend((0..CLIENTS).map(|i| ep(client(i), "client".into())));
+        eps.extend(
+            (0..super::POLICY_CLIENT_LABELS)
+                .map(|j| ep(Ipv4Addr::from_bits(0x0a01_0000 + j), format!("client-{j}"))),
+        );
+        let mut t = Tables::new(
+            1,
+            Mode::Full,
+            Gateway {
+                mac: MacAddr(GW_MAC),
+                ipv4: GW_IP,
+            },
+        );
+        let route = |t: &mut Tables, ip: Ipv4Addr, port: usize| {
+            let mut mac = [2, 0, 0, 0, 0, 0];
+            mac[2..].copy_from_slice(&ip.octets());
+            t.add_route(
+                ip,
+                Neighbor {
+                    port: port as u16,
+                    mac: MacAddr(mac),
+                },
+            )
+            .expect("distinct addresses");
+        };
+        route(&mut t, SERVER, SERVER_PORT);
+        for i in 0..CLIENTS {
+            route(&mut t, client(i), CLIENT_PORT);
+        }
+        let c = compile(
+            t.revision(),
+            &policies,
+            &eps,
+            &[GW_IP],
+            &mut IdentityAllocator::new(),
+        );
+        let server = c.tables.endpoint(SERVER).expect("server").1;
+        assert!(
+            server.ingress.exact_keys() >= RULES as usize,
+            "rules compiled"
+        );
+        t.set_policy(c.tables);
+        t
+    }
+
+    /// A client's ACK on connection `i` (to the server), or the server's reply.
+    pub fn ack(i: u64, reply: bool) -> Vec<u8> {
+        let (c, sport) = conn(i);
+        let (src, dst) = if reply {
+            ((SERVER, 80), (c, sport))
+        } else {
+            ((c, sport), (SERVER, 80))
+        };
+        flow_frame(proto::TCP, FRAME_LEN, src, dst, tcp_flags::ACK)
+    }
+
+    /// The port a frame of connection `i` arrives on.
+    pub fn port_of(reply: bool) -> usize {
+        if reply { SERVER_PORT } else { CLIENT_PORT }
+    }
 }
 
 #[cfg(test)]

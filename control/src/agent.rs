@@ -20,13 +20,15 @@ use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 use xdp_redirector::{RedirectCounters, RedirectFlags, Redirector, XdpMode};
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, CtTimeouts};
 use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
 use xylem_dataplane::monitor::{EventType, FlowEvent, MonitorLink};
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::stats::StatsSnapshot;
 use xylem_dataplane::tables::{Gateway, MacAddr, Neighbor, Tables};
 use xylem_dataplane::worker::{
-    CtControl, CtRequest, CtSnapshot, Placement, PortControl, Worker, WorkerConfig, WorkerLink,
+    CT_LIST_MAX, CtControl, CtRequest, CtSnapshot, Placement, PortControl, Worker, WorkerConfig,
+    WorkerLink,
 };
 
 use crate::policy::{
@@ -188,21 +190,14 @@ pub struct TraceRequest {
     pub dport: String,
 }
 
-/// The conntrack of every worker, as `GET /v1/ct` returns it.
+/// The agent's conntrack (one table shared by every worker), as `GET /v1/ct` returns it.
 #[derive(Clone, Debug, Serialize)]
 pub struct CtView {
-    /// Per worker, in worker order.
-    pub workers: Vec<CtWorkerView>,
-}
-
-/// One worker's conntrack.
-#[derive(Clone, Debug, Serialize)]
-pub struct CtWorkerView {
-    /// The worker.
-    pub worker: usize,
-    /// Its snapshot.
+    /// How many workers share the table.
+    pub workers: usize,
+    /// The entries, size and counters.
     #[serde(flatten)]
-    pub snapshot: CtSnapshot,
+    pub table: CtSnapshot,
 }
 
 /// The policy side of the agent: the stored policies, the identities and what the last
@@ -603,7 +598,9 @@ pub struct AgentState {
     bindings: Mutex<Vec<Option<PortConfig>>>,
     /// Policies and identities; locked after `bindings`.
     policy: Mutex<PolicyState>,
-    /// Serializes conntrack requests (one reply per request, in order).
+    /// The conntrack every worker shares (this handle: for listing).
+    ct: Conntrack,
+    /// Serializes flush requests (one reply per request, in order).
     ct_lock: Mutex<()>,
     monitor_mask: Arc<AtomicU32>,
     monitor_listeners: [AtomicUsize; 4],
@@ -696,6 +693,26 @@ impl AgentState {
 
         let to_slow = Arc::new(ArrayQueue::new(1024));
         let signal = Arc::new(Signal::default());
+        // One conntrack for every worker: a pod's veth hands a flow's two directions to queues,
+        // hence workers, chosen independently. Its memory is allocated here, before any
+        // traffic; every worker's clock counts from the same origin, because the table
+        // compares their timestamps.
+        let seed = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(cfg.node_name.as_str())
+        };
+        let ct = Conntrack::new(&CtConfig {
+            capacity: cfg.workers.ct_capacity,
+            timeouts: CtTimeouts::default(),
+            seed,
+        });
+        tracing::info!(
+            capacity = ct.capacity(),
+            bytes = ct.memory_bytes(),
+            workers = cores.len(),
+            "conntrack allocated (shared by every worker)"
+        );
+        let epoch = Instant::now();
         let mut workers = Vec::new();
         let mut built = Vec::new();
         for (w, &core) in cores.iter().enumerate() {
@@ -729,6 +746,7 @@ impl AgentState {
                 Arc::clone(&monitor_mask),
                 xylem_dataplane::monitor::DEFAULT_RING,
             );
+            link.epoch = epoch;
             let wcfg = WorkerConfig {
                 id: w,
                 core: Some(core),
@@ -737,8 +755,7 @@ impl AgentState {
                 idle_spin: Duration::from_micros(cfg.workers.idle_spin_us),
                 ct_capacity: cfg.workers.ct_capacity,
             };
-            // Conntrack memory is allocated here, before any traffic.
-            let worker = Worker::new(wcfg, backend, link.clone())?;
+            let worker = Worker::with_conntrack(wcfg, backend, link.clone(), ct.clone())?;
             built.push((w, core, link, worker));
         }
 
@@ -771,12 +788,6 @@ impl AgentState {
             }
             let ports_ctl = worker.port_control();
             let ct_ctl = worker.ct_control();
-            tracing::info!(
-                worker = id,
-                capacity = worker.conntrack().capacity(),
-                bytes = worker.conntrack().memory_bytes(),
-                "conntrack allocated"
-            );
             let thread = std::thread::Builder::new()
                 .name(format!("xylem-worker-{id}"))
                 .spawn(move || worker.run().map(|_| ()).map_err(Error::from))
@@ -808,6 +819,7 @@ impl AgentState {
             store,
             bindings: Mutex::new(bindings),
             policy: Mutex::new(policy),
+            ct,
             ct_lock: Mutex::new(()),
             monitor_mask,
             monitor_listeners: Default::default(),
@@ -1158,57 +1170,73 @@ impl AgentState {
         ))
     }
 
-    /// Sends `req` to every worker's conntrack and collects the answers (worker order).
-    fn ct_request(&self, req: CtRequest) -> Result<Vec<CtWorkerView>, Rejected> {
+    /// The tracked connections (at most `max`, capped at [`CT_LIST_MAX`]), read from the
+    /// shared table on the calling thread: lookups take no lock, so the workers do not wait.
+    pub fn ct_list(&self, max: usize) -> Result<CtView, Rejected> {
+        let now = self
+            .workers
+            .first()
+            .map_or(Duration::ZERO, |w| w.link.epoch.elapsed())
+            .as_nanos() as u64;
+        let len = self.ct.len();
+        let entries = self
+            .ct
+            .entries(now)
+            .filter(|e| e.expires_in_ns > 0)
+            .take(max.min(CT_LIST_MAX))
+            .collect();
+        Ok(CtView {
+            workers: self.workers.len(),
+            table: CtSnapshot {
+                entries,
+                len,
+                capacity: self.ct.capacity(),
+                bytes_per_entry: self.ct.bytes_per_entry(),
+                stats: self.ct.stats(),
+            },
+        })
+    }
+
+    /// Empties the shared conntrack. Returns how many entries there were.
+    ///
+    /// One worker does it, between two of its batches: removing entries takes the table's
+    /// stripe locks, which only the pinned workers take (a preempted API thread holding one
+    /// would stall them).
+    pub fn ct_flush(&self) -> Result<usize, Rejected> {
         let _one = self
             .ct_lock
             .lock()
             .map_err(|_| reject(500, "-", "agent state poisoned"))?;
-        for w in &self.workers {
-            w.ct_ctl
-                .requests
-                .push(req)
-                .map_err(|_| reject(503, "-", "the worker's conntrack queue is full"))?;
-        }
-        self.wake_workers();
-        let mut out = Vec::new();
-        for w in &self.workers {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let snapshot = loop {
-                if let Some(r) = w.ct_ctl.replies.pop() {
-                    break r;
-                }
-                if Instant::now() > deadline || w.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                    return Err(reject(
-                        503,
-                        "-",
-                        format!("worker {} did not answer; see xylem status", w.id),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            };
-            out.push(CtWorkerView {
-                worker: w.id,
-                snapshot,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Every worker's tracked connections (at most `max` per worker).
-    pub fn ct_list(&self, max: usize) -> Result<CtView, Rejected> {
-        Ok(CtView {
-            workers: self.ct_request(CtRequest::List { max })?,
-        })
-    }
-
-    /// Empties every worker's conntrack. Returns how many entries there were.
-    pub fn ct_flush(&self) -> Result<usize, Rejected> {
-        Ok(self
-            .ct_request(CtRequest::Flush)?
+        let Some(w) = self
+            .workers
             .iter()
-            .map(|w| w.snapshot.len)
-            .sum())
+            .find(|w| w.thread.as_ref().is_some_and(|t| !t.is_finished()))
+        else {
+            return Err(reject(
+                503,
+                "-",
+                "no worker is running to flush the conntrack; see xylem status",
+            ));
+        };
+        w.ct_ctl
+            .requests
+            .push(CtRequest::Flush)
+            .map_err(|_| reject(503, "-", "the worker's conntrack queue is full"))?;
+        self.wake_workers();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(r) = w.ct_ctl.replies.pop() {
+                return Ok(r.len);
+            }
+            if Instant::now() > deadline || w.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                return Err(reject(
+                    503,
+                    "-",
+                    format!("worker {} did not answer; see xylem status", w.id),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Creates or replaces the endpoint `namespace/name`: validates, stores it durably, then

@@ -150,8 +150,9 @@ pub struct WorkersConfig {
     /// the configured ones: each adds one ring's worth of frames to the worker's UMEM.
     #[serde(default = "default_spare_ports")]
     pub spare_ports: u32,
-    /// Connections each worker's conntrack holds (network policy, `full` mode); allocated at
-    /// start, about 43 bytes each.
+    /// Connections the agent's conntrack holds, all workers together: one table that every
+    /// worker shares (network policy, `full` mode); allocated at start, about 43 bytes each.
+    /// When it is full, new flows are dropped (`ct-full`).
     #[serde(default = "default_ct_capacity")]
     pub ct_capacity: usize,
 }
@@ -336,21 +337,6 @@ impl AgentConfig {
                 "use a power of two from 64 to 16384",
             ));
         }
-        // Each worker tracks connections in its own table, and a pod's veth hands a flow's two
-        // directions to queues (hence workers) chosen independently (TCP picks a random
-        // transmit hash per socket): a reply could meet a worker that never saw the request
-        // and be judged, wrongly, as a new flow. Refuse rather than drop replies.
-        if self.mode == Mode::Full && self.worker_cores().len() > 1 {
-            return Err(Error::config(
-                "workers.cores",
-                format!(
-                    "{} worker cores in full mode: connection tracking is per worker, so a \
-                     reply could reach a worker that never saw its request; use one worker core \
-                     with mode full (several are fine with mode passthrough)",
-                    self.worker_cores().len()
-                ),
-            ));
-        }
         let cpus = online_cpus();
         for (i, c) in self.worker_cores().iter().enumerate() {
             if *c >= cpus {
@@ -409,13 +395,12 @@ ports:
     }
 
     #[test]
-    fn several_workers_are_refused_in_full_mode_only() {
-        let two = format!("{GOOD}workers: {{ cores: [0, 0] }}\n");
-        let e = AgentConfig::parse(&two).unwrap_err().to_string();
-        assert!(
-            e.contains("workers.cores") && e.contains("one worker"),
-            "{e}"
-        );
+    fn several_workers_are_accepted_in_both_modes() {
+        let two = format!("{GOOD}workers: {{ cores: [0, 0], ct_capacity: 1000 }}\n");
+        let full = AgentConfig::parse(&two).expect("several workers share one conntrack");
+        assert_eq!(full.mode, Mode::Full);
+        assert_eq!(full.worker_cores(), [0, 0]);
+        assert_eq!(full.workers.ct_capacity, 1000);
         let passthrough = format!("{two}mode: passthrough\n");
         AgentConfig::parse(&passthrough).expect("several workers forward in passthrough");
     }

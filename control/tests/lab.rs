@@ -234,99 +234,144 @@ fn cli_without_an_agent_says_what_to_do() {
     );
 }
 
-/// Two workers: every pod veth gets two queues, one socket on each per worker. In passthrough
-/// mode the connections spread over both workers and all of them work; in full mode (per-worker
-/// connection tracking) the agent refuses the configuration, naming the field.
+/// Two workers: every pod veth gets two queues, one socket on each per worker, and each TCP
+/// socket picks its own transmit hash, so a connection's two directions may reach different
+/// workers. In passthrough mode all connections work; in full mode too, with the client's
+/// ingress enforced, so every reply (from the SYN-ACK on) passes only if it finds the entry
+/// its request created, whichever worker created it: the workers share one conntrack.
 #[test]
-fn two_workers_carry_connections_in_passthrough_and_are_refused_in_full_mode() {
+fn two_workers_carry_connections_in_passthrough_and_in_full_mode() {
     require_root!();
-    let refused = LabGuard {
-        name: format!(
-            "t{}x{}",
-            std::process::id(),
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ),
-    };
-    let o = sh(&[
-        xylem(),
-        "--lab",
-        &refused.name,
-        "lab",
-        "up",
-        "--worker-cores",
-        "0,0",
-        "--mode",
-        "full",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success(),
-        "two workers in full mode were accepted"
-    );
-    assert!(err.contains("workers.cores"), "{err}");
-    drop(refused);
+    for mode in ["passthrough", "full"] {
+        let lab = LabGuard::up(&[
+            "--worker-cores",
+            "0,0",
+            "--placement",
+            "shared",
+            "--mode",
+            mode,
+        ]);
+        echo_connections(&lab, mode == "full");
+    }
+}
 
-    let lab = LabGuard::up(&[
-        "--worker-cores",
-        "0,0",
-        "--placement",
-        "shared",
-        "--mode",
-        "passthrough",
-    ]);
-    let (a_ns, _) = lab.pod("pod-a");
+/// pod-a accepts TCP only from pod-c, on a port nobody uses: its ingress is enforced.
+const CLIENT_INGRESS: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: pod-a-in
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels: {app: pod-a}
+  ingress:
+    - fromEndpoints:
+        - matchLabels: {app: pod-c}
+      toPorts:
+        - ports:
+            - {port: \"7\", protocol: TCP}
+";
+
+/// 20 TCP connections pod-a → pod-b, each echoing 3,000 bytes; all must come back intact,
+/// both workers must have carried traffic, and (`enforce`) with pod-a's ingress enforced the
+/// conntrack must list each connection once.
+fn echo_connections(lab: &LabGuard, enforce: bool) {
+    let (a_ns, a_ip) = lab.pod("pod-a");
     let (b_ns, b_ip) = lab.pod("pod-b");
+    if enforce {
+        let path = format!("/tmp/xylem-lab-client-ingress-{}.yaml", std::process::id());
+        std::fs::write(&path, CLIENT_INGRESS).unwrap();
+        lab.xylem(&["policy", "import", &path]);
+        let eps: Value =
+            serde_json::from_str(&lab.xylem(&["endpoint", "list", "-o", "json"])).unwrap();
+        let a = eps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "pod-a")
+            .unwrap();
+        assert_eq!(a["ingress_enforced"], true, "{a}");
+    }
     const CONNS: usize = 20;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = in_netns(&b_ns, move || {
         let l = TcpListener::bind(SocketAddrV4::new(b_ip, 9200)).unwrap();
+        l.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
         let mut echoed = 0;
-        for _ in 0..CONNS {
-            let (mut s, _) = l.accept().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while echoed < CONNS && Instant::now() < deadline {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut buf = [0u8; 4096];
             let mut got = Vec::new();
-            loop {
-                let n = s.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
+            while let Ok(n @ 1..) = s.read(&mut buf) {
                 got.extend_from_slice(&buf[..n]);
             }
-            s.write_all(&got).unwrap();
-            echoed += 1;
+            if s.write_all(&got).is_ok() {
+                echoed += 1;
+            }
         }
         echoed
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let client = in_netns(&a_ns, move || {
         (0..CONNS)
-            .filter(|i| {
-                let msg = vec![*i as u8; 3000];
+            .filter_map(|i| {
+                let msg = vec![i as u8; 3000];
                 let mut s = TcpStream::connect_timeout(
                     &std::net::SocketAddr::V4(SocketAddrV4::new(b_ip, 9200)),
-                    Duration::from_secs(5),
+                    Duration::from_secs(2),
                 )
-                .unwrap();
+                .ok()?;
                 s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                s.write_all(&msg).unwrap();
-                s.shutdown(std::net::Shutdown::Write).unwrap();
+                s.write_all(&msg).ok()?;
+                s.shutdown(std::net::Shutdown::Write).ok()?;
                 let mut back = Vec::new();
-                s.read_to_end(&mut back).unwrap();
-                back == msg
+                s.read_to_end(&mut back).ok()?;
+                let sport = s.local_addr().ok()?.port();
+                (back == msg).then_some(sport)
             })
-            .count()
+            .collect::<Vec<u16>>()
     });
-    assert_eq!(client.join().unwrap(), CONNS, "connections echoed intact");
+    let sports = client.join().unwrap();
+    assert_eq!(sports.len(), CONNS, "connections echoed intact");
     assert_eq!(server.join().unwrap(), CONNS);
     let st = lab.agent();
     let workers = st["workers"].as_array().expect("workers in status");
     assert_eq!(workers.len(), 2);
     for w in workers {
         let rx = w["stats"]["rx_packets"].as_u64().unwrap_or(0);
-        // Each connection's socket picks a random transmit hash, hence a queue: with 20
-        // connections both queues, and so both workers, see traffic.
+        // With 20 connections both queues, and so both workers, see traffic.
         assert!(rx > 0, "worker {} saw no traffic: {st}", w["id"]);
+    }
+    if enforce {
+        assert_eq!(
+            st["totals"]["drops"]["policy-denied"].as_u64().unwrap_or(0),
+            0,
+            "no reply was judged as a new flow: {st}"
+        );
+        // One table, listed once: each connection exactly once, client to server.
+        let ct: Value = serde_json::from_str(&lab.xylem(&["ct", "list", "-o", "json"])).unwrap();
+        assert_eq!(ct["workers"], 2, "{ct}");
+        let mut listed: Vec<u16> = ct["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["orig"]["dport"] == 9200)
+            .map(|e| {
+                assert_eq!(e["orig"]["src"], a_ip.to_string(), "{e}");
+                assert_eq!(e["seen_reply"], true, "{e}");
+                e["orig"]["sport"].as_u64().unwrap() as u16
+            })
+            .collect();
+        listed.sort_unstable();
+        let mut want = sports;
+        want.sort_unstable();
+        assert_eq!(listed, want, "{ct}");
     }
 }

@@ -7,12 +7,12 @@
 //! 1. takes back completed TX frames into the free list;
 //! 2. tops up every port's fill ring from the free list;
 //! 3. takes up to `batch_size` frames from each port's RX ring; in [`Mode::Full`], with at
-//!    least [`CT_PREFETCH_MIN_ENTRIES`] tracked connections, it first reads each frame's
-//!    conntrack key ([`FlowKey::of_frame`]: a bounds-checked look at the IPv4 and L4 headers; a
-//!    frame that does not parse is skipped) and prefetches its entry
-//!    ([`Conntrack::prefetch`]), so the batch's cache misses overlap instead of stalling each
-//!    decision in turn (at 1,000,000 connections the batch takes a third of the time: see the
-//!    `worker` benchmark); then it decides on each frame: forwarded frames are queued for the
+//!    least [`CT_PREFETCH_MIN_ENTRIES`] tracked connections, it first runs the pipeline's parse
+//!    stage on the whole batch and prefetches each frame's conntrack entry
+//!    ([`Conntrack::prefetch`] of `Meta::key`), so the batch's cache misses overlap instead of
+//!    stalling each decision in turn (at 1,000,000 connections the batch takes a third of the
+//!    time: see the `worker` benchmark); then it decides on each frame (parsing it first if the
+//!    batch was not parsed ahead): forwarded frames are queued for the
 //!    destination port's TX ring (no copy: all ports share the UMEM), slow-path frames are
 //!    copied into the slow path's bounded queue, dropped frames go back to the free list. While
 //!    a monitor client listens for a frame's event type, the event is written into the worker's
@@ -23,9 +23,12 @@
 //! 6. collects expired conntrack entries with a small budget ([`CT_GC_BUDGET`] slots), paced by
 //!    time rather than by batch (see [`CT_GC_SWEEP_NS`]).
 //!
-//! Each worker owns one [`Conntrack`] (allocated in [`Worker::new`], capacity
-//! [`WorkerConfig::ct_capacity`]); nobody else touches it. The control side lists or flushes it
-//! through [`CtControl`], a bounded queue checked once per batch like [`PortControl`].
+//! Every worker of an agent holds a handle on one shared [`Conntrack`]
+//! ([`Worker::with_conntrack`]; [`Worker::new`] makes a table of its own, of capacity
+//! [`WorkerConfig::ct_capacity`]), so a flow's two directions find one entry whichever queues
+//! they arrive on. The control side lists it directly (reads take no lock) and flushes it
+//! through one worker's [`CtControl`], a bounded queue checked once per batch like
+//! [`PortControl`].
 //!
 //! Nothing in that loop allocates, takes a lock or logs; the only system calls are the TX
 //! kicks (and, in `shared` placement, the idle wait).
@@ -168,11 +171,12 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     /// In `shared` placement, how long to keep polling after the last frame before blocking.
     pub idle_spin: Duration,
-    /// Most connections the worker's conntrack holds (default [`DEFAULT_CT_CAPACITY`]).
+    /// Most connections the conntrack [`Worker::new`] makes holds (default
+    /// [`DEFAULT_CT_CAPACITY`]); [`Worker::with_conntrack`] uses the table it is given.
     pub ct_capacity: usize,
 }
 
-/// The default conntrack capacity per worker.
+/// The default conntrack capacity (of the agent's table, shared by its workers).
 pub const DEFAULT_CT_CAPACITY: usize = 262_144;
 
 /// Conntrack slots examined by the garbage collection of one batch.
@@ -480,9 +484,36 @@ impl<B: Backend> std::fmt::Debug for Worker<B> {
 }
 
 impl<B: Backend> Worker<B> {
-    /// Takes the backend's frames and prepares the queues. Allocates everything the loop needs
-    /// up front.
-    pub fn new(cfg: WorkerConfig, mut backend: B, link: WorkerLink) -> Result<Self, Error> {
+    /// Takes the backend's frames and prepares the queues, with a conntrack of its own
+    /// (capacity [`WorkerConfig::ct_capacity`]). Allocates everything the loop needs up front.
+    pub fn new(cfg: WorkerConfig, backend: B, link: WorkerLink) -> Result<Self, Error> {
+        if cfg.ct_capacity == 0 {
+            return Err(Error::Config(
+                "conntrack capacity is 0: give the table room for at least one connection \
+                 (default 262144)"
+                    .into(),
+            ));
+        }
+        let seed = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(cfg.id)
+        };
+        let ct = Conntrack::new(&CtConfig {
+            capacity: cfg.ct_capacity,
+            timeouts: CtTimeouts::default(),
+            seed,
+        });
+        Self::with_conntrack(cfg, backend, link, ct)
+    }
+
+    /// As [`Worker::new`], on the conntrack `ct` (a handle: clone one table's handle for each
+    /// worker that shares it).
+    pub fn with_conntrack(
+        cfg: WorkerConfig,
+        mut backend: B,
+        link: WorkerLink,
+        ct: Conntrack,
+    ) -> Result<Self, Error> {
         if cfg.batch_size == 0 || cfg.batch_size > 4096 {
             return Err(Error::Config(format!(
                 "batch size {} is out of range: use 1 to 4096 (default 64)",
@@ -532,17 +563,6 @@ impl<B: Backend> Worker<B> {
                 (Some(poll), Some(Arc::new(waker)))
             }
         };
-        if cfg.ct_capacity == 0 {
-            return Err(Error::Config(
-                "conntrack capacity is 0: give each worker room for at least one connection \
-                 (default 262144)"
-                    .into(),
-            ));
-        }
-        let seed = {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(cfg.id)
-        };
         let monitor = link.monitor.writer(2 * cfg.batch_size).ok_or_else(|| {
             Error::Config(
                 "the monitor ring of this worker link already has a worker: build each worker \
@@ -550,11 +570,8 @@ impl<B: Backend> Worker<B> {
                     .into(),
             )
         })?;
-        let ct = Conntrack::new(&CtConfig {
-            capacity: cfg.ct_capacity,
-            timeouts: CtTimeouts::default(),
-            seed,
-        });
+        // Every worker of a table paces its own steps, so with `w` workers a sweep takes
+        // `CT_GC_SWEEP_NS / w`.
         let slots = (ct.memory_bytes() / Conntrack::BYTES_PER_SLOT).max(1) as u64;
         let ct_gc_interval =
             (CT_GC_SWEEP_NS.saturating_mul(CT_GC_BUDGET as u64) / slots).max(1_000);
@@ -592,7 +609,8 @@ impl<B: Backend> Worker<B> {
         self.ports_ctl.clone()
     }
 
-    /// The queues through which the control side lists or flushes this worker's conntrack.
+    /// The queues through which the control side lists or flushes the conntrack, between this
+    /// worker's batches.
     pub fn ct_control(&self) -> CtControl {
         self.ct_ctl.clone()
     }
@@ -603,7 +621,7 @@ impl<B: Backend> Worker<B> {
         self.ct_prefetch = when;
     }
 
-    /// The worker's conntrack (tests and benchmarks inspect it).
+    /// The worker's handle on its conntrack (tests and benchmarks inspect it).
     pub fn conntrack(&self) -> &Conntrack {
         &self.ct
     }
@@ -631,7 +649,7 @@ impl<B: Backend> Worker<B> {
                 len,
                 capacity: self.ct.capacity(),
                 bytes_per_entry: self.ct.bytes_per_entry(),
-                stats: *self.ct.stats(),
+                stats: self.ct.stats(),
             });
         }
     }

@@ -60,7 +60,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: IdentityCmd,
     },
-    /// Connection tracking (every worker's table).
+    /// Connection tracking: one table shared by every worker (its size is the agent's
+    /// `workers.ct_capacity`, for all workers together).
     Ct {
         #[command(subcommand)]
         cmd: CtCmd,
@@ -169,16 +170,17 @@ enum IdentityCmd {
 
 #[derive(Subcommand, Debug)]
 enum CtCmd {
-    /// List tracked connections.
+    /// List tracked connections (the table every worker shares, once).
     List {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
-        /// At most this many entries per worker.
+        /// At most this many entries (the agent caps it at 65,536).
         #[arg(long, default_value_t = 4096)]
         max: usize,
     },
-    /// Remove every tracked connection (established flows are then checked as new ones).
+    /// Remove every tracked connection, on every worker (established flows are then checked as
+    /// new ones).
     Flush,
 }
 
@@ -650,46 +652,34 @@ fn ct_list(cli: &Cli, output: Format, max: usize) -> Result<(), Error> {
     }
     let empty = Vec::new();
     let mut rows = Vec::new();
-    for w in v["workers"].as_array().unwrap_or(&empty) {
-        for e in w["entries"].as_array().unwrap_or(&empty) {
-            let o = &e["orig"];
-            let proto = match o["proto"].as_u64() {
-                Some(6) => "TCP".to_string(),
-                Some(17) => "UDP".to_string(),
-                Some(1) => "ICMP".to_string(),
-                Some(p) => p.to_string(),
-                None => "-".to_string(),
-            };
-            rows.push(vec![
-                w["worker"].to_string(),
-                proto,
-                format!("{}:{}", o["src"].as_str().unwrap_or(""), o["sport"]),
-                format!("{}:{}", o["dst"].as_str().unwrap_or(""), o["dport"]),
-                e["state"].as_str().unwrap_or("").into(),
-                format!("{:.0}", e["expires_in_ns"].as_f64().unwrap_or(0.0) / 1e9),
-            ]);
-        }
+    for e in v["entries"].as_array().unwrap_or(&empty) {
+        let o = &e["orig"];
+        let proto = match o["proto"].as_u64() {
+            Some(6) => "TCP".to_string(),
+            Some(17) => "UDP".to_string(),
+            Some(1) => "ICMP".to_string(),
+            Some(p) => p.to_string(),
+            None => "-".to_string(),
+        };
+        rows.push(vec![
+            proto,
+            format!("{}:{}", o["src"].as_str().unwrap_or(""), o["sport"]),
+            format!("{}:{}", o["dst"].as_str().unwrap_or(""), o["dport"]),
+            e["state"].as_str().unwrap_or("").into(),
+            format!("{:.0}", e["expires_in_ns"].as_f64().unwrap_or(0.0) / 1e9),
+        ]);
     }
     print_table(
-        &[
-            "WORKER",
-            "PROTO",
-            "SOURCE",
-            "DESTINATION",
-            "STATE",
-            "EXPIRES-S",
-        ],
+        &["PROTO", "SOURCE", "DESTINATION", "STATE", "EXPIRES-S"],
         &rows,
     );
-    for w in v["workers"].as_array().unwrap_or(&empty) {
-        println!(
-            "worker {}: {} entries of {} ({:.1} bytes each at capacity)",
-            w["worker"],
-            w["len"],
-            w["capacity"],
-            w["bytes_per_entry"].as_f64().unwrap_or(0.0)
-        );
-    }
+    println!(
+        "{} entries of {} ({:.1} bytes each at capacity), shared by {} workers",
+        v["len"],
+        v["capacity"],
+        v["bytes_per_entry"].as_f64().unwrap_or(0.0),
+        v["workers"]
+    );
     Ok(())
 }
 

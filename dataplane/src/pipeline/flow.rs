@@ -7,7 +7,14 @@
 //! new flow; [`commit`] tracks it once allowed.
 //!
 //! Later stages that keep per-flow state (service translation, masquerade, DNS over TCP) will
-//! find it on the entry this stage found, without a second lookup.
+//! find it on the entry this stage found (its `ext` index into a companion table of
+//! translation state, and its `stage` byte), without a second lookup.
+//!
+//! The table is shared by every worker ([`Conntrack`] is a handle): a flow's two directions may
+//! arrive on different workers and still meet one entry. A slot handle can go stale if another
+//! worker moves the entry in the nanoseconds between probe and use: the table then refuses the
+//! write, and a SYN on such a handle takes the new-flow path, whose `insert` looks again under
+//! the table's lock.
 //!
 //! # Narrowed policy
 //! Each entry stores the policy revision (low 32 bits) that last allowed it. On a hit whose
@@ -107,18 +114,23 @@ pub fn commit(
     vacancy: Vacancy,
     revision: u64,
 ) -> PolicyVerdict {
-    match vacancy {
-        Some((slot, reuse)) => {
-            ct.insert(now, slot, reuse, &meta.key, meta.tcp_flags, revision);
-            PolicyVerdict::New
-        }
+    let tracked = match vacancy {
+        // `None` from `insert`: other workers took the last room since the probe (counted).
+        Some((slot, reuse)) => ct
+            .insert(now, slot, reuse, &meta.key, meta.tcp_flags, revision)
+            .is_some(),
         None => {
             ct.count_full();
-            PolicyVerdict::Drop {
-                reason: PolicyDropReason::CtFull,
-                direction: None,
-                rule: None,
-            }
+            false
+        }
+    };
+    if tracked {
+        PolicyVerdict::New
+    } else {
+        PolicyVerdict::Drop {
+            reason: PolicyDropReason::CtFull,
+            direction: None,
+            rule: None,
         }
     }
 }
