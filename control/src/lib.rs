@@ -22,6 +22,7 @@ pub mod lab;
 pub mod metrics;
 pub mod output;
 pub mod policy;
+pub mod replay;
 pub mod state;
 
 pub use error::Error;

@@ -8,7 +8,7 @@ use xylem_control::Error;
 use xylem_control::api::Client;
 use xylem_control::lab::{self, DEFAULT_LAB, Lab, LabFile, LabOptions};
 use xylem_control::output::{Format, print_json, print_table};
-use xylem_dataplane::tables::Mode;
+use xylem_dataplane::tables::{MacAddr, Mode};
 use xylem_dataplane::worker::Placement;
 
 /// Xylem's command-line tool: inspect a running agent, or build a lab of pods on this machine.
@@ -65,6 +65,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CtCmd,
     },
+    /// What Xylem would do with a capture, frame by frame, without a node or an agent.
+    ///
+    /// Runs a pcap or pcapng capture through the real worker and pipeline, against the tables
+    /// an agent with the given endpoints and policy would build, with connection tracking in
+    /// capture time. Prints for each frame its number, time, ingress endpoint, 5-tuple, verdict
+    /// (forwarded to which endpoint, to the slow path, dropped), drop reason, the connection
+    /// state it met, and the header fields the dataplane rewrote; then totals.
+    #[command(after_help = REPLAY_HELP)]
+    Replay(ReplayArgs),
     /// A lab: a node namespace running xylem-agent, and pod namespaces behind it.
     Lab {
         #[command(subcommand)]
@@ -180,6 +189,66 @@ enum CtCmd {
     },
     /// Remove every tracked connection (established flows are then checked as new ones).
     Flush,
+}
+
+const REPLAY_HELP: &str = "\
+Capturing: XDP takes a pod's frames before tcpdump on the node's side of the veth sees them,
+so capture in the pods' network namespaces, what each pod sends:
+  tcpdump -i eth0 -Q out -w pod-a.pcap        (in each pod's namespace)
+  mergecap -w all.pcapng pod-a.pcap pod-b.pcap
+A capture of one pod in both directions works too, with --ingress POD; the frames the gateway
+sent in it are reported as `from-gateway`, not replayed. Frames whose source MAC no endpoint
+has are reported as `no-ingress`.
+
+Endpoints: `xylem endpoint list -o json > endpoints.json` on the node. The gateway defaults to
+the lab's (10.200.0.1, 0e:78:79:6c:00:01); the host port (--host-ip, --host-mac) is needed only
+for the node's own traffic.
+
+Exit status: 0 when every frame was replayed (drops are verdicts, not failures); 1 for a bad
+file or options, or when the replay found the dataplane's accounting broken (a bug).";
+
+/// `xylem replay`.
+#[derive(clap::Args, Debug, Clone)]
+struct ReplayArgs {
+    /// The capture: pcap (`tcpdump -w`) or pcapng, Ethernet link type.
+    file: PathBuf,
+    /// The endpoints, as `xylem endpoint list -o json` prints them (port ids follow their
+    /// order).
+    #[arg(long)]
+    endpoints: Option<PathBuf>,
+    /// CiliumNetworkPolicy YAML, as `xylem policy import` takes it (`-` for standard input).
+    /// Without it nothing is enforced.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Every frame enters by this endpoint (`NAMESPACE/NAME`, `NAME`, its interface, or
+    /// `host`), for a capture taken on one pod's interface. Default: the endpoint whose MAC is
+    /// the frame's source MAC.
+    #[arg(long)]
+    ingress: Option<String>,
+    /// The gateway's IPv4 address (default: the lab's).
+    #[arg(long, default_value = "10.200.0.1")]
+    gateway_ip: std::net::Ipv4Addr,
+    /// The gateway's MAC (default: the lab's).
+    #[arg(long, default_value = "0e:78:79:6c:00:01")]
+    gateway_mac: MacAddr,
+    /// The host port's IPv4 address (the node's own address on the pod network; the lab's is
+    /// 10.200.0.254), for captures with the node's own traffic. Needs --host-mac.
+    #[arg(long, requires = "host_mac")]
+    host_ip: Option<std::net::Ipv4Addr>,
+    /// The MAC of the node's end of the host port (`ip link show xyhost` in the lab's node
+    /// namespace). Needs --host-ip.
+    #[arg(long, requires = "host_ip")]
+    host_mac: Option<MacAddr>,
+    /// `full` (policy and connection tracking, the agent's default) or `passthrough`.
+    #[arg(long, default_value = "full", value_parser = parse_mode)]
+    mode: Mode,
+    /// Also write the frames the dataplane transmitted to this pcapng file, one interface per
+    /// port (named after its veth).
+    #[arg(short = 'w', long)]
+    write: Option<PathBuf>,
+    /// Output format: a table and totals, or one JSON document (`frames` and `summary`).
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Format,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -1013,6 +1082,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         },
         Cmd::Metrics => metrics(cli),
         Cmd::Monitor { types, output } => monitor(cli, types, *output),
+        Cmd::Replay(a) => replay(a),
         Cmd::Lab { cmd } => {
             let lab = Lab::new(&cli.lab)?;
             match cmd {
@@ -1077,7 +1147,177 @@ fn run(cli: &Cli) -> Result<(), Error> {
     }
 }
 
+fn replay(a: &ReplayArgs) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    use xylem_control::replay::{self, HostPort, ReplayConfig};
+    use xylem_dataplane::io::pcap::TxWriter;
+
+    let mut cfg = ReplayConfig::new();
+    cfg.gateway.ip = a.gateway_ip;
+    cfg.gateway.mac = a.gateway_mac;
+    cfg.mode = a.mode;
+    cfg.ingress = a.ingress.clone();
+    if let Some(p) = &a.endpoints {
+        cfg.endpoints = replay::load_endpoints(p)?;
+    }
+    if let (Some(ip), Some(mac)) = (a.host_ip, a.host_mac) {
+        cfg.host = Some(HostPort { ip, mac });
+    }
+    if let Some(p) = &a.policy {
+        cfg.policies = replay::load_policies(p)?;
+    }
+    let mut tx = match &a.write {
+        None => None,
+        Some(path) => {
+            let f = std::fs::File::create(path).map_err(|source| Error::File {
+                what: "creating",
+                path: path.clone(),
+                source,
+            })?;
+            let names = replay::port_interfaces(&cfg)?;
+            Some(TxWriter::new(std::io::BufWriter::new(f), &names)?)
+        }
+    };
+    // A progress bar for long captures, on stderr, only when a person watches stdout.
+    let size = std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0);
+    let bar = (std::io::stdout().is_terminal() && size > 1 << 20).then(|| {
+        let b = indicatif::ProgressBar::new(size);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "replaying {bar:40} {bytes}/{total_bytes} ({eta} left)",
+        ) {
+            b.set_style(style);
+        }
+        b
+    });
+    let mut progress = |read: usize, _total: usize| {
+        if let Some(b) = &bar {
+            b.set_position(read as u64);
+        }
+    };
+    let mut sent = |f: &xylem_dataplane::io::pcap::SentFrame| match &mut tx {
+        Some(w) => w.write(f).map_err(Error::from),
+        None => Ok(()),
+    };
+    let report = replay::replay_file(&a.file, &cfg, &mut progress, &mut sent)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if let (Some(w), Some(path)) = (tx, &a.write) {
+        use std::io::Write;
+        w.into_inner().flush().map_err(|source| Error::File {
+            what: "writing",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    match a.output {
+        Format::Json => print_json(&report),
+        Format::Table => print_replay(&report),
+    }
+    if !report.ok() {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        eprintln!(
+            "xylem: the replay of {} found the dataplane's accounting broken (frame accounting: \
+             {}; see the frames with verdict `unknown`): this is a bug in Xylem, please report \
+             it with the capture",
+            report.file, report.summary.frame_accounting
+        );
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn print_replay(r: &xylem_control::replay::Report) {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = r
+        .frames
+        .iter()
+        .map(|f| {
+            let (egress, rewrite) = match &f.answer {
+                Some(a) => (
+                    a.egress.endpoint.clone(),
+                    format!("answered: {}", a.flow.summary),
+                ),
+                None => (
+                    f.egress.as_ref().map_or("-".into(), |e| e.endpoint.clone()),
+                    f.rewrite
+                        .iter()
+                        .map(|c| format!("{} {}→{}", c.field, c.from, c.to))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            };
+            vec![
+                f.number.to_string(),
+                format!("{:.6}", f.time),
+                f.ingress
+                    .as_ref()
+                    .map_or("-".into(), |p| p.endpoint.clone()),
+                f.flow.summary.clone(),
+                f.verdict.to_string(),
+                egress,
+                opt(&f.reason),
+                match (f.ct, f.ct_state) {
+                    (Some(c), Some(s)) => format!("{c} ({s})"),
+                    (Some(c), None) => c.to_string(),
+                    _ => "-".into(),
+                },
+                if rewrite.is_empty() {
+                    "-".into()
+                } else {
+                    rewrite
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "#", "TIME", "INGRESS", "FLOW", "VERDICT", "EGRESS", "REASON", "CT", "REWRITE",
+        ],
+        &rows,
+    );
+    let s = &r.summary;
+    let join = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "-".to_string()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let verdicts: Vec<String> = s.verdicts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!();
+    println!(
+        "{} ({}, {} mode): {} frames: {}",
+        r.file,
+        r.format,
+        match r.mode {
+            Mode::Full => "full",
+            Mode::Passthrough => "passthrough",
+        },
+        s.frames,
+        if verdicts.is_empty() {
+            "-".into()
+        } else {
+            verdicts.join(", ")
+        }
+    );
+    println!("drops: {}", join(&s.drops));
+    println!("not processed: {}", join(&s.not_processed));
+    println!("frame accounting: {}", s.frame_accounting);
+}
+
 fn main() -> ExitCode {
+    // Die quietly when the reader of our output goes away (`xylem replay … | head`), as Unix
+    // tools do, instead of panicking on the failed write: Rust ignores SIGPIPE by default.
+    // SAFETY: called first thing in `main`, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
