@@ -67,6 +67,11 @@ use crate::policy::{IdentityAllocator, Policy, parse_policies};
 /// The lab's gateway address, the default of `--gateway-ip`.
 pub const LAB_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 
+/// The latest `now` a replay gives the worker (about 146 years after the first frame): far
+/// enough for any real capture, and far enough from `u64::MAX` that conntrack's expiry times
+/// (`now` plus hours) cannot overflow.
+const MAX_NOW: u64 = 1 << 62;
+
 /// Entries of each port's rings: one frame is replayed at a time, so a few are plenty.
 const RING: usize = 8;
 
@@ -600,13 +605,12 @@ pub fn replay_bytes(
             number, timestamp, ..
         } = info;
         let t0 = *first.get_or_insert(timestamp);
-        // Capture time, never backwards (a merged capture may step back by a little).
-        now = now.max(
-            timestamp
-                .saturating_sub(t0)
-                .as_nanos()
-                .min(u128::from(u64::MAX)) as u64,
-        );
+        // Capture time, never backwards (a merged capture may step back by a little), and
+        // bounded: the dataplane's clock is nanoseconds since its start, and conntrack adds its
+        // timeouts to it.
+        let elapsed = timestamp.saturating_sub(t0).as_nanos();
+        let clamped = elapsed > u128::from(MAX_NOW);
+        now = now.max(elapsed.min(u128::from(MAX_NOW)) as u64);
         let input = w.backend_mut().input().to_vec();
         let flow = describe(&input);
         let mut r = FrameReport {
@@ -625,6 +629,14 @@ pub fn replay_bytes(
             answer: None,
             note: None,
         };
+        if clamped {
+            r.note = Some(format!(
+                "captured {} s after the first frame: replayed at {} s, the most the replay's \
+                 clock covers (a timestamp from another clock, or a corrupt one)",
+                elapsed / 1_000_000_000,
+                MAX_NOW / 1_000_000_000
+            ));
+        }
         if number % 256 == 0 {
             progress(w.backend_mut().capture().position(), total_bytes);
         }

@@ -382,6 +382,40 @@ spec:
     }
 }
 
+#[test]
+fn a_timestamp_beyond_the_replay_clock_is_replayed_at_its_bound_and_said_so() {
+    // Two centuries between two frames (another clock, or a corrupt timestamp): the clock
+    // stops at its bound (so conntrack's expiry times cannot overflow) and the frame says so.
+    let mut cap =
+        Capture::from_bytes(std::fs::read(captures().join("basic.pcapng")).unwrap()).unwrap();
+    let mut all = Vec::new();
+    while let Some(f) = cap.next_frame().unwrap() {
+        all.push(f.data.to_vec());
+    }
+    let t0 = Duration::from_secs(1_000_000_000);
+    let later = t0 + Duration::from_secs(200 * 365 * 86_400);
+    let bytes = capture_of(&[(&all[18], t0), (&all[19], later), (&all[18], later)]);
+    let r = replay::replay_bytes(
+        bytes,
+        Path::new("far.pcapng"),
+        &config(),
+        &mut |_, _| {},
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert!(r.ok());
+    let note = r.frames[1].note.as_deref().unwrap();
+    assert!(note.contains("replayed at 4611686018 s"), "{note}");
+    assert_eq!(r.frames[1].time, r.frames[2].time);
+    // The UDP entry expired long before: the answer starts a new flow (no policy: allowed).
+    assert_eq!(
+        [r.frames[1].verdict, r.frames[2].verdict],
+        ["forwarded", "forwarded"]
+    );
+    assert_eq!(r.frames[1].ct, Some("new"));
+    assert_eq!(r.frames[2].ct, Some("reply"));
+}
+
 /// Runs the CLI binary.
 fn xylem(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_xylem"))
