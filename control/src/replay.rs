@@ -248,6 +248,38 @@ pub struct Report {
     pub summary: Summary,
 }
 
+/// What a replay says before its first frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Head {
+    /// The capture file.
+    pub file: String,
+    /// `pcap` or `pcapng`.
+    pub format: &'static str,
+    /// `full` or `passthrough`.
+    pub mode: Mode,
+    /// The ports, in port-id order.
+    pub ports: Vec<PortRef>,
+}
+
+/// Where a replay's results go as they come: [`replay_stream`] calls `start` once, then
+/// `sent` for each frame the worker transmits and `frame` for each frame of the capture, in
+/// file order, and `progress` every few hundred frames. An error from the sink stops the
+/// replay. A whole capture's results are never held in memory unless the sink keeps them.
+pub trait Sink {
+    /// The capture's header was read.
+    fn start(&mut self, _head: &Head) -> Result<(), Error> {
+        Ok(())
+    }
+    /// What happened to one frame.
+    fn frame(&mut self, frame: FrameReport) -> Result<(), Error>;
+    /// A frame the worker transmitted (before the [`FrameReport`] of the frame it came from).
+    fn sent(&mut self, _frame: &SentFrame) -> Result<(), Error> {
+        Ok(())
+    }
+    /// `read` of the capture's `total` bytes are done.
+    fn progress(&mut self, _read: usize, _total: usize) {}
+}
+
 impl Report {
     /// Whether the replay itself went right (every verdict understood, frames accounted for);
     /// drops are not failures.
@@ -556,14 +588,56 @@ fn outcome(before: &Verdicts, after: &Verdicts, sent: &[SentFrame], slow: usize)
     }
 }
 
-/// Reads `bytes` (a capture named `path` in messages) and replays it. See [`replay_file`].
+/// Reads `bytes` (a capture named `path` in messages) and replays it, keeping every frame's
+/// report. See [`replay_file`].
 pub fn replay_bytes(
     bytes: Vec<u8>,
     path: &Path,
     cfg: &ReplayConfig,
     progress: &mut dyn FnMut(usize, usize),
-    sent_hook: &mut dyn FnMut(&SentFrame) -> Result<(), Error>,
+    sent: &mut dyn FnMut(&SentFrame) -> Result<(), Error>,
 ) -> Result<Report, Error> {
+    struct Collect<'a> {
+        frames: Vec<FrameReport>,
+        progress: &'a mut dyn FnMut(usize, usize),
+        sent: &'a mut dyn FnMut(&SentFrame) -> Result<(), Error>,
+    }
+    impl Sink for Collect<'_> {
+        fn frame(&mut self, f: FrameReport) -> Result<(), Error> {
+            self.frames.push(f);
+            Ok(())
+        }
+        fn sent(&mut self, f: &SentFrame) -> Result<(), Error> {
+            (self.sent)(f)
+        }
+        fn progress(&mut self, read: usize, total: usize) {
+            (self.progress)(read, total)
+        }
+    }
+    let mut c = Collect {
+        frames: Vec::new(),
+        progress,
+        sent,
+    };
+    let (head, summary) = replay_stream(bytes, path, cfg, &mut c)?;
+    Ok(Report {
+        file: head.file,
+        format: head.format,
+        mode: head.mode,
+        ports: head.ports,
+        frames: c.frames,
+        summary,
+    })
+}
+
+/// Reads `bytes` (a capture named `path` in messages) and replays it into `sink`, frame by
+/// frame. Returns the header and the totals.
+pub fn replay_stream(
+    bytes: Vec<u8>,
+    path: &Path,
+    cfg: &ReplayConfig,
+    sink: &mut dyn Sink,
+) -> Result<(Head, Summary), Error> {
     let setup = setup(cfg)?;
     let capture = Capture::from_bytes(bytes).map_err(|e| capture_error(path, e))?;
     let format = capture.format().as_str();
@@ -586,8 +660,14 @@ pub fn replay_bytes(
     let redirect = RedirectFlags::default();
     let gw_mac = cfg.gateway.mac.0;
     let port_ref = |p: u16| setup.ports.get(usize::from(p)).cloned();
+    let head = Head {
+        file: path.display().to_string(),
+        format,
+        mode: cfg.mode,
+        ports: setup.ports.clone(),
+    };
+    sink.start(&head)?;
 
-    let mut frames = Vec::new();
     let mut summary = Summary::default();
     let mut first: Option<Duration> = None;
     let mut now: u64 = 0;
@@ -638,7 +718,7 @@ pub fn replay_bytes(
             ));
         }
         if number % 256 == 0 {
-            progress(w.backend_mut().capture().position(), total_bytes);
+            sink.progress(w.backend_mut().capture().position(), total_bytes);
         }
 
         // Which port, if any, the frame enters by.
@@ -691,7 +771,7 @@ pub fn replay_bytes(
                 r.reason = Some(reason.into());
                 r.note = Some(note);
                 count(&mut summary, &r);
-                frames.push(r);
+                sink.frame(r)?;
                 continue;
             }
         };
@@ -715,7 +795,7 @@ pub fn replay_bytes(
                 }
             });
             count(&mut summary, &r);
-            frames.push(r);
+            sink.frame(r)?;
             continue;
         }
 
@@ -739,7 +819,7 @@ pub fn replay_bytes(
             slow += 1;
         }
         for f in &sent {
-            sent_hook(f)?;
+            sink.sent(f)?;
         }
         let passed_policy = match outcome(&before, &after, &sent, slow) {
             Outcome::Forwarded(p) => {
@@ -797,23 +877,16 @@ pub fn replay_bytes(
             r.ct_state = ct.get(now, &k).map(|(s, _)| s.as_str());
         }
         count(&mut summary, &r);
-        frames.push(r);
+        sink.frame(r)?;
     }
-    progress(total_bytes, total_bytes);
+    sink.progress(total_bytes, total_bytes);
     // Let the last sent frames complete, then check every frame is back where it belongs.
     w.drain(now);
     summary.frame_accounting = match w.check_quiescent() {
         Ok(()) => "ok".into(),
         Err(e) => format!("{e}: this is a bug in Xylem, please report it with the capture"),
     };
-    Ok(Report {
-        file: path.display().to_string(),
-        format,
-        mode: cfg.mode,
-        ports: setup.ports,
-        frames,
-        summary,
-    })
+    Ok((head, summary))
 }
 
 fn count(s: &mut Summary, r: &FrameReport) {

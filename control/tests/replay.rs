@@ -470,7 +470,13 @@ fn the_cli_prints_json_and_a_table_and_writes_what_was_sent() {
         out_file.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("#   TIME"), "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .starts_with("#       TIME         INGRESS"),
+        "{out}"
+    );
     assert!(out.contains("ip.ttl 64→63"), "{out}");
     assert!(out.contains("basic.pcapng (pcapng, full mode): 20 frames: 16 forwarded, 4 slowpath"));
     assert!(out.contains("frame accounting: ok"));
