@@ -1200,6 +1200,7 @@ fn replay(a: &ReplayArgs) -> Result<(), Error> {
         tx,
         widths: Vec::new(),
         first: true,
+        pending: String::new(),
     };
     let (head, summary) = replay::replay_stream(bytes, &a.file, &cfg, &mut out)?;
     out.finish(&head, &summary)?;
@@ -1234,6 +1235,8 @@ struct ReplayPrinter<W: std::io::Write> {
     tx: Option<xylem_dataplane::io::pcap::TxWriter<std::io::BufWriter<std::fs::File>>>,
     widths: Vec<usize>,
     first: bool,
+    /// Text waiting to be written past the progress bar.
+    pending: String,
 }
 
 /// `v` as pretty JSON, its lines after the first indented by `indent` spaces.
@@ -1252,9 +1255,15 @@ const REPLAY_HEADER: [&str; 9] = [
 impl<W: std::io::Write> ReplayPrinter<W> {
     fn write(&mut self, text: &str) -> Result<(), Error> {
         let r = match &self.bar {
-            // Through the bar, so that it is redrawn below the text.
+            // Gathered, then written through the bar in chunks, which hides it while the
+            // text goes out and redraws it below (once per chunk, not per line).
             Some(b) => {
-                b.suspend(|| std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()))
+                self.pending.push_str(text);
+                if self.pending.len() < 1 << 16 {
+                    return Ok(());
+                }
+                let chunk = std::mem::take(&mut self.pending);
+                b.suspend(|| std::io::Write::write_all(&mut std::io::stdout(), chunk.as_bytes()))
             }
             None => self.out.write_all(text.as_bytes()),
         };
@@ -1287,6 +1296,8 @@ impl<W: std::io::Write> ReplayPrinter<W> {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+        let pending = std::mem::take(&mut self.pending);
+        self.write(&pending)?;
         let text = match self.format {
             Format::Json => format!(
                 "{}],\n  \"summary\": {}\n}}\n",
