@@ -25,7 +25,7 @@ use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
 use xylem_dataplane::monitor::{EventType, FlowEvent, MonitorLink};
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::stats::StatsSnapshot;
-use xylem_dataplane::tables::{Gateway, MacAddr, Neighbor, Tables};
+use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{
     CT_LIST_MAX, CtControl, CtRequest, CtSnapshot, Placement, PortControl, Worker, WorkerConfig,
     WorkerLink,
@@ -37,7 +37,7 @@ use crate::policy::{
 };
 
 use crate::Error;
-use crate::config::{AgentConfig, PortConfig, PortKind};
+use crate::config::{AgentConfig, GatewayConfig, PortConfig, PortKind};
 use crate::state::{StateStore, kind};
 
 /// One port as the API reports it.
@@ -263,11 +263,11 @@ fn restore_policies(store: &dyn StateStore) -> Result<BTreeMap<String, Policy>, 
 /// What the policy compiler needs from the port bindings: the pods as endpoints, and the
 /// addresses that are the `host` entity (the gateway and the host ports).
 fn policy_inputs(
-    cfg: &AgentConfig,
+    gateway: &GatewayConfig,
     bindings: &[Option<PortConfig>],
 ) -> (Vec<EndpointSpec>, Vec<std::net::Ipv4Addr>) {
     let mut specs = Vec::new();
-    let mut host = vec![cfg.gateway.ip];
+    let mut host = vec![gateway.ip];
     for p in bindings.iter().flatten() {
         match p.kind {
             PortKind::Pod => specs.push(EndpointSpec {
@@ -281,6 +281,26 @@ fn policy_inputs(
     (specs, host)
 }
 
+/// The tables for `bindings` (port id = index; `None`: no route) in `mode`, with `policies`
+/// compiled in at the same `revision`, identities taken from `ids`. Returns what compilation
+/// said about each endpoint too. The one builder of full tables: the agent publishes its
+/// result to the workers, and `xylem replay` runs a capture against it, so a replay sees the
+/// tables an agent with the same endpoints and policies would.
+pub fn compile_tables(
+    gateway: &GatewayConfig,
+    mode: Mode,
+    bindings: &[Option<PortConfig>],
+    revision: u64,
+    policies: &[Policy],
+    ids: &mut IdentityAllocator,
+) -> Result<(Tables, Vec<EndpointInfo>), Error> {
+    let mut t = route_tables(gateway, mode, bindings, revision)?;
+    let (specs, host) = policy_inputs(gateway, bindings);
+    let compiled = compile(revision, policies, &specs, &host, ids);
+    t.set_policy(compiled.tables);
+    Ok((t, compiled.endpoints))
+}
+
 /// The tables for `bindings` with `ps`'s policies compiled in (same revision). Updates the
 /// identities and the per-endpoint enforcement in `ps`.
 fn build_full_tables(
@@ -290,15 +310,18 @@ fn build_full_tables(
     policies: &BTreeMap<String, Policy>,
     ps: &mut PolicyState,
 ) -> Result<Tables, Error> {
-    let mut t = build_tables_from(cfg, bindings, revision)?;
-    let (specs, host) = policy_inputs(cfg, bindings);
     let list: Vec<Policy> = policies.values().cloned().collect();
-    let compiled = compile(revision, &list, &specs, &host, &mut ps.ids);
-    let used: std::collections::BTreeSet<u32> =
-        compiled.endpoints.iter().map(|e| e.identity).collect();
+    let (t, endpoints) = compile_tables(
+        &cfg.gateway,
+        cfg.mode,
+        bindings,
+        revision,
+        &list,
+        &mut ps.ids,
+    )?;
+    let used: std::collections::BTreeSet<u32> = endpoints.iter().map(|e| e.identity).collect();
     ps.ids.retain(|id| used.contains(&id));
-    ps.endpoints = compiled.endpoints;
-    t.set_policy(compiled.tables);
+    ps.endpoints = endpoints;
     Ok(t)
 }
 
@@ -643,11 +666,21 @@ pub fn build_tables_from(
     bindings: &[Option<PortConfig>],
     revision: u64,
 ) -> Result<Tables, Error> {
+    route_tables(&cfg.gateway, cfg.mode, bindings, revision)
+}
+
+/// Routes only (no policy): the gateway and one host route per bound port.
+fn route_tables(
+    gateway: &GatewayConfig,
+    mode: Mode,
+    bindings: &[Option<PortConfig>],
+    revision: u64,
+) -> Result<Tables, Error> {
     let gw = Gateway {
-        mac: cfg.gateway.mac,
-        ipv4: cfg.gateway.ip,
+        mac: gateway.mac,
+        ipv4: gateway.ip,
     };
-    let mut t = Tables::new(revision, cfg.mode, gw);
+    let mut t = Tables::new(revision, mode, gw);
     for (i, p) in bindings.iter().enumerate() {
         let Some(p) = p else { continue };
         t.add_route(
@@ -1159,7 +1192,7 @@ impl AgentState {
         let src = trace_peer("src", &req.src, &eps)?;
         let dst = trace_peer("dst", &req.dst, &eps)?;
         let (port, proto) = trace_port(&req.dport)?;
-        let (specs, host) = policy_inputs(&self.cfg, &self.bindings_snapshot());
+        let (specs, host) = policy_inputs(&self.cfg.gateway, &self.bindings_snapshot());
         let ps = self
             .policy
             .lock()

@@ -12,7 +12,8 @@
 //! What it does not do: it decides nothing per packet (that is `xylem-dataplane`), holds no XDP
 //! code (that is `xdp-redirector`), and does not yet enforce policy (later work).
 //! It keeps the objects it is given in a [`state`] store, serves Prometheus [`metrics`] and
-//! streams flow events from the workers' monitor rings.
+//! streams flow events from the workers' monitor rings. [`replay`] runs a capture file through
+//! a real worker against the tables an agent would build, without a node (`xylem replay`).
 
 pub mod agent;
 pub mod api;
@@ -22,6 +23,7 @@ pub mod lab;
 pub mod metrics;
 pub mod output;
 pub mod policy;
+pub mod replay;
 pub mod state;
 
 pub use error::Error;

@@ -12,6 +12,9 @@
 //! - [`memory::MemoryBackend`]: the same rings in memory, with the kernel's side (taking fill
 //!   frames for arriving packets, completing sent ones) driven by the test. It runs the very same
 //!   worker without root.
+//! - [`pcap::PcapBackend`]: the same rings fed from a pcap or pcapng capture file, with what the
+//!   worker transmits collected per port (`xylem replay`: what Xylem would do with recorded
+//!   traffic, without a node).
 
 use std::os::fd::RawFd;
 
@@ -19,6 +22,7 @@ use crate::frame::Frame;
 
 pub mod afxdp;
 pub mod memory;
+pub mod pcap;
 
 /// The headroom a backend gives its frames unless told otherwise: room in front of each
 /// received packet for outer headers, without moving the packet.
