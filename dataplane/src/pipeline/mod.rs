@@ -122,9 +122,10 @@ pub fn process(
     tables: &Tables,
     ct: &mut Conntrack,
 ) -> Outcome {
-    match parse(frame.data(), tables.gateway()) {
-        Ok(parsed) => decide(now_ns, ingress, frame, &parsed, tables, ct),
-        Err(reason) => Outcome::drop(reason),
+    // Matched by reference: binding the `Parsed` by value would copy it out of the `Result`.
+    match &parse(frame.data(), tables.gateway()) {
+        Ok(parsed) => decide(now_ns, ingress, frame, parsed, tables, ct),
+        Err(reason) => Outcome::drop(*reason),
     }
 }
 
