@@ -14,7 +14,7 @@
 //!   (`DELETE` answers `{"revision": N}` or 404)
 //! - `GET /v1/identities`: [`crate::agent::IdentityView`]s
 //! - `POST /v1/policy/trace`: [`crate::agent::TraceRequest`] in, [`crate::policy::Trace`] out
-//! - `GET /v1/ct?max=N`: every worker's tracked connections ([`crate::agent::CtView`]);
+//! - `GET /v1/ct?max=N`: the tracked connections of the flow table every worker shares ([`crate::agent::CtView`]);
 //!   `DELETE /v1/ct` flushes them (`{"flushed": N}`)
 //! - `GET /v1/metrics`: the Prometheus exposition (as on `--metrics-addr`'s `/metrics`)
 //! - `GET /v1/monitor?type=drop,trace`: flow events as newline-delimited JSON, until the client

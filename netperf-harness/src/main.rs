@@ -108,7 +108,7 @@ struct RunArgs {
     #[arg(long, default_value = "0")]
     pod_cores: String,
     /// Worker cores for the dedicated placement [default: the first CPU not in --pod-cores].
-    /// Several cores mean several workers, which the agent accepts in passthrough mode only.
+    /// Several cores mean several workers (one per core, sharing one flow table).
     #[arg(long)]
     worker_cores: Option<String>,
     /// XDP attach mode passed to `xylem lab up`.
@@ -144,8 +144,8 @@ fn options(a: &RunArgs) -> Result<runner::Options> {
     }
     let worker_cores = match &a.worker_cores {
         Some(w) => sys::parse_cpu_list(w)?,
-        // One worker: a netperf test is one flow, which one worker carries, and the agent
-        // refuses several workers in full mode (connection tracking is per worker).
+        // One worker: a netperf test is one flow, which one worker carries; a second one would
+        // only take a core from the pods.
         None => (0..cpus)
             .find(|c| !pod_cores.contains(c))
             .map_or_else(|| vec![pod_cores[0]], |c| vec![c]),
