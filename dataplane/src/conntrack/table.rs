@@ -461,6 +461,12 @@ impl Table {
     fn try_scan(&self, c: &Canon, home: usize, now: u64) -> Option<Scan> {
         let (found, walked, gens) = self.walk(c, home, now)?;
         fence(Acquire);
+        // A hit needs only its own slot to be unchanged (a seqlock read of that slot): the
+        // entry is there, wherever the rest of the path moved. A miss needs the whole path,
+        // since an entry moved back across it would otherwise be missed.
+        if let Scan::Hit(i, m) = found {
+            return (self.slots[i].meta.load(Relaxed) == m).then_some(found);
+        }
         self.unchanged(home, walked, gens).then_some(found)
     }
 
