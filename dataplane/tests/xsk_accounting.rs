@@ -5,8 +5,8 @@
 //! Builds its own namespaces (a node and two pods) behind a guard that deletes them even on
 //! panic. Skips, saying why, when not root.
 
-use std::os::fd::AsFd;
-use std::process::Command;
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,45 +20,9 @@ use xylem_dataplane::slowpath::Signal;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{Placement, Worker, WorkerConfig, WorkerLink};
 
-const GW_MAC: [u8; 6] = [0x0e, 0x78, 0x79, 0x6c, 0, 1];
+use common::{GW_MAC, Netns, enter, ifindex, ip, mac_of};
+
 const PACKETS: u64 = 1_000_000;
-
-fn ip(args: &[&str]) -> String {
-    let o = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        o.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Netns(Vec<String>);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "delete", n]).output();
-        }
-    }
-}
-
-fn enter(netns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{netns}")).expect("netns file");
-    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-fn mac_of(netns: &str, ifname: &str) -> [u8; 6] {
-    let out = ip(&["-n", netns, "-j", "link", "show", ifname]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let m: MacAddr = v[0]["address"].as_str().unwrap().parse().unwrap();
-    m.0
-}
-
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
 
 fn udp_frame(src_mac: [u8; 6]) -> Vec<u8> {
     flow_frame(src_mac, ([10, 201, 0, 10], 40000), ([10, 201, 0, 11], 9))
