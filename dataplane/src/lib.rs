@@ -14,7 +14,8 @@
 //! - [`tables`]: the read-only tables a worker consults (routes, gateway), published to workers by
 //!   an atomic pointer swap.
 //! - [`io`]: the I/O backends behind one trait: real AF_XDP sockets (via `xsk-rs`, sharing one UMEM
-//!   per worker) and an in-memory backend that runs the very same worker in tests.
+//!   per worker) and an in-memory backend that runs the very same worker in tests, and a pcap backend for
+//!   `xylem replay`.
 //! - [`worker`]: the pinned worker loop in its two placements (`dedicated` busy-poll, `shared`
 //!   block-when-idle through `mio`).
 //! - [`learned`]: facts the workers learn from the traffic themselves (first user: the addresses

@@ -12,7 +12,7 @@
 //! - [`trace`]: the verdict for `src → dst:port/proto` with the deciding rule of each direction.
 //!
 //! What it does not do: publish tables to workers, track connections (that is
-//! `xylem_dataplane::conntrack` and [`xylem_dataplane::policy::decide`]), serve the API or keep
+//! `xylem_dataplane::conntrack` and the pipeline's conntrack and policy stages), serve the API or keep
 //! policies across restarts.
 //!
 //! # Supported subset

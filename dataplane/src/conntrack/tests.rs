@@ -195,7 +195,7 @@ fn tcp_states_and_timeouts() {
     assert!(ct.get(5 + t.tcp_rst, &k).is_none());
 }
 
-/// Inserts `k` as a new flow the way [`crate::policy::decide`] does; returns the entry's handle.
+/// Inserts `k` as a new flow the way the pipeline's commit stage does; returns the entry's handle.
 fn insert_new(ct: &Conntrack, now: u64, k: &FlowKey) -> usize {
     match ct.probe(now, k) {
         Probe::Vacant { slot, reuse } => ct
