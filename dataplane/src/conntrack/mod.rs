@@ -536,7 +536,7 @@ impl Conntrack {
     /// Removes expired entries, examining at most about `budget` slots (a removal counts the
     /// entries it shifts back). Returns how many entries it removed. Call it once per batch with
     /// a small budget (e.g. 64): with `w` workers a full sweep takes `slots / (w × budget)`
-    /// batches. Each handle sweeps chunks of [`GC_CHUNK`] slots claimed from a cursor shared
+    /// batches. Each handle sweeps chunks of 1,024 slots claimed from a cursor shared
     /// by the table (one atomic add per chunk), so the workers never sweep the same slots at
     /// once. A slot whose stripe another worker holds is skipped until the next sweep.
     pub fn gc(&self, now: u64, budget: usize) -> usize {

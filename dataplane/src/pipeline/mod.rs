@@ -12,7 +12,7 @@
 //!
 //! | # | stage | module | what it does |
 //! |---|---|---|---|
-//! | 1 | parse | [`parse`] | Ethernet, ARP, IPv4, the transport header: once, into a [`Meta`] |
+//! | 1 | parse | [`mod@parse`] | Ethernet, ARP, IPv4, the transport header: once, into a [`Meta`] |
 //! | 2 | ingress checks | *(the security issue)* | is the frame's source the port's own endpoint? |
 //! | 3 | decapsulation | *(ESP)* | inner packet of a tunnel from another node |
 //! | 4 | conntrack lookup | [`flow`] | the flow's state; revalidates it after a policy change |
@@ -29,7 +29,7 @@
 //! each will take and give. ARP frames leave after stage 1 ([`arp`]). In [`Mode::Passthrough`]
 //! (the benchmark floor) stages 4 to 7 are skipped.
 //!
-//! A frame is parsed once: the worker may call [`parse`] for a whole batch first (to prefetch
+//! A frame is parsed once: the worker may call [`parse()`] for a whole batch first (to prefetch
 //! flow state) and then [`decide`] on each frame with its [`Parsed`]; [`process`] does both for
 //! one frame. Stages read the [`Meta`], never the headers again; emit writes through the
 //! [`crate::wire`] views.
@@ -107,7 +107,7 @@ impl Outcome {
     }
 }
 
-/// The whole per-packet decision for one frame: [`parse`], then [`decide`].
+/// The whole per-packet decision for one frame: [`parse()`], then [`decide`].
 ///
 /// `now_ns` is a monotonic time read once per batch by the caller (flow-state timestamps).
 /// `ct` is the flow state, used (and written) in [`Mode::Full`] only. On `Verdict::Forward` and
@@ -129,7 +129,7 @@ pub fn process(
     }
 }
 
-/// Stages 2 to 11 for a frame that [`parse`] accepted, as `parsed`. Same contract as
+/// Stages 2 to 11 for a frame that [`parse()`] accepted, as `parsed`. Same contract as
 /// [`process`]; `parsed` must come from this very frame, unchanged since.
 #[inline(always)]
 pub fn decide(
