@@ -114,7 +114,9 @@ impl Outcome {
 /// `Verdict::IcmpError` the frame has been rewritten in place (and its length may have changed:
 /// see [`Frame::len`]); on `SlowPath` it is otherwise unchanged; on `Drop` its contents are
 /// unspecified.
-#[inline]
+// Always inlined, as `decide` is: out of line, the `Outcome` goes back through memory and the
+// frame's view is rebuilt around the call (about 9 ns in the `forward` benchmark).
+#[inline(always)]
 pub fn process(
     now_ns: u64,
     ingress: PortId,
