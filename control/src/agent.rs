@@ -761,11 +761,12 @@ impl AgentState {
                 ring_size: cfg.workers.ring_size,
                 zero_copy: false,
             };
-            let backend = XskBackend::with_spare_ports(
+            let backend = XskBackend::with_headroom(
                 &specs,
                 opts,
                 4 * cfg.workers.batch_size as u32,
                 cfg.workers.spare_ports,
+                cfg.workers.headroom,
             )?;
             for (ifidx, queue, fd) in backend.socket_fds() {
                 redirector.register_socket(ifidx, queue, fd)?;

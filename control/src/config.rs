@@ -155,6 +155,15 @@ pub struct WorkersConfig {
     /// When it is full, new flows are dropped (`ct-full`).
     #[serde(default = "default_ct_capacity")]
     pub ct_capacity: usize,
+    /// Bytes of room kept in front of every received packet, for headers the dataplane
+    /// prepends (an ESP tunnel's Ethernet + IPv4 + ESP header + IV take 50). The kernel's own
+    /// 256-byte XDP headroom covers up to 256 at no cost; more adds UMEM frame headroom.
+    #[serde(default = "default_headroom")]
+    pub headroom: usize,
+}
+
+fn default_headroom() -> usize {
+    xylem_dataplane::io::DEFAULT_HEADROOM
 }
 
 fn default_ct_capacity() -> usize {
@@ -183,6 +192,7 @@ impl Default for WorkersConfig {
             batch_size: default_batch(),
             idle_spin_us: default_idle_spin(),
             ct_capacity: default_ct_capacity(),
+            headroom: default_headroom(),
             ring_size: default_ring(),
             spare_ports: default_spare_ports(),
         }
@@ -331,6 +341,17 @@ impl AgentConfig {
         if w.batch_size == 0 || w.batch_size > 4096 {
             return Err(Error::config("workers.batch_size", "use 1 to 4096"));
         }
+        if w.headroom > xylem_dataplane::io::afxdp::MAX_HEADROOM {
+            return Err(Error::config(
+                "workers.headroom",
+                format!(
+                    "{} bytes is more than half a frame: use at most {} (default {})",
+                    w.headroom,
+                    xylem_dataplane::io::afxdp::MAX_HEADROOM,
+                    default_headroom()
+                ),
+            ));
+        }
         if !w.ring_size.is_power_of_two() || !(64..=16384).contains(&w.ring_size) {
             return Err(Error::config(
                 "workers.ring_size",
@@ -403,6 +424,21 @@ ports:
         assert_eq!(full.workers.ct_capacity, 1000);
         let passthrough = format!("{two}mode: passthrough\n");
         AgentConfig::parse(&passthrough).expect("several workers forward in passthrough");
+    }
+
+    #[test]
+    fn headroom_defaults_and_is_bounded() {
+        let c = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(c.workers.headroom, xylem_dataplane::io::DEFAULT_HEADROOM);
+        let ok = AgentConfig::parse(&format!("{GOOD}workers: {{ headroom: 512 }}\n")).unwrap();
+        assert_eq!(ok.workers.headroom, 512);
+        let e = AgentConfig::parse(&format!("{GOOD}workers: {{ headroom: 4096 }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("workers.headroom") && e.contains("at most 2048"),
+            "{e}"
+        );
     }
 
     #[test]
