@@ -2,10 +2,10 @@
 //! namespaces behind veths (deleted by a guard, also during a panic), entering a namespace from
 //! a thread, and raw packet sockets to send and capture exact frames in a pod.
 //!
-//! They are the ones `xsk_accounting.rs` grew, gathered so that each new privileged test does
-//! not copy them again.
+//! Shared by the privileged test binaries (`xsk_accounting`, `xsk_headroom`), so that none of
+//! them keeps a copy.
 
-#![allow(dead_code)] // Each test binary uses its own subset.
+#![allow(dead_code, reason = "each test binary uses its own subset")]
 
 use std::os::fd::AsFd;
 use std::process::Command;
