@@ -787,6 +787,7 @@ impl AgentState {
                 placement,
                 batch_size: cfg.workers.batch_size,
                 idle_spin: Duration::from_micros(cfg.workers.idle_spin_us),
+                realtime: cfg.workers.realtime,
                 ct_capacity: cfg.workers.ct_capacity,
             };
             let worker = Worker::with_conntrack(wcfg, backend, link.clone(), ct.clone())?;

@@ -143,6 +143,13 @@ pub struct WorkersConfig {
     /// In `shared` placement: microseconds to keep polling after traffic before blocking.
     #[serde(default = "default_idle_spin")]
     pub idle_spin_us: u64,
+    /// In `shared` placement: on a core a busy pod holds, workers wait for frames at
+    /// `SCHED_FIFO` priority 1, so that the busy pod cannot hold frames back for a scheduler
+    /// tick; a worker busy for 2 ms straight returns to normal priority until its rings run dry,
+    /// as the kernel's softirq processing does. Needs CAP_SYS_NICE (and realtime runtime in the
+    /// agent's cgroup); without it the worker warns and runs at normal priority.
+    #[serde(default = "default_realtime")]
+    pub realtime: bool,
     /// Entries per AF_XDP ring.
     #[serde(default = "default_ring")]
     pub ring_size: u32,
@@ -180,6 +187,9 @@ fn default_batch() -> usize {
 fn default_idle_spin() -> u64 {
     50
 }
+fn default_realtime() -> bool {
+    true
+}
 fn default_ring() -> u32 {
     1024
 }
@@ -191,6 +201,7 @@ impl Default for WorkersConfig {
             placement: None,
             batch_size: default_batch(),
             idle_spin_us: default_idle_spin(),
+            realtime: default_realtime(),
             ct_capacity: default_ct_capacity(),
             headroom: default_headroom(),
             ring_size: default_ring(),

@@ -126,6 +126,8 @@ pub struct LabOptions {
     pub batch_size: Option<usize>,
     /// Idle spin in shared placement.
     pub idle_spin_us: Option<u64>,
+    /// Realtime priority in shared placement (`workers.realtime`).
+    pub realtime: Option<bool>,
 }
 
 /// A node as `lab status` reports it.
@@ -509,6 +511,7 @@ impl Lab {
                 placement: opts.placement,
                 batch_size: opts.batch_size.unwrap_or(64),
                 idle_spin_us: opts.idle_spin_us.unwrap_or(50),
+                realtime: opts.realtime.unwrap_or(true),
                 ..WorkersConfig::default()
             },
             xdp_mode: opts.xdp_mode.clone().unwrap_or_else(|| "auto".into()),

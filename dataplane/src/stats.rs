@@ -167,6 +167,9 @@ pub struct WorkerStats {
     pub idle_polls: Counter,
     /// Wake-ups from a blocking wait (counted by the worker).
     pub wakeups: Counter,
+    /// Times a realtime worker stayed busy for [`crate::worker::RT_BUSY_BUDGET_NS`] and returned
+    /// to normal priority until its rings ran dry (counted by the worker).
+    pub priority_drops: Counter,
 }
 
 impl Default for WorkerStats {
@@ -189,6 +192,7 @@ impl Default for WorkerStats {
             busy_polls: Counter::default(),
             idle_polls: Counter::default(),
             wakeups: Counter::default(),
+            priority_drops: Counter::default(),
         }
     }
 }
@@ -227,6 +231,7 @@ impl WorkerStats {
             busy_polls: self.busy_polls.get(),
             idle_polls: self.idle_polls.get(),
             wakeups: self.wakeups.get(),
+            priority_drops: self.priority_drops.get(),
         }
     }
 }
@@ -267,6 +272,8 @@ pub struct StatsSnapshot {
     pub idle_polls: u64,
     /// See [`WorkerStats::wakeups`].
     pub wakeups: u64,
+    /// See [`WorkerStats::priority_drops`].
+    pub priority_drops: u64,
 }
 
 impl StatsSnapshot {
@@ -301,6 +308,7 @@ impl std::ops::AddAssign<&StatsSnapshot> for StatsSnapshot {
         self.busy_polls += o.busy_polls;
         self.idle_polls += o.idle_polls;
         self.wakeups += o.wakeups;
+        self.priority_drops += o.priority_drops;
     }
 }
 

@@ -31,7 +31,7 @@
 //! [`PortControl`].
 //!
 //! Nothing in that loop allocates, takes a lock or logs; the only system calls are the TX
-//! kicks (and, in `shared` placement, the idle wait).
+//! kicks (and, in `shared` placement, the idle wait and the priority changes around it).
 //!
 //! # Placements
 //! - [`Placement::Dedicated`]: the worker spins on its rings forever. Lowest latency when it has
@@ -40,12 +40,22 @@
 //!   core between polls so the pods that share it run first (spinning without yielding starves
 //!   them: P99 four times worse in our measurements); then it blocks in `epoll` (via `mio`) on
 //!   its sockets and a [`mio::Waker`]. The kernel wakes it when frames arrive; the control side
-//!   wakes it when it publishes tables, has slow-path replies or wants it to stop. When a yield
-//!   comes back late (another task, such as a busy pod, holds the core), yielding would hand
-//!   that task whole time slices while frames wait, so the worker then blocks at once for the
-//!   next second: a blocked worker is woken, and preempts the busy task, as soon as a frame
-//!   arrives. Best when the worker shares cores with the pods (small nodes and VMs, where waking
-//!   an idle vCPU costs tens of microseconds; see `MACHINE-NOTES.md`).
+//!   wakes it when it publishes tables, has slow-path replies or wants it to stop. Best when the
+//!   worker shares cores with the pods (small nodes and VMs, where waking an idle vCPU costs
+//!   tens of microseconds).
+//!
+//!   When a yield comes back late, another task (a busy pod) holds the core, and yielding would
+//!   hand it whole time slices while frames wait; the worker then blocks at once for the next
+//!   second. Blocking alone is not enough: a normal-priority worker that has had more than its
+//!   fair share is not eligible to run when woken (EEVDF), so the scheduler picks the busy task,
+//!   which keeps the core until the next tick (3.3 ms at 300 Hz; TCP_CRR P99 2.7 ms). So with
+//!   [`WorkerConfig::realtime`] the worker blocks on a contended core at `SCHED_FIFO`
+//!   priority [`RT_PRIORITY`], and its wake-up preempts the busy task at once, as the kernel's
+//!   own softirq processing would. It gives realtime up again before yield-polling (a realtime
+//!   thread's yield lets no normal task run) and after [`RT_BUSY_BUDGET_NS`] busy without an
+//!   empty poll, the kernel's own bound on softirq work, so that a flooding pod takes the core
+//!   from its neighbours no longer than a flood through the kernel's stack would. The priority
+//!   changes are system calls, made per busy period, never per frame.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,6 +181,13 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     /// In `shared` placement, how long to keep polling after the last frame before blocking.
     pub idle_spin: Duration,
+    /// In `shared` placement, wait for frames on a contended core at `SCHED_FIFO` priority
+    /// [`RT_PRIORITY`], so that the wake-up preempts the pod task holding the core, as the
+    /// kernel's own softirq processing does (see the module documentation for when the worker
+    /// gives it up). Off by default here (tests and benches); the agent turns it on
+    /// (`workers.realtime`). Ignored in `dedicated` placement, where a realtime spinner would
+    /// starve the kernel threads of its core.
+    pub realtime: bool,
     /// Most connections the conntrack [`Worker::new`] makes holds (default
     /// [`DEFAULT_CT_CAPACITY`]); [`Worker::with_conntrack`] uses the table it is given.
     pub ct_capacity: usize,
@@ -259,6 +276,7 @@ impl Default for WorkerConfig {
             placement: Placement::Shared,
             batch_size: 64,
             idle_spin: Duration::from_micros(50),
+            realtime: false,
             ct_capacity: DEFAULT_CT_CAPACITY,
         }
     }
@@ -419,6 +437,37 @@ impl<D> TxQueue<D> {
     #[inline]
     fn len(&self) -> usize {
         self.descs.len()
+    }
+}
+
+/// The `SCHED_FIFO` priority of a realtime worker: the lowest, enough to preempt every normal
+/// task and below any realtime task the node runs on purpose.
+pub const RT_PRIORITY: i32 = 1;
+
+/// How long a realtime worker may stay busy without one empty poll before it returns to normal
+/// priority: the kernel's own bound on softirq processing before it hands the rest to
+/// `ksoftirqd`, a normal task (`MAX_SOFTIRQ_TIME`, 2 ms). A pod flooding the worker therefore
+/// takes its co-located pods' core no longer than a flood through the kernel's stack would.
+pub const RT_BUSY_BUDGET_NS: u64 = 2_000_000;
+
+/// Sets the calling thread's scheduling policy: `SCHED_FIFO` at [`RT_PRIORITY`], or
+/// `SCHED_OTHER` (its nice value is kept).
+fn set_realtime(on: bool) -> std::io::Result<()> {
+    let (policy, prio) = if on {
+        (libc::SCHED_FIFO, RT_PRIORITY)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: `param` is a valid, initialised `sched_param` that outlives the call, which only
+    // reads it; pid 0 names the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -1022,6 +1071,27 @@ impl<B: Backend> Worker<B> {
         // slice; then the worker blocks at once for a while instead, so the kernel's wake-up
         // preempts that task as soon as a frame arrives.
         let mut yield_off_until = 0u64;
+        // Realtime (shared placement): `wants_rt` is the setting (and that the kernel allows
+        // it), `rt` the policy in force now, `stretch` the start of the current run of busy
+        // polls. The start probes the permission, so that a refusal is reported once, here.
+        let mut wants_rt = self.cfg.realtime && self.cfg.placement == Placement::Shared;
+        let mut rt = false;
+        let mut stretch: Option<u64> = None;
+        if wants_rt {
+            match set_realtime(true) {
+                Ok(()) => rt = true,
+                Err(e) => {
+                    wants_rt = false;
+                    tracing::warn!(
+                        worker = self.cfg.id,
+                        "cannot run at SCHED_FIFO priority {RT_PRIORITY} ({e}); running at normal \
+                         priority, where a busy pod on this core can delay frames by a scheduler \
+                         tick. Grant CAP_SYS_NICE (and realtime runtime to the agent's cgroup), \
+                         or set workers.realtime: false to silence this"
+                    );
+                }
+            }
+        }
         while !stop.load(Ordering::Relaxed) {
             // The one clock read of the batch; it also closes the previous busy batch.
             let now = epoch.elapsed().as_nanos() as u64;
@@ -1032,13 +1102,27 @@ impl<B: Backend> Worker<B> {
                 last_work = now;
                 prev = Some(now);
                 self.link.stats.busy_polls.inc();
+                let since = *stretch.get_or_insert(now);
+                if rt
+                    && now.saturating_sub(since) >= RT_BUSY_BUDGET_NS
+                    && set_realtime(false).is_ok()
+                {
+                    rt = false;
+                    self.link.stats.priority_drops.inc();
+                }
                 continue;
             }
+            stretch = None;
             self.link.stats.idle_polls.inc();
             match (&mut self.poll, self.cfg.placement) {
                 (Some(poll), Placement::Shared)
                     if now.saturating_sub(last_work) >= idle_spin || now < yield_off_until =>
                 {
+                    // On a contended core, block at realtime priority, so that the wake-up
+                    // preempts the task holding the core.
+                    if wants_rt && !rt && now < yield_off_until {
+                        rt = set_realtime(true).is_ok();
+                    }
                     self.link.stats.wakeups.inc();
                     // A timeout bounds how long a missed wake-up could stall us; the waker and the
                     // sockets normally end the wait long before it.
@@ -1056,9 +1140,16 @@ impl<B: Backend> Worker<B> {
                 }
                 // Shared cores: poll again, but let the pods on this core run first.
                 (_, Placement::Shared) => {
+                    // A realtime thread's yield lets no normal task run: poll at normal priority.
+                    let mut before = now;
+                    if rt && set_realtime(false).is_ok() {
+                        rt = false;
+                        // The system call is not the yield's delay.
+                        before = epoch.elapsed().as_nanos() as u64;
+                    }
                     std::thread::yield_now();
                     let back = epoch.elapsed().as_nanos() as u64;
-                    if back.saturating_sub(now) > YIELD_CONTENDED_NS {
+                    if back.saturating_sub(before) > YIELD_CONTENDED_NS {
                         yield_off_until = back + YIELD_BACKOFF_NS;
                     }
                 }

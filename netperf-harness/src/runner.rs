@@ -117,7 +117,7 @@ fn conditions(
             "net.core.busy_read": read_trim("/proc/sys/net/core/busy_read"),
             "net.core.busy_poll": read_trim("/proc/sys/net/core/busy_poll"),
             "dedicated_worker": "busy-polls its rings (per the lab's dedicated placement)",
-            "shared_worker": "after traffic polls for idle_spin_us (50), yielding the core between polls, then blocks in epoll; blocks at once for 1 s after a yield that came back late (per the lab's shared placement)",
+            "shared_worker": "after traffic polls for idle_spin_us (50), yielding the core between polls, then blocks in epoll; after a yield that came back late, blocks at once for 1 s, at SCHED_FIFO priority 1 (workers.realtime: true; normal priority again after 2 ms busy without an empty poll) (per the lab's shared placement)",
         },
         "method": {
             "duration_s": opts.duration_s,

@@ -277,6 +277,9 @@ struct UpArgs {
     /// Microseconds of polling after traffic before blocking (shared placement).
     #[arg(long)]
     idle_spin_us: Option<u64>,
+    /// Run workers at SCHED_FIFO priority while frames flow (shared placement) [default: true]
+    #[arg(long)]
+    realtime: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -338,6 +341,7 @@ fn options(a: &UpArgs) -> LabOptions {
         xdp_mode: a.xdp_mode.clone(),
         batch_size: a.batch_size,
         idle_spin_us: a.idle_spin_us,
+        realtime: a.realtime,
     }
 }
 

@@ -2,8 +2,8 @@
 //! namespaces behind veths (deleted by a guard, also during a panic), entering a namespace from
 //! a thread, and raw packet sockets to send and capture exact frames in a pod.
 //!
-//! Shared by the privileged test binaries (`xsk_accounting`, `xsk_headroom`), so that none of
-//! them keeps a copy.
+//! Shared by the privileged test binaries (`xsk_accounting`, `xsk_headroom`, `xsk_realtime`), so
+//! that none of them keeps a copy.
 
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
