@@ -65,6 +65,63 @@ fn find(
         .find(|r| r.path == path && r.placement == placement && r.load == load && r.test == test)
 }
 
+/// Issue 8's goal for the full pipeline against passthrough, TCP_RR: P99 at most this ratio…
+pub const RR_P99_GOAL: f64 = 1.10;
+/// …and the transaction rate at least this one.
+pub const RR_RATE_GOAL: f64 = 0.95;
+/// Issue 8's goal for connection setup: Xylem's TCP_CRR P99 at most this multiple of veth's.
+pub const CRR_P99_VS_VETH_GOAL: f64 = 2.0;
+
+/// The TCP_CRR goal, with passthrough's ratio beside Xylem's: passthrough does no pipeline
+/// work, so its ratio is the floor of what the AF_XDP path itself costs on this machine.
+fn crr_goal_section(md: &mut String, rows: &[SummaryRow], loads: &[Load]) {
+    let mut lines = Vec::new();
+    for placement in [Placement::Dedicated, Placement::Shared] {
+        for &load in loads {
+            let Some(r) = find(rows, PathKind::Xylem, Some(placement), load, Test::TcpCrr) else {
+                continue;
+            };
+            let floor = find(
+                rows,
+                PathKind::XylemPassthrough,
+                Some(placement),
+                load,
+                Test::TcpCrr,
+            )
+            .and_then(|p| p.ratio_p99_vs_veth);
+            let verdict = match r.ratio_p99_vs_veth {
+                Some(x) if x <= CRR_P99_VS_VETH_GOAL => "met",
+                Some(_) => "not met",
+                None => "not measured",
+            };
+            lines.push(format!(
+                "| {} | {} | {} | {} | {} |",
+                placement.name(),
+                load.name(),
+                ratio(r.ratio_p99_vs_veth),
+                ratio(floor),
+                verdict
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Xylem full pipeline, TCP_CRR: P99 ≤ {CRR_P99_VS_VETH_GOAL:.1}× veth's, same load. Passthrough's ratio is the floor: it runs no pipeline stage.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| placement | load | P99 ×veth | passthrough P99 ×veth | verdict |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for l in lines {
+        let _ = writeln!(md, "{l}");
+    }
+    let _ = writeln!(md);
+}
+
 /// Issue 3's goal: with a monitor attached, throughput within 5% of throughput without one.
 pub const MONITOR_GOAL: f64 = 0.05;
 
@@ -296,7 +353,7 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
     let _ = writeln!(md, "## Goals (reported, not asserted)\n");
     let _ = writeln!(
         md,
-        "Xylem full pipeline against passthrough, TCP_RR: P99 ≤ 1.10× and rate ≥ 0.90×, same placement and load.\n"
+        "Xylem full pipeline against passthrough, TCP_RR: P99 ≤ {RR_P99_GOAL:.2}× and rate ≥ {RR_RATE_GOAL:.2}×, same placement and load.\n"
     );
     let _ = writeln!(
         md,
@@ -313,7 +370,9 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
                 Test::TcpRr,
             ) {
                 let verdict = match (r.ratio_p99_vs_passthrough, r.ratio_rate_vs_passthrough) {
-                    (Some(p), Some(q)) if p <= 1.10 && q >= 0.90 => "met".to_string(),
+                    (Some(p), Some(q)) if p <= RR_P99_GOAL && q >= RR_RATE_GOAL => {
+                        "met".to_string()
+                    }
                     (Some(_), Some(_)) => "not met".to_string(),
                     _ => "not measured".to_string(),
                 };
@@ -330,6 +389,7 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
         }
     }
     let _ = writeln!(md);
+    crr_goal_section(&mut md, &res.summary, &loads);
 
     monitor_section(&mut md, &res.summary, &tests, &loads);
 
@@ -513,6 +573,44 @@ mod tests {
         sec.lines()
             .find(|l| l.starts_with(prefix))
             .unwrap_or_else(|| panic!("no row starting {prefix:?} in:\n{sec}"))
+    }
+
+    #[test]
+    fn the_crr_goal_compares_with_veth_and_shows_the_passthrough_floor() {
+        let like = |path: PathKind| {
+            monitored_summary()
+                .into_iter()
+                .find(|r| {
+                    r.path == path
+                        && r.placement == Some(Placement::Shared)
+                        && r.load == Load::Idle
+                        && r.test == Test::TcpRr
+                })
+                .expect("a shared idle row")
+        };
+        let crr = |path, placement, p99_vs_veth| {
+            let mut r = like(path);
+            r.test = Test::TcpCrr;
+            r.placement = Some(placement);
+            r.ratio_p99_vs_veth = p99_vs_veth;
+            r
+        };
+        let rows = vec![
+            crr(PathKind::Xylem, Placement::Shared, Some(2.41)),
+            crr(PathKind::XylemPassthrough, Placement::Shared, Some(2.0)),
+            crr(PathKind::Xylem, Placement::Dedicated, Some(1.8)),
+        ];
+        let md = render(&results(rows), None);
+        let start = md.find("TCP_CRR: P99 ≤ 2.0× veth").expect("the CRR goal");
+        let sec = &md[start..];
+        assert_eq!(
+            line(sec, "| shared | idle |"),
+            "| shared | idle | 2.41× | 2.00× | not met |"
+        );
+        assert_eq!(
+            line(sec, "| dedicated | idle |"),
+            "| dedicated | idle | 1.80× | – | met |"
+        );
     }
 
     #[test]
