@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use xdp_redirector::{RedirectCounters, RedirectFlags, Redirector, XdpMode};
 use xylem_dataplane::conntrack::{Conntrack, CtConfig, CtTimeouts};
 use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
+use xylem_dataplane::mailbox::NoReply;
 use xylem_dataplane::monitor::{EventType, FlowEvent, MonitorLink};
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::stats::StatsSnapshot;
@@ -601,6 +602,25 @@ struct WorkerHandle {
     thread: Option<JoinHandle<Result<(), Error>>>,
 }
 
+impl WorkerHandle {
+    /// Whether the worker's thread is still running.
+    fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+/// How long the API waits for a worker to answer a request (it answers between two batches,
+/// normally within microseconds).
+const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The end of "worker N …" for a request that got no reply.
+fn no_reply(why: NoReply) -> String {
+    match why {
+        NoReply::TimedOut => format!("did not answer within {} s", WORKER_REPLY_TIMEOUT.as_secs()),
+        NoReply::WorkerGone => "stopped without answering".to_string(),
+    }
+}
+
 /// The running agent's shared state (what the API reads).
 pub struct AgentState {
     cfg: AgentConfig,
@@ -974,29 +994,24 @@ impl AgentState {
             .lock()
             .map_err(|_| Error::Lab("ports lock poisoned".into()))?;
         let mode = redirector.attach(ifname, mode_req, RedirectFlags::default())?;
+        let mut tickets = Vec::with_capacity(self.workers.len());
         for w in &self.workers {
             let spec = PortSpec {
                 ifname: ifname.to_string(),
                 ifindex: idx,
                 queue: w.id as u32,
             };
-            w.ports_ctl
-                .requests
-                .push(spec)
-                .map_err(|_| Error::Lab("the worker's port queue is full".into()))?;
+            let ticket = w
+                .ports_ctl
+                .post(spec)
+                .map_err(|_| Error::Lab("the worker's port mailbox is full".into()))?;
+            tickets.push(ticket);
         }
         self.wake_workers();
-        for w in &self.workers {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let reply = loop {
-                if let Some(r) = w.ports_ctl.replies.pop() {
-                    break r;
-                }
-                if Instant::now() > deadline || w.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                    break Err(format!("worker {} did not answer", w.id));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            };
+        for (w, ticket) in self.workers.iter().zip(tickets) {
+            let reply = ticket
+                .wait(WORKER_REPLY_TIMEOUT, || w.is_running())
+                .unwrap_or_else(|why| Err(format!("worker {} {}", w.id, no_reply(why))));
             // A worker that failed leaves the port ids of the workers out of step: report it
             // loudly (the agent is then unhealthy for that port; restart it).
             let fd = reply.map_err(|why| {
@@ -1242,35 +1257,25 @@ impl AgentState {
             .ct_lock
             .lock()
             .map_err(|_| reject(500, "-", "agent state poisoned"))?;
-        let Some(w) = self
-            .workers
-            .iter()
-            .find(|w| w.thread.as_ref().is_some_and(|t| !t.is_finished()))
-        else {
+        let Some(w) = self.workers.iter().find(|w| w.is_running()) else {
             return Err(reject(
                 503,
                 "-",
                 "no worker is running to flush the conntrack; see xylem status",
             ));
         };
-        w.ct_ctl
-            .requests
-            .push(CtRequest::Flush)
-            .map_err(|_| reject(503, "-", "the worker's conntrack queue is full"))?;
+        let ticket = w
+            .ct_ctl
+            .post(CtRequest::Flush)
+            .map_err(|_| reject(503, "-", "the worker's conntrack mailbox is full"))?;
         self.wake_workers();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(r) = w.ct_ctl.replies.pop() {
-                return Ok(r.len);
-            }
-            if Instant::now() > deadline || w.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                return Err(reject(
-                    503,
-                    "-",
-                    format!("worker {} did not answer; see xylem status", w.id),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        match ticket.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
+            Ok(r) => Ok(r.len),
+            Err(why) => Err(reject(
+                503,
+                "-",
+                format!("worker {} {}; see xylem status", w.id, no_reply(why)),
+            )),
         }
     }
 

@@ -33,6 +33,7 @@ pub mod frame;
 pub mod io;
 pub mod learned;
 pub mod ledger;
+pub mod mailbox;
 pub mod monitor;
 pub mod pipeline;
 pub mod policy;

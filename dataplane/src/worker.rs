@@ -27,7 +27,7 @@
 //! ([`Worker::with_conntrack`]; [`Worker::new`] makes a table of its own, of capacity
 //! [`WorkerConfig::ct_capacity`]), so a flow's two directions find one entry whichever queues
 //! they arrive on. The control side lists it directly (reads take no lock) and flushes it
-//! through one worker's [`CtControl`], a bounded queue checked once per batch like
+//! through one worker's [`CtControl`], a [`Mailbox`] checked once per batch like
 //! [`PortControl`].
 //!
 //! Nothing in that loop allocates, takes a lock or logs; the only system calls are the TX
@@ -71,6 +71,7 @@ use crate::Error;
 use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts};
 use crate::io::Backend;
 use crate::ledger::{Ledger, LedgerError, Place};
+use crate::mailbox::Mailbox;
 use crate::monitor::{EventType, FlowEvent, MonitorLink, MonitorWriter};
 use crate::pipeline::{Outcome, Parsed, Verdict, decide, parse};
 use crate::policy::PolicyVerdict;
@@ -258,15 +259,9 @@ pub struct CtSnapshot {
     pub stats: CtStats,
 }
 
-/// How the control side reaches a worker's conntrack: push a request (then wake the worker)
-/// and read exactly one reply per request, in order.
-#[derive(Clone, Debug)]
-pub struct CtControl {
-    /// Requests.
-    pub requests: Arc<ArrayQueue<CtRequest>>,
-    /// One answer per request.
-    pub replies: Arc<ArrayQueue<CtSnapshot>>,
-}
+/// How the control side reaches a worker's conntrack: post a request, wake the worker, wait on
+/// the ticket.
+pub type CtControl = Mailbox<CtRequest, CtSnapshot>;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -503,25 +498,14 @@ pub struct Worker<B: Backend> {
     ct_gc_interval: u64,
 }
 
-/// How the control side adds ports to a running worker: push a spec on `requests` (then wake
-/// the worker), and read the outcome from `replies`, in order. The worker checks `requests`
-/// once per batch (one atomic load when empty) and opens the port between batches.
-#[derive(Debug)]
-pub struct PortControl<S> {
-    /// Ports to open.
-    pub requests: Arc<ArrayQueue<S>>,
-    /// One answer per request: the new port's file descriptor (AF_XDP), or why it failed.
-    pub replies: Arc<ArrayQueue<Result<Option<std::os::fd::RawFd>, String>>>,
-}
+/// How the control side adds ports to a running worker: post the port's spec, wake the worker,
+/// wait on the ticket. The worker checks its mailbox once per batch (one atomic load when
+/// empty) and opens the port between batches.
+pub type PortControl<S> = Mailbox<S, PortAdded>;
 
-impl<S> Clone for PortControl<S> {
-    fn clone(&self) -> Self {
-        PortControl {
-            requests: Arc::clone(&self.requests),
-            replies: Arc::clone(&self.replies),
-        }
-    }
-}
+/// A worker's answer to a port request: the new port's socket (AF_XDP; none in memory), or why
+/// it could not be opened.
+pub type PortAdded = Result<Option<std::os::fd::RawFd>, String>;
 
 impl<B: Backend> std::fmt::Debug for Worker<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -630,10 +614,7 @@ impl<B: Backend> Worker<B> {
             ct_gc_interval,
             monitor,
             ct_prefetch: CtPrefetch::Auto,
-            ct_ctl: CtControl {
-                requests: Arc::new(ArrayQueue::new(16)),
-                replies: Arc::new(ArrayQueue::new(16)),
-            },
+            ct_ctl: Mailbox::new(16),
             scratch: vec![blank; cfg.batch_size.max(64)],
             parsed: vec![Err(DropReason::ZeroLength); cfg.batch_size.max(64)],
             pending: (0..ports)
@@ -646,19 +627,16 @@ impl<B: Backend> Worker<B> {
             free,
             poll,
             waker,
-            ports_ctl: PortControl {
-                requests: Arc::new(ArrayQueue::new(16)),
-                replies: Arc::new(ArrayQueue::new(16)),
-            },
+            ports_ctl: Mailbox::new(16),
         })
     }
 
-    /// The queues through which the control side adds ports to this worker while it runs.
+    /// The mailbox through which the control side adds ports to this worker while it runs.
     pub fn port_control(&self) -> PortControl<B::PortSpec> {
         self.ports_ctl.clone()
     }
 
-    /// The queues through which the control side lists or flushes the conntrack, between this
+    /// The mailbox through which the control side lists or flushes the conntrack, between this
     /// worker's batches.
     pub fn ct_control(&self) -> CtControl {
         self.ct_ctl.clone()
@@ -678,9 +656,9 @@ impl<B: Backend> Worker<B> {
     /// Answers the control side's conntrack requests. Between batches only.
     #[cold]
     fn ct_requests(&mut self, now_ns: u64) {
-        while let Some(req) = self.ct_ctl.requests.pop() {
+        while let Some(letter) = self.ct_ctl.take() {
             let len = self.ct.len();
-            let entries = match req {
+            let entries = match letter.request {
                 CtRequest::List { max } => self
                     .ct
                     .entries(now_ns)
@@ -692,8 +670,7 @@ impl<B: Backend> Worker<B> {
                     Vec::new()
                 }
             };
-            // The control side waits for exactly one reply per request.
-            let _ = self.ct_ctl.replies.push(CtSnapshot {
+            letter.answer(CtSnapshot {
                 entries,
                 len,
                 capacity: self.ct.capacity(),
@@ -706,13 +683,14 @@ impl<B: Backend> Worker<B> {
     /// Opens the ports the control side asked for. Between batches only.
     #[cold]
     fn add_ports(&mut self) {
-        while let Some(spec) = self.ports_ctl.requests.pop() {
+        while let Some(letter) = self.ports_ctl.take() {
+            let spec = &letter.request;
             let n = self.backend.port_count();
             let r = if n >= MAX_PORTS {
                 Err(format!("a worker serves at most {MAX_PORTS} ports"))
             } else {
                 self.backend
-                    .add_port(&spec)
+                    .add_port(spec)
                     .map_err(|e| e.to_string())
                     .and_then(|fd| {
                         if let (Some(poll), Some(fd)) = (&self.poll, fd) {
@@ -727,9 +705,7 @@ impl<B: Backend> Worker<B> {
                         Ok(fd)
                     })
             };
-            // The control side waits for exactly one reply per request; the queue has room
-            // for as many replies as requests.
-            let _ = self.ports_ctl.replies.push(r);
+            letter.answer(r);
         }
     }
 
@@ -750,10 +726,10 @@ impl<B: Backend> Worker<B> {
 
     /// One batch. Returns how many frames it moved (received, sent or completed); 0 means idle.
     pub fn run_once(&mut self, now_ns: u64) -> usize {
-        if !self.ports_ctl.requests.is_empty() {
+        if !self.ports_ctl.is_empty() {
             self.add_ports();
         }
-        if !self.ct_ctl.requests.is_empty() {
+        if !self.ct_ctl.is_empty() {
             self.ct_requests(now_ns);
         }
         let tables = self.link.tables.load();

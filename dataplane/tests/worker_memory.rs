@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
@@ -317,10 +318,10 @@ fn a_port_added_to_a_running_worker_receives_and_sends() {
     let mut r = rig(2, 64, 512, 32);
     r.worker.run_once(0);
     let ctl = r.worker.port_control();
-    ctl.requests.push(64).unwrap();
+    let ticket = ctl.post(64).unwrap();
     r.link.tables.store(Arc::new(tables(3)));
     r.worker.run_once(0);
-    assert_eq!(ctl.replies.pop(), Some(Ok(None)));
+    assert_eq!(ticket.wait(Duration::from_secs(1), || true), Ok(Ok(None)));
     // Its fill ring was topped up from the shared free list in the same batch.
     r.worker.run_once(0);
     let sent = udp(0, 2, 64, b"to the new port");
@@ -472,15 +473,16 @@ fn conntrack_is_listed_and_flushed_through_the_control_queue() {
     );
     settle(&mut r);
     let ctl = r.worker.ct_control();
-    ctl.requests.push(CtRequest::List { max: 10 }).unwrap();
+    let wait = Duration::from_secs(1);
+    let ticket = ctl.post(CtRequest::List { max: 10 }).unwrap();
     r.worker.run_once(1);
-    let snap = ctl.replies.pop().expect("a reply");
+    let snap = ticket.wait(wait, || true).expect("a reply");
     assert_eq!(snap.entries.len(), 1);
     assert_eq!(snap.entries[0].orig.dport, 5001);
     assert!(snap.bytes_per_entry > 32.0 && snap.bytes_per_entry < 64.0);
-    ctl.requests.push(CtRequest::Flush).unwrap();
+    let ticket = ctl.post(CtRequest::Flush).unwrap();
     r.worker.run_once(2);
-    assert_eq!(ctl.replies.pop().unwrap().len, 1);
+    assert_eq!(ticket.wait(wait, || true).unwrap().len, 1);
     assert!(r.worker.conntrack().is_empty());
 }
 
