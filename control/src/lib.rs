@@ -9,10 +9,13 @@
 //! and shuts all of that down cleanly on SIGTERM. The CLI talks to that API; `xylem lab` creates
 //! and removes namespaces, veths and agents.
 //!
-//! What it does not do: it decides nothing per packet (that is `xylem-dataplane`), holds no XDP
-//! code (that is `xdp-redirector`), and does not yet enforce policy (later work).
-//! It keeps the objects it is given in a [`state`] store, serves Prometheus [`metrics`] and
-//! streams flow events from the workers' monitor rings. [`replay`] runs a capture file through
+//! What it does not do: it decides nothing per packet (that is `xylem-dataplane`, which also
+//! enforces the policy this crate compiles into tables) and holds no XDP code (that is
+//! `xdp-redirector`).
+//!
+//! It keeps the objects it is given in a [`state`] store, compiles CiliumNetworkPolicy YAML into
+//! the workers' [`policy`] tables, serves Prometheus [`metrics`] and streams flow events from the
+//! workers' monitor rings. [`replay`] runs a capture file through
 //! a real worker against the tables an agent would build, without a node (`xylem replay`).
 
 pub mod agent;

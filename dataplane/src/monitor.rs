@@ -38,7 +38,8 @@ pub enum EventType {
     Trace = 1,
     /// A policy decision (`full` mode: every packet the conntrack and policy stages judged).
     PolicyVerdict = 2,
-    /// A DNS observation (not produced until DNS lands).
+    /// A DNS observation. Clients can ask for it, but no stage produces one: DNS inspection is
+    /// not built yet.
     Dns = 3,
 }
 

@@ -49,7 +49,8 @@ impl Counter {
 
 macro_rules! drop_reasons {
     ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
-        /// Why a frame was dropped. Stable kebab-case names (Prometheus label values later).
+        /// Why a frame was dropped. Stable kebab-case names: the `reason` label of the Prometheus
+        /// drop counter, the JSON keys of `xylem status` and the monitor's drop events.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u8)]
         pub enum DropReason {

@@ -17,8 +17,8 @@ use crate::policy::PolicyTables;
 pub type PortId = u16;
 
 /// An Ethernet MAC address. Displays as `aa:bb:cc:dd:ee:ff`; parses from that form (or with `-`).
-/// Serialized as that string; deserialized from it (or from an array of six bytes, the form
-/// older configuration files carry).
+/// Serialized as that string; deserialized from it or from an array of six bytes (stored state
+/// written as arrays still loads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Build the XDP object reproducibly (see /work/shared/MACHINE-NOTES.md).
+# Build the XDP object reproducibly: a fixed clang (19), a fixed debug compilation directory and
+# stripped debug info give the same bytes on every machine.
 # Usage: bpf/build.sh [OUTPUT]   (default: bpf/xylem_redirect.o)
 # After changing xylem_redirect.c, run this and commit the object:
 # tests/object_fresh.rs fails when the committed object is stale.
