@@ -302,28 +302,47 @@ pub fn compile_tables(
     Ok((t, compiled.endpoints))
 }
 
-/// The tables for `bindings` with `ps`'s policies compiled in (same revision). Updates the
-/// identities and the per-endpoint enforcement in `ps`.
+/// The tables for `bindings` with `policies` compiled in (same revision), and what compilation
+/// said about each endpoint. Allocates identities in `ids` and frees the ones no endpoint uses
+/// any more.
 fn build_full_tables(
     cfg: &AgentConfig,
     bindings: &[Option<PortConfig>],
     revision: u64,
     policies: &BTreeMap<String, Policy>,
-    ps: &mut PolicyState,
-) -> Result<Tables, Error> {
+    ids: &mut IdentityAllocator,
+) -> Result<(Tables, Vec<EndpointInfo>), Error> {
     let list: Vec<Policy> = policies.values().cloned().collect();
-    let (t, endpoints) = compile_tables(
-        &cfg.gateway,
-        cfg.mode,
-        bindings,
-        revision,
-        &list,
-        &mut ps.ids,
-    )?;
+    let (t, endpoints) = compile_tables(&cfg.gateway, cfg.mode, bindings, revision, &list, ids)?;
     let used: std::collections::BTreeSet<u32> = endpoints.iter().map(|e| e.identity).collect();
-    ps.ids.retain(|id| used.contains(&id));
-    ps.endpoints = endpoints;
-    Ok(t)
+    ids.retain(|id| used.contains(&id));
+    Ok((t, endpoints))
+}
+
+/// A durable write that is part of a change (see [`AgentState::publish`]).
+enum StoreOp<'a> {
+    Put(&'static str, &'a str, serde_json::Value),
+    Delete(&'static str, &'a str),
+}
+
+/// Why a change was not published. In both cases the workers' tables are unchanged.
+enum PublishError {
+    /// The tables did not build (an address outside the pod CIDR, a policy that does not
+    /// compile); nothing was written.
+    Build(Error),
+    /// A durable write failed; the writes before it may be on disk.
+    Store(Error),
+}
+
+impl PublishError {
+    /// As the API answers it: a build failure is the request's fault (`status`, `field`), a
+    /// store failure the agent's (500).
+    fn rejected(self, status: u16, field: &str) -> Rejected {
+        match self {
+            PublishError::Build(e) => reject(status, field, e.to_string()),
+            PublishError::Store(e) => reject(500, "-", e.to_string()),
+        }
+    }
 }
 
 fn policy_rejected(e: Error) -> Rejected {
@@ -729,7 +748,8 @@ impl AgentState {
         let mut policy = PolicyState::default();
         restore_identities(store.as_ref(), &mut policy.ids)?;
         let policies = restore_policies(store.as_ref())?;
-        let first = build_full_tables(&cfg, &bindings, 1, &policies, &mut policy)?;
+        let (first, endpoints) = build_full_tables(&cfg, &bindings, 1, &policies, &mut policy.ids)?;
+        policy.endpoints = endpoints;
         store.put(kind::IDENTITY, "all", identities_value(&policy))?;
         policy.policies = policies;
         let tables = Arc::new(ArcSwap::from_pointee(first));
@@ -1063,20 +1083,48 @@ impl AgentState {
             .collect()
     }
 
-    /// Tables for `bindings` at `revision` with the current policies compiled in.
-    fn tables_for(&self, bindings: &[Option<PortConfig>], revision: u64) -> Result<Tables, Error> {
-        let mut ps = self
-            .policy
-            .lock()
-            .map_err(|_| Error::Lab("policy state poisoned".into()))?;
-        let policies = std::mem::take(&mut ps.policies);
-        let r = build_full_tables(&self.cfg, bindings, revision, &policies, &mut ps);
-        ps.policies = policies;
-        if r.is_ok() {
-            self.store
-                .put(kind::IDENTITY, "all", identities_value(&ps))?;
+    /// The one transaction every change of endpoints or policies goes through: build the tables
+    /// of the next revision from `bindings` and the policies (`policies`, or the current ones
+    /// when `None`), write `ops` and the identities durably, swap the tables in and wake the
+    /// workers. The caller holds the bindings lock and passes the policy state it locked after
+    /// it; on success the policies given become current, and the caller makes `bindings` its
+    /// own. Returns the new revision.
+    fn publish(
+        &self,
+        bindings: &[Option<PortConfig>],
+        ps: &mut PolicyState,
+        policies: Option<BTreeMap<String, Policy>>,
+        ops: Vec<StoreOp<'_>>,
+    ) -> Result<u64, PublishError> {
+        let revision = self.tables.load().revision() + 1;
+        let next = policies.as_ref().unwrap_or(&ps.policies);
+        let (tables, endpoints) =
+            build_full_tables(&self.cfg, bindings, revision, next, &mut ps.ids)
+                .map_err(PublishError::Build)?;
+        ps.endpoints = endpoints;
+        for op in ops {
+            match op {
+                StoreOp::Put(kind, key, value) => self.store.put(kind, key, value),
+                StoreOp::Delete(kind, key) => self.store.delete(kind, key).map(|_| ()),
+            }
+            .map_err(PublishError::Store)?;
         }
-        r
+        self.store
+            .put(kind::IDENTITY, "all", identities_value(ps))
+            .map_err(PublishError::Store)?;
+        self.tables.store(Arc::new(tables));
+        self.wake_workers();
+        if let Some(p) = policies {
+            ps.policies = p;
+        }
+        Ok(revision)
+    }
+
+    /// The policy state, locked (after the bindings, by callers that hold them).
+    fn lock_policy(&self) -> Result<std::sync::MutexGuard<'_, PolicyState>, Rejected> {
+        self.policy
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))
     }
 
     /// Imports the policies of `yaml` (one document, several, or a `List`): all or nothing.
@@ -1091,10 +1139,7 @@ impl AgentState {
             .bindings
             .lock()
             .map_err(|_| reject(500, "-", "agent state poisoned"))?;
-        let mut ps = self
-            .policy
-            .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let mut ps = self.lock_policy()?;
         let mut next = ps.policies.clone();
         let mut values = Vec::new();
         for p in parsed {
@@ -1103,20 +1148,13 @@ impl AgentState {
             values.push((p.key(), serde_json::json!({ "yaml": text })));
             next.insert(p.key(), p);
         }
-        let revision = self.tables.load().revision() + 1;
-        let tables = build_full_tables(&self.cfg, &bindings, revision, &next, &mut ps)
-            .map_err(|e| reject(500, "-", e.to_string()))?;
-        for (key, v) in values {
-            self.store
-                .put(kind::POLICY, &key, v)
-                .map_err(|e| reject(500, "-", e.to_string()))?;
-        }
-        self.store
-            .put(kind::IDENTITY, "all", identities_value(&ps))
-            .map_err(|e| reject(500, "-", e.to_string()))?;
-        self.tables.store(Arc::new(tables));
-        self.wake_workers();
-        ps.policies = next;
+        let ops = values
+            .iter()
+            .map(|(key, v)| StoreOp::Put(kind::POLICY, key, v.clone()))
+            .collect();
+        let revision = self
+            .publish(&bindings, &mut ps, Some(next), ops)
+            .map_err(|e| e.rejected(500, "-"))?;
         tracing::info!(revision, "policies imported");
         Ok(revision)
     }
@@ -1148,25 +1186,16 @@ impl AgentState {
             .bindings
             .lock()
             .map_err(|_| reject(500, "-", "agent state poisoned"))?;
-        let mut ps = self
-            .policy
-            .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let mut ps = self.lock_policy()?;
         if !ps.policies.contains_key(&key) {
             return Ok(None);
         }
         let mut next = ps.policies.clone();
         next.remove(&key);
-        let revision = self.tables.load().revision() + 1;
-        let tables = build_full_tables(&self.cfg, &bindings, revision, &next, &mut ps)
-            .map_err(|e| reject(500, "-", e.to_string()))?;
-        self.store
-            .delete(kind::POLICY, &key)
-            .and_then(|_| self.store.put(kind::IDENTITY, "all", identities_value(&ps)))
-            .map_err(|e| reject(500, "-", e.to_string()))?;
-        self.tables.store(Arc::new(tables));
-        self.wake_workers();
-        ps.policies = next;
+        let ops = vec![StoreOp::Delete(kind::POLICY, &key)];
+        let revision = self
+            .publish(&bindings, &mut ps, Some(next), ops)
+            .map_err(|e| e.rejected(500, "-"))?;
         tracing::info!(policy = %key, revision, "policy deleted");
         Ok(Some(revision))
     }
@@ -1424,17 +1453,14 @@ impl AgentState {
         };
         let mut next = bindings.clone();
         next[port] = Some(new_port.clone());
-        let revision = self.tables.load().revision() + 1;
-        let tables = self
-            .tables_for(&next, revision)
-            .map_err(|e| reject(422, "ip", e.to_string()))?;
         let value = serde_json::to_value(&new_port).map_err(|e| reject(500, "-", e.to_string()))?;
-        self.store
-            .put(kind::ENDPOINT, &key, value)
-            .and_then(|_| self.store.delete(kind::UNBOUND, &req.ifname).map(|_| ()))
-            .map_err(|e| reject(500, "-", e.to_string()))?;
-        self.tables.store(Arc::new(tables));
-        self.wake_workers();
+        let ops = vec![
+            StoreOp::Put(kind::ENDPOINT, &key, value),
+            StoreOp::Delete(kind::UNBOUND, &req.ifname),
+        ];
+        let revision = self
+            .publish(&next, &mut *self.lock_policy()?, None, ops)
+            .map_err(|e| e.rejected(422, "ip"))?;
         *bindings = next;
         tracing::info!(endpoint = %key, ifname = %req.ifname, %ip, revision, "endpoint set");
         Ok((endpoint_of(&new_port), created))
@@ -1459,16 +1485,13 @@ impl AgentState {
         let ifname = self.ports_snapshot()[port].0.ifname.clone();
         let mut next = bindings.clone();
         next[port] = None;
-        let revision = self.tables.load().revision() + 1;
-        let tables = self
-            .tables_for(&next, revision)
-            .map_err(|e| reject(500, "-", e.to_string()))?;
-        self.store
-            .put(kind::UNBOUND, &ifname, serde_json::json!({}))
-            .and_then(|_| self.store.delete(kind::ENDPOINT, &key).map(|_| ()))
-            .map_err(|e| reject(500, "-", e.to_string()))?;
-        self.tables.store(Arc::new(tables));
-        self.wake_workers();
+        let ops = vec![
+            StoreOp::Put(kind::UNBOUND, &ifname, serde_json::json!({})),
+            StoreOp::Delete(kind::ENDPOINT, &key),
+        ];
+        let revision = self
+            .publish(&next, &mut *self.lock_policy()?, None, ops)
+            .map_err(|e| e.rejected(500, "-"))?;
         *bindings = next;
         tracing::info!(endpoint = %key, %ifname, revision, "endpoint deleted");
         Ok(true)
