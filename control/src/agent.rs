@@ -1008,11 +1008,11 @@ impl AgentState {
         let mut redirector = self
             .redirector
             .lock()
-            .map_err(|_| Error::Lab("redirector lock poisoned".into()))?;
+            .map_err(|_| Error::Agent("redirector lock poisoned".into()))?;
         let mut ports = self
             .ports
             .lock()
-            .map_err(|_| Error::Lab("ports lock poisoned".into()))?;
+            .map_err(|_| Error::Agent("ports lock poisoned".into()))?;
         let mode = redirector.attach(ifname, mode_req, RedirectFlags::default())?;
         let mut tickets = Vec::with_capacity(self.workers.len());
         for w in &self.workers {
@@ -1024,7 +1024,7 @@ impl AgentState {
             let ticket = w
                 .ports_ctl
                 .post(spec)
-                .map_err(|_| Error::Lab("the worker's port mailbox is full".into()))?;
+                .map_err(|_| Error::Agent("the worker's port mailbox is full".into()))?;
             tickets.push(ticket);
         }
         self.wake_workers();
@@ -1036,7 +1036,7 @@ impl AgentState {
             // loudly (the agent is then unhealthy for that port; restart it).
             let fd = reply.map_err(|why| {
                 tracing::error!(worker = w.id, %ifname, %why, "adding a port failed");
-                Error::Lab(format!("worker {} could not open {ifname}: {why}", w.id))
+                Error::Agent(format!("worker {} could not open {ifname}: {why}", w.id))
             })?;
             if let Some(fd) = fd {
                 redirector.register_socket(idx, w.id as u32, fd)?;
@@ -1565,7 +1565,7 @@ impl AgentState {
     /// Stops the workers and the slow path and detaches every XDP program. Idempotent.
     pub fn shutdown(self: Arc<Self>) -> Result<(), Error> {
         let Ok(mut me) = Arc::try_unwrap(self) else {
-            return Err(Error::Lab(
+            return Err(Error::Agent(
                 "shutdown while the API still holds the agent state".into(),
             ));
         };

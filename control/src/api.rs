@@ -55,7 +55,7 @@ use crate::agent::{AgentState, EndpointRequest, Rejected, TraceRequest};
 pub fn claim_socket(path: &Path) -> Result<(), Error> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::Lab(format!(
+            return Err(Error::Agent(format!(
                 "another xylem-agent is already listening on {}: stop it first, or pick another --api-socket",
                 path.display()
             )));

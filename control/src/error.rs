@@ -49,6 +49,10 @@ pub enum Error {
     /// The lab is not in the state the command needs.
     #[error("{0}")]
     Lab(String),
+    /// The running agent could not carry out a change: a worker did not open a port, its
+    /// mailbox was full, shared state was poisoned by a panic, another agent holds the socket.
+    #[error("{0}")]
+    Agent(String),
     /// The dataplane failed.
     #[error(transparent)]
     Dataplane(#[from] xylem_dataplane::Error),
