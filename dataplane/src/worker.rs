@@ -52,10 +52,11 @@
 //!   [`WorkerConfig::realtime`] the worker blocks on a contended core at `SCHED_FIFO`
 //!   priority [`RT_PRIORITY`], and its wake-up preempts the busy task at once, as the kernel's
 //!   own softirq processing would. It gives realtime up again before yield-polling (a realtime
-//!   thread's yield lets no normal task run) and after [`RT_BUSY_BUDGET_NS`] busy without an
-//!   empty poll, the kernel's own bound on softirq work, so that a flooding pod takes the core
-//!   from its neighbours no longer than a flood through the kernel's stack would. The priority
-//!   changes are system calls, made per busy period, never per frame.
+//!   thread's yield lets no normal task run), after [`RT_BUSY_BUDGET_NS`] busy without an
+//!   empty poll (the kernel's own bound on softirq work), and for the rest of any
+//!   [`RT_WINDOW_NS`] in which it was busy at realtime for [`RT_WINDOW_BUDGET_NS`], so that a
+//!   flooding pod, steady or in bursts, takes the core from its neighbours at most half the
+//!   time. The priority changes are system calls, made per busy period, never per frame.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -444,6 +445,59 @@ pub const RT_PRIORITY: i32 = 1;
 /// `ksoftirqd`, a normal task (`MAX_SOFTIRQ_TIME`, 2 ms). A pod flooding the worker therefore
 /// takes its co-located pods' core no longer than a flood through the kernel's stack would.
 pub const RT_BUSY_BUDGET_NS: u64 = 2_000_000;
+
+/// Over any [`RT_WINDOW_NS`], a realtime worker spends at most this long busy at realtime
+/// priority; then it stays at normal priority until the window ends. Without it, a pod on
+/// another core sending bursts just under [`RT_BUSY_BUDGET_NS`], each followed by a gap long
+/// enough for one empty poll, would keep the worker at realtime priority nearly all the time
+/// and starve the pods it shares its core with.
+pub const RT_WINDOW_BUDGET_NS: u64 = 5_000_000;
+
+/// The window of [`RT_WINDOW_BUDGET_NS`].
+pub const RT_WINDOW_NS: u64 = 10_000_000;
+
+/// A realtime worker's use of realtime priority, against [`RT_BUSY_BUDGET_NS`] and
+/// [`RT_WINDOW_BUDGET_NS`]. Times are the worker's clock, in nanoseconds.
+#[derive(Debug, Default)]
+struct RtBudget {
+    /// Start of the current run of busy batches (none since the last empty poll).
+    stretch: Option<u64>,
+    /// Start of the current window.
+    window: u64,
+    /// Busy time at realtime priority in the current window.
+    used: u64,
+}
+
+impl RtBudget {
+    /// A batch that moved frames ran from `start` to `end`, at realtime priority if `rt`.
+    /// Returns whether the worker must return to normal priority now.
+    fn busy(&mut self, start: u64, end: u64, rt: bool) -> bool {
+        self.roll(end);
+        let since = *self.stretch.get_or_insert(start);
+        if rt {
+            self.used += end.saturating_sub(start);
+        }
+        rt && (end.saturating_sub(since) >= RT_BUSY_BUDGET_NS || self.used >= RT_WINDOW_BUDGET_NS)
+    }
+
+    /// A poll found nothing to do: the busy run is over.
+    fn idle(&mut self) {
+        self.stretch = None;
+    }
+
+    /// Whether the worker may wait at realtime priority at `now`.
+    fn allows(&mut self, now: u64) -> bool {
+        self.roll(now);
+        self.used < RT_WINDOW_BUDGET_NS
+    }
+
+    fn roll(&mut self, now: u64) {
+        if now.saturating_sub(self.window) >= RT_WINDOW_NS {
+            self.window = now;
+            self.used = 0;
+        }
+    }
+}
 
 /// Sets the calling thread's scheduling policy: `SCHED_FIFO` at [`RT_PRIORITY`], or
 /// `SCHED_OTHER` (its nice value is kept).
@@ -1048,11 +1102,11 @@ impl<B: Backend> Worker<B> {
         // preempts that task as soon as a frame arrives.
         let mut yield_off_until = 0u64;
         // Realtime (shared placement): `wants_rt` is the setting (and that the kernel allows
-        // it), `rt` the policy in force now, `stretch` the start of the current run of busy
-        // polls. The start probes the permission, so that a refusal is reported once, here.
+        // it), `rt` the policy in force now. The start probes the permission, so that a refusal
+        // is reported once, here.
         let mut wants_rt = self.cfg.realtime && self.cfg.placement == Placement::Shared;
         let mut rt = false;
-        let mut stretch: Option<u64> = None;
+        let mut budget = RtBudget::default();
         if wants_rt {
             match set_realtime(true) {
                 Ok(()) => rt = true,
@@ -1073,22 +1127,18 @@ impl<B: Backend> Worker<B> {
             let now = epoch.elapsed().as_nanos() as u64;
             if let Some(start) = prev.take() {
                 busy_ns.add(now.saturating_sub(start));
+                if budget.busy(start, now, rt) && set_realtime(false).is_ok() {
+                    rt = false;
+                    self.link.stats.priority_drops.inc();
+                }
             }
             if self.run_once(now) > 0 {
                 last_work = now;
                 prev = Some(now);
                 self.link.stats.busy_polls.inc();
-                let since = *stretch.get_or_insert(now);
-                if rt
-                    && now.saturating_sub(since) >= RT_BUSY_BUDGET_NS
-                    && set_realtime(false).is_ok()
-                {
-                    rt = false;
-                    self.link.stats.priority_drops.inc();
-                }
                 continue;
             }
-            stretch = None;
+            budget.idle();
             self.link.stats.idle_polls.inc();
             match (&mut self.poll, self.cfg.placement) {
                 (Some(poll), Placement::Shared)
@@ -1096,7 +1146,7 @@ impl<B: Backend> Worker<B> {
                 {
                     // On a contended core, block at realtime priority, so that the wake-up
                     // preempts the task holding the core.
-                    if wants_rt && !rt && now < yield_off_until {
+                    if wants_rt && !rt && now < yield_off_until && budget.allows(now) {
                         rt = set_realtime(true).is_ok();
                     }
                     self.link.stats.wakeups.inc();
@@ -1144,5 +1194,62 @@ impl<B: Backend> Worker<B> {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod rt_budget_tests {
+    use super::*;
+
+    /// Busy batches of `step` ns from `from` to `to`; the time of the first that must drop
+    /// realtime, if any.
+    fn busy_run(b: &mut RtBudget, from: u64, to: u64, step: u64, rt: bool) -> Option<u64> {
+        (from..to)
+            .step_by(step as usize)
+            .find(|&t| b.busy(t, t + step, rt))
+            .map(|t| t + step)
+    }
+
+    #[test]
+    fn a_steady_flood_drops_realtime_after_the_busy_budget() {
+        let mut b = RtBudget::default();
+        let dropped = busy_run(&mut b, 0, 10_000_000, 10_000, true);
+        assert_eq!(dropped, Some(RT_BUSY_BUDGET_NS));
+    }
+
+    #[test]
+    fn bursts_with_empty_polls_between_them_use_up_the_window() {
+        let mut b = RtBudget::default();
+        let burst = RT_BUSY_BUDGET_NS - 100_000;
+        let mut t = 0;
+        let mut dropped = None;
+        while dropped.is_none() && t < RT_WINDOW_NS {
+            assert!(
+                b.allows(t),
+                "realtime refused at {t} before the budget ran out"
+            );
+            dropped = busy_run(&mut b, t, t + burst, 10_000, true);
+            b.idle();
+            t += burst + 1_000;
+        }
+        // Each burst alone is under the per-run budget; together they reach the window's.
+        let at = dropped.expect("the window budget never stopped the bursts");
+        assert!(at < RT_WINDOW_NS && at >= RT_WINDOW_BUDGET_NS, "{at}");
+        assert!(
+            !b.allows(at + 1_000),
+            "realtime allowed again inside the window"
+        );
+        assert!(
+            b.allows(RT_WINDOW_NS),
+            "realtime still refused in the next window"
+        );
+    }
+
+    #[test]
+    fn busy_time_at_normal_priority_is_neither_dropped_nor_charged() {
+        let mut b = RtBudget::default();
+        assert_eq!(busy_run(&mut b, 0, 8_000_000, 10_000, false), None);
+        b.idle();
+        assert!(b.allows(8_000_000));
     }
 }
