@@ -1029,14 +1029,16 @@ impl AgentState {
         }
         self.wake_workers();
         for (w, ticket) in self.workers.iter().zip(tickets) {
-            let reply = ticket
-                .wait(WORKER_REPLY_TIMEOUT, || w.is_running())
-                .unwrap_or_else(|why| Err(format!("worker {} {}", w.id, no_reply(why))));
             // A worker that failed leaves the port ids of the workers out of step: report it
             // loudly (the agent is then unhealthy for that port; restart it).
-            let fd = reply.map_err(|why| {
+            let why = match ticket.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
+                Ok(Ok(fd)) => Ok(fd),
+                Ok(Err(e)) => Err(format!("could not open {ifname}: {e}")),
+                Err(no) => Err(no_reply(no)),
+            };
+            let fd = why.map_err(|why| {
                 tracing::error!(worker = w.id, %ifname, %why, "adding a port failed");
-                Error::Agent(format!("worker {} could not open {ifname}: {why}", w.id))
+                Error::Agent(format!("worker {} {why}", w.id))
             })?;
             if let Some(fd) = fd {
                 redirector.register_socket(idx, w.id as u32, fd)?;

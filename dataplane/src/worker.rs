@@ -559,7 +559,7 @@ pub type PortControl<S> = Mailbox<S, PortAdded>;
 
 /// A worker's answer to a port request: the new port's socket (AF_XDP; none in memory), or why
 /// it could not be opened.
-pub type PortAdded = Result<Option<std::os::fd::RawFd>, String>;
+pub type PortAdded = Result<Option<std::os::fd::RawFd>, Error>;
 
 impl<B: Backend> std::fmt::Debug for Worker<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -741,23 +741,25 @@ impl<B: Backend> Worker<B> {
             let spec = &letter.request;
             let n = self.backend.port_count();
             let r = if n >= MAX_PORTS {
-                Err(format!("a worker serves at most {MAX_PORTS} ports"))
+                Err(Error::Config(format!(
+                    "a worker serves at most {MAX_PORTS} ports"
+                )))
             } else {
-                self.backend
-                    .add_port(spec)
-                    .map_err(|e| e.to_string())
-                    .and_then(|fd| {
-                        if let (Some(poll), Some(fd)) = (&self.poll, fd) {
-                            poll.registry()
-                                .register(&mut SourceFd(&fd), Token(n), Interest::READABLE)
-                                .map_err(|e| {
-                                    format!("registering the new socket with epoll: {e}")
-                                })?;
-                        }
-                        self.pending
-                            .push(TxQueue::with_capacity(self.cfg.batch_size));
-                        Ok(fd)
-                    })
+                self.backend.add_port(spec).and_then(|fd| {
+                    // The backend has the port now: its TX queue comes with it whatever
+                    // follows, so that port ids index both alike.
+                    self.pending
+                        .push(TxQueue::with_capacity(self.cfg.batch_size));
+                    if let (Some(poll), Some(fd)) = (&self.poll, fd) {
+                        poll.registry()
+                            .register(&mut SourceFd(&fd), Token(n), Interest::READABLE)
+                            .map_err(|source| Error::Io {
+                                what: "registering the new socket with epoll",
+                                source,
+                            })?;
+                    }
+                    Ok(fd)
+                })
             };
             letter.answer(r);
         }
