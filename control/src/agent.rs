@@ -741,7 +741,7 @@ impl AgentState {
     /// workers never see traffic with tables older than the stored state.
     pub fn start(cfg: AgentConfig, store: Box<dyn StateStore>) -> Result<Arc<Self>, Error> {
         cfg.validate()?;
-        let mode_req = cfg.xdp_mode_request()?;
+        let mode_req = cfg.xdp_mode_request();
         let placement = cfg.placement();
         let cores = cfg.worker_cores();
         let (all_ports, bindings) = restore_bindings(&cfg, store.as_ref())?;
@@ -1004,7 +1004,7 @@ impl AgentState {
     /// in the XSKMAP. Returns the new port id. Called with the bindings lock held.
     fn open_port(&self, ifname: &str) -> Result<usize, Error> {
         let idx = ifindex(ifname)?;
-        let mode_req = self.cfg.xdp_mode_request()?;
+        let mode_req = self.cfg.xdp_mode_request();
         let mut redirector = self
             .redirector
             .lock()

@@ -226,8 +226,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub workers: WorkersConfig,
     /// `auto` (native, falling back to generic), `native` or `generic`.
-    #[serde(default = "default_xdp_mode")]
-    pub xdp_mode: String,
+    #[serde(default)]
+    pub xdp_mode: XdpModeSetting,
     /// `full` (the whole pipeline, network policy included; the default) or `passthrough`
     /// (L2/L3 only).
     #[serde(default)]
@@ -243,12 +243,23 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// The XDP attach mode a configuration asks for (the redirector's own type is not serialized,
+/// so that the configuration does not need the loader to describe itself).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native, falling back to generic only where the driver lacks native XDP.
+    #[default]
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic only.
+    Generic,
+}
+
 /// The default metrics address (when enabled without one).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9962";
 
-fn default_xdp_mode() -> String {
-    "auto".into()
-}
 fn default_state_dir() -> PathBuf {
     DEFAULT_STATE_DIR.into()
 }
@@ -270,11 +281,13 @@ impl AgentConfig {
         Ok(cfg)
     }
 
-    /// The XDP mode asked for.
-    pub fn xdp_mode_request(&self) -> Result<XdpModeRequest, Error> {
-        self.xdp_mode
-            .parse()
-            .map_err(|e: xdp_redirector::Error| Error::config("xdp_mode", e.to_string()))
+    /// The XDP mode asked for, as the redirector takes it.
+    pub fn xdp_mode_request(&self) -> XdpModeRequest {
+        match self.xdp_mode {
+            XdpModeSetting::Auto => XdpModeRequest::Auto,
+            XdpModeSetting::Native => XdpModeRequest::Native,
+            XdpModeSetting::Generic => XdpModeRequest::Generic,
+        }
     }
 
     /// The placement in effect.
@@ -295,7 +308,6 @@ impl AgentConfig {
 
     /// Checks everything that can be checked without touching the system.
     pub fn validate(&self) -> Result<(), Error> {
-        self.xdp_mode_request()?;
         if self.ports.is_empty() {
             return Err(Error::config("ports", "at least one port is needed"));
         }
@@ -417,6 +429,20 @@ ports:
         let bad = format!("{GOOD}bogus: 1\n");
         let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn the_xdp_mode_is_one_of_three_words() {
+        let c = AgentConfig::parse(&format!("{GOOD}xdp_mode: generic\n")).unwrap();
+        assert_eq!(c.xdp_mode_request(), XdpModeRequest::Generic);
+        assert_eq!(
+            AgentConfig::parse(GOOD).unwrap().xdp_mode_request(),
+            XdpModeRequest::Auto
+        );
+        let e = AgentConfig::parse(&format!("{GOOD}xdp_mode: fast\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fast") && e.contains("native"), "{e}");
     }
 
     #[test]

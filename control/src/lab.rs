@@ -21,6 +21,7 @@ use xylem_dataplane::worker::Placement;
 use crate::Error;
 use crate::config::{
     AgentConfig, DEFAULT_SOCKET, GatewayConfig, Ipv4Cidr, PortConfig, PortKind, WorkersConfig,
+    XdpModeSetting,
 };
 
 /// The lab name used when none is given; its agent listens on the default API socket.
@@ -121,7 +122,7 @@ pub struct LabOptions {
     /// Pipeline mode.
     pub mode: Mode,
     /// XDP mode request.
-    pub xdp_mode: Option<String>,
+    pub xdp_mode: Option<XdpModeSetting>,
     /// Batch size.
     pub batch_size: Option<usize>,
     /// Idle spin in shared placement.
@@ -514,7 +515,7 @@ impl Lab {
                 realtime: opts.realtime.unwrap_or(true),
                 ..WorkersConfig::default()
             },
-            xdp_mode: opts.xdp_mode.clone().unwrap_or_else(|| "auto".into()),
+            xdp_mode: opts.xdp_mode.unwrap_or_default(),
             mode: opts.mode,
             state_dir: dir.join(&node_name).join("state"),
             api_socket: api_socket.clone(),

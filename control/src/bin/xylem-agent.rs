@@ -8,7 +8,7 @@ use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
 use xylem_control::Error;
 use xylem_control::agent::AgentState;
-use xylem_control::config::AgentConfig;
+use xylem_control::config::{AgentConfig, XdpModeSetting};
 use xylem_control::state::FileStore;
 use xylem_dataplane::tables::Mode;
 use xylem_dataplane::worker::Placement;
@@ -34,9 +34,9 @@ struct Args {
     /// Microseconds to keep busy-polling after traffic in `shared` placement.
     #[arg(long)]
     idle_spin_us: Option<u64>,
-    /// `auto`, `native` or `generic`. Overrides `xdp_mode`.
-    #[arg(long)]
-    xdp_mode: Option<String>,
+    /// Overrides `xdp_mode`.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeSetting>,
     /// `passthrough` or `full`. Overrides `mode`.
     #[arg(long, value_parser = parse_mode)]
     mode: Option<Mode>,
@@ -86,8 +86,8 @@ fn load(args: &Args) -> Result<AgentConfig, Error> {
     if let Some(s) = args.idle_spin_us {
         cfg.workers.idle_spin_us = s;
     }
-    if let Some(m) = &args.xdp_mode {
-        cfg.xdp_mode = m.clone();
+    if let Some(m) = args.xdp_mode {
+        cfg.xdp_mode = m;
     }
     if let Some(m) = args.mode {
         cfg.mode = m;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use xylem_control::Error;
 use xylem_control::api::Client;
+use xylem_control::config::XdpModeSetting;
 use xylem_control::lab::{self, DEFAULT_LAB, Lab, LabFile, LabOptions};
 use xylem_control::output::{Format, print_json, print_table};
 use xylem_dataplane::tables::{MacAddr, Mode};
@@ -268,9 +269,9 @@ struct UpArgs {
     /// benchmark floor).
     #[arg(long, default_value = "full", value_parser = parse_mode)]
     mode: Mode,
-    /// `auto`, `native` or `generic`.
-    #[arg(long)]
-    xdp_mode: Option<String>,
+    /// XDP attach mode: `auto` (native, falling back to generic), `native` or `generic`.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeSetting>,
     /// Frames per RX batch.
     #[arg(long)]
     batch_size: Option<usize>,
@@ -338,7 +339,7 @@ fn options(a: &UpArgs) -> LabOptions {
         placement: a.placement,
         worker_cores: a.worker_cores.clone(),
         mode: a.mode,
-        xdp_mode: a.xdp_mode.clone(),
+        xdp_mode: a.xdp_mode,
         batch_size: a.batch_size,
         idle_spin_us: a.idle_spin_us,
         realtime: a.realtime,
