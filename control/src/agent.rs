@@ -39,7 +39,7 @@ use crate::policy::{
 
 use crate::Error;
 use crate::config::{AgentConfig, GatewayConfig, PortConfig, PortKind};
-use crate::state::{StateStore, kind};
+use crate::state::{Kind, StateStore, TypedStore, kind};
 
 /// One port as the API reports it.
 #[derive(Clone, Debug, Serialize)]
@@ -212,16 +212,9 @@ struct PolicyState {
 
 /// Restores the stored identity allocation (so identities survive restarts).
 fn restore_identities(store: &dyn StateStore, ids: &mut IdentityAllocator) -> Result<(), Error> {
-    let Some(all) = store.get(kind::IDENTITY, "all")? else {
+    let Some(map) = store.get_as::<kind::Identities>(kind::IDENTITIES_KEY)? else {
         return Ok(());
     };
-    let map: BTreeMap<u32, BTreeMap<String, String>> =
-        serde_json::from_value(all).map_err(|e| {
-            Error::State(format!(
-                "stored identities cannot be restored: {e}; start with --start-empty to discard \
-                 the stored state"
-            ))
-        })?;
     for (id, labels) in map {
         ids.restore(labels, id);
     }
@@ -229,26 +222,24 @@ fn restore_identities(store: &dyn StateStore, ids: &mut IdentityAllocator) -> Re
 }
 
 /// The identity allocation as stored.
-fn identities_value(ps: &PolicyState) -> serde_json::Value {
-    let map: BTreeMap<u32, &BTreeMap<String, String>> = ps.ids.list().collect();
-    serde_json::to_value(map).unwrap_or_default()
+fn identities_value(ps: &PolicyState) -> BTreeMap<u32, BTreeMap<String, String>> {
+    ps.ids
+        .list()
+        .map(|(id, labels)| (id, labels.clone()))
+        .collect()
 }
 
 /// Restores the stored policies. A stored policy that no longer parses stops the agent.
 fn restore_policies(store: &dyn StateStore) -> Result<BTreeMap<String, Policy>, Error> {
     let mut out = BTreeMap::new();
-    for (key, v) in store.list(kind::POLICY)? {
+    for (key, stored) in store.list_as::<kind::Policies>()? {
         let bad = |why: String| {
             Error::State(format!(
                 "stored policy {key} cannot be restored: {why}; start with --start-empty to \
                  discard the stored state"
             ))
         };
-        let yaml = v
-            .get("yaml")
-            .and_then(|y| y.as_str())
-            .ok_or_else(|| bad("no \"yaml\" field".into()))?;
-        for p in parse_policies(yaml).map_err(|e| bad(e.to_string()))? {
+        for p in parse_policies(&stored.yaml).map_err(|e| bad(e.to_string()))? {
             out.insert(p.key(), p);
         }
     }
@@ -319,10 +310,26 @@ fn build_full_tables(
     Ok((t, endpoints))
 }
 
-/// A durable write that is part of a change (see [`AgentState::publish`]).
+/// A durable write that is part of a change (see [`AgentState::publish`]): a kind's name, a key
+/// and, to store, the value as JSON. Built with [`StoreOp::put`] and [`StoreOp::delete`], which
+/// take the kind as a type.
 enum StoreOp<'a> {
     Put(&'static str, &'a str, serde_json::Value),
     Delete(&'static str, &'a str),
+}
+
+impl<'a> StoreOp<'a> {
+    /// Stores `value` as `key` of kind `K`.
+    fn put<K: Kind>(key: &'a str, value: &K::Value) -> Result<Self, Rejected> {
+        serde_json::to_value(value)
+            .map(|v| StoreOp::Put(K::NAME, key, v))
+            .map_err(|e| reject(500, "-", e.to_string()))
+    }
+
+    /// Removes `key` of kind `K`.
+    fn delete<K: Kind>(key: &'a str) -> Self {
+        StoreOp::Delete(K::NAME, key)
+    }
 }
 
 /// Why a change was not published. In both cases the workers' tables are unchanged.
@@ -561,20 +568,20 @@ fn restore_bindings(
 ) -> Result<(Vec<PortConfig>, Vec<Option<PortConfig>>), Error> {
     let mut all: Vec<PortConfig> = cfg.ports.clone();
     let mut b: Vec<Option<PortConfig>> = cfg.ports.iter().cloned().map(Some).collect();
-    for ifname in store.list(kind::UNBOUND)?.keys() {
+    for ifname in store.list_as::<kind::UnboundPorts>()?.keys() {
         if let Some(i) = cfg.ports.iter().position(|p| &p.ifname == ifname) {
             b[i] = None;
         }
     }
-    let stored = store.list(kind::ENDPOINT)?;
-    for (key, v) in &stored {
+    let stored = store.list_as::<kind::Endpoints>()?;
+    let n = stored.len();
+    for (key, p) in stored {
         let bad = |why: String| {
             Error::State(format!(
                 "stored endpoint {key} cannot be restored: {why}; fix the configuration, or start \
                  with --start-empty to discard the stored state"
             ))
         };
-        let p: PortConfig = serde_json::from_value(v.clone()).map_err(|e| bad(e.to_string()))?;
         let i = match all.iter().position(|c| c.ifname == p.ifname) {
             Some(i) => i,
             None => {
@@ -598,14 +605,13 @@ fn restore_bindings(
             if j != i
                 && other
                     .as_ref()
-                    .is_some_and(|o| o.kind == PortKind::Pod && endpoint_key(o) == *key)
+                    .is_some_and(|o| o.kind == PortKind::Pod && endpoint_key(o) == key)
             {
                 *other = None;
             }
         }
         b[i] = Some(p);
     }
-    let n = stored.len();
     if n > 0 {
         tracing::info!(endpoints = n, "restored endpoints from the state store");
     }
@@ -750,7 +756,7 @@ impl AgentState {
         let policies = restore_policies(store.as_ref())?;
         let (first, endpoints) = build_full_tables(&cfg, &bindings, 1, &policies, &mut policy.ids)?;
         policy.endpoints = endpoints;
-        store.put(kind::IDENTITY, "all", identities_value(&policy))?;
+        store.put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(&policy))?;
         policy.policies = policies;
         let tables = Arc::new(ArcSwap::from_pointee(first));
         let monitor_mask = Arc::new(AtomicU32::new(0));
@@ -1112,7 +1118,7 @@ impl AgentState {
             .map_err(PublishError::Store)?;
         }
         self.store
-            .put(kind::IDENTITY, "all", identities_value(ps))
+            .put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(ps))
             .map_err(PublishError::Store)?;
         self.tables.store(Arc::new(tables));
         self.wake_workers();
@@ -1147,13 +1153,13 @@ impl AgentState {
         for p in parsed {
             let text =
                 serde_norway::to_string(&p.source).map_err(|e| reject(500, "-", e.to_string()))?;
-            values.push((p.key(), serde_json::json!({ "yaml": text })));
+            values.push((p.key(), kind::StoredPolicy { yaml: text }));
             next.insert(p.key(), p);
         }
         let ops = values
             .iter()
-            .map(|(key, v)| StoreOp::Put(kind::POLICY, key, v.clone()))
-            .collect();
+            .map(|(key, v)| StoreOp::put::<kind::Policies>(key, v))
+            .collect::<Result<_, _>>()?;
         let revision = self
             .publish(&bindings, &mut ps, Some(next), ops)
             .map_err(|e| e.rejected(500, "-"))?;
@@ -1194,7 +1200,7 @@ impl AgentState {
         }
         let mut next = ps.policies.clone();
         next.remove(&key);
-        let ops = vec![StoreOp::Delete(kind::POLICY, &key)];
+        let ops = vec![StoreOp::delete::<kind::Policies>(&key)];
         let revision = self
             .publish(&bindings, &mut ps, Some(next), ops)
             .map_err(|e| e.rejected(500, "-"))?;
@@ -1455,10 +1461,9 @@ impl AgentState {
         };
         let mut next = bindings.clone();
         next[port] = Some(new_port.clone());
-        let value = serde_json::to_value(&new_port).map_err(|e| reject(500, "-", e.to_string()))?;
         let ops = vec![
-            StoreOp::Put(kind::ENDPOINT, &key, value),
-            StoreOp::Delete(kind::UNBOUND, &req.ifname),
+            StoreOp::put::<kind::Endpoints>(&key, &new_port)?,
+            StoreOp::delete::<kind::UnboundPorts>(&req.ifname),
         ];
         let revision = self
             .publish(&next, &mut *self.lock_policy()?, None, ops)
@@ -1488,8 +1493,8 @@ impl AgentState {
         let mut next = bindings.clone();
         next[port] = None;
         let ops = vec![
-            StoreOp::Put(kind::UNBOUND, &ifname, serde_json::json!({})),
-            StoreOp::Delete(kind::ENDPOINT, &key),
+            StoreOp::put::<kind::UnboundPorts>(&ifname, &kind::Unbound {})?,
+            StoreOp::delete::<kind::Endpoints>(&key),
         ];
         let revision = self
             .publish(&next, &mut *self.lock_policy()?, None, ops)

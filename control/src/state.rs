@@ -1,9 +1,10 @@
-//! The agent's persistent state: every object it is given (endpoints now; policies, services
-//! and keys later), kept so a restarted agent restores the same dataplane state with no client
-//! action.
+//! The agent's persistent state: every object it is given (endpoints, policies and the
+//! identities they were given), kept so a restarted agent restores the same dataplane state
+//! with no client action.
 //!
-//! Callers use the [`StateStore`] trait (get/put/delete/list by kind and key), so another
-//! backend (etcd, for cluster mesh) can replace [`FileStore`] without touching them.
+//! Callers use the [`StateStore`] trait (get/put/delete/list by kind and key), through
+//! [`TypedStore`], which knows each [`Kind`]'s value type, so another backend (etcd, for
+//! cluster mesh) can replace [`FileStore`] without touching them.
 //!
 //! [`FileStore`] keeps one JSON file per kind (`<state_dir>/<kind>.json`, a map from key to
 //! object). Every write goes to a temporary file that is fsynced, renamed over the old one, and
@@ -16,20 +17,75 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::Error;
 
-/// Object kinds the agent stores.
+/// A kind of object the agent stores: its name in the store and the type of its values.
+pub trait Kind {
+    /// The kind's name in the store (the file `<state_dir>/<NAME>.json`).
+    const NAME: &'static str;
+    /// What each key of the kind holds.
+    type Value: Serialize + DeserializeOwned;
+}
+
+/// The kinds the agent stores.
 pub mod kind {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::Kind;
+    use crate::config::PortConfig;
+
     /// Endpoints (pods), keyed `namespace/name`.
-    pub const ENDPOINT: &str = "endpoints";
+    #[derive(Debug)]
+    pub struct Endpoints;
+    impl Kind for Endpoints {
+        const NAME: &'static str = "endpoints";
+        type Value = PortConfig;
+    }
+
     /// Configured pod ports whose endpoint was deleted through the API, keyed by interface.
-    pub const UNBOUND: &str = "unbound-ports";
-    /// Network policies, keyed `namespace/name`; each value is `{"yaml": "<the document>"}`.
-    pub const POLICY: &str = "policies";
-    /// Security identities: one object, key `all`, mapping each identity to its labels.
-    pub const IDENTITY: &str = "identities";
+    #[derive(Debug)]
+    pub struct UnboundPorts;
+    impl Kind for UnboundPorts {
+        const NAME: &'static str = "unbound-ports";
+        type Value = Unbound;
+    }
+
+    /// The record of an unbound port: its key says it all (stored as `{}`).
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Unbound {}
+
+    /// Network policies, keyed `namespace/name`.
+    #[derive(Debug)]
+    pub struct Policies;
+    impl Kind for Policies {
+        const NAME: &'static str = "policies";
+        type Value = StoredPolicy;
+    }
+
+    /// A stored policy: the document as it was imported.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StoredPolicy {
+        /// The CiliumNetworkPolicy, as YAML.
+        pub yaml: String,
+    }
+
+    /// Security identities: one object, key [`IDENTITIES_KEY`], mapping each identity to its
+    /// labels.
+    #[derive(Debug)]
+    pub struct Identities;
+    impl Kind for Identities {
+        const NAME: &'static str = "identities";
+        type Value = BTreeMap<u32, BTreeMap<String, String>>;
+    }
+
+    /// The one key of [`Identities`].
+    pub const IDENTITIES_KEY: &str = "all";
 }
 
 /// A store of JSON objects by kind and key.
@@ -42,6 +98,50 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn delete(&self, kind: &str, key: &str) -> Result<bool, Error>;
     /// Every object of `kind`, by key.
     fn list(&self, kind: &str) -> Result<BTreeMap<String, Value>, Error>;
+}
+
+/// Typed access to any [`StateStore`]: each kind's values as their own type. A stored value
+/// that is valid JSON but not of its kind's type is an error naming the kind and key.
+pub trait TypedStore {
+    /// The object `key` of kind `K`, if any.
+    fn get_as<K: Kind>(&self, key: &str) -> Result<Option<K::Value>, Error>;
+    /// Stores `value` as `key` of kind `K`, durably, before returning.
+    fn put_as<K: Kind>(&self, key: &str, value: &K::Value) -> Result<(), Error>;
+    /// Every object of kind `K`, by key.
+    fn list_as<K: Kind>(&self) -> Result<BTreeMap<String, K::Value>, Error>;
+}
+
+/// A stored value of kind `K` as its type.
+fn decode<K: Kind>(key: &str, v: Value) -> Result<K::Value, Error> {
+    serde_json::from_value(v).map_err(|e| {
+        Error::State(format!(
+            "stored {} {key} (in {}.json in the state directory) cannot be read: {e}; start with \
+             --start-empty to discard the stored state",
+            K::NAME,
+            K::NAME
+        ))
+    })
+}
+
+impl<S: StateStore + ?Sized> TypedStore for S {
+    fn get_as<K: Kind>(&self, key: &str) -> Result<Option<K::Value>, Error> {
+        self.get(K::NAME, key)?
+            .map(|v| decode::<K>(key, v))
+            .transpose()
+    }
+
+    fn put_as<K: Kind>(&self, key: &str, value: &K::Value) -> Result<(), Error> {
+        let v = serde_json::to_value(value)
+            .map_err(|e| Error::State(format!("{} {key} cannot be stored: {e}", K::NAME)))?;
+        self.put(K::NAME, key, v)
+    }
+
+    fn list_as<K: Kind>(&self) -> Result<BTreeMap<String, K::Value>, Error> {
+        self.list(K::NAME)?
+            .into_iter()
+            .map(|(key, v)| decode::<K>(&key, v).map(|t| (key, t)))
+            .collect()
+    }
 }
 
 /// The file backend: see the module documentation.
@@ -197,6 +297,50 @@ mod tests {
         let d = std::env::temp_dir().join(format!("xylem-state-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn each_kind_reads_back_as_its_own_type() {
+        let d = tmpdir("typed");
+        let s = FileStore::open(&d).unwrap();
+        let policy = kind::StoredPolicy {
+            yaml: "kind: CiliumNetworkPolicy\n".into(),
+        };
+        s.put_as::<kind::Policies>("default/p", &policy).unwrap();
+        s.put_as::<kind::UnboundPorts>("veth9", &kind::Unbound {})
+            .unwrap();
+        let ids = BTreeMap::from([(300, BTreeMap::from([("app".into(), "a".into())]))]);
+        s.put_as::<kind::Identities>(kind::IDENTITIES_KEY, &ids)
+            .unwrap();
+        let s2 = FileStore::open(&d).unwrap();
+        assert_eq!(
+            s2.get_as::<kind::Policies>("default/p").unwrap(),
+            Some(policy)
+        );
+        assert_eq!(
+            s2.list_as::<kind::UnboundPorts>()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["veth9"]
+        );
+        assert_eq!(
+            s2.get_as::<kind::Identities>(kind::IDENTITIES_KEY).unwrap(),
+            Some(ids)
+        );
+        // Valid JSON of the wrong shape: refused, naming the kind and the key.
+        s2.put(
+            kind::Policies::NAME,
+            "default/q",
+            serde_json::json!({"yml": 1}),
+        )
+        .unwrap();
+        let e = s2.list_as::<kind::Policies>().unwrap_err().to_string();
+        assert!(
+            e.contains("policies default/q") && e.contains("--start-empty"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
