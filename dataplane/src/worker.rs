@@ -1105,25 +1105,20 @@ impl<B: Backend> Worker<B> {
         let mut yield_off_until = 0u64;
         // Realtime (shared placement): `wants_rt` is the setting (and that the kernel allows
         // it), `rt` the policy in force now. The start probes the permission, so that a refusal
-        // is reported once, here.
+        // is reported once, here, and then waits at normal priority until a core is contended.
         let mut wants_rt = self.cfg.realtime && self.cfg.placement == Placement::Shared;
+        if wants_rt && let Err(e) = set_realtime(true).and_then(|()| set_realtime(false)) {
+            wants_rt = false;
+            tracing::warn!(
+                worker = self.cfg.id,
+                "cannot run at SCHED_FIFO priority {RT_PRIORITY} ({e}); running at normal \
+                 priority, where a busy pod on this core can delay frames by a scheduler tick. \
+                 Grant CAP_SYS_NICE (and realtime runtime to the agent's cgroup), or set \
+                 workers.realtime: false to silence this"
+            );
+        }
         let mut rt = false;
         let mut budget = RtBudget::default();
-        if wants_rt {
-            match set_realtime(true) {
-                Ok(()) => rt = true,
-                Err(e) => {
-                    wants_rt = false;
-                    tracing::warn!(
-                        worker = self.cfg.id,
-                        "cannot run at SCHED_FIFO priority {RT_PRIORITY} ({e}); running at normal \
-                         priority, where a busy pod on this core can delay frames by a scheduler \
-                         tick. Grant CAP_SYS_NICE (and realtime runtime to the agent's cgroup), \
-                         or set workers.realtime: false to silence this"
-                    );
-                }
-            }
-        }
         while !stop.load(Ordering::Relaxed) {
             // The one clock read of the batch; it also closes the previous busy batch.
             let now = epoch.elapsed().as_nanos() as u64;
