@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use xdp_redirector::{RedirectFlags, Redirector, XdpModeRequest};
-use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
+use xdp_redirector::RedirectFlags;
+use xylem_dataplane::io::afxdp::{XskBackend, XskOptions};
 use xylem_dataplane::ledger::Place;
 use xylem_dataplane::slowpath::Signal;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{Placement, Worker, WorkerConfig, WorkerLink};
 
-use common::{GW_MAC, Netns, enter, ifindex, ip, mac_of};
+use common::{GW_MAC, Netns, attach_redirector, enter, ifindex, ip, mac_of, port_specs};
 
 const PACKETS: u64 = 1_000_000;
 
@@ -216,19 +216,8 @@ fn frame_accounting_holds_after_a_million_packets_on_af_xdp() {
     let ready2 = Arc::clone(&ready);
     let worker_thread = std::thread::spawn(move || {
         enter(&node2);
-        let mut r = Redirector::load().unwrap();
-        for i in ["dpa", "dpb"] {
-            r.attach(i, XdpModeRequest::Native, RedirectFlags::default())
-                .unwrap();
-        }
-        let specs: Vec<PortSpec> = ["dpa", "dpb"]
-            .iter()
-            .map(|n| PortSpec {
-                ifname: n.to_string(),
-                ifindex: ifindex(n),
-                queue: 0,
-            })
-            .collect();
+        let mut r = attach_redirector(&["dpa", "dpb"], RedirectFlags::default()).unwrap();
+        let specs = port_specs(&["dpa", "dpb"], 0);
         let backend = XskBackend::new(
             &specs,
             XskOptions {
@@ -346,21 +335,10 @@ fn frame_accounting_holds_with_two_workers_sharing_one_conntrack() {
     let (links2, ct2) = (links.clone(), ct.clone());
     let node_thread = std::thread::spawn(move || {
         enter(&node);
-        let mut r = Redirector::load().unwrap();
-        for i in ["dpa", "dpb"] {
-            r.attach(i, XdpModeRequest::Native, RedirectFlags::default())
-                .unwrap();
-        }
+        let mut r = attach_redirector(&["dpa", "dpb"], RedirectFlags::default()).unwrap();
         let mut workers = Vec::new();
         for (w, link) in links2.into_iter().enumerate() {
-            let specs: Vec<PortSpec> = ["dpa", "dpb"]
-                .iter()
-                .map(|n| PortSpec {
-                    ifname: n.to_string(),
-                    ifindex: ifindex(n),
-                    queue: w as u32,
-                })
-                .collect();
+            let specs = port_specs(&["dpa", "dpb"], w as u32);
             let backend = XskBackend::new(
                 &specs,
                 XskOptions {

@@ -17,11 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{GW_MAC, Lab, PacketSocket, enter, ifindex, mac_of, root_or_skip, wait_for};
+use common::{
+    GW_MAC, Lab, PacketSocket, attach_redirector, enter, mac_of, port_specs, root_or_skip, wait_for,
+};
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder};
-use xdp_redirector::{RedirectFlags, Redirector, XdpModeRequest};
+use xdp_redirector::RedirectFlags;
 use xsk_rs::FrameDesc;
-use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
+use xylem_dataplane::io::afxdp::{XskBackend, XskOptions};
 use xylem_dataplane::io::{Backend, DEFAULT_HEADROOM};
 
 const OUTER: usize = 14 + 20 + 8 + 8;
@@ -87,24 +89,13 @@ fn dataplane(
     received: Arc<AtomicBool>,
 ) -> Result<Seen, String> {
     enter(&node);
-    let mut r = Redirector::load().map_err(|e| e.to_string())?;
     let ipv4_only = RedirectFlags {
         ipv4: true,
         ipv6: false,
         arp: false,
     };
-    for i in ["dpa", "dpb"] {
-        r.attach(i, XdpModeRequest::Native, ipv4_only)
-            .map_err(|e| e.to_string())?;
-    }
-    let specs: Vec<PortSpec> = ["dpa", "dpb"]
-        .iter()
-        .map(|n| PortSpec {
-            ifname: n.to_string(),
-            ifindex: ifindex(n),
-            queue: 0,
-        })
-        .collect();
+    let mut r = attach_redirector(&["dpa", "dpb"], ipv4_only)?;
+    let specs = port_specs(&["dpa", "dpb"], 0);
     let opts = XskOptions {
         ring_size: 64,
         zero_copy: false,

@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use xdp_redirector::{RedirectFlags, Redirector, XdpModeRequest};
-use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
+use xdp_redirector::RedirectFlags;
+use xylem_dataplane::io::afxdp::{XskBackend, XskOptions};
 use xylem_dataplane::slowpath::Signal;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{Placement, RT_BUSY_BUDGET_NS, Worker, WorkerConfig, WorkerLink};
 
-use common::{GW_MAC, Lab, PacketSocket, enter, ifindex, mac_of, root_or_skip, wait_for};
+use common::{
+    GW_MAC, Lab, PacketSocket, attach_redirector, enter, mac_of, port_specs, root_or_skip, wait_for,
+};
 
 /// The CPU the worker, the busy task and nothing else of this test's share.
 const CPU: usize = 0;
@@ -106,19 +108,8 @@ fn a_shared_worker_waits_at_realtime_priority_on_a_busy_core_and_yields_it_under
     let tid2 = Arc::clone(&tid);
     let worker_thread = std::thread::spawn(move || -> Result<(), String> {
         enter(&node);
-        let mut r = Redirector::load().map_err(|e| e.to_string())?;
-        for i in ["dpa", "dpb"] {
-            r.attach(i, XdpModeRequest::Native, RedirectFlags::default())
-                .map_err(|e| e.to_string())?;
-        }
-        let specs: Vec<PortSpec> = ["dpa", "dpb"]
-            .iter()
-            .map(|n| PortSpec {
-                ifname: n.to_string(),
-                ifindex: ifindex(n),
-                queue: 0,
-            })
-            .collect();
+        let mut r = attach_redirector(&["dpa", "dpb"], RedirectFlags::default())?;
+        let specs = port_specs(&["dpa", "dpb"], 0);
         let opts = XskOptions {
             ring_size: 512,
             zero_copy: false,

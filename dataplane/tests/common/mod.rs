@@ -11,6 +11,8 @@ use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use xdp_redirector::{RedirectFlags, Redirector, XdpModeRequest};
+use xylem_dataplane::io::afxdp::PortSpec;
 use xylem_dataplane::tables::MacAddr;
 
 /// The gateway MAC the pods' neighbour entries point at.
@@ -68,6 +70,29 @@ pub fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).unwrap();
     // SAFETY: valid C string.
     unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Loads the XDP redirector and attaches it in native mode, with `flags`, to each of `ifnames`
+/// in the calling thread's namespace.
+pub fn attach_redirector(ifnames: &[&str], flags: RedirectFlags) -> Result<Redirector, String> {
+    let mut r = Redirector::load().map_err(|e| e.to_string())?;
+    for i in ifnames {
+        r.attach(i, XdpModeRequest::Native, flags)
+            .map_err(|e| format!("attaching to {i}: {e}"))?;
+    }
+    Ok(r)
+}
+
+/// The AF_XDP ports on queue `queue` of each of `ifnames` (calling thread's namespace).
+pub fn port_specs(ifnames: &[&str], queue: u32) -> Vec<PortSpec> {
+    ifnames
+        .iter()
+        .map(|n| PortSpec {
+            ifname: n.to_string(),
+            ifindex: ifindex(n),
+            queue,
+        })
+        .collect()
 }
 
 /// A node namespace and one pod namespace per `(node-side veth, pod address)`, named after the
