@@ -499,6 +499,7 @@ impl Lab {
         });
 
         let api_socket = self.api_socket();
+        let defaults = WorkersConfig::default();
         let cfg = AgentConfig {
             node_name: node_name.clone(),
             pod_cidr,
@@ -510,10 +511,10 @@ impl Lab {
             workers: WorkersConfig {
                 cores: opts.worker_cores.clone(),
                 placement: opts.placement,
-                batch_size: opts.batch_size.unwrap_or(64),
-                idle_spin_us: opts.idle_spin_us.unwrap_or(50),
-                realtime: opts.realtime.unwrap_or(true),
-                ..WorkersConfig::default()
+                batch_size: opts.batch_size.unwrap_or(defaults.batch_size),
+                idle_spin_us: opts.idle_spin_us.unwrap_or(defaults.idle_spin_us),
+                realtime: opts.realtime.unwrap_or(defaults.realtime),
+                ..defaults
             },
             xdp_mode: opts.xdp_mode.unwrap_or_default(),
             mode: opts.mode,

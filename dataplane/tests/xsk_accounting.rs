@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 use xdp_redirector::RedirectFlags;
-use xylem_dataplane::io::afxdp::{XskBackend, XskOptions};
 use xylem_dataplane::ledger::Place;
 use xylem_dataplane::slowpath::Signal;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{Placement, Worker, WorkerConfig, WorkerLink};
 
-use common::{GW_MAC, Netns, attach_redirector, enter, ifindex, ip, mac_of, port_specs};
+use common::{
+    GW_MAC, Netns, attach_redirector, bind_sockets, enter, ifindex, ip, mac_of, port_specs,
+};
 
 const PACKETS: u64 = 1_000_000;
 
@@ -217,19 +218,7 @@ fn frame_accounting_holds_after_a_million_packets_on_af_xdp() {
     let worker_thread = std::thread::spawn(move || {
         enter(&node2);
         let mut r = attach_redirector(&["dpa", "dpb"], RedirectFlags::default()).unwrap();
-        let specs = port_specs(&["dpa", "dpb"], 0);
-        let backend = XskBackend::new(
-            &specs,
-            XskOptions {
-                ring_size: 512,
-                zero_copy: false,
-            },
-            256,
-        )
-        .unwrap();
-        for (idx, q, fd) in backend.socket_fds() {
-            r.register_socket(idx, q, fd).unwrap();
-        }
+        let backend = bind_sockets(&mut r, &port_specs(&["dpa", "dpb"], 0), 512, 256).unwrap();
         let cfg = WorkerConfig {
             placement: Placement::Dedicated,
             batch_size: 64,
@@ -339,18 +328,7 @@ fn frame_accounting_holds_with_two_workers_sharing_one_conntrack() {
         let mut workers = Vec::new();
         for (w, link) in links2.into_iter().enumerate() {
             let specs = port_specs(&["dpa", "dpb"], w as u32);
-            let backend = XskBackend::new(
-                &specs,
-                XskOptions {
-                    ring_size: 512,
-                    zero_copy: false,
-                },
-                256,
-            )
-            .unwrap();
-            for (idx, q, fd) in backend.socket_fds() {
-                r.register_socket(idx, q, fd).unwrap();
-            }
+            let backend = bind_sockets(&mut r, &specs, 512, 256).unwrap();
             let cfg = WorkerConfig {
                 id: w,
                 placement: Placement::Shared,

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 use xdp_redirector::RedirectFlags;
-use xylem_dataplane::io::afxdp::{XskBackend, XskOptions};
 use xylem_dataplane::slowpath::Signal;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{Placement, RT_BUSY_BUDGET_NS, Worker, WorkerConfig, WorkerLink};
 
 use common::{
-    GW_MAC, Lab, PacketSocket, attach_redirector, enter, mac_of, port_specs, root_or_skip, wait_for,
+    GW_MAC, Lab, PacketSocket, attach_redirector, bind_sockets, enter, mac_of, port_specs,
+    root_or_skip, wait_for,
 };
 
 /// The CPU the worker, the busy task and nothing else of this test's share.
@@ -109,15 +109,7 @@ fn a_shared_worker_waits_at_realtime_priority_on_a_busy_core_and_yields_it_under
     let worker_thread = std::thread::spawn(move || -> Result<(), String> {
         enter(&node);
         let mut r = attach_redirector(&["dpa", "dpb"], RedirectFlags::default())?;
-        let specs = port_specs(&["dpa", "dpb"], 0);
-        let opts = XskOptions {
-            ring_size: 512,
-            zero_copy: false,
-        };
-        let backend = XskBackend::new(&specs, opts, 256).map_err(|e| e.to_string())?;
-        for (idx, q, fd) in backend.socket_fds() {
-            r.register_socket(idx, q, fd).map_err(|e| e.to_string())?;
-        }
+        let backend = bind_sockets(&mut r, &port_specs(&["dpa", "dpb"], 0), 512, 256)?;
         let cfg = WorkerConfig {
             core: Some(CPU),
             placement: Placement::Shared,

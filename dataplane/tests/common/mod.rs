@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use xdp_redirector::{RedirectFlags, Redirector, XdpModeRequest};
-use xylem_dataplane::io::afxdp::PortSpec;
+use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
 use xylem_dataplane::tables::MacAddr;
 
 /// The gateway MAC the pods' neighbour entries point at.
@@ -93,6 +93,25 @@ pub fn port_specs(ifnames: &[&str], queue: u32) -> Vec<PortSpec> {
             queue,
         })
         .collect()
+}
+
+/// Binds copy-mode AF_XDP sockets on `specs` (rings of `ring_size`, `frames_per_port` UMEM
+/// frames each) and registers them in `r`'s XSKMAP.
+pub fn bind_sockets(
+    r: &mut Redirector,
+    specs: &[PortSpec],
+    ring_size: u32,
+    frames_per_port: u32,
+) -> Result<XskBackend, String> {
+    let opts = XskOptions {
+        ring_size,
+        zero_copy: false,
+    };
+    let backend = XskBackend::new(specs, opts, frames_per_port).map_err(|e| e.to_string())?;
+    for (idx, q, fd) in backend.socket_fds() {
+        r.register_socket(idx, q, fd).map_err(|e| e.to_string())?;
+    }
+    Ok(backend)
 }
 
 /// A node namespace and one pod namespace per `(node-side veth, pod address)`, named after the
