@@ -6,7 +6,7 @@
 //!
 //! `*-full-policy-established` runs the same frames in `Mode::Full` with a realistic policy
 //! (1,000 ingress rules on the destination, an egress policy on the source, written as
-//! CiliumNetworkPolicy YAML and compiled by `xylem_control::policy`) and a conntrack holding
+//! CiliumNetworkPolicy YAML and compiled by `xylem_policy`) and a conntrack holding
 //! 50,000 other connections: the frame belongs to an established connection, so this is
 //! policy + conntrack cost on the fast path, to compare with the `Passthrough` cases of the
 //! same run.
@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use xylem_bench::{BenchFrame, make_partial, pod_ip, tables, tcp_frame, udp_frame};
 
-use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
 use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey};
 use xylem_dataplane::pipeline::{Meta, Verdict, flow_and_policy, process};
 use xylem_dataplane::tables::{Mode, Tables};
 use xylem_dataplane::wire::ip::proto;
+use xylem_policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
 
 /// `tables(routes, Full)` with a policy: pod `dst` (app=server) accepts 1,000 ingress rules
 /// (999 from other client labels and ports, the last from app=client on 80/TCP and UDP); pod 0

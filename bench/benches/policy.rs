@@ -2,7 +2,7 @@
 //! established flows: the per-packet cost of policy plus connection tracking, with 10, 1,000 and 100,000 rules and 1,000 and 1,000,000 tracked connections.
 //!
 //! Rules are written as CiliumNetworkPolicy YAML and go through the real parser and compiler
-//! (`xylem_control::policy`): one policy selecting the server, with `N` ingress rules from `N`
+//! (`xylem_policy`): one policy selecting the server, with `N` ingress rules from `N`
 //! distinct (client label, port) pairs, all compiled into the server's ingress table.
 //! The conntrack table is filled to the given number of connections (its capacity) with flows
 //! between other addresses, then:
@@ -22,12 +22,12 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
 use xylem_dataplane::conntrack::{Conntrack, CtConfig, FlowKey};
 use xylem_dataplane::pipeline::{Meta, flow_and_policy as decide};
 use xylem_dataplane::policy::{PolicyTables, PolicyVerdict, evaluate};
 use xylem_dataplane::wire::ip::proto;
 use xylem_dataplane::wire::tcp::flags as tcp_flags;
+use xylem_policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);

@@ -2,7 +2,7 @@
 //! without the conntrack prefetch of its step 3: the per-packet cost of policy plus connection
 //! tracking as the worker pays it, rings and counters included.
 //!
-//! Rules are CiliumNetworkPolicy YAML compiled by `xylem_control::policy`, as in the `policy`
+//! Rules are CiliumNetworkPolicy YAML compiled by `xylem_policy`, as in the `policy`
 //! benchmark: one policy selecting the server, 100,000 ingress rules from 100 other client
 //! labels and 1,000 ports, the last allowing `app=client` on 80/TCP. Sixteen endpoints carry
 //! `app=client`; the worker's conntrack (capacity = the connection count) is filled by sending

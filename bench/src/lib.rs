@@ -248,16 +248,16 @@ pub fn xorshift(s: &mut u64) -> u64 {
 }
 
 /// The `Mode::Full` set-up of the worker benchmarks (`worker`, `workers`): the 100,000-rule
-/// server policy as CiliumNetworkPolicy YAML compiled by `xylem_control::policy` (as in the
+/// server policy as CiliumNetworkPolicy YAML compiled by `xylem_policy` (as in the
 /// `policy` benchmark), sixteen `app=client` endpoints on port 0 that open up to 65,536
 /// connections each to the server (port 1) on 80/TCP, and their ACK frames.
 pub mod full {
     use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
 
-    use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
     use xylem_dataplane::conntrack::{proto, tcp_flags};
     use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
+    use xylem_policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
 
     use super::{GW_IP, GW_MAC, flow_frame};
 

@@ -352,9 +352,9 @@ impl PublishError {
     }
 }
 
-fn policy_rejected(e: Error) -> Rejected {
+fn policy_rejected(e: crate::policy::Error) -> Rejected {
     match e {
-        Error::Policy {
+        crate::policy::Error::Invalid {
             document,
             field,
             why,

@@ -71,16 +71,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A network policy file is invalid. Nothing from it was applied.
-    #[error("invalid policy in {document}: {field}: {why}; nothing was imported")]
-    Policy {
-        /// Which document: its position in the file (and `items[N]` in a `List`), and the
-        /// policy's `namespace/name` when known.
-        document: String,
-        /// The offending field, as a path (`spec.ingress[0].toPorts[0].ports[0].endPort`).
-        field: String,
-        /// What is wrong and what would be accepted.
-        why: String,
-    },
+    #[error(transparent)]
+    Policy(#[from] xylem_policy::Error),
 }
 
 impl Error {

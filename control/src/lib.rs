@@ -25,8 +25,9 @@ pub mod error;
 pub mod lab;
 pub mod metrics;
 pub mod output;
-pub mod policy;
 pub mod replay;
 pub mod state;
 
 pub use error::Error;
+/// The policy compiler, which the agent, the replay and the CLI share.
+pub use xylem_policy as policy;

@@ -347,7 +347,7 @@ fn connection_tracking_times_out_in_capture_time() {
     }
     let (req, ans) = (&all[18], &all[19]);
     let mut cfg = config();
-    cfg.policies = xylem_control::policy::parse_policies(
+    cfg.policies = xylem_policy::parse_policies(
         "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: a-closed, namespace: default}

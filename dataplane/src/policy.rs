@@ -11,7 +11,7 @@
 //!   asks again of a tracked flow after a policy change, and what `policy trace` shows.
 //!
 //! What it does not do: parse YAML, select endpoints or allocate identities (that is
-//! `xylem_control::policy`, which builds these tables with [`PolicyTablesBuilder`]), track
+//! `xylem_policy`, which builds these tables with [`PolicyTablesBuilder`]), track
 //! connections (`crate::conntrack`, driven by `crate::pipeline::flow`), parse frames, count drops
 //! or emit monitor events (the worker maps [`PolicyVerdict`] onto its counters).
 //!

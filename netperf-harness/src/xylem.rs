@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn the_policy_parses_with_every_rule() {
-        let policies = xylem_control::policy::parse_policies(&policy_yaml()).unwrap();
+        let policies = xylem_policy::parse_policies(&policy_yaml()).unwrap();
         assert_eq!(policies.len(), 2);
     }
 

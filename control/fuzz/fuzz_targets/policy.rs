@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use xylem_control::policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
+use xylem_policy::{EndpointSpec, IdentityAllocator, compile, parse_policies};
 
 fn endpoints() -> Vec<EndpointSpec> {
     let ep = |i: u8, ns: &str, labels: &[(&str, &str)]| EndpointSpec {

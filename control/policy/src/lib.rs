@@ -1,10 +1,13 @@
+//! # xylem-policy
+//!
 //! Network policy on the control side: CiliumNetworkPolicy YAML in, compiled
-//! [`xylem_dataplane::policy::PolicyTables`] out, and `policy trace`.
+//! [`xylem_dataplane::policy::PolicyTables`] out, and `policy trace`. Pure: no I/O, no threads,
+//! no async runtime, so the agent, the CLI, the replay and the benchmarks all link it alone.
 //!
 //! What it does:
 //! - [`parse_policies`]: reads one document, several (`---`), or a `List`, accepting exactly the
-//!   subset of issue 4 (see below) and rejecting anything else with an [`Error::Policy`] that
-//!   names the document and the field. All or nothing: one bad field rejects the whole input.
+//!   subset below and rejecting anything else with an [`Error`] that names the document and the
+//!   field. All or nothing: one bad field rejects the whole input.
 //! - [`IdentityAllocator`]: one numeric security identity per distinct endpoint label set
 //!   (namespace included); equal label sets share it.
 //! - [`compile`]: policies + endpoints + host addresses → per-identity tables keyed by
@@ -59,8 +62,22 @@ pub use labels::{Labels, NAMESPACE_LABEL, Requirement, Selector, endpoint_labels
 pub use parse::{API_VERSION, KIND, parse_cidr, parse_policies};
 pub use trace::{DirectionTrace, Trace, TracePeer, trace, trace_tables};
 
-#[cfg(doc)]
-use crate::Error;
+/// What this crate can fail at.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A network policy document is invalid. Nothing from the input was applied.
+    #[error("invalid policy in {document}: {field}: {why}; nothing was imported")]
+    Invalid {
+        /// Which document: its position in the file (and `items[N]` in a `List`), and the
+        /// policy's `namespace/name` when known.
+        document: String,
+        /// The offending field, as a path (`spec.ingress[0].toPorts[0].ports[0].endPort`).
+        field: String,
+        /// What is wrong and what would be accepted.
+        why: String,
+    },
+}
 
 /// A validated CiliumNetworkPolicy.
 #[derive(Clone, Debug, PartialEq)]

@@ -165,7 +165,7 @@ pub fn parse_policies(yaml: &str) -> Result<Vec<Policy>, Error> {
 }
 
 fn perr(doc: &str, field: impl Into<String>, why: impl Into<String>) -> Error {
-    Error::Policy {
+    Error::Invalid {
         document: doc.to_owned(),
         field: field.into(),
         why: why.into(),
