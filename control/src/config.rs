@@ -364,13 +364,13 @@ impl AgentConfig {
         if w.batch_size == 0 || w.batch_size > 4096 {
             return Err(Error::config("workers.batch_size", "use 1 to 4096"));
         }
-        if w.headroom > xylem_dataplane::io::afxdp::MAX_HEADROOM {
+        if w.headroom > xylem_dataplane::io::MAX_HEADROOM {
             return Err(Error::config(
                 "workers.headroom",
                 format!(
                     "{} bytes is more than half a frame: use at most {} (default {})",
                     w.headroom,
-                    xylem_dataplane::io::afxdp::MAX_HEADROOM,
+                    xylem_dataplane::io::MAX_HEADROOM,
                     default_headroom()
                 ),
             ));

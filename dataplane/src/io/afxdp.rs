@@ -46,16 +46,9 @@ use xsk_rs::config::{
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use super::{Backend, DEFAULT_HEADROOM};
+pub use super::{FRAME_SIZE, MAX_HEADROOM};
 use crate::Error;
 use crate::frame::Frame;
-
-/// The frame size: one page, so the UMEM is aligned and a frame holds any Ethernet frame of
-/// MTU 1500 (or up to ~3.8 KB) after the kernel's 256-byte XDP headroom.
-pub const FRAME_SIZE: u32 = 4096;
-
-/// The most headroom [`XskBackend::with_headroom`] accepts: half a frame, which leaves 2 KiB
-/// for the packet and its trailer.
-pub const MAX_HEADROOM: usize = FRAME_SIZE as usize / 2;
 
 /// The UMEM's frame headroom is a multiple of this, so that a received packet starts on a
 /// cache line, as it does with the XDP headroom alone.

@@ -6,9 +6,10 @@
 //! and its free list, and runs [`crate::pipeline::process`] on each received frame; it never
 //! knows which backend it runs on.
 //!
-//! - [`afxdp::XskBackend`]: real AF_XDP sockets from `xsk-rs`, one UMEM per worker shared by
-//!   every port (`XDP_SHARED_UMEM`), so forwarding from one port to another copies nothing in
-//!   userspace.
+//! - `afxdp::XskBackend` (the `afxdp` feature, on by default): real AF_XDP sockets from
+//!   `xsk-rs`, one UMEM per worker shared by every port (`XDP_SHARED_UMEM`), so forwarding from
+//!   one port to another copies nothing in userspace. Without the feature the crate builds
+//!   without `xsk-rs` and libxdp, for programs that only replay captures.
 //! - [`memory::MemoryBackend`]: the same rings in memory, with the kernel's side (taking fill
 //!   frames for arriving packets, completing sent ones) driven by the test. It runs the very same
 //!   worker without root.
@@ -20,9 +21,18 @@ use std::os::fd::RawFd;
 
 use crate::frame::Frame;
 
+#[cfg(feature = "afxdp")]
 pub mod afxdp;
 pub mod memory;
 pub mod pcap;
+
+/// The frame size of every backend: one page, so an AF_XDP UMEM is aligned and a frame holds
+/// any Ethernet frame of MTU 1500 (or up to ~3.8 KB) after the kernel's 256-byte XDP headroom.
+pub const FRAME_SIZE: u32 = 4096;
+
+/// The most headroom a backend accepts: half a frame, which leaves 2 KiB for the packet and its
+/// trailer.
+pub const MAX_HEADROOM: usize = FRAME_SIZE as usize / 2;
 
 /// The headroom a backend gives its frames unless told otherwise: room in front of each
 /// received packet for outer headers, without moving the packet.
@@ -91,7 +101,7 @@ pub trait Backend {
     /// Headroom: a frame fresh from `rx`, from `complete` or from `take_frames` has at least
     /// the backend's configured headroom in front of its packet ([`DEFAULT_HEADROOM`] unless
     /// the constructor was given another; the AF_XDP backend's frames have at least the
-    /// kernel's 256-byte XDP headroom as well, see [`afxdp`]). A descriptor the caller moved
+    /// kernel's 256-byte XDP headroom as well, see the `afxdp` module). A descriptor the caller moved
     /// keeps its head where the caller left it until it comes back from `rx` or `complete`.
     ///
     /// The caller must hold the frame (it came from `rx` or the free list and has not been

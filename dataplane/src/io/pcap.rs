@@ -44,11 +44,11 @@ use crate::Error;
 use crate::frame::Frame;
 use crate::tables::PortId;
 
-/// Bytes of an AF_XDP frame the pipeline can use: [`super::afxdp::FRAME_SIZE`] less the
+/// Bytes of an AF_XDP frame the pipeline can use: [`super::FRAME_SIZE`] less the
 /// kernel's XDP headroom (256 bytes). A captured frame longer than this could not have reached
 /// a worker, and the room beyond a frame decides whether an ICMP error fits, so replay frames
 /// get exactly this capacity.
-pub const FRAME_DATA: usize = super::afxdp::FRAME_SIZE as usize - 256;
+pub const FRAME_DATA: usize = super::FRAME_SIZE as usize - 256;
 
 /// Which file format a [`Capture`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
