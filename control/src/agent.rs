@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use serde::{Deserialize, Serialize};
-use xdp_redirector::{RedirectCounters, RedirectFlags, Redirector, XdpMode};
+use xdp_redirector::{RedirectFlags, Redirector, XdpMode};
 use xylem_dataplane::conntrack::{Conntrack, CtConfig, CtTimeouts};
 use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
 use xylem_dataplane::mailbox::NoReply;
@@ -28,8 +27,7 @@ use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::stats::StatsSnapshot;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{
-    CT_LIST_MAX, CtControl, CtRequest, CtSnapshot, Placement, PortControl, Worker, WorkerConfig,
-    WorkerLink,
+    CT_LIST_MAX, CtControl, CtRequest, CtSnapshot, PortControl, Worker, WorkerConfig, WorkerLink,
 };
 
 use crate::policy::{
@@ -37,169 +35,14 @@ use crate::policy::{
     parse_policies, reserved_name,
 };
 
+use xylem_api::{
+    CtView, Endpoint, EndpointRequest, Health, IdentityView, PolicyView, PortStatus,
+    SlowPathCounters, Status, TraceRequest, WorkerStatus,
+};
+
 use crate::Error;
 use crate::config::{AgentConfig, GatewayConfig, PortConfig, PortKind};
 use crate::state::{Kind, StateStore, TypedStore, kind};
-
-/// One port as the API reports it.
-#[derive(Clone, Debug, Serialize)]
-pub struct PortStatus {
-    /// Interface.
-    pub ifname: String,
-    /// Interface index.
-    pub ifindex: u32,
-    /// `pod` or `host`.
-    pub kind: crate::config::PortKind,
-    /// The endpoint's IP.
-    pub ip: std::net::Ipv4Addr,
-    /// `namespace/name` of the pod, or `host`.
-    pub endpoint: String,
-    /// XDP mode in effect.
-    pub xdp_mode: XdpMode,
-    /// AF_XDP queues bound (one per worker).
-    pub queues: Vec<u32>,
-    /// Frames received on the port, all workers.
-    pub rx: u64,
-    /// Frames sent on the port, all workers.
-    pub tx: u64,
-    /// Frames received on the port and dropped, all workers.
-    pub drops: u64,
-}
-
-/// One worker as the API reports it.
-#[derive(Clone, Debug, Serialize)]
-pub struct WorkerStatus {
-    /// Worker index.
-    pub id: usize,
-    /// CPU it is pinned to.
-    pub core: usize,
-    /// Share of wall time spent on batches that moved frames.
-    pub busy_ratio: f64,
-    /// Its counters.
-    pub stats: StatsSnapshot,
-}
-
-/// Overall health.
-#[derive(Clone, Debug, Serialize)]
-pub struct Health {
-    /// True when every worker and the slow path are running.
-    pub ok: bool,
-    /// Why not, when not.
-    pub reason: Option<String>,
-}
-
-/// What `GET /v1/status` returns.
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    /// Agent version.
-    pub version: &'static str,
-    /// Node name.
-    pub node: String,
-    /// Seconds since start.
-    pub uptime_s: f64,
-    /// `passthrough` or `full`.
-    pub mode: xylem_dataplane::tables::Mode,
-    /// `dedicated` or `shared`.
-    pub placement: Placement,
-    /// Frames per batch.
-    pub batch_size: usize,
-    /// Table revision in effect.
-    pub tables_revision: u64,
-    /// Health.
-    pub health: Health,
-    /// Workers.
-    pub workers: Vec<WorkerStatus>,
-    /// Ports.
-    pub ports: Vec<PortStatus>,
-    /// The XDP program's counters.
-    pub redirector: RedirectCounters,
-    /// Slow-path counters.
-    pub slowpath: SlowPathCounters,
-    /// All workers' counters summed.
-    pub totals: StatsSnapshot,
-}
-
-/// Slow-path counters, as reported.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct SlowPathCounters {
-    /// Frames taken from workers.
-    pub rx: u64,
-    /// Frames sent back through a worker.
-    pub tx: u64,
-    /// Replies dropped because the worker's queue was full.
-    pub tx_dropped: u64,
-}
-
-/// An endpoint as `GET /v1/endpoints` returns it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Endpoint {
-    /// Pod name.
-    pub name: String,
-    /// Pod namespace.
-    pub namespace: String,
-    /// Labels.
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// IPv4 address.
-    pub ip: std::net::Ipv4Addr,
-    /// The dataplane's interface for it.
-    pub interface: String,
-    /// The endpoint's MAC address (`aa:bb:cc:dd:ee:ff`).
-    pub mac: String,
-    /// Its security identity.
-    pub identity: Option<u32>,
-    /// Whether a policy makes its ingress default-deny.
-    #[serde(default)]
-    pub ingress_enforced: Option<bool>,
-    /// Whether a policy makes its egress default-deny.
-    #[serde(default)]
-    pub egress_enforced: Option<bool>,
-}
-
-/// A stored network policy as `GET /v1/policies` returns it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PolicyView {
-    /// `metadata.namespace`.
-    pub namespace: String,
-    /// `metadata.name`.
-    pub name: String,
-    /// The document as imported.
-    pub source: serde_json::Value,
-}
-
-/// A security identity as `GET /v1/identities` returns it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct IdentityView {
-    /// The number.
-    pub identity: u32,
-    /// Its labels (the namespace among them), or the reserved name.
-    pub labels: BTreeMap<String, String>,
-    /// The local endpoints (`namespace/name`) that have it.
-    pub endpoints: Vec<String>,
-}
-
-/// The body of `POST /v1/policy/trace`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TraceRequest {
-    /// The source: `namespace/name` or `name` of an endpoint, an IPv4 address, or labels
-    /// `k=v,k2=v2` (with an optional `io.kubernetes.pod.namespace`; default namespace
-    /// `default`).
-    pub src: String,
-    /// The destination, written like `src`.
-    pub dst: String,
-    /// The destination port and protocol: `80/TCP`, `53/UDP`, `ICMP`.
-    pub dport: String,
-}
-
-/// The agent's conntrack (one table shared by every worker), as `GET /v1/ct` returns it.
-#[derive(Clone, Debug, Serialize)]
-pub struct CtView {
-    /// How many workers share the table.
-    pub workers: usize,
-    /// The entries, size and counters.
-    #[serde(flatten)]
-    pub table: CtSnapshot,
-}
 
 /// The policy side of the agent: the stored policies, the identities and what the last
 /// compilation said about each endpoint. Locked after `bindings`.
@@ -430,22 +273,6 @@ fn trace_port(v: &str) -> Result<(u16, u8), Rejected> {
         _ => return Err(bad()),
     };
     Ok((port, pr))
-}
-
-/// The body of `PUT /v1/endpoints/{namespace}/{name}`, before validation: strings, so each
-/// field's error can name it.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointRequest {
-    /// The dataplane's end of the pod's veth; must be one of the agent's pod ports.
-    pub ifname: String,
-    /// The pod's IPv4 address (inside the pod CIDR).
-    pub ip: String,
-    /// The pod's MAC address.
-    pub mac: String,
-    /// Labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
 }
 
 /// A request the agent refused; nothing was changed.

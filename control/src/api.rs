@@ -2,19 +2,19 @@
 //! a single-threaded tokio runtime that runs on a control thread, never on a worker core.
 //!
 //! Routes:
-//! - `GET /v1/status`: [`crate::agent::Status`]
-//! - `GET /v1/endpoints`: the pods served, as [`crate::agent::Endpoint`]s
+//! - `GET /v1/status`: [`xylem_api::Status`]
+//! - `GET /v1/endpoints`: the pods served, as [`xylem_api::Endpoint`]s
 //! - `GET|PUT|DELETE /v1/endpoints/{namespace}/{name}`: one endpoint; `PUT` takes
-//!   [`crate::agent::EndpointRequest`] (`ifname`, `ip`, `mac`, `labels`), answers 201 (created)
+//!   [`xylem_api::EndpointRequest`] (`ifname`, `ip`, `mac`, `labels`), answers 201 (created)
 //!   or 200 (replaced); an `ifname` that is not yet a port is opened on every worker first.
 //!   `DELETE` answers 204 or 404
 //! - `POST /v1/policies`: the body is CiliumNetworkPolicy YAML (one document, several, or a
 //!   `List`); all or nothing; answers `{"revision": N}`. `GET /v1/policies`: every stored
-//!   policy ([`crate::agent::PolicyView`]); `GET|DELETE /v1/policies/{namespace}/{name}`
+//!   policy ([`xylem_api::PolicyView`]); `GET|DELETE /v1/policies/{namespace}/{name}`
 //!   (`DELETE` answers `{"revision": N}` or 404)
-//! - `GET /v1/identities`: [`crate::agent::IdentityView`]s
-//! - `POST /v1/policy/trace`: [`crate::agent::TraceRequest`] in, [`crate::policy::Trace`] out
-//! - `GET /v1/ct?max=N`: the tracked connections of the flow table every worker shares ([`crate::agent::CtView`]);
+//! - `GET /v1/identities`: [`xylem_api::IdentityView`]s
+//! - `POST /v1/policy/trace`: [`xylem_api::TraceRequest`] in, [`crate::policy::Trace`] out
+//! - `GET /v1/ct?max=N`: the tracked connections of the flow table every worker shares ([`xylem_api::CtView`]);
 //!   `DELETE /v1/ct` flushes them (`{"flushed": N}`)
 //! - `GET /v1/metrics`: the Prometheus exposition (as on `--metrics-addr`'s `/metrics`)
 //! - `GET /v1/monitor?type=drop,trace`: flow events as newline-delimited JSON, until the client
@@ -24,7 +24,7 @@
 //! request changes nothing. Bodies above [`BODY_LIMIT`] ([`POLICY_BODY_LIMIT`] for a policy import) get 413. Clients are served
 //! concurrently (each connection is a task on the API thread's runtime).
 //!
-//! [`Client`] is the CLI's side.
+//! The client's side is [`xylem_api::Client`].
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -40,15 +40,14 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 use xylem_dataplane::monitor::{EventType, FlowEvent};
 
 use crate::Error;
-use crate::agent::{AgentState, EndpointRequest, Rejected, TraceRequest};
+use xylem_api::{EndpointRequest, TraceRequest};
+
+use crate::agent::{AgentState, Rejected};
 
 /// Refuses a socket path that a live agent is listening on, and removes a stale one (left by an
 /// agent that was killed).
@@ -668,221 +667,4 @@ pub fn serve(
                 source,
             })
     })
-}
-
-/// The CLI's client for the agent's API.
-#[derive(Debug, Clone)]
-pub struct Client {
-    socket: PathBuf,
-}
-
-impl Client {
-    /// A client for the agent listening on `socket`.
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Client {
-            socket: socket.into(),
-        }
-    }
-
-    /// `GET path`, decoded as JSON.
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        let body = self.get_bytes(path)?;
-        serde_json::from_slice(&body).map_err(|e| Error::Api {
-            status: 200,
-            message: format!("undecodable answer to {path}: {e}"),
-        })
-    }
-
-    /// `GET path`, as raw bytes.
-    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Error> {
-        self.request("GET", path, None)
-    }
-
-    /// `PUT path` with a JSON body; the answer decoded as JSON.
-    pub fn put<B: serde::Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, Error> {
-        let b = serde_json::to_vec(body).map_err(|e| Error::Api {
-            status: 0,
-            message: e.to_string(),
-        })?;
-        let out = self.request("PUT", path, Some(b))?;
-        serde_json::from_slice(&out).map_err(|e| Error::Api {
-            status: 200,
-            message: format!("undecodable answer to {path}: {e}"),
-        })
-    }
-
-    /// `DELETE path`.
-    pub fn delete(&self, path: &str) -> Result<(), Error> {
-        self.request("DELETE", path, None).map(|_| ())
-    }
-
-    /// `DELETE path`; the answer decoded as JSON.
-    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        let out = self.request("DELETE", path, None)?;
-        serde_json::from_slice(&out).map_err(|e| Error::Api {
-            status: 200,
-            message: format!("undecodable answer to {path}: {e}"),
-        })
-    }
-
-    /// `POST path` with `body` as it is (JSON or, for policies, YAML text); the answer decoded
-    /// as JSON.
-    pub fn post_raw<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, Error> {
-        let out = self.request("POST", path, Some(body))?;
-        serde_json::from_slice(&out).map_err(|e| Error::Api {
-            status: 200,
-            message: format!("undecodable answer to {path}: {e}"),
-        })
-    }
-
-    fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| Error::Io {
-                what: "starting the client runtime".into(),
-                source,
-            })
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
-        let unreachable = || Error::AgentUnreachable {
-            socket: self.socket.clone(),
-        };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|_| unreachable())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| unreachable())?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "xylem-agent");
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Error::Api {
-                status: 0,
-                message: e.to_string(),
-            })?;
-        let resp = sender.send_request(req).await.map_err(|_| unreachable())?;
-        let status = resp.status().as_u16();
-        if status >= 400 {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|_| unreachable())?
-                .to_bytes()
-                .to_vec();
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(Error::Api { status, message });
-        }
-        Ok(resp)
-    }
-
-    fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
-        let rt = Self::runtime()?;
-        rt.block_on(async {
-            let resp = self.send(method, path, body).await?;
-            Ok(resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|_| Error::AgentUnreachable {
-                    socket: self.socket.clone(),
-                })?
-                .to_bytes()
-                .to_vec())
-        })
-    }
-
-    /// `GET path` as a stream of lines: calls `on_open` once the agent has answered (its
-    /// response headers arrived, so the stream is live), then `on_line` for each line until the
-    /// stream ends, `on_line` returns false, or Ctrl-C (SIGINT) / SIGTERM arrives, and
-    /// `on_chunk_end` after the lines of each piece of body that arrived (where a caller that
-    /// buffers its output flushes it). Returns why it stopped.
-    pub fn stream_lines(
-        &self,
-        path: &str,
-        on_open: impl FnOnce(),
-        mut on_line: impl FnMut(&str) -> bool,
-        mut on_chunk_end: impl FnMut(),
-    ) -> Result<StreamEnd, Error> {
-        let rt = Self::runtime()?;
-        rt.block_on(async {
-            // Installed before anything else, once: a signal that arrives between two polls is
-            // kept by the stream rather than lost.
-            let sig = |kind, what: &str| {
-                tokio::signal::unix::signal(kind).map_err(|source| Error::Io {
-                    what: format!("installing a {what} handler"),
-                    source,
-                })
-            };
-            let mut int = sig(tokio::signal::unix::SignalKind::interrupt(), "SIGINT")?;
-            let mut term = sig(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")?;
-            let resp = tokio::select! {
-                r = self.send("GET", path, None) => r?,
-                _ = int.recv() => return Ok(StreamEnd::Interrupted),
-                _ = term.recv() => return Ok(StreamEnd::Interrupted),
-            };
-            on_open();
-            let mut body = resp.into_body();
-            let mut buf: Vec<u8> = Vec::new();
-            loop {
-                let frame = tokio::select! {
-                    f = body.frame() => f,
-                    _ = int.recv() => return Ok(StreamEnd::Interrupted),
-                    _ = term.recv() => return Ok(StreamEnd::Interrupted),
-                };
-                let Some(frame) = frame else {
-                    return Ok(StreamEnd::Ended);
-                };
-                let frame = frame.map_err(|_| Error::AgentUnreachable {
-                    socket: self.socket.clone(),
-                })?;
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                buf.extend_from_slice(data);
-                let mut start = 0;
-                while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
-                    let text = String::from_utf8_lossy(&buf[start..start + nl]);
-                    start += nl + 1;
-                    if !on_line(&text) {
-                        return Ok(StreamEnd::Stopped);
-                    }
-                }
-                buf.drain(..start);
-                on_chunk_end();
-            }
-        })
-    }
-}
-
-/// Why [`Client::stream_lines`] returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The agent ended the stream (it is stopping).
-    Ended,
-    /// The caller's callback asked to stop.
-    Stopped,
-    /// Ctrl-C or SIGTERM.
-    Interrupted,
 }

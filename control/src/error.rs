@@ -24,19 +24,16 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The agent's API could not be reached.
-    #[error("cannot reach xylem-agent at {}: is it running? (start it, or `xylem lab up` for a lab; --socket picks another agent)", socket.display())]
-    AgentUnreachable {
-        /// The socket tried.
-        socket: PathBuf,
-    },
-    /// The agent answered with an error.
-    #[error("xylem-agent answered {status}: {message}")]
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// Its message.
-        message: String,
+    /// The agent's configuration, or a call to its API, failed.
+    #[error(transparent)]
+    Api(#[from] xylem_api::Error),
+    /// An answer could not be rendered for output.
+    #[error("rendering the answer as {format} failed: {why}")]
+    Render {
+        /// The output format.
+        format: &'static str,
+        /// What the encoder said.
+        why: String,
     },
     /// An external command failed.
     #[error("`{command}` failed: {detail}")]

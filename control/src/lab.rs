@@ -750,7 +750,7 @@ impl Lab {
             "mac": mac.to_string(),
             "labels": pod.labels,
         });
-        let _: serde_json::Value = crate::api::Client::new(&node.api_socket).put(
+        let _: serde_json::Value = xylem_api::Client::new(&node.api_socket).put(
             &format!("/v1/endpoints/{}/{}", pod.namespace, pod.name),
             &body,
         )?;
@@ -840,7 +840,7 @@ fn make_pod(
 }
 
 fn wait_ready(socket: &Path, pid: u32, log: &Path) -> Result<(), Error> {
-    let client = crate::api::Client::new(socket);
+    let client = xylem_api::Client::new(socket);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if !pid_alive(pid) {

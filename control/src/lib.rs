@@ -20,7 +20,6 @@
 
 pub mod agent;
 pub mod api;
-pub mod config;
 pub mod error;
 pub mod lab;
 pub mod metrics;
@@ -29,5 +28,7 @@ pub mod replay;
 pub mod state;
 
 pub use error::Error;
+/// The agent's configuration file, which the lab writes too.
+pub use xylem_api::config;
 /// The policy compiler, which the agent, the replay and the CLI share.
 pub use xylem_policy as policy;

@@ -23,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::agent::Status;
+use xylem_api::Status;
 
 type Labels = Vec<(String, String)>;
 
@@ -136,7 +136,7 @@ pub fn render(st: &Status, monitor_lost: u64, endpoints: usize) -> String {
         "Bytes sent by the workers",
         t.tx_bytes,
     );
-    let port = |p: &crate::agent::PortStatus| vec![("port".to_string(), p.ifname.clone())];
+    let port = |p: &xylem_api::PortStatus| vec![("port".to_string(), p.ifname.clone())];
     labelled(
         &mut reg,
         "xylem_port_rx_packets",

@@ -61,7 +61,9 @@ use xylem_dataplane::worker::{
 };
 
 use crate::Error;
-use crate::agent::{Endpoint, compile_tables};
+use xylem_api::Endpoint;
+
+use crate::agent::compile_tables;
 use crate::config::{GatewayConfig, PortConfig, PortKind};
 use crate::lab::GATEWAY_MAC;
 use crate::policy::{IdentityAllocator, Policy, parse_policies};

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use xylem_control::api::Client;
+use xylem_api::Client;
 
 #[macro_use]
 mod common;

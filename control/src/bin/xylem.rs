@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use xylem_api::{Client, TraceRequest};
 use xylem_control::Error;
-use xylem_control::api::Client;
 use xylem_control::config::XdpModeSetting;
 use xylem_control::lab::{self, DEFAULT_LAB, Lab, LabFile, LabOptions};
 use xylem_control::output::{Format, print_json, print_table};
@@ -577,9 +577,9 @@ fn policy_get(cli: &Cli, name: Option<&str>, output: PolicyFormat) -> Result<(),
         },
         PolicyFormat::Yaml => {
             for p in &list {
-                let y = serde_norway::to_string(&p["source"]).map_err(|e| Error::Api {
-                    status: 200,
-                    message: e.to_string(),
+                let y = serde_norway::to_string(&p["source"]).map_err(|e| Error::Render {
+                    format: "YAML",
+                    why: e.to_string(),
                 })?;
                 print!("---\n{y}");
             }
@@ -625,12 +625,12 @@ fn policy_get(cli: &Cli, name: Option<&str>, output: PolicyFormat) -> Result<(),
 }
 
 fn policy_trace(cli: &Cli, src: &str, dst: &str, dport: &str, output: Format) -> Result<(), Error> {
-    let body = serde_json::json!({"src": src, "dst": dst, "dport": dport});
-    let body = serde_json::to_vec(&body).map_err(|e| Error::Api {
-        status: 0,
-        message: e.to_string(),
-    })?;
-    let t: serde_json::Value = Client::new(socket(cli)?).post_raw("/v1/policy/trace", body)?;
+    let body = TraceRequest {
+        src: src.to_owned(),
+        dst: dst.to_owned(),
+        dport: dport.to_owned(),
+    };
+    let t: serde_json::Value = Client::new(socket(cli)?).post("/v1/policy/trace", &body)?;
     if output == Format::Json {
         print_json(&t);
         return Ok(());
@@ -860,7 +860,7 @@ fn monitor(cli: &Cli, types: &[String], output: Format) -> Result<(), Error> {
     )?;
     let _ = out.borrow_mut().flush();
     drop(out);
-    if end == xylem_control::api::StreamEnd::Ended {
+    if end == xylem_api::StreamEnd::Ended {
         eprintln!("the agent ended the stream (stopping?)");
     }
     match output {

@@ -1,0 +1,236 @@
+//! The client side of the agent's API: HTTP/1.1 over the agent's unix socket, one request per
+//! connection, on a single-threaded tokio runtime made per call (the CLI makes a handful of
+//! calls; a long-lived runtime would buy nothing).
+
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+
+/// A client of the agent's API (the CLI's, the lab's, the CNI plugin's).
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client for the agent listening on `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Client {
+            socket: socket.into(),
+        }
+    }
+
+    /// `GET path`, decoded as JSON.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        decode(path, &self.get_bytes(path)?)
+    }
+
+    /// `GET path`, as raw bytes.
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Error> {
+        self.request("GET", path, None)
+    }
+
+    /// `PUT path` with a JSON body; the answer decoded as JSON.
+    pub fn put<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        let out = self.request("PUT", path, Some(encode(body)?))?;
+        decode(path, &out)
+    }
+
+    /// `POST path` with a JSON body; the answer decoded as JSON.
+    pub fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        let out = self.request("POST", path, Some(encode(body)?))?;
+        decode(path, &out)
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        self.request("DELETE", path, None).map(|_| ())
+    }
+
+    /// `DELETE path`; the answer decoded as JSON.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        decode(path, &self.request("DELETE", path, None)?)
+    }
+
+    /// `POST path` with `body` as it is (JSON or, for policies, YAML text); the answer decoded
+    /// as JSON.
+    pub fn post_raw<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, Error> {
+        decode(path, &self.request("POST", path, Some(body))?)
+    }
+
+    fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                what: "starting the client runtime".into(),
+                source,
+            })
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
+        let unreachable = || Error::AgentUnreachable {
+            socket: self.socket.clone(),
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|_| unreachable())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| unreachable())?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "xylem-agent");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Error::Api {
+                status: 0,
+                message: e.to_string(),
+            })?;
+        let resp = sender.send_request(req).await.map_err(|_| unreachable())?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| unreachable())?
+                .to_bytes()
+                .to_vec();
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(Error::Api { status, message });
+        }
+        Ok(resp)
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
+        let rt = Self::runtime()?;
+        rt.block_on(async {
+            let resp = self.send(method, path, body).await?;
+            Ok(resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| Error::AgentUnreachable {
+                    socket: self.socket.clone(),
+                })?
+                .to_bytes()
+                .to_vec())
+        })
+    }
+
+    /// `GET path` as a stream of lines: calls `on_open` once the agent has answered (its
+    /// response headers arrived, so the stream is live), then `on_line` for each line until the
+    /// stream ends, `on_line` returns false, or Ctrl-C (SIGINT) / SIGTERM arrives, and
+    /// `on_chunk_end` after the lines of each piece of body that arrived (where a caller that
+    /// buffers its output flushes it). Returns why it stopped.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        on_open: impl FnOnce(),
+        mut on_line: impl FnMut(&str) -> bool,
+        mut on_chunk_end: impl FnMut(),
+    ) -> Result<StreamEnd, Error> {
+        let rt = Self::runtime()?;
+        rt.block_on(async {
+            // Installed before anything else, once: a signal that arrives between two polls is
+            // kept by the stream rather than lost.
+            let sig = |kind, what: &str| {
+                tokio::signal::unix::signal(kind).map_err(|source| Error::Io {
+                    what: format!("installing a {what} handler"),
+                    source,
+                })
+            };
+            let mut int = sig(tokio::signal::unix::SignalKind::interrupt(), "SIGINT")?;
+            let mut term = sig(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")?;
+            let resp = tokio::select! {
+                r = self.send("GET", path, None) => r?,
+                _ = int.recv() => return Ok(StreamEnd::Interrupted),
+                _ = term.recv() => return Ok(StreamEnd::Interrupted),
+            };
+            on_open();
+            let mut body = resp.into_body();
+            let mut buf: Vec<u8> = Vec::new();
+            loop {
+                let frame = tokio::select! {
+                    f = body.frame() => f,
+                    _ = int.recv() => return Ok(StreamEnd::Interrupted),
+                    _ = term.recv() => return Ok(StreamEnd::Interrupted),
+                };
+                let Some(frame) = frame else {
+                    return Ok(StreamEnd::Ended);
+                };
+                let frame = frame.map_err(|_| Error::AgentUnreachable {
+                    socket: self.socket.clone(),
+                })?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                buf.extend_from_slice(data);
+                let mut start = 0;
+                while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+                    let text = String::from_utf8_lossy(&buf[start..start + nl]);
+                    start += nl + 1;
+                    if !on_line(&text) {
+                        return Ok(StreamEnd::Stopped);
+                    }
+                }
+                buf.drain(..start);
+                on_chunk_end();
+            }
+        })
+    }
+}
+
+/// A request body as JSON.
+fn encode<B: serde::Serialize>(body: &B) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(body).map_err(|e| Error::Api {
+        status: 0,
+        message: format!("the request could not be encoded: {e}"),
+    })
+}
+
+/// The agent's (successful) answer to `path`, decoded.
+fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Api {
+        status: 200,
+        message: format!("undecodable answer to {path}: {e}"),
+    })
+}
+
+/// Why [`Client::stream_lines`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The agent ended the stream (it is stopping).
+    Ended,
+    /// The caller's callback asked to stop.
+    Stopped,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}

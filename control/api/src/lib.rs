@@ -1,0 +1,68 @@
+//! # xylem-api
+//!
+//! The contract between the agent and whoever drives it: the agent's configuration file
+//! ([`config`]), the views its API answers with and the bodies it takes ([`views`]), and a
+//! [`Client`] for its unix socket.
+//!
+//! What it does not do: serve the API, run a dataplane, load XDP or open AF_XDP sockets (that
+//! is the agent). It links the dataplane and the redirector without their `afxdp` and `loader`
+//! features, for their plain types only, so the CLI and the CNI plugin that link this crate
+//! carry neither libxdp nor aya nor an HTTP server.
+
+pub mod client;
+pub mod config;
+pub mod views;
+
+use std::path::PathBuf;
+
+pub use client::{Client, StreamEnd};
+pub use views::{
+    CtView, Endpoint, EndpointRequest, Health, IdentityView, PolicyView, PortStatus,
+    SlowPathCounters, Status, TraceRequest, WorkerStatus,
+};
+
+/// What this crate can fail at. Messages say what to do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid. Nothing was applied.
+    #[error("invalid configuration: {field}: {why}")]
+    Config {
+        /// The offending field, as written in the file or flag.
+        field: String,
+        /// Why it is invalid and what would be accepted.
+        why: String,
+    },
+    /// The agent's API could not be reached.
+    #[error("cannot reach xylem-agent at {}: is it running? (start it, or `xylem lab up` for a lab; --socket picks another agent)", socket.display())]
+    AgentUnreachable {
+        /// The socket tried.
+        socket: PathBuf,
+    },
+    /// The agent answered with an error, or with something this client cannot decode.
+    #[error("xylem-agent answered {status}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+    /// The client could not run (its runtime or a signal handler could not be set up).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Shorthand for a configuration error.
+    pub fn config(field: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            why: why.into(),
+        }
+    }
+}
