@@ -24,7 +24,7 @@
 //!   ARP and ICMP echo), fed by the workers through bounded queues.
 //!
 //! What it does not do: it loads no XDP program (see the `xdp-redirector` crate), creates no
-//! interfaces or namespaces, keeps no persistent state and serves no API (see `xylem-control`).
+//! interfaces or namespaces, keeps no persistent state and serves no API (see `xylem-agent`).
 
 pub mod checksum;
 pub mod conntrack;

@@ -96,5 +96,42 @@ impl Error {
     }
 }
 
+/// The lab's process and namespace helpers fail with the lab's error; the harness reports each
+/// failure with its own variant and message, so its output does not depend on which crate ran
+/// the command.
+impl From<xylem_lab::Error> for Error {
+    fn from(e: xylem_lab::Error) -> Error {
+        use xylem_lab::Error as Lab;
+        match e {
+            Lab::Spawn { command, source } => Error::Spawn {
+                cmd: command,
+                source,
+            },
+            Lab::Exit {
+                command,
+                status,
+                stderr,
+            } => Error::Command {
+                cmd: command,
+                status,
+                stderr,
+            },
+            Lab::Timeout { command, secs } => Error::Timeout { cmd: command, secs },
+            Lab::Stopped { .. } => Error::Interrupted,
+            Lab::NotListening {
+                command,
+                port,
+                secs,
+            } => Error::Command {
+                cmd: command,
+                status: format!("not listening after {secs} s"),
+                stderr: format!("netserver did not open port {port}"),
+            },
+            Lab::EmptyCommand => Error::Usage("empty command".into()),
+            other => Error::Lab(other.to_string()),
+        }
+    }
+}
+
 /// The harness's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -27,8 +27,10 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use xylem_lab::process::{self, ChildGuard};
+
 use crate::error::{Error, Result};
-use crate::sys::{self, ChildGuard};
+use crate::sys;
 
 /// The line the monitor prints on stderr once the agent has attached it.
 pub const LISTENING: &str = "Listening for events";
@@ -200,7 +202,7 @@ impl Monitor {
     pub fn attach(bin: &Path, socket: &Path) -> Result<Monitor> {
         let bin = bin.to_string_lossy();
         let socket = socket.to_string_lossy();
-        let (child, out, err) = sys::spawn_piped(&Self::args(&bin, &socket))?;
+        let (child, out, err) = process::spawn_piped(&Self::args(&bin, &socket))?;
         // Best effort: with the default 64 KiB the client would block on a full pipe between two
         // reads of the drain thread at high event rates.
         let _ = sys::grow_pipe(&out, PIPE_BYTES);

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The port netserver listens on inside the server pod's namespace.
-pub const NETSERVER_PORT: u16 = 12865;
+/// The port netserver listens on inside the server pod's namespace (the lab's constant: the
+/// harness starts netserver with the lab's helper).
+pub use xylem_lab::NETSERVER_PORT;
 
 /// Output selectors requested from netperf, in this order.
 pub const SELECTORS: &[&str] = &[

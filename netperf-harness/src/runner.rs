@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
+use xylem_lab::netns;
+use xylem_lab::process::{self, ChildGuard};
 
 use crate::error::{Error, Result};
 use crate::monitor::{self, Monitor, MonitorCounts};
 use crate::netperf::{self, Test};
 use crate::results::{self, Cell, Load, PathKind, Placement, Results, Run, RunError};
-use crate::sys::{self, ChildGuard};
+use crate::sys;
 use crate::topology::{self, Endpoints, KernelPath};
 use crate::xylem::{Lab, LabConfig};
 
@@ -72,13 +74,13 @@ fn conditions(
                 .any(|l| l.starts_with("flags") && l.contains(" hypervisor"))
         })
         .unwrap_or(false);
-    let netperf_version = sys::run(&["netperf", "-V"])
+    let netperf_version = process::run(&["netperf", "-V"])
         .ok()
         .map(|s| s.trim().to_string());
-    let kernel = sys::run(&["uname", "-r"])
+    let kernel = process::run(&["uname", "-r"])
         .ok()
         .map(|s| s.trim().to_string());
-    let date = sys::run(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"])
+    let date = process::run(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .ok()
         .map(|s| s.trim().to_string());
     let pod = sys::cpu_list(&opts.pod_cores);
@@ -132,14 +134,14 @@ fn conditions(
             "pod_tx_checksum_offload": "off (ethtool -K eth0 tx off in each pod namespace)",
         },
         "commands": {
-            "netperf": format!("ip netns exec <client-pod> taskset -c {pod} {}", sys::cmd_line(&example)),
+            "netperf": format!("ip netns exec <client-pod> taskset -c {pod} {}", process::cmd_line(&example)),
             "netserver": format!("ip netns exec <server-pod> taskset -c {pod} netserver -D -p {}", netperf::NETSERVER_PORT),
             "spinner": format!("taskset -c <pod-core> nice -n 19 sh -c 'while :; do :; done'"),
         },
         "xylem_bin": xylem_bin,
         "monitor": opts.paths.contains(&PathKind::XylemMonitored).then(|| json!({
             "path": "xylem-monitored: the xylem path's lab and policy, plus this client",
-            "command": sys::cmd_line(&Monitor::args(&xylem_bin, "<lab-api-socket>")),
+            "command": process::cmd_line(&Monitor::args(&xylem_bin, "<lab-api-socket>")),
             "event_types": "all (no --type): a trace event per forwarded frame, policy verdicts, drops",
             "pinning": "none: every CPU, wherever the scheduler puts it, like a user's shell",
             "attach": format!("per test, after the warm-up; netperf starts once it prints `{}` on stderr", monitor::LISTENING),
@@ -162,7 +164,7 @@ impl Spinners {
         let mut v = Vec::new();
         for c in cores {
             let c = c.to_string();
-            v.push(sys::spawn(&[
+            v.push(process::spawn(&[
                 "taskset",
                 "-c",
                 &c,
@@ -209,8 +211,13 @@ fn measure(
         pod_cores,
     ];
     args.extend(np.iter().map(String::as_str));
-    let cmd = sys::cmd_line(&args);
-    let out = sys::run_timed(&args, Duration::from_secs(u64::from(duration_s) + 60))?;
+    let cmd = process::cmd_line(&args);
+    let out = process::run_timed(
+        &args,
+        &[],
+        Duration::from_secs(u64::from(duration_s) + 60),
+        sys::interrupted,
+    )?;
     let text = format!("{}\n{}", out.stdout, out.stderr);
     match netperf::parse(test, &text) {
         Ok(m) if out.success => Ok((m, cmd)),
@@ -245,7 +252,7 @@ fn measure_monitored(
 
 /// Executes the whole plan and returns the results (per-path failures are inside them).
 pub fn run(opts: &Options) -> Result<Results> {
-    if !sys::is_root() {
+    if !process::is_root() {
         return Err(Error::NotRoot);
     }
     for tool in [
@@ -257,7 +264,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         "ss",
         "nice",
     ] {
-        if sys::which(tool).is_none() {
+        if process::which(tool).is_none() {
             return Err(Error::MissingTool(tool));
         }
     }
@@ -284,8 +291,8 @@ pub fn run(opts: &Options) -> Result<Results> {
 
     let result = run_inner(opts, &prefix, &pod, &mut notes, &mut conditions);
     // Final sweep: whatever a guard could not remove (it never should be needed).
-    for ns in topology::leftover_namespaces(&prefix) {
-        topology::remove_netns(&ns);
+    for ns in netns::list(&prefix) {
+        netns::remove(&ns);
     }
     let (runs, errors, unavailable, cells) = result?;
     conditions["notes"] = json!(notes);
@@ -323,7 +330,7 @@ fn run_inner(
                 Some("unavailable: ESP encryption not implemented yet".to_string())
             }
             PathKind::Ipvlan => topology::probe_ipvlan(prefix),
-            PathKind::VethNetfilter if sys::which("iptables-restore").is_none() => Some(
+            PathKind::VethNetfilter if process::which("iptables-restore").is_none() => Some(
                 "unavailable: iptables-restore not installed (Debian package `iptables`)"
                     .to_string(),
             ),
@@ -383,7 +390,7 @@ fn run_inner(
     }
     let xylem_missing = (!opts.xylem_bin.is_file()).then(|| {
         format!(
-            "xylem binary not found at {} (build it with `cargo build --release -p xylem-control` or pass --xylem-bin)",
+            "xylem binary not found at {} (build it with `cargo build --release -p xylem-cli -p xylem-agent` or pass --xylem-bin)",
             opts.xylem_bin.display()
         )
     });

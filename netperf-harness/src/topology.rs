@@ -4,96 +4,14 @@
 //! (`xnh<pid>-`). Links are created inside those namespaces (`ip -n NODE link add ... peer ...
 //! netns POD`), so nothing is ever created in, or changed on, the host's own namespace.
 
-use std::time::{Duration, Instant};
+use xylem_lab::netns::{self, Netns};
+use xylem_lab::process::{self, ChildGuard};
 
 use crate::error::{Error, Result};
-use crate::netperf::NETSERVER_PORT;
 use crate::results::PathKind;
-use crate::sys::{self, ChildGuard};
 
 /// Number of kube-proxy-style services loaded for `veth-netfilter`.
 pub const NETFILTER_SERVICES: usize = 1000;
-
-/// A network namespace owned by the harness: dropping it kills whatever runs in it and deletes it.
-#[derive(Debug)]
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Creates the namespace and brings its loopback up.
-    pub fn create(name: &str) -> Result<Netns> {
-        sys::run(&["ip", "netns", "add", name])?;
-        let ns = Netns {
-            name: name.to_string(),
-        };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// The namespace's name (usable with `ip netns exec`).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Runs `ip -n NAME ARGS...`.
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut v = vec!["ip", "-n", self.name.as_str()];
-        v.extend_from_slice(args);
-        sys::run(&v)
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, args: &[&str]) -> Result<String> {
-        sys::run(&exec_args(&self.name, args))
-    }
-}
-
-/// `ip netns exec NS ARGS...` as an argument vector.
-pub fn exec_args<'a>(ns: &'a str, args: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    v
-}
-
-/// Kills every process in namespace `name` (only processes the harness started run there) and
-/// deletes it. Errors are ignored: this runs from `Drop` and the final sweep.
-pub fn remove_netns(name: &str) {
-    for _ in 0..3 {
-        let pids = sys::run(&["ip", "netns", "pids", name]).unwrap_or_default();
-        let pids: Vec<libc::pid_t> = pids
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if pids.is_empty() {
-            break;
-        }
-        for pid in pids {
-            // SAFETY: kill() has no memory-safety preconditions; the pids live in a namespace
-            // this run created and named uniquely.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = sys::run(&["ip", "netns", "del", name]);
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        remove_netns(&self.name);
-    }
-}
-
-/// The namespaces (by name) with the harness's prefix that currently exist.
-pub fn leftover_namespaces(prefix: &str) -> Vec<String> {
-    sys::run(&["ip", "netns", "list"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
 
 /// Where netperf runs and where it connects.
 #[derive(Debug, Clone)]
@@ -110,34 +28,6 @@ pub struct Endpoints {
     pub client_if: String,
 }
 
-/// Starts netserver pinned to `pod_cores` in `ns` and waits until it listens.
-pub fn start_netserver(ns: &str, pod_cores: &str) -> Result<ChildGuard> {
-    let port = NETSERVER_PORT.to_string();
-    let args = exec_args(
-        ns,
-        &["taskset", "-c", pod_cores, "netserver", "-D", "-p", &port],
-    );
-    let mut guard = sys::spawn(&args)?;
-    let start = Instant::now();
-    let filter = format!("sport = :{port}");
-    loop {
-        let listening = sys::run(&exec_args(ns, &["ss", "-Hltn", &filter]))
-            .map(|s| !s.trim().is_empty())
-            .unwrap_or(false);
-        if listening {
-            return Ok(guard);
-        }
-        if guard.exited() || start.elapsed() > Duration::from_secs(5) {
-            return Err(Error::Command {
-                cmd: guard.cmd().to_string(),
-                status: "not listening after 5 s".into(),
-                stderr: format!("netserver did not open port {port}"),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A built kernel path: its namespaces (dropped last) and its netserver.
 #[derive(Debug)]
 pub struct KernelPath {
@@ -152,7 +42,8 @@ pub struct KernelPath {
 
 /// Turns off TX checksum offload on the pod's interface, as every path does for fairness.
 fn tx_off(pod: &Netns, dev: &str) -> Result<()> {
-    pod.exec(&["ethtool", "-K", dev, "tx", "off"]).map(|_| ())
+    pod.exec(&["ethtool", "-K", dev, "tx", "off"])?;
+    Ok(())
 }
 
 /// Addresses a pod's `eth0` and brings it up, with an optional default gateway.
@@ -169,7 +60,8 @@ fn address_pod(pod: &Netns, cidr: &str, gateway: Option<&str>) -> Result<()> {
 /// Moves `dev` (created in `node`) into `pod` and names it `eth0`.
 fn move_to_pod(node: &Netns, dev: &str, pod: &Netns) -> Result<()> {
     node.ip(&["link", "set", dev, "netns", pod.name()])?;
-    pod.ip(&["link", "set", dev, "name", "eth0"]).map(|_| ())
+    pod.ip(&["link", "set", dev, "name", "eth0"])?;
+    Ok(())
 }
 
 /// Short tag used in namespace names.
@@ -231,11 +123,14 @@ pub fn build(kind: PathKind, prefix: &str, pod_cores: &str) -> Result<KernelPath
             server_ip = "10.201.1.2";
             if kind == PathKind::VethNetfilter {
                 let rules = kube_proxy_ruleset(NETFILTER_SERVICES);
-                sys::run_with_input(&exec_args(node.name(), &["iptables-restore"]), Some(&rules))?;
+                process::run_with_input(
+                    &netns::exec_args(node.name(), &["iptables-restore"]),
+                    Some(&rules),
+                )?;
                 let n = rules.lines().filter(|l| l.starts_with("-A ")).count();
                 notes.push(format!(
                     "veth-netfilter: {n} iptables rules for {NETFILTER_SERVICES} kube-proxy-style services loaded with one iptables-restore in the node namespace ({})",
-                    sys::run(&["iptables", "-V"]).unwrap_or_default().trim()
+                    process::run(&["iptables", "-V"]).unwrap_or_default().trim()
                 ));
             }
         }
@@ -291,7 +186,7 @@ pub fn build(kind: PathKind, prefix: &str, pod_cores: &str) -> Result<KernelPath
             return Err(Error::Usage(format!("{kind} is not a kernel path")));
         }
     }
-    let netserver = start_netserver(srv.name(), pod_cores)?;
+    let netserver = netns::spawn_netserver(srv.name(), pod_cores)?;
     Ok(KernelPath {
         endpoints: Endpoints {
             server_ns: srv.name().to_string(),
@@ -311,7 +206,10 @@ pub fn build(kind: PathKind, prefix: &str, pod_cores: &str) -> Result<KernelPath
 pub fn probe_ipvlan(prefix: &str) -> Option<String> {
     let ns = match Netns::create(&format!("{prefix}probe")) {
         Ok(ns) => ns,
-        Err(e) => return Some(format!("unavailable: could not probe IPVLAN: {e}")),
+        Err(e) => {
+            let e = Error::from(e);
+            return Some(format!("unavailable: could not probe IPVLAN: {e}"));
+        }
     };
     let r = ns
         .ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"])
@@ -319,7 +217,8 @@ pub fn probe_ipvlan(prefix: &str) -> Option<String> {
             ns.ip(&[
                 "link", "add", "iv0", "link", "p0", "type", "ipvlan", "mode", "l3",
             ])
-        });
+        })
+        .map_err(Error::from);
     match r {
         Ok(_) => None,
         Err(Error::Command { stderr, .. })
@@ -393,13 +292,5 @@ mod tests {
         assert_eq!(r.matches("COMMIT").count(), 2);
         assert!(r.lines().filter(|l| l.starts_with("-A ")).count() > 5000);
         assert!(r.contains("10.96.3.250/32"), "1000th service address");
-    }
-
-    #[test]
-    fn exec_args_prefix() {
-        assert_eq!(
-            exec_args("ns", &["ss", "-lt"]),
-            vec!["ip", "netns", "exec", "ns", "ss", "-lt"]
-        );
     }
 }

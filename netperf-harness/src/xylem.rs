@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use xylem_lab::netns;
+use xylem_lab::process::{self, ChildGuard};
 
 use crate::error::{Error, Result};
 use crate::results::{PathKind, Placement};
-use crate::sys::{self, ChildGuard};
-use crate::topology::{self, Endpoints};
+use crate::sys;
+use crate::topology::Endpoints;
 
 /// Name of the pod that runs netserver.
 pub const SERVER_POD: &str = "xnh-server";
@@ -168,11 +170,14 @@ struct DownGuard {
 impl Drop for DownGuard {
     fn drop(&mut self) {
         let bin = self.bin.to_string_lossy().into_owned();
-        // Errors cannot be reported from Drop; `lab down` is documented to be idempotent.
-        let _ = sys::run_timed_env(
+        // Errors cannot be reported from Drop; `lab down` is documented to be idempotent. It
+        // must run to the end even after Ctrl-C, which is when it matters most: stopped at the
+        // interrupt flag, it would leave the lab's namespaces and agent behind.
+        let _ = process::run_timed(
             &[&bin, "lab", "down"],
             &[("XYLEM_LAB", &self.lab)],
             Duration::from_secs(60),
+            || false,
         );
     }
 }
@@ -193,7 +198,7 @@ pub struct Lab {
 }
 
 fn check(cmd: &[&str], lab: &str, timeout: Duration) -> Result<String> {
-    let out = sys::run_timed_env(cmd, &[("XYLEM_LAB", lab)], timeout)?;
+    let out = process::run_timed(cmd, &[("XYLEM_LAB", lab)], timeout, sys::interrupted)?;
     if out.success {
         Ok(out.stdout)
     } else {
@@ -204,7 +209,7 @@ fn check(cmd: &[&str], lab: &str, timeout: Duration) -> Result<String> {
         };
         Err(Error::Lab(format!(
             "`XYLEM_LAB={lab} {}` failed ({}): {}",
-            sys::cmd_line(cmd),
+            process::cmd_line(cmd),
             out.status,
             msg.trim()
         )))
@@ -216,7 +221,7 @@ impl Lab {
     pub fn up(cfg: &LabConfig, pod_cores: &str) -> Result<Lab> {
         if !cfg.bin.is_file() {
             return Err(Error::Lab(format!(
-                "xylem binary not found at {} (build it: cargo build --release -p xylem-control, or pass --xylem-bin)",
+                "xylem binary not found at {} (build it: cargo build --release -p xylem-cli -p xylem-agent, or pass --xylem-bin)",
                 cfg.bin.display()
             )));
         }
@@ -279,16 +284,13 @@ impl Lab {
             (&endpoints.server_ns, &endpoints.server_if),
             (&endpoints.client_ns, &endpoints.client_if),
         ] {
-            let _ = sys::run(&topology::exec_args(
-                ns,
-                &["ethtool", "-K", dev, "tx", "off"],
-            ));
+            let _ = process::run(&netns::exec_args(ns, &["ethtool", "-K", dev, "tx", "off"]));
         }
-        let netserver = topology::start_netserver(&endpoints.server_ns, pod_cores)?;
+        let netserver = netns::spawn_netserver(&endpoints.server_ns, pod_cores)?;
         Ok(Lab {
             endpoints,
             status,
-            command: format!("XYLEM_LAB={} {}", cfg.lab_name, sys::cmd_line(&up)),
+            command: format!("XYLEM_LAB={} {}", cfg.lab_name, process::cmd_line(&up)),
             api_socket,
             _netserver: netserver,
             _down: down,

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xylem_control::config::AgentConfig;
-use xylem_control::lab::LabFile;
+use xylem_api::config::AgentConfig;
+use xylem_lab::LabFile;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -81,21 +81,7 @@ pub fn compile(
         b.add_address(h, identity::HOST);
     }
     // CIDR identities, sorted by (address, length).
-    let mut prefixes: Vec<Cidr> = policies
-        .iter()
-        .flat_map(|p| &p.rules)
-        .flat_map(|r| [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny])
-        .flatten()
-        .flat_map(|pr| &pr.peers)
-        .flat_map(|peer| match peer {
-            Peer::Cidr { net, except } => std::iter::once(*net)
-                .chain(except.iter().copied())
-                .collect(),
-            _ => Vec::new(),
-        })
-        .collect();
-    prefixes.sort_unstable();
-    prefixes.dedup();
+    let prefixes = policy_prefixes(policies);
     let cidr_ids: Vec<(Cidr, Identity)> = prefixes
         .iter()
         .enumerate()
@@ -104,35 +90,7 @@ pub fn compile(
     for (c, id) in &cidr_ids {
         b.add_cidr(c.addr, c.len, *id);
     }
-    // Origins, in input order: refs[policy][spec][section][index].
-    let sections = [
-        Section::Ingress,
-        Section::IngressDeny,
-        Section::Egress,
-        Section::EgressDeny,
-    ];
-    let mut refs: Vec<Vec<[Vec<RuleRef>; 4]>> = Vec::with_capacity(policies.len());
-    for p in policies {
-        let key = p.key();
-        let mut per_spec = Vec::with_capacity(p.rules.len());
-        for (si, r) in p.rules.iter().enumerate() {
-            let lists = [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny];
-            let per_section: [Vec<RuleRef>; 4] = std::array::from_fn(|k| {
-                (0..lists[k].len())
-                    .map(|index| {
-                        b.add_origin(RuleOrigin {
-                            policy: key.clone(),
-                            spec: si,
-                            section: sections[k],
-                            index,
-                        })
-                    })
-                    .collect()
-            });
-            per_spec.push(per_section);
-        }
-        refs.push(per_spec);
-    }
+    let refs = rule_origins(&mut b, policies);
     let cx = PeerCx {
         local: &local,
         cidrs: &cidr_ids,
@@ -180,6 +138,62 @@ pub fn compile(
         endpoints,
         cidr_identities: cidr_ids,
     }
+}
+
+/// Every prefix the policies' CIDR peers name (`except`s included), sorted by (address,
+/// length), without duplicates.
+fn policy_prefixes(policies: &[Policy]) -> Vec<Cidr> {
+    let mut prefixes: Vec<Cidr> = policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .flat_map(|r| [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny])
+        .flatten()
+        .flat_map(|pr| &pr.peers)
+        .flat_map(|peer| match peer {
+            Peer::Cidr { net, except } => std::iter::once(*net)
+                .chain(except.iter().copied())
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    prefixes
+}
+
+/// Registers the origin of every rule with `b`, in input order; returns their references as
+/// `refs[policy][spec][section][index]`, sections in the order ingress, ingressDeny, egress,
+/// egressDeny.
+fn rule_origins(b: &mut PolicyTablesBuilder, policies: &[Policy]) -> Vec<Vec<[Vec<RuleRef>; 4]>> {
+    let sections = [
+        Section::Ingress,
+        Section::IngressDeny,
+        Section::Egress,
+        Section::EgressDeny,
+    ];
+    let mut refs = Vec::with_capacity(policies.len());
+    for p in policies {
+        let key = p.key();
+        let mut per_spec = Vec::with_capacity(p.rules.len());
+        for (si, r) in p.rules.iter().enumerate() {
+            let lists = [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny];
+            let per_section: [Vec<RuleRef>; 4] = std::array::from_fn(|k| {
+                (0..lists[k].len())
+                    .map(|index| {
+                        b.add_origin(RuleOrigin {
+                            policy: key.clone(),
+                            spec: si,
+                            section: sections[k],
+                            index,
+                        })
+                    })
+                    .collect()
+            });
+            per_spec.push(per_section);
+        }
+        refs.push(per_spec);
+    }
+    refs
 }
 
 struct PeerCx<'a> {

@@ -3,7 +3,7 @@
 //! backend, the real worker and pipeline, and the replay's own frame parsing (5-tuples, the
 //! quoted flow of ICMP errors, the field-by-field rewrite), as `xylem replay` runs them.
 //!
-//! The endpoints and the policy are the committed lab ones (`control/tests/captures`), so the
+//! The endpoints and the policy are the committed lab ones (`control/cli/tests/captures`), so the
 //! seeds (those captures, and a few cut or altered ones) reach the policy and conntrack stages
 //! with real MACs and addresses.
 //!
@@ -18,19 +18,18 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use xylem_control::Error;
-use xylem_control::replay::{self, ReplayConfig};
+use xylem_replay::{self as replay, Error, ReplayConfig};
 
 fn config() -> &'static ReplayConfig {
     static CFG: OnceLock<ReplayConfig> = OnceLock::new();
     CFG.get_or_init(|| {
         let mut cfg = ReplayConfig::new();
         cfg.endpoints = replay::parse_endpoints(include_str!(
-            "../../../control/tests/captures/endpoints.json"
+            "../../../control/cli/tests/captures/endpoints.json"
         ))
         .expect("the committed endpoints parse");
-        cfg.policies = xylem_control::policy::parse_policies(include_str!(
-            "../../../control/tests/captures/policy.yaml"
+        cfg.policies = xylem_policy::parse_policies(include_str!(
+            "../../../control/cli/tests/captures/policy.yaml"
         ))
         .expect("the committed policy parses");
         // Room for a few connections, so `ct-full` is reachable and each run allocates little.

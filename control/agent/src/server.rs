@@ -13,7 +13,7 @@
 //!   policy ([`xylem_api::PolicyView`]); `GET|DELETE /v1/policies/{namespace}/{name}`
 //!   (`DELETE` answers `{"revision": N}` or 404)
 //! - `GET /v1/identities`: [`xylem_api::IdentityView`]s
-//! - `POST /v1/policy/trace`: [`xylem_api::TraceRequest`] in, [`crate::policy::Trace`] out
+//! - `POST /v1/policy/trace`: [`xylem_api::TraceRequest`] in, [`xylem_policy::Trace`] out
 //! - `GET /v1/ct?max=N`: the tracked connections of the flow table every worker shares ([`xylem_api::CtView`]);
 //!   `DELETE /v1/ct` flushes them (`{"flushed": N}`)
 //! - `GET /v1/metrics`: the Prometheus exposition (as on `--metrics-addr`'s `/metrics`)

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
-use xylem_control::Error;
-use xylem_control::agent::AgentState;
-use xylem_control::config::{AgentConfig, XdpModeSetting};
-use xylem_control::state::FileStore;
+use xylem_agent::Error;
+use xylem_agent::agent::AgentState;
+use xylem_agent::state::FileStore;
+use xylem_api::config::{AgentConfig, XdpModeSetting};
 use xylem_dataplane::tables::Mode;
 use xylem_dataplane::worker::Placement;
 
@@ -48,7 +48,7 @@ struct Args {
     api_socket: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (`/metrics`); `--metrics-addr` alone means
     /// 127.0.0.1:9962. Overrides `metrics_addr`. Off by default.
-    #[arg(long, num_args = 0..=1, default_missing_value = xylem_control::config::DEFAULT_METRICS_ADDR)]
+    #[arg(long, num_args = 0..=1, default_missing_value = xylem_api::config::DEFAULT_METRICS_ADDR)]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Discard the stored state (files are moved aside as `*.json.discarded`) instead of
     /// refusing to start when it cannot be read.
@@ -118,7 +118,7 @@ fn run(args: Args) -> Result<(), Error> {
     } else {
         FileStore::open(&cfg.state_dir)?
     };
-    xylem_control::api::claim_socket(&cfg.api_socket)?;
+    xylem_agent::server::claim_socket(&cfg.api_socket)?;
 
     // Block the stop signals in every thread (threads inherit the mask), so only the main
     // thread's sigwait sees them.
@@ -145,7 +145,7 @@ fn run(args: Args) -> Result<(), Error> {
     let metrics_addr = agent.config().metrics_addr;
     let api = std::thread::Builder::new()
         .name("xylem-api".into())
-        .spawn(move || xylem_control::api::serve(api_agent, api_socket, metrics_addr, api_stopped))
+        .spawn(move || xylem_agent::server::serve(api_agent, api_socket, metrics_addr, api_stopped))
         .map_err(|source| Error::Io {
             what: "starting the API thread".into(),
             source,

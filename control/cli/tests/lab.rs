@@ -57,7 +57,7 @@ fn bulk_transfer(from_ns: &str, to_ns: &str, to_ip: Ipv4Addr, len: usize) {
 }
 
 fn netperf_rr(from_ns: &str, to_ns: &str, to_ip: Ipv4Addr) -> f64 {
-    xylem_control::lab::start_netserver(to_ns).expect("netserver");
+    xylem_lab::start_netserver(to_ns).expect("netserver");
     let out = ok(&[
         "ip",
         "netns",

@@ -8,11 +8,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use xylem_control::replay::{
-    self, FrameReport, HostPort, ReplayConfig, Report, load_endpoints, load_policies,
-};
 use xylem_dataplane::checksum;
 use xylem_dataplane::io::pcap::{Capture, SentFrame, TxWriter};
+use xylem_replay::{
+    self as replay, FrameReport, HostPort, ReplayConfig, Report, load_endpoints, load_policies,
+};
 
 const POD_A: &str = "d6:d8:c2:f3:02:29";
 const POD_B: &str = "7e:ad:6f:17:b7:84";

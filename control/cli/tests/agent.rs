@@ -360,7 +360,7 @@ fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
         "10.200.0.99",
     ]);
     // Load: a bulk TCP stream for two seconds makes far more events than a client reads.
-    xylem_control::lab::start_netserver(&ns_b).expect("netserver");
+    xylem_lab::start_netserver(&ns_b).expect("netserver");
     let _ = sh(&[
         "ip",
         "netns",

@@ -1,5 +1,5 @@
 set -e
-# Run from control/tests/captures with the lab `replaycap` up and no policy imported.
+# Run from control/cli/tests/captures with the lab `replaycap` up and no policy imported.
 A=xylem-replaycap-pod-pod-a
 ip netns exec $A tcpdump -i eth0 -U -w malformed.pcap & T=$!
 sleep 2

@@ -38,7 +38,7 @@ pub mod kind {
     use serde::{Deserialize, Serialize};
 
     use super::Kind;
-    use crate::config::PortConfig;
+    use xylem_api::config::PortConfig;
 
     /// Endpoints (pods), keyed `namespace/name`.
     #[derive(Debug)]

@@ -1,0 +1,433 @@
+//! Endpoints: the pods bound to the agent's ports, their validation, restore and hot-add.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use xdp_redirector::{RedirectFlags, XdpMode};
+use xylem_dataplane::io::afxdp::PortSpec;
+use xylem_dataplane::tables::MacAddr;
+
+use xylem_policy::EndpointInfo;
+
+use xylem_api::{Endpoint, EndpointRequest};
+
+use super::*;
+use crate::Error;
+use crate::state::{StateStore, TypedStore, kind};
+use xylem_api::config::{AgentConfig, PortConfig, PortKind};
+
+/// Checks a Kubernetes-style name (RFC 1123 label: lowercase alphanumerics and `-`, 1–63).
+pub fn check_name(field: &str, v: &str) -> Result<(), Rejected> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(reject(
+            422,
+            field,
+            format!("{v:?} is not a valid name: use 1 to 63 lowercase letters, digits and '-'"),
+        ))
+    }
+}
+
+fn check_label(k: &str, v: &str) -> Result<(), Rejected> {
+    let good = |s: &str, max: usize| {
+        s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    if k.is_empty() || !good(k, 253) {
+        return Err(reject(422, &format!("labels.{k}"), "invalid label key"));
+    }
+    if !good(v, 63) {
+        return Err(reject(
+            422,
+            &format!("labels.{k}"),
+            format!("{v:?} is not a valid label value (at most 63 of [A-Za-z0-9-_./])"),
+        ));
+    }
+    Ok(())
+}
+
+/// `namespace/name` of a pod port.
+pub(super) fn endpoint_key(p: &PortConfig) -> String {
+    format!(
+        "{}/{}",
+        p.namespace.as_deref().unwrap_or("default"),
+        p.name.as_deref().unwrap_or(&p.ifname)
+    )
+}
+
+fn endpoint_of(p: &PortConfig) -> Endpoint {
+    Endpoint {
+        name: p.name.clone().unwrap_or_default(),
+        namespace: p.namespace.clone().unwrap_or_else(|| "default".into()),
+        labels: p.labels.clone(),
+        ip: p.ip,
+        interface: p.ifname.clone(),
+        mac: p.mac.to_string(),
+        identity: None,
+        ingress_enforced: None,
+        egress_enforced: None,
+    }
+}
+
+/// The ports and their bindings: the configuration's ports, then the interfaces that stored
+/// endpoints added at runtime; bound as the configuration says, overridden by the endpoints kept
+/// in the store (and by deletions recorded there). A stored endpoint that cannot be restored
+/// (its interface is gone, its address outside the pod CIDR) is an error: the agent refuses to
+/// start rather than run half-configured.
+pub(super) fn restore_bindings(
+    cfg: &AgentConfig,
+    store: &dyn StateStore,
+) -> Result<(Vec<PortConfig>, Vec<Option<PortConfig>>), Error> {
+    let mut all: Vec<PortConfig> = cfg.ports.clone();
+    let mut b: Vec<Option<PortConfig>> = cfg.ports.iter().cloned().map(Some).collect();
+    for ifname in store.list_as::<kind::UnboundPorts>()?.keys() {
+        if let Some(i) = cfg.ports.iter().position(|p| &p.ifname == ifname) {
+            b[i] = None;
+        }
+    }
+    let stored = store.list_as::<kind::Endpoints>()?;
+    let n = stored.len();
+    for (key, p) in stored {
+        let bad = |why: String| {
+            Error::State(format!(
+                "stored endpoint {key} cannot be restored: {why}; fix the configuration, or start \
+                 with --start-empty to discard the stored state"
+            ))
+        };
+        let i = match all.iter().position(|c| c.ifname == p.ifname) {
+            Some(i) => i,
+            None => {
+                // Added through the API: its interface must still be there.
+                ifindex(&p.ifname).map_err(|_| {
+                    bad(format!(
+                        "its interface {} does not exist in the agent's network namespace",
+                        p.ifname
+                    ))
+                })?;
+                all.push(p.clone());
+                b.push(None);
+                all.len() - 1
+            }
+        };
+        if !cfg.pod_cidr.contains(p.ip) {
+            return Err(bad(format!("{} is outside the pod CIDR", p.ip)));
+        }
+        // A configured endpoint that was moved elsewhere through the API leaves its old port.
+        for (j, other) in b.iter_mut().enumerate() {
+            if j != i
+                && other
+                    .as_ref()
+                    .is_some_and(|o| o.kind == PortKind::Pod && endpoint_key(o) == key)
+            {
+                *other = None;
+            }
+        }
+        b[i] = Some(p);
+    }
+    if n > 0 {
+        tracing::info!(endpoints = n, "restored endpoints from the state store");
+    }
+    Ok((all, b))
+}
+
+impl AgentState {
+    pub(super) fn ports_snapshot(&self) -> Vec<(PortConfig, u32, XdpMode)> {
+        self.ports.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Opens a new pod port on `ifname` while the workers run: attaches the redirector, asks
+    /// every worker to bind a socket on its UMEM (between two batches), registers the sockets
+    /// in the XSKMAP. Returns the new port id. Called with the bindings lock held.
+    fn open_port(&self, ifname: &str) -> Result<usize, Error> {
+        let idx = ifindex(ifname)?;
+        let mode_req = self.cfg.xdp_mode_request();
+        let mut redirector = self
+            .redirector
+            .lock()
+            .map_err(|_| Error::Agent("redirector lock poisoned".into()))?;
+        let mut ports = self
+            .ports
+            .lock()
+            .map_err(|_| Error::Agent("ports lock poisoned".into()))?;
+        let mode = redirector.attach(ifname, mode_req, RedirectFlags::default())?;
+        let mut tickets = Vec::with_capacity(self.workers.len());
+        for w in &self.workers {
+            let spec = PortSpec {
+                ifname: ifname.to_string(),
+                ifindex: idx,
+                queue: w.id as u32,
+            };
+            let ticket = w
+                .ports_ctl
+                .post(spec)
+                .map_err(|_| Error::Agent("the worker's port mailbox is full".into()))?;
+            tickets.push(ticket);
+        }
+        self.wake_workers();
+        for (w, ticket) in self.workers.iter().zip(tickets) {
+            // A worker that failed leaves the port ids of the workers out of step: report it
+            // loudly (the agent is then unhealthy for that port; restart it).
+            let why = match ticket.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
+                Ok(Ok(fd)) => Ok(fd),
+                Ok(Err(e)) => Err(format!("could not open {ifname}: {e}")),
+                Err(no) => Err(no_reply(no)),
+            };
+            let fd = why.map_err(|why| {
+                tracing::error!(worker = w.id, %ifname, %why, "adding a port failed");
+                Error::Agent(format!("worker {} {why}", w.id))
+            })?;
+            if let Some(fd) = fd {
+                redirector.register_socket(idx, w.id as u32, fd)?;
+            }
+        }
+        let cfg = PortConfig {
+            ifname: ifname.to_string(),
+            kind: PortKind::Pod,
+            ip: Ipv4Addr::UNSPECIFIED,
+            mac: MacAddr::default(),
+            name: None,
+            namespace: None,
+            labels: BTreeMap::new(),
+        };
+        ports.push((cfg, idx, mode));
+        tracing::info!(%ifname, %mode, port = ports.len() - 1, "port added");
+        Ok(ports.len() - 1)
+    }
+
+    pub(super) fn bindings_snapshot(&self) -> Vec<Option<PortConfig>> {
+        self.bindings.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// The pods this agent serves.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let info: BTreeMap<Ipv4Addr, EndpointInfo> = self
+            .policy
+            .lock()
+            .map(|p| p.endpoints.iter().map(|e| (e.ip, e.clone())).collect())
+            .unwrap_or_default();
+        self.bindings_snapshot()
+            .iter()
+            .flatten()
+            .filter(|p| p.kind == PortKind::Pod)
+            .map(|p| {
+                let mut e = endpoint_of(p);
+                if let Some(i) = info.get(&p.ip) {
+                    e.identity = Some(i.identity);
+                    e.ingress_enforced = Some(i.ingress_enforced);
+                    e.egress_enforced = Some(i.egress_enforced);
+                }
+                e
+            })
+            .collect()
+    }
+
+    /// Creates or replaces the endpoint `namespace/name`: validates, stores it durably, then
+    /// publishes new tables. A refused request changes nothing. Returns the endpoint and whether
+    /// it is new.
+    pub fn put_endpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+        req: EndpointRequest,
+    ) -> Result<(Endpoint, bool), Rejected> {
+        check_name("namespace", namespace)?;
+        check_name("name", name)?;
+        let (ip, mac) = self.check_addresses(&req)?;
+        for (k, v) in &req.labels {
+            check_label(k, v)?;
+        }
+        let mut bindings = self
+            .bindings
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let port_opt = self.check_interface(&req.ifname)?;
+        let key = format!("{namespace}/{name}");
+        check_conflicts(&bindings, &key, ip, port_opt)?;
+        // Every check passed: open the new interface now (attach, a socket per worker).
+        let port = match port_opt {
+            Some(p) => p,
+            None => {
+                let p = self
+                    .open_port(&req.ifname)
+                    .map_err(|e| reject(500, "ifname", e.to_string()))?;
+                bindings.resize(p + 1, None);
+                p
+            }
+        };
+        let created = bindings[port].is_none()
+            || bindings[port]
+                .as_ref()
+                .is_some_and(|b| endpoint_key(b) != key);
+        let new_port = PortConfig {
+            ifname: req.ifname.clone(),
+            kind: PortKind::Pod,
+            ip,
+            mac,
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: req.labels,
+        };
+        let mut next = bindings.clone();
+        next[port] = Some(new_port.clone());
+        let ops = vec![
+            StoreOp::put::<kind::Endpoints>(&key, &new_port)?,
+            StoreOp::delete::<kind::UnboundPorts>(&req.ifname),
+        ];
+        let revision = self
+            .publish(&next, &mut *self.lock_policy()?, None, ops)
+            .map_err(|e| e.rejected(422, "ip"))?;
+        *bindings = next;
+        tracing::info!(endpoint = %key, ifname = %req.ifname, %ip, revision, "endpoint set");
+        Ok((endpoint_of(&new_port), created))
+    }
+
+    /// An endpoint request's IP (inside the pod CIDR, neither the gateway's nor the network's)
+    /// and MAC (unicast).
+    fn check_addresses(&self, req: &EndpointRequest) -> Result<(Ipv4Addr, MacAddr), Rejected> {
+        let ip: Ipv4Addr = req
+            .ip
+            .parse()
+            .map_err(|_| reject(422, "ip", format!("{:?} is not an IPv4 address", req.ip)))?;
+        if !self.cfg.pod_cidr.contains(ip) {
+            return Err(reject(
+                422,
+                "ip",
+                format!("{ip} is outside the pod CIDR {}", self.cfg.pod_cidr),
+            ));
+        }
+        if ip == self.cfg.gateway.ip || ip == self.cfg.pod_cidr.addr {
+            return Err(reject(
+                422,
+                "ip",
+                format!("{ip} is reserved (gateway or network)"),
+            ));
+        }
+        let mac: MacAddr = req.mac.parse().map_err(|_| {
+            reject(
+                422,
+                "mac",
+                format!(
+                    "{:?} is not a MAC address (write it 02:00:00:00:00:0a)",
+                    req.mac
+                ),
+            )
+        })?;
+        if mac.is_multicast() || mac.0 == [0; 6] {
+            return Err(reject(
+                422,
+                "mac",
+                format!("{:?} is not a unicast MAC address", req.mac),
+            ));
+        }
+        Ok((ip, mac))
+    }
+
+    /// The port of `ifname` if the agent has it already (it must be a pod port), else `None`
+    /// once the interface is known to exist in the agent's namespace: checked before anything
+    /// is attached.
+    fn check_interface(&self, ifname: &str) -> Result<Option<usize>, Rejected> {
+        let ports = self.ports_snapshot();
+        let Some(i) = ports.iter().position(|(p, _, _)| p.ifname == ifname) else {
+            if ifname.is_empty() || ifname.len() > 15 {
+                return Err(reject(
+                    422,
+                    "ifname",
+                    "an interface name has 1 to 15 characters",
+                ));
+            }
+            if ifindex(ifname).is_err() {
+                return Err(reject(
+                    422,
+                    "ifname",
+                    format!("interface {ifname:?} does not exist in the agent's network namespace"),
+                ));
+            }
+            return Ok(None);
+        };
+        if ports[i].0.kind != PortKind::Pod {
+            return Err(reject(422, "ifname", format!("{ifname} is the host port")));
+        }
+        Ok(Some(i))
+    }
+
+    /// Deletes the endpoint `namespace/name`: its route goes (its port stays attached and
+    /// serves nothing), durably. Returns whether it existed.
+    pub fn delete_endpoint(&self, namespace: &str, name: &str) -> Result<bool, Rejected> {
+        check_name("namespace", namespace)?;
+        check_name("name", name)?;
+        let key = format!("{namespace}/{name}");
+        let mut bindings = self
+            .bindings
+            .lock()
+            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+        let Some(port) = bindings.iter().position(|b| {
+            b.as_ref()
+                .is_some_and(|b| b.kind == PortKind::Pod && endpoint_key(b) == key)
+        }) else {
+            return Ok(false);
+        };
+        let ifname = self.ports_snapshot()[port].0.ifname.clone();
+        let mut next = bindings.clone();
+        next[port] = None;
+        let ops = vec![
+            StoreOp::put::<kind::UnboundPorts>(&ifname, &kind::Unbound {})?,
+            StoreOp::delete::<kind::Endpoints>(&key),
+        ];
+        let revision = self
+            .publish(&next, &mut *self.lock_policy()?, None, ops)
+            .map_err(|e| e.rejected(500, "-"))?;
+        *bindings = next;
+        tracing::info!(endpoint = %key, %ifname, revision, "endpoint deleted");
+        Ok(true)
+    }
+}
+
+/// Refuses an endpoint `key` at `ip` on `port` (`None`: a port not opened yet) that would
+/// collide with the current `bindings`: the endpoint on another port, its IP used elsewhere,
+/// or the port serving another endpoint.
+fn check_conflicts(
+    bindings: &[Option<PortConfig>],
+    key: &str,
+    ip: Ipv4Addr,
+    port: Option<usize>,
+) -> Result<(), Rejected> {
+    let port = port.unwrap_or(usize::MAX);
+    for (i, b) in bindings.iter().enumerate() {
+        let Some(b) = b else { continue };
+        let same = b.kind == PortKind::Pod && endpoint_key(b) == key;
+        if i != port && same {
+            return Err(reject(
+                409,
+                "ifname",
+                format!("{key} is already on {}: delete it first", b.ifname),
+            ));
+        }
+        if i != port && b.ip == ip {
+            return Err(reject(
+                409,
+                "ip",
+                format!("{ip} is already used by {}", b.ifname),
+            ));
+        }
+        if i == port && b.kind == PortKind::Pod && !same {
+            return Err(reject(
+                409,
+                "ifname",
+                format!(
+                    "{} already serves {}: delete it first",
+                    b.ifname,
+                    endpoint_key(b)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

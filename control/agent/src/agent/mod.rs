@@ -1,0 +1,491 @@
+//! The agent's runtime: attaches the redirector, binds AF_XDP sockets, starts the workers and
+//! the slow path, and serves the API until told to stop.
+//!
+//! Threads (see ARCHITECTURE.md):
+//! - one worker per configured core, pinned ([`xylem_dataplane::worker`]);
+//! - the slow path (the gateway's smoltcp interface), unpinned;
+//! - the API server (a single-threaded tokio runtime), unpinned;
+//! - the main thread, which waits for SIGTERM or SIGINT and then shuts down in order: stop
+//!   the workers, detach the XDP programs (so the kernel gets the interfaces back), remove the
+//!   API socket.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
+use xdp_redirector::{RedirectFlags, Redirector, XdpMode};
+use xylem_dataplane::conntrack::{Conntrack, CtConfig, CtTimeouts};
+use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
+use xylem_dataplane::mailbox::NoReply;
+use xylem_dataplane::monitor::MonitorLink;
+use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
+use xylem_dataplane::tables::Tables;
+use xylem_dataplane::worker::{CtControl, PortControl, Worker, WorkerConfig, WorkerLink};
+
+use xylem_policy::Policy;
+
+use crate::Error;
+use crate::state::{Kind, StateStore, TypedStore, kind};
+use xylem_api::config::{AgentConfig, PortConfig};
+
+mod endpoints;
+mod policies;
+mod status;
+
+pub use endpoints::check_name;
+use endpoints::restore_bindings;
+use policies::{
+    PolicyState, build_full_tables, identities_value, restore_identities, restore_policies,
+};
+pub use status::MonitorSubscription;
+
+/// A durable write that is part of a change (see [`AgentState::publish`]): a kind's name, a key
+/// and, to store, the value as JSON. Built with [`StoreOp::put`] and [`StoreOp::delete`], which
+/// take the kind as a type.
+enum StoreOp<'a> {
+    Put(&'static str, &'a str, serde_json::Value),
+    Delete(&'static str, &'a str),
+}
+
+impl<'a> StoreOp<'a> {
+    /// Stores `value` as `key` of kind `K`.
+    fn put<K: Kind>(key: &'a str, value: &K::Value) -> Result<Self, Rejected> {
+        serde_json::to_value(value)
+            .map(|v| StoreOp::Put(K::NAME, key, v))
+            .map_err(|e| reject(500, "-", e.to_string()))
+    }
+
+    /// Removes `key` of kind `K`.
+    fn delete<K: Kind>(key: &'a str) -> Self {
+        StoreOp::Delete(K::NAME, key)
+    }
+}
+
+/// Why a change was not published. In both cases the workers' tables are unchanged.
+enum PublishError {
+    /// The tables did not build (an address outside the pod CIDR, a policy that does not
+    /// compile); nothing was written.
+    Build(Error),
+    /// A durable write failed; the writes before it may be on disk.
+    Store(Error),
+}
+
+impl PublishError {
+    /// As the API answers it: a build failure is the request's fault (`status`, `field`), a
+    /// store failure the agent's (500).
+    fn rejected(self, status: u16, field: &str) -> Rejected {
+        match self {
+            PublishError::Build(e) => reject(status, field, e.to_string()),
+            PublishError::Store(e) => reject(500, "-", e.to_string()),
+        }
+    }
+}
+
+/// A request the agent refused; nothing was changed.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    /// HTTP status (4xx).
+    pub status: u16,
+    /// The field at fault (`ip`, `mac`, `namespace`, …).
+    pub field: String,
+    /// Why.
+    pub why: String,
+}
+
+fn reject(status: u16, field: &str, why: impl Into<String>) -> Rejected {
+    Rejected {
+        status,
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+struct WorkerHandle {
+    id: usize,
+    core: usize,
+    link: WorkerLink,
+    ports_ctl: PortControl<PortSpec>,
+    ct_ctl: CtControl,
+    thread: Option<JoinHandle<Result<(), Error>>>,
+}
+
+impl WorkerHandle {
+    /// Whether the worker's thread is still running.
+    fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+/// How long the API waits for a worker to answer a request (it answers between two batches,
+/// normally within microseconds).
+const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The end of "worker N …" for a request that got no reply.
+fn no_reply(why: NoReply) -> String {
+    match why {
+        NoReply::TimedOut => format!("did not answer within {} s", WORKER_REPLY_TIMEOUT.as_secs()),
+        NoReply::WorkerGone => "stopped without answering".to_string(),
+    }
+}
+
+/// The running agent's shared state (what the API reads).
+pub struct AgentState {
+    cfg: AgentConfig,
+    started: Instant,
+    tables: Arc<ArcSwap<Tables>>,
+    workers: Vec<WorkerHandle>,
+    /// The ports by port id: their configuration (as first opened), ifindex and XDP mode.
+    /// Grows when an endpoint names a new interface; locked after `bindings`.
+    ports: Mutex<Vec<(PortConfig, u32, XdpMode)>>,
+    redirector: Mutex<Redirector>,
+    slow_stats: Arc<SlowPathStats>,
+    slow_thread: Option<JoinHandle<()>>,
+    slow_stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<mio::Waker>>,
+    store: Box<dyn StateStore>,
+    /// What each port (by port id) serves now: the configuration's port, with the endpoint's
+    /// identity, IP and MAC as last set through the API; `None` when its endpoint was deleted.
+    bindings: Mutex<Vec<Option<PortConfig>>>,
+    /// Policies and identities; locked after `bindings`.
+    policy: Mutex<PolicyState>,
+    /// The conntrack every worker shares (this handle: for listing).
+    ct: Conntrack,
+    /// Serializes flush requests (one reply per request, in order).
+    ct_lock: Mutex<()>,
+    monitor_mask: Arc<AtomicU32>,
+    monitor_listeners: [AtomicUsize; 4],
+    wall_epoch: std::time::SystemTime,
+}
+
+impl std::fmt::Debug for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentState")
+            .field("node", &self.cfg.node_name)
+            .finish()
+    }
+}
+
+fn ifindex(name: &str) -> Result<u32, Error> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| Error::config("ifname", format!("{name:?} has a NUL byte")))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(Error::config(
+            "ports[].ifname",
+            format!("interface {name} does not exist in the agent's network namespace"),
+        ));
+    }
+    Ok(idx)
+}
+
+/// What every worker of the agent shares.
+struct Shared {
+    tables: Arc<ArcSwap<Tables>>,
+    to_slow: Arc<ArrayQueue<xylem_dataplane::worker::SlowFrame>>,
+    signal: Arc<Signal>,
+    monitor_mask: Arc<AtomicU32>,
+    /// Every worker's clock counts from here: the shared flow table compares their timestamps.
+    epoch: Instant,
+    ct: Conntrack,
+}
+
+/// One conntrack for every worker: a pod's veth hands a flow's two directions to queues, hence
+/// workers, chosen independently. Its memory is allocated here, before any traffic.
+fn shared_conntrack(cfg: &AgentConfig, workers: usize) -> Conntrack {
+    let seed = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(cfg.node_name.as_str())
+    };
+    let ct = Conntrack::new(&CtConfig {
+        capacity: cfg.workers.ct_capacity,
+        timeouts: CtTimeouts::default(),
+        seed,
+    });
+    tracing::info!(
+        capacity = ct.capacity(),
+        bytes = ct.memory_bytes(),
+        workers,
+        "conntrack allocated (shared by every worker)"
+    );
+    ct
+}
+
+/// Worker `w`, pinned to `core`: its AF_XDP sockets on queue `w` of every port, registered in
+/// the redirector's XSKMAP, and its link to the rest of the agent. Not started yet.
+fn build_worker(
+    cfg: &AgentConfig,
+    w: usize,
+    core: usize,
+    ports: &[(PortConfig, u32, XdpMode)],
+    redirector: &mut Redirector,
+    shared: &Shared,
+) -> Result<(WorkerLink, Worker<XskBackend>), Error> {
+    let specs: Vec<PortSpec> = ports
+        .iter()
+        .map(|(p, idx, _)| PortSpec {
+            ifname: p.ifname.clone(),
+            ifindex: *idx,
+            queue: w as u32,
+        })
+        .collect();
+    let opts = XskOptions {
+        ring_size: cfg.workers.ring_size,
+        zero_copy: false,
+    };
+    let backend = XskBackend::with_headroom(
+        &specs,
+        opts,
+        4 * cfg.workers.batch_size as u32,
+        cfg.workers.spare_ports,
+        cfg.workers.headroom,
+    )?;
+    for (ifidx, queue, fd) in backend.socket_fds() {
+        redirector.register_socket(ifidx, queue, fd)?;
+    }
+    let mut link = WorkerLink::new(
+        Arc::clone(&shared.tables),
+        Arc::clone(&shared.to_slow),
+        Arc::clone(&shared.signal),
+    );
+    link.monitor = MonitorLink::with_mask(
+        Arc::clone(&shared.monitor_mask),
+        xylem_dataplane::monitor::DEFAULT_RING,
+    );
+    link.epoch = shared.epoch;
+    let wcfg = WorkerConfig {
+        id: w,
+        core: Some(core),
+        placement: cfg.placement(),
+        batch_size: cfg.workers.batch_size,
+        idle_spin: Duration::from_micros(cfg.workers.idle_spin_us),
+        realtime: cfg.workers.realtime,
+        ct_capacity: cfg.workers.ct_capacity,
+    };
+    let worker = Worker::with_conntrack(wcfg, backend, link.clone(), shared.ct.clone())?;
+    Ok((link, worker))
+}
+
+/// Starts the slow-path thread. Its replies leave through worker 0 (`link0`, `worker0`), on
+/// that worker's queue of each port.
+fn start_slow_path(
+    cfg: &AgentConfig,
+    link0: &WorkerLink,
+    worker0: &Worker<XskBackend>,
+    shared: &Shared,
+) -> Result<(Arc<SlowPathStats>, Arc<AtomicBool>, JoinHandle<()>), Error> {
+    let slow_stats = Arc::new(SlowPathStats::default());
+    let slow_stop = Arc::new(AtomicBool::new(false));
+    let slow_link = SlowPathLink {
+        inbox: Arc::clone(&shared.to_slow),
+        outbox: Arc::clone(&link0.from_slow),
+        waker: worker0.waker(),
+        tables: Arc::clone(&shared.tables),
+        signal: Arc::clone(&shared.signal),
+        stats: Arc::clone(&slow_stats),
+    };
+    let slow = SlowPath::new(slow_link, cfg.pod_cidr.len);
+    let stop = Arc::clone(&slow_stop);
+    let thread = std::thread::Builder::new()
+        .name("xylem-slowpath".into())
+        .spawn(move || slow.run(stop))
+        .map_err(|source| Error::Io {
+            what: "starting the slow-path thread".into(),
+            source,
+        })?;
+    Ok((slow_stats, slow_stop, thread))
+}
+
+/// Starts one thread per built worker; returns their handles and the wakers of those that
+/// block when idle.
+fn start_workers(
+    built: Vec<(usize, usize, WorkerLink, Worker<XskBackend>)>,
+) -> Result<(Vec<WorkerHandle>, Vec<Arc<mio::Waker>>), Error> {
+    let mut workers = Vec::new();
+    let mut wakers = Vec::new();
+    for (id, core, link, worker) in built {
+        if let Some(w) = worker.waker() {
+            wakers.push(w);
+        }
+        let ports_ctl = worker.port_control();
+        let ct_ctl = worker.ct_control();
+        let thread = std::thread::Builder::new()
+            .name(format!("xylem-worker-{id}"))
+            .spawn(move || worker.run().map(|_| ()).map_err(Error::from))
+            .map_err(|source| Error::Io {
+                what: format!("starting worker {id}"),
+                source,
+            })?;
+        workers.push(WorkerHandle {
+            id,
+            core,
+            link,
+            ports_ctl,
+            ct_ctl,
+            thread: Some(thread),
+        });
+    }
+    Ok((workers, wakers))
+}
+
+impl AgentState {
+    /// Sets everything up and starts the threads. On error, whatever was set up is torn down
+    /// again (the redirector detaches when dropped).
+    ///
+    /// The endpoints kept in `store` are restored before any socket is registered, so the
+    /// workers never see traffic with tables older than the stored state.
+    pub fn start(cfg: AgentConfig, store: Box<dyn StateStore>) -> Result<Arc<Self>, Error> {
+        cfg.validate()?;
+        let mode_req = cfg.xdp_mode_request();
+        let cores = cfg.worker_cores();
+        let (all_ports, bindings) = restore_bindings(&cfg, store.as_ref())?;
+        let mut policy = PolicyState::default();
+        restore_identities(store.as_ref(), &mut policy.ids)?;
+        let policies = restore_policies(store.as_ref())?;
+        let (first, endpoints) = build_full_tables(&cfg, &bindings, 1, &policies, &mut policy.ids)?;
+        policy.endpoints = endpoints;
+        store.put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(&policy))?;
+        policy.policies = policies;
+        let tables = Arc::new(ArcSwap::from_pointee(first));
+        let monitor_mask = Arc::new(AtomicU32::new(0));
+
+        let mut redirector = Redirector::load()?;
+        let mut ports = Vec::new();
+        for p in &all_ports {
+            let idx = ifindex(&p.ifname)?;
+            let mode = redirector.attach(&p.ifname, mode_req, RedirectFlags::default())?;
+            tracing::info!(ifname = %p.ifname, %mode, "XDP program attached");
+            ports.push((p.clone(), idx, mode));
+        }
+
+        let shared = Shared {
+            tables: Arc::clone(&tables),
+            to_slow: Arc::new(ArrayQueue::new(1024)),
+            signal: Arc::new(Signal::default()),
+            monitor_mask: Arc::clone(&monitor_mask),
+            epoch: Instant::now(),
+            ct: shared_conntrack(&cfg, cores.len()),
+        };
+        let mut built = Vec::new();
+        for (w, &core) in cores.iter().enumerate() {
+            let (link, worker) = build_worker(&cfg, w, core, &ports, &mut redirector, &shared)?;
+            built.push((w, core, link, worker));
+        }
+        let (_, _, link0, worker0) = &built[0];
+        let (slow_stats, slow_stop, slow_thread) = start_slow_path(&cfg, link0, worker0, &shared)?;
+        let (workers, wakers) = start_workers(built)?;
+        let ct = shared.ct;
+
+        Ok(Arc::new(AgentState {
+            cfg,
+            started: Instant::now(),
+            tables,
+            workers,
+            ports: Mutex::new(ports),
+            redirector: Mutex::new(redirector),
+            slow_stats,
+            slow_thread: Some(slow_thread),
+            slow_stop,
+            wakers,
+            store,
+            bindings: Mutex::new(bindings),
+            policy: Mutex::new(policy),
+            ct,
+            ct_lock: Mutex::new(()),
+            monitor_mask,
+            monitor_listeners: Default::default(),
+            wall_epoch: std::time::SystemTime::now(),
+        }))
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    /// The one transaction every change of endpoints or policies goes through: build the tables
+    /// of the next revision from `bindings` and the policies (`policies`, or the current ones
+    /// when `None`), write `ops` and the identities durably, swap the tables in and wake the
+    /// workers. The caller holds the bindings lock and passes the policy state it locked after
+    /// it; on success the policies given become current, and the caller makes `bindings` its
+    /// own. Returns the new revision.
+    fn publish(
+        &self,
+        bindings: &[Option<PortConfig>],
+        ps: &mut PolicyState,
+        policies: Option<BTreeMap<String, Policy>>,
+        ops: Vec<StoreOp<'_>>,
+    ) -> Result<u64, PublishError> {
+        let revision = self.tables.load().revision() + 1;
+        let next = policies.as_ref().unwrap_or(&ps.policies);
+        let (tables, endpoints) =
+            build_full_tables(&self.cfg, bindings, revision, next, &mut ps.ids)
+                .map_err(PublishError::Build)?;
+        ps.endpoints = endpoints;
+        for op in ops {
+            match op {
+                StoreOp::Put(kind, key, value) => self.store.put(kind, key, value),
+                StoreOp::Delete(kind, key) => self.store.delete(kind, key).map(|_| ()),
+            }
+            .map_err(PublishError::Store)?;
+        }
+        self.store
+            .put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(ps))
+            .map_err(PublishError::Store)?;
+        self.tables.store(Arc::new(tables));
+        self.wake_workers();
+        if let Some(p) = policies {
+            ps.policies = p;
+        }
+        Ok(revision)
+    }
+
+    fn wake_workers(&self) {
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+    }
+
+    /// Stops the workers and the slow path and detaches every XDP program. Idempotent.
+    pub fn shutdown(self: Arc<Self>) -> Result<(), Error> {
+        let Ok(mut me) = Arc::try_unwrap(self) else {
+            return Err(Error::Agent(
+                "shutdown while the API still holds the agent state".into(),
+            ));
+        };
+        for w in &me.workers {
+            w.link.stop.store(true, Ordering::Relaxed);
+        }
+        for w in &me.wakers {
+            let _ = w.wake();
+        }
+        let mut first_err = None;
+        for w in &mut me.workers {
+            if let Some(t) = w.thread.take() {
+                match t.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(worker = w.id, error = %e, "worker failed");
+                        first_err.get_or_insert(e);
+                    }
+                    Err(_) => tracing::error!(worker = w.id, "worker panicked"),
+                }
+            }
+        }
+        me.slow_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = me.slow_thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        // Dropping the redirector detaches the programs.
+        drop(me);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The commands that talk to the agent: status, endpoints, identities, connection tracking,
+//! metrics and the flow monitor, rendered as tables for people or as the agent's JSON.
+
+use crate::error::Error;
+use crate::output::{Format, print_json, print_table};
+use crate::{Cli, socket};
+use xylem_api::Client;
+
+pub(crate) fn status(cli: &Cli, output: Format) -> Result<(), Error> {
+    let client = Client::new(socket(cli)?);
+    let st: serde_json::Value = client.get("/v1/status")?;
+    if output == Format::Json {
+        print_json(&st);
+        return Ok(());
+    }
+    print_status(&st);
+    Ok(())
+}
+
+pub(crate) fn print_status(st: &serde_json::Value) {
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        o => o.to_string(),
+    };
+    let health = &st["health"];
+    println!(
+        "xylem-agent {} on {}: {} (up {:.0} s, mode {}, placement {}, batch {})",
+        s(&st["version"]),
+        s(&st["node"]),
+        if health["ok"] == true {
+            "OK".to_string()
+        } else {
+            format!("NOT OK: {}", s(&health["reason"]))
+        },
+        st["uptime_s"].as_f64().unwrap_or(0.0),
+        s(&st["mode"]),
+        s(&st["placement"]),
+        s(&st["batch_size"]),
+    );
+    let empty = Vec::new();
+    let workers: Vec<Vec<String>> = st["workers"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|w| {
+            vec![
+                s(&w["id"]),
+                s(&w["core"]),
+                format!("{:.3}", w["busy_ratio"].as_f64().unwrap_or(0.0)),
+                s(&w["stats"]["rx_packets"]),
+                s(&w["stats"]["tx_packets"]),
+                s(&w["stats"]["forwarded"]),
+            ]
+        })
+        .collect();
+    println!();
+    print_table(
+        &["WORKER", "CORE", "BUSY", "RX", "TX", "FORWARDED"],
+        &workers,
+    );
+    let ports: Vec<Vec<String>> = st["ports"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|p| {
+            vec![
+                s(&p["ifname"]),
+                s(&p["endpoint"]),
+                s(&p["ip"]),
+                s(&p["xdp_mode"]),
+                s(&p["queues"]),
+                s(&p["rx"]),
+                s(&p["tx"]),
+                s(&p["drops"]),
+            ]
+        })
+        .collect();
+    println!();
+    print_table(
+        &[
+            "PORT", "ENDPOINT", "IP", "XDP", "QUEUES", "RX", "TX", "DROPS",
+        ],
+        &ports,
+    );
+    let r = &st["redirector"];
+    println!(
+        "\nredirector: redirected {}  passed {}  errors {}",
+        s(&r["redirected"]),
+        s(&r["passed"]),
+        s(&r["errors"])
+    );
+    let sp = &st["slowpath"];
+    println!(
+        "slow path:  rx {}  tx {}  tx dropped {}",
+        s(&sp["rx"]),
+        s(&sp["tx"]),
+        s(&sp["tx_dropped"])
+    );
+    if let Some(drops) = st["totals"]["drops"].as_object() {
+        let nonzero: Vec<String> = drops
+            .iter()
+            .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "drops:      {}",
+            if nonzero.is_empty() {
+                "none".into()
+            } else {
+                nonzero.join("  ")
+            }
+        );
+    }
+}
+
+pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
+    let client = Client::new(socket(cli)?);
+    let eps: serde_json::Value = client.get("/v1/endpoints")?;
+    if output == Format::Json {
+        print_json(&eps);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = eps
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let labels = e["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                e["name"].as_str().unwrap_or("").into(),
+                e["namespace"].as_str().unwrap_or("").into(),
+                if labels.is_empty() {
+                    "-".into()
+                } else {
+                    labels
+                },
+                e["ip"].as_str().unwrap_or("").into(),
+                e["interface"].as_str().unwrap_or("").into(),
+                e["identity"].as_u64().map_or("-".into(), |i| i.to_string()),
+                enforcement(&e["ingress_enforced"]),
+                enforcement(&e["egress_enforced"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME",
+            "NAMESPACE",
+            "LABELS",
+            "IP",
+            "INTERFACE",
+            "IDENTITY",
+            "INGRESS",
+            "EGRESS",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub(crate) fn enforcement(v: &serde_json::Value) -> String {
+    match v.as_bool() {
+        Some(true) => "enforced".into(),
+        Some(false) => "open".into(),
+        None => "-".into(),
+    }
+}
+
+pub(crate) fn identity_list(cli: &Cli, output: Format) -> Result<(), Error> {
+    let list: serde_json::Value = Client::new(socket(cli)?).get("/v1/identities")?;
+    if output == Format::Json {
+        print_json(&list);
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|i| {
+            let labels = i["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| match v.as_str() {
+                            Some("") => k.clone(),
+                            Some(v) => format!("{k}={v}"),
+                            None => k.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let eps = i["endpoints"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                i["identity"].to_string(),
+                labels,
+                if eps.is_empty() { "-".into() } else { eps },
+            ]
+        })
+        .collect();
+    print_table(&["IDENTITY", "LABELS", "ENDPOINTS"], &rows);
+    Ok(())
+}
+
+pub(crate) fn ct_list(cli: &Cli, output: Format, max: usize) -> Result<(), Error> {
+    let v: serde_json::Value = Client::new(socket(cli)?).get(&format!("/v1/ct?max={max}"))?;
+    if output == Format::Json {
+        print_json(&v);
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let mut rows = Vec::new();
+    for e in v["entries"].as_array().unwrap_or(&empty) {
+        let o = &e["orig"];
+        let proto = match o["proto"].as_u64() {
+            Some(6) => "TCP".to_string(),
+            Some(17) => "UDP".to_string(),
+            Some(1) => "ICMP".to_string(),
+            Some(p) => p.to_string(),
+            None => "-".to_string(),
+        };
+        rows.push(vec![
+            proto,
+            format!("{}:{}", o["src"].as_str().unwrap_or(""), o["sport"]),
+            format!("{}:{}", o["dst"].as_str().unwrap_or(""), o["dport"]),
+            e["state"].as_str().unwrap_or("").into(),
+            format!("{:.0}", e["expires_in_ns"].as_f64().unwrap_or(0.0) / 1e9),
+        ]);
+    }
+    print_table(
+        &["PROTO", "SOURCE", "DESTINATION", "STATE", "EXPIRES-S"],
+        &rows,
+    );
+    println!(
+        "{} entries of {} ({:.1} bytes each at capacity), shared by {} workers",
+        v["len"],
+        v["capacity"],
+        v["bytes_per_entry"].as_f64().unwrap_or(0.0),
+        v["workers"]
+    );
+    Ok(())
+}
+
+pub(crate) fn endpoint_path(e: &str) -> Result<String, Error> {
+    let (ns, name) = e.split_once('/').unwrap_or(("default", e));
+    if ns.is_empty() || name.is_empty() || name.contains('/') {
+        return Err(Error::config(
+            "endpoint",
+            format!("'{e}' is not NAMESPACE/NAME or NAME"),
+        ));
+    }
+    Ok(format!("/v1/endpoints/{ns}/{name}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn endpoint_put(
+    cli: &Cli,
+    endpoint: &str,
+    ifname: &str,
+    ip: &str,
+    mac: &str,
+    labels: &[String],
+    output: Format,
+) -> Result<(), Error> {
+    let mut map = serde_json::Map::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| Error::config("--label", format!("'{l}' is not KEY=VALUE")))?;
+        map.insert(k.into(), v.into());
+    }
+    let body = serde_json::json!({"ifname": ifname, "ip": ip, "mac": mac, "labels": map});
+    let ep: serde_json::Value = Client::new(socket(cli)?).put(&endpoint_path(endpoint)?, &body)?;
+    match output {
+        Format::Json => print_json(&ep),
+        Format::Table => println!(
+            "endpoint {}/{} on {} ({})",
+            ep["namespace"].as_str().unwrap_or(""),
+            ep["name"].as_str().unwrap_or(""),
+            ep["interface"].as_str().unwrap_or(""),
+            ep["ip"].as_str().unwrap_or("")
+        ),
+    }
+    Ok(())
+}
+
+pub(crate) fn metrics(cli: &Cli) -> Result<(), Error> {
+    let text = Client::new(socket(cli)?).get_bytes("/v1/metrics")?;
+    print!("{}", String::from_utf8_lossy(&text));
+    Ok(())
+}
+
+pub(crate) fn monitor(cli: &Cli, types: &[String], output: Format) -> Result<(), Error> {
+    let client = Client::new(socket(cli)?);
+    let path = if types.is_empty() {
+        "/v1/monitor".to_string()
+    } else {
+        format!("/v1/monitor?type={}", types.join(","))
+    };
+    let mut lost = 0u64;
+    let mut shown = 0u64;
+    // On stderr in both formats, once the agent has attached this client: from then on no
+    // event of the chosen types is missed (scripts wait for this line before sending traffic).
+    let listening = format!(
+        "Listening for events on {}; press Ctrl-C to quit",
+        client_socket(cli)?
+    );
+    use std::io::Write as _;
+    let on_open = || eprintln!("{listening}");
+    // Buffered, flushed once per piece of stream the agent sent (one per 5 ms of events at
+    // most): a write per event would cost the machine a syscall per packet seen.
+    let out = std::cell::RefCell::new(std::io::BufWriter::with_capacity(
+        1 << 16,
+        std::io::stdout().lock(),
+    ));
+    let end = client.stream_lines(
+        &path,
+        on_open,
+        |l| {
+            // The agent's own lines (`lost`, `end`) are few; events are passed through as they
+            // are in JSON output, without parsing them. Inside a JSON string a quote is always
+            // escaped, so this pattern only matches the `type` field itself.
+            if l.contains(r#""type":"lost""#) || l.contains(r#""type":"end""#) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                    lost = v["lost"].as_u64().unwrap_or(lost);
+                }
+                return true;
+            }
+            let mut out = out.borrow_mut();
+            // A closed stdout (`xylem monitor | head`) ends the stream.
+            let written = match output {
+                Format::Json => writeln!(out, "{l}"),
+                Format::Table => match serde_json::from_str::<serde_json::Value>(l) {
+                    Ok(v) => writeln!(out, "{}", monitor_line(&v)),
+                    Err(_) => return true,
+                },
+            };
+            shown += 1;
+            written.is_ok()
+        },
+        || {
+            let _ = out.borrow_mut().flush();
+        },
+    )?;
+    let _ = out.borrow_mut().flush();
+    drop(out);
+    if end == xylem_api::StreamEnd::Ended {
+        eprintln!("the agent ended the stream (stopping?)");
+    }
+    match output {
+        Format::Json => println!("{}", serde_json::json!({"events": shown, "lost": lost})),
+        Format::Table => println!("\n{shown} events shown, {lost} events lost"),
+    }
+    Ok(())
+}
+
+pub(crate) fn client_socket(cli: &Cli) -> Result<String, Error> {
+    Ok(socket(cli)?.display().to_string())
+}
+
+/// `cilium monitor`-style: time, type, verdict/reason, ingress port, then the flow.
+pub(crate) fn monitor_line(v: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let end = |e: &serde_json::Value, port: &serde_json::Value| {
+        let ip = s(&e["ip"]);
+        let p = port.as_u64().unwrap_or(0);
+        let name = e["endpoint"]
+            .as_str()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        if p != 0 && v["protocol"] != "ICMP" {
+            format!("{ip}:{p}{name}")
+        } else {
+            format!("{ip}{name}")
+        }
+    };
+    let proto = match &v["protocol"] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(p) if p == "ICMP" => {
+            format!("ICMP type {} code {}", v["src_port"], v["dst_port"])
+        }
+        p => p
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| p.to_string()),
+    };
+    let verdict = match v["drop_reason"].as_str() {
+        Some(r) => format!("DROPPED ({r})"),
+        None => s(&v["verdict"]),
+    };
+    format!(
+        "{} {:<6} {:<28} from {} -> {} {} via {}{}",
+        s(&v["time"]),
+        s(&v["type"]),
+        verdict,
+        end(&v["source"], &v["src_port"]),
+        end(&v["destination"], &v["dst_port"]),
+        proto,
+        s(&v["ingress"]),
+        v["egress"]
+            .as_str()
+            .map(|e| format!(" -> {e}"))
+            .unwrap_or_default(),
+    )
+}

@@ -1,0 +1,190 @@
+//! `xylem lab`: the options and the pods of a lab, the demo, and the topology as people read it.
+
+use crate::error::Error;
+use crate::output::print_table;
+use crate::{Cli, UpArgs};
+use xylem_api::Client;
+use xylem_lab::{self as lab, Lab, LabFile, LabOptions, LabState};
+
+pub(crate) fn options(a: &UpArgs) -> LabOptions {
+    LabOptions {
+        placement: a.placement,
+        worker_cores: a.worker_cores.clone(),
+        mode: a.mode,
+        xdp_mode: a.xdp_mode,
+        batch_size: a.batch_size,
+        idle_spin_us: a.idle_spin_us,
+        realtime: a.realtime,
+    }
+}
+
+pub(crate) fn lab_file(a: &UpArgs) -> Result<LabFile, Error> {
+    match &a.file {
+        None => Ok(LabFile::default_pods()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| Error::File {
+                what: "reading the lab file",
+                path: p.clone(),
+                source,
+            })?;
+            Ok(LabFile::parse(&text)?)
+        }
+    }
+}
+
+pub(crate) fn demo(cli: &Cli, a: &UpArgs) -> Result<(), Error> {
+    let lab = Lab::new(&cli.lab)?;
+    if lab.state()?.is_some() {
+        return Err(Error::LabState(format!(
+            "lab '{}' is already up: the demo builds its own; run `xylem lab down` first",
+            cli.lab
+        )));
+    }
+    println!("== bringing the lab up");
+    let st = lab.up(&lab_file(a)?, &options(a))?;
+    print_topology(&st);
+    let result = demo_traffic(&lab, &st);
+    println!("\n== bringing the lab down");
+    let down = lab.down();
+    result?;
+    down?;
+    println!("demo finished: lab removed");
+    Ok(())
+}
+
+pub(crate) fn demo_traffic(lab: &Lab, st: &lab::LabState) -> Result<(), Error> {
+    let (a, b) = match st.pods.as_slice() {
+        [a, b, ..] => (a, b),
+        _ => return Err(Error::LabState("the demo needs at least two pods".into())),
+    };
+    let node = &st.nodes[0];
+    let b_ip = b.ip.to_string();
+    let a_ip = a.ip.to_string();
+
+    println!(
+        "\n== ping {} -> {} ({b_ip}) through the dataplane",
+        a.name, b.name
+    );
+    let out = lab::run(&[
+        "ip", "netns", "exec", &a.netns, "ping", "-c", "5", "-i", "0.2", "-W", "2", &b_ip,
+    ])?;
+    print_ping_summary(&out);
+
+    println!(
+        "\n== ping host ({}) -> {} ({a_ip}) through the host port",
+        node.host_ip, a.name
+    );
+    let out = lab::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node.netns,
+        "ping",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &a_ip,
+    ])?;
+    print_ping_summary(&out);
+
+    println!(
+        "\n== netperf TCP_RR {} -> {} (5 s, 1-byte request/response)",
+        a.name, b.name
+    );
+    lab::start_netserver(&b.netns)?;
+    let out = lab::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &a.netns,
+        "netperf",
+        "-4",
+        "-H",
+        &b_ip,
+        "-t",
+        "TCP_RR",
+        "-l",
+        "5",
+        "--",
+        "-r",
+        "1,1",
+        "-o",
+        "MIN_LATENCY,P50_LATENCY,P90_LATENCY,P99_LATENCY,MAX_LATENCY,TRANSACTION_RATE",
+    ])?;
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    if let [.., header, values] = lines.as_slice() {
+        let h: Vec<&str> = header.split(',').collect();
+        let v: Vec<&str> = values.split(',').collect();
+        for (k, val) in h.iter().zip(v) {
+            println!("  {k:<40} {val}");
+        }
+    } else {
+        println!("{out}");
+    }
+
+    println!("\n== dataplane counters");
+    let _ = lab;
+    let client = Client::new(&node.api_socket);
+    let status: serde_json::Value = client.get("/v1/status")?;
+    crate::agent_cmd::print_status(&status);
+    Ok(())
+}
+
+pub(crate) fn print_ping_summary(out: &str) {
+    for l in out.lines() {
+        if l.contains("packets transmitted") || l.starts_with("rtt") {
+            println!("  {l}");
+        }
+    }
+}
+
+/// Prints a lab's topology for people.
+pub fn print_topology(st: &LabState) {
+    for n in &st.nodes {
+        println!(
+            "node {} (netns {}): agent pid {} {}, api {}",
+            n.name,
+            n.netns,
+            n.agent_pid.map_or("-".into(), |p| p.to_string()),
+            if n.agent_running {
+                "running"
+            } else {
+                "NOT RUNNING"
+            },
+            n.api_socket.display()
+        );
+        println!(
+            "  pod CIDR {}  gateway {}  host port {} ({} <-> {})",
+            n.pod_cidr,
+            n.gateway,
+            n.host_ip,
+            lab::HOST_IF,
+            lab::HOST_DP_IF
+        );
+    }
+    let rows: Vec<Vec<String>> = st
+        .pods
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.namespace.clone(),
+                p.ip.to_string(),
+                p.netns.clone(),
+                p.interface.clone(),
+                p.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    print_table(
+        &["POD", "NAMESPACE", "IP", "NETNS", "PORT", "LABELS"],
+        &rows,
+    );
+}

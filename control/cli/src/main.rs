@@ -1,0 +1,482 @@
+//! `xylem`: the command-line tool. See `xylem --help`.
+//!
+//! What it does: parses the command line and renders answers, as tables for people or as the
+//! agent's JSON (`-o json`). The agent is reached through `xylem-api`'s client; `xylem lab`
+//! drives `xylem-lab`, `xylem replay` drives `xylem-replay`.
+//!
+//! What it does not do: hold domain logic (validation, policy, tables are the agent's and the
+//! libraries'), or link the agent: its dependency tree has no aya, xsk-rs or HTTP server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xylem_api::Client;
+use xylem_api::config::XdpModeSetting;
+use xylem_lab::{self as lab, DEFAULT_LAB, Lab};
+
+mod agent_cmd;
+mod error;
+mod lab_cmd;
+mod output;
+mod policy_cmd;
+mod replay_cmd;
+
+use error::Error;
+use output::{Format, print_json};
+use xylem_dataplane::tables::{MacAddr, Mode};
+use xylem_dataplane::worker::Placement;
+
+/// Xylem's command-line tool: inspect a running agent, or build a lab of pods on this machine.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// The agent's API socket (default: the lab's agent, or /run/xylem/agent.sock).
+    #[arg(long, global = true, env = "XYLEM_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Which lab `xylem lab …` works on (several labs can coexist; each gets its own namespaces).
+    #[arg(long, global = true, env = "XYLEM_LAB", default_value = DEFAULT_LAB)]
+    lab: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The agent's health, workers, ports and counters.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Endpoints (pods) the agent serves.
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
+    /// The agent's Prometheus metrics (the same text as its --metrics-addr serves).
+    Metrics,
+    /// Stream flow events live (like `cilium monitor`) until Ctrl-C; ends with the number of
+    /// events lost.
+    Monitor {
+        /// Event types to show (repeat or comma-separate); all when absent.
+        #[arg(long = "type", short = 't', value_delimiter = ',', value_parser = ["drop", "trace", "policy-verdict", "dns"])]
+        types: Vec<String>,
+        /// Output format: one line per event, or one JSON object per line.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Network policy (CiliumNetworkPolicy YAML).
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Security identities.
+    Identity {
+        #[command(subcommand)]
+        cmd: IdentityCmd,
+    },
+    /// Connection tracking: one table shared by every worker (its size is the agent's
+    /// `workers.ct_capacity`, for all workers together).
+    Ct {
+        #[command(subcommand)]
+        cmd: CtCmd,
+    },
+    /// What Xylem would do with a capture, frame by frame, without a node or an agent.
+    ///
+    /// Runs a pcap or pcapng capture through the real worker and pipeline, against the tables
+    /// an agent with the given endpoints and policy would build, with connection tracking in
+    /// capture time. Prints for each frame its number, time, ingress endpoint, 5-tuple, verdict
+    /// (forwarded to which endpoint, to the slow path, dropped), drop reason, the connection
+    /// state it met, and the header fields the dataplane rewrote; then totals.
+    #[command(after_help = REPLAY_HELP)]
+    Replay(ReplayArgs),
+    /// A lab: a node namespace running xylem-agent, and pod namespaces behind it.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// List endpoints.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Create or replace an endpoint on one of the agent's pod ports (kept across restarts).
+    Put {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        endpoint: String,
+        /// The dataplane's end of the pod's veth.
+        #[arg(long)]
+        ifname: String,
+        /// The pod's IPv4 address.
+        #[arg(long)]
+        ip: String,
+        /// The pod's MAC address.
+        #[arg(long)]
+        mac: String,
+        /// A label `KEY=VALUE` (repeatable).
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Delete an endpoint: its port stays attached but routes nothing to it.
+    Delete {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        endpoint: String,
+    },
+}
+
+/// Output of `policy get`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum PolicyFormat {
+    /// A table.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+    /// The policies as YAML documents (importable again).
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Import the policies of a file (one document, several, or a List): all or nothing.
+    /// Prints the new policy revision.
+    Import {
+        /// The YAML file (`-` for standard input).
+        file: PathBuf,
+    },
+    /// Show the stored policies, or one.
+    Get {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: PolicyFormat,
+    },
+    /// Delete a policy. Prints the new policy revision.
+    Delete {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        name: String,
+    },
+    /// Explain the verdict for a new connection, and the rule that decided it.
+    Trace {
+        /// A pod (`NAME` or `NAMESPACE/NAME`), labels (`k=v,k2=v2`) or an IPv4 address.
+        #[arg(long)]
+        src: String,
+        /// A pod, labels or an IPv4 address.
+        #[arg(long)]
+        dst: String,
+        /// `PORT/PROTO` (80/TCP, 53/UDP) or ICMP.
+        #[arg(long)]
+        dport: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IdentityCmd {
+    /// List the identities.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtCmd {
+    /// List tracked connections (the table every worker shares, once).
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+        /// At most this many entries (the agent caps it at 65,536).
+        #[arg(long, default_value_t = 4096)]
+        max: usize,
+    },
+    /// Remove every tracked connection, on every worker (established flows are then checked as
+    /// new ones).
+    Flush,
+}
+
+const REPLAY_HELP: &str = "\
+Capturing: XDP takes a pod's frames before tcpdump on the node's side of the veth sees them,
+so capture in the pods' network namespaces, what each pod sends:
+  tcpdump -i eth0 -Q out -w pod-a.pcap        (in each pod's namespace)
+  mergecap -w all.pcapng pod-a.pcap pod-b.pcap
+A capture of one pod in both directions works too, with --ingress POD; the frames the gateway
+sent in it are reported as `from-gateway`, not replayed. Frames whose source MAC no endpoint
+has are reported as `no-ingress`.
+
+Endpoints: `xylem endpoint list -o json > endpoints.json` on the node. The gateway defaults to
+the lab's (10.200.0.1, 0e:78:79:6c:00:01); the host port (--host-ip, --host-mac) is needed only
+for the node's own traffic.
+
+Exit status: 0 when every frame was replayed (drops are verdicts, not failures); 1 for a bad
+file or options, or when the replay found the dataplane's accounting broken (a bug).";
+
+/// `xylem replay`.
+#[derive(clap::Args, Debug, Clone)]
+struct ReplayArgs {
+    /// The capture: pcap (`tcpdump -w`) or pcapng, Ethernet link type.
+    file: PathBuf,
+    /// The endpoints, as `xylem endpoint list -o json` prints them (port ids follow their
+    /// order).
+    #[arg(long)]
+    endpoints: Option<PathBuf>,
+    /// CiliumNetworkPolicy YAML, as `xylem policy import` takes it (`-` for standard input).
+    /// Without it nothing is enforced.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Every frame enters by this endpoint (`NAMESPACE/NAME`, `NAME`, its interface, or
+    /// `host`), for a capture taken on one pod's interface. Default: the endpoint whose MAC is
+    /// the frame's source MAC.
+    #[arg(long)]
+    ingress: Option<String>,
+    /// The gateway's IPv4 address (default: the lab's).
+    #[arg(long, default_value = "10.200.0.1")]
+    gateway_ip: std::net::Ipv4Addr,
+    /// The gateway's MAC (default: the lab's).
+    #[arg(long, default_value = "0e:78:79:6c:00:01")]
+    gateway_mac: MacAddr,
+    /// The host port's IPv4 address (the node's own address on the pod network; the lab's is
+    /// 10.200.0.254), for captures with the node's own traffic. Needs --host-mac.
+    #[arg(long, requires = "host_mac")]
+    host_ip: Option<std::net::Ipv4Addr>,
+    /// The MAC of the node's end of the host port (`ip link show xyhost` in the lab's node
+    /// namespace). Needs --host-ip.
+    #[arg(long, requires = "host_ip")]
+    host_mac: Option<MacAddr>,
+    /// `full` (policy and connection tracking, the agent's default) or `passthrough`.
+    #[arg(long, default_value = "full", value_parser = parse_mode)]
+    mode: Mode,
+    /// Also write the frames the dataplane transmitted to this pcapng file, one interface per
+    /// port (named after its veth).
+    #[arg(short = 'w', long)]
+    write: Option<PathBuf>,
+    /// Output format: a table and totals, or one JSON document (`frames` and `summary`).
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Format,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct UpArgs {
+    /// LAB.yaml: `pods: [{name, namespace, labels}]`. Default: pods pod-a, pod-b, pod-c.
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// Worker placement: `dedicated` (busy-poll) or `shared` (block when idle).
+    #[arg(long)]
+    placement: Option<Placement>,
+    /// Worker CPUs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    worker_cores: Vec<usize>,
+    /// `full` (network policy and connection tracking) or `passthrough` (L2/L3 only, the
+    /// benchmark floor).
+    #[arg(long, default_value = "full", value_parser = parse_mode)]
+    mode: Mode,
+    /// XDP attach mode: `auto` (native, falling back to generic), `native` or `generic`.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeSetting>,
+    /// Frames per RX batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Microseconds of polling after traffic before blocking (shared placement).
+    #[arg(long)]
+    idle_spin_us: Option<u64>,
+    /// Run workers at SCHED_FIFO priority while frames flow (shared placement) [default: true]
+    #[arg(long)]
+    realtime: Option<bool>,
+}
+
+#[derive(Subcommand, Debug)]
+enum LabCmd {
+    /// Create the lab (idempotent) and print its topology.
+    Up(UpArgs),
+    /// Show the lab's nodes and pods.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Run a command in a pod's network namespace: `xylem lab exec POD -- CMD...`.
+    Exec {
+        /// The pod.
+        pod: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Add a pod to the running lab, registered with the agent through its API.
+    AddPod {
+        /// Pod name.
+        name: String,
+        /// Kubernetes namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// A label `KEY=VALUE` (repeatable).
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+    },
+    /// Remove everything the lab created (also after a crash).
+    Down,
+    /// Bring a lab up, ping and run netperf TCP_RR through the dataplane, print the results
+    /// and the counters, and bring it down.
+    Demo(UpArgs),
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "passthrough" => Ok(Mode::Passthrough),
+        "full" => Ok(Mode::Full),
+        o => Err(format!("unknown mode '{o}': use 'passthrough' or 'full'")),
+    }
+}
+fn socket(cli: &Cli) -> Result<PathBuf, Error> {
+    Ok(match &cli.socket {
+        Some(s) => s.clone(),
+        None => Lab::new(&cli.lab)?.api_socket(),
+    })
+}
+
+fn run(cli: &Cli) -> Result<(), Error> {
+    match &cli.cmd {
+        Cmd::Status { output } => agent_cmd::status(cli, *output),
+        Cmd::Endpoint { cmd } => match cmd {
+            EndpointCmd::List { output } => agent_cmd::endpoints(cli, *output),
+            EndpointCmd::Put {
+                endpoint,
+                ifname,
+                ip,
+                mac,
+                labels,
+                output,
+            } => agent_cmd::endpoint_put(cli, endpoint, ifname, ip, mac, labels, *output),
+            EndpointCmd::Delete { endpoint } => {
+                Client::new(socket(cli)?).delete(&agent_cmd::endpoint_path(endpoint)?)?;
+                println!("endpoint {endpoint} deleted");
+                Ok(())
+            }
+        },
+        Cmd::Policy { cmd } => match cmd {
+            PolicyCmd::Import { file } => policy_cmd::policy_import(cli, file),
+            PolicyCmd::Get { name, output } => {
+                policy_cmd::policy_get(cli, name.as_deref(), *output)
+            }
+            PolicyCmd::Delete { name } => {
+                let r: serde_json::Value =
+                    Client::new(socket(cli)?).delete_json(&policy_cmd::policy_path(name)?)?;
+                println!("{}", r["revision"]);
+                Ok(())
+            }
+            PolicyCmd::Trace {
+                src,
+                dst,
+                dport,
+                output,
+            } => policy_cmd::policy_trace(cli, src, dst, dport, *output),
+        },
+        Cmd::Identity { cmd } => match cmd {
+            IdentityCmd::List { output } => agent_cmd::identity_list(cli, *output),
+        },
+        Cmd::Ct { cmd } => match cmd {
+            CtCmd::List { output, max } => agent_cmd::ct_list(cli, *output, *max),
+            CtCmd::Flush => {
+                let r: serde_json::Value = Client::new(socket(cli)?).delete_json("/v1/ct")?;
+                println!("{} connections flushed", r["flushed"]);
+                Ok(())
+            }
+        },
+        Cmd::Metrics => agent_cmd::metrics(cli),
+        Cmd::Monitor { types, output } => agent_cmd::monitor(cli, types, *output),
+        Cmd::Replay(a) => Ok(replay_cmd::replay(a)?),
+        Cmd::Lab { cmd } => {
+            let lab = Lab::new(&cli.lab)?;
+            match cmd {
+                LabCmd::Up(a) => {
+                    let st = lab.up(&lab_cmd::lab_file(a)?, &lab_cmd::options(a))?;
+                    lab_cmd::print_topology(&st);
+                    Ok(())
+                }
+                LabCmd::Status { output } => {
+                    let st = lab.state()?.ok_or_else(|| {
+                        Error::LabState(format!("lab '{}' is not up: run `xylem lab up`", cli.lab))
+                    })?;
+                    match output {
+                        Format::Json => print_json(&st),
+                        Format::Table => lab_cmd::print_topology(&st),
+                    }
+                    Ok(())
+                }
+                LabCmd::Exec { pod, cmd } => {
+                    let p = lab.pod(pod)?;
+                    use std::os::unix::process::CommandExt;
+                    let err = std::process::Command::new("ip")
+                        .args(["netns", "exec", &p.netns])
+                        .args(cmd)
+                        .exec();
+                    Err(Error::Command {
+                        command: format!("ip netns exec {} {}", p.netns, cmd.join(" ")),
+                        detail: err.to_string(),
+                    })
+                }
+                LabCmd::AddPod {
+                    name,
+                    namespace,
+                    labels,
+                } => {
+                    let mut map = std::collections::BTreeMap::new();
+                    for l in labels {
+                        let (k, v) = l.split_once('=').ok_or_else(|| {
+                            Error::config("--label", format!("'{l}' is not KEY=VALUE"))
+                        })?;
+                        map.insert(k.to_string(), v.to_string());
+                    }
+                    let p = lab.add_pod(&lab::LabPod {
+                        name: name.clone(),
+                        namespace: namespace.clone(),
+                        labels: map,
+                    })?;
+                    println!(
+                        "pod {}/{} at {} (netns {}, port {})",
+                        p.namespace, p.name, p.ip, p.netns, p.interface
+                    );
+                    Ok(())
+                }
+                LabCmd::Down => {
+                    lab.down()?;
+                    println!("lab '{}' removed", cli.lab);
+                    Ok(())
+                }
+                LabCmd::Demo(a) => lab_cmd::demo(cli, a),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Die quietly when the reader of our output goes away (`xylem replay … | head`), as Unix
+    // tools do, instead of panicking on the failed write: Rust ignores SIGPIPE by default.
+    // SAFETY: called first thing in `main`, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xylem: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

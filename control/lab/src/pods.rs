@@ -1,0 +1,157 @@
+//! Pods: their namespaces and veths, and adding one to a running lab.
+
+use std::net::Ipv4Addr;
+
+use crate::netns::read_mac;
+use crate::process::run;
+use crate::up::add_quiet_netns;
+use crate::{Error, HOST_DP_IF, Lab, LabPod, PodState};
+
+/// The prefix of the pods' dataplane interfaces in the node namespace (`xyp0`, `xyp1`…).
+pub(crate) const POD_IF_PREFIX: &str = "xyp";
+
+impl Lab {
+    /// Adds a pod to a running lab: its namespace and veth, then its endpoint through the
+    /// agent's API (`PUT /v1/endpoints/…`), which attaches the redirector and opens a socket on
+    /// each worker. The agent keeps it across restarts.
+    pub fn add_pod(&self, pod: &LabPod) -> Result<PodState, Error> {
+        let mut st = self
+            .state()?
+            .filter(|st| st.nodes.iter().all(|n| n.agent_running))
+            .ok_or_else(|| {
+                Error::Lab(format!("lab '{}' is not up: run `xylem lab up`", self.name))
+            })?;
+        if st.pods.iter().any(|p| p.name == pod.name) {
+            return Err(Error::Lab(format!(
+                "lab '{}' already has a pod {}",
+                self.name, pod.name
+            )));
+        }
+        let node = st.nodes[0].clone();
+        let (i, ip) = (0u32..240)
+            .map(|i| (i, node.pod_cidr.nth(10 + i)))
+            .find(|(i, ip)| {
+                let ifname = format!("{POD_IF_PREFIX}{i}");
+                !st.pods.iter().any(|p| p.ip == *ip || p.interface == ifname)
+            })
+            .ok_or_else(|| Error::Lab("the lab's pod CIDR is full".into()))?;
+        let pod_ns = format!("{}pod-{}", self.netns_prefix(), pod.name);
+        let ifname = format!("{POD_IF_PREFIX}{i}");
+        // As many queues as the host port has (one per worker).
+        let queues = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node.netns,
+            "ls",
+            &format!("/sys/class/net/{HOST_DP_IF}/queues"),
+        ])
+        .map(|o| {
+            o.split_whitespace()
+                .filter(|q| q.starts_with("rx-"))
+                .count()
+                .max(1)
+        })
+        .unwrap_or(1)
+        .to_string();
+        make_pod(&node.netns, &pod_ns, &ifname, ip, node.gateway, &queues)?;
+        let pod_state = PodState {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            labels: pod.labels.clone(),
+            ip,
+            netns: pod_ns.clone(),
+            node: node.name.clone(),
+            interface: ifname.clone(),
+        };
+        // Recorded before the API call, so `lab down` removes the namespace whatever happens.
+        st.pods.push(pod_state.clone());
+        self.save(&st)?;
+        let mac = read_mac(&pod_ns, "eth0")?;
+        let body = serde_json::json!({
+            "ifname": ifname,
+            "ip": ip.to_string(),
+            "mac": mac.to_string(),
+            "labels": pod.labels,
+        });
+        let _: serde_json::Value = xylem_api::Client::new(&node.api_socket).put(
+            &format!("/v1/endpoints/{}/{}", pod.namespace, pod.name),
+            &body,
+        )?;
+        Ok(pod_state)
+    }
+
+    /// The pod called `name`.
+    pub fn pod(&self, name: &str) -> Result<PodState, Error> {
+        let st = self.state()?.ok_or_else(|| {
+            Error::Lab(format!("lab '{}' is not up: run `xylem lab up`", self.name))
+        })?;
+        st.pods
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Lab(format!(
+                    "no pod {name} in lab '{}'; pods: {}",
+                    self.name,
+                    st.pods
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+}
+
+/// Creates pod namespace `pod_ns` with `eth0` at `ip`/32 behind gateway `gateway`, and its veth
+/// peer `ifname` in the node namespace.
+pub(crate) fn make_pod(
+    node_ns: &str,
+    pod_ns: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    queues: &str,
+) -> Result<(), Error> {
+    add_quiet_netns(pod_ns)?;
+    run(&[
+        "ip",
+        "-n",
+        node_ns,
+        "link",
+        "add",
+        ifname,
+        "numtxqueues",
+        queues,
+        "numrxqueues",
+        queues,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod_ns,
+        "numtxqueues",
+        queues,
+        "numrxqueues",
+        queues,
+    ])?;
+    let addr = format!("{ip}/32");
+    run(&["ip", "-n", pod_ns, "addr", "add", &addr, "dev", "eth0"])?;
+    // The pod's checksums must be complete on the wire: AF_XDP forwards bytes, not skbs.
+    run(&[
+        "ip", "netns", "exec", pod_ns, "ethtool", "-K", "eth0", "tx", "off",
+    ])?;
+    run(&["ip", "-n", pod_ns, "link", "set", "eth0", "up"])?;
+    run(&["ip", "-n", node_ns, "link", "set", ifname, "up"])?;
+    let gw = gateway.to_string();
+    run(&[
+        "ip", "-n", pod_ns, "route", "add", &gw, "dev", "eth0", "scope", "link",
+    ])?;
+    run(&[
+        "ip", "-n", pod_ns, "route", "add", "default", "via", &gw, "dev", "eth0",
+    ])?;
+    Ok(())
+}

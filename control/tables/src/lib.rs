@@ -1,0 +1,85 @@
+//! # xylem-tables
+//!
+//! The tables a node's workers run on, built from the agent's configuration, the ports' current
+//! endpoint bindings and the network policies: routes to the endpoints and the compiled policy,
+//! at one revision. It is the one builder of those tables: the agent publishes what it builds,
+//! and `xylem replay` runs a capture against it, so a replay sees the tables an agent with the
+//! same endpoints and policies would.
+//!
+//! What it does not do: publish tables to workers, keep state, or parse anything (the
+//! configuration is `xylem-api`'s, the policies `xylem-policy`'s). Pure: no I/O, no threads.
+
+use std::net::Ipv4Addr;
+
+use xylem_api::config::{GatewayConfig, PortConfig, PortKind};
+use xylem_dataplane::tables::{Gateway, Mode, Neighbor, Tables};
+use xylem_policy::{EndpointInfo, EndpointSpec, IdentityAllocator, Policy, compile};
+
+/// The one way building tables fails: a route the dataplane's tables refuse.
+pub type Error = xylem_dataplane::Error;
+
+/// What the policy compiler needs from the port bindings: the pods as endpoints, and the
+/// addresses that are the `host` entity (the gateway and the host ports).
+pub fn policy_inputs(
+    gateway: &GatewayConfig,
+    bindings: &[Option<PortConfig>],
+) -> (Vec<EndpointSpec>, Vec<Ipv4Addr>) {
+    let mut specs = Vec::new();
+    let mut host = vec![gateway.ip];
+    for p in bindings.iter().flatten() {
+        match p.kind {
+            PortKind::Pod => specs.push(EndpointSpec {
+                ip: p.ip,
+                namespace: p.namespace.clone().unwrap_or_else(|| "default".into()),
+                labels: p.labels.clone(),
+            }),
+            _ => host.push(p.ip),
+        }
+    }
+    (specs, host)
+}
+
+/// The tables for `bindings` (port id = index; `None`: no route) in `mode`, with `policies`
+/// compiled in at the same `revision`, identities taken from `ids`. Returns what compilation
+/// said about each endpoint too. The one builder of full tables: the agent publishes its
+/// result to the workers, and `xylem replay` runs a capture against it, so a replay sees the
+/// tables an agent with the same endpoints and policies would.
+pub fn compile_tables(
+    gateway: &GatewayConfig,
+    mode: Mode,
+    bindings: &[Option<PortConfig>],
+    revision: u64,
+    policies: &[Policy],
+    ids: &mut IdentityAllocator,
+) -> Result<(Tables, Vec<EndpointInfo>), Error> {
+    let mut t = route_tables(gateway, mode, bindings, revision)?;
+    let (specs, host) = policy_inputs(gateway, bindings);
+    let compiled = compile(revision, policies, &specs, &host, ids);
+    t.set_policy(compiled.tables);
+    Ok((t, compiled.endpoints))
+}
+
+/// Routes only (no policy): the gateway and one host route per bound port.
+fn route_tables(
+    gateway: &GatewayConfig,
+    mode: Mode,
+    bindings: &[Option<PortConfig>],
+    revision: u64,
+) -> Result<Tables, Error> {
+    let gw = Gateway {
+        mac: gateway.mac,
+        ipv4: gateway.ip,
+    };
+    let mut t = Tables::new(revision, mode, gw);
+    for (i, p) in bindings.iter().enumerate() {
+        let Some(p) = p else { continue };
+        t.add_route(
+            p.ip,
+            Neighbor {
+                port: i as u16,
+                mac: p.mac,
+            },
+        )?;
+    }
+    Ok(t)
+}
