@@ -97,6 +97,10 @@ impl<Rep> Ticket<Rep> {
     pub fn wait(self, timeout: Duration, alive: impl Fn() -> bool) -> Result<Rep, NoReply> {
         let deadline = Instant::now() + timeout;
         loop {
+            // A reply already there counts, whatever the time left (a zero timeout polls).
+            if let Ok(r) = self.reply.try_recv() {
+                return Ok(r);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(NoReply::TimedOut);

@@ -72,7 +72,7 @@ use crate::Error;
 use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts};
 use crate::io::Backend;
 use crate::ledger::{Ledger, LedgerError, Place};
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Letter, Mailbox};
 use crate::monitor::{EventType, FlowEvent, MonitorLink, MonitorWriter};
 use crate::pipeline::{Outcome, Parsed, Verdict, decide, parse};
 use crate::policy::PolicyVerdict;
@@ -355,6 +355,15 @@ pub struct PortCounters {
     pub drops: Counter,
 }
 
+impl PortCounters {
+    /// Back to zero, for the next port at this index. Only the owning worker may call this.
+    pub fn reset(&self) {
+        self.rx_packets.reset();
+        self.tx_packets.reset();
+        self.drops.reset();
+    }
+}
+
 const WAKER: Token = Token(usize::MAX);
 
 /// Pushes the monitor events for one decided frame, if their types are enabled: the policy
@@ -428,6 +437,11 @@ impl<D> TxQueue<D> {
     fn push(&mut self, d: D, kind: TxKind) {
         self.descs.push(d);
         self.kinds.push(kind);
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.descs.is_empty()
     }
 
     #[inline]
@@ -540,6 +554,12 @@ pub struct Worker<B: Backend> {
     poll: Option<Poll>,
     waker: Option<Arc<Waker>>,
     ports_ctl: PortControl<B::PortSpec>,
+    /// Ports being removed (see [`PortRequest::Remove`]).
+    closing: Vec<Closing<B::PortSpec>>,
+    /// Per frame, the port whose rings hold it (with [`IN_TX`] for its TX side), or
+    /// [`NOT_IN_RING`]: what lets a removed port's frames be taken back, since a closed socket's
+    /// rings cannot be read.
+    in_ring: Vec<u16>,
     ct: Conntrack,
     ct_ctl: CtControl,
     /// The producing end of the monitor's ring (events of a batch, published once per batch).
@@ -552,14 +572,54 @@ pub struct Worker<B: Backend> {
     ct_gc_interval: u64,
 }
 
-/// How the control side adds ports to a running worker: post the port's spec, wake the worker,
-/// wait on the ticket. The worker checks its mailbox once per batch (one atomic load when
-/// empty) and opens the port between batches.
-pub type PortControl<S> = Mailbox<S, PortAdded>;
+/// How the control side opens and closes ports of a running worker: post the request, wake the
+/// worker, wait on the ticket. The worker checks its mailbox once per batch (one atomic load
+/// when empty) and acts between batches.
+pub type PortControl<S> = Mailbox<PortRequest<S>, PortReply>;
 
-/// A worker's answer to a port request: the new port's socket (AF_XDP; none in memory), or why
-/// it could not be opened.
-pub type PortAdded = Result<Option<std::os::fd::RawFd>, Error>;
+/// What the control side asks of a worker's ports.
+#[derive(Clone, Debug)]
+pub enum PortRequest<S> {
+    /// Open a port: it takes the lowest free index (see [`Backend::add_port`]).
+    Add(S),
+    /// Close a port. Ask only once nothing routes to it and nothing can arrive on it any more
+    /// (its XDP program detached): the worker first lets it finish what it holds — frames
+    /// received are decided, frames queued are sent and completed — for at most
+    /// [`PORT_DRAIN_NS`], then closes its socket and takes back every frame still on its
+    /// rings, so a port removed costs no frames and its index is free for the next.
+    Remove(PortId),
+}
+
+/// A port a worker opened or closed: its index, and (AF_XDP, opened) the socket to register in
+/// the XSKMAP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortChange {
+    /// The port's index.
+    pub port: PortId,
+    /// The new socket, when a port was opened on a backend that has sockets.
+    pub fd: Option<std::os::fd::RawFd>,
+}
+
+/// A worker's answer to a port request, or why it could not be carried out.
+pub type PortReply = Result<PortChange, Error>;
+
+/// How long a port being removed may take to finish its frames before its socket closes
+/// anyway (the frames still on its rings come back then too).
+pub const PORT_DRAIN_NS: u64 = 50_000_000;
+
+/// In [`Worker::in_ring`]: a frame on no port's ring.
+const NOT_IN_RING: u16 = u16::MAX;
+/// In [`Worker::in_ring`]: the frame is on the port's TX or completion ring (else its fill or
+/// RX ring).
+const IN_TX: u16 = 1 << 15;
+
+/// A port being removed, and the request to answer once it is.
+struct Closing<S> {
+    port: usize,
+    letter: Letter<PortRequest<S>, PortReply>,
+    /// Worker time after which it closes whatever it still holds.
+    deadline: u64,
+}
 
 impl<B: Backend> std::fmt::Debug for Worker<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -635,7 +695,7 @@ impl<B: Backend> Worker<B> {
                     what: "creating the worker's epoll instance",
                     source,
                 })?;
-                for (i, fd) in backend.raw_fds().into_iter().enumerate() {
+                for (i, fd) in backend.raw_fds() {
                     poll.registry()
                         .register(&mut SourceFd(&fd), Token(i), Interest::READABLE)
                         .map_err(|source| Error::Io {
@@ -682,6 +742,8 @@ impl<B: Backend> Worker<B> {
             poll,
             waker,
             ports_ctl: Mailbox::new(16),
+            closing: Vec::new(),
+            in_ring: vec![NOT_IN_RING; total as usize],
         })
     }
 
@@ -734,35 +796,118 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Opens the ports the control side asked for. Between batches only.
+    /// Carries out the control side's port requests: opens ports at once, and starts removing
+    /// ports (finished by [`Self::close_ports`]). Between batches only.
     #[cold]
-    fn add_ports(&mut self) {
+    fn port_requests(&mut self, now_ns: u64) {
         while let Some(letter) = self.ports_ctl.take() {
-            let spec = &letter.request;
-            let n = self.backend.port_count();
-            let r = if n >= MAX_PORTS {
-                Err(Error::Config(format!(
-                    "a worker serves at most {MAX_PORTS} ports"
-                )))
-            } else {
-                self.backend.add_port(spec).and_then(|fd| {
-                    // The backend has the port now: its TX queue comes with it whatever
-                    // follows, so that port ids index both alike.
-                    self.pending
-                        .push(TxQueue::with_capacity(self.cfg.batch_size));
-                    if let (Some(poll), Some(fd)) = (&self.poll, fd) {
-                        poll.registry()
-                            .register(&mut SourceFd(&fd), Token(n), Interest::READABLE)
-                            .map_err(|source| Error::Io {
-                                what: "registering the new socket with epoll",
-                                source,
-                            })?;
+            match &letter.request {
+                PortRequest::Add(spec) => {
+                    let r = self.open_port(spec);
+                    letter.answer(r);
+                }
+                PortRequest::Remove(port) => {
+                    let port = usize::from(*port);
+                    let open = port < self.backend.port_count()
+                        && !self.closing.iter().any(|c| c.port == port);
+                    if open {
+                        self.closing.push(Closing {
+                            port,
+                            letter,
+                            deadline: now_ns.saturating_add(PORT_DRAIN_NS),
+                        });
+                    } else {
+                        letter.answer(Err(Error::Config(format!(
+                            "port {port} is not open on this worker"
+                        ))));
                     }
-                    Ok(fd)
-                })
-            };
-            letter.answer(r);
+                }
+            }
         }
+    }
+
+    /// Opens a port on `spec` (see [`PortRequest::Add`]).
+    fn open_port(&mut self, spec: &B::PortSpec) -> PortReply {
+        let (port, fd) = self.backend.add_port(spec)?;
+        if port >= MAX_PORTS {
+            self.backend.remove_port(port);
+            return Err(Error::Config(format!(
+                "a worker serves at most {MAX_PORTS} ports"
+            )));
+        }
+        // The backend has the port now: its TX queue comes with it whatever follows, so that
+        // port ids index both alike.
+        if port == self.pending.len() {
+            self.pending
+                .push(TxQueue::with_capacity(self.cfg.batch_size));
+        }
+        if let (Some(poll), Some(fd)) = (&self.poll, fd) {
+            poll.registry()
+                .register(&mut SourceFd(&fd), Token(port), Interest::READABLE)
+                .map_err(|source| Error::Io {
+                    what: "registering the new socket with epoll",
+                    source,
+                })?;
+        }
+        Ok(PortChange {
+            port: port as PortId,
+            fd,
+        })
+    }
+
+    /// Finishes removing the ports whose frames are done, or whose time is up: closes their
+    /// sockets, takes back the frames left on their rings and answers the requests.
+    #[cold]
+    fn close_ports(&mut self, now_ns: u64) {
+        let mut i = 0;
+        while i < self.closing.len() {
+            let port = self.closing[i].port;
+            let done = self.pending[port].is_empty()
+                && self.backend.tx_queued(port) == 0
+                && !self.in_ring.contains(&(port as u16 | IN_TX));
+            if !done && now_ns < self.closing[i].deadline {
+                i += 1;
+                continue;
+            }
+            let c = self.closing.swap_remove(i);
+            self.close_port(port);
+            c.letter.answer(Ok(PortChange {
+                port: port as PortId,
+                fd: None,
+            }));
+        }
+    }
+
+    /// Closes `port` now and takes back every frame on its rings.
+    fn close_port(&mut self, port: usize) {
+        if let Some(poll) = &self.poll
+            && let Some(&(_, fd)) = self.backend.raw_fds().iter().find(|(p, _)| *p == port)
+        {
+            // Closing the socket would drop it from the epoll set too; deregistering first
+            // keeps the token from ever firing for the next port at this index early.
+            let _ = poll.registry().deregister(&mut SourceFd(&fd));
+        }
+        let q = &mut self.pending[port];
+        let queued: Vec<B::Desc> = q.descs.drain(..).collect();
+        q.kinds.clear();
+        for d in queued {
+            WorkerStats::drop(&self.link.stats, DropReason::NoRoute);
+            self.release(d);
+        }
+        self.backend.remove_port(port);
+        let fill = port as u16;
+        let tx = fill | IN_TX;
+        for idx in 0..self.in_ring.len() {
+            let from = match self.in_ring[idx] {
+                r if r == fill => Place::Fill,
+                r if r == tx => Place::Tx,
+                _ => continue,
+            };
+            self.in_ring[idx] = NOT_IN_RING;
+            self.ledger.moved(idx as u32, from, Place::Free);
+            self.free.push(self.backend.frame_desc(idx as u32));
+        }
+        self.link.ports[port].reset();
     }
 
     /// The waker the control side uses to rouse a blocked worker (`shared` placement only).
@@ -783,7 +928,10 @@ impl<B: Backend> Worker<B> {
     /// One batch. Returns how many frames it moved (received, sent or completed); 0 means idle.
     pub fn run_once(&mut self, now_ns: u64) -> usize {
         if !self.ports_ctl.is_empty() {
-            self.add_ports();
+            self.port_requests(now_ns);
+        }
+        if !self.closing.is_empty() {
+            self.close_ports(now_ns);
         }
         if !self.ct_ctl.is_empty() {
             self.ct_requests(now_ns);
@@ -814,6 +962,7 @@ impl<B: Backend> Worker<B> {
                 for d in &self.scratch[..n] {
                     let idx = self.backend.frame_index(d);
                     self.ledger.moved(idx, Place::Tx, Place::Free);
+                    self.in_ring[idx as usize] = NOT_IN_RING;
                     self.free.push(*d);
                 }
                 work += n;
@@ -835,6 +984,10 @@ impl<B: Backend> Worker<B> {
 
         // 2. Top up the fill rings.
         for port in 0..ports {
+            // A port being removed gets no more frames.
+            if !self.closing.is_empty() && self.closing.iter().any(|c| c.port == port) {
+                continue;
+            }
             let want = self.free.len().min(u32::MAX as usize) as u32;
             let room = self.backend.fill_room(port, want) as usize;
             if room == 0 {
@@ -845,6 +998,7 @@ impl<B: Backend> Worker<B> {
                 for d in &self.free[start..] {
                     let idx = self.backend.frame_index(d);
                     self.ledger.moved(idx, Place::Free, Place::Fill);
+                    self.in_ring[idx as usize] = port as u16;
                 }
                 self.free.truncate(start);
             }
@@ -877,6 +1031,7 @@ impl<B: Backend> Worker<B> {
                 let mut d = self.scratch[i];
                 let idx = self.backend.frame_index(&d);
                 self.ledger.moved(idx, Place::Fill, Place::Held);
+                self.in_ring[idx as usize] = NOT_IN_RING;
                 stats.rx_bytes.add(self.backend.desc_len(&d) as u64);
                 let to_slow = &self.link.to_slow;
                 let ct = &mut self.ct;
@@ -987,7 +1142,7 @@ impl<B: Backend> Worker<B> {
 
         // 5. Send.
         for port in 0..ports {
-            if self.pending[port].len() != 0 {
+            if !self.pending[port].is_empty() {
                 self.flush(port);
             }
         }
@@ -996,6 +1151,11 @@ impl<B: Backend> Worker<B> {
         if now_ns >= self.ct_gc_next && !self.ct.is_empty() {
             self.ct.gc(now_ns, CT_GC_BUDGET);
             self.ct_gc_next = now_ns + self.ct_gc_interval;
+        }
+        // A port being removed is waited on by the control side: a `shared` worker must not
+        // block before it is closed (at most `PORT_DRAIN_NS`).
+        if !self.closing.is_empty() {
+            work += 1;
         }
         if work > 0 {
             stats.batches.inc();
@@ -1020,6 +1180,7 @@ impl<B: Backend> Worker<B> {
         for (d, kind) in q.descs.iter().zip(&q.kinds).take(sent) {
             let idx = self.backend.frame_index(d);
             self.ledger.moved(idx, Place::Held, Place::Tx);
+            self.in_ring[idx as usize] = port as u16 | IN_TX;
             let len = self.backend.desc_len(d) as u64;
             bytes += len;
             match kind {

@@ -149,8 +149,14 @@ impl Backend for Encapsulating {
     type Desc = MemDesc;
     type PortSpec = usize;
 
-    fn add_port(&mut self, spec: &usize) -> Result<Option<RawFd>, xylem_dataplane::Error> {
+    fn add_port(&mut self, spec: &usize) -> Result<(usize, Option<RawFd>), xylem_dataplane::Error> {
         self.inner.add_port(spec)
+    }
+    fn remove_port(&mut self, port: usize) {
+        self.inner.remove_port(port)
+    }
+    fn frame_desc(&self, index: u32) -> MemDesc {
+        self.inner.frame_desc(index)
     }
     fn port_count(&self) -> usize {
         self.inner.port_count()
@@ -202,7 +208,7 @@ impl Backend for Encapsulating {
             r
         })
     }
-    fn raw_fds(&self) -> Vec<RawFd> {
+    fn raw_fds(&self) -> Vec<(usize, RawFd)> {
         self.inner.raw_fds()
     }
 }

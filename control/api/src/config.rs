@@ -153,8 +153,10 @@ pub struct WorkersConfig {
     /// Entries per AF_XDP ring.
     #[serde(default = "default_ring")]
     pub ring_size: u32,
-    /// Pod ports each worker can take on at runtime (endpoints naming a new interface), beyond
-    /// the configured ones: each adds one ring's worth of frames to the worker's UMEM.
+    /// Pod ports each worker can hold at once beyond the configured ones (endpoints naming a
+    /// new interface): each adds one ring's worth of frames to the worker's UMEM. A removed
+    /// pod's port gives its frames back, so this bounds the pods present together, not the
+    /// pods that ever came.
     #[serde(default = "default_spare_ports")]
     pub spare_ports: u32,
     /// Connections the agent's conntrack holds, all workers together: one table that every

@@ -2,7 +2,8 @@
 
 use crate::error::Error;
 use crate::output::print_table;
-use crate::{Cli, UpArgs};
+use crate::output::{Format, print_json};
+use crate::{Cli, LabCmd, UpArgs};
 use xylem_api::Client;
 use xylem_lab::{self as lab, Lab, LabFile, LabOptions, LabState};
 
@@ -187,4 +188,75 @@ pub fn print_topology(st: &LabState) {
         &["POD", "NAMESPACE", "IP", "NETNS", "PORT", "LABELS"],
         &rows,
     );
+}
+
+/// `xylem lab …`.
+pub(crate) fn run(cli: &Cli, cmd: &LabCmd) -> Result<(), Error> {
+    let lab = Lab::new(&cli.lab)?;
+    match cmd {
+        LabCmd::Up(a) => {
+            let st = lab.up(&lab_file(a)?, &options(a))?;
+            print_topology(&st);
+            Ok(())
+        }
+        LabCmd::Status { output } => {
+            let st = lab.state()?.ok_or_else(|| {
+                Error::LabState(format!("lab '{}' is not up: run `xylem lab up`", cli.lab))
+            })?;
+            match output {
+                Format::Json => print_json(&st),
+                Format::Table => print_topology(&st),
+            }
+            Ok(())
+        }
+        LabCmd::Exec { pod, cmd } => {
+            let p = lab.pod(pod)?;
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new("ip")
+                .args(["netns", "exec", &p.netns])
+                .args(cmd)
+                .exec();
+            Err(Error::Command {
+                command: format!("ip netns exec {} {}", p.netns, cmd.join(" ")),
+                detail: err.to_string(),
+            })
+        }
+        LabCmd::AddPod {
+            name,
+            namespace,
+            labels,
+        } => {
+            let mut map = std::collections::BTreeMap::new();
+            for l in labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| Error::config("--label", format!("'{l}' is not KEY=VALUE")))?;
+                map.insert(k.to_string(), v.to_string());
+            }
+            let p = lab.add_pod(&lab::LabPod {
+                name: name.clone(),
+                namespace: namespace.clone(),
+                labels: map,
+            })?;
+            println!(
+                "pod {}/{} at {} (netns {}, port {})",
+                p.namespace, p.name, p.ip, p.netns, p.interface
+            );
+            Ok(())
+        }
+        LabCmd::DeletePod { name } => {
+            let p = lab.delete_pod(name)?;
+            println!(
+                "pod {}/{} deleted (port {} removed)",
+                p.namespace, p.name, p.interface
+            );
+            Ok(())
+        }
+        LabCmd::Down => {
+            lab.down()?;
+            println!("lab '{}' removed", cli.lab);
+            Ok(())
+        }
+        LabCmd::Demo(a) => demo(cli, a),
+    }
 }

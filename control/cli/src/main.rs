@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use xylem_api::Client;
 use xylem_api::config::XdpModeSetting;
-use xylem_lab::{self as lab, DEFAULT_LAB, Lab};
+use xylem_lab::{DEFAULT_LAB, Lab};
 
 mod agent_cmd;
 mod error;
@@ -23,7 +23,7 @@ mod policy_cmd;
 mod replay_cmd;
 
 use error::Error;
-use output::{Format, print_json};
+use output::Format;
 use xylem_dataplane::tables::{MacAddr, Mode};
 use xylem_dataplane::worker::Placement;
 
@@ -327,6 +327,12 @@ enum LabCmd {
         #[arg(long = "label", short = 'l')]
         labels: Vec<String>,
     },
+    /// Delete a pod from the running lab: its endpoint (and its port on every worker), then
+    /// its namespace.
+    DeletePod {
+        /// Pod name.
+        name: String,
+    },
     /// Remove everything the lab created (also after a crash).
     Down,
     /// Bring a lab up, ping and run netperf TCP_RR through the dataplane, print the results
@@ -399,67 +405,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Cmd::Metrics => agent_cmd::metrics(cli),
         Cmd::Monitor { types, output } => agent_cmd::monitor(cli, types, *output),
         Cmd::Replay(a) => Ok(replay_cmd::replay(a)?),
-        Cmd::Lab { cmd } => {
-            let lab = Lab::new(&cli.lab)?;
-            match cmd {
-                LabCmd::Up(a) => {
-                    let st = lab.up(&lab_cmd::lab_file(a)?, &lab_cmd::options(a))?;
-                    lab_cmd::print_topology(&st);
-                    Ok(())
-                }
-                LabCmd::Status { output } => {
-                    let st = lab.state()?.ok_or_else(|| {
-                        Error::LabState(format!("lab '{}' is not up: run `xylem lab up`", cli.lab))
-                    })?;
-                    match output {
-                        Format::Json => print_json(&st),
-                        Format::Table => lab_cmd::print_topology(&st),
-                    }
-                    Ok(())
-                }
-                LabCmd::Exec { pod, cmd } => {
-                    let p = lab.pod(pod)?;
-                    use std::os::unix::process::CommandExt;
-                    let err = std::process::Command::new("ip")
-                        .args(["netns", "exec", &p.netns])
-                        .args(cmd)
-                        .exec();
-                    Err(Error::Command {
-                        command: format!("ip netns exec {} {}", p.netns, cmd.join(" ")),
-                        detail: err.to_string(),
-                    })
-                }
-                LabCmd::AddPod {
-                    name,
-                    namespace,
-                    labels,
-                } => {
-                    let mut map = std::collections::BTreeMap::new();
-                    for l in labels {
-                        let (k, v) = l.split_once('=').ok_or_else(|| {
-                            Error::config("--label", format!("'{l}' is not KEY=VALUE"))
-                        })?;
-                        map.insert(k.to_string(), v.to_string());
-                    }
-                    let p = lab.add_pod(&lab::LabPod {
-                        name: name.clone(),
-                        namespace: namespace.clone(),
-                        labels: map,
-                    })?;
-                    println!(
-                        "pod {}/{} at {} (netns {}, port {})",
-                        p.namespace, p.name, p.ip, p.netns, p.interface
-                    );
-                    Ok(())
-                }
-                LabCmd::Down => {
-                    lab.down()?;
-                    println!("lab '{}' removed", cli.lab);
-                    Ok(())
-                }
-                LabCmd::Demo(a) => lab_cmd::demo(cli, a),
-            }
-        }
+        Cmd::Lab { cmd } => lab_cmd::run(cli, cmd),
     }
 }
 

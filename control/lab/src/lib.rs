@@ -277,7 +277,7 @@ impl Lab {
         Ok(Some(st))
     }
 
-    fn save(&self, st: &LabState) -> Result<(), Error> {
+    pub(crate) fn save(&self, st: &LabState) -> Result<(), Error> {
         let path = self.state_path();
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(st).map_err(|e| Error::Lab(e.to_string()))?;

@@ -81,6 +81,32 @@ impl Lab {
         Ok(pod_state)
     }
 
+    /// Deletes a pod from a running lab: its endpoint through the agent's API
+    /// (`DELETE /v1/endpoints/…`, which also removes its port from every worker), then its
+    /// veth and its namespace.
+    pub fn delete_pod(&self, name: &str) -> Result<PodState, Error> {
+        let pod = self.pod(name)?;
+        let mut st = self.state()?.ok_or_else(|| {
+            Error::Lab(format!("lab '{}' is not up: run `xylem lab up`", self.name))
+        })?;
+        let node = st
+            .nodes
+            .iter()
+            .find(|n| n.name == pod.node)
+            .cloned()
+            .ok_or_else(|| Error::Lab(format!("pod {name}'s node {} is gone", pod.node)))?;
+        xylem_api::Client::new(&node.api_socket)
+            .delete(&format!("/v1/endpoints/{}/{}", pod.namespace, pod.name))?;
+        // The veth goes first, and at once: a namespace is destroyed in the background, so its
+        // interfaces (and the name of their peer here) could outlive `ip netns del` for a while
+        // and the next pod could not take the name.
+        run(&["ip", "-n", &node.netns, "link", "del", &pod.interface])?;
+        crate::netns::remove(&pod.netns);
+        st.pods.retain(|p| p.name != pod.name);
+        self.save(&st)?;
+        Ok(pod)
+    }
+
     /// The pod called `name`.
     pub fn pod(&self, name: &str) -> Result<PodState, Error> {
         let st = self.state()?.ok_or_else(|| {

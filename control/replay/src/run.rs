@@ -184,14 +184,11 @@ pub fn replay_stream(
     let mut now: u64 = 0;
     // The first batch fills the fill rings, so the first frame has somewhere to land.
     w.run_once(now);
-    loop {
-        let Some(info) = w
-            .backend_mut()
-            .read_next()
-            .map_err(|e| capture_error(path, e))?
-        else {
-            break;
-        };
+    while let Some(info) = w
+        .backend_mut()
+        .read_next()
+        .map_err(|e| capture_error(path, e))?
+    {
         let FrameInfo {
             number, timestamp, ..
         } = info;
@@ -256,22 +253,22 @@ pub fn replay_stream(
     Ok((head, summary))
 }
 
+/// The replay's worker, its queue to the slow path (which the replay empties and counts), and
+/// its counters.
+type ReplayWorker = (
+    Worker<PcapBackend>,
+    Arc<ArrayQueue<SlowFrame>>,
+    Arc<WorkerStats>,
+);
+
 /// The worker a replay runs: one, on the pcap backend (`nports` ports) fed from `capture`, with
-/// `tables`. Also
-/// returns its queue to the slow path (which the replay empties and counts) and its counters.
+/// `tables`.
 fn replay_worker(
     tables: Tables,
     nports: usize,
     capture: Capture,
     cfg: &ReplayConfig,
-) -> Result<
-    (
-        Worker<PcapBackend>,
-        Arc<ArrayQueue<SlowFrame>>,
-        Arc<WorkerStats>,
-    ),
-    Error,
-> {
+) -> Result<ReplayWorker, Error> {
     let backend = PcapBackend::new(capture, nports, RING, (nports * RING + 16) as u32);
     let to_slow = Arc::new(ArrayQueue::<SlowFrame>::new(4));
     let link = WorkerLink::new(

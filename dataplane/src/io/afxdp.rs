@@ -187,7 +187,8 @@ struct XskPort {
 pub struct XskBackend {
     sock_cfg: SocketConfig,
     umem: Umem,
-    ports: Vec<XskPort>,
+    /// `None`: a closed port whose index is free for the next one.
+    ports: Vec<Option<XskPort>>,
     frames: Option<Vec<FrameDesc>>,
     frame_count: u32,
     ring_size: u32,
@@ -200,10 +201,7 @@ pub struct XskBackend {
 impl std::fmt::Debug for XskBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XskBackend")
-            .field(
-                "ports",
-                &self.ports.iter().map(|p| &p.spec).collect::<Vec<_>>(),
-            )
+            .field("ports", &self.ports().collect::<Vec<_>>())
             .field("frame_count", &self.frame_count)
             .field("headroom", &self.rx_head)
             .finish()
@@ -327,7 +325,7 @@ impl XskBackend {
 
         let mut xports = Vec::with_capacity(ports.len());
         for spec in ports {
-            xports.push(bind_port(spec, sock_cfg, &umem)?);
+            xports.push(Some(bind_port(spec, sock_cfg, &umem)?));
         }
         Ok(XskBackend {
             sock_cfg,
@@ -351,6 +349,7 @@ impl XskBackend {
     pub fn socket_fds(&self) -> Vec<(u32, u32, RawFd)> {
         self.ports
             .iter()
+            .flatten()
             .map(|p| (p.spec.ifindex, p.spec.queue, p.rx.fd().as_raw_fd()))
             .collect()
     }
@@ -358,16 +357,18 @@ impl XskBackend {
     /// The kernel's own counters for port `port`'s socket (drops for a full RX ring or an empty
     /// fill ring, invalid descriptors).
     pub fn kernel_stats(&self, port: usize) -> Result<xsk_rs::socket::XdpStatistics, Error> {
-        let p = &self.ports[port];
+        let Some(p) = self.ports.get(port).and_then(Option::as_ref) else {
+            return Err(Error::Config(format!("port {port} is closed")));
+        };
         p.rx.fd().xdp_statistics().map_err(|source| Error::Io {
             what: "reading XDP_STATISTICS",
             source,
         })
     }
 
-    /// The ports, in index order.
+    /// The open ports, in index order.
     pub fn ports(&self) -> impl Iterator<Item = &PortSpec> {
-        self.ports.iter().map(|p| &p.spec)
+        self.ports.iter().flatten().map(|p| &p.spec)
     }
 }
 
@@ -375,18 +376,39 @@ impl Backend for XskBackend {
     type Desc = FrameDesc;
     type PortSpec = PortSpec;
 
-    fn add_port(&mut self, spec: &PortSpec) -> Result<Option<RawFd>, Error> {
+    fn add_port(&mut self, spec: &PortSpec) -> Result<(usize, Option<RawFd>), Error> {
         if self
-            .ports
-            .iter()
-            .any(|p| p.spec.ifindex == spec.ifindex && p.spec.queue == spec.queue)
+            .ports()
+            .any(|p| p.ifindex == spec.ifindex && p.queue == spec.queue)
         {
             return Err(xsk_err(&spec.ifname, "adding a port", "already bound"));
         }
         let port = bind_port(spec, self.sock_cfg, &self.umem)?;
         let fd = port.rx.fd().as_raw_fd();
-        self.ports.push(port);
-        Ok(Some(fd))
+        let index = match self.ports.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.ports.push(None);
+                self.ports.len() - 1
+            }
+        };
+        self.ports[index] = Some(port);
+        Ok((index, Some(fd)))
+    }
+
+    fn remove_port(&mut self, port: usize) {
+        // Dropping the socket closes it: the kernel stops using its rings, and the frames on
+        // them are the caller's again (it takes them back with `frame_desc`).
+        if let Some(slot) = self.ports.get_mut(port) {
+            *slot = None;
+        }
+    }
+
+    fn frame_desc(&self, index: u32) -> FrameDesc {
+        let mut d = FrameDesc::default();
+        self.addr
+            .set(&mut d, index as usize * FRAME_SIZE as usize + self.rx_head);
+        d
     }
 
     fn port_count(&self) -> usize {
@@ -408,23 +430,34 @@ impl Backend for XskBackend {
     }
     #[inline]
     fn fill_room(&mut self, port: usize, want: u32) -> u32 {
-        self.ports[port].fill.nb_free(want).min(want)
+        match &mut self.ports[port] {
+            Some(p) => p.fill.nb_free(want).min(want),
+            None => 0,
+        }
     }
     #[inline]
     fn fill(&mut self, port: usize, descs: &[FrameDesc]) -> usize {
+        let Some(p) = &mut self.ports[port] else {
+            return 0;
+        };
         // SAFETY: the worker gives the kernel only frames of this UMEM that it holds (the ledger
         // checks it) and does not touch them again until the RX ring hands them back.
-        unsafe { self.ports[port].fill.produce(descs) }
+        unsafe { p.fill.produce(descs) }
     }
     #[inline]
     fn rx(&mut self, port: usize, out: &mut [FrameDesc]) -> usize {
+        let Some(p) = &mut self.ports[port] else {
+            return 0;
+        };
         // SAFETY: the descriptors written come from this UMEM's RX ring; the kernel has
         // released the frames to us.
-        unsafe { self.ports[port].rx.consume(out) }
+        unsafe { p.rx.consume(out) }
     }
     #[inline]
     fn tx(&mut self, port: usize, descs: &[FrameDesc]) -> usize {
-        let p = &mut self.ports[port];
+        let Some(p) = &mut self.ports[port] else {
+            return 0;
+        };
         let room = p.tx.nb_free(descs.len() as u32) as usize;
         let n = room.min(descs.len());
         if n == 0 {
@@ -446,12 +479,17 @@ impl Backend for XskBackend {
     }
     #[inline]
     fn tx_queued(&mut self, port: usize) -> u32 {
-        let free = self.ports[port].tx.nb_free_exact();
-        self.ring_size.saturating_sub(free)
+        match &mut self.ports[port] {
+            Some(p) => self.ring_size.saturating_sub(p.tx.nb_free_exact()),
+            None => 0,
+        }
     }
     #[inline]
     fn tx_kick(&mut self, port: usize) {
-        let tx = &mut self.ports[port].tx;
+        let Some(p) = &mut self.ports[port] else {
+            return;
+        };
+        let tx = &mut p.tx;
         if tx.needs_wakeup() {
             // EAGAIN/ENOBUFS are swallowed by xsk-rs; anything else shows up as frames that stay
             // queued, and the next batch kicks again.
@@ -460,8 +498,11 @@ impl Backend for XskBackend {
     }
     #[inline]
     fn complete(&mut self, port: usize, out: &mut [FrameDesc]) -> usize {
+        let Some(p) = &mut self.ports[port] else {
+            return 0;
+        };
         // SAFETY: descriptors come back from this UMEM's completion ring.
-        let n = unsafe { self.ports[port].comp.consume(out) };
+        let n = unsafe { p.comp.consume(out) };
         // A frame sent after a prepend or a strip comes back with the address it was sent
         // from; put its head back where a received packet's is, so a frame reused from the
         // free list has the full headroom.
@@ -476,8 +517,10 @@ impl Backend for XskBackend {
     }
     fn fill_ring_occupancy(&mut self, port: usize) -> u32 {
         // nb_free_exact counts the free slots of a ring of `ring_size` entries.
-        let free = self.ports[port].fill.nb_free_exact();
-        self.ring_size.saturating_sub(free)
+        match &mut self.ports[port] {
+            Some(p) => self.ring_size.saturating_sub(p.fill.nb_free_exact()),
+            None => 0,
+        }
     }
     #[inline]
     fn with_frame<R>(&mut self, desc: &mut FrameDesc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R {
@@ -512,8 +555,12 @@ impl Backend for XskBackend {
         data.cursor().set_pos(new_len);
         r
     }
-    fn raw_fds(&self) -> Vec<RawFd> {
-        self.ports.iter().map(|p| p.rx.fd().as_raw_fd()).collect()
+    fn raw_fds(&self) -> Vec<(usize, RawFd)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.rx.fd().as_raw_fd())))
+            .collect()
     }
 }
 

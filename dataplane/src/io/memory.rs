@@ -41,6 +41,8 @@ struct MemPort {
     rx_dropped_no_fill: u64,
     keep_wire: bool,
     sent: u64,
+    /// False once closed: rings of no entries, which take nothing and hold nothing.
+    open: bool,
 }
 
 /// See the module documentation.
@@ -66,6 +68,15 @@ impl MemPort {
             rx_dropped_no_fill: 0,
             keep_wire: true,
             sent: 0,
+            open: true,
+        }
+    }
+
+    /// A closed port: what is left of a removed one until its index is reused.
+    fn closed() -> Self {
+        MemPort {
+            open: false,
+            ..MemPort::new(0)
         }
     }
 }
@@ -220,9 +231,33 @@ impl Backend for MemoryBackend {
     /// The new port's ring size.
     type PortSpec = usize;
 
-    fn add_port(&mut self, ring_size: &usize) -> Result<Option<RawFd>, crate::Error> {
-        self.ports.push(MemPort::new(*ring_size));
-        Ok(None)
+    fn add_port(&mut self, ring_size: &usize) -> Result<(usize, Option<RawFd>), crate::Error> {
+        let port = MemPort::new(*ring_size);
+        match self.ports.iter().position(|p| !p.open) {
+            Some(i) => {
+                self.ports[i] = port;
+                Ok((i, None))
+            }
+            None => {
+                self.ports.push(port);
+                Ok((self.ports.len() - 1, None))
+            }
+        }
+    }
+
+    fn remove_port(&mut self, port: usize) {
+        // The frames on its rings go with it, as they do with a closed socket's.
+        if let Some(p) = self.ports.get_mut(port) {
+            *p = MemPort::closed();
+        }
+    }
+
+    fn frame_desc(&self, index: u32) -> MemDesc {
+        MemDesc {
+            index,
+            offset: self.headroom as u32,
+            len: 0,
+        }
     }
 
     fn port_count(&self) -> usize {
@@ -295,7 +330,7 @@ impl Backend for MemoryBackend {
         desc.len = frame.len() as u32;
         r
     }
-    fn raw_fds(&self) -> Vec<RawFd> {
+    fn raw_fds(&self) -> Vec<(usize, RawFd)> {
         Vec::new()
     }
 }

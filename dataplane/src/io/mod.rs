@@ -54,12 +54,25 @@ pub trait Backend {
     /// What [`Self::add_port`] needs to open one more port.
     type PortSpec: Send + std::fmt::Debug + 'static;
 
-    /// Opens one more port (index `port_count()` before the call) on the same frames. Returns
-    /// the file descriptor to wait on and to register in the XSKMAP, if the backend has one.
-    /// Called by the worker between batches, never per packet.
-    fn add_port(&mut self, spec: &Self::PortSpec) -> Result<Option<RawFd>, crate::Error>;
+    /// Opens one more port on the same frames, at the lowest index no open port holds (a
+    /// closed port's, else `port_count()`): every worker given the same requests in the same
+    /// order picks the same index. Returns that index, and the file descriptor to wait on and
+    /// to register in the XSKMAP if the backend has one. Called by the worker between batches,
+    /// never per packet.
+    fn add_port(&mut self, spec: &Self::PortSpec) -> Result<(usize, Option<RawFd>), crate::Error>;
 
-    /// How many ports this backend has.
+    /// Closes `port`: its socket and rings go, and its index is free for [`Self::add_port`]
+    /// (`port_count` does not shrink). Frames still on its rings are not handed back: the
+    /// caller knows which they are and takes them back with [`Self::frame_desc`]. Every other
+    /// method treats a closed port as one whose rings are empty and full. Called by the worker
+    /// between batches.
+    fn remove_port(&mut self, port: usize);
+
+    /// A descriptor of frame `index` with the backend's headroom and no packet: how the caller
+    /// takes back a frame the kernel will never return (it was on the rings of a closed port).
+    fn frame_desc(&self, index: u32) -> Self::Desc;
+
+    /// How many port indices this backend has: open ports and closed ones not reused yet.
     fn port_count(&self) -> usize;
     /// How many frames the shared region holds.
     fn frame_count(&self) -> u32;
@@ -108,6 +121,7 @@ pub trait Backend {
     /// given back to the kernel).
     fn with_frame<R>(&mut self, desc: &mut Self::Desc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R;
 
-    /// File descriptors to wait on for readiness when idle (empty for in-memory backends).
-    fn raw_fds(&self) -> Vec<RawFd>;
+    /// `(port, fd)` of every open port with a file descriptor to wait on for readiness when
+    /// idle (none for in-memory backends).
+    fn raw_fds(&self) -> Vec<(usize, RawFd)>;
 }

@@ -458,6 +458,8 @@ struct PcapPort {
     ring_size: usize,
     received: u64,
     sent: u64,
+    /// False once closed: rings of no entries.
+    open: bool,
 }
 
 impl PcapPort {
@@ -469,6 +471,7 @@ impl PcapPort {
             ring_size,
             received: 0,
             sent: 0,
+            open: true,
         }
     }
 }
@@ -589,9 +592,29 @@ impl Backend for PcapBackend {
     /// The new port's ring size.
     type PortSpec = usize;
 
-    fn add_port(&mut self, ring_size: &usize) -> Result<Option<RawFd>, Error> {
-        self.ports.push(PcapPort::new(*ring_size));
-        Ok(None)
+    fn add_port(&mut self, ring_size: &usize) -> Result<(usize, Option<RawFd>), Error> {
+        let port = PcapPort::new(*ring_size);
+        match self.ports.iter().position(|p| !p.open) {
+            Some(i) => {
+                self.ports[i] = port;
+                Ok((i, None))
+            }
+            None => {
+                self.ports.push(port);
+                Ok((self.ports.len() - 1, None))
+            }
+        }
+    }
+    fn remove_port(&mut self, port: usize) {
+        if let Some(p) = self.ports.get_mut(port) {
+            *p = PcapPort {
+                open: false,
+                ..PcapPort::new(0)
+            };
+        }
+    }
+    fn frame_desc(&self, index: u32) -> PcapDesc {
+        PcapDesc { index, len: 0 }
     }
     fn port_count(&self) -> usize {
         self.ports.len()
@@ -670,7 +693,7 @@ impl Backend for PcapBackend {
         desc.len = frame.len() as u32;
         r
     }
-    fn raw_fds(&self) -> Vec<RawFd> {
+    fn raw_fds(&self) -> Vec<(usize, RawFd)> {
         Vec::new()
     }
 }

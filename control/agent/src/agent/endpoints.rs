@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 
 use xdp_redirector::{RedirectFlags, XdpMode};
 use xylem_dataplane::io::afxdp::PortSpec;
-use xylem_dataplane::tables::MacAddr;
+use xylem_dataplane::tables::{MacAddr, PortId};
+use xylem_dataplane::worker::{PortChange, PortRequest};
 
 use xylem_policy::EndpointInfo;
 
@@ -139,13 +140,14 @@ pub(super) fn restore_bindings(
 }
 
 impl AgentState {
-    pub(super) fn ports_snapshot(&self) -> Vec<(PortConfig, u32, XdpMode)> {
+    pub(super) fn ports_snapshot(&self) -> Vec<Option<(PortConfig, u32, XdpMode)>> {
         self.ports.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// Opens a new pod port on `ifname` while the workers run: attaches the redirector, asks
     /// every worker to bind a socket on its UMEM (between two batches), registers the sockets
-    /// in the XSKMAP. Returns the new port id. Called with the bindings lock held.
+    /// in the XSKMAP. The port takes the lowest free id (a removed port's, else the next), as
+    /// every worker's backend does. Returns the new port id. Called with the bindings lock held.
     fn open_port(&self, ifname: &str) -> Result<usize, Error> {
         let idx = ifindex(ifname)?;
         let mode_req = self.cfg.xdp_mode_request();
@@ -157,34 +159,23 @@ impl AgentState {
             .ports
             .lock()
             .map_err(|_| Error::Agent("ports lock poisoned".into()))?;
+        let port = ports
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(ports.len());
         let mode = redirector.attach(ifname, mode_req, RedirectFlags::default())?;
-        let mut tickets = Vec::with_capacity(self.workers.len());
-        for w in &self.workers {
-            let spec = PortSpec {
-                ifname: ifname.to_string(),
-                ifindex: idx,
-                queue: w.id as u32,
-            };
-            let ticket = w
-                .ports_ctl
-                .post(spec)
-                .map_err(|_| Error::Agent("the worker's port mailbox is full".into()))?;
-            tickets.push(ticket);
-        }
-        self.wake_workers();
-        for (w, ticket) in self.workers.iter().zip(tickets) {
-            // A worker that failed leaves the port ids of the workers out of step: report it
-            // loudly (the agent is then unhealthy for that port; restart it).
-            let why = match ticket.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
-                Ok(Ok(fd)) => Ok(fd),
-                Ok(Err(e)) => Err(format!("could not open {ifname}: {e}")),
-                Err(no) => Err(no_reply(no)),
-            };
-            let fd = why.map_err(|why| {
-                tracing::error!(worker = w.id, %ifname, %why, "adding a port failed");
-                Error::Agent(format!("worker {} {why}", w.id))
-            })?;
-            if let Some(fd) = fd {
+        let replies = self.open_sockets(ifname, idx)?;
+        for (w, change) in self.workers.iter().zip(replies) {
+            // Every worker picks the lowest free index, as this does; a worker that did not
+            // would route this port's frames to another port.
+            if usize::from(change.port) != port {
+                return Err(Error::Agent(format!(
+                    "worker {} opened {ifname} as port {} where the agent expects {port}: \
+                     restart the agent",
+                    w.id, change.port
+                )));
+            }
+            if let Some(fd) = change.fd {
                 redirector.register_socket(idx, w.id as u32, fd)?;
             }
         }
@@ -197,9 +188,132 @@ impl AgentState {
             namespace: None,
             labels: BTreeMap::new(),
         };
-        ports.push((cfg, idx, mode));
-        tracing::info!(%ifname, %mode, port = ports.len() - 1, "port added");
-        Ok(ports.len() - 1)
+        if port == ports.len() {
+            ports.push(None);
+        }
+        ports[port] = Some((cfg, idx, mode));
+        tracing::info!(%ifname, %mode, port, "port added");
+        Ok(port)
+    }
+
+    /// Removes pod port `port` while the workers run, once no route leads to it: its sockets
+    /// leave the XSKMAP, the XDP program leaves the interface (nothing more can arrive), and
+    /// every worker closes its socket and takes back the frames on its rings. The id is free
+    /// for the next port. Called with the bindings lock held.
+    fn close_port(&self, port: usize) -> Result<(), Error> {
+        let mut redirector = self
+            .redirector
+            .lock()
+            .map_err(|_| Error::Agent("redirector lock poisoned".into()))?;
+        let mut ports = self
+            .ports
+            .lock()
+            .map_err(|_| Error::Agent("ports lock poisoned".into()))?;
+        let Some((cfg, idx, _)) = ports.get(port).cloned().flatten() else {
+            return Ok(());
+        };
+        for w in &self.workers {
+            redirector.unregister_socket(idx, w.id as u32)?;
+        }
+        redirector.detach(&cfg.ifname)?;
+        let requests = self
+            .workers
+            .iter()
+            .map(|_| Some(PortRequest::Remove(port as PortId)))
+            .collect();
+        let replies = self.ask_workers(requests)?;
+        self.all_done(&cfg.ifname, replies)?;
+        ports[port] = None;
+        tracing::info!(ifname = %cfg.ifname, port, "port removed");
+        Ok(())
+    }
+
+    /// Has every worker bind a socket on queue (worker id) of `ifname` (index `ifindex`).
+    /// The kernel frees a queue some time after the socket bound to it closed (after an RCU
+    /// grace period, from a work queue), so a pod's interface used again at once can refuse
+    /// the bind for a moment: a worker that failed is asked again, for up to
+    /// [`BIND_RETRY`].
+    fn open_sockets(&self, ifname: &str, ifindex: u32) -> Result<Vec<PortChange>, Error> {
+        let request = |w: &WorkerHandle| {
+            PortRequest::Add(PortSpec {
+                ifname: ifname.to_string(),
+                ifindex,
+                queue: w.id as u32,
+            })
+        };
+        let mut replies =
+            self.ask_workers(self.workers.iter().map(|w| Some(request(w))).collect())?;
+        let deadline = std::time::Instant::now() + BIND_RETRY;
+        while replies.iter().any(Result::is_err) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let again = self
+                .workers
+                .iter()
+                .zip(&replies)
+                .map(|(w, r)| r.is_err().then(|| request(w)))
+                .collect();
+            for (old, new) in replies.iter_mut().zip(self.ask_workers(again)?) {
+                if old.is_err() {
+                    *old = new;
+                }
+            }
+        }
+        self.all_done(ifname, replies)
+    }
+
+    /// Posts `requests[i]` (if any) to worker `i`, wakes the workers, and waits for every
+    /// reply; a worker given no request answers `Ok` with no change.
+    fn ask_workers(
+        &self,
+        requests: Vec<Option<PortRequest<PortSpec>>>,
+    ) -> Result<Vec<Result<PortChange, String>>, Error> {
+        let mut tickets = Vec::with_capacity(self.workers.len());
+        for (w, req) in self.workers.iter().zip(requests) {
+            let ticket = match req {
+                Some(req) => Some(w.ports_ctl.post(req).map_err(|_| {
+                    Error::Agent(format!("worker {}'s port mailbox is full", w.id))
+                })?),
+                None => None,
+            };
+            tickets.push(ticket);
+        }
+        self.wake_workers();
+        Ok(self
+            .workers
+            .iter()
+            .zip(tickets)
+            .map(|(w, ticket)| match ticket {
+                None => Ok(PortChange { port: 0, fd: None }),
+                Some(t) => match t.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
+                    Ok(Ok(change)) => Ok(change),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(no) => Err(no_reply(no)),
+                },
+            })
+            .collect())
+    }
+
+    /// The workers' changes of port `ifname`, or the first failure. A worker that failed
+    /// leaves the workers' ports out of step: that is reported loudly (the agent is then
+    /// unhealthy for that port; restart it).
+    fn all_done(
+        &self,
+        ifname: &str,
+        replies: Vec<Result<PortChange, String>>,
+    ) -> Result<Vec<PortChange>, Error> {
+        self.workers
+            .iter()
+            .zip(replies)
+            .map(|(w, r)| {
+                r.map_err(|why| {
+                    tracing::error!(worker = w.id, %ifname, %why, "a port change failed");
+                    Error::Agent(format!(
+                        "worker {} could not change port {ifname}: {why}",
+                        w.id
+                    ))
+                })
+            })
+            .collect()
     }
 
     pub(super) fn bindings_snapshot(&self) -> Vec<Option<PortConfig>> {
@@ -258,7 +372,9 @@ impl AgentState {
                 let p = self
                     .open_port(&req.ifname)
                     .map_err(|e| reject(500, "ifname", e.to_string()))?;
-                bindings.resize(p + 1, None);
+                if bindings.len() <= p {
+                    bindings.resize(p + 1, None);
+                }
                 p
             }
         };
@@ -335,7 +451,10 @@ impl AgentState {
     /// is attached.
     fn check_interface(&self, ifname: &str) -> Result<Option<usize>, Rejected> {
         let ports = self.ports_snapshot();
-        let Some(i) = ports.iter().position(|(p, _, _)| p.ifname == ifname) else {
+        let Some(i) = ports
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|(p, _, _)| p.ifname == ifname))
+        else {
             if ifname.is_empty() || ifname.len() > 15 {
                 return Err(reject(
                     422,
@@ -352,7 +471,10 @@ impl AgentState {
             }
             return Ok(None);
         };
-        if ports[i].0.kind != PortKind::Pod {
+        if ports[i]
+            .as_ref()
+            .is_some_and(|(p, _, _)| p.kind != PortKind::Pod)
+        {
             return Err(reject(422, "ifname", format!("{ifname} is the host port")));
         }
         Ok(Some(i))
@@ -374,18 +496,23 @@ impl AgentState {
         }) else {
             return Ok(false);
         };
-        let ifname = self.ports_snapshot()[port].0.ifname.clone();
+        let ifname = bindings[port]
+            .as_ref()
+            .map_or_else(String::new, |b| b.ifname.clone());
         let mut next = bindings.clone();
         next[port] = None;
         let ops = vec![
-            StoreOp::put::<kind::UnboundPorts>(&ifname, &kind::Unbound {})?,
+            StoreOp::delete::<kind::UnboundPorts>(&ifname),
             StoreOp::delete::<kind::Endpoints>(&key),
         ];
+        // The route goes first (the tables swap), then the port: by then no worker sends to it.
         let revision = self
             .publish(&next, &mut *self.lock_policy()?, None, ops)
             .map_err(|e| e.rejected(500, "-"))?;
         *bindings = next;
         tracing::info!(endpoint = %key, %ifname, revision, "endpoint deleted");
+        self.close_port(port)
+            .map_err(|e| reject(500, "ifname", e.to_string()))?;
         Ok(true)
     }
 }

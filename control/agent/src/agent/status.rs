@@ -71,6 +71,7 @@ impl AgentState {
         let ports = ports
             .iter()
             .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
             .map(|(i, (p, idx, mode))| PortStatus {
                 ifname: p.ifname.clone(),
                 ifindex: *idx,
@@ -226,7 +227,10 @@ impl AgentState {
         let ports = self
             .ports_snapshot()
             .iter()
-            .map(|(p, _, _)| p.ifname.clone())
+            .map(|p| {
+                p.as_ref()
+                    .map_or_else(|| "-".into(), |(p, _, _)| p.ifname.clone())
+            })
             .collect();
         let mut ips = BTreeMap::new();
         for p in b.iter().flatten() {
