@@ -16,6 +16,7 @@
 //! each is counted once in [`WorkerStats::slowpath_replies_sent`] or
 //! [`WorkerStats::slowpath_replies_dropped`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -229,7 +230,7 @@ impl WorkerStats {
             icmp_errors_sent: self.icmp_errors_sent.get(),
             drops: DropReason::ALL
                 .iter()
-                .map(|&r| (r.as_str(), self.drops_of(r)))
+                .map(|&r| (Cow::Borrowed(r.as_str()), self.drops_of(r)))
                 .collect(),
             slowpath_replies_sent: self.slowpath_replies_sent.get(),
             slowpath_replies_dropped: self.slowpath_replies_dropped.get(),
@@ -242,8 +243,9 @@ impl WorkerStats {
     }
 }
 
-/// The values of a [`WorkerStats`] at one moment, as plain numbers (serializable, summable).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// The values of a [`WorkerStats`] at one moment, as plain numbers (serializable, summable, and
+/// read back from the agent's JSON by the CLI).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     /// See [`WorkerStats::rx_packets`].
     pub rx_packets: u64,
@@ -265,7 +267,9 @@ pub struct StatsSnapshot {
     pub icmp_errors_sent: u64,
     /// Drops keyed by [`DropReason::as_str`]; a snapshot taken from a [`WorkerStats`] has every
     /// reason, zeros included.
-    pub drops: BTreeMap<&'static str, u64>,
+    // `Cow`: a snapshot taken from counters names its reasons without allocating, one read
+    // back from JSON owns them.
+    pub drops: BTreeMap<Cow<'static, str>, u64>,
     /// See [`WorkerStats::slowpath_replies_sent`].
     pub slowpath_replies_sent: u64,
     /// See [`WorkerStats::slowpath_replies_dropped`].
@@ -306,7 +310,7 @@ impl std::ops::AddAssign<&StatsSnapshot> for StatsSnapshot {
         self.checksum_completed += o.checksum_completed;
         self.icmp_errors_sent += o.icmp_errors_sent;
         for (k, v) in &o.drops {
-            *self.drops.entry(k).or_insert(0) += v;
+            *self.drops.entry(k.clone()).or_insert(0) += v;
         }
         self.slowpath_replies_sent += o.slowpath_replies_sent;
         self.slowpath_replies_dropped += o.slowpath_replies_dropped;

@@ -556,9 +556,11 @@ pub struct Worker<B: Backend> {
     ports_ctl: PortControl<B::PortSpec>,
     /// Ports being removed (see [`PortRequest::Remove`]).
     closing: Vec<Closing<B::PortSpec>>,
-    /// Per frame, the port whose rings hold it (with [`IN_TX`] for its TX side), or
+    /// Per frame, the port whose ring it was last given to (with [`IN_TX`] for a TX ring), or
     /// [`NOT_IN_RING`]: what lets a removed port's frames be taken back, since a closed socket's
-    /// rings cannot be read.
+    /// rings cannot be read. Written where a frame goes onto a ring only (not where it comes
+    /// back, which would cost a store per packet more): a frame back in the worker's hands
+    /// keeps a stale tag, and [`Worker::close_port`] tells those apart.
     in_ring: Vec<u16>,
     ct: Conntrack,
     ct_ctl: CtControl,
@@ -607,7 +609,7 @@ pub type PortReply = Result<PortChange, Error>;
 /// anyway (the frames still on its rings come back then too).
 pub const PORT_DRAIN_NS: u64 = 50_000_000;
 
-/// In [`Worker::in_ring`]: a frame on no port's ring.
+/// In [`Worker::in_ring`]: a frame never given to a ring.
 const NOT_IN_RING: u16 = u16::MAX;
 /// In [`Worker::in_ring`]: the frame is on the port's TX or completion ring (else its fill or
 /// RX ring).
@@ -619,6 +621,8 @@ struct Closing<S> {
     letter: Letter<PortRequest<S>, PortReply>,
     /// Worker time after which it closes whatever it still holds.
     deadline: u64,
+    /// The last batch found nothing queued for it: one more, and its completions are reaped.
+    quiet: bool,
 }
 
 impl<B: Backend> std::fmt::Debug for Worker<B> {
@@ -815,6 +819,7 @@ impl<B: Backend> Worker<B> {
                             port,
                             letter,
                             deadline: now_ns.saturating_add(PORT_DRAIN_NS),
+                            quiet: false,
                         });
                     } else {
                         letter.answer(Err(Error::Config(format!(
@@ -862,9 +867,11 @@ impl<B: Backend> Worker<B> {
         let mut i = 0;
         while i < self.closing.len() {
             let port = self.closing[i].port;
-            let done = self.pending[port].is_empty()
-                && self.backend.tx_queued(port) == 0
-                && !self.in_ring.contains(&(port as u16 | IN_TX));
+            // Nothing left to send, for two batches in a row: the first batch's completion step
+            // has taken back what the kernel sent meanwhile.
+            let quiet = self.pending[port].is_empty() && self.backend.tx_queued(port) == 0;
+            let done = quiet && self.closing[i].quiet;
+            self.closing[i].quiet = quiet;
             if !done && now_ns < self.closing[i].deadline {
                 i += 1;
                 continue;
@@ -895,10 +902,18 @@ impl<B: Backend> Worker<B> {
             self.release(d);
         }
         self.backend.remove_port(port);
+        // A frame tagged with this port is on its rings unless it came back since: then it is
+        // in the free list, or held in a TX queue (between batches nothing else holds one).
+        let mut back = vec![false; self.in_ring.len()];
+        let held = self.pending.iter().flat_map(|q| q.descs.iter());
+        for d in self.free.iter().chain(held) {
+            back[self.backend.frame_index(d) as usize] = true;
+        }
         let fill = port as u16;
         let tx = fill | IN_TX;
         for idx in 0..self.in_ring.len() {
             let from = match self.in_ring[idx] {
+                _ if back[idx] => continue,
                 r if r == fill => Place::Fill,
                 r if r == tx => Place::Tx,
                 _ => continue,
@@ -962,7 +977,6 @@ impl<B: Backend> Worker<B> {
                 for d in &self.scratch[..n] {
                     let idx = self.backend.frame_index(d);
                     self.ledger.moved(idx, Place::Tx, Place::Free);
-                    self.in_ring[idx as usize] = NOT_IN_RING;
                     self.free.push(*d);
                 }
                 work += n;
@@ -1031,7 +1045,6 @@ impl<B: Backend> Worker<B> {
                 let mut d = self.scratch[i];
                 let idx = self.backend.frame_index(&d);
                 self.ledger.moved(idx, Place::Fill, Place::Held);
-                self.in_ring[idx as usize] = NOT_IN_RING;
                 stats.rx_bytes.add(self.backend.desc_len(&d) as u64);
                 let to_slow = &self.link.to_slow;
                 let ct = &mut self.ct;

@@ -366,7 +366,7 @@ impl RedirectFlags {
 }
 
 /// The program's counters, summed over CPUs, over all interfaces it runs on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RedirectCounters {
     /// Frames handed to an AF_XDP socket.
     pub redirected: u64,

@@ -13,7 +13,7 @@ use xylem_dataplane::worker::{CtSnapshot, Placement};
 use crate::config::PortKind;
 
 /// One port as the API reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PortStatus {
     /// Interface.
     pub ifname: String,
@@ -38,7 +38,7 @@ pub struct PortStatus {
 }
 
 /// One worker as the API reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerStatus {
     /// Worker index.
     pub id: usize,
@@ -51,7 +51,7 @@ pub struct WorkerStatus {
 }
 
 /// Overall health.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Health {
     /// True when every worker and the slow path are running.
     pub ok: bool,
@@ -60,10 +60,10 @@ pub struct Health {
 }
 
 /// What `GET /v1/status` returns.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     /// Agent version.
-    pub version: &'static str,
+    pub version: String,
     /// Node name.
     pub node: String,
     /// Seconds since start.
@@ -91,7 +91,7 @@ pub struct Status {
 }
 
 /// Slow-path counters, as reported.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct SlowPathCounters {
     /// Frames taken from workers.
     pub rx: u64,

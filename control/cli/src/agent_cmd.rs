@@ -4,53 +4,56 @@
 use crate::error::Error;
 use crate::output::{Format, print_json, print_table};
 use crate::{Cli, socket};
-use xylem_api::Client;
+use xylem_api::{Client, Status};
 
 pub(crate) fn status(cli: &Cli, output: Format) -> Result<(), Error> {
     let client = Client::new(socket(cli)?);
-    let st: serde_json::Value = client.get("/v1/status")?;
     if output == Format::Json {
+        // The agent's JSON as it is, keys sorted as every listing prints them.
+        let st: serde_json::Value = client.get("/v1/status")?;
         print_json(&st);
         return Ok(());
     }
+    let st: Status = client.get("/v1/status")?;
     print_status(&st);
     Ok(())
 }
 
-pub(crate) fn print_status(st: &serde_json::Value) {
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        o => o.to_string(),
-    };
-    let health = &st["health"];
+/// The name a value has in the agent's JSON (a mode, a placement): its one spelling.
+fn json_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "-".into(),
+    }
+}
+
+pub(crate) fn print_status(st: &Status) {
     println!(
         "xylem-agent {} on {}: {} (up {:.0} s, mode {}, placement {}, batch {})",
-        s(&st["version"]),
-        s(&st["node"]),
-        if health["ok"] == true {
+        st.version,
+        st.node,
+        if st.health.ok {
             "OK".to_string()
         } else {
-            format!("NOT OK: {}", s(&health["reason"]))
+            format!("NOT OK: {}", st.health.reason.as_deref().unwrap_or("-"))
         },
-        st["uptime_s"].as_f64().unwrap_or(0.0),
-        s(&st["mode"]),
-        s(&st["placement"]),
-        s(&st["batch_size"]),
+        st.uptime_s,
+        json_name(&st.mode),
+        json_name(&st.placement),
+        st.batch_size,
     );
-    let empty = Vec::new();
-    let workers: Vec<Vec<String>> = st["workers"]
-        .as_array()
-        .unwrap_or(&empty)
+    let workers: Vec<Vec<String>> = st
+        .workers
         .iter()
         .map(|w| {
             vec![
-                s(&w["id"]),
-                s(&w["core"]),
-                format!("{:.3}", w["busy_ratio"].as_f64().unwrap_or(0.0)),
-                s(&w["stats"]["rx_packets"]),
-                s(&w["stats"]["tx_packets"]),
-                s(&w["stats"]["forwarded"]),
+                w.id.to_string(),
+                w.core.to_string(),
+                format!("{:.3}", w.busy_ratio),
+                w.stats.rx_packets.to_string(),
+                w.stats.tx_packets.to_string(),
+                w.stats.forwarded.to_string(),
             ]
         })
         .collect();
@@ -59,20 +62,19 @@ pub(crate) fn print_status(st: &serde_json::Value) {
         &["WORKER", "CORE", "BUSY", "RX", "TX", "FORWARDED"],
         &workers,
     );
-    let ports: Vec<Vec<String>> = st["ports"]
-        .as_array()
-        .unwrap_or(&empty)
+    let ports: Vec<Vec<String>> = st
+        .ports
         .iter()
         .map(|p| {
             vec![
-                s(&p["ifname"]),
-                s(&p["endpoint"]),
-                s(&p["ip"]),
-                s(&p["xdp_mode"]),
-                s(&p["queues"]),
-                s(&p["rx"]),
-                s(&p["tx"]),
-                s(&p["drops"]),
+                p.ifname.clone(),
+                p.endpoint.clone(),
+                p.ip.to_string(),
+                json_name(&p.xdp_mode),
+                json_name(&p.queues),
+                p.rx.to_string(),
+                p.tx.to_string(),
+                p.drops.to_string(),
             ]
         })
         .collect();
@@ -83,35 +85,31 @@ pub(crate) fn print_status(st: &serde_json::Value) {
         ],
         &ports,
     );
-    let r = &st["redirector"];
+    let r = &st.redirector;
     println!(
         "\nredirector: redirected {}  passed {}  errors {}",
-        s(&r["redirected"]),
-        s(&r["passed"]),
-        s(&r["errors"])
+        r.redirected, r.passed, r.errors
     );
-    let sp = &st["slowpath"];
+    let sp = &st.slowpath;
     println!(
         "slow path:  rx {}  tx {}  tx dropped {}",
-        s(&sp["rx"]),
-        s(&sp["tx"]),
-        s(&sp["tx_dropped"])
+        sp.rx, sp.tx, sp.tx_dropped
     );
-    if let Some(drops) = st["totals"]["drops"].as_object() {
-        let nonzero: Vec<String> = drops
-            .iter()
-            .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        println!(
-            "drops:      {}",
-            if nonzero.is_empty() {
-                "none".into()
-            } else {
-                nonzero.join("  ")
-            }
-        );
-    }
+    let nonzero: Vec<String> = st
+        .totals
+        .drops
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "drops:      {}",
+        if nonzero.is_empty() {
+            "none".into()
+        } else {
+            nonzero.join("  ")
+        }
+    );
 }
 
 pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {

@@ -129,7 +129,7 @@ pub(crate) fn demo_traffic(lab: &Lab, st: &lab::LabState) -> Result<(), Error> {
     println!("\n== dataplane counters");
     let _ = lab;
     let client = Client::new(&node.api_socket);
-    let status: serde_json::Value = client.get("/v1/status")?;
+    let status: xylem_api::Status = client.get("/v1/status")?;
     crate::agent_cmd::print_status(&status);
     Ok(())
 }

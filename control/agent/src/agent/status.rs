@@ -115,7 +115,7 @@ impl AgentState {
             }
         };
         Status {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").into(),
             node: self.cfg.node_name.clone(),
             uptime_s: uptime.as_secs_f64(),
             mode: self.cfg.mode,
