@@ -64,7 +64,7 @@ const ANY_PORT: u32 = 0x1_0000;
 pub const PROTO_ANY: u8 = 0;
 
 /// Which section of a policy rule a compiled entry came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Section {
     /// `ingress`.
@@ -105,11 +105,13 @@ pub enum Direction {
 }
 
 /// Index of a rule in [`PolicyTables::origin`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct RuleRef(pub u32);
 
 /// Where a compiled rule came from: enough to name it in `policy trace` and monitor events.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleOrigin {
     /// `namespace/name` of the policy.
     pub policy: String,
@@ -174,7 +176,7 @@ struct Segment {
 }
 
 /// The verdict of one direction's table for one flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "verdict", content = "rule")]
 pub enum DirVerdict {
     /// No policy selects the endpoint in this direction: everything is allowed.
@@ -188,6 +190,16 @@ pub enum DirVerdict {
 }
 
 impl DirVerdict {
+    /// The stable kebab-case name (the `verdict` field of its JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotEnforced => "not-enforced",
+            Self::Allowed(_) => "allowed",
+            Self::DenyRule(_) => "deny-rule",
+            Self::DefaultDeny => "default-deny",
+        }
+    }
+
     /// Whether traffic passes.
     pub fn allows(self) -> bool {
         matches!(self, Self::NotEnforced | Self::Allowed(_))

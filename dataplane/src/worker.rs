@@ -246,7 +246,7 @@ pub enum CtRequest {
 }
 
 /// A worker's answer to a [`CtRequest`].
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CtSnapshot {
     /// The entries (empty after a flush).
     pub entries: Vec<CtEntry>,
@@ -911,14 +911,14 @@ impl<B: Backend> Worker<B> {
         }
         let fill = port as u16;
         let tx = fill | IN_TX;
-        for idx in 0..self.in_ring.len() {
-            let from = match self.in_ring[idx] {
-                _ if back[idx] => continue,
+        for (idx, (tag, &came_back)) in self.in_ring.iter_mut().zip(&back).enumerate() {
+            let from = match *tag {
+                _ if came_back => continue,
                 r if r == fill => Place::Fill,
                 r if r == tx => Place::Tx,
                 _ => continue,
             };
-            self.in_ring[idx] = NOT_IN_RING;
+            *tag = NOT_IN_RING;
             self.ledger.moved(idx as u32, from, Place::Free);
             self.free.push(self.backend.frame_desc(idx as u32));
         }

@@ -47,7 +47,7 @@ use xylem_dataplane::monitor::{EventType, FlowEvent};
 use crate::Error;
 use xylem_api::{EndpointRequest, TraceRequest};
 
-use crate::agent::{AgentState, Rejected};
+use crate::agent::{AgentState, Refusal, Rejected};
 
 /// Refuses a socket path that a live agent is listening on, and removes a stale one (left by an
 /// agent that was killed).
@@ -110,8 +110,15 @@ fn error(status: u16, field: &str, why: &str) -> Response {
         .into_response()
 }
 
+/// The agent's refusal as the API answers it: the one place its kinds become status codes.
 fn rejected(r: Rejected) -> Response {
-    error(r.status, &r.field, &r.why)
+    let status = match r.refusal {
+        Refusal::Invalid => 422,
+        Refusal::Conflict => 409,
+        Refusal::Unavailable => 503,
+        Refusal::Failed => 500,
+    };
+    error(status, &r.field, &r.why)
 }
 
 async fn status(State(api): State<Api>) -> Response {

@@ -163,7 +163,7 @@ pub struct TraceRequest {
 }
 
 /// The agent's conntrack (one table shared by every worker), as `GET /v1/ct` returns it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CtView {
     /// How many workers share the table.
     pub workers: usize,

@@ -4,7 +4,7 @@
 use crate::error::Error;
 use crate::output::{Format, print_json, print_table};
 use crate::{Cli, socket};
-use xylem_api::{Client, Status};
+use xylem_api::{Client, CtView, Endpoint, EndpointRequest, IdentityView, Status};
 
 pub(crate) fn status(cli: &Cli, output: Format) -> Result<(), Error> {
     let client = Client::new(socket(cli)?);
@@ -114,39 +114,34 @@ pub(crate) fn print_status(st: &Status) {
 
 pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
     let client = Client::new(socket(cli)?);
-    let eps: serde_json::Value = client.get("/v1/endpoints")?;
     if output == Format::Json {
+        let eps: serde_json::Value = client.get("/v1/endpoints")?;
         print_json(&eps);
         return Ok(());
     }
+    let eps: Vec<Endpoint> = client.get("/v1/endpoints")?;
     let rows: Vec<Vec<String>> = eps
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
         .iter()
         .map(|e| {
-            let labels = e["labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let labels = e
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
             vec![
-                e["name"].as_str().unwrap_or("").into(),
-                e["namespace"].as_str().unwrap_or("").into(),
+                e.name.clone(),
+                e.namespace.clone(),
                 if labels.is_empty() {
                     "-".into()
                 } else {
                     labels
                 },
-                e["ip"].as_str().unwrap_or("").into(),
-                e["interface"].as_str().unwrap_or("").into(),
-                e["identity"].as_u64().map_or("-".into(), |i| i.to_string()),
-                enforcement(&e["ingress_enforced"]),
-                enforcement(&e["egress_enforced"]),
+                e.ip.to_string(),
+                e.interface.clone(),
+                e.identity.map_or("-".into(), |i| i.to_string()),
+                enforcement(e.ingress_enforced),
+                enforcement(e.egress_enforced),
             ]
         })
         .collect();
@@ -166,8 +161,8 @@ pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn enforcement(v: &serde_json::Value) -> String {
-    match v.as_bool() {
+fn enforcement(v: Option<bool>) -> String {
+    match v {
         Some(true) => "enforced".into(),
         Some(false) => "open".into(),
         None => "-".into(),
@@ -175,41 +170,32 @@ pub(crate) fn enforcement(v: &serde_json::Value) -> String {
 }
 
 pub(crate) fn identity_list(cli: &Cli, output: Format) -> Result<(), Error> {
-    let list: serde_json::Value = Client::new(socket(cli)?).get("/v1/identities")?;
+    let client = Client::new(socket(cli)?);
     if output == Format::Json {
+        let list: serde_json::Value = client.get("/v1/identities")?;
         print_json(&list);
         return Ok(());
     }
-    let empty = Vec::new();
+    let list: Vec<IdentityView> = client.get("/v1/identities")?;
     let rows: Vec<Vec<String>> = list
-        .as_array()
-        .unwrap_or(&empty)
         .iter()
         .map(|i| {
-            let labels = i["labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| match v.as_str() {
-                            Some("") => k.clone(),
-                            Some(v) => format!("{k}={v}"),
-                            None => k.clone(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(",")
+            // A reserved identity's name is a label without a value.
+            let labels = i
+                .labels
+                .iter()
+                .map(|(k, v)| {
+                    if v.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{k}={v}")
+                    }
                 })
-                .unwrap_or_default();
-            let eps = i["endpoints"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|e| e.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+                .collect::<Vec<_>>()
+                .join(",");
+            let eps = i.endpoints.join(",");
             vec![
-                i["identity"].to_string(),
+                i.identity.to_string(),
                 labels,
                 if eps.is_empty() { "-".into() } else { eps },
             ]
@@ -220,40 +206,42 @@ pub(crate) fn identity_list(cli: &Cli, output: Format) -> Result<(), Error> {
 }
 
 pub(crate) fn ct_list(cli: &Cli, output: Format, max: usize) -> Result<(), Error> {
-    let v: serde_json::Value = Client::new(socket(cli)?).get(&format!("/v1/ct?max={max}"))?;
+    let client = Client::new(socket(cli)?);
+    let path = format!("/v1/ct?max={max}");
     if output == Format::Json {
+        let v: serde_json::Value = client.get(&path)?;
         print_json(&v);
         return Ok(());
     }
-    let empty = Vec::new();
-    let mut rows = Vec::new();
-    for e in v["entries"].as_array().unwrap_or(&empty) {
-        let o = &e["orig"];
-        let proto = match o["proto"].as_u64() {
-            Some(6) => "TCP".to_string(),
-            Some(17) => "UDP".to_string(),
-            Some(1) => "ICMP".to_string(),
-            Some(p) => p.to_string(),
-            None => "-".to_string(),
-        };
-        rows.push(vec![
-            proto,
-            format!("{}:{}", o["src"].as_str().unwrap_or(""), o["sport"]),
-            format!("{}:{}", o["dst"].as_str().unwrap_or(""), o["dport"]),
-            e["state"].as_str().unwrap_or("").into(),
-            format!("{:.0}", e["expires_in_ns"].as_f64().unwrap_or(0.0) / 1e9),
-        ]);
-    }
+    let v: CtView = client.get(&path)?;
+    let rows: Vec<Vec<String>> = v
+        .table
+        .entries
+        .iter()
+        .map(|e| {
+            let o = &e.orig;
+            let proto = match o.proto {
+                6 => "TCP".to_string(),
+                17 => "UDP".to_string(),
+                1 => "ICMP".to_string(),
+                p => p.to_string(),
+            };
+            vec![
+                proto,
+                format!("{}:{}", o.src, o.sport),
+                format!("{}:{}", o.dst, o.dport),
+                e.state.as_str().into(),
+                format!("{:.0}", e.expires_in_ns as f64 / 1e9),
+            ]
+        })
+        .collect();
     print_table(
         &["PROTO", "SOURCE", "DESTINATION", "STATE", "EXPIRES-S"],
         &rows,
     );
     println!(
         "{} entries of {} ({:.1} bytes each at capacity), shared by {} workers",
-        v["len"],
-        v["capacity"],
-        v["bytes_per_entry"].as_f64().unwrap_or(0.0),
-        v["workers"]
+        v.table.len, v.table.capacity, v.table.bytes_per_entry, v.workers
     );
     Ok(())
 }
@@ -279,24 +267,33 @@ pub(crate) fn endpoint_put(
     labels: &[String],
     output: Format,
 ) -> Result<(), Error> {
-    let mut map = serde_json::Map::new();
+    let mut map = std::collections::BTreeMap::new();
     for l in labels {
         let (k, v) = l
             .split_once('=')
             .ok_or_else(|| Error::config("--label", format!("'{l}' is not KEY=VALUE")))?;
-        map.insert(k.into(), v.into());
+        map.insert(k.to_string(), v.to_string());
     }
-    let body = serde_json::json!({"ifname": ifname, "ip": ip, "mac": mac, "labels": map});
-    let ep: serde_json::Value = Client::new(socket(cli)?).put(&endpoint_path(endpoint)?, &body)?;
+    let body = EndpointRequest {
+        ifname: ifname.to_string(),
+        ip: ip.to_string(),
+        mac: mac.to_string(),
+        labels: map,
+    };
+    let client = Client::new(socket(cli)?);
+    let path = endpoint_path(endpoint)?;
     match output {
-        Format::Json => print_json(&ep),
-        Format::Table => println!(
-            "endpoint {}/{} on {} ({})",
-            ep["namespace"].as_str().unwrap_or(""),
-            ep["name"].as_str().unwrap_or(""),
-            ep["interface"].as_str().unwrap_or(""),
-            ep["ip"].as_str().unwrap_or("")
-        ),
+        Format::Json => {
+            let ep: serde_json::Value = client.put(&path, &body)?;
+            print_json(&ep);
+        }
+        Format::Table => {
+            let ep: Endpoint = client.put(&path, &body)?;
+            println!(
+                "endpoint {}/{} on {} ({})",
+                ep.namespace, ep.name, ep.interface, ep.ip
+            );
+        }
     }
     Ok(())
 }

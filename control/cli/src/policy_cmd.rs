@@ -3,7 +3,9 @@
 use crate::error::Error;
 use crate::output::{Format, print_json, print_table};
 use crate::{Cli, PolicyFormat, socket};
-use xylem_api::{Client, TraceRequest};
+use xylem_api::{Client, PolicyView, TraceRequest};
+use xylem_dataplane::policy::RuleOrigin;
+use xylem_policy::Trace;
 
 pub(crate) fn policy_path(n: &str) -> Result<String, Error> {
     let (ns, name) = n.split_once('/').unwrap_or(("default", n));
@@ -41,18 +43,24 @@ pub(crate) fn policy_import(cli: &Cli, file: &std::path::Path) -> Result<(), Err
 
 pub(crate) fn policy_get(cli: &Cli, name: Option<&str>, output: PolicyFormat) -> Result<(), Error> {
     let client = Client::new(socket(cli)?);
-    let list: Vec<serde_json::Value> = match name {
-        Some(n) => vec![client.get(&policy_path(n)?)?],
-        None => client.get("/v1/policies")?,
+    let path = match name {
+        Some(n) => policy_path(n)?,
+        None => "/v1/policies".into(),
+    };
+    if output == PolicyFormat::Json {
+        let v: serde_json::Value = client.get(&path)?;
+        print_json(&v);
+        return Ok(());
+    }
+    let list: Vec<PolicyView> = match name {
+        Some(_) => vec![client.get(&path)?],
+        None => client.get(&path)?,
     };
     match output {
-        PolicyFormat::Json => match name {
-            Some(_) => print_json(&list[0]),
-            None => print_json(&list),
-        },
+        PolicyFormat::Json => {}
         PolicyFormat::Yaml => {
             for p in &list {
-                let y = serde_norway::to_string(&p["source"]).map_err(|e| Error::Render {
+                let y = serde_norway::to_string(&p.source).map_err(|e| Error::Render {
                     format: "YAML",
                     why: e.to_string(),
                 })?;
@@ -63,7 +71,8 @@ pub(crate) fn policy_get(cli: &Cli, name: Option<&str>, output: PolicyFormat) ->
             let rows: Vec<Vec<String>> = list
                 .iter()
                 .map(|p| {
-                    let spec = &p["source"];
+                    // The document as imported: counted as written, whatever its shape.
+                    let spec = &p.source;
                     let count = |k: &str| {
                         let mut n = 0;
                         for r in std::iter::once(&spec["spec"])
@@ -74,8 +83,8 @@ pub(crate) fn policy_get(cli: &Cli, name: Option<&str>, output: PolicyFormat) ->
                         n.to_string()
                     };
                     vec![
-                        p["namespace"].as_str().unwrap_or("").into(),
-                        p["name"].as_str().unwrap_or("").into(),
+                        p.namespace.clone(),
+                        p.name.clone(),
                         count("ingress"),
                         count("ingressDeny"),
                         count("egress"),
@@ -111,45 +120,27 @@ pub(crate) fn policy_trace(
         dst: dst.to_owned(),
         dport: dport.to_owned(),
     };
-    let t: serde_json::Value = Client::new(socket(cli)?).post("/v1/policy/trace", &body)?;
+    let client = Client::new(socket(cli)?);
     if output == Format::Json {
+        let t: serde_json::Value = client.post("/v1/policy/trace", &body)?;
         print_json(&t);
         return Ok(());
     }
-    let rule = |r: &serde_json::Value| {
-        if r.is_null() {
-            "-".to_string()
-        } else {
-            format!(
-                "{} spec[{}] {}[{}]",
-                r["policy"].as_str().unwrap_or(""),
-                r["spec"],
-                r["section"].as_str().unwrap_or(""),
-                r["index"]
-            )
-        }
+    let t: Trace = client.post("/v1/policy/trace", &body)?;
+    let rule = |r: &Option<RuleOrigin>| {
+        r.as_ref()
+            .map_or_else(|| "-".to_string(), |r| r.to_string())
     };
     println!(
         "{src} (identity {}) -> {dst} (identity {}) {dport}: {}",
-        t["src_identity"],
-        t["dst_identity"],
-        t["verdict"].as_str().unwrap_or("")
+        t.src_identity, t.dst_identity, t.verdict
     );
-    for d in ["egress", "ingress"] {
-        let v = &t[d];
-        if v.is_null() {
-            println!("  {d}: not a local endpoint");
-        } else {
-            println!(
-                "  {d}: {} (rule: {})",
-                v["verdict"]["verdict"]
-                    .as_str()
-                    .or(v["verdict"].as_str())
-                    .unwrap_or(""),
-                rule(&v["rule"])
-            );
+    for (d, v) in [("egress", &t.egress), ("ingress", &t.ingress)] {
+        match v {
+            None => println!("  {d}: not a local endpoint"),
+            Some(v) => println!("  {d}: {} (rule: {})", v.verdict.as_str(), rule(&v.rule)),
         }
     }
-    println!("  decided by: {}", rule(&t["rule"]));
+    println!("  decided by: {}", rule(&t.rule));
     Ok(())
 }

@@ -24,7 +24,7 @@ pub enum TracePeer {
 }
 
 /// One direction's part of a [`Trace`].
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirectionTrace {
     /// The verdict of the endpoint's table.
     pub verdict: DirVerdict,
@@ -32,8 +32,8 @@ pub struct DirectionTrace {
     pub rule: Option<RuleOrigin>,
 }
 
-/// The explanation of a verdict.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// The explanation of a verdict (the API's answer to a trace, which the CLI reads back).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Trace {
     /// Source identity.
     pub src_identity: Identity,
@@ -46,7 +46,7 @@ pub struct Trace {
     /// Whether a new connection would be allowed.
     pub allowed: bool,
     /// `allowed`, `policy-denied` or `policy-deny-rule`.
-    pub verdict: &'static str,
+    pub verdict: std::borrow::Cow<'static, str>,
     /// The rule that decided: the deny rule, or the allow rules' first when allowed.
     pub rule: Option<RuleOrigin>,
 }
@@ -68,7 +68,7 @@ pub fn trace_tables(t: &PolicyTables, key: &FlowKey) -> Trace {
     let (allowed, verdict, rule) = match ev.drop() {
         Some(xylem_dataplane::policy::PolicyVerdict::Drop { reason, rule, .. }) => (
             false,
-            reason.as_str(),
+            reason.as_str().into(),
             rule.and_then(|r| t.origin(r).cloned()),
         ),
         _ => {
@@ -76,7 +76,7 @@ pub fn trace_tables(t: &PolicyTables, key: &FlowKey) -> Trace {
                 .into_iter()
                 .flatten()
                 .find_map(|d| d.rule.clone());
-            (true, "allowed", rule)
+            (true, "allowed".into(), rule)
         }
     };
     Trace {

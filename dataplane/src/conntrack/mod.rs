@@ -80,7 +80,7 @@ pub use crate::wire::tcp::flags as tcp_flags;
 ///
 /// For TCP and UDP the ports are the transport ports. For ICMP echo request and reply both ports
 /// hold the echo identifier (so a reply maps to its request); for other ICMP messages both are 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FlowKey {
     /// Source address.
     pub src: Ipv4Addr,
@@ -205,7 +205,7 @@ impl Default for CtConfig {
 }
 
 /// The state of a tracked flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum CtState {
@@ -258,7 +258,7 @@ impl CtState {
 }
 
 /// A tracked entry as listed by [`Conntrack::entries`] (for `xylem ct list`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CtEntry {
     /// The flow in its original direction.
     pub orig: FlowKey,
@@ -272,21 +272,8 @@ pub struct CtEntry {
     pub policy_revision: u32,
 }
 
-impl serde::Serialize for FlowKey {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("FlowKey", 5)?;
-        st.serialize_field("src", &self.src)?;
-        st.serialize_field("dst", &self.dst)?;
-        st.serialize_field("sport", &self.sport)?;
-        st.serialize_field("dport", &self.dport)?;
-        st.serialize_field("proto", &self.proto)?;
-        st.end()
-    }
-}
-
 /// Counters of one table, summed over its handles (see the module documentation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CtStats {
     /// Entries created.
     pub created: u64,

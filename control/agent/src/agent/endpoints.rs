@@ -29,7 +29,7 @@ pub fn check_name(field: &str, v: &str) -> Result<(), Rejected> {
         Ok(())
     } else {
         Err(reject(
-            422,
+            Refusal::Invalid,
             field,
             format!("{v:?} is not a valid name: use 1 to 63 lowercase letters, digits and '-'"),
         ))
@@ -43,11 +43,15 @@ fn check_label(k: &str, v: &str) -> Result<(), Rejected> {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
     };
     if k.is_empty() || !good(k, 253) {
-        return Err(reject(422, &format!("labels.{k}"), "invalid label key"));
+        return Err(reject(
+            Refusal::Invalid,
+            &format!("labels.{k}"),
+            "invalid label key",
+        ));
     }
     if !good(v, 63) {
         return Err(reject(
-            422,
+            Refusal::Invalid,
             &format!("labels.{k}"),
             format!("{v:?} is not a valid label value (at most 63 of [A-Za-z0-9-_./])"),
         ));
@@ -361,7 +365,7 @@ impl AgentState {
         let mut bindings = self
             .bindings
             .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+            .map_err(|_| reject(Refusal::Failed, "-", "agent state poisoned"))?;
         let port_opt = self.check_interface(&req.ifname)?;
         let key = format!("{namespace}/{name}");
         check_conflicts(&bindings, &key, ip, port_opt)?;
@@ -371,7 +375,7 @@ impl AgentState {
             None => {
                 let p = self
                     .open_port(&req.ifname)
-                    .map_err(|e| reject(500, "ifname", e.to_string()))?;
+                    .map_err(|e| reject(Refusal::Failed, "ifname", e.to_string()))?;
                 if bindings.len() <= p {
                     bindings.resize(p + 1, None);
                 }
@@ -399,7 +403,7 @@ impl AgentState {
         ];
         let revision = self
             .publish(&next, &mut *self.lock_policy()?, None, ops)
-            .map_err(|e| e.rejected(422, "ip"))?;
+            .map_err(|e| e.rejected(Refusal::Invalid, "ip"))?;
         *bindings = next;
         tracing::info!(endpoint = %key, ifname = %req.ifname, %ip, revision, "endpoint set");
         Ok((endpoint_of(&new_port), created))
@@ -408,27 +412,30 @@ impl AgentState {
     /// An endpoint request's IP (inside the pod CIDR, neither the gateway's nor the network's)
     /// and MAC (unicast).
     fn check_addresses(&self, req: &EndpointRequest) -> Result<(Ipv4Addr, MacAddr), Rejected> {
-        let ip: Ipv4Addr = req
-            .ip
-            .parse()
-            .map_err(|_| reject(422, "ip", format!("{:?} is not an IPv4 address", req.ip)))?;
+        let ip: Ipv4Addr = req.ip.parse().map_err(|_| {
+            reject(
+                Refusal::Invalid,
+                "ip",
+                format!("{:?} is not an IPv4 address", req.ip),
+            )
+        })?;
         if !self.cfg.pod_cidr.contains(ip) {
             return Err(reject(
-                422,
+                Refusal::Invalid,
                 "ip",
                 format!("{ip} is outside the pod CIDR {}", self.cfg.pod_cidr),
             ));
         }
         if ip == self.cfg.gateway.ip || ip == self.cfg.pod_cidr.addr {
             return Err(reject(
-                422,
+                Refusal::Invalid,
                 "ip",
                 format!("{ip} is reserved (gateway or network)"),
             ));
         }
         let mac: MacAddr = req.mac.parse().map_err(|_| {
             reject(
-                422,
+                Refusal::Invalid,
                 "mac",
                 format!(
                     "{:?} is not a MAC address (write it 02:00:00:00:00:0a)",
@@ -438,7 +445,7 @@ impl AgentState {
         })?;
         if mac.is_multicast() || mac.0 == [0; 6] {
             return Err(reject(
-                422,
+                Refusal::Invalid,
                 "mac",
                 format!("{:?} is not a unicast MAC address", req.mac),
             ));
@@ -457,14 +464,14 @@ impl AgentState {
         else {
             if ifname.is_empty() || ifname.len() > 15 {
                 return Err(reject(
-                    422,
+                    Refusal::Invalid,
                     "ifname",
                     "an interface name has 1 to 15 characters",
                 ));
             }
             if ifindex(ifname).is_err() {
                 return Err(reject(
-                    422,
+                    Refusal::Invalid,
                     "ifname",
                     format!("interface {ifname:?} does not exist in the agent's network namespace"),
                 ));
@@ -475,7 +482,11 @@ impl AgentState {
             .as_ref()
             .is_some_and(|(p, _, _)| p.kind != PortKind::Pod)
         {
-            return Err(reject(422, "ifname", format!("{ifname} is the host port")));
+            return Err(reject(
+                Refusal::Invalid,
+                "ifname",
+                format!("{ifname} is the host port"),
+            ));
         }
         Ok(Some(i))
     }
@@ -489,7 +500,7 @@ impl AgentState {
         let mut bindings = self
             .bindings
             .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+            .map_err(|_| reject(Refusal::Failed, "-", "agent state poisoned"))?;
         let Some(port) = bindings.iter().position(|b| {
             b.as_ref()
                 .is_some_and(|b| b.kind == PortKind::Pod && endpoint_key(b) == key)
@@ -508,11 +519,11 @@ impl AgentState {
         // The route goes first (the tables swap), then the port: by then no worker sends to it.
         let revision = self
             .publish(&next, &mut *self.lock_policy()?, None, ops)
-            .map_err(|e| e.rejected(500, "-"))?;
+            .map_err(|e| e.rejected(Refusal::Failed, "-"))?;
         *bindings = next;
         tracing::info!(endpoint = %key, %ifname, revision, "endpoint deleted");
         self.close_port(port)
-            .map_err(|e| reject(500, "ifname", e.to_string()))?;
+            .map_err(|e| reject(Refusal::Failed, "ifname", e.to_string()))?;
         Ok(true)
     }
 }
@@ -532,21 +543,21 @@ fn check_conflicts(
         let same = b.kind == PortKind::Pod && endpoint_key(b) == key;
         if i != port && same {
             return Err(reject(
-                409,
+                Refusal::Conflict,
                 "ifname",
                 format!("{key} is already on {}: delete it first", b.ifname),
             ));
         }
         if i != port && b.ip == ip {
             return Err(reject(
-                409,
+                Refusal::Conflict,
                 "ip",
                 format!("{ip} is already used by {}", b.ifname),
             ));
         }
         if i == port && b.kind == PortKind::Pod && !same {
             return Err(reject(
-                409,
+                Refusal::Conflict,
                 "ifname",
                 format!(
                     "{} already serves {}: delete it first",

@@ -56,7 +56,7 @@ impl<'a> StoreOp<'a> {
     fn put<K: Kind>(key: &'a str, value: &K::Value) -> Result<Self, Rejected> {
         serde_json::to_value(value)
             .map(|v| StoreOp::Put(K::NAME, key, v))
-            .map_err(|e| reject(500, "-", e.to_string()))
+            .map_err(|e| reject(Refusal::Failed, "-", e.to_string()))
     }
 
     /// Removes `key` of kind `K`.
@@ -75,30 +75,44 @@ enum PublishError {
 }
 
 impl PublishError {
-    /// As the API answers it: a build failure is the request's fault (`status`, `field`), a
-    /// store failure the agent's (500).
-    fn rejected(self, status: u16, field: &str) -> Rejected {
+    /// As the API answers it: a build failure is the request's fault (`refusal`, `field`), a
+    /// store failure the agent's.
+    fn rejected(self, refusal: Refusal, field: &str) -> Rejected {
         match self {
-            PublishError::Build(e) => reject(status, field, e.to_string()),
-            PublishError::Store(e) => reject(500, "-", e.to_string()),
+            PublishError::Build(e) => reject(refusal, field, e.to_string()),
+            PublishError::Store(e) => reject(Refusal::Failed, "-", e.to_string()),
         }
     }
+}
+
+/// Why the agent refused a request. The HTTP server gives each its status code; the agent's
+/// domain knows nothing of HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is invalid: a field is malformed or out of range.
+    Invalid,
+    /// The request conflicts with what the agent holds (an endpoint already there).
+    Conflict,
+    /// The agent cannot do it now (the flow table is busy, a worker is not answering).
+    Unavailable,
+    /// The agent failed while carrying it out (a write, a worker, the redirector).
+    Failed,
 }
 
 /// A request the agent refused; nothing was changed.
 #[derive(Clone, Debug)]
 pub struct Rejected {
-    /// HTTP status (4xx).
-    pub status: u16,
+    /// What kind of refusal.
+    pub refusal: Refusal,
     /// The field at fault (`ip`, `mac`, `namespace`, …).
     pub field: String,
     /// Why.
     pub why: String,
 }
 
-fn reject(status: u16, field: &str, why: impl Into<String>) -> Rejected {
+fn reject(refusal: Refusal, field: &str, why: impl Into<String>) -> Rejected {
     Rejected {
-        status,
+        refusal,
         field: field.into(),
         why: why.into(),
     }

@@ -95,11 +95,11 @@ fn policy_rejected(e: xylem_policy::Error) -> Rejected {
             field,
             why,
         } => reject(
-            422,
+            Refusal::Invalid,
             &field,
             format!("{why} (in {document}); nothing was imported"),
         ),
-        other => reject(422, "body", other.to_string()),
+        other => reject(Refusal::Invalid, "body", other.to_string()),
     }
 }
 
@@ -113,7 +113,11 @@ fn trace_peer(field: &str, v: &str, eps: &[Endpoint]) -> Result<TracePeer, Rejec
         let mut namespace = "default".to_string();
         for kv in v.split(',') {
             let Some((k, val)) = kv.split_once('=') else {
-                return Err(reject(422, field, format!("{kv:?} is not key=value")));
+                return Err(reject(
+                    Refusal::Invalid,
+                    field,
+                    format!("{kv:?} is not key=value"),
+                ));
             };
             let (k, val) = (k.trim(), val.trim());
             if k.trim_start_matches("k8s:") == xylem_policy::NAMESPACE_LABEL {
@@ -132,12 +136,12 @@ fn trace_peer(field: &str, v: &str, eps: &[Endpoint]) -> Result<TracePeer, Rejec
     match found.as_slice() {
         [e] => Ok(TracePeer::Ip(e.ip)),
         [] => Err(reject(
-            422,
+            Refusal::Invalid,
             field,
             format!("{v:?} is neither an endpoint, an IPv4 address nor labels k=v"),
         )),
         _ => Err(reject(
-            422,
+            Refusal::Invalid,
             field,
             format!("{v:?} names endpoints in several namespaces: write namespace/name"),
         )),
@@ -149,7 +153,7 @@ fn trace_port(v: &str) -> Result<(u16, u8), Rejected> {
     use xylem_dataplane::conntrack::proto;
     let bad = || {
         reject(
-            422,
+            Refusal::Invalid,
             "dport",
             format!("{v:?} is not PORT/PROTO (80/TCP, 53/UDP) or ICMP"),
         )
@@ -173,7 +177,7 @@ impl AgentState {
     pub(super) fn lock_policy(&self) -> Result<std::sync::MutexGuard<'_, PolicyState>, Rejected> {
         self.policy
             .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))
+            .map_err(|_| reject(Refusal::Failed, "-", "agent state poisoned"))
     }
 
     /// Imports the policies of `yaml` (one document, several, or a `List`): all or nothing.
@@ -182,18 +186,18 @@ impl AgentState {
     pub fn import_policies(&self, yaml: &str) -> Result<u64, Rejected> {
         let parsed = parse_policies(yaml).map_err(policy_rejected)?;
         if parsed.is_empty() {
-            return Err(reject(422, "body", "no policy in the input"));
+            return Err(reject(Refusal::Invalid, "body", "no policy in the input"));
         }
         let bindings = self
             .bindings
             .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+            .map_err(|_| reject(Refusal::Failed, "-", "agent state poisoned"))?;
         let mut ps = self.lock_policy()?;
         let mut next = ps.policies.clone();
         let mut values = Vec::new();
         for p in parsed {
-            let text =
-                serde_norway::to_string(&p.source).map_err(|e| reject(500, "-", e.to_string()))?;
+            let text = serde_norway::to_string(&p.source)
+                .map_err(|e| reject(Refusal::Failed, "-", e.to_string()))?;
             values.push((p.key(), kind::StoredPolicy { yaml: text }));
             next.insert(p.key(), p);
         }
@@ -203,7 +207,7 @@ impl AgentState {
             .collect::<Result<_, _>>()?;
         let revision = self
             .publish(&bindings, &mut ps, Some(next), ops)
-            .map_err(|e| e.rejected(500, "-"))?;
+            .map_err(|e| e.rejected(Refusal::Failed, "-"))?;
         tracing::info!(revision, "policies imported");
         Ok(revision)
     }
@@ -234,7 +238,7 @@ impl AgentState {
         let bindings = self
             .bindings
             .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+            .map_err(|_| reject(Refusal::Failed, "-", "agent state poisoned"))?;
         let mut ps = self.lock_policy()?;
         if !ps.policies.contains_key(&key) {
             return Ok(None);
@@ -244,7 +248,7 @@ impl AgentState {
         let ops = vec![StoreOp::delete::<kind::Policies>(&key)];
         let revision = self
             .publish(&bindings, &mut ps, Some(next), ops)
-            .map_err(|e| e.rejected(500, "-"))?;
+            .map_err(|e| e.rejected(Refusal::Failed, "-"))?;
         tracing::info!(policy = %key, revision, "policy deleted");
         Ok(Some(revision))
     }
@@ -291,7 +295,7 @@ impl AgentState {
         let ps = self
             .policy
             .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+            .map_err(|_| reject(Refusal::Failed, "-", "agent state poisoned"))?;
         let list: Vec<Policy> = ps.policies.values().cloned().collect();
         Ok(xylem_policy::trace(
             &list, &specs, &host, &ps.ids, &src, &dst, port, proto,

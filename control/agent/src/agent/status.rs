@@ -171,23 +171,26 @@ impl AgentState {
         let _one = self
             .ct_lock
             .lock()
-            .map_err(|_| reject(500, "-", "agent state poisoned"))?;
+            .map_err(|_| reject(Refusal::Failed, "-", "agent state poisoned"))?;
         let Some(w) = self.workers.iter().find(|w| w.is_running()) else {
             return Err(reject(
-                503,
+                Refusal::Unavailable,
                 "-",
                 "no worker is running to flush the conntrack; see xylem status",
             ));
         };
-        let ticket = w
-            .ct_ctl
-            .post(CtRequest::Flush)
-            .map_err(|_| reject(503, "-", "the worker's conntrack mailbox is full"))?;
+        let ticket = w.ct_ctl.post(CtRequest::Flush).map_err(|_| {
+            reject(
+                Refusal::Unavailable,
+                "-",
+                "the worker's conntrack mailbox is full",
+            )
+        })?;
         self.wake_workers();
         match ticket.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
             Ok(r) => Ok(r.len),
             Err(why) => Err(reject(
-                503,
+                Refusal::Unavailable,
                 "-",
                 format!("worker {} {}; see xylem status", w.id, no_reply(why)),
             )),
