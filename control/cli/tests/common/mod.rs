@@ -12,6 +12,19 @@ pub fn xylem() -> &'static str {
     env!("CARGO_BIN_EXE_xylem")
 }
 
+/// The `xylem-agent` binary the lab starts: the one next to `xylem`. Another package builds
+/// it, so say how when it is not there.
+pub fn agent_binary() -> std::path::PathBuf {
+    let agent = std::path::Path::new(xylem()).with_file_name("xylem-agent");
+    assert!(
+        agent.exists(),
+        "{} is missing: the lab tests start it next to xylem. Build it with \
+         `cargo build -p xylem-agent` (`cargo test --workspace` builds it too)",
+        agent.display()
+    );
+    agent
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -61,6 +74,7 @@ impl LabGuard {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
+        agent_binary();
         let g = LabGuard { name };
         let mut args = vec![xylem(), "--lab", &g.name, "lab", "up"];
         args.extend_from_slice(extra);
@@ -214,7 +228,7 @@ impl LabGuard {
         let cfg = node["agent_config"].as_str().unwrap().to_string();
         let log = node["agent_log"].as_str().unwrap().to_string();
         let ns = node["netns"].as_str().unwrap().to_string();
-        let agent = std::path::Path::new(xylem()).with_file_name("xylem-agent");
+        let agent = agent_binary();
         let logf = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
