@@ -162,8 +162,9 @@ pub fn make_partial(f: &mut [u8]) {
 pub struct BenchFrame {
     buf: Vec<u8>,
     len: usize,
-    /// Bytes 0..6 (destination MAC).
-    dst_mac: [u8; 6],
+    /// Bytes 0..12 (destination and source MAC: forwarding rewrites both, and the source is
+    /// checked against the port's endpoint).
+    macs: [u8; 12],
     /// Bytes 22..26 of the frame (TTL, protocol, header checksum).
     ttl_proto_csum: [u8; 4],
     /// Offset and value of the L4 checksum field.
@@ -177,7 +178,7 @@ impl BenchFrame {
         buf[..frame.len()].copy_from_slice(frame);
         let at = 34 + l4_checksum_offset(frame[23]);
         Self {
-            dst_mac: frame[..6].try_into().expect("6 bytes"),
+            macs: frame[..12].try_into().expect("12 bytes"),
             ttl_proto_csum: frame[22..26].try_into().expect("4 bytes"),
             l4_csum: (at, [frame[at], frame[at + 1]]),
             len: frame.len(),
@@ -188,7 +189,7 @@ impl BenchFrame {
     /// Restores the bytes `process` rewrites on the forwarding path.
     #[inline(always)]
     pub fn reset(&mut self) {
-        self.buf[..6].copy_from_slice(&self.dst_mac);
+        self.buf[..12].copy_from_slice(&self.macs);
         self.buf[22..26].copy_from_slice(&self.ttl_proto_csum);
         let (at, v) = self.l4_csum;
         self.buf[at..at + 2].copy_from_slice(&v);
@@ -310,13 +311,11 @@ pub mod full {
             },
         );
         let route = |t: &mut Tables, ip: Ipv4Addr, port: usize| {
-            let mut mac = [2, 0, 0, 0, 0, 0];
-            mac[2..].copy_from_slice(&ip.octets());
             t.add_route(
                 ip,
                 Neighbor {
                     port: port as u16,
-                    mac: MacAddr(mac),
+                    mac: MacAddr(mac_of(ip)),
                 },
             )
             .expect("distinct addresses");
@@ -341,7 +340,16 @@ pub mod full {
         t
     }
 
-    /// A client's ACK on connection `i` (to the server), or the server's reply.
+    /// The MAC of the endpoint at `ip`.
+    pub fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
+        let mut mac = [2, 0, 0, 0, 0, 0];
+        mac[2..].copy_from_slice(&ip.octets());
+        mac
+    }
+
+    /// A client's ACK on connection `i` (to the server), or the server's reply, from its
+    /// sender's MAC. The clients share one port (the dataplane's source check finds each by
+    /// its route).
     pub fn ack(i: u64, reply: bool) -> Vec<u8> {
         let (c, sport) = conn(i);
         let (src, dst) = if reply {
@@ -349,7 +357,9 @@ pub mod full {
         } else {
             ((c, sport), (SERVER, 80))
         };
-        flow_frame(proto::TCP, FRAME_LEN, src, dst, tcp_flags::ACK)
+        let mut f = flow_frame(proto::TCP, FRAME_LEN, src, dst, tcp_flags::ACK);
+        f[6..12].copy_from_slice(&mac_of(src.0));
+        f
     }
 
     /// The port a frame of connection `i` arrives on.

@@ -125,6 +125,14 @@ drop_reasons! {
     PolicyDenyRule => "policy-deny-rule",
     /// Network policy allowed a new flow but the worker's conntrack table is full.
     CtFull => "ct-full",
+    /// A frame from a pod port whose source IP is not the endpoint's behind that port (or from
+    /// a port with no endpoint).
+    InvalidSourceIp => "invalid-source-ip",
+    /// A frame whose source IP is the endpoint's behind its port but whose source MAC is not.
+    InvalidSourceMac => "invalid-source-mac",
+    /// An ARP frame whose sender (IP, MAC, or the Ethernet source) is not the endpoint behind
+    /// the port it arrived on.
+    ArpSpoofed => "arp-spoofed",
 }
 
 impl From<crate::policy::PolicyDropReason> for DropReason {

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 
 use crate::Error;
 use crate::policy::PolicyTables;
+use crate::stats::DropReason;
 
 /// Identifies a pod-facing port (one veth and its AF_XDP socket) within a worker.
 pub type PortId = u16;
@@ -132,6 +133,9 @@ pub struct Tables {
     mode: Mode,
     gateway: Gateway,
     routes: FxHashMap<u32, Neighbor>,
+    /// Per port, the endpoint of its first route: the common case of [`Tables::check_source`]
+    /// without a hash lookup.
+    sources: Vec<Option<(Ipv4Addr, MacAddr)>>,
     /// Behind an `Arc`: it is large (its LPM alone is 33 hash maps), and keeping it out of line
     /// keeps the fields every packet reads (mode, gateway, routes) together.
     policy: std::sync::Arc<PolicyTables>,
@@ -145,6 +149,7 @@ impl Tables {
             mode,
             gateway,
             routes: FxHashMap::default(),
+            sources: Vec::new(),
             policy: std::sync::Arc::new(PolicyTables::default()),
         }
     }
@@ -181,8 +186,32 @@ impl Tables {
             ))),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(n);
+                let port = usize::from(n.port);
+                if self.sources.len() <= port {
+                    self.sources.resize(port + 1, None);
+                }
+                self.sources[port].get_or_insert((ip, n.mac));
                 Ok(())
             }
+        }
+    }
+
+    /// Whether a frame arriving on `port` may claim source `ip` and `mac`: only if a route leads
+    /// `ip` back to that very port and MAC. The port a frame arrived on is its identity; what
+    /// the frame says of itself is checked against it, never believed. `None` if it may,
+    /// else the drop reason: the address is not this port's ([`DropReason::InvalidSourceIp`],
+    /// also for a port with no endpoint), or the MAC is not the address's
+    /// ([`DropReason::InvalidSourceMac`]).
+    #[inline]
+    pub fn check_source(&self, port: PortId, ip: Ipv4Addr, mac: MacAddr) -> Option<DropReason> {
+        let known = match self.sources.get(usize::from(port)) {
+            Some(&Some((first_ip, first_mac))) if first_ip == ip => Some(first_mac),
+            _ => self.route(ip).filter(|n| n.port == port).map(|n| n.mac),
+        };
+        match known {
+            Some(m) if m == mac => None,
+            Some(_) => Some(DropReason::InvalidSourceMac),
+            None => Some(DropReason::InvalidSourceIp),
         }
     }
 

@@ -447,3 +447,156 @@ fn two_hundred_pods_come_and_go_and_every_frame_comes_back() {
         "the agent's frame check after {rounds} pods came and went:\n{text}"
     );
 }
+
+/// The bytes of an Ethernet/IPv4/UDP frame, IPv4 header checksum computed, UDP checksum 0
+/// (none, which IPv4 allows).
+fn raw_udp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Sends `frame` as it is from `eth0` of namespace `ns`, through a raw packet socket: what an
+/// attacker inside a pod can do.
+fn send_raw(ns: &str, frame: Vec<u8>) {
+    in_netns(ns, move || {
+        // SAFETY: plain socket(2), sendto(2) and close(2) on a socket this closure owns; the
+        // address and the buffer outlive the calls that read them.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            );
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
+            assert!(ifindex > 0);
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let n = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(
+                n,
+                frame.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+            libc::close(fd);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+fn mac_bytes(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// A pod is only itself: from inside pod-a, with a raw socket, frames claiming pod-b's address,
+/// the gateway's, or pod-a's own address with another MAC never reach pod-c, and each is
+/// counted by reason; pod-a's genuine datagram does.
+#[test]
+fn a_pod_cannot_send_as_another_pod_the_gateway_or_another_mac() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let (ns_a, ip_a) = lab.pod("pod-a");
+    let (_, ip_b) = lab.pod("pod-b");
+    let (ns_c, ip_c) = lab.pod("pod-c");
+    let mac_a = mac_bytes(&mac_in(&ns_a, "eth0"));
+    let gw_mac = xylem_lab::GATEWAY_MAC.0;
+    let gw_ip: Ipv4Addr = lab.status()["nodes"][0]["gateway"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // pod-c listens and reports who it heard from.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listener = in_netns(&ns_c, move || {
+        let s = std::net::UdpSocket::bind(SocketAddrV4::new(ip_c, 9999)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut heard = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            heard.push((from.ip().to_string(), buf[..n].to_vec()));
+        }
+        heard
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // The kernel of pod-a resolves the gateway first, so that its own frame goes out.
+    assert!(ping(&ns_a, ip_c, 1), "pod-a cannot reach pod-c at all");
+    let forged = [
+        (mac_a, ip_b, b"as pod-b".as_slice()),
+        (mac_a, gw_ip, b"as the gateway".as_slice()),
+        (
+            [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01],
+            ip_a,
+            b"with a forged mac".as_slice(),
+        ),
+    ];
+    for (mac, src, payload) in forged {
+        send_raw(&ns_a, raw_udp(mac, gw_mac, src, ip_c, 9999, payload));
+    }
+    send_raw(&ns_a, raw_udp(mac_a, gw_mac, ip_a, ip_c, 9999, b"genuine"));
+    let heard = listener.join().unwrap();
+    assert_eq!(
+        heard,
+        vec![(ip_a.to_string(), b"genuine".to_vec())],
+        "what pod-c heard"
+    );
+    let drops = lab.agent()["totals"]["drops"].clone();
+    assert!(drops["invalid-source-ip"].as_u64().unwrap() >= 2, "{drops}");
+    assert!(
+        drops["invalid-source-mac"].as_u64().unwrap() >= 1,
+        "{drops}"
+    );
+}

@@ -13,7 +13,7 @@
 //! | # | stage | module | what it does |
 //! |---|---|---|---|
 //! | 1 | parse | [`mod@parse`] | Ethernet, ARP, IPv4, the transport header: once, into a [`Meta`] |
-//! | 2 | ingress checks | *(the security issue)* | is the frame's source the port's own endpoint? |
+//! | 2 | ingress checks | [`ingress`] | is the frame's source the port's own endpoint? |
 //! | 3 | decapsulation | *(ESP)* | inner packet of a tunnel from another node |
 //! | 4 | conntrack lookup | [`flow`] | the flow's state; revalidates it after a policy change |
 //! | 5 | service translation | *(services)* | DNAT to a backend, reverse NAT of replies |
@@ -26,7 +26,7 @@
 //! | 11 | emit | [`emit`] | completes partial checksums, decrements TTL, rewrites MACs; builds ICMP errors |
 //!
 //! Stages in italics do not exist yet; they go in at their number, and ARCHITECTURE.md says what
-//! each will take and give. ARP frames leave after stage 1 ([`arp`]). In [`Mode::Passthrough`]
+//! each will take and give. ARP frames leave after stage 2 ([`arp`]). In [`Mode::Passthrough`]
 //! (the benchmark floor) stages 4 to 7 are skipped.
 //!
 //! A frame is parsed once: the worker may call [`parse()`] for a whole batch first (to prefetch
@@ -39,6 +39,7 @@
 pub mod arp;
 pub mod emit;
 pub mod flow;
+pub mod ingress;
 pub mod parse;
 pub mod policy;
 pub mod route;
@@ -142,12 +143,24 @@ pub fn decide(
     tables: &Tables,
     ct: &mut Conntrack,
 ) -> Outcome {
-    // The ingress port is the frame's identity; the ingress-checks stage will read it.
-    let _ = ingress;
+    // Stage 2: ingress checks. The port the frame arrived on is its sender's identity.
     let meta = match parsed {
-        Parsed::Arp { target } => return arp::to_gateway(*target, tables.gateway()),
+        Parsed::Arp {
+            target,
+            sender_ip,
+            sender_mac,
+            eth_src,
+        } => {
+            if let Some(r) = ingress::arp(ingress, *sender_ip, *sender_mac, *eth_src, tables) {
+                return Outcome::drop(r);
+            }
+            return arp::to_gateway(*target, tables.gateway());
+        }
         Parsed::Ipv4(meta) => meta,
     };
+    if let Some(r) = ingress::ipv4(ingress, frame, meta, tables) {
+        return Outcome::drop(r);
+    }
 
     // Stages 4 to 6b: flow state and policy.
     let policy = match tables.mode() {

@@ -24,6 +24,12 @@ pub enum Parsed {
     Arp {
         /// The address asked or told about.
         target: [u8; 4],
+        /// The sender's address, as the ARP packet claims it.
+        sender_ip: [u8; 4],
+        /// The sender's MAC, as the ARP packet claims it.
+        sender_mac: [u8; 6],
+        /// The frame's Ethernet source.
+        eth_src: [u8; 6],
     },
     /// A valid IPv4 packet sent to the gateway's MAC.
     Ipv4(Meta),
@@ -110,6 +116,9 @@ pub fn parse(frame: &[u8], gw: &Gateway) -> Result<Parsed, DropReason> {
             let a = arp::Packet::new_checked(eth.payload())?;
             Ok(Parsed::Arp {
                 target: a.target_ip(),
+                sender_ip: a.sender_ip(),
+                sender_mac: a.sender_mac(),
+                eth_src: eth.src(),
             })
         }
         EtherType::IPV4 | EtherType::ARP => Err(DropReason::NotForGateway),

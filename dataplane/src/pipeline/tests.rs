@@ -98,6 +98,17 @@ fn run(bytes: &[u8]) -> (Verdict, Vec<u8>, WorkerStats) {
     run_with(&tables(), bytes)
 }
 
+/// As [`run_with`], for a frame sent by B from B's port (its source MAC set to B's).
+fn run_from_b(t: &Tables, bytes: &[u8]) -> (Verdict, Vec<u8>, WorkerStats) {
+    let mut buf = vec![0u8; CAP.max(bytes.len())];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[6..12].copy_from_slice(&B_MAC);
+    let mut f = Frame::new(&mut buf, bytes.len());
+    let o = process(123, B_PORT, &mut f, t, &mut test_ct());
+    let out = f.data().to_vec();
+    (o.verdict, out, tally(&o))
+}
+
 fn verdict_counters(s: &WorkerStats) -> u64 {
     s.forwarded.get()
         + s.to_slowpath.get()
@@ -336,8 +347,51 @@ fn packets_for_the_gateway_pass_the_senders_egress_policy_in_full_mode() {
     let (v, _, _) = run_with(&tables_in(Mode::Passthrough), &ping);
     assert_eq!(v, Verdict::SlowPath);
     // B has no policy: its egress is open, the gateway included.
-    let (v, _, _) = run_with(&t, &icmp_echo(B_IP, GW_IP, 64, b"ping"));
+    let (v, _, _) = run_from_b(&t, &icmp_echo(B_IP, GW_IP, 64, b"ping"));
     assert_eq!(v, Verdict::SlowPath);
+}
+
+/// A pod is only itself: a source IP or MAC that is not the endpoint's behind the port the
+/// frame arrived on is dropped before anything else judges it, and so is an ARP frame whose
+/// sender is not.
+#[test]
+fn frames_claiming_another_source_than_their_port_s_endpoint_are_dropped() {
+    // B's address from A's port (the forged "reply" that would open a connection-tracking
+    // entry in B's name), in either mode.
+    for t in [tables(), tables_in(Mode::Full)] {
+        let (v, _, s) = run_with(&t, &udp(B_IP, A_IP, b"forged"));
+        assert_eq!(v, Verdict::Drop(DropReason::InvalidSourceIp));
+        assert_eq!(s.drops_of(DropReason::InvalidSourceIp), 1);
+    }
+    // The gateway's address, and an address no endpoint has.
+    let (v, _, _) = run(&udp(GW_IP, B_IP, b"forged"));
+    assert_eq!(v, Verdict::Drop(DropReason::InvalidSourceIp));
+    let (v, _, _) = run(&udp([10, 0, 0, 99], B_IP, b"forged"));
+    assert_eq!(v, Verdict::Drop(DropReason::InvalidSourceIp));
+    // A's own address with another MAC.
+    let mut f = udp(A_IP, B_IP, b"forged mac");
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x66]);
+    let (v, _, s) = run(&f);
+    assert_eq!(v, Verdict::Drop(DropReason::InvalidSourceMac));
+    assert_eq!(s.drops_of(DropReason::InvalidSourceMac), 1);
+    // A's own address and MAC from B's port.
+    let (v, _, _) = run_from_b(&tables(), &udp(A_IP, B_IP, b"wrong port"));
+    assert_eq!(v, Verdict::Drop(DropReason::InvalidSourceIp));
+    // ARP: a sender that is not A, a sender MAC that is not the Ethernet source.
+    let mut a = arp(ArpOperation::REQUEST, GW_IP);
+    a[28..32].copy_from_slice(&B_IP);
+    let (v, _, s) = run(&a);
+    assert_eq!(v, Verdict::Drop(DropReason::ArpSpoofed));
+    assert_eq!(s.drops_of(DropReason::ArpSpoofed), 1);
+    let mut a = arp(ArpOperation::REQUEST, GW_IP);
+    a[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x66]);
+    let (v, _, _) = run(&a);
+    assert_eq!(v, Verdict::Drop(DropReason::ArpSpoofed));
+    // A itself passes.
+    let (v, _, _) = run(&arp(ArpOperation::REQUEST, GW_IP));
+    assert_eq!(v, Verdict::SlowPath);
+    let (v, _, _) = run(&udp(A_IP, B_IP, b"genuine"));
+    assert_eq!(v, Verdict::Forward(B_PORT));
 }
 
 #[test]
@@ -438,10 +492,10 @@ fn no_icmp_error_about_icmp_errors_fragments_or_unroutable_sources() {
     let (v, _, s) = run(&input);
     assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
     assert_eq!(s.icmp_errors_sent.get(), 0);
-    // An unroutable source.
+    // An unroutable source is not A's: refused at ingress, before routing could answer it.
     let (v, _, s) = run(&icmp_echo([10, 9, 9, 9], B_IP, 1, b""));
-    assert_eq!(v, Verdict::Drop(DropReason::TtlExceededUnroutable));
-    assert_eq!(s.drops_of(DropReason::TtlExceededUnroutable), 1);
+    assert_eq!(v, Verdict::Drop(DropReason::InvalidSourceIp));
+    assert_eq!(s.icmp_errors_sent.get(), 0);
     assert_eq!(s.drops_of(DropReason::TtlExceeded), 0);
     // No room in the buffer for the answer.
     let input = icmp_echo(A_IP, B_IP, 1, b"");
