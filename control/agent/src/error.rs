@@ -1,29 +1,15 @@
 //! The control crate's one error type.
 
-use std::path::PathBuf;
-
 /// Everything the agent, the CLI and the lab can fail at. Messages say what to do next.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A configuration value is invalid. Nothing was applied.
-    #[error("invalid configuration: {field}: {why}")]
-    Config {
-        /// The offending field, as written in the file or flag.
-        field: String,
-        /// Why it is invalid and what would be accepted.
-        why: String,
-    },
+    /// A configuration value or an option is invalid. Nothing was applied.
+    #[error(transparent)]
+    Config(#[from] xylem_api::ConfigError),
     /// A file could not be read or written.
-    #[error("{what} {}: {source}", path.display())]
-    File {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] xylem_api::FileError),
     /// The agent's configuration, or a call to its API, failed.
     #[error(transparent)]
     Api(#[from] xylem_api::Error),
@@ -75,9 +61,6 @@ pub enum Error {
 impl Error {
     /// Shorthand for a configuration error.
     pub fn config(field: impl Into<String>, why: impl Into<String>) -> Self {
-        Error::Config {
-            field: field.into(),
-            why: why.into(),
-        }
+        Error::Config(xylem_api::ConfigError::new(field, why))
     }
 }

@@ -68,10 +68,12 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 }
 
 fn load(args: &Args) -> Result<AgentConfig, Error> {
-    let text = std::fs::read_to_string(&args.config).map_err(|source| Error::File {
-        what: "reading the configuration",
-        path: args.config.clone(),
-        source,
+    let text = std::fs::read_to_string(&args.config).map_err(|source| {
+        Error::File(xylem_api::FileError {
+            what: "reading the configuration",
+            path: args.config.clone(),
+            source,
+        })
     })?;
     let mut cfg = AgentConfig::parse(&text)?;
     if let Some(c) = &args.worker_cores {
@@ -107,10 +109,12 @@ fn load(args: &Args) -> Result<AgentConfig, Error> {
 
 fn run(args: Args) -> Result<(), Error> {
     let cfg = load(&args)?;
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| Error::File {
-        what: "creating the state directory",
-        path: cfg.state_dir.clone(),
-        source,
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| {
+        Error::File(xylem_api::FileError {
+            what: "creating the state directory",
+            path: cfg.state_dir.clone(),
+            source,
+        })
     })?;
     // Before anything is attached: a corrupt store stops the start here.
     let store = if args.start_empty {

@@ -59,17 +59,21 @@ pub fn claim_socket(path: &Path) -> Result<(), Error> {
                 path.display()
             )));
         }
-        std::fs::remove_file(path).map_err(|source| Error::File {
-            what: "removing the stale API socket",
-            path: path.to_owned(),
-            source,
+        std::fs::remove_file(path).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "removing the stale API socket",
+                path: path.to_owned(),
+                source,
+            })
         })?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::File {
-            what: "creating the API socket's directory",
-            path: dir.to_owned(),
-            source,
+        std::fs::create_dir_all(dir).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "creating the API socket's directory",
+                path: dir.to_owned(),
+                source,
+            })
         })?;
     }
     Ok(())
@@ -593,16 +597,20 @@ pub fn serve(
             source,
         })?;
     rt.block_on(async move {
-        let listener = tokio::net::UnixListener::bind(&path).map_err(|source| Error::File {
-            what: "listening on the API socket",
-            path: path.clone(),
-            source,
-        })?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| Error::File {
-                what: "setting the API socket's mode",
+        let listener = tokio::net::UnixListener::bind(&path).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "listening on the API socket",
                 path: path.clone(),
                 source,
+            })
+        })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| {
+                Error::File(xylem_api::FileError {
+                    what: "setting the API socket's mode",
+                    path: path.clone(),
+                    source,
+                })
             },
         )?;
         let (events, _) = broadcast::channel(CLIENT_BUFFER);

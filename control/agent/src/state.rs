@@ -164,16 +164,20 @@ impl FileStore {
     /// Opens the store in `dir` (created if missing) and loads every `*.json` file in it. Fails
     /// on any file that cannot be read or parsed.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::File {
-            what: "creating the state directory",
-            path: dir.to_owned(),
-            source,
+        std::fs::create_dir_all(dir).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "creating the state directory",
+                path: dir.to_owned(),
+                source,
+            })
         })?;
         let mut kinds = BTreeMap::new();
-        let rd = std::fs::read_dir(dir).map_err(|source| Error::File {
-            what: "reading the state directory",
-            path: dir.to_owned(),
-            source,
+        let rd = std::fs::read_dir(dir).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "reading the state directory",
+                path: dir.to_owned(),
+                source,
+            })
         })?;
         for entry in rd.flatten() {
             let path = entry.path();
@@ -203,10 +207,12 @@ impl FileStore {
                 if path.extension().and_then(|e| e.to_str()) == Some("json") {
                     let mut to = path.clone().into_os_string();
                     to.push(".discarded");
-                    std::fs::rename(&path, &to).map_err(|source| Error::File {
-                        what: "moving a state file aside",
-                        path: path.clone(),
-                        source,
+                    std::fs::rename(&path, &to).map_err(|source| {
+                        Error::File(xylem_api::FileError {
+                            what: "moving a state file aside",
+                            path: path.clone(),
+                            source,
+                        })
                     })?;
                     tracing::warn!(file = %path.display(), "state discarded (--start-empty)");
                 }
@@ -225,10 +231,12 @@ impl FileStore {
         let tmp = self.dir.join(format!(".{kind}.json.tmp"));
         let io = |what: &'static str, p: &Path| {
             let p = p.to_owned();
-            move |source| Error::File {
-                what,
-                path: p,
-                source,
+            move |source| {
+                Error::File(xylem_api::FileError {
+                    what,
+                    path: p,
+                    source,
+                })
             }
         };
         let bytes = serde_json::to_vec_pretty(map).map_err(|e| Error::State(e.to_string()))?;

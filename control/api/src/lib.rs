@@ -21,18 +21,38 @@ pub use views::{
     SlowPathCounters, Status, TraceRequest, WorkerStatus,
 };
 
+/// A configuration value or an option is invalid: which, and why. Nothing was applied. Every
+/// control-side crate reports it in these words, through its own error enum.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {why}")]
+pub struct ConfigError {
+    /// The offending field, as written in the file or flag.
+    pub field: String,
+    /// Why it is invalid and what would be accepted.
+    pub why: String,
+}
+
+/// A file could not be read or written: what was being done, the file, and why. Every
+/// control-side crate reports it in these words, through its own error enum.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct FileError {
+    /// What was being done.
+    pub what: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// The underlying error.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// What this crate can fail at. Messages say what to do next.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A configuration value is invalid. Nothing was applied.
-    #[error("invalid configuration: {field}: {why}")]
-    Config {
-        /// The offending field, as written in the file or flag.
-        field: String,
-        /// Why it is invalid and what would be accepted.
-        why: String,
-    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The agent's API could not be reached.
     #[error("cannot reach xylem-agent at {}: is it running? (start it, or `xylem lab up` for a lab; --socket picks another agent)", socket.display())]
     AgentUnreachable {
@@ -60,7 +80,14 @@ pub enum Error {
 impl Error {
     /// Shorthand for a configuration error.
     pub fn config(field: impl Into<String>, why: impl Into<String>) -> Self {
-        Error::Config {
+        Error::Config(ConfigError::new(field, why))
+    }
+}
+
+impl ConfigError {
+    /// `field` is invalid because `why`.
+    pub fn new(field: impl Into<String>, why: impl Into<String>) -> Self {
+        ConfigError {
             field: field.into(),
             why: why.into(),
         }

@@ -1,29 +1,15 @@
 //! The CLI's one error type.
 
-use std::path::PathBuf;
-
 /// What a `xylem` command can fail at. Messages say what to do next.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An option is invalid. Nothing was done.
-    #[error("invalid configuration: {field}: {why}")]
-    Config {
-        /// The offending option.
-        field: String,
-        /// Why it is invalid and what would be accepted.
-        why: String,
-    },
+    /// A configuration value or an option is invalid. Nothing was applied.
+    #[error(transparent)]
+    Config(#[from] xylem_api::ConfigError),
     /// A file could not be read or written.
-    #[error("{what} {}: {source}", path.display())]
-    File {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] xylem_api::FileError),
     /// Writing the output failed.
     #[error("{what}: {source}")]
     Io {
@@ -65,9 +51,6 @@ pub enum Error {
 impl Error {
     /// Shorthand for a configuration error.
     pub fn config(field: impl Into<String>, why: impl Into<String>) -> Self {
-        Error::Config {
-            field: field.into(),
-            why: why.into(),
-        }
+        Error::Config(xylem_api::ConfigError::new(field, why))
     }
 }

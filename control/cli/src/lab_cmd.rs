@@ -23,10 +23,12 @@ pub(crate) fn lab_file(a: &UpArgs) -> Result<LabFile, Error> {
     match &a.file {
         None => Ok(LabFile::default_pods()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| Error::File {
-                what: "reading the lab file",
-                path: p.clone(),
-                source,
+            let text = std::fs::read_to_string(p).map_err(|source| {
+                Error::File(xylem_api::FileError {
+                    what: "reading the lab file",
+                    path: p.clone(),
+                    source,
+                })
             })?;
             Ok(LabFile::parse(&text)?)
         }

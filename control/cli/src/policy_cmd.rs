@@ -29,10 +29,12 @@ pub(crate) fn policy_import(cli: &Cli, file: &std::path::Path) -> Result<(), Err
         })?;
         t
     } else {
-        std::fs::read_to_string(file).map_err(|source| Error::File {
-            what: "reading the policy file",
-            path: file.to_owned(),
-            source,
+        std::fs::read_to_string(file).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "reading the policy file",
+                path: file.to_owned(),
+                source,
+            })
         })?
     };
     let r: serde_json::Value =

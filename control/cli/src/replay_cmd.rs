@@ -28,19 +28,23 @@ pub(crate) fn replay(a: &ReplayArgs) -> Result<(), Error> {
     let tx = match &a.write {
         None => None,
         Some(path) => {
-            let f = std::fs::File::create(path).map_err(|source| Error::File {
-                what: "creating",
-                path: path.clone(),
-                source,
+            let f = std::fs::File::create(path).map_err(|source| {
+                Error::File(xylem_api::FileError {
+                    what: "creating",
+                    path: path.clone(),
+                    source,
+                })
             })?;
             let names = replay::port_interfaces(&cfg)?;
             Some(TxWriter::new(std::io::BufWriter::new(f), &names)?)
         }
     };
-    let bytes = std::fs::read(&a.file).map_err(|source| Error::File {
-        what: "reading the capture",
-        path: a.file.clone(),
-        source,
+    let bytes = std::fs::read(&a.file).map_err(|source| {
+        Error::File(xylem_api::FileError {
+            what: "reading the capture",
+            path: a.file.clone(),
+            source,
+        })
     })?;
     // A progress bar for long captures, on stderr, only when a person watches stdout.
     let bar = (std::io::stdout().is_terminal() && bytes.len() > 1 << 20).then(|| {
@@ -65,10 +69,12 @@ pub(crate) fn replay(a: &ReplayArgs) -> Result<(), Error> {
     out.finish(&head, &summary)?;
     if let (Some(w), Some(path)) = (out.tx.take(), &a.write) {
         use std::io::Write;
-        w.into_inner().flush().map_err(|source| Error::File {
-            what: "writing",
-            path: path.clone(),
-            source,
+        w.into_inner().flush().map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "writing",
+                path: path.clone(),
+                source,
+            })
         })?;
     }
     let ok = summary.frame_accounting == "ok" && !summary.verdicts.contains_key("unknown");

@@ -1,30 +1,16 @@
 //! The lab's one error type, also the error of its process and namespace helpers.
 
-use std::path::PathBuf;
-
 /// What building, running or removing a lab, or running one of its helper commands, can fail
 /// at. Messages say what to do next.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An option or a lab file value is invalid. Nothing was created.
-    #[error("invalid configuration: {field}: {why}")]
-    Config {
-        /// The offending field, as written in the file or flag.
-        field: String,
-        /// Why it is invalid and what would be accepted.
-        why: String,
-    },
+    /// A configuration value or an option is invalid. Nothing was applied.
+    #[error(transparent)]
+    Config(#[from] xylem_api::ConfigError),
     /// A file could not be read or written.
-    #[error("{what} {}: {source}", path.display())]
-    File {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] xylem_api::FileError),
     /// An external command (`ip`, `ethtool`, `netserver`, the agent) failed.
     #[error("`{command}` failed: {detail}")]
     Command {
@@ -96,9 +82,6 @@ pub enum Error {
 impl Error {
     /// Shorthand for a configuration error.
     pub fn config(field: impl Into<String>, why: impl Into<String>) -> Self {
-        Error::Config {
-            field: field.into(),
-            why: why.into(),
-        }
+        Error::Config(xylem_api::ConfigError::new(field, why))
     }
 }

@@ -258,11 +258,11 @@ impl Lab {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
-                return Err(Error::File {
+                return Err(Error::File(xylem_api::FileError {
                     what: "reading the lab state",
                     path,
                     source,
-                });
+                }));
             }
         };
         let mut st: LabState = serde_json::from_str(&text).map_err(|e| {
@@ -283,10 +283,12 @@ impl Lab {
         let text = serde_json::to_string_pretty(st).map_err(|e| Error::Lab(e.to_string()))?;
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|source| Error::File {
-                what: "writing the lab state",
-                path,
-                source,
+            .map_err(|source| {
+                Error::File(xylem_api::FileError {
+                    what: "writing the lab state",
+                    path,
+                    source,
+                })
             })
     }
 }

@@ -72,10 +72,12 @@ impl Lab {
 
     fn create(&self, file: &LabFile, opts: &LabOptions) -> Result<LabState, Error> {
         let dir = self.dir();
-        std::fs::create_dir_all(&dir).map_err(|source| Error::File {
-            what: "creating the lab directory",
-            path: dir.clone(),
-            source,
+        std::fs::create_dir_all(&dir).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "creating the lab directory",
+                path: dir.clone(),
+                source,
+            })
         })?;
         let pod_cidr = Ipv4Cidr {
             addr: Ipv4Addr::new(10, 200, 0, 0),
@@ -203,20 +205,24 @@ impl Lab {
     /// Writes `cfg` to the node's directory; returns where it and the agent's log go.
     fn write_agent_config(&self, node: &Node, cfg: &AgentConfig) -> Result<AgentFiles, Error> {
         let node_dir = self.dir().join(&node.name);
-        std::fs::create_dir_all(&node_dir).map_err(|source| Error::File {
-            what: "creating the node directory",
-            path: node_dir.clone(),
-            source,
+        std::fs::create_dir_all(&node_dir).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "creating the node directory",
+                path: node_dir.clone(),
+                source,
+            })
         })?;
         let files = AgentFiles {
             config: node_dir.join("agent.yaml"),
             log: node_dir.join("agent.log"),
         };
         let text = serde_norway::to_string(cfg).map_err(|e| Error::Lab(e.to_string()))?;
-        std::fs::write(&files.config, text).map_err(|source| Error::File {
-            what: "writing the agent configuration",
-            path: files.config.clone(),
-            source,
+        std::fs::write(&files.config, text).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "writing the agent configuration",
+                path: files.config.clone(),
+                source,
+            })
         })?;
         Ok(files)
     }
@@ -248,10 +254,12 @@ impl Lab {
         }
         let dir = self.dir();
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|source| Error::File {
-                what: "removing the lab directory",
-                path: dir,
-                source,
+            std::fs::remove_dir_all(&dir).map_err(|source| {
+                Error::File(xylem_api::FileError {
+                    what: "removing the lab directory",
+                    path: dir,
+                    source,
+                })
             })?;
         }
         let left = netns::list(&self.netns_prefix());
@@ -346,15 +354,19 @@ fn sibling_binary(name: &str, env: &str) -> PathBuf {
 /// pid. Nothing owns it: it outlives the command that started it, until `lab down`.
 fn start_agent(node_ns: &str, cfg: &Path, log: &Path) -> Result<u32, Error> {
     let agent = sibling_binary("xylem-agent", "XYLEM_AGENT_BIN");
-    let logf = std::fs::File::create(log).map_err(|source| Error::File {
-        what: "creating the agent log",
-        path: log.to_owned(),
-        source,
+    let logf = std::fs::File::create(log).map_err(|source| {
+        Error::File(xylem_api::FileError {
+            what: "creating the agent log",
+            path: log.to_owned(),
+            source,
+        })
     })?;
-    let logf2 = logf.try_clone().map_err(|source| Error::File {
-        what: "opening the agent log",
-        path: log.to_owned(),
-        source,
+    let logf2 = logf.try_clone().map_err(|source| {
+        Error::File(xylem_api::FileError {
+            what: "opening the agent log",
+            path: log.to_owned(),
+            source,
+        })
     })?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", node_ns])

@@ -294,10 +294,12 @@ impl Report {
 
 /// Reads the endpoints file: the JSON array `xylem endpoint list -o json` prints.
 pub fn load_endpoints(path: &Path) -> Result<Vec<Endpoint>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
-        what: "reading the endpoints file",
-        path: path.to_owned(),
-        source,
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        Error::File(xylem_api::FileError {
+            what: "reading the endpoints file",
+            path: path.to_owned(),
+            source,
+        })
     })?;
     parse_endpoints(&text).map_err(|(field, why)| {
         Error::config(
@@ -327,18 +329,20 @@ pub fn load_policies(path: &Path) -> Result<Vec<Policy>, Error> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|source| {
-            Error::File {
+            Error::File(xylem_api::FileError {
                 what: "reading the policy from",
                 path: path.to_owned(),
                 source,
-            }
+            })
         })?;
         s
     } else {
-        std::fs::read_to_string(path).map_err(|source| Error::File {
-            what: "reading the policy file",
-            path: path.to_owned(),
-            source,
+        std::fs::read_to_string(path).map_err(|source| {
+            Error::File(xylem_api::FileError {
+                what: "reading the policy file",
+                path: path.to_owned(),
+                source,
+            })
         })?
     };
     let parsed = parse_policies(&text)?;

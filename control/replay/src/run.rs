@@ -27,10 +27,12 @@ pub fn replay_file(
     progress: &mut dyn FnMut(usize, usize),
     sent: &mut dyn FnMut(&SentFrame) -> Result<(), Error>,
 ) -> Result<Report, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::File {
-        what: "reading the capture",
-        path: path.to_owned(),
-        source,
+    let bytes = std::fs::read(path).map_err(|source| {
+        Error::File(xylem_api::FileError {
+            what: "reading the capture",
+            path: path.to_owned(),
+            source,
+        })
     })?;
     replay_bytes(bytes, path, cfg, progress, sent)
 }

@@ -142,11 +142,11 @@ pub fn port_interfaces(cfg: &ReplayConfig) -> Result<Vec<String>, Error> {
 /// Turns the dataplane's capture error into one that names the file.
 pub(crate) fn capture_error(path: &Path, e: xylem_dataplane::Error) -> Error {
     match e {
-        xylem_dataplane::Error::Io { source, .. } => Error::File {
+        xylem_dataplane::Error::Io { source, .. } => Error::File(xylem_api::FileError {
             what: "cannot replay",
             path: path.to_owned(),
             source,
-        },
+        }),
         e => Error::Dataplane(e),
     }
 }

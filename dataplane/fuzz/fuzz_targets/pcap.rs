@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
             let answered = report.frames.iter().filter(|f| f.answer.is_some()).count();
             assert_eq!(sent, s.verdicts.get("forwarded").copied().unwrap_or(0) as usize + answered);
         }
-        Err(Error::File { what, .. }) => assert_eq!(what, "cannot replay"),
+        Err(Error::File(f)) => assert_eq!(f.what, "cannot replay"),
         Err(e) => panic!("not a capture error: {e}"),
     }
 });

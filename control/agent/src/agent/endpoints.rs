@@ -225,7 +225,7 @@ impl AgentState {
             .iter()
             .map(|_| Some(PortRequest::Remove(port as PortId)))
             .collect();
-        let replies = self.ask_workers(requests)?;
+        let replies = self.ask_workers(requests)?.into_iter().flatten().collect();
         self.all_done(&cfg.ifname, replies)?;
         ports[port] = None;
         tracing::info!(ifname = %cfg.ifname, port, "port removed");
@@ -245,8 +245,11 @@ impl AgentState {
                 queue: w.id as u32,
             })
         };
-        let mut replies =
-            self.ask_workers(self.workers.iter().map(|w| Some(request(w))).collect())?;
+        let mut replies: Vec<_> = self
+            .ask_workers(self.workers.iter().map(|w| Some(request(w))).collect())?
+            .into_iter()
+            .flatten()
+            .collect();
         let deadline = std::time::Instant::now() + BIND_RETRY;
         while replies.iter().any(Result::is_err) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -257,7 +260,7 @@ impl AgentState {
                 .map(|(w, r)| r.is_err().then(|| request(w)))
                 .collect();
             for (old, new) in replies.iter_mut().zip(self.ask_workers(again)?) {
-                if old.is_err() {
+                if let Some(new) = new {
                     *old = new;
                 }
             }
@@ -266,11 +269,11 @@ impl AgentState {
     }
 
     /// Posts `requests[i]` (if any) to worker `i`, wakes the workers, and waits for every
-    /// reply; a worker given no request answers `Ok` with no change.
+    /// reply: `None` for a worker given no request.
     fn ask_workers(
         &self,
         requests: Vec<Option<PortRequest<PortSpec>>>,
-    ) -> Result<Vec<Result<PortChange, String>>, Error> {
+    ) -> Result<Vec<Option<Result<PortChange, String>>>, Error> {
         let mut tickets = Vec::with_capacity(self.workers.len());
         for (w, req) in self.workers.iter().zip(requests) {
             let ticket = match req {
@@ -286,13 +289,12 @@ impl AgentState {
             .workers
             .iter()
             .zip(tickets)
-            .map(|(w, ticket)| match ticket {
-                None => Ok(PortChange { port: 0, fd: None }),
-                Some(t) => match t.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
+            .map(|(w, ticket)| {
+                ticket.map(|t| match t.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
                     Ok(Ok(change)) => Ok(change),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(no) => Err(no_reply(no)),
-                },
+                })
             })
             .collect())
     }
