@@ -195,9 +195,7 @@ fn blast(netns: &str, frames: Vec<Vec<u8>>, enough: impl Fn() -> bool + Send + '
 
 #[test]
 fn frame_accounting_holds_after_a_million_packets_on_af_xdp() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED frame_accounting_holds_after_a_million_packets_on_af_xdp: needs root");
+    if !common::root_or_skip("frame_accounting_holds_after_a_million_packets_on_af_xdp") {
         return;
     }
     let pods = Pods::new(&format!("xyt{}", std::process::id()), 1);
@@ -286,11 +284,7 @@ fn frame_accounting_holds_after_a_million_packets_on_af_xdp() {
 fn frame_accounting_holds_with_two_workers_sharing_one_conntrack() {
     use xylem_dataplane::conntrack::{Conntrack, CtConfig};
     const FLOWS: u16 = 64;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED frame_accounting_holds_with_two_workers_sharing_one_conntrack: needs root"
-        );
+    if !common::root_or_skip("frame_accounting_holds_with_two_workers_sharing_one_conntrack") {
         return;
     }
     let pods = Pods::new(&format!("xyu{}", std::process::id()), 2);

@@ -72,7 +72,7 @@ fn a_shared_worker_waits_at_realtime_priority_on_a_busy_core_and_yields_it_under
         return;
     }
     if let Err(e) = realtime_allowed() {
-        eprintln!("SKIPPED {name}: SCHED_FIFO refused to this process ({e})");
+        xylem_testkit::skip(name, &format!("SCHED_FIFO refused to this process ({e})"));
         return;
     }
     let lab = Lab::new(

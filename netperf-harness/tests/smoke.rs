@@ -8,14 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -90,12 +82,12 @@ fn check_monitored(v: &serde_json::Value, out: &Path) {
 
 #[test]
 fn every_path_measures_or_says_why() {
-    if !is_root() {
-        eprintln!("SKIP: the smoke test creates network namespaces and needs root");
+    let test = "every_path_measures_or_says_why";
+    if !xylem_testkit::root_or_skip(test) {
         return;
     }
     if !on_path("netperf") || !on_path("netserver") {
-        eprintln!("SKIP: netperf is not installed (run docker/bootstrap.sh)");
+        xylem_testkit::skip(test, "netperf is not installed (run docker/bootstrap.sh)");
         return;
     }
     let harness = PathBuf::from(env!("CARGO_BIN_EXE_netperf-harness"));

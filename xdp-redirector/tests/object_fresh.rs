@@ -22,12 +22,7 @@ fn committed_object_matches_source() {
             std::env::var_os("CI").is_none(),
             "{reason} (CI is set: failing)"
         );
-        use std::io::Write as _;
-        // Straight to stderr: libtest would swallow eprintln! of a passing test.
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "SKIPPED committed_object_matches_source: {reason}"
-        );
+        xylem_testkit::skip("committed_object_matches_source", reason);
         return;
     }
     let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "bpf"].iter().collect();

@@ -338,14 +338,89 @@ fn metrics_are_valid_exposition_and_count_the_packets_sent() {
     assert!(cli.contains("xylem_forward_count_total"), "{cli}");
 }
 
+/// A monitor client that reads nothing until told to: the raw HTTP stream on the unix socket.
+struct SlowMonitor {
+    stream: std::os::unix::net::UnixStream,
+}
+
+impl SlowMonitor {
+    /// Attached once the response head has arrived: the agent subscribes the client before it
+    /// answers.
+    fn attach(sock: &str, path: &str) -> SlowMonitor {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::os::unix::net::UnixStream::connect(sock).expect("connect");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: xylem\r\n\r\n").expect("request");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("response head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        SlowMonitor { stream }
+    }
+
+    /// Reads until the agent has sent nothing for `idle`, and returns the body's lines.
+    fn drain(mut self, idle: Duration) -> Vec<Value> {
+        use std::io::Read as _;
+        self.stream.set_read_timeout(Some(idle)).unwrap();
+        let mut raw = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => panic!("reading the monitor stream: {e}"),
+            }
+        }
+        // De-chunk: `size\r\ndata\r\n`, where the last chunk may be cut short by the read.
+        let mut body = Vec::new();
+        let mut rest = &raw[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .expect("chunk size");
+            let data = &rest[eol + 2..];
+            if size == 0 || data.len() < size + 2 {
+                break;
+            }
+            body.extend_from_slice(&data[..size]);
+            rest = &data[size + 2..];
+        }
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect()
+    }
+}
+
 #[test]
-fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
+fn the_monitor_shows_pings_under_load_and_tells_a_slow_client_what_it_lost() {
     require_root!();
     let lab = LabGuard::up(&[]);
+    let node = lab.node_netns();
     let (ns_a, _) = lab.pod("pod-a");
     let (ns_b, ip_b) = lab.pod("pod-b");
+    xylem_lab::start_netserver(&ns_b).expect("netserver");
+    // Let start-up traffic settle, so that both clients below see the same events.
+    std::thread::sleep(Duration::from_millis(500));
     let sock = lab.socket();
     let mon = Monitor::start(&["--socket", &sock, "monitor", "-o", "json"]);
+    let slow = SlowMonitor::attach(&sock, "/v1/monitor");
     assert!(ping(&ns_a, ip_b, 3));
     let _ = sh(&[
         "ip",
@@ -359,8 +434,8 @@ fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
         "1",
         "10.200.0.99",
     ]);
-    // Load: a bulk TCP stream for two seconds makes far more events than a client reads.
-    xylem_lab::start_netserver(&ns_b).expect("netserver");
+    // Load: a bulk TCP stream for two seconds makes more events than the workers' rings hold
+    // between two rounds of the dispatcher; those are lost for every client.
     let _ = sh(&[
         "ip",
         "netns",
@@ -375,6 +450,22 @@ fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
         "-l",
         "2",
     ]);
+    // Then a steady trickle: pings every 2 ms for 4 s are few enough for the workers' rings but
+    // make more dispatcher rounds than the agent buffers for a client that reads nothing.
+    let _ = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_a,
+        "ping",
+        "-q",
+        "-i",
+        "0.002",
+        "-c",
+        "2000",
+        &ip_b.to_string(),
+    ]);
+    let slow_lines = slow.drain(Duration::from_secs(2));
     let (status, text, stderr) = mon.stop(libc::SIGINT);
     assert!(status.success(), "{stderr}");
     let lines: Vec<Value> = text
@@ -394,13 +485,65 @@ fn the_monitor_shows_pings_under_load_and_reports_lost_events() {
     });
     assert!(drop_seen, "no no-route drop event");
     let last = lines.last().unwrap();
-    assert!(last["lost"].is_u64() && last["events"].is_u64(), "{last}");
-    eprintln!(
-        "monitor: {} events shown, {} lost",
-        last["events"], last["lost"]
+    let (fast_shown, fast_lost) = (
+        last["events"].as_u64().unwrap(),
+        last["lost"].as_u64().unwrap(),
     );
-    // Nobody listens any more: the workers stop producing events.
-    std::thread::sleep(Duration::from_millis(200));
+
+    // The slow client was told, in `lost` lines, how many events it missed; what it was shown
+    // and what it was told it lost add up to what the fast client saw of the same traffic.
+    let slow_shown = slow_lines
+        .iter()
+        .filter(|v| v["type"] != "lost" && v["type"] != "end")
+        .count() as u64;
+    let slow_lost = slow_lines
+        .iter()
+        .filter(|v| v["type"] == "lost")
+        .filter_map(|v| v["lost"].as_u64())
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "monitor: fast client {fast_shown} shown + {fast_lost} lost; \
+         slow client {slow_shown} shown + {slow_lost} lost"
+    );
+    assert!(
+        slow_lost > 0,
+        "the slow client was not told of any lost event"
+    );
+    assert!(
+        slow_shown > 0,
+        "the slow client was shown nothing once it read"
+    );
+    assert_eq!(
+        slow_shown + slow_lost,
+        fast_shown + fast_lost,
+        "every event reached the slow client or was reported lost to it"
+    );
+
+    // Nobody listens any more: the workers stop producing events. Were they still producing,
+    // their rings (drained only while a client listens) would fill and count events lost.
+    let lost = |s: &prometheus_parse::Scrape| value(s, "xylem_monitor_events_lost_total", &[]);
+    let before = lost(&scrape(&node));
+    assert!(ping(&ns_a, ip_b, 3));
+    let _ = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_a,
+        "netperf",
+        "-4",
+        "-H",
+        &ip_b.to_string(),
+        "-t",
+        "TCP_STREAM",
+        "-l",
+        "1",
+    ]);
+    assert_eq!(
+        lost(&scrape(&node)),
+        before,
+        "events were produced with no client"
+    );
 }
 
 #[test]

@@ -20,15 +20,7 @@ pub const GW_MAC: [u8; 6] = [0x0e, 0x78, 0x79, 0x6c, 0, 1];
 /// The gateway address the pods route through.
 pub const GW_IP: &str = "10.201.0.1";
 
-/// Whether the test runs as root; if not, prints why `test` is skipped.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP, AF_XDP)");
-    }
-    root
-}
+pub use xylem_testkit::root_or_skip;
 
 /// Runs `ip ARGS`, panicking with its stderr when it fails; returns its stdout.
 pub fn ip(args: &[&str]) -> String {

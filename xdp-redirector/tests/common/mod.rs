@@ -8,27 +8,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Prints to the real stderr, past libtest's output capture, so that a
-/// skipped test says so even though it counts as passed.
-pub fn say(msg: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
-
-/// Returns early from a test, saying why, when not running as root.
+/// Returns early from a test that needs root when it may skip (see `xylem_testkit`).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !common::is_root() {
-            common::say(&format!(
-                "SKIPPED {}: needs root (CAP_BPF, CAP_NET_ADMIN)",
-                std::thread::current().name().unwrap_or(module_path!())
-            ));
+        if !xylem_testkit::root_or_skip(std::thread::current().name().unwrap_or(module_path!())) {
             return;
         }
     };

@@ -25,18 +25,10 @@ pub fn agent_binary() -> std::path::PathBuf {
     agent
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
+/// Returns early from a test that needs root when it may skip (see `xylem_testkit`).
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root (namespaces, XDP, AF_XDP)",
-                module_path!()
-            );
+        if !xylem_testkit::root_or_skip(std::thread::current().name().unwrap_or(module_path!())) {
             return;
         }
     };
