@@ -6,7 +6,8 @@
 //! - byte 1: bit 0 repairs the IPv4 header checksum before processing (random bytes almost never
 //!   carry a valid one, and without a repair the fuzzer stops at stage 3); bit 1 uses tables
 //!   with an enforced policy (full mode only); bit 2 processes the frame a second time with the
-//!   same conntrack (the established-flow path);
+//!   same conntrack (the established-flow path); bits 3 to 5 are the port the frame arrives on
+//!   (0 to 7: the port of pod 10.0.0.2 + n), which the ingress checks hold it to;
 //! - the rest is the frame, starting at the Ethernet header.
 //!
 //! Checks, beyond "does not panic": parsing the frame alone (the worker's prefetch pass) and
@@ -121,13 +122,13 @@ fn repair_ipv4_checksum(frame: &mut [u8]) {
     frame[24..26].copy_from_slice(&sum.to_be_bytes());
 }
 
-fn run_once(frame: &[u8], spare: usize, t: &Tables, ct: &mut Conntrack) {
+fn run_once(frame: &[u8], spare: usize, ingress: u16, t: &Tables, ct: &mut Conntrack) {
     let mut buf = vec![0u8; frame.len() + spare];
     buf[..frame.len()].copy_from_slice(frame);
     let capacity = buf.len();
     let parsed = parse(frame, t.gateway());
     let mut f = Frame::new(&mut buf, frame.len());
-    let o = process(0, 0, &mut f, t, ct);
+    let o = process(0, ingress, &mut f, t, ct);
     if let Err(r) = parsed {
         assert_eq!(o.verdict, Verdict::Drop(r));
     }
@@ -154,6 +155,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let spare = usize::from(control & 0x7f);
+    let ingress = u16::from((flags >> 3) & 0x07);
     let t = tables(control & 0x80 != 0, flags & 0x02 != 0);
     let mut frame = frame.to_vec();
     if flags & 0x01 != 0 {
@@ -163,8 +165,8 @@ fuzz_target!(|data: &[u8]| {
         capacity: 64,
         ..Default::default()
     });
-    run_once(&frame, spare, t, &mut ct);
+    run_once(&frame, spare, ingress, t, &mut ct);
     if flags & 0x04 != 0 {
-        run_once(&frame, spare, t, &mut ct);
+        run_once(&frame, spare, ingress, t, &mut ct);
     }
 });

@@ -57,26 +57,57 @@ def pod(i):
     return [10, 0, 0, i]
 
 
+def on_port(flags, sender):
+    """The flags byte with the ingress port set to pod `sender`'s (10.0.0.2 is port 0)."""
+    return flags | ((sender - 2) << 3)
+
+
+def arp(sender_mac, sender_ip, target_ip, eth_src=None):
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, sender_mac, bytes(sender_ip), bytes(6),
+                       bytes(target_ip))
+    return eth(eth_src or sender_mac, body, 0x0806, b"\xff" * 6)
+
+
+def vlan(vid, inner_ethertype, payload, src_mac):
+    return eth(src_mac, struct.pack("!HH", vid, inner_ethertype) + payload, 0x8100)
+
+
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
+MF = 0x2000
+DATAGRAM = udp(pod(7), pod(2), 5000, 1500, b"y" * 64)
+GW = [10, 0, 0, 1]
 seeds = {
-    # control: full mode + 64 spare bytes; flags: repair checksum, enforced policy, twice.
-    "tcp-syn-allowed": (0xC0, 0x07, eth(mac(3), ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, SYN)))),
-    "tcp-synack-reply": (0xC0, 0x07, eth(mac(2), ip(pod(2), pod(3), 6, tcp(pod(2), pod(3), 80, 40000, SYN | ACK)))),
-    "tcp-denied-peer": (0xC0, 0x06, eth(mac(4), ip(pod(4), pod(2), 6, tcp(pod(4), pod(2), 40000, 80, SYN)))),
-    "tcp-fin": (0xC0, 0x06, eth(mac(3), ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, FIN | ACK)))),
-    "tcp-rst": (0xC0, 0x06, eth(mac(3), ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, RST)))),
-    "tcp-ssh-deny-rule": (0xC0, 0x06, eth(mac(5), ip(pod(5), pod(6), 6, tcp(pod(5), pod(6), 40000, 22, SYN)))),
-    "udp-range": (0xC0, 0x06, eth(mac(7), ip(pod(7), pod(2), 17, udp(pod(7), pod(2), 5000, 1500)))),
-    "udp-passthrough": (0x40, 0x00, eth(mac(2), ip(pod(2), pod(3), 17, udp(pod(2), pod(3), 5000, 53)))),
-    "udp-to-cidr": (0xC0, 0x06, eth(mac(5), ip(pod(5), [192, 168, 1, 1], 17, udp(pod(5), [192, 168, 1, 1], 5000, 53)))),
-    "ping-gateway": (0xC0, 0x06, eth(mac(5), ip(pod(5), [10, 0, 0, 1], 1, icmp(8, 0, struct.pack("!HH", 7, 1) + b"ping")))),
-    "ping-pod": (0xC0, 0x06, eth(mac(3), ip(pod(3), pod(2), 1, icmp(8, 0, struct.pack("!HH", 7, 1) + b"ping")))),
-    "ttl-one": (0xC0, 0x00, eth(mac(3), ip(pod(3), pod(4), 17, udp(pod(3), pod(4), 5000, 53), ttl=1))),
-    "ttl-one-no-room": (0x80, 0x00, eth(mac(3), ip(pod(3), pod(4), 17, udp(pod(3), pod(4), 5000, 53), ttl=1))),
-    "later-fragment": (0xC0, 0x06, eth(mac(3), ip(pod(3), pod(2), 17, b"fragment-bytes", frag=0x0010))),
-    "icmp-error-quoting-tcp": (0xC0, 0x06, eth(mac(2), ip(pod(2), pod(3), 1, icmp(3, 3, b"\0\0\0\0" + ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, SYN))[:28])))),
-    "arp-request": (0x40, 0x00, eth(mac(3), struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac(3), bytes(pod(3)), bytes(6), bytes([10, 0, 0, 1])), 0x0806, b"\xff" * 6)),
-    "ipv6": (0x40, 0x00, eth(mac(3), bytes(40), 0x86DD, bytes([0x33, 0x33, 0, 0, 0, 1]))),
+    # control: full mode + 64 spare bytes; flags: repair checksum, enforced policy, twice, and
+    # the port of the sending pod.
+    "tcp-syn-allowed": (0xC0, on_port(0x07, 3), eth(mac(3), ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, SYN)))),
+    "tcp-synack-reply": (0xC0, on_port(0x07, 2), eth(mac(2), ip(pod(2), pod(3), 6, tcp(pod(2), pod(3), 80, 40000, SYN | ACK)))),
+    "tcp-denied-peer": (0xC0, on_port(0x06, 4), eth(mac(4), ip(pod(4), pod(2), 6, tcp(pod(4), pod(2), 40000, 80, SYN)))),
+    "tcp-fin": (0xC0, on_port(0x06, 3), eth(mac(3), ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, FIN | ACK)))),
+    "tcp-rst": (0xC0, on_port(0x06, 3), eth(mac(3), ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, RST)))),
+    "tcp-ssh-deny-rule": (0xC0, on_port(0x06, 5), eth(mac(5), ip(pod(5), pod(6), 6, tcp(pod(5), pod(6), 40000, 22, SYN)))),
+    "udp-range": (0xC0, on_port(0x06, 7), eth(mac(7), ip(pod(7), pod(2), 17, udp(pod(7), pod(2), 5000, 1500)))),
+    "udp-passthrough": (0x40, on_port(0x00, 2), eth(mac(2), ip(pod(2), pod(3), 17, udp(pod(2), pod(3), 5000, 53)))),
+    "udp-to-cidr": (0xC0, on_port(0x06, 5), eth(mac(5), ip(pod(5), [192, 168, 1, 1], 17, udp(pod(5), [192, 168, 1, 1], 5000, 53)))),
+    "ping-gateway": (0xC0, on_port(0x06, 5), eth(mac(5), ip(pod(5), GW, 1, icmp(8, 0, struct.pack("!HH", 7, 1) + b"ping")))),
+    "ping-pod": (0xC0, on_port(0x06, 3), eth(mac(3), ip(pod(3), pod(2), 1, icmp(8, 0, struct.pack("!HH", 7, 1) + b"ping")))),
+    "ttl-one": (0xC0, on_port(0x00, 3), eth(mac(3), ip(pod(3), pod(4), 17, udp(pod(3), pod(4), 5000, 53), ttl=1))),
+    "ttl-one-no-room": (0x80, on_port(0x00, 3), eth(mac(3), ip(pod(3), pod(4), 17, udp(pod(3), pod(4), 5000, 53), ttl=1))),
+    "first-fragment": (0xC0, on_port(0x06, 7), eth(mac(7), ip(pod(7), pod(2), 17, DATAGRAM[:40], frag=MF))),
+    "later-fragment": (0xC0, on_port(0x06, 7), eth(mac(7), ip(pod(7), pod(2), 17, DATAGRAM[40:], frag=5))),
+    "icmp-error-quoting-tcp": (0xC0, on_port(0x06, 2), eth(mac(2), ip(pod(2), pod(3), 1, icmp(3, 3, b"\0\0\0\0" + ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, SYN))[:28])))),
+    "arp-request": (0x40, on_port(0x00, 3), arp(mac(3), pod(3), GW)),
+    "ipv6": (0x40, on_port(0x00, 3), eth(mac(3), bytes(40), 0x86DD, bytes([0x33, 0x33, 0, 0, 0, 1]))),
+    # Forged frames: a pod claiming another's address, the gateway's, another MAC, another's
+    # ARP identity; frames aimed around the pipeline (VLAN 0, LLDP); an ICMP error whose outer
+    # addresses are not the quoted flow's.
+    "forged-source-ip": (0xC0, on_port(0x06, 4), eth(mac(4), ip(pod(2), pod(3), 17, udp(pod(2), pod(3), 80, 40000)))),
+    "forged-gateway-ip": (0xC0, on_port(0x06, 4), eth(mac(4), ip(GW, pod(3), 6, tcp(GW, pod(3), 80, 40000, SYN)))),
+    "forged-source-mac": (0xC0, on_port(0x06, 4), eth(mac(9), ip(pod(4), pod(3), 17, udp(pod(4), pod(3), 5000, 53)))),
+    "forged-arp-sender": (0x40, on_port(0x00, 4), arp(mac(4), pod(2), GW)),
+    "forged-arp-eth-source": (0x40, on_port(0x00, 4), arp(mac(4), pod(4), GW, eth_src=mac(9))),
+    "vlan0-to-gateway": (0xC0, on_port(0x06, 3), vlan(0, 0x0800, ip(pod(3), GW, 17, udp(pod(3), GW, 5000, 53)), mac(3))),
+    "lldp": (0x40, on_port(0x00, 3), eth(mac(3), bytes(32), 0x88CC, bytes([0x01, 0x80, 0xC2, 0, 0, 0x0E]))),
+    "forged-icmp-error": (0xC0, on_port(0x06, 4), eth(mac(4), ip(pod(4), pod(3), 1, icmp(3, 3, b"\0\0\0\0" + ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, SYN))[:28])))),
 }
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline")
 os.makedirs(out, exist_ok=True)
