@@ -74,6 +74,8 @@ seeds = {
     "ttl-one": (0xC0, 0x00, eth(mac(3), ip(pod(3), pod(4), 17, udp(pod(3), pod(4), 5000, 53), ttl=1))),
     "ttl-one-no-room": (0x80, 0x00, eth(mac(3), ip(pod(3), pod(4), 17, udp(pod(3), pod(4), 5000, 53), ttl=1))),
     "later-fragment": (0xC0, 0x06, eth(mac(3), ip(pod(3), pod(2), 17, b"fragment-bytes", frag=0x0010))),
+    # The first fragment of a datagram an allowed port takes (more fragments set), judged twice.
+    "udp-first-fragment": (0xC0, 0x07, eth(mac(7), ip(pod(7), pod(2), 17, udp(pod(7), pod(2), 5000, 1500, b"x" * 64), frag=0x2000))),
     "icmp-error-quoting-tcp": (0xC0, 0x06, eth(mac(2), ip(pod(2), pod(3), 1, icmp(3, 3, b"\0\0\0\0" + ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, SYN))[:28])))),
     "arp-request": (0x40, 0x00, eth(mac(3), struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac(3), bytes(pod(3)), bytes(6), bytes([10, 0, 0, 1])), 0x0806, b"\xff" * 6)),
     "ipv6": (0x40, 0x00, eth(mac(3), bytes(40), 0x86DD, bytes([0x33, 0x33, 0, 0, 0, 1]))),
