@@ -271,7 +271,7 @@ impl FragmentTable {
     }
 
     /// The table for a flow table of `capacity` connections: one record per 16 connections,
-    /// between [`Self::MIN_RECORDS`] and [`Self::MAX_RECORDS`] (at most 420 KiB). Records are
+    /// between [`Self::MIN_RECORDS`] and [`Self::MAX_RECORDS`] (at most 410 KiB). Records are
     /// needed for the moments a datagram is in flight, so even the smallest table holds many
     /// more than are needed at once; the largest keeps records of 16,384 datagrams, an eviction
     /// horizon of tens of milliseconds at hundreds of thousands of fragmented datagrams per
@@ -508,7 +508,7 @@ mod tests {
         assert!(small.records() >= FragmentTable::MIN_RECORDS);
         let big = FragmentTable::for_flows(usize::MAX);
         assert!(big.records() >= FragmentTable::MAX_RECORDS);
-        assert!(big.memory_bytes() <= 420 * 1024, "{}", big.memory_bytes());
+        assert!(big.memory_bytes() <= 410 * 1024, "{}", big.memory_bytes());
     }
 
     #[test]
