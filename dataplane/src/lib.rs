@@ -11,6 +11,8 @@
 //! - [`wire`]: zero-copy, bounds-checked views of the headers (Ethernet, ARP, IPv4, ICMP, TCP,
 //!   UDP) and the builders of the packets the dataplane sends itself.
 //! - [`conntrack`]: the flow table the conntrack stages read and write.
+//! - [`fragments`]: what the first fragment of each IPv4 datagram said (ports, fate), for its
+//!   later fragments, in one lock-free table every worker reads and writes.
 //! - [`tables`]: the read-only tables a worker consults (routes, gateway), published to workers by
 //!   an atomic pointer swap.
 //! - [`io`]: the I/O backends behind one trait: real AF_XDP sockets (via `xsk-rs`, sharing one UMEM
@@ -29,6 +31,7 @@
 pub mod checksum;
 pub mod conntrack;
 pub mod error;
+pub mod fragments;
 pub mod frame;
 pub mod io;
 pub mod learned;

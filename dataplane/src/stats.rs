@@ -133,6 +133,10 @@ drop_reasons! {
     /// An ARP frame whose sender (IP, MAC, or the Ethernet source) is not the endpoint behind
     /// the port it arrived on.
     ArpSpoofed => "arp-spoofed",
+    /// A non-initial IPv4 fragment whose datagram's first fragment was not seen (not yet, or
+    /// more than the fragment table's timeout ago, or its record was evicted): without its
+    /// ports it cannot be judged, so it is dropped (`full` mode).
+    FragNoHead => "frag-no-head",
 }
 
 impl From<crate::policy::PolicyDropReason> for DropReason {

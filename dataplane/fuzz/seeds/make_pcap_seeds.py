@@ -35,3 +35,37 @@ write("snaplen.pcap", pcap("<", 0xA1B2C3D4, 1, [(s, u, d[:30], len(d)) for s, u,
 write("cut.pcap", lab[:len(lab) - 7])
 ng = open("pcap/basic.pcapng", "rb").read()
 write("cut.pcapng", ng[:len(ng) // 2 + 3])
+
+# IPv4 fragments against the committed policy (pod-b accepts UDP 5353 from pod-a): a datagram to
+# 5353 in three fragments (all forwarded), one to 5354 (all dropped, policy-denied), a later
+# fragment with no first fragment, and one that comes before its first (both frag-no-head).
+GW = bytes.fromhex("0e78796c0001")
+A_MAC, A_IP = bytes.fromhex("d6d8c2f30229"), bytes([10, 200, 0, 10])
+B_IP = bytes([10, 200, 0, 11])
+
+
+def csum(b):
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def fragment(ident, off, more, payload):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident,
+                    (off // 8) | (0x2000 if more else 0), 64, 17, 0, A_IP, B_IP)
+    h = h[:10] + struct.pack("!H", csum(h)) + h[12:]
+    return GW + A_MAC + b"\x08\x00" + h + payload
+
+
+def datagram(ident, dport, length):
+    l4 = struct.pack("!HHHH", 40000, dport, 8 + length, 0) + bytes(i % 251 for i in range(length))
+    chunks = [l4[i:i + 1480] for i in range(0, len(l4), 1480)]
+    return [fragment(ident, i * 1480, i + 1 < len(chunks), c) for i, c in enumerate(chunks)]
+
+
+late = datagram(0x3003, 5353, 2000)
+fragments = (datagram(0x1001, 5353, 4000) + datagram(0x2002, 5354, 4000)
+             + [fragment(0x4242, 1480, False, b"\x5a" * 64)] + late[1:] + late[:1])
+write("fragments.pcap",
+      pcap("<", 0xA1B2C3D4, 1, [(1000, i * 1000, f, len(f)) for i, f in enumerate(fragments)]))

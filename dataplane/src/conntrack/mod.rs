@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 mod table;
 
+use crate::fragments::FragmentTable;
 use std::net::Ipv4Addr;
 use table::{
     Canon, EMPTY, Entry, F_ORIG_A, F_SEEN_REPLY, GC_CHUNK, SHARDS, Scan, Shard, Table, handle,
@@ -369,6 +370,8 @@ fn orig_key_of(addrs: u64, m: u64) -> FlowKey {
 /// A handle on a connection tracker shared by every worker. See the module documentation.
 pub struct Conntrack {
     t: Arc<Table>,
+    /// The fragment records, shared by the handles as the table is (see [`Self::fragments`]).
+    frags: Arc<FragmentTable>,
     /// This handle's counter shard.
     shard: usize,
     /// The garbage-collection chunk this handle sweeps: the next position and the end, as
@@ -390,7 +393,7 @@ impl std::fmt::Debug for Conntrack {
 impl Clone for Conntrack {
     /// Another handle on the same table (for another worker).
     fn clone(&self) -> Self {
-        Self::handle(Arc::clone(&self.t))
+        Self::handle(Arc::clone(&self.t), Arc::clone(&self.frags))
     }
 }
 
@@ -401,17 +404,29 @@ impl Conntrack {
     /// A tracker holding at most `config.capacity` live entries; all memory is allocated here.
     /// Clone the result to share the table.
     pub fn new(config: &CtConfig) -> Self {
-        Self::handle(Arc::new(Table::new(config)))
+        Self::handle(
+            Arc::new(Table::new(config)),
+            Arc::new(FragmentTable::for_flows(config.capacity)),
+        )
     }
 
-    fn handle(t: Arc<Table>) -> Self {
+    fn handle(t: Arc<Table>, frags: Arc<FragmentTable>) -> Self {
         let shard = t.handles.fetch_add(1, Relaxed) % SHARDS;
         Conntrack {
             t,
+            frags,
             shard,
             gc_pos: AtomicUsize::new(0),
             gc_end: AtomicUsize::new(0),
         }
+    }
+
+    /// The IPv4 fragment records of the pipeline's fragment stage, sized for this table
+    /// ([`FragmentTable::for_flows`]) and shared by its handles: the fragments of one datagram
+    /// may reach different workers, as the two directions of a flow may.
+    #[inline]
+    pub fn fragments(&self) -> &FragmentTable {
+        &self.frags
     }
 
     /// Whether `other` is a handle on the same table.

@@ -15,6 +15,7 @@
 //! | 1 | parse | [`mod@parse`] | Ethernet, ARP, IPv4, the transport header: once, into a [`Meta`] |
 //! | 2 | ingress checks | [`ingress`] | is the frame's source the port's own endpoint? |
 //! | 3 | decapsulation | *(ESP)* | inner packet of a tunnel from another node |
+//! | 3b | fragments | [`fragment`] | a later IPv4 fragment takes its datagram's ports, or its first fragment's drop; a first fragment's ports and fate are recorded after 6b |
 //! | 4 | conntrack lookup | [`flow`] | the flow's state; revalidates it after a policy change |
 //! | 5 | service translation | *(services)* | DNAT to a backend, reverse NAT of replies |
 //! | 6 | policy | [`policy`] | a new flow against the sender's egress and the receiver's ingress |
@@ -27,7 +28,7 @@
 //!
 //! Stages in italics do not exist yet; they go in at their number, and ARCHITECTURE.md says what
 //! each will take and give. ARP frames leave after stage 2 ([`arp`]). In [`Mode::Passthrough`]
-//! (the benchmark floor) stages 4 to 7 are skipped.
+//! (the benchmark floor) stages 3b to 7 are skipped.
 //!
 //! A frame is parsed once: the worker may call [`parse()`] for a whole batch first (to prefetch
 //! flow state) and then [`decide`] on each frame with its [`Parsed`]; [`process`] does both for
@@ -39,6 +40,7 @@
 pub mod arp;
 pub mod emit;
 pub mod flow;
+pub mod fragment;
 pub mod ingress;
 pub mod parse;
 pub mod policy;
@@ -162,11 +164,18 @@ pub fn decide(
         return Outcome::drop(r);
     }
 
-    // Stages 4 to 6b: flow state and policy.
+    // Stages 3b to 6b: fragments, flow state and policy.
     let policy = match tables.mode() {
         Mode::Passthrough => None,
         Mode::Full => {
-            let v = flow_and_policy(now_ns, meta, tables.policy(), ct);
+            let v = if meta.has(Meta::FRAGMENT) {
+                match fragment::judge(now_ns, meta, tables.policy(), ct) {
+                    Ok(v) => v,
+                    Err(reason) => return Outcome::drop(reason),
+                }
+            } else {
+                flow_and_policy(now_ns, meta, tables.policy(), ct)
+            };
             if let PolicyVerdict::Drop { reason, .. } = v {
                 return Outcome {
                     policy: Some(v),
@@ -201,9 +210,9 @@ pub fn decide(
 }
 
 /// Stages 4, 6 and 6b (conntrack lookup, policy, commit), which [`decide`] runs in
-/// [`Mode::Full`]: the policy verdict for the packet `meta` describes, with `rules` and the flow
-/// state `ct`. Public for benchmarks and tests that judge flows without frames. Out of line, so
-/// the passthrough path's code stays small.
+/// [`Mode::Full`] on unfragmented packets and first fragments: the policy verdict for the packet
+/// `meta` describes, with `rules` and the flow state `ct`. Public for benchmarks and tests that
+/// judge flows without frames. Out of line, so the passthrough path's code stays small.
 #[inline(never)]
 pub fn flow_and_policy(
     now_ns: u64,

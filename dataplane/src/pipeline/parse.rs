@@ -63,6 +63,9 @@ pub struct Meta {
     pub l4_checksum: u16,
     /// The `FRAGMENT`, `LATER_FRAGMENT`, `CHECKSUM_FIELD` and `ICMP_ERROR` bits.
     pub flags: u8,
+    /// The IP identification: with the addresses and protocol, the datagram a fragment belongs
+    /// to (the fragment stage's key).
+    pub ip_id: u16,
 }
 
 impl Meta {
@@ -91,6 +94,7 @@ impl Meta {
             icmp_code: 0,
             l4_checksum: 0,
             flags: 0,
+            ip_id: 0,
         }
     }
 
@@ -156,6 +160,7 @@ fn ipv4_meta(l3: &[u8]) -> Result<Meta, DropReason> {
         } else {
             0
         },
+        ip_id: ip.ident(),
     };
     if later {
         return Ok(m);

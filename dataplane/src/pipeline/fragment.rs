@@ -1,0 +1,82 @@
+//! Stage 3b, **fragments**: an IPv4 fragment is judged as part of its datagram.
+//!
+//! Only a datagram's first fragment carries the transport header, so only it can be judged on
+//! its ports. [`judge`] runs the conntrack and policy stages (4 to 6b) on a first fragment as on
+//! any packet and records its ports and its fate in the fragment table
+//! ([`crate::fragments`], on the conntrack handle). A later fragment takes its datagram's
+//! record:
+//! - none (its first fragment was not seen, or long ago): dropped, `frag-no-head`;
+//! - the first fragment was dropped: dropped with the same reason;
+//! - the first fragment passed: the conntrack lookup and the policy stage run on the packet with
+//!   the datagram's ports, so it refreshes the flow its first fragment opened or belongs to, and
+//!   a policy narrowed since stops it too. A later fragment never opens a flow: if the flow is
+//!   not tracked (its first fragment was a TCP RST or an ICMP error, or the entry went since),
+//!   it passes untracked when the policy allows its ports.
+//!
+//! So an allowed datagram arrives whole and a denied one is dropped whole, every fragment
+//! counted by the same reason; the receiver reassembles. Runs in `full` mode only: in
+//! `passthrough` nothing is judged on ports. Unfragmented packets never come here.
+
+use super::{Meta, flow, flow_and_policy, policy};
+use crate::conntrack::{Conntrack, FlowKey};
+use crate::fragments::{Datagram, Head};
+use crate::policy::{PolicyTables, PolicyVerdict};
+use crate::stats::DropReason;
+
+/// The verdict of stages 3b to 6b for a fragment (`meta` has [`Meta::FRAGMENT`]): the policy
+/// verdict, or the drop of a later fragment by its datagram's record (`frag-no-head`, or its
+/// first fragment's reason). Mutates only `ct` (its flow entries and fragment records).
+#[inline(never)]
+pub fn judge(
+    now: u64,
+    meta: &Meta,
+    rules: &PolicyTables,
+    ct: &mut Conntrack,
+) -> Result<PolicyVerdict, DropReason> {
+    let datagram = Datagram {
+        src: meta.key.src,
+        dst: meta.key.dst,
+        proto: meta.key.proto,
+        id: meta.ip_id,
+    };
+    if !meta.has(Meta::LATER_FRAGMENT) {
+        let v = flow_and_policy(now, meta, rules, ct);
+        let dropped = match v {
+            PolicyVerdict::Drop { reason, .. } => Some(reason.into()),
+            _ => None,
+        };
+        let head = Head {
+            sport: meta.key.sport,
+            dport: meta.key.dport,
+            dropped,
+        };
+        ct.fragments().record(now, &datagram, head);
+        return Ok(v);
+    }
+    let head = ct
+        .fragments()
+        .lookup(now, &datagram)
+        .ok_or(DropReason::FragNoHead)?;
+    if let Some(r) = head.dropped {
+        return Err(r);
+    }
+    let m = Meta {
+        key: FlowKey {
+            sport: head.sport,
+            dport: head.dport,
+            ..meta.key
+        },
+        ..*meta
+    };
+    Ok(match flow::lookup(now, ct, &m, rules) {
+        flow::Tracking::Known(v) => v,
+        flow::Tracking::New(_) => match policy::admit(rules, &m) {
+            PolicyVerdict::New => PolicyVerdict::Untracked,
+            v => v,
+        },
+    })
+}
+
+#[cfg(test)]
+#[path = "fragment_tests.rs"]
+mod tests;
