@@ -168,8 +168,9 @@ impl Drop for Netns {
 ///
 /// A VLAN-tagged frame ends up on one of these paths (the kernel strips a VLAN 0 tag; other
 /// VLANs have no device and are dropped), and no other ethertype has a handler in the node's
-/// stack. Fails, changing nothing, if the link is already up: it may already have a link-local
-/// address.
+/// stack. A process on the node reading a packet socket on every interface (tcpdump, lldpd)
+/// still sees the frames, as it sees all traffic. Fails, changing nothing, if the link is
+/// already up: it may already have a link-local address.
 pub fn node_port_up(netns: Option<&str>, ifname: &str) -> Result<(), Error> {
     let inside = |args: &[&str]| -> Result<String, Error> {
         match netns {
