@@ -282,7 +282,7 @@ fn drops_every_frame_without_a_socket() {
     require_root!();
     let (a, b) = two_ns("nosock");
     let vb = b.ifindex("vb");
-    assert!(a.ping("10.77.0.2", 1), "baseline ping without the program");
+    assert!(a.ping("10.77.0.2", 3), "baseline ping without the program");
     b.enter(|| {
         let mut r = load();
         r.attach("vb", XdpModeRequest::Auto).unwrap();
@@ -310,7 +310,7 @@ fn drops_every_frame_without_a_socket() {
         assert_eq!(after.redirected, 0);
         assert_eq!(r.raw_counter(counter::NO_SOCKET).unwrap(), after.no_socket);
     });
-    assert!(a.ping("10.77.0.2", 1), "ping after the program is gone");
+    assert!(a.ping("10.77.0.2", 3), "ping after the program is gone");
 }
 
 /// Every frame goes to the socket, whatever its ethertype: none reaches the kernel of `b`
