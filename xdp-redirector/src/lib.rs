@@ -9,17 +9,20 @@
 //!   native (driver) mode first, generic (skb) mode only where the driver has
 //!   no XDP support. A program left behind by a crashed agent is removed first
 //!   ([`detach_stale`]).
-//! - Keeps the program's maps: which interfaces are pod-facing and which
-//!   ethertypes to redirect (`if_config`), which slot of the `xsks` XSKMAP
-//!   belongs to each (ifindex, rx queue) (`xsk_slots`), the AF_XDP socket in
-//!   each slot (`xsks`), and per-CPU counters ([`Redirector::counters`]).
+//! - Keeps the program's maps: which slot of the `xsks` XSKMAP belongs to
+//!   each (ifindex, rx queue) (`xsk_slots`), the AF_XDP socket in each slot
+//!   (`xsks`), and per-CPU counters ([`Redirector::counters`]).
 //!
 //! Every veth receives on queue 0, so the XSKMAP is indexed by a *slot* that
 //! this crate hands out per (ifindex, queue), not by the queue number.
 //!
-//! The program fails open: a frame on an interface without configuration, of
-//! an ethertype not selected, too short to parse, or on a queue without a
-//! socket goes to the kernel stack (`XDP_PASS`). It never drops.
+//! Every frame on an interface the program is attached to goes to the
+//! dataplane, whatever its ethertype (VLAN-tagged, IPv6, LLDP, anything), and
+//! there is no way to configure otherwise: a frame the kernel saw instead
+//! could reach the node's own stack around the dataplane (the kernel strips a
+//! VLAN 0 tag and delivers the frame as untagged). A frame on a queue without
+//! a socket is dropped (`XDP_DROP`), never passed to the kernel. The program
+//! never returns `XDP_PASS`.
 //!
 //! # What it does not do
 //!
@@ -29,7 +32,7 @@
 //! - It does not pin programs, links or maps: when the [`Redirector`] is
 //!   dropped (or the process dies) the kernel detaches the program, because
 //!   the attachment is a bpf_link owned by this process.
-//! - It does not forward, parse beyond Ethernet, or touch routes/addresses.
+//! - It does not forward, read the frame, or touch routes/addresses.
 //! - It does not switch network namespaces: interface names and indexes are
 //!   resolved in the calling thread's namespace.
 //!
@@ -38,8 +41,8 @@
 //! # Features
 //!
 //! `loader` (on by default) is everything that touches the kernel, through aya. Without it the
-//! crate is only its plain types ([`XdpMode`], [`XdpModeRequest`], [`RedirectFlags`],
-//! [`RedirectCounters`], [`AttachedProgram`]), for crates that report or configure the
+//! crate is only its plain types ([`XdpMode`], [`XdpModeRequest`], [`RedirectCounters`],
+//! [`AttachedProgram`]), for crates that report or configure the
 //! redirector without loading it (the API types, the CLI).
 
 #[cfg(feature = "loader")]
@@ -59,32 +62,21 @@ pub use loader::{Redirector, attached_program, detach_stale};
 /// Name of the XDP program (its C function and `SEC("xdp")`).
 pub const PROGRAM_NAME: &str = "xylem_redirect";
 
-/// `max_entries` of `xsks`, `xsk_slots` and `if_config`: the number of slots.
+/// `max_entries` of `xsks` and `xsk_slots`: the number of slots.
 pub const MAX_SLOTS: u32 = 1024;
 
 /// Indices of the program's per-CPU `counters` map (see `bpf/xylem_redirect.c`).
 ///
-/// Frames on an interface with configuration land in exactly one of
-/// [`REDIRECTED`](counter::REDIRECTED), [`PASSED`](counter::PASSED),
-/// [`ERRORS`](counter::ERRORS).
+/// Every frame the program sees lands in exactly one of
+/// [`REDIRECTED`](counter::REDIRECTED) and [`NO_SOCKET`](counter::NO_SOCKET).
 pub mod counter {
     /// Handed to an AF_XDP socket.
     pub const REDIRECTED: u32 = 0;
-    /// Given to the kernel: ethertype not selected, no slot, or an empty slot.
-    pub const PASSED: u32 = 1;
-    /// Malformed or short frame (then passed to the kernel).
-    pub const ERRORS: u32 = 2;
-    /// Subset of `PASSED`: no slot for the (ifindex, queue), or the slot held no socket.
-    pub const PASSED_NO_SOCKET: u32 = 3;
-    /// Frames on an interface with the program but no `if_config` entry (not in `PASSED`).
-    pub const UNCONFIGURED: u32 = 4;
+    /// Dropped: no slot for the (ifindex, queue), or the slot held no socket.
+    pub const NO_SOCKET: u32 = 1;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 2;
 }
-
-const FLAG_IPV4: u32 = 1;
-const FLAG_IPV6: u32 = 2;
-const FLAG_ARP: u32 = 4;
 
 /// Errors of the XDP redirector. Each message says what to check next.
 #[derive(Debug, thiserror::Error)]
@@ -335,45 +327,14 @@ impl fmt::Display for XdpModeRequest {
     }
 }
 
-/// Which ethertypes to redirect on an interface (others are passed to the kernel).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RedirectFlags {
-    /// Redirect IPv4 (0x0800).
-    pub ipv4: bool,
-    /// Redirect IPv6 (0x86DD).
-    pub ipv6: bool,
-    /// Redirect ARP (0x0806).
-    pub arp: bool,
-}
-
-impl Default for RedirectFlags {
-    fn default() -> Self {
-        Self {
-            ipv4: true,
-            ipv6: true,
-            arp: true,
-        }
-    }
-}
-
-impl RedirectFlags {
-    /// The `if_config` value bits (`REDIRECT_IPV4 | REDIRECT_IPV6 | REDIRECT_ARP`).
-    pub fn bits(self) -> u32 {
-        (if self.ipv4 { FLAG_IPV4 } else { 0 })
-            | (if self.ipv6 { FLAG_IPV6 } else { 0 })
-            | (if self.arp { FLAG_ARP } else { 0 })
-    }
-}
-
 /// The program's counters, summed over CPUs, over all interfaces it runs on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RedirectCounters {
     /// Frames handed to an AF_XDP socket.
     pub redirected: u64,
-    /// Frames on configured interfaces given to the kernel (not selected, or no socket).
-    pub passed: u64,
-    /// Malformed or short frames (passed to the kernel).
-    pub errors: u64,
+    /// Frames dropped because their queue had no socket (the agent starting, a port being
+    /// removed, or a worker's socket closed).
+    pub no_socket: u64,
 }
 
 /// An XDP program found on an interface.
@@ -429,17 +390,6 @@ mod tests {
             serde_json::to_string(&p).unwrap(),
             r#"{"id":7,"name":"xylem_redirect","mode":"native"}"#
         );
-    }
-
-    #[test]
-    fn flags_bits() {
-        assert_eq!(RedirectFlags::default().bits(), 7);
-        let f = RedirectFlags {
-            ipv4: true,
-            ipv6: false,
-            arp: true,
-        };
-        assert_eq!(f.bits(), FLAG_IPV4 | FLAG_ARP);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use aya::programs::links::FdLink;
 use aya::programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 
 use crate::{
-    AttachedProgram, Error, MAX_SLOTS, PROGRAM_NAME, RedirectCounters, RedirectFlags, XdpMode,
-    XdpModeRequest, bpf_sys, counter, netlink,
+    AttachedProgram, Error, MAX_SLOTS, PROGRAM_NAME, RedirectCounters, XdpMode, XdpModeRequest,
+    bpf_sys, counter, netlink,
 };
 
 /// The BPF object, built by `bpf/build.sh` and committed.
@@ -47,7 +47,6 @@ pub struct Redirector {
     slots: StdHashMap<SlotKey, u32>,
     xsks: XskMap<MapData>,
     xsk_slots: HashMap<MapData, SlotKey, u32>,
-    if_config: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     /// Owns the program (and so its links); must outlive the attachments.
     ebpf: Ebpf,
@@ -82,8 +81,6 @@ impl Redirector {
         let xsks = XskMap::try_from(take_map(&mut ebpf, "xsks")?).map_err(map_err("xsks"))?;
         let xsk_slots =
             HashMap::try_from(take_map(&mut ebpf, "xsk_slots")?).map_err(map_err("xsk_slots"))?;
-        let if_config =
-            HashMap::try_from(take_map(&mut ebpf, "if_config")?).map_err(map_err("if_config"))?;
         let counters =
             PerCpuArray::try_from(take_map(&mut ebpf, "counters")?).map_err(map_err("counters"))?;
         Ok(Self {
@@ -91,7 +88,6 @@ impl Redirector {
             slots: StdHashMap::new(),
             xsks,
             xsk_slots,
-            if_config,
             counters,
             ebpf,
         })
@@ -110,26 +106,20 @@ impl Redirector {
     /// generic (skb) ONLY on EOPNOTSUPP (EBUSY/EEXIST mean "a program is
     /// already there", never "no native support"). Before attaching, remove
     /// any stale XDP program left on the interface by a crashed agent (see
-    /// [`detach_stale`]). Writes the if_config entry with `flags`. Returns the
-    /// mode in effect.
+    /// [`detach_stale`]). Returns the mode in effect.
     ///
-    /// Attaching again to an interface this `Redirector` is attached to only
-    /// updates the flags when the mode in effect satisfies `mode`; otherwise
-    /// it re-attaches in the requested mode (registered sockets stay).
-    pub fn attach(
-        &mut self,
-        ifname: &str,
-        mode: XdpModeRequest,
-        flags: RedirectFlags,
-    ) -> Result<XdpMode, Error> {
+    /// From then on every frame received on `ifname` goes to the socket
+    /// registered for its queue, or is dropped while there is none: the
+    /// program has no per-interface setting.
+    ///
+    /// Attaching again to an interface this `Redirector` is attached to keeps
+    /// the attachment when the mode in effect satisfies `mode`; otherwise it
+    /// re-attaches in the requested mode (registered sockets stay).
+    pub fn attach(&mut self, ifname: &str, mode: XdpModeRequest) -> Result<XdpMode, Error> {
         let ifindex = ifindex_of(ifname)?;
         if let Some(existing) = self.attachments.get(ifname) {
             if existing.ifindex == ifindex && mode.accepts(existing.mode) {
-                let mode = existing.mode;
-                self.if_config
-                    .insert(ifindex, flags.bits(), 0)
-                    .map_err(map_err("if_config"))?;
-                return Ok(mode);
+                return Ok(existing.mode);
             }
             if existing.ifindex == ifindex {
                 self.detach_link(ifname)?;
@@ -144,11 +134,6 @@ impl Redirector {
             tracing::warn!(ifname, "removed a stale XDP program before attaching");
         }
 
-        let had_config = self.if_config.get(&ifindex, 0).is_ok();
-        self.if_config
-            .insert(ifindex, flags.bits(), 0)
-            .map_err(map_err("if_config"))?;
-
         let result = match mode {
             XdpModeRequest::Native => self.attach_mode(ifname, XdpMode::Native),
             XdpModeRequest::Generic => self.attach_mode(ifname, XdpMode::Generic),
@@ -160,27 +145,17 @@ impl Redirector {
                 other => other,
             },
         };
-        match result {
-            Ok((link, mode)) => {
-                self.attachments.insert(
-                    ifname.to_owned(),
-                    Attachment {
-                        ifindex,
-                        mode,
-                        link,
-                    },
-                );
-                tracing::info!(ifname, ifindex, %mode, "attached {PROGRAM_NAME}");
-                Ok(mode)
-            }
-            Err(e) => {
-                if !had_config {
-                    // Best effort: the entry is harmless without the program.
-                    let _ = self.if_config.remove(&ifindex);
-                }
-                Err(e)
-            }
-        }
+        let (link, mode) = result?;
+        self.attachments.insert(
+            ifname.to_owned(),
+            Attachment {
+                ifindex,
+                mode,
+                link,
+            },
+        );
+        tracing::info!(ifname, ifindex, %mode, "attached {PROGRAM_NAME}");
+        Ok(mode)
     }
 
     fn attach_mode(&mut self, ifname: &str, mode: XdpMode) -> Result<(XdpLinkId, XdpMode), Error> {
@@ -213,7 +188,7 @@ impl Redirector {
         }
     }
 
-    /// Detaches only the program (keeps if_config and slots).
+    /// Detaches only the program (keeps the slots).
     fn detach_link(&mut self, ifname: &str) -> Result<(), Error> {
         let att = self
             .attachments
@@ -247,8 +222,8 @@ impl Redirector {
         Ok(())
     }
 
-    /// Detaches the program from `ifname` and removes the interface's
-    /// `if_config` entry and all its socket slots. The sockets themselves
+    /// Detaches the program from `ifname` and removes all the interface's
+    /// socket slots. The sockets themselves
     /// stay open: they belong to the caller.
     pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
         let ifindex = self
@@ -260,14 +235,6 @@ impl Redirector {
             })?;
         let detached = self.detach_link(ifname);
         let mut first_err = detached.err();
-        if let Err(e) = self.if_config.remove(&ifindex)
-            && !is_not_found(&e)
-        {
-            first_err.get_or_insert(Error::Map {
-                map: "if_config",
-                source: e,
-            });
-        }
         let keys: Vec<SlotKey> = self
             .slots
             .keys()
@@ -342,7 +309,7 @@ impl Redirector {
     }
 
     /// Removes the socket of (ifindex, queue): the slot disappears from
-    /// `xsk_slots` first (frames fall back to the kernel), then `xsks[slot]`
+    /// `xsk_slots` first (the queue's frames are dropped from then on), then `xsks[slot]`
     /// is cleared and the slot is free for reuse.
     pub fn unregister_socket(&mut self, ifindex: u32, queue: u32) -> Result<(), Error> {
         let key = SlotKey { ifindex, queue };
@@ -374,8 +341,7 @@ impl Redirector {
     pub fn counters(&self) -> Result<RedirectCounters, Error> {
         Ok(RedirectCounters {
             redirected: self.raw_counter(counter::REDIRECTED)?,
-            passed: self.raw_counter(counter::PASSED)?,
-            errors: self.raw_counter(counter::ERRORS)?,
+            no_socket: self.raw_counter(counter::NO_SOCKET)?,
         })
     }
 

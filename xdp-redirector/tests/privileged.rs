@@ -1,13 +1,17 @@
-//! Privileged tests: load, attach, detach, stale cleanup, fail-open and
-//! redirect on veth pairs inside network namespaces this test creates.
+//! Privileged tests: load, attach, detach, stale cleanup, dropping without a
+//! socket and redirecting every ethertype, on veth pairs inside network
+//! namespaces this test creates.
 //! Each test skips (saying why) when not run as root.
 
 mod common;
 
-use common::{Netns, bound_xsk, ns_with_veth, object_path, two_ns};
+use common::{
+    Capture, Netns, VB_MAC_TEXT, bound_xsk, every_kind_of_frame, ns_with_veth, object_path,
+    send_frames, two_ns,
+};
 use xdp_redirector::{
-    Error, PROGRAM_NAME, RedirectFlags, Redirector, XdpMode, XdpModeRequest, attached_program,
-    counter, detach_stale,
+    Error, PROGRAM_NAME, Redirector, XdpMode, XdpModeRequest, attached_program, counter,
+    detach_stale,
 };
 
 fn load() -> Redirector {
@@ -34,8 +38,7 @@ fn attach_modes_on_veth() {
     ns.enter(|| {
         let mut r = load();
         assert_eq!(
-            r.attach("va", XdpModeRequest::Native, RedirectFlags::default())
-                .unwrap(),
+            r.attach("va", XdpModeRequest::Native).unwrap(),
             XdpMode::Native
         );
         let p = attached_program("va").unwrap().expect("program on va");
@@ -44,8 +47,7 @@ fn attach_modes_on_veth() {
         assert!(p.id > 0);
 
         assert_eq!(
-            r.attach("vb", XdpModeRequest::Generic, RedirectFlags::default())
-                .unwrap(),
+            r.attach("vb", XdpModeRequest::Generic).unwrap(),
             XdpMode::Generic
         );
         assert_eq!(
@@ -62,15 +64,13 @@ fn attach_modes_on_veth() {
 
         // Attaching again with a compatible request keeps the attachment.
         assert_eq!(
-            r.attach("va", XdpModeRequest::Auto, RedirectFlags::default())
-                .unwrap(),
+            r.attach("va", XdpModeRequest::Auto).unwrap(),
             XdpMode::Native
         );
         assert_eq!(attached_program("va").unwrap().map(|q| q.id), Some(p.id));
         // An incompatible request re-attaches in the new mode.
         assert_eq!(
-            r.attach("va", XdpModeRequest::Generic, RedirectFlags::default())
-                .unwrap(),
+            r.attach("va", XdpModeRequest::Generic).unwrap(),
             XdpMode::Generic
         );
         assert_eq!(
@@ -84,8 +84,7 @@ fn attach_modes_on_veth() {
 
         // Auto on a veth means native.
         assert_eq!(
-            r.attach("va", XdpModeRequest::Auto, RedirectFlags::default())
-                .unwrap(),
+            r.attach("va", XdpModeRequest::Auto).unwrap(),
             XdpMode::Native
         );
         assert_eq!(
@@ -102,14 +101,11 @@ fn auto_falls_back_to_generic_only_without_native_support() {
     let ns = Netns::new("lo");
     ns.enter(|| {
         let mut r = load();
-        let err = r
-            .attach("lo", XdpModeRequest::Native, RedirectFlags::default())
-            .unwrap_err();
+        let err = r.attach("lo", XdpModeRequest::Native).unwrap_err();
         assert!(matches!(err, Error::NativeUnsupported { .. }), "{err}");
         assert_eq!(attached_program("lo").unwrap(), None);
         assert_eq!(
-            r.attach("lo", XdpModeRequest::Auto, RedirectFlags::default())
-                .unwrap(),
+            r.attach("lo", XdpModeRequest::Auto).unwrap(),
             XdpMode::Generic
         );
         assert_eq!(
@@ -125,9 +121,7 @@ fn unknown_interface_is_an_error() {
     let ns = Netns::new("noif");
     ns.enter(|| {
         let mut r = load();
-        let err = r
-            .attach("nosuch0", XdpModeRequest::Auto, RedirectFlags::default())
-            .unwrap_err();
+        let err = r.attach("nosuch0", XdpModeRequest::Auto).unwrap_err();
         assert!(matches!(err, Error::InterfaceNotFound { .. }), "{err}");
         assert!(err.to_string().contains("nosuch0 does not exist"), "{err}");
         assert!(r.attached().is_empty());
@@ -148,16 +142,14 @@ fn stale_netlink_program_is_replaced_on_attach() {
 
         let mut r = load();
         assert_eq!(
-            r.attach("va", XdpModeRequest::Auto, RedirectFlags::default())
-                .unwrap(),
+            r.attach("va", XdpModeRequest::Auto).unwrap(),
             XdpMode::Native
         );
         let now = attached_program("va").unwrap().expect("ours on va");
         assert_ne!(now.id, old_va.id);
         assert_eq!(now.mode, XdpMode::Native);
         assert_eq!(
-            r.attach("vb", XdpModeRequest::Native, RedirectFlags::default())
-                .unwrap(),
+            r.attach("vb", XdpModeRequest::Native).unwrap(),
             XdpMode::Native
         );
         assert_ne!(
@@ -197,8 +189,7 @@ fn detach_stale_removes_a_program_held_by_a_live_bpf_link() {
         // A Redirector attaches through a bpf_link, which netlink cannot
         // replace (EBUSY): detach_stale must BPF_LINK_DETACH it.
         let mut r = load();
-        r.attach("va", XdpModeRequest::Native, RedirectFlags::default())
-            .unwrap();
+        r.attach("va", XdpModeRequest::Native).unwrap();
         assert!(detach_stale("va").unwrap());
         assert_eq!(attached_program("va").unwrap(), None);
         assert!(!detach_stale("va").unwrap());
@@ -214,10 +205,8 @@ fn drop_detaches_everything() {
     let ns = ns_with_veth("drop");
     ns.enter(|| {
         let mut r = load();
-        r.attach("va", XdpModeRequest::Native, RedirectFlags::default())
-            .unwrap();
-        r.attach("vb", XdpModeRequest::Generic, RedirectFlags::default())
-            .unwrap();
+        r.attach("va", XdpModeRequest::Native).unwrap();
+        r.attach("vb", XdpModeRequest::Generic).unwrap();
         assert!(attached_program("va").unwrap().is_some());
         assert!(attached_program("vb").unwrap().is_some());
         drop(r);
@@ -236,17 +225,14 @@ fn detach_is_immediate_while_a_forked_child_holds_the_link() {
     let ns = ns_with_veth("forked");
     ns.enter(|| {
         let mut r = load();
-        r.attach("va", XdpModeRequest::Generic, RedirectFlags::default())
-            .unwrap();
-        r.attach("vb", XdpModeRequest::Native, RedirectFlags::default())
-            .unwrap();
+        r.attach("va", XdpModeRequest::Generic).unwrap();
+        r.attach("vb", XdpModeRequest::Native).unwrap();
         let child = HeldDescriptors::fork();
         r.detach("va").unwrap();
         assert_eq!(attached_program("va").unwrap(), None);
         // Changing mode detaches the old link first; the new one must attach.
         assert_eq!(
-            r.attach("vb", XdpModeRequest::Generic, RedirectFlags::default())
-                .unwrap(),
+            r.attach("vb", XdpModeRequest::Generic).unwrap(),
             XdpMode::Generic
         );
         assert_eq!(
@@ -292,54 +278,56 @@ impl Drop for HeldDescriptors {
 }
 
 #[test]
-fn fails_open_without_socket_and_without_if_config() {
+fn drops_every_frame_without_a_socket() {
     require_root!();
-    let (a, b) = two_ns("open");
-    // va (in a) gets an `ip`-loaded instance whose if_config is empty: the
-    // echo replies cross an interface that has the program but no entry.
-    ip_attach(&a, "va", "xdpgeneric");
+    let (a, b) = two_ns("nosock");
+    let vb = b.ifindex("vb");
+    assert!(a.ping("10.77.0.2", 3), "baseline ping without the program");
     b.enter(|| {
         let mut r = load();
-        r.attach("vb", XdpModeRequest::Auto, RedirectFlags::default())
-            .unwrap();
-        let before = r.counters().unwrap();
+        r.attach("vb", XdpModeRequest::Auto).unwrap();
+        // No slot for the queue: dropped, never passed to the kernel.
         assert!(
-            a.ping("10.77.0.2", 3),
-            "ping failed with no socket registered"
+            !a.ping("10.77.0.2", 2),
+            "ping worked through an interface whose queue has no socket"
         );
         let after = r.counters().unwrap();
+        assert!(after.no_socket >= 2, "no_socket did not grow: {after:?}");
+        assert_eq!(after.redirected, 0);
+
+        // A slot whose socket was closed (the kernel empties its XSKMAP entry): dropped too.
+        let xsk = bound_xsk(vb, 0);
+        r.register_socket(vb, 0, std::os::fd::AsRawFd::as_raw_fd(&xsk.fd))
+            .unwrap();
+        drop(xsk);
+        let before = r.counters().unwrap();
+        assert!(!a.ping("10.77.0.2", 2), "ping worked through an empty slot");
+        let after = r.counters().unwrap();
         assert!(
-            after.passed >= before.passed + 3,
-            "passed did not grow: {before:?} -> {after:?}"
+            after.no_socket >= before.no_socket + 2,
+            "no_socket did not grow: {before:?} -> {after:?}"
         );
         assert_eq!(after.redirected, 0);
-        assert_eq!(after.errors, 0);
-        assert!(r.raw_counter(counter::PASSED_NO_SOCKET).unwrap() >= 3);
-        assert_eq!(r.raw_counter(counter::UNCONFIGURED).unwrap(), 0);
+        assert_eq!(r.raw_counter(counter::NO_SOCKET).unwrap(), after.no_socket);
     });
-    assert!(
-        attached_program_in(&a, "va").is_some(),
-        "the unconfigured instance on va was not in place"
-    );
+    assert!(a.ping("10.77.0.2", 3), "ping after the program is gone");
 }
 
-fn attached_program_in(ns: &Netns, ifname: &str) -> Option<xdp_redirector::AttachedProgram> {
-    ns.enter(|| attached_program(ifname).unwrap())
-}
-
+/// Every frame goes to the socket, whatever its ethertype: none reaches the kernel of `b`
+/// (a packet socket on `vb` sees none of them) until the program is detached, when all of
+/// them do.
 #[test]
-fn redirects_to_a_registered_socket_and_honours_flags() {
+fn redirects_every_ethertype_to_a_registered_socket() {
     require_root!();
     let (a, b) = two_ns("redir");
     let vb = b.ifindex("vb");
+    b.ip(&["link", "set", "vb", "address", VB_MAC_TEXT]);
+    let frames = every_kind_of_frame();
     b.enter(|| {
         let mut r = load();
-        r.attach("vb", XdpModeRequest::Auto, RedirectFlags::default())
-            .unwrap();
-        assert!(a.ping("10.77.0.2", 1), "baseline ping");
-
-        // The socket is bound but never given fill buffers: frames
-        // redirected to it are consumed (dropped), so ping must fail.
+        r.attach("vb", XdpModeRequest::Auto).unwrap();
+        // The socket is bound but never given fill buffers: frames redirected to it are
+        // consumed (dropped) by the kernel.
         let xsk = bound_xsk(vb, 0);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&xsk.fd);
         assert_eq!(r.register_socket(vb, 0, fd).unwrap(), 0);
@@ -348,39 +336,32 @@ fn redirects_to_a_registered_socket_and_honours_flags() {
             0,
             "same slot on re-register"
         );
+        let capture = Capture::open(vb);
         let before = r.counters().unwrap();
-        assert!(
-            !a.ping("10.77.0.2", 2),
-            "ping worked although frames go to the socket"
-        );
+        a.enter(|| send_frames("va", &frames));
         let after = r.counters().unwrap();
         assert!(
-            after.redirected >= before.redirected + 2,
-            "redirected did not grow: {before:?} -> {after:?}"
+            after.redirected >= before.redirected + frames.len() as u64,
+            "not every frame was redirected: {before:?} -> {after:?}"
         );
-
-        // Flags off: the same socket stays registered, frames go to the kernel.
-        let none = RedirectFlags {
-            ipv4: false,
-            ipv6: false,
-            arp: false,
-        };
-        r.attach("vb", XdpModeRequest::Auto, none).unwrap();
-        assert!(
-            a.ping("10.77.0.2", 2),
-            "ping failed with redirection switched off"
+        assert_eq!(after.no_socket, before.no_socket);
+        assert_eq!(
+            capture.markers_seen(),
+            Vec::<u8>::new(),
+            "frames that reached the kernel past the program"
         );
-        r.attach("vb", XdpModeRequest::Auto, RedirectFlags::default())
-            .unwrap();
-        assert!(!a.ping("10.77.0.2", 1), "redirection did not come back");
+        assert!(!a.ping("10.77.0.2", 1), "ping worked past the socket");
 
-        // Unregistered: fail open again.
+        // Without the program the same frames do reach the kernel: the capture sees them.
         r.unregister_socket(vb, 0).unwrap();
-        assert!(a.ping("10.77.0.2", 2), "ping failed after unregister");
         assert!(matches!(
             r.unregister_socket(vb, 0),
             Err(Error::SocketNotRegistered { .. })
         ));
+        r.detach("vb").unwrap();
+        a.enter(|| send_frames("va", &frames));
+        let all: Vec<u8> = (0..frames.len() as u8).collect();
+        assert_eq!(capture.markers_seen(), all, "the capture itself works");
     });
 }
 
@@ -404,8 +385,7 @@ fn slots_are_per_interface_and_queue_and_reused() {
             "freed slot reused"
         );
         // detach removes the interface's slots.
-        r.attach("vb", XdpModeRequest::Auto, RedirectFlags::default())
-            .unwrap();
+        r.attach("vb", XdpModeRequest::Auto).unwrap();
         r.detach("vb").unwrap();
         assert!(matches!(
             r.unregister_socket(vb, 0),

@@ -8,7 +8,7 @@
 //! Names (with the `xylem_` prefix; counters get `_total` from the encoder):
 //! `xylem_forward_count_total`, `xylem_forward_bytes_total`,
 //! `xylem_drop_count_total{reason,direction}`, `xylem_xdp_redirect_total`,
-//! `xylem_xdp_pass_total`, `xylem_xdp_error_total`, `xylem_worker_busy_ratio{worker,core}`,
+//! `xylem_xdp_no_socket_total`, `xylem_worker_busy_ratio{worker,core}`,
 //! `xylem_monitor_events_lost_total`, `xylem_rx_packets_total`, `xylem_rx_bytes_total`,
 //! `xylem_tx_packets_total`, `xylem_tx_bytes_total`, `xylem_port_rx_packets_total{port}`,
 //! `xylem_port_tx_packets_total{port}`, `xylem_port_drop_count_total{port}`,
@@ -166,14 +166,9 @@ fn drops_and_redirector(reg: &mut Registry, st: &Status) {
                 st.redirector.redirected,
             ),
             (
-                "xylem_xdp_pass",
-                "Frames on configured interfaces the XDP program passed to the kernel",
-                st.redirector.passed,
-            ),
-            (
-                "xylem_xdp_error",
-                "Malformed or short frames seen by the XDP program",
-                st.redirector.errors,
+                "xylem_xdp_no_socket",
+                "Frames the XDP program dropped because their queue had no AF_XDP socket",
+                st.redirector.no_socket,
             ),
         ],
     );

@@ -87,8 +87,8 @@ pub(crate) fn print_status(st: &Status) {
     );
     let r = &st.redirector;
     println!(
-        "\nredirector: redirected {}  passed {}  errors {}",
-        r.redirected, r.passed, r.errors
+        "\nredirector: redirected {}  dropped without a socket {}",
+        r.redirected, r.no_socket
     );
     let sp = &st.slowpath;
     println!(

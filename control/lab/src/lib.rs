@@ -12,8 +12,9 @@
 //!   veths and the XDP programs on them.
 //! - [`process`] runs helper commands with their output captured and errors that name the
 //!   command, and owns long-running children behind a guard that stops them on drop; [`netns`]
-//!   creates, lists and removes namespaces (with a guard that deletes one on drop) and starts
-//!   netserver in one. `netperf-harness` builds its kernel paths with these same helpers, so
+//!   creates, lists and removes namespaces (with a guard that deletes one on drop), starts
+//!   netserver in one, and brings the node's end of a pod veth up closed to the node's own stack
+//!   ([`netns::node_port_up`], which a CNI plugin can call as well: this crate links no agent). `netperf-harness` builds its kernel paths with these same helpers, so
 //!   there is one copy of each.
 //!
 //! # What it does not do
@@ -23,7 +24,8 @@
 //!   configuration file and its API: the agent owns the XDP program, the sockets and the tables.
 //! - It handles no signals and pins no CPUs: a caller that must stop on a signal passes its own
 //!   flag to [`process::run_timed`]; the harness keeps its signal handling and CPU pinning.
-//! - It installs nothing: `ip`, `ethtool`, `ss` and netperf come from `docker/bootstrap.sh`.
+//! - It installs nothing: `ip`, `ethtool`, `ss`, `sysctl`, `iptables` and netperf come from
+//!   `docker/bootstrap.sh`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

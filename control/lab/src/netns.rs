@@ -145,6 +145,73 @@ impl Drop for Netns {
     }
 }
 
+/// Brings up `ifname`, the node's end of a pod's veth (or the host port's dataplane end), in
+/// namespace `netns` (`None`: the caller's own, as for a CNI plugin, which runs in the node's
+/// namespace), closed to the node's own stack. The XDP program hands every frame it sees to the
+/// dataplane; these settings make sure that while no program is attached (the agent killed or
+/// not started yet) a pod still reaches nothing on the node, over any ethertype:
+///
+/// - IPv6 off (`disable_ipv6=1`), set while the link is down so that it never gets a link-local
+///   address: the kernel drops every IPv6 packet received on it.
+/// - No ARP: the link is NOARP (the kernel drops every ARP frame received on it), and
+///   `arp_ignore=8` answers none even if that flag is cleared.
+/// - No forwarding (`forwarding=0`).
+/// - Strict reverse-path filtering (`rp_filter=1`). No route leads back to a pod through this
+///   interface, so the node's stack accepts no IPv4 from it: without it, a pod could send to
+///   this interface's MAC with one of the node's own addresses as destination and Linux (a weak
+///   host) would deliver it.
+/// - An iptables rule dropping all IPv4 received on it (`raw` `PREROUTING`): reverse-path
+///   filtering does not check a source of 0.0.0.0 sent to the limited broadcast or to a
+///   link-local multicast group, which the kernel delivers to sockets bound to 0.0.0.0. The rule
+///   names the interface, so it is added once and outlives the interface, ready for the next
+///   one made under that name.
+///
+/// A VLAN-tagged frame ends up on one of these paths (the kernel strips a VLAN 0 tag; other
+/// VLANs have no device and are dropped), and no other ethertype has a handler in the node's
+/// stack. A process on the node reading a packet socket on every interface (tcpdump, lldpd)
+/// still sees the frames, as it sees all traffic. Fails, changing nothing, if the link is
+/// already up: it may already have a link-local address.
+pub fn node_port_up(netns: Option<&str>, ifname: &str) -> Result<(), Error> {
+    let inside = |args: &[&str]| -> Result<String, Error> {
+        match netns {
+            Some(ns) => process::run(&exec_args(ns, args)),
+            None => process::run(args),
+        }
+    };
+    let flags = inside(&["ip", "-j", "link", "show", "dev", ifname])?;
+    let up = serde_json::from_str::<serde_json::Value>(&flags)
+        .ok()
+        .and_then(|v| v.get(0)?.get("flags")?.as_array().cloned())
+        .is_some_and(|f| f.iter().any(|f| f == "UP"));
+    if up {
+        return Err(Error::Lab(format!(
+            "{ifname} is already up: a pod port is closed to the node's stack before it goes \
+             up (it may have an IPv6 link-local address already); delete it and make it again"
+        )));
+    }
+    let sysctls = [
+        format!("net.ipv6.conf.{ifname}.disable_ipv6=1"),
+        format!("net.ipv4.conf.{ifname}.forwarding=0"),
+        format!("net.ipv4.conf.{ifname}.arp_ignore=8"),
+        format!("net.ipv4.conf.{ifname}.rp_filter=1"),
+    ];
+    let mut args = vec!["sysctl", "-qw"];
+    args.extend(sysctls.iter().map(String::as_str));
+    inside(&args)?;
+    inside(&["ip", "link", "set", "dev", ifname, "arp", "off"])?;
+    let rule = ["PREROUTING", "-i", ifname, "-j", "DROP"];
+    let iptables = |op: &'static str| {
+        let mut args = vec!["iptables", "-w", "-t", "raw", op];
+        args.extend_from_slice(&rule);
+        inside(&args)
+    };
+    if iptables("-C").is_err() {
+        iptables("-A")?;
+    }
+    inside(&["ip", "link", "set", "dev", ifname, "up"])?;
+    Ok(())
+}
+
 /// The MAC address of `ifname` in namespace `netns`.
 pub(crate) fn read_mac(netns: &str, ifname: &str) -> Result<MacAddr, Error> {
     let out = process::run(&["ip", "-n", netns, "-j", "link", "show", ifname])?;
@@ -226,6 +293,61 @@ fn wait_listening(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pod port brought up by [`node_port_up`] has every setting it promises, and a port that
+    /// is already up is refused.
+    #[test]
+    fn a_node_port_comes_up_closed_to_the_nodes_stack() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED a_node_port_comes_up_closed_to_the_nodes_stack: needs root");
+            return;
+        }
+        let ns = Netns::create(&format!("xyltest-port-{}", std::process::id())).unwrap();
+        ns.ip(&[
+            "link", "add", "xyp0", "type", "veth", "peer", "name", "xyp0peer",
+        ])
+        .unwrap();
+        ns.ip(&["link", "set", "xyp0peer", "up"]).unwrap();
+        node_port_up(Some(ns.name()), "xyp0").unwrap();
+        for (key, want) in [
+            ("net.ipv6.conf.xyp0.disable_ipv6", "1"),
+            ("net.ipv4.conf.xyp0.forwarding", "0"),
+            ("net.ipv4.conf.xyp0.arp_ignore", "8"),
+            ("net.ipv4.conf.xyp0.rp_filter", "1"),
+        ] {
+            let got = ns.exec(&["sysctl", "-n", key]).unwrap();
+            assert_eq!(got.trim(), want, "{key}");
+        }
+        let link = ns.ip(&["-j", "addr", "show", "dev", "xyp0"]).unwrap();
+        let link: serde_json::Value = serde_json::from_str(&link).unwrap();
+        let flags = link[0]["flags"].as_array().unwrap();
+        assert!(flags.iter().any(|f| f == "UP"), "{link}");
+        assert!(flags.iter().any(|f| f == "NOARP"), "{link}");
+        assert_eq!(link[0]["addr_info"], serde_json::json!([]), "no address");
+        let rules = ns
+            .exec(&["iptables", "-w", "-t", "raw", "-S", "PREROUTING"])
+            .unwrap();
+        assert_eq!(
+            rules.matches("-A PREROUTING -i xyp0 -j DROP").count(),
+            1,
+            "{rules}"
+        );
+
+        let err = node_port_up(Some(ns.name()), "xyp0").unwrap_err();
+        assert!(err.to_string().contains("xyp0 is already up"), "{err}");
+        // The same name made again: the rule is there once.
+        ns.ip(&["link", "del", "xyp0"]).unwrap();
+        ns.ip(&[
+            "link", "add", "xyp0", "type", "veth", "peer", "name", "xyp0peer",
+        ])
+        .unwrap();
+        node_port_up(Some(ns.name()), "xyp0").unwrap();
+        let rules = ns
+            .exec(&["iptables", "-w", "-t", "raw", "-S", "PREROUTING"])
+            .unwrap();
+        assert_eq!(rules.matches("-i xyp0 ").count(), 1, "{rules}");
+    }
 
     #[test]
     fn exec_args_prefix() {

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::netns::read_mac;
+use crate::netns::{node_port_up, read_mac};
 use crate::process::run;
 use crate::up::add_quiet_netns;
 use crate::{Error, HOST_DP_IF, Lab, LabPod, PodState};
@@ -131,7 +131,7 @@ impl Lab {
 }
 
 /// Creates pod namespace `pod_ns` with `eth0` at `ip`/32 behind gateway `gateway`, and its veth
-/// peer `ifname` in the node namespace.
+/// peer `ifname` in the node namespace, closed to the node's stack ([`node_port_up`]).
 pub(crate) fn make_pod(
     node_ns: &str,
     pod_ns: &str,
@@ -171,7 +171,7 @@ pub(crate) fn make_pod(
         "ip", "netns", "exec", pod_ns, "ethtool", "-K", "eth0", "tx", "off",
     ])?;
     run(&["ip", "-n", pod_ns, "link", "set", "eth0", "up"])?;
-    run(&["ip", "-n", node_ns, "link", "set", ifname, "up"])?;
+    node_port_up(Some(node_ns), ifname)?;
     let gw = gateway.to_string();
     run(&[
         "ip", "-n", pod_ns, "route", "add", &gw, "dev", "eth0", "scope", "link",

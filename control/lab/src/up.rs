@@ -288,6 +288,8 @@ pub(crate) fn add_quiet_netns(name: &str) -> Result<(), Error> {
 
 /// The host port: a veth pair in the node namespace, [`HOST_IF`] for the namespace's own stack
 /// and [`HOST_DP_IF`] for the agent, so the node reaches the pods through the dataplane.
+/// [`HOST_DP_IF`] is closed to the node's stack like a pod's port ([`netns::node_port_up`]):
+/// without the agent, frames the node sends to the pods go nowhere.
 fn make_host_port(node: &Node) -> Result<PortConfig, Error> {
     let ns = node.netns.as_str();
     let q = node.queues.as_str();
@@ -318,7 +320,7 @@ fn make_host_port(node: &Node) -> Result<PortConfig, Error> {
         "ip", "netns", "exec", ns, "ethtool", "-K", HOST_IF, "tx", "off",
     ])?;
     run(&["ip", "-n", ns, "link", "set", HOST_IF, "up"])?;
-    run(&["ip", "-n", ns, "link", "set", HOST_DP_IF, "up"])?;
+    netns::node_port_up(Some(ns), HOST_DP_IF)?;
     let gw = node.gateway.to_string();
     let cidr = node.pod_cidr.to_string();
     let src = node.host_ip.to_string();

@@ -32,14 +32,14 @@
 //! enters by that endpoint's port (a capture taken on one pod's interface); otherwise by the
 //! port of the endpoint whose MAC is the frame's source MAC. Frames that could not have reached
 //! a worker are reported, not processed: sent by the gateway itself (Xylem's own output, in a
-//! capture taken in both directions), from a MAC no endpoint has, of an EtherType the XDP
-//! redirector passes to the kernel, cut by the capture's snap length, or longer than an AF_XDP
-//! frame.
+//! capture taken in both directions), from a MAC no endpoint has, cut by the capture's snap
+//! length, or longer than an AF_XDP frame. Every other frame reaches the worker, whatever its
+//! EtherType, as on a node: the XDP program hands every frame of a pod-facing interface to the
+//! dataplane.
 //!
 //! What it does not do: run the slow path (frames for the gateway are reported as handed to it;
-//! its ARP and ICMP answers are not produced), the XDP program (its ethertype selection is
-//! modelled from [`RedirectFlags::default`](xdp_redirector::RedirectFlags), which the agent uses), several workers, or
-//! policies changing during the capture.
+//! its ARP and ICMP answers are not produced), the XDP program, several workers, or policies
+//! changing during the capture.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

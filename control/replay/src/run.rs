@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use xdp_redirector::RedirectFlags;
 use xylem_dataplane::io::pcap::{Capture, FrameInfo, PcapBackend, SentFrame, Undelivered};
 use xylem_dataplane::pipeline::{Parsed, parse};
 use xylem_dataplane::slowpath::Signal;
@@ -171,7 +170,6 @@ pub fn replay_stream(
     let total_bytes = capture.len();
     let nports = setup.ports.len();
     let (mut w, to_slow, stats) = replay_worker(setup.tables, nports, capture, cfg)?;
-    let redirect = RedirectFlags::default();
     let gw_mac = cfg.gateway.mac.0;
     let head = Head {
         file: path.display().to_string(),
@@ -211,7 +209,7 @@ pub fn replay_stream(
         }
 
         // Which port, if any, the frame enters by.
-        let port = ingress_port(setup.ingress, &setup.by_mac, &input, redirect, gw_mac);
+        let port = ingress_port(setup.ingress, &setup.by_mac, &input, gw_mac);
         let port = match port {
             Ok(p) => p,
             Err((reason, note)) => {
@@ -385,37 +383,15 @@ fn ingress_port(
     ingress: Option<u16>,
     by_mac: &BTreeMap<[u8; 6], u16>,
     input: &[u8],
-    redirect: RedirectFlags,
     gw_mac: [u8; 6],
 ) -> Result<u16, (&'static str, String)> {
     let src_mac: Option<[u8; 6]> = input.get(6..12).and_then(|m| m.try_into().ok());
-    let ethertype = input.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]]));
-    let redirected = match ethertype {
-        Some(0x0800) => redirect.ipv4,
-        Some(0x86dd) => redirect.ipv6,
-        Some(0x0806) => redirect.arp,
-        _ => false,
-    };
     if src_mac == Some(gw_mac) {
         return Err((
             "from-gateway",
             "sent by the gateway: Xylem's own output in the capture (capture with \
              `tcpdump -Q out` to leave it out)"
                 .into(),
-        ));
-    }
-    if !redirected {
-        return Err((
-            "xdp-pass",
-            match ethertype {
-                None => "shorter than an Ethernet header: the XDP redirector passes it to \
-                         the node's kernel"
-                    .into(),
-                Some(t) => format!(
-                    "EtherType {t:#06x}: the XDP redirector passes it to the node's kernel \
-                     (it redirects IPv4, IPv6 and ARP)"
-                ),
-            },
         ));
     }
     if let Some(p) = ingress {

@@ -68,8 +68,8 @@ def arp(sender_mac, sender_ip, target_ip, eth_src=None):
     return eth(eth_src or sender_mac, body, 0x0806, b"\xff" * 6)
 
 
-def vlan(vid, inner_ethertype, payload, src_mac):
-    return eth(src_mac, struct.pack("!HH", vid, inner_ethertype) + payload, 0x8100)
+def vlan(vid, inner_ethertype, payload, src_mac, dst=GW_MAC):
+    return eth(src_mac, struct.pack("!HH", vid, inner_ethertype) + payload, 0x8100, dst)
 
 
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
@@ -107,6 +107,8 @@ seeds = {
     "forged-arp-eth-source": (0x40, on_port(0x00, 4), arp(mac(4), pod(4), GW, eth_src=mac(9))),
     "vlan0-to-gateway": (0xC0, on_port(0x06, 3), vlan(0, 0x0800, ip(pod(3), GW, 17, udp(pod(3), GW, 5000, 53)), mac(3))),
     "lldp": (0x40, on_port(0x00, 3), eth(mac(3), bytes(32), 0x88CC, bytes([0x01, 0x80, 0xC2, 0, 0, 0x0E]))),
+    "vlan0-broadcast": (0xC0, on_port(0x01, 2), vlan(0, 0x0800, ip(pod(2), pod(3), 17, udp(pod(2), pod(3), 5000, 53)), mac(2), b"\xff" * 6)),
+    "qinq-to-gateway": (0xC0, on_port(0x01, 2), GW_MAC + mac(2) + struct.pack("!HHHHH", 0x88A8, 5, 0x8100, 0, 0x0800) + ip(pod(2), pod(3), 17, udp(pod(2), pod(3), 5000, 53))),
     "forged-icmp-error": (0xC0, on_port(0x06, 4), eth(mac(4), ip(pod(4), pod(3), 1, icmp(3, 3, b"\0\0\0\0" + ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, SYN))[:28])))),
 }
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline")

@@ -226,3 +226,173 @@ fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, val: &T) {
         std::io::Error::last_os_error()
     );
 }
+
+/// The MAC the redirect tests give `vb`.
+pub const VB_MAC_TEXT: &str = "02:00:00:00:00:02";
+const VB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const VA_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+/// Precedes the index byte at the end of every test frame, so a capture can tell them apart.
+const MARKER: &[u8; 8] = b"XYLEMTST";
+
+/// One frame of each kind a pod could use to reach a node's stack, the i-th ending in
+/// [`MARKER`] and `i`: IPv4, ARP, IPv6 to ff02::1, IPv4 in a VLAN 0 tag, IPv4 in 802.1ad +
+/// 802.1Q tags, LLDP, and an EtherType nobody handles (0x88b5).
+pub fn every_kind_of_frame() -> Vec<Vec<u8>> {
+    let ipv4_udp: &[u8] = &[
+        0x45, 0, 0, 38, 0, 0, 0, 0, 64, 17, 0, 0, 10, 77, 0, 1, 10, 77, 0, 2, 0x9c, 0x40, 0, 9, 0,
+        18, 0, 0,
+    ];
+    let kinds: [(&[u8; 6], &[u8], &[u8]); 7] = [
+        (&VB_MAC, &[0x08, 0x00], ipv4_udp),
+        (
+            &[0xff; 6],
+            &[0x08, 0x06],
+            &[
+                0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 10, 77, 0, 1, 0, 0, 0, 0, 0, 0, 10, 77,
+                0, 2,
+            ],
+        ),
+        (
+            &[0x33, 0x33, 0, 0, 0, 1],
+            &[0x86, 0xdd],
+            &[0x60, 0, 0, 0, 0, 9, 59, 255],
+        ),
+        (&VB_MAC, &[0x81, 0x00, 0, 0, 0x08, 0x00], ipv4_udp),
+        (
+            &VB_MAC,
+            &[0x88, 0xa8, 0, 5, 0x81, 0x00, 0, 0, 0x08, 0x00],
+            ipv4_udp,
+        ),
+        (&[0x01, 0x80, 0xc2, 0, 0, 0x0e], &[0x88, 0xcc], &[]),
+        (&VB_MAC, &[0x88, 0xb5], &[]),
+    ];
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, (dst, ethertype, body))| {
+            let mut f = Vec::new();
+            f.extend_from_slice(*dst);
+            f.extend_from_slice(&VA_MAC);
+            f.extend_from_slice(ethertype);
+            f.extend_from_slice(body);
+            f.extend_from_slice(MARKER);
+            f.push(i as u8);
+            f
+        })
+        .collect()
+}
+
+/// A packet socket for every protocol, panicking with the error if it cannot be made.
+fn packet_socket() -> OwnedFd {
+    let all = i32::from((libc::ETH_P_ALL as u16).to_be());
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, all) };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn link_addr(ifindex: u32) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sa.sll_ifindex = ifindex as i32;
+    sa
+}
+
+/// Sends each of `frames` as it is on `ifname` of the calling thread's namespace.
+pub fn send_frames(ifname: &str, frames: &[Vec<u8>]) {
+    let c = std::ffi::CString::new(ifname).expect("no NUL in name");
+    // SAFETY: `c` is a valid C string for the duration of the call.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(ifindex, 0, "{ifname} not found");
+    let fd = packet_socket();
+    let sa = link_addr(ifindex);
+    for f in frames {
+        // SAFETY: the buffer and the address outlive the call, with the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            n,
+            f.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A packet socket bound to one interface: what the kernel's stack receives there, after XDP.
+pub struct Capture {
+    fd: OwnedFd,
+}
+
+impl Capture {
+    /// Captures on `ifindex` of the calling thread's namespace.
+    pub fn open(ifindex: u32) -> Self {
+        let fd = packet_socket();
+        let sa = link_addr(ifindex);
+        // SAFETY: `sa` is a valid sockaddr_ll for the length given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "bind packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 300_000,
+        };
+        // SAFETY: `tv` is a live timeval of the length given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+        Self { fd }
+    }
+
+    /// The indices of the test frames received since the last call, sorted, once each; reads
+    /// until nothing came for 300 ms.
+    pub fn markers_seen(&self) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        loop {
+            // SAFETY: `buf` is writable for its whole length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let Ok(n) = usize::try_from(n) else { break };
+            let f = &buf[..n];
+            if n > MARKER.len() && &f[n - 1 - MARKER.len()..n - 1] == MARKER {
+                seen.push(f[n - 1]);
+            }
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        seen
+    }
+}

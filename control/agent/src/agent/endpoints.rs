@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use xdp_redirector::{RedirectFlags, XdpMode};
+use xdp_redirector::XdpMode;
 use xylem_dataplane::io::afxdp::PortSpec;
 use xylem_dataplane::tables::{MacAddr, PortId};
 use xylem_dataplane::worker::{PortChange, PortRequest};
@@ -167,7 +167,7 @@ impl AgentState {
             .iter()
             .position(Option::is_none)
             .unwrap_or(ports.len());
-        let mode = redirector.attach(ifname, mode_req, RedirectFlags::default())?;
+        let mode = redirector.attach(ifname, mode_req)?;
         let replies = self.open_sockets(ifname, idx)?;
         for (w, change) in self.workers.iter().zip(replies) {
             // Every worker picks the lowest free index, as this does; a worker that did not

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use xdp_redirector::{RedirectFlags, Redirector, XdpMode};
+use xdp_redirector::{Redirector, XdpMode};
 use xylem_dataplane::conntrack::{Conntrack, CtConfig, CtTimeouts};
 use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
 use xylem_dataplane::mailbox::NoReply;
@@ -402,7 +402,7 @@ impl AgentState {
         let mut ports = Vec::new();
         for p in &all_ports {
             let idx = ifindex(&p.ifname)?;
-            let mode = redirector.attach(&p.ifname, mode_req, RedirectFlags::default())?;
+            let mode = redirector.attach(&p.ifname, mode_req)?;
             tracing::info!(ifname = %p.ifname, %mode, "XDP program attached");
             ports.push((p.clone(), idx, mode));
         }

@@ -1,0 +1,273 @@
+//! Frames built byte by byte, and the raw packet sockets that send and capture them inside a
+//! namespace: what an attacker in a pod has, and what the attack tests watch with.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::common::in_netns;
+
+/// 802.1Q.
+const VLAN: u16 = 0x8100;
+
+/// The Internet checksum of `parts` laid end to end (each part of even length but the last).
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for p in parts {
+        for w in p.chunks(2) {
+            let hi = u32::from(w[0]) << 8;
+            sum += hi | w.get(1).map_or(0, |&b| u32::from(b));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame; `vlan_tci` adds an 802.1Q tag with that TCI (0: VLAN 0, priority 0).
+pub fn eth(
+    dst: [u8; 6],
+    src: [u8; 6],
+    vlan_tci: Option<u16>,
+    ethertype: u16,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    if let Some(tci) = vlan_tci {
+        f.extend_from_slice(&VLAN.to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// An IPv4 packet, header checksum computed.
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut p = ip.to_vec();
+    p.extend_from_slice(l4);
+    p
+}
+
+/// A UDP datagram from port 40000 in an IPv4 packet; UDP checksum 0 (none, which IPv4 allows).
+pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&40000u16.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    ipv4(src, dst, 17, &u)
+}
+
+/// A TCP SYN from port 40001 in an IPv4 packet, checksums computed.
+pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&40001u16.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    let c = checksum(&[&pseudo, &t]);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 6, &t)
+}
+
+/// An Ethernet/IPv4 ARP packet (`op` 1: request, 2: reply).
+pub fn arp(op: u16, sender: ([u8; 6], Ipv4Addr), target: ([u8; 6], Ipv4Addr)) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sender.0);
+    a.extend_from_slice(&sender.1.octets());
+    a.extend_from_slice(&target.0);
+    a.extend_from_slice(&target.1.octets());
+    a
+}
+
+/// An ICMPv6 echo request in an IPv6 packet, checksum computed.
+pub fn icmpv6_echo(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut icmp = vec![128, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(b"xylem");
+    let len = icmp.len() as u32;
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    let c = checksum(&[&pseudo, &icmp]);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(len as u16).to_be_bytes());
+    p.extend_from_slice(&[58, 255]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&icmp);
+    p
+}
+
+/// The IPv6 link-local address a kernel derives from `mac` (EUI-64).
+pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([mac[0] ^ 2, mac[1]]),
+        u16::from_be_bytes([mac[2], 0xff]),
+        u16::from_be_bytes([0xfe, mac[3]]),
+        u16::from_be_bytes([mac[4], mac[5]]),
+    )
+}
+
+/// A packet socket for every protocol, bound to `ifname` of the calling thread's namespace.
+fn packet_socket(ifname: &str) -> (std::os::fd::OwnedFd, libc::sockaddr_ll) {
+    use std::os::fd::FromRawFd as _;
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: `name` is a valid C string for the duration of the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex > 0, "no {ifname} here");
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = all;
+    addr.sll_ifindex = ifindex as i32;
+    (fd, addr)
+}
+
+/// Sends each of `frames` as it is from `eth0` of pod namespace `ns`, through a raw packet
+/// socket: what an attacker inside a pod can do.
+pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>) {
+    in_netns(ns, move || {
+        use std::os::fd::AsRawFd as _;
+        let (fd, addr) = packet_socket("eth0");
+        for f in &frames {
+            // SAFETY: the buffer and the address outlive the call, with the lengths given.
+            let n = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Every frame `eth0` of namespace `ns` receives (not the ones it sends) during `dur`, from the
+/// moment this returns.
+pub fn capture(ns: &str, dur: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = in_netns(ns, move || {
+        use std::os::fd::AsRawFd as _;
+        let (fd, addr) = packet_socket("eth0");
+        // SAFETY: `addr` is a valid sockaddr_ll for the length given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: `tv` is a live timeval of the length given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        ready_tx.send(()).unwrap();
+        let end = Instant::now() + dur;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end {
+            // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: `buf` and `from` are writable for the lengths given.
+            let n = unsafe {
+                libc::recvfrom(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &mut len,
+                )
+            };
+            if let Ok(n) = usize::try_from(n)
+                && from.sll_pkttype != libc::PACKET_OUTGOING
+            {
+                got.push(buf[..n].to_vec());
+            }
+        }
+        got
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    h
+}
+
+/// Datagrams a listener heard: (source, payload).
+pub type Heard = Vec<(Ipv4Addr, Vec<u8>)>;
+
+/// A UDP socket on 0.0.0.0:`port` in namespace `ns`: every datagram to any of its
+/// addresses, broadcast and multicast included, for `dur` from the moment this returns.
+pub fn listen_udp(ns: &str, port: u16, dur: Duration) -> std::thread::JoinHandle<Heard> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = in_netns(ns, move || {
+        let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let end = Instant::now() + dur;
+        let mut heard = Vec::new();
+        let mut buf = [0u8; 256];
+        while Instant::now() < end {
+            if let Ok((n, std::net::SocketAddr::V4(from))) = s.recv_from(&mut buf) {
+                heard.push((*from.ip(), buf[..n].to_vec()));
+            }
+        }
+        heard
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    h
+}
