@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use xdp_redirector::RedirectFlags;
 use xylem_dataplane::ledger::Place;
 use xylem_dataplane::slowpath::Signal;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
@@ -215,7 +214,7 @@ fn frame_accounting_holds_after_a_million_packets_on_af_xdp() {
     let ready2 = Arc::clone(&ready);
     let worker_thread = std::thread::spawn(move || {
         enter(&node2);
-        let mut r = attach_redirector(&["dpa", "dpb"], RedirectFlags::default()).unwrap();
+        let mut r = attach_redirector(&["dpa", "dpb"]).unwrap();
         let backend = bind_sockets(&mut r, &port_specs(&["dpa", "dpb"], 0), 512, 256).unwrap();
         let cfg = WorkerConfig {
             placement: Placement::Dedicated,
@@ -318,7 +317,7 @@ fn frame_accounting_holds_with_two_workers_sharing_one_conntrack() {
     let (links2, ct2) = (links.clone(), ct.clone());
     let node_thread = std::thread::spawn(move || {
         enter(&node);
-        let mut r = attach_redirector(&["dpa", "dpb"], RedirectFlags::default()).unwrap();
+        let mut r = attach_redirector(&["dpa", "dpb"]).unwrap();
         let mut workers = Vec::new();
         for (w, link) in links2.into_iter().enumerate() {
             let specs = port_specs(&["dpa", "dpb"], w as u32);

@@ -21,7 +21,6 @@ use common::{
     GW_MAC, Lab, PacketSocket, attach_redirector, enter, mac_of, port_specs, root_or_skip, wait_for,
 };
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder};
-use xdp_redirector::RedirectFlags;
 use xsk_rs::FrameDesc;
 use xylem_dataplane::io::afxdp::{XskBackend, XskOptions};
 use xylem_dataplane::io::{Backend, DEFAULT_HEADROOM};
@@ -89,12 +88,7 @@ fn dataplane(
     received: Arc<AtomicBool>,
 ) -> Result<Seen, String> {
     enter(&node);
-    let ipv4_only = RedirectFlags {
-        ipv4: true,
-        ipv6: false,
-        arp: false,
-    };
-    let mut r = attach_redirector(&["dpa", "dpb"], ipv4_only)?;
+    let mut r = attach_redirector(&["dpa", "dpb"])?;
     let specs = port_specs(&["dpa", "dpb"], 0);
     let opts = XskOptions {
         ring_size: 64,

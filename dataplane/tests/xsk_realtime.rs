@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use xdp_redirector::RedirectFlags;
 use xylem_dataplane::slowpath::Signal;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 use xylem_dataplane::worker::{Placement, RT_BUSY_BUDGET_NS, Worker, WorkerConfig, WorkerLink};
@@ -108,7 +107,7 @@ fn a_shared_worker_waits_at_realtime_priority_on_a_busy_core_and_yields_it_under
     let tid2 = Arc::clone(&tid);
     let worker_thread = std::thread::spawn(move || -> Result<(), String> {
         enter(&node);
-        let mut r = attach_redirector(&["dpa", "dpb"], RedirectFlags::default())?;
+        let mut r = attach_redirector(&["dpa", "dpb"])?;
         let backend = bind_sockets(&mut r, &port_specs(&["dpa", "dpb"], 0), 512, 256)?;
         let cfg = WorkerConfig {
             core: Some(CPU),

@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use xdp_redirector::{RedirectFlags, Redirector, XdpModeRequest};
+use xdp_redirector::{Redirector, XdpModeRequest};
 use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
 use xylem_dataplane::tables::MacAddr;
 
@@ -64,12 +64,12 @@ pub fn ifindex(name: &str) -> u32 {
     unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
-/// Loads the XDP redirector and attaches it in native mode, with `flags`, to each of `ifnames`
-/// in the calling thread's namespace.
-pub fn attach_redirector(ifnames: &[&str], flags: RedirectFlags) -> Result<Redirector, String> {
+/// Loads the XDP redirector and attaches it in native mode to each of `ifnames` in the calling
+/// thread's namespace.
+pub fn attach_redirector(ifnames: &[&str]) -> Result<Redirector, String> {
     let mut r = Redirector::load().map_err(|e| e.to_string())?;
     for i in ifnames {
-        r.attach(i, XdpModeRequest::Native, flags)
+        r.attach(i, XdpModeRequest::Native)
             .map_err(|e| format!("attaching to {i}: {e}"))?;
     }
     Ok(r)
