@@ -14,7 +14,9 @@
 //!    time: see the `worker` benchmark); then it decides on each frame (parsing it first if the
 //!    batch was not parsed ahead): forwarded frames are queued for the
 //!    destination port's TX ring (no copy: all ports share the UMEM), slow-path frames are
-//!    copied into the slow path's bounded queue, dropped frames go back to the free list. While
+//!    copied into the slow path's bounded queue, dropped frames go back to the free list. A
+//!    port's frames for the slow path and the ICMP errors answering its expired packets pass
+//!    only at its rate ([`crate::ratelimit`]); the rest are dropped and counted. While
 //!    a monitor client listens for a frame's event type, the event is written into the worker's
 //!    [`MonitorWriter`]; the batch's events are published to the monitor's ring once, at the
 //!    end of the step;
@@ -571,10 +573,10 @@ pub struct Worker<B: Backend> {
     ct_prefetch: CtPrefetch,
     /// The worker clock's time of the next garbage-collection step.
     ct_gc_next: u64,
-    /// Per-port rates of slow-path frames and ICMP errors (step 3).
-    limiter: Limiter,
     /// Nanoseconds between garbage-collection steps (see [`CT_GC_SWEEP_NS`]).
     ct_gc_interval: u64,
+    /// Per-port rates of slow-path frames and ICMP errors (step 3).
+    limiter: Limiter,
 }
 
 /// How the control side opens and closes ports of a running worker: post the request, wake the
