@@ -12,7 +12,8 @@
 //! an address no route leads to is not sent (counted `tx_unroutable`).
 //!
 //! This runs off the worker cores. It may allocate and block; the workers never wait for it: a
-//! full queue is a counted drop (`slow-path-full`).
+//! full queue is a counted drop (`slowpath-full`), and each port's frames reach the queue at a
+//! bounded rate ([`crate::ratelimit`]), so one pod cannot fill it.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
