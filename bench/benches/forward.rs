@@ -67,6 +67,7 @@ fn policy_tables(routes: u32, dst: u32) -> Tables {
         &policies,
         &eps,
         &[xylem_bench::GW_IP],
+        xylem_policy::AllowLocalhost::default(),
         &mut IdentityAllocator::new(),
     );
     t.set_policy(compiled.tables);

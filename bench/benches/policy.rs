@@ -56,6 +56,7 @@ fn tables(rules: u32) -> PolicyTables {
         &policies,
         &eps,
         &[Ipv4Addr::new(10, 0, 0, 1)],
+        xylem_policy::AllowLocalhost::default(),
         &mut IdentityAllocator::new(),
     );
     let server = c.tables.endpoint(SERVER).expect("server").1;

@@ -329,6 +329,7 @@ pub mod full {
             &policies,
             &eps,
             &[GW_IP],
+            xylem_policy::AllowLocalhost::default(),
             &mut IdentityAllocator::new(),
         );
         let server = c.tables.endpoint(SERVER).expect("server").1;

@@ -24,6 +24,8 @@
 //!   in DNS answers, for DNS-aware policy), in one lock-free table every worker reads and writes.
 //! - [`slowpath`]: the gateway's own presence on the pod network (a `smoltcp` interface answering
 //!   ARP and ICMP echo), fed by the workers through bounded queues.
+//! - [`ratelimit`]: per-port rate limits on what the workers hand the slow path and on the ICMP
+//!   errors they build.
 //!
 //! What it does not do: it loads no XDP program (see the `xdp-redirector` crate), creates no
 //! interfaces or namespaces, keeps no persistent state and serves no API (see `xylem-agent`).
@@ -40,6 +42,7 @@ pub mod mailbox;
 pub mod monitor;
 pub mod pipeline;
 pub mod policy;
+pub mod ratelimit;
 pub mod slowpath;
 pub mod stats;
 pub mod tables;

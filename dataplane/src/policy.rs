@@ -75,16 +75,20 @@ pub enum Section {
     IngressDeny,
     /// `egressDeny`.
     EgressDeny,
+    /// No policy's: the agent's `policy.allow_localhost: always`, which allows the node (the
+    /// `host` identity) into every local endpoint whose ingress is enforced.
+    AllowLocalhost,
 }
 
 impl Section {
-    /// The field name as written in YAML.
+    /// The field name as written in YAML (the policy's, or the agent configuration's).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ingress => "ingress",
             Self::Egress => "egress",
             Self::IngressDeny => "ingressDeny",
             Self::EgressDeny => "egressDeny",
+            Self::AllowLocalhost => "policy.allow_localhost",
         }
     }
 
@@ -125,6 +129,9 @@ pub struct RuleOrigin {
 
 impl std::fmt::Display for RuleOrigin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.section == Section::AllowLocalhost {
+            return f.write_str("the agent's policy.allow_localhost: always");
+        }
         write!(
             f,
             "{} spec[{}] {}[{}]",

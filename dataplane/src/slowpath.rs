@@ -4,12 +4,18 @@
 //! its IP), copied into fixed-size [`SlowFrame`]s on a bounded queue. A control-side thread
 //! feeds them to a [`smoltcp`] interface that owns the gateway's IP and MAC: it answers ARP and
 //! ICMP echo now, and will carry the agent's own TCP connections (health checks) later.
-//! Whatever smoltcp sends goes back to a worker's reply queue, to the port that the route table
-//! gives for its destination (the port it came from when there is no route).
+//! Whatever smoltcp sends goes back to a worker's reply queue, addressed by the tables alone
+//! ([`address_by_tables`]): it leaves on the port the route table gives for its destination, to
+//! the MAC that route names, whatever smoltcp's own neighbour cache holds. smoltcp learns the
+//! sender of every ARP packet addressed to it; the workers' ingress checks let only a port's
+//! own endpoint through, but even a wrong entry in that cache could steer no reply. A frame to
+//! an address no route leads to is not sent (counted `tx_unroutable`).
 //!
 //! This runs off the worker cores. It may allocate and block; the workers never wait for it: a
-//! full queue is a counted drop (`slow-path-full`).
+//! full queue is a counted drop (`slowpath-full`), and each port's frames reach the queue at a
+//! bounded rate ([`crate::ratelimit`]), so one pod cannot fill it.
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
@@ -53,6 +59,8 @@ pub struct SlowPathStats {
     pub tx: Counter,
     /// Frames smoltcp wanted to send that did not fit the worker's reply queue.
     pub tx_dropped: Counter,
+    /// Frames smoltcp wanted to send to an address no route leads to (not sent).
+    pub tx_unroutable: Counter,
 }
 
 /// The slow path's link to the workers.
@@ -75,7 +83,6 @@ pub struct SlowPathLink {
 
 struct QueueDevice {
     link: SlowPathLink,
-    last_port: PortId,
 }
 
 struct RxTok(SlowFrame);
@@ -88,36 +95,51 @@ impl phy::RxToken for RxTok {
 
 struct TxTok<'a> {
     link: &'a SlowPathLink,
-    fallback: PortId,
 }
 
-/// The IPv4 address a frame is going to: an ARP packet's target protocol address, or an IPv4
-/// packet's destination.
-fn frame_destination(frame: &[u8]) -> Option<std::net::Ipv4Addr> {
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let at = match ethertype {
-        0x0806 => 14 + 24,
-        0x0800 => 14 + 16,
+/// Addresses a frame smoltcp built by the tables alone: finds the route to its destination (an
+/// IPv4 packet's destination address, an ARP packet's target protocol address) and writes that
+/// route's MAC as the Ethernet destination, and, in an ARP reply, as the target hardware
+/// address too. An ARP request stays broadcast. Returns the port to send it on, or `None` when
+/// no route leads to the destination (or the frame is neither IPv4 nor ARP), and then it must
+/// not be sent: smoltcp's neighbour cache never chooses where a frame goes.
+pub fn address_by_tables(frame: &mut [u8], tables: &Tables) -> Option<PortId> {
+    const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+    const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+    const ARP_REPLY: [u8; 2] = [0, 2];
+    let ethertype: [u8; 2] = frame.get(12..14)?.try_into().ok()?;
+    let (dst_at, arp_reply) = match ethertype {
+        ETHERTYPE_IPV4 => (14 + 16, false),
+        ETHERTYPE_ARP => (14 + 24, frame.get(20..22)? == ARP_REPLY),
         _ => return None,
     };
-    let b = frame.get(at..at + 4)?;
-    Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    let b: [u8; 4] = frame.get(dst_at..dst_at + 4)?.try_into().ok()?;
+    let n = tables.route(Ipv4Addr::from(b))?;
+    if ethertype == ETHERTYPE_IPV4 || arp_reply {
+        frame[0..6].copy_from_slice(&n.mac.0);
+    }
+    if arp_reply {
+        // Checked above: an ARP frame long enough to hold its target protocol address holds
+        // the target hardware address before it.
+        frame[14 + 18..14 + 24].copy_from_slice(&n.mac.0);
+    }
+    Some(n.port)
 }
 
 impl phy::TxToken for TxTok<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let len = len.min(SLOW_FRAME_MAX);
         let mut sf = SlowFrame {
-            port: self.fallback,
+            port: 0,
             len: len as u16,
             data: [0; SLOW_FRAME_MAX],
         };
         let r = f(&mut sf.data[..len]);
-        if let Some(n) =
-            frame_destination(sf.bytes()).and_then(|ip| self.link.tables.load().route(ip))
-        {
-            sf.port = n.port;
-        }
+        let Some(port) = address_by_tables(&mut sf.data[..len], &self.link.tables.load()) else {
+            self.link.stats.tx_unroutable.inc();
+            return r;
+        };
+        sf.port = port;
         if self.link.outbox.push(sf).is_ok() {
             self.link.stats.tx.inc();
             if let Some(w) = &self.link.waker {
@@ -138,21 +160,11 @@ impl Device for QueueDevice {
     fn receive(&mut self, _ts: SmolInstant) -> Option<(RxTok, TxTok<'_>)> {
         let frame = self.link.inbox.pop()?;
         self.link.stats.rx.inc();
-        self.last_port = frame.port;
-        Some((
-            RxTok(frame),
-            TxTok {
-                link: &self.link,
-                fallback: self.last_port,
-            },
-        ))
+        Some((RxTok(frame), TxTok { link: &self.link }))
     }
 
     fn transmit(&mut self, _ts: SmolInstant) -> Option<TxTok<'_>> {
-        Some(TxTok {
-            link: &self.link,
-            fallback: self.last_port,
-        })
+        Some(TxTok { link: &self.link })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -186,7 +198,7 @@ impl SlowPath {
     /// bits (the pod CIDR's: smoltcp answers ARP only from its own subnet).
     pub fn new(link: SlowPathLink, prefix_len: u8) -> Self {
         let gw = *link.tables.load().gateway();
-        let mut device = QueueDevice { link, last_port: 0 };
+        let mut device = QueueDevice { link };
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(gw.mac.0)));
         config.random_seed = u64::from(std::process::id()) ^ 0x78796c656d;
         let epoch = std::time::Instant::now();
@@ -232,5 +244,101 @@ impl SlowPath {
                 std::thread::park_timeout(delay);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::{Gateway, MacAddr, Mode, Neighbor};
+
+    const GW_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 1]);
+    const POD_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 7]);
+    const LIAR_MAC: MacAddr = MacAddr([0x02, 0xee, 0xee, 0xee, 0xee, 0xee]);
+
+    fn tables() -> Tables {
+        let mut t = Tables::new(
+            1,
+            Mode::Full,
+            Gateway {
+                mac: GW_MAC,
+                ipv4: Ipv4Addr::new(10, 0, 0, 1),
+            },
+        );
+        t.add_route(
+            Ipv4Addr::new(10, 0, 0, 7),
+            Neighbor {
+                port: 3,
+                mac: POD_MAC,
+            },
+        )
+        .unwrap();
+        t
+    }
+
+    /// An Ethernet + ARP frame from the gateway, `op` 1 (request) or 2 (reply), to `eth_dst`,
+    /// whose target is `tha` / `tpa`.
+    fn arp(op: u8, eth_dst: MacAddr, tha: MacAddr, tpa: [u8; 4]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&eth_dst.0);
+        f.extend_from_slice(&GW_MAC.0);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, op]);
+        f.extend_from_slice(&GW_MAC.0);
+        f.extend_from_slice(&[10, 0, 0, 1]);
+        f.extend_from_slice(&tha.0);
+        f.extend_from_slice(&tpa);
+        f
+    }
+
+    /// An Ethernet + IPv4 header from the gateway to `dst` at `eth_dst` (no payload needed).
+    fn ipv4(eth_dst: MacAddr, dst: [u8; 4]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&eth_dst.0);
+        f.extend_from_slice(&GW_MAC.0);
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0]);
+        f.extend_from_slice(&[10, 0, 0, 1]);
+        f.extend_from_slice(&dst);
+        f
+    }
+
+    #[test]
+    fn an_ipv4_frame_goes_to_the_routes_port_and_mac_whatever_smoltcp_chose() {
+        let mut f = ipv4(LIAR_MAC, [10, 0, 0, 7]);
+        let before = f.clone();
+        assert_eq!(address_by_tables(&mut f, &tables()), Some(3));
+        assert_eq!(&f[0..6], &POD_MAC.0);
+        assert_eq!(&f[6..], &before[6..], "only the destination MAC changes");
+    }
+
+    #[test]
+    fn an_arp_reply_names_the_routes_mac_twice_and_a_request_stays_broadcast() {
+        let mut reply = arp(2, LIAR_MAC, LIAR_MAC, [10, 0, 0, 7]);
+        assert_eq!(address_by_tables(&mut reply, &tables()), Some(3));
+        assert_eq!(&reply[0..6], &POD_MAC.0);
+        assert_eq!(&reply[32..38], &POD_MAC.0, "target hardware address");
+        let mut request = arp(1, MacAddr::BROADCAST, MacAddr::default(), [10, 0, 0, 7]);
+        let before = request.clone();
+        assert_eq!(address_by_tables(&mut request, &tables()), Some(3));
+        assert_eq!(request, before);
+    }
+
+    #[test]
+    fn nothing_without_a_route_or_a_whole_header_is_sent() {
+        let t = tables();
+        assert_eq!(
+            address_by_tables(&mut ipv4(POD_MAC, [10, 0, 0, 8]), &t),
+            None
+        );
+        assert_eq!(
+            address_by_tables(&mut arp(2, POD_MAC, POD_MAC, [10, 0, 0, 9]), &t),
+            None
+        );
+        let whole = ipv4(POD_MAC, [10, 0, 0, 7]);
+        for cut in 0..whole.len() {
+            assert_eq!(address_by_tables(&mut whole[..cut].to_vec(), &t), None);
+        }
+        let mut ipv6 = whole.clone();
+        ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(address_by_tables(&mut ipv6, &t), None);
     }
 }

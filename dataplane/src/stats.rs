@@ -113,10 +113,16 @@ drop_reasons! {
     TtlExceeded => "ttl-exceeded",
     /// TTL expired in transit and the source has no route, so no ICMP error can be sent.
     TtlExceededUnroutable => "ttl-exceeded-unroutable",
+    /// TTL expired in transit, and its port has used up its rate of ICMP errors
+    /// ([`crate::ratelimit`]), so none is sent.
+    TtlExceededRateLimited => "ttl-exceeded-rate-limited",
     /// TTL expired but the frame buffer has no room for the ICMP error (capacity too small).
     IcmpNoRoom => "icmp-no-room",
     /// The slow-path queue was full.
     SlowPathFull => "slowpath-full",
+    /// A frame for the slow path (ARP or IPv4 to the gateway) over its port's rate
+    /// ([`crate::ratelimit`]): one pod flooding the gateway does not crowd out the others.
+    SlowPathRateLimited => "slowpath-rate-limited",
     /// The TX ring of the egress port was full.
     TxRingFull => "tx-ring-full",
     /// Network policy: the direction is default-deny and no rule allows the flow (`full` mode).

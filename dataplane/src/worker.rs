@@ -14,7 +14,9 @@
 //!    time: see the `worker` benchmark); then it decides on each frame (parsing it first if the
 //!    batch was not parsed ahead): forwarded frames are queued for the
 //!    destination port's TX ring (no copy: all ports share the UMEM), slow-path frames are
-//!    copied into the slow path's bounded queue, dropped frames go back to the free list. While
+//!    copied into the slow path's bounded queue, dropped frames go back to the free list. A
+//!    port's frames for the slow path and the ICMP errors answering its expired packets pass
+//!    only at its rate ([`crate::ratelimit`]); the rest are dropped and counted. While
 //!    a monitor client listens for a frame's event type, the event is written into the worker's
 //!    [`MonitorWriter`]; the batch's events are published to the monitor's ring once, at the
 //!    end of the step;
@@ -76,6 +78,7 @@ use crate::mailbox::{Letter, Mailbox};
 use crate::monitor::{EventType, FlowEvent, MonitorLink, MonitorWriter};
 use crate::pipeline::{Outcome, Parsed, Verdict, decide, parse};
 use crate::policy::PolicyVerdict;
+use crate::ratelimit::{Limiter, RateLimits};
 use crate::slowpath::Signal;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tables::{Mode, PortId, Tables};
@@ -572,6 +575,8 @@ pub struct Worker<B: Backend> {
     ct_gc_next: u64,
     /// Nanoseconds between garbage-collection steps (see [`CT_GC_SWEEP_NS`]).
     ct_gc_interval: u64,
+    /// Per-port rates of slow-path frames and ICMP errors (step 3).
+    limiter: Limiter,
 }
 
 /// How the control side opens and closes ports of a running worker: post the request, wake the
@@ -729,6 +734,7 @@ impl<B: Backend> Worker<B> {
         Ok(Worker {
             ct,
             ct_gc_next: 0,
+            limiter: Limiter::new(RateLimits::default()),
             ct_gc_interval,
             monitor,
             ct_prefetch: CtPrefetch::Auto,
@@ -766,6 +772,13 @@ impl<B: Backend> Worker<B> {
     /// force it on or off to measure what it saves and costs.
     pub fn set_ct_prefetch(&mut self, when: CtPrefetch) {
         self.ct_prefetch = when;
+    }
+
+    /// The per-port rates of frames handed to the slow path and of ICMP errors (default
+    /// [`RateLimits::default`]); over them, frames are dropped as `slowpath-rate-limited` and
+    /// `ttl-exceeded-rate-limited`. Resets every port's bucket to full.
+    pub fn set_rate_limits(&mut self, limits: RateLimits) {
+        self.limiter = Limiter::new(limits);
     }
 
     /// The worker's handle on its conntrack (tests and benchmarks inspect it).
@@ -1049,6 +1062,7 @@ impl<B: Backend> Worker<B> {
                 let to_slow = &self.link.to_slow;
                 let ct = &mut self.ct;
                 let monitor = &mut self.monitor;
+                let limiter = &mut self.limiter;
                 let parsed = &self.parsed[i];
                 let verdict = self.backend.with_frame(&mut d, |frame| {
                     // Parsed once: in 3a, or here.
@@ -1064,7 +1078,7 @@ impl<B: Backend> Worker<B> {
                     if o.checksum_completed {
                         stats.checksum_completed.inc();
                     }
-                    let mut v = o.verdict;
+                    let mut v = limiter.admit(port as PortId, now_ns, o.verdict);
                     if v == Verdict::SlowPath {
                         // Copy out now, while the frame is at hand.
                         let queued = SlowFrame::new(port as PortId, frame.data())

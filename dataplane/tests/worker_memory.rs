@@ -11,6 +11,7 @@ use crossbeam::queue::ArrayQueue;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use xylem_dataplane::io::memory::MemoryBackend;
 use xylem_dataplane::ledger::Place;
+use xylem_dataplane::ratelimit::RateLimits;
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::stats::DropReason;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
@@ -256,6 +257,9 @@ fn frame_accounting_holds_after_a_million_packets() {
     const PACKETS: u64 = 1_000_000;
     let mut r = rig(4, 256, 4 * 2 * 256 + 256, 64);
     r.worker.backend_mut().keep_wire(false);
+    // Every TTL-expired frame is to be answered: a millisecond of worker time would allow a
+    // burst of ICMP errors only.
+    r.worker.set_rate_limits(RateLimits::NONE);
     settle(&mut r);
     // A mix: forwarded, unroutable (dropped), malformed (dropped) and TTL-expired (answered).
     let frames = [

@@ -13,6 +13,7 @@
 //! `xylem_tx_packets_total`, `xylem_tx_bytes_total`, `xylem_port_rx_packets_total{port}`,
 //! `xylem_port_tx_packets_total{port}`, `xylem_port_drop_count_total{port}`,
 //! `xylem_slowpath_rx_total`, `xylem_slowpath_tx_total`, `xylem_slowpath_tx_dropped_total`,
+//! `xylem_slowpath_tx_unroutable_total`,
 //! `xylem_endpoints`, `xylem_uptime_seconds`.
 
 use std::sync::atomic::AtomicU64;
@@ -118,6 +119,11 @@ pub fn render(st: &Status, monitor_lost: u64, endpoints: usize) -> String {
                 "xylem_slowpath_tx_dropped",
                 "Slow-path replies dropped for a full worker queue",
                 st.slowpath.tx_dropped,
+            ),
+            (
+                "xylem_slowpath_tx_unroutable",
+                "Slow-path frames not sent because no route leads to their destination",
+                st.slowpath.tx_unroutable,
             ),
         ],
     );

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use xdp_redirector::XdpModeRequest;
 use xylem_dataplane::tables::{MacAddr, Mode};
 use xylem_dataplane::worker::Placement;
+use xylem_policy::AllowLocalhost;
 
 use crate::Error;
 
@@ -212,6 +213,18 @@ impl Default for WorkersConfig {
     }
 }
 
+/// Network policy settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `always` (the default, as Cilium's `allow-localhost`): the node (its host port's
+    /// addresses and the gateway) reaches every local pod whatever its ingress policy, so
+    /// kubelet probes work under default-deny; an `ingressDeny` naming `host` still wins.
+    /// `policy`: only where a policy allows it (`fromEntities: [host]`).
+    #[serde(default)]
+    pub allow_localhost: AllowLocalhost,
+}
+
 /// The agent's whole configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +247,9 @@ pub struct AgentConfig {
     /// (L2/L3 only).
     #[serde(default)]
     pub mode: Mode,
+    /// Network policy settings.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// Where state is kept.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -478,6 +494,33 @@ ports:
             e.contains("workers.headroom") && e.contains("at most 2048"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn allow_localhost_is_always_by_default_or_policy_and_nothing_else() {
+        let c = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(c.policy.allow_localhost, AllowLocalhost::Always);
+        let c =
+            AgentConfig::parse(&format!("{GOOD}policy: {{ allow_localhost: policy }}\n")).unwrap();
+        assert_eq!(c.policy.allow_localhost, AllowLocalhost::Policy);
+        let c =
+            AgentConfig::parse(&format!("{GOOD}policy: {{ allow_localhost: always }}\n")).unwrap();
+        assert_eq!(c.policy.allow_localhost, AllowLocalhost::Always);
+        for bad in ["sometimes", "true", "Always"] {
+            let e = AgentConfig::parse(&format!("{GOOD}policy: {{ allow_localhost: {bad} }}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("policy.allow_localhost")
+                    && e.contains("always")
+                    && e.contains("policy"),
+                "{e}"
+            );
+        }
+        let e = AgentConfig::parse(&format!("{GOOD}policy: {{ allow_local_host: always }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allow_local_host"), "{e}");
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct SlowPathCounters {
     pub tx: u64,
     /// Replies dropped because the worker's queue was full.
     pub tx_dropped: u64,
+    /// Frames not sent because no route leads to their destination: the tables address every
+    /// frame the slow path sends, never its own neighbour cache.
+    pub tx_unroutable: u64,
 }
 
 /// An endpoint as `GET /v1/endpoints` returns it.

@@ -92,8 +92,8 @@ pub(crate) fn print_status(st: &Status) {
     );
     let sp = &st.slowpath;
     println!(
-        "slow path:  rx {}  tx {}  tx dropped {}",
-        sp.rx, sp.tx, sp.tx_dropped
+        "slow path:  rx {}  tx {}  tx dropped {}  tx unroutable {}",
+        sp.rx, sp.tx, sp.tx_dropped, sp.tx_unroutable
     );
     let nonzero: Vec<String> = st
         .totals

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
             &policies,
             &endpoints(),
             &[Ipv4Addr::new(10, 200, 0, 1)],
+            xylem_policy::AllowLocalhost::Always,
             &mut ids,
         );
     }

@@ -193,6 +193,7 @@ impl Lab {
             },
             xdp_mode: opts.xdp_mode.unwrap_or_default(),
             mode: opts.mode,
+            policy: Default::default(),
             state_dir: self.dir().join(&node.name).join("state"),
             api_socket: self.api_socket(),
             // Inside the node's namespace: `ip netns exec <node> curl 127.0.0.1:9962/metrics`.

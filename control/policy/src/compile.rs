@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use xylem_dataplane::policy::{
-    DirectionTable, Identity, PolicyTables, PolicyTablesBuilder, RuleOrigin, RuleRef, Section,
-    identity,
+    DirectionTable, Identity, PROTO_ANY, PolicyTables, PolicyTablesBuilder, RuleOrigin, RuleRef,
+    Section, identity,
 };
 
 use super::labels::{Labels, endpoint_labels};
-use super::{Cidr, Entity, IdentityAllocator, Peer, PeerRule, Policy};
+use super::{AllowLocalhost, Cidr, Entity, IdentityAllocator, Peer, PeerRule, Policy};
 
 /// A local endpoint as the agent knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,13 +57,15 @@ pub struct Compiled {
 }
 
 /// Compiles `policies` for `endpoints` at `revision`. `host_addrs` are the node's addresses on
-/// the pod network (the gateway, the host port), which get the `host` identity. Identities come
+/// the pod network (the gateway, the host port), which get the `host` identity; `localhost`
+/// says whether they reach every local endpoint whatever its ingress policy. Identities come
 /// from `ids`, so they stay stable across compilations.
 pub fn compile(
     revision: u64,
     policies: &[Policy],
     endpoints: &[EndpointSpec],
     host_addrs: &[Ipv4Addr],
+    localhost: AllowLocalhost,
     ids: &mut IdentityAllocator,
 ) -> Compiled {
     let mut b = PolicyTablesBuilder::new(revision);
@@ -91,6 +93,16 @@ pub fn compile(
         b.add_cidr(c.addr, c.len, *id);
     }
     let refs = rule_origins(&mut b, policies);
+    // Registered after every policy's rules: where a policy allows the host too, its rule is
+    // the one `policy trace` names.
+    let localhost = (localhost == AllowLocalhost::Always).then(|| {
+        b.add_origin(RuleOrigin {
+            policy: String::new(),
+            spec: 0,
+            section: Section::AllowLocalhost,
+            index: 0,
+        })
+    });
     let cx = PeerCx {
         local: &local,
         cidrs: &cidr_ids,
@@ -118,6 +130,9 @@ pub fn compile(
                     }
                 }
             }
+        }
+        if let (true, Some(rule)) = (ing, localhost) {
+            ep.ingress.add(identity::HOST, PROTO_ANY, None, false, rule);
         }
         ep.ingress.set_enforced(ing);
         ep.egress.set_enforced(eg);

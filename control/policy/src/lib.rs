@@ -44,6 +44,10 @@
 //!   everything.
 //! - Ports apply to TCP and UDP destination ports; a rule with ports never matches ICMP, a rule
 //!   without ports matches every protocol.
+//! - The node reaches its local endpoints whatever their ingress policy
+//!   ([`AllowLocalhost::Always`], the default, as Cilium's `allow-localhost: always`), so kubelet
+//!   probes work under default-deny; an `ingressDeny` naming `host` still wins. With
+//!   [`AllowLocalhost::Policy`] it needs a rule like any peer (`fromEntities: [host]`).
 
 mod compile;
 mod identity;
@@ -61,6 +65,21 @@ pub use identity::{IdentityAllocator, reserved_name};
 pub use labels::{Labels, NAMESPACE_LABEL, Requirement, Selector, endpoint_labels};
 pub use parse::{API_VERSION, KIND, parse_cidr, parse_policies};
 pub use trace::{DirectionTrace, Trace, TracePeer, trace, trace_tables};
+
+/// Whether the node (the `host` entity) reaches its local endpoints whatever their ingress
+/// policy: the agent's `policy.allow_localhost`, as Cilium's `allow-localhost`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowLocalhost {
+    /// Every local endpoint whose ingress is enforced allows the host, on every protocol and
+    /// port, as if each had `fromEntities: [host]` after its own rules; an `ingressDeny` naming
+    /// the host still wins. So kubelet probes work under default-deny. The default, as in
+    /// Cilium.
+    #[default]
+    Always,
+    /// The host reaches an endpoint only where a policy allows it, like any other peer.
+    Policy,
+}
 
 /// What this crate can fail at.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

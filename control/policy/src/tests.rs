@@ -65,7 +65,13 @@ fn endpoints() -> Vec<EndpointSpec> {
         .collect()
 }
 
+/// Compiles `yaml` with the host judged by policy alone (the table of cases is about what the
+/// policies say; `allow_localhost` has its own test).
 fn build(yaml: &str) -> (Compiled, Vec<Policy>) {
+    build_with(yaml, AllowLocalhost::Policy)
+}
+
+fn build_with(yaml: &str, localhost: AllowLocalhost) -> (Compiled, Vec<Policy>) {
     let policies = parse_policies(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let mut ids = IdentityAllocator::new();
     let c = compile(
@@ -73,6 +79,7 @@ fn build(yaml: &str) -> (Compiled, Vec<Policy>) {
         &policies,
         &endpoints(),
         &[ip(GATEWAY), ip(HOSTPORT)],
+        localhost,
         &mut ids,
     );
     (c, policies)
@@ -468,6 +475,109 @@ fn semantics() {
 }
 
 #[test]
+fn allow_localhost_lets_the_node_into_enforced_endpoints_unless_a_deny_names_it() {
+    let deny_all = pol(
+        "deny",
+        "default",
+        "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - {}\n",
+    );
+    let from_host = pol(
+        "fromhost",
+        "default",
+        "  endpointSelector:\n    matchLabels: {app: db}\n  ingress:\n  - fromEntities: [host]\n    toPorts: [{ports: [{port: \"5432\", protocol: TCP}]}]\n",
+    );
+    let deny_host = pol(
+        "denyhost",
+        "default",
+        "  endpointSelector:\n    matchLabels: {app: batch}\n  ingressDeny:\n  - fromEntities: [host]\n",
+    );
+    let yaml = format!("{deny_all}---\n{from_host}---\n{deny_host}");
+    let localhost = "the agent's policy.allow_localhost: always";
+    // (flow, verdict and rule with `always`, verdict and rule with `policy`)
+    let expect = [
+        // Default-deny ingress: the node gets in only by the option.
+        (
+            "hostport web 8080/TCP",
+            "allowed",
+            localhost,
+            "policy-denied",
+            "",
+        ),
+        ("gw web ICMP", "allowed", localhost, "policy-denied", ""),
+        (
+            "client web 80/TCP",
+            "policy-denied",
+            "",
+            "policy-denied",
+            "",
+        ),
+        // A policy that allows the host names itself, whatever the option.
+        (
+            "hostport db 5432/TCP",
+            "allowed",
+            "default/fromhost spec[0] ingress[0]",
+            "allowed",
+            "default/fromhost spec[0] ingress[0]",
+        ),
+        (
+            "hostport db 22/TCP",
+            "allowed",
+            localhost,
+            "policy-denied",
+            "",
+        ),
+        // A deny rule beats the option, as any allow.
+        (
+            "hostport batch 80/TCP",
+            "policy-deny-rule",
+            "default/denyhost spec[0] ingressDeny[0]",
+            "policy-deny-rule",
+            "default/denyhost spec[0] ingressDeny[0]",
+        ),
+        // Not enforced: open either way, and the option adds nothing to say.
+        ("hostport client 80/TCP", "allowed", "", "allowed", ""),
+        // Only ingress, only the host.
+        ("web hostport 80/TCP", "allowed", "", "allowed", ""),
+        (
+            "8.8.8.8 web 80/TCP",
+            "policy-denied",
+            "",
+            "policy-denied",
+            "",
+        ),
+        (
+            "pclient web 80/TCP",
+            "policy-denied",
+            "",
+            "policy-denied",
+            "",
+        ),
+    ];
+    let (always, _) = build_with(&yaml, AllowLocalhost::Always);
+    let (policy, _) = build_with(&yaml, AllowLocalhost::Policy);
+    let mut failures = Vec::new();
+    for (f, v_always, r_always, v_policy, r_policy) in expect {
+        for (c, v, r) in [(&always, v_always, r_always), (&policy, v_policy, r_policy)] {
+            let t = trace_tables(&c.tables, &flow(f));
+            let rule = t.rule.as_ref().map(|r| r.to_string()).unwrap_or_default();
+            if t.verdict != v || rule != r {
+                failures.push(format!(
+                    "{f}: expected {v} {r:?}, got {} {rule:?}\n{t}",
+                    t.verdict
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // `policy trace` says why.
+    let t = trace_tables(&always.tables, &flow("hostport web 8080/TCP")).to_string();
+    assert!(
+        t.contains("ingress of destination: allowed by the agent's policy.allow_localhost: always"),
+        "{t}"
+    );
+}
+
+#[test]
 fn identities_shared_by_equal_labels_and_enforcement_reported() {
     let (c, _) = build(&pol(
         "p",
@@ -557,6 +667,7 @@ fn trace_with_labels_and_display() {
         &policies,
         &[],
         &[],
+        AllowLocalhost::Policy,
         &ids,
         &lbl("client"),
         &lbl("web"),
@@ -577,6 +688,7 @@ fn trace_with_labels_and_display() {
         &policies,
         &[],
         &[],
+        AllowLocalhost::Policy,
         &ids,
         &lbl("other"),
         &lbl("web"),
@@ -592,6 +704,7 @@ fn trace_with_labels_and_display() {
         &policies,
         &[],
         &[],
+        AllowLocalhost::Policy,
         &ids,
         &lbl("web"),
         &TracePeer::Ip(ip("8.8.8.8")),

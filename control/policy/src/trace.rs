@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use xylem_dataplane::conntrack::{FlowKey, proto};
 use xylem_dataplane::policy::{DirVerdict, Identity, PolicyTables, RuleOrigin, evaluate};
 
-use super::{EndpointSpec, IdentityAllocator, Policy, compile, reserved_name};
+use super::{AllowLocalhost, EndpointSpec, IdentityAllocator, Policy, compile, reserved_name};
 
 /// One end of a traced flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,9 +91,9 @@ pub fn trace_tables(t: &PolicyTables, key: &FlowKey) -> Trace {
 }
 
 /// Traces `src → dst:dport/proto` (`proto` an IP protocol number; `dport` ignored for ICMP)
-/// under `policies`, compiling a scratch copy that includes any hypothetical `Labels` peers
-/// (given addresses in 0.0.0.0/8, which no real peer uses). Identities are taken from a clone
-/// of `ids`, so they match the live ones.
+/// under `policies` and `localhost`, compiling a scratch copy that includes any hypothetical
+/// `Labels` peers (given addresses in 0.0.0.0/8, which no real peer uses). Identities are taken
+/// from a clone of `ids`, so they match the live ones.
 #[expect(
     clippy::too_many_arguments,
     reason = "the inputs of a compilation plus the flow"
@@ -102,6 +102,7 @@ pub fn trace(
     policies: &[Policy],
     endpoints: &[EndpointSpec],
     host_addrs: &[Ipv4Addr],
+    localhost: AllowLocalhost,
     ids: &IdentityAllocator,
     src: &TracePeer,
     dst: &TracePeer,
@@ -123,7 +124,7 @@ pub fn trace(
     let s = place(src, Ipv4Addr::new(0, 0, 0, 1));
     let d = place(dst, Ipv4Addr::new(0, 0, 0, 2));
     let mut ids = ids.clone();
-    let c = compile(u64::MAX, policies, &eps, host_addrs, &mut ids);
+    let c = compile(u64::MAX, policies, &eps, host_addrs, localhost, &mut ids);
     let port = match proto {
         proto::TCP | proto::UDP => dport,
         _ => 0,

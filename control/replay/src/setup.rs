@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use xylem_dataplane::tables::{MacAddr, Tables};
+use xylem_policy::AllowLocalhost;
 
 use super::*;
 
@@ -118,6 +119,8 @@ pub(crate) fn setup(cfg: &ReplayConfig) -> Result<Setup, Error> {
         &bindings,
         1,
         &cfg.policies,
+        // As an agent with the default configuration.
+        AllowLocalhost::default(),
         &mut IdentityAllocator::default(),
     )
     .map_err(|e| match e {

@@ -13,7 +13,9 @@ use std::net::Ipv4Addr;
 
 use xylem_api::config::{GatewayConfig, PortConfig, PortKind};
 use xylem_dataplane::tables::{Gateway, Mode, Neighbor, Tables};
-use xylem_policy::{EndpointInfo, EndpointSpec, IdentityAllocator, Policy, compile};
+use xylem_policy::{
+    AllowLocalhost, EndpointInfo, EndpointSpec, IdentityAllocator, Policy, compile,
+};
 
 /// The one way building tables fails: a route the dataplane's tables refuse.
 pub type Error = xylem_dataplane::Error;
@@ -40,7 +42,8 @@ pub fn policy_inputs(
 }
 
 /// The tables for `bindings` (port id = index; `None`: no route) in `mode`, with `policies`
-/// compiled in at the same `revision`, identities taken from `ids`. Returns what compilation
+/// compiled in at the same `revision` (the host let into local endpoints as `localhost` says),
+/// identities taken from `ids`. Returns what compilation
 /// said about each endpoint too. The one builder of full tables: the agent publishes its
 /// result to the workers, and `xylem replay` runs a capture against it, so a replay sees the
 /// tables an agent with the same endpoints and policies would.
@@ -50,11 +53,12 @@ pub fn compile_tables(
     bindings: &[Option<PortConfig>],
     revision: u64,
     policies: &[Policy],
+    localhost: AllowLocalhost,
     ids: &mut IdentityAllocator,
 ) -> Result<(Tables, Vec<EndpointInfo>), Error> {
     let mut t = route_tables(gateway, mode, bindings, revision)?;
     let (specs, host) = policy_inputs(gateway, bindings);
-    let compiled = compile(revision, policies, &specs, &host, ids);
+    let compiled = compile(revision, policies, &specs, &host, localhost, ids);
     t.set_policy(compiled.tables);
     Ok((t, compiled.endpoints))
 }
@@ -82,4 +86,73 @@ fn route_tables(
         )?;
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xylem_dataplane::conntrack::FlowKey;
+    use xylem_dataplane::policy::evaluate;
+    use xylem_dataplane::tables::MacAddr;
+    use xylem_dataplane::wire::ip::proto;
+    use xylem_policy::parse_policies;
+
+    fn port(kind: PortKind, ip: [u8; 4], mac: u8) -> Option<PortConfig> {
+        Some(PortConfig {
+            ifname: format!("xyp{mac}"),
+            kind,
+            ip: ip.into(),
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
+            name: Some(format!("p{mac}")),
+            namespace: None,
+            labels: [("app".to_owned(), format!("p{mac}"))].into(),
+        })
+    }
+
+    #[test]
+    fn the_host_ports_address_reaches_a_default_deny_pod_only_as_allow_localhost_says() {
+        let gateway = GatewayConfig {
+            ip: [10, 200, 0, 1].into(),
+            mac: MacAddr([0x0e, 0, 0, 0, 0, 1]),
+        };
+        let bindings = [
+            port(PortKind::Pod, [10, 200, 0, 10], 10),
+            port(PortKind::Host, [10, 200, 0, 254], 254),
+            port(PortKind::Pod, [10, 200, 0, 11], 11),
+        ];
+        let policies = parse_policies(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny}\n\
+             spec:\n  endpointSelector: {matchLabels: {app: p10}}\n  ingress:\n  - {}\n",
+        )
+        .unwrap();
+        let flow = |src: [u8; 4]| FlowKey {
+            src: src.into(),
+            dst: [10, 200, 0, 10].into(),
+            sport: 40000,
+            dport: 8080,
+            proto: proto::TCP,
+        };
+        let mut ids = IdentityAllocator::new();
+        for (localhost, host_allowed) in [
+            (AllowLocalhost::Always, true),
+            (AllowLocalhost::Policy, false),
+        ] {
+            let (t, _) = compile_tables(
+                &gateway,
+                Mode::Full,
+                &bindings,
+                1,
+                &policies,
+                localhost,
+                &mut ids,
+            )
+            .unwrap();
+            let allowed = |src| evaluate(t.policy(), &flow(src)).drop().is_none();
+            assert_eq!(allowed([10, 200, 0, 254]), host_allowed, "{localhost:?}");
+            assert!(
+                !allowed([10, 200, 0, 11]),
+                "a pod stays denied ({localhost:?})"
+            );
+        }
+    }
 }

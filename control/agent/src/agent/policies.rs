@@ -82,7 +82,15 @@ pub(super) fn build_full_tables(
     ids: &mut IdentityAllocator,
 ) -> Result<(Tables, Vec<EndpointInfo>), Error> {
     let list: Vec<Policy> = policies.values().cloned().collect();
-    let (t, endpoints) = compile_tables(&cfg.gateway, cfg.mode, bindings, revision, &list, ids)?;
+    let (t, endpoints) = compile_tables(
+        &cfg.gateway,
+        cfg.mode,
+        bindings,
+        revision,
+        &list,
+        cfg.policy.allow_localhost,
+        ids,
+    )?;
     let used: std::collections::BTreeSet<u32> = endpoints.iter().map(|e| e.identity).collect();
     ids.retain(|id| used.contains(&id));
     Ok((t, endpoints))
@@ -298,7 +306,15 @@ impl AgentState {
             .map_err(|_| reject(Refusal::Failed, "-", "agent state poisoned"))?;
         let list: Vec<Policy> = ps.policies.values().cloned().collect();
         Ok(xylem_policy::trace(
-            &list, &specs, &host, &ps.ids, &src, &dst, port, proto,
+            &list,
+            &specs,
+            &host,
+            self.cfg.policy.allow_localhost,
+            &ps.ids,
+            &src,
+            &dst,
+            port,
+            proto,
         ))
     }
 }

@@ -130,6 +130,7 @@ impl AgentState {
                 rx: self.slow_stats.rx.get(),
                 tx: self.slow_stats.tx.get(),
                 tx_dropped: self.slow_stats.tx_dropped.get(),
+                tx_unroutable: self.slow_stats.tx_unroutable.get(),
             },
             totals,
         }
