@@ -7,7 +7,9 @@
 //!   whichever worker each direction arrives (a pod's veth picks the queue of each direction
 //!   independently).
 //! - TCP state tracking with a timeout per state ([`CtTimeouts`]): SYN (`syn-sent`, `syn-recv`),
-//!   established, FIN, RST; fixed timeouts for UDP, ICMP and other protocols.
+//!   established, half-closed (one side sent FIN: still the established timeout, so a
+//!   half-closed stream may idle as long as an open one), FIN (both sides sent FIN: the short
+//!   close timeout), RST; fixed timeouts for UDP, ICMP and other protocols.
 //! - Bounded capacity ([`CtConfig::capacity`], for the whole table): when the table holds that
 //!   many live entries, a new flow is refused (the caller drops it as `ct-full`, counted in
 //!   [`CtStats::full`]); the table never grows. Expired entries met on a probe are reused in
@@ -152,7 +154,8 @@ pub struct CtTimeouts {
     pub tcp_syn: u64,
     /// TCP established.
     pub tcp_established: u64,
-    /// TCP after a FIN in either direction.
+    /// TCP after a FIN in both directions (or one before the handshake completed). A FIN from
+    /// one side only keeps `tcp_established`.
     pub tcp_fin: u64,
     /// TCP after a RST.
     pub tcp_rst: u64,
@@ -215,7 +218,7 @@ pub enum CtState {
     SynRecv = 2,
     /// TCP: handshake complete (or traffic seen both ways).
     Established = 3,
-    /// TCP: a FIN was seen.
+    /// TCP: both sides sent FIN (or a FIN came before the handshake completed): closing.
     Fin = 4,
     /// TCP: a RST was seen.
     Rst = 5,
@@ -225,6 +228,10 @@ pub enum CtState {
     Icmp = 7,
     /// Another IP protocol.
     Other = 8,
+    /// TCP: the originator sent FIN, the responder not yet (it may go on sending).
+    HalfClosedOrig = 9,
+    /// TCP: the responder sent FIN, the originator not yet.
+    HalfClosedReply = 10,
 }
 
 impl CtState {
@@ -238,6 +245,8 @@ impl CtState {
             6 => Self::Udp,
             7 => Self::Icmp,
             8 => Self::Other,
+            9 => Self::HalfClosedOrig,
+            10 => Self::HalfClosedReply,
             _ => return None,
         })
     }
@@ -253,6 +262,8 @@ impl CtState {
             Self::Udp => "udp",
             Self::Icmp => "icmp",
             Self::Other => "other",
+            Self::HalfClosedOrig => "half-closed-orig",
+            Self::HalfClosedReply => "half-closed-reply",
         }
     }
 }

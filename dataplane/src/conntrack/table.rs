@@ -248,28 +248,47 @@ pub(super) fn backoff(spins: &mut u32) {
 }
 
 /// The TCP state after a packet in direction `orig` with flags `tcp`, from state `cur`.
+///
+/// A FIN closes one direction only: the connection stays half-closed (with the established
+/// timeout, since the other side may keep sending for as long as it likes) until the other
+/// side's FIN too, and only then is it closing (`Fin`, the short timeout). A FIN before the
+/// handshake completed closes at once: such an entry was never answered in full, and a long
+/// life for it would let a sender park entries with bare FINs.
 #[inline]
 fn next_state(cur: u8, orig: bool, tcp: u8) -> u8 {
     use tcp_flags::*;
-    if cur >= CtState::Udp as u8 {
-        cur
-    } else if tcp & RST != 0 {
-        CtState::Rst as u8
-    } else if cur == CtState::Rst as u8 {
-        cur
-    } else if tcp & FIN != 0 || cur == CtState::Fin as u8 {
-        CtState::Fin as u8
-    } else if cur == CtState::SynSent as u8 && !orig {
+    const EST: u8 = CtState::Established as u8;
+    const HALF_ORIG: u8 = CtState::HalfClosedOrig as u8;
+    const HALF_REPLY: u8 = CtState::HalfClosedReply as u8;
+    if cur >= CtState::Udp as u8 && cur <= CtState::Other as u8 {
+        return cur;
+    }
+    if tcp & RST != 0 {
+        return CtState::Rst as u8;
+    }
+    if cur == CtState::Rst as u8 || cur == CtState::Fin as u8 {
+        return cur;
+    }
+    let open = if cur == CtState::SynSent as u8 && !orig {
         if tcp & SYN != 0 {
             CtState::SynRecv as u8
         } else {
             // Picked up mid-stream: traffic both ways.
-            CtState::Established as u8
+            EST
         }
     } else if cur == CtState::SynRecv as u8 && orig && tcp & (SYN | ACK) == ACK {
-        CtState::Established as u8
+        EST
     } else {
         cur
+    };
+    if tcp & FIN == 0 {
+        return open;
+    }
+    match (open, orig) {
+        (EST, true) | (HALF_ORIG, true) => HALF_ORIG,
+        (EST, false) | (HALF_REPLY, false) => HALF_REPLY,
+        // The other side's FIN (both have closed), or a FIN before the handshake completed.
+        _ => CtState::Fin as u8,
     }
 }
 
@@ -346,10 +365,14 @@ impl Table {
             CtState::Udp,
             CtState::Icmp,
             CtState::Other,
+            CtState::HalfClosedOrig,
+            CtState::HalfClosedReply,
         ] {
             timeout[s as usize] = match s {
                 CtState::SynSent | CtState::SynRecv => t.tcp_syn,
-                CtState::Established => t.tcp_established,
+                CtState::Established | CtState::HalfClosedOrig | CtState::HalfClosedReply => {
+                    t.tcp_established
+                }
                 CtState::Fin => t.tcp_fin,
                 CtState::Rst => t.tcp_rst,
                 CtState::Udp => t.udp,

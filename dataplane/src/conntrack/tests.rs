@@ -183,16 +183,71 @@ fn tcp_states_and_timeouts() {
     assert!(ct.get(2 + t.tcp_syn, &k).is_some());
     assert!(ct.get(1 + t.tcp_established, &k).is_some());
     assert!(ct.get(2 + t.tcp_established, &k).is_none());
+    // The responder's FIN closes its direction only: the originator may go on sending, and
+    // the entry keeps the established timeout.
     ct.update(3, slot, false, FIN | ACK);
-    assert_eq!(ct.get(3, &k).unwrap().0, CtState::Fin);
+    assert_eq!(ct.get(3, &k).unwrap().0, CtState::HalfClosedReply);
     ct.update(4, slot, true, ACK);
-    assert_eq!(ct.get(4, &k).unwrap().0, CtState::Fin);
-    assert!(ct.get(4 + t.tcp_fin, &k).is_none());
+    ct.update(4, slot, false, FIN | ACK);
+    assert_eq!(ct.get(4, &k).unwrap().0, CtState::HalfClosedReply);
+    assert!(ct.get(4 + t.tcp_fin, &k).is_some());
+    assert!(ct.get(3 + t.tcp_established, &k).is_some());
+    assert!(ct.get(4 + t.tcp_established, &k).is_none());
+    // The originator's FIN too: now it is closing, with the short timeout.
+    ct.update(5, slot, true, FIN | ACK);
+    assert_eq!(ct.get(5, &k).unwrap().0, CtState::Fin);
+    assert!(ct.get(4 + t.tcp_fin, &k).is_some());
+    assert!(ct.get(5 + t.tcp_fin, &k).is_none());
     ct.update(5, slot, true, RST);
     assert_eq!(ct.get(5, &k).unwrap().0, CtState::Rst);
     // More packets do not extend a RST entry.
     ct.update(6, slot, false, ACK);
     assert!(ct.get(5 + t.tcp_rst, &k).is_none());
+}
+
+#[test]
+fn a_half_close_keeps_the_established_timeout_until_both_sides_fin_or_a_rst() {
+    use tcp_flags::*;
+    let t = CtTimeouts::default();
+    let ct = Conntrack::new(&cfg(8));
+    let open = |i: u32| {
+        let k = key(i, 1234, 80, proto::TCP);
+        let slot = insert_new(&ct, 0, &k);
+        ct.update(0, slot, false, SYN | ACK);
+        ct.update(0, slot, true, ACK);
+        (k, slot)
+    };
+    // The originator half-closes; the responder's data keeps it alive past any close timeout.
+    let (k, slot) = open(1);
+    ct.update(1, slot, true, FIN | ACK);
+    assert_eq!(ct.get(1, &k).unwrap().0, CtState::HalfClosedOrig);
+    ct.update(1, slot, true, FIN | ACK);
+    assert_eq!(ct.get(1, &k).unwrap().0, CtState::HalfClosedOrig);
+    let idle = 1 + 10 * t.tcp_fin;
+    assert_eq!(ct.get(idle, &k), Some((CtState::HalfClosedOrig, true)));
+    assert!(ct.update(idle, slot, false, ACK));
+    assert_eq!(ct.get(idle, &k).unwrap().0, CtState::HalfClosedOrig);
+    // The responder's FIN closes the other half.
+    ct.update(idle + 1, slot, false, FIN | ACK);
+    assert_eq!(ct.get(idle + 1, &k).unwrap().0, CtState::Fin);
+    assert!(ct.get(idle + 1 + t.tcp_fin, &k).is_none());
+    // A RST ends a half-closed connection at once.
+    let (k, slot) = open(2);
+    ct.update(1, slot, false, FIN | ACK);
+    ct.update(2, slot, true, RST);
+    assert_eq!(ct.get(2, &k).unwrap().0, CtState::Rst);
+    assert!(ct.get(2 + t.tcp_rst, &k).is_none());
+    // A FIN before the handshake completed closes at once (a bare FIN parks nothing).
+    let k = key(3, 1234, 80, proto::TCP);
+    let slot = insert_new(&ct, 0, &k);
+    ct.update(1, slot, true, FIN);
+    assert_eq!(ct.get(1, &k).unwrap().0, CtState::Fin);
+    // The final ACK of the handshake may carry the originator's FIN: half-closed.
+    let k = key(4, 1234, 80, proto::TCP);
+    let slot = insert_new(&ct, 0, &k);
+    ct.update(0, slot, false, SYN | ACK);
+    ct.update(1, slot, true, ACK | FIN);
+    assert_eq!(ct.get(1, &k).unwrap().0, CtState::HalfClosedOrig);
 }
 
 /// Inserts `k` as a new flow the way the pipeline's commit stage does; returns the entry's handle.

@@ -46,6 +46,7 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 const OTHER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
 const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const SEC: u64 = 1_000_000_000;
 const ID_CLIENT: Identity = 300;
 const ID_SERVER: Identity = 301;
 const ID_OTHER: Identity = 302;
@@ -227,14 +228,25 @@ fn timeouts_with_a_manual_clock() {
     let reply = tcp(SERVER, 80, CLIENT, 40000, ACK);
     now += to.tcp_established - 1;
     assert_eq!(decide(now, &t, &mut ct, &reply), PolicyVerdict::Reply);
-    // FIN shortens it.
+    // The client's FIN half-closes it: the server may still send, after idling for a minute
+    // (far beyond the close timeout), and its packets still pass as replies.
     decide(now, &t, &mut ct, &tcp(CLIENT, 40000, SERVER, 80, FIN | ACK));
+    now += 60 * SEC;
+    assert!(60 * SEC > to.tcp_fin);
+    assert_eq!(decide(now, &t, &mut ct, &reply), PolicyVerdict::Reply);
+    assert_eq!(
+        decide(now, &t, &mut ct, &tcp(CLIENT, 40000, SERVER, 80, ACK)),
+        PolicyVerdict::Established
+    );
+    // The server's FIN closes the other half: only now does the short timeout apply.
+    let fin = tcp(SERVER, 80, CLIENT, 40000, FIN | ACK);
+    assert_eq!(decide(now, &t, &mut ct, &fin), PolicyVerdict::Reply);
     assert_eq!(
         decide(now + to.tcp_fin - 1, &t, &mut ct, &reply),
         PolicyVerdict::Reply
     );
     // Expired: no longer a reply (a new flow, the server's egress being open).
-    // (Each packet after the FIN refreshes the FIN timeout.)
+    // (Each packet after both FINs refreshes the close timeout.)
     let late = now + 2 * to.tcp_fin - 1;
     assert_eq!(decide(late, &t, &mut ct, &reply), PolicyVerdict::New);
     // The client's own packets on it would now be judged afresh (they count as replies of
