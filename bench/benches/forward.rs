@@ -84,7 +84,16 @@ fn busy_conntrack(t: &Tables, n: u32) -> Conntrack {
             dport: 443,
             proto: proto::UDP,
         };
-        assert!(flow_and_policy(1, &Meta::from_key(key), t.policy(), &mut ct).allows());
+        assert!(
+            flow_and_policy(
+                1,
+                &Meta::from_key(key),
+                t.gateway().ipv4,
+                t.policy(),
+                &mut ct
+            )
+            .allows()
+        );
     }
     ct
 }

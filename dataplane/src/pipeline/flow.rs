@@ -1,7 +1,7 @@
 //! Stages 4 and 6b, **conntrack lookup** and **commit**: the flow state of a packet.
 //!
 //! [`lookup`] finds the packet's flow (either direction, one probe) or the flow an ICMP error
-//! quotes, advances a TCP flow's state, and revalidates an entry that was allowed under an
+//! quotes (if the error's addresses match the quote: see [`lookup`]), advances a TCP flow's state, and revalidates an entry that was allowed under an
 //! older policy revision. It answers [`Tracking::Known`] with the verdict for a packet of a
 //! tracked flow, or [`Tracking::New`] with where a new entry would go. The policy stage judges a
 //! new flow; [`commit`] tracks it once allowed.
@@ -23,6 +23,8 @@
 //! a narrowed policy stops established connections on their very next packet after the swap, at
 //! the cost of one policy evaluation per live flow per change.
 
+use std::net::Ipv4Addr;
+
 use super::Meta;
 use crate::conntrack::{Conntrack, Probe};
 use crate::policy::{PolicyDropReason, PolicyTables, PolicyVerdict, evaluate};
@@ -43,12 +45,24 @@ pub enum Tracking {
     New(Vacancy),
 }
 
-/// Stage 4. See the module documentation. Mutates only `ct`.
+/// Stage 4. See the module documentation. Mutates only `ct`. `gateway` is the gateway's
+/// address: an ICMP error it sends may quote any flow to its destination.
 #[inline]
-pub fn lookup(now: u64, ct: &mut Conntrack, meta: &Meta, rules: &PolicyTables) -> Tracking {
+pub fn lookup(
+    now: u64,
+    ct: &mut Conntrack,
+    meta: &Meta,
+    gateway: Ipv4Addr,
+    rules: &PolicyTables,
+) -> Tracking {
     if meta.has(Meta::ICMP_ERROR) {
-        // An error is related to the flow it quotes, or judged on its own and never tracked.
+        // An error is related to the flow it quotes only if it is what it claims: sent to the
+        // quoted packet's source, by its destination (or by the gateway, which builds errors
+        // itself), as Linux conntrack checks. Otherwise it is judged on its own, and never
+        // tracked: a pod cannot slip a packet past policy by quoting someone else's flow.
         if let Some(inner) = &meta.quoted
+            && meta.key.dst == inner.src
+            && (meta.key.src == inner.dst || meta.key.src == gateway)
             && let Probe::Hit { slot, .. } = ct.probe(now, inner)
             && revalidate(ct, slot, rules).is_none()
         {

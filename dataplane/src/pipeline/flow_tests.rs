@@ -39,7 +39,7 @@ fn decide(now: u64, t: &PolicyTables, ct: &mut Conntrack, f: &Flow) -> PolicyVer
         m.quoted = Some(q);
         m.flags |= Meta::ICMP_ERROR;
     }
-    flow_and_policy(now, &m, t, ct)
+    flow_and_policy(now, &m, GW, t, ct)
 }
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -155,6 +155,35 @@ fn icmp_errors_related_to_tracked_flows() {
         icmp_error_of: Some(syn.key),
     };
     assert_eq!(decide(1, &t, &mut ct, &err), PolicyVerdict::Related);
+    // The gateway may send an error about any flow, to the quoted packet's source.
+    let from_gw = Flow {
+        key: FlowKey { src: GW, ..err.key },
+        ..err
+    };
+    assert_eq!(decide(1, &t, &mut ct, &from_gw), PolicyVerdict::Related);
+    // Anyone else is judged by policy: OTHER (denied into the server) cannot pass an error
+    // about the client's flow to the server, nor one to itself.
+    let forged = Flow {
+        key: FlowKey {
+            src: OTHER,
+            dst: SERVER,
+            ..err.key
+        },
+        icmp_error_of: Some(syn.key.reversed()),
+        ..err
+    };
+    assert!(!decide(1, &t, &mut ct, &forged).allows());
+    let misaddressed = Flow {
+        key: FlowKey {
+            dst: OTHER,
+            ..err.key
+        },
+        ..err
+    };
+    assert_eq!(
+        decide(1, &t, &mut ct, &misaddressed),
+        PolicyVerdict::Untracked
+    );
     // An error quoting an unknown flow is judged as plain ICMP: the client's egress is open.
     let unrelated = Flow {
         icmp_error_of: Some(tcp(CLIENT, 1, SERVER, 9, SYN).key),

@@ -166,7 +166,7 @@ pub fn decide(
     let policy = match tables.mode() {
         Mode::Passthrough => None,
         Mode::Full => {
-            let v = flow_and_policy(now_ns, meta, tables.policy(), ct);
+            let v = flow_and_policy(now_ns, meta, tables.gateway().ipv4, tables.policy(), ct);
             if let PolicyVerdict::Drop { reason, .. } = v {
                 return Outcome {
                     policy: Some(v),
@@ -202,16 +202,17 @@ pub fn decide(
 
 /// Stages 4, 6 and 6b (conntrack lookup, policy, commit), which [`decide`] runs in
 /// [`Mode::Full`]: the policy verdict for the packet `meta` describes, with `rules` and the flow
-/// state `ct`. Public for benchmarks and tests that judge flows without frames. Out of line, so
+/// state `ct`, on the node whose gateway address is `gateway`. Public for benchmarks and tests that judge flows without frames. Out of line, so
 /// the passthrough path's code stays small.
 #[inline(never)]
 pub fn flow_and_policy(
     now_ns: u64,
     meta: &Meta,
+    gateway: std::net::Ipv4Addr,
     rules: &PolicyTables,
     ct: &mut Conntrack,
 ) -> PolicyVerdict {
-    match flow::lookup(now_ns, ct, meta, rules) {
+    match flow::lookup(now_ns, ct, meta, gateway, rules) {
         flow::Tracking::Known(v) => v,
         flow::Tracking::New(vacancy) => match policy::admit(rules, meta) {
             PolicyVerdict::New => flow::commit(now_ns, ct, meta, vacancy, rules.revision()),
@@ -222,3 +223,6 @@ pub fn flow_and_policy(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod state_tests;
