@@ -521,7 +521,7 @@ fn replies_pass_through_conntrack() {
         ..Meta::from_key(key)
     };
     let decide = |now, t, ct: &mut Conntrack, m: &Meta| {
-        flow_and_policy(now, m, std::net::Ipv4Addr::new(10, 0, 0, 1), t, ct)
+        flow_and_policy(now, 0, m, std::net::Ipv4Addr::new(10, 0, 0, 1), t, ct)
     };
     use tcp_flags::*;
     assert_eq!(

@@ -14,6 +14,7 @@ use super::*;
 fn table(capacity: usize, timeouts: CtTimeouts) -> Conntrack {
     Conntrack::new(&CtConfig {
         capacity,
+        endpoint_limit: capacity,
         timeouts,
         seed: 7,
     })
@@ -47,11 +48,7 @@ fn packet(ct: &Conntrack, now: u64, k: &FlowKey, tcp: u8) -> bool {
             ct.update(now, slot, orig, tcp);
             true
         }
-        Probe::Vacant { slot, reuse } => ct.insert(now, slot, reuse, k, tcp, 1).is_some(),
-        Probe::Full => {
-            ct.count_full();
-            false
-        }
+        Probe::Vacant { slot, reuse } => ct.insert(now, slot, reuse, k, tcp, 1, 0).is_ok(),
     }
 }
 
@@ -159,11 +156,12 @@ fn concurrent_churn_matches_per_thread_models() {
                                 }
                             }
                             Probe::Vacant { slot, reuse } => {
-                                if ct.insert(now, slot, reuse, &k, 0, 1).is_some() {
+                                // Each thread is an owner of its own.
+                                let owner = t as PortId + 1;
+                                if ct.insert(now, slot, reuse, &k, 0, 1, owner).is_ok() {
                                     model.insert(k, now + udp);
                                 }
                             }
-                            Probe::Full => ct.count_full(),
                         }
                         if step % 5 == 0 {
                             ct.gc(now, (next() % 64) as usize);
@@ -194,13 +192,19 @@ fn concurrent_churn_matches_per_thread_models() {
         }
         let listed = listed_once(&ct, now);
         assert_eq!(listed.len(), ct.len(), "round {round}");
-        assert!(ct.len() >= live && ct.len() <= ct.capacity() + THREADS as usize);
+        assert!(ct.len() >= live && ct.len() <= ct.capacity());
         let s = ct.stats();
         assert_eq!(
             ct.len() as u64,
-            s.created - s.reused - s.gc_removed - s.policy_removed,
+            s.created - s.reused - s.evicted - s.gc_removed - s.policy_removed,
             "round {round}: {s:?}"
         );
+        // Each thread's count is exactly its entries, whatever the others did to them.
+        for t in 0..THREADS {
+            let owner = t as PortId + 1;
+            let mine = ct.entries(now).filter(|e| e.owner == owner).count();
+            assert_eq!(ct.owned_by(owner), mine, "round {round}, owner {owner}");
+        }
     }
     let mut removed = 0;
     for h in handles {

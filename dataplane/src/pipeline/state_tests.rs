@@ -88,15 +88,20 @@ fn ct() -> Conntrack {
     })
 }
 
-/// A UDP datagram from `from` to the address `to` (port 4000 to `dport`).
-fn udp(from: Pod, to: [u8; 4], dport: u16) -> Vec<u8> {
+/// A UDP datagram from `from` to the address `to`, ports `sport` to `dport`, with `ttl`.
+fn datagram(from: Pod, to: [u8; 4], sport: u16, dport: u16, ttl: u8) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(from.mac, GW_MAC)
-        .ipv4(from.ip, to, 64)
-        .udp(4000, dport)
+        .ipv4(from.ip, to, ttl)
+        .udp(sport, dport)
         .write(&mut v, b"data")
         .unwrap();
     v
+}
+
+/// A UDP datagram from `from` to the address `to` (port 4000 to `dport`).
+fn udp(from: Pod, to: [u8; 4], dport: u16) -> Vec<u8> {
+    datagram(from, to, 4000, dport, 64)
 }
 
 /// A port-unreachable error sent by `from` to `to`, quoting the IP packet of the frame `quoted`.
@@ -156,4 +161,74 @@ fn an_icmp_error_is_related_only_to_a_flow_it_is_part_of() {
     assert_eq!(o.policy, Some(PolicyVerdict::Related));
     // None of them created state.
     assert_eq!(ct.len(), 3);
+}
+
+/// Routing comes before the commit: a packet that goes nowhere (no route, or its TTL ran out)
+/// creates no entry, whatever the policy says of it.
+#[test]
+fn a_packet_that_goes_nowhere_creates_no_state() {
+    let t = tables();
+    let mut ct = ct();
+    let o = send(0, &t, &mut ct, A, &udp(A, [192, 168, 1, 1], 53));
+    assert_eq!(o.verdict, Verdict::Drop(DropReason::NoRoute));
+    assert_eq!(o.policy, Some(PolicyVerdict::Untracked));
+    let o = send(0, &t, &mut ct, A, &datagram(A, B.ip, 4000, 53, 1));
+    assert_eq!(o.verdict, Verdict::IcmpError(A.port));
+    assert_eq!(o.policy, Some(PolicyVerdict::Untracked));
+    assert!(ct.is_empty());
+    assert_eq!(ct.stats().created, 0);
+    // The same datagram with a route is tracked, owned by the port it came from.
+    let o = send(0, &t, &mut ct, A, &udp(A, B.ip, 53));
+    assert_eq!(o.policy, Some(PolicyVerdict::New));
+    assert_eq!((ct.len(), ct.owned_by(A.port)), (1, 1));
+}
+
+/// A pod at its limit of entries gets no new flow (`ct-endpoint-limit`), while its tracked
+/// flows go on and other pods still open theirs. The entries of a flow count against the pod
+/// whose packet created it, not the one that answers.
+#[test]
+fn a_pod_at_its_limit_gets_no_new_flow_and_the_others_still_do() {
+    let t = tables();
+    let mut ct = Conntrack::new(&CtConfig {
+        capacity: 64,
+        endpoint_limit: 4,
+        seed: 3,
+        ..CtConfig::default()
+    });
+    for port in 1..=4 {
+        let o = send(0, &t, &mut ct, C, &udp(C, A.ip, port));
+        assert_eq!(o.policy, Some(PolicyVerdict::New));
+    }
+    let o = send(0, &t, &mut ct, C, &udp(C, A.ip, 5));
+    assert_eq!(o.verdict, Verdict::Drop(DropReason::CtEndpointLimit));
+    assert_eq!(o.drop_reason(), Some(DropReason::CtEndpointLimit));
+    assert!(matches!(
+        o.policy,
+        Some(PolicyVerdict::Drop {
+            reason: crate::policy::PolicyDropReason::CtEndpointLimit,
+            direction: None,
+            ..
+        })
+    ));
+    assert_eq!(ct.stats().endpoint_limit, 1);
+    assert_eq!(ct.owned_by(C.port), 4);
+    // Its tracked flows go on, both ways.
+    let o = send(1, &t, &mut ct, C, &udp(C, A.ip, 1));
+    assert_eq!(o.policy, Some(PolicyVerdict::Established));
+    let o = send(1, &t, &mut ct, A, &datagram(A, C.ip, 1, 4000, 64));
+    assert_eq!(o.policy, Some(PolicyVerdict::Reply));
+    assert_eq!(o.verdict, Verdict::Forward(C.port));
+    // A and B open flows of their own.
+    let o = send(2, &t, &mut ct, A, &udp(A, B.ip, 53));
+    assert_eq!(o.policy, Some(PolicyVerdict::New));
+    let o = send(2, &t, &mut ct, B, &udp(B, C.ip, 53));
+    assert_eq!(o.policy, Some(PolicyVerdict::New));
+    assert_eq!(
+        (
+            ct.owned_by(A.port),
+            ct.owned_by(B.port),
+            ct.owned_by(C.port)
+        ),
+        (1, 1, 4)
+    );
 }

@@ -222,11 +222,13 @@ fn shared_conntrack(cfg: &AgentConfig, workers: usize) -> Conntrack {
     };
     let ct = Conntrack::new(&CtConfig {
         capacity: cfg.workers.ct_capacity,
+        endpoint_limit: cfg.workers.ct_endpoint_limit,
         timeouts: CtTimeouts::default(),
         seed,
     });
     tracing::info!(
         capacity = ct.capacity(),
+        endpoint_limit = ct.endpoint_limit(),
         bytes = ct.memory_bytes(),
         workers,
         "conntrack allocated (shared by every worker)"
@@ -284,6 +286,7 @@ fn build_worker(
         idle_spin: Duration::from_micros(cfg.workers.idle_spin_us),
         realtime: cfg.workers.realtime,
         ct_capacity: cfg.workers.ct_capacity,
+        ct_endpoint_limit: cfg.workers.ct_endpoint_limit,
     };
     let worker = Worker::with_conntrack(wcfg, backend, link.clone(), shared.ct.clone())?;
     Ok((link, worker))
