@@ -69,7 +69,9 @@
 //! [`CtStats`] are relaxed atomic counters in one cache line per handle (eight shards, round
 //! robin), summed when read: a worker never writes a line another worker writes, and the sum
 //! is exact whatever the number of writers. Only the entry count is one shared atomic, because
-//! the capacity check needs the whole table's count.
+//! the capacity check needs the whole table's count, and so are the per-owner counts (one
+//! `AtomicU32` per port, written only when an entry is created or leaves, under its cluster's
+//! locks).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
