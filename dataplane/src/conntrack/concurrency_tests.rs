@@ -357,3 +357,48 @@ fn a_flush_racing_inserts_keeps_the_table_consistent() {
     assert!(ct.is_empty());
     assert_eq!(ct.entries(1).count(), 0);
 }
+
+/// Three threads create flows for one owner at once: the owner ends with exactly its limit,
+/// never more, and every flow beyond it is counted as refused.
+#[test]
+fn an_owner_s_limit_holds_with_several_workers_creating_its_flows_at_once() {
+    const THREADS: u32 = 3;
+    const FLOWS: u32 = 2_000;
+    const LIMIT: usize = 500;
+    let ct = Conntrack::new(&CtConfig {
+        capacity: 10_000,
+        endpoint_limit: LIMIT,
+        timeouts: CtTimeouts::default(),
+        seed: 11,
+    });
+    let barrier = Arc::new(Barrier::new(THREADS as usize));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let ct = ct.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut refused = 0u64;
+                for i in 0..FLOWS {
+                    let k = key(t + 1, i, proto::UDP);
+                    let Probe::Vacant { slot, reuse } = ct.probe(0, &k) else {
+                        panic!("{k:?} is new")
+                    };
+                    match ct.insert(0, slot, reuse, &k, 0, 1, 7) {
+                        Ok(_) => assert!(ct.owned_by(7) <= LIMIT),
+                        Err(r) => {
+                            assert_eq!(r, CtRefusal::EndpointLimit);
+                            refused += 1;
+                        }
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!((ct.owned_by(7), ct.len()), (LIMIT, LIMIT));
+    assert_eq!(refused, u64::from(THREADS * FLOWS) - LIMIT as u64);
+    assert_eq!(ct.stats().endpoint_limit, refused);
+    assert_eq!(ct.entries(0).filter(|e| e.owner == 7).count(), LIMIT);
+}

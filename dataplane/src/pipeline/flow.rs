@@ -1,12 +1,13 @@
 //! Stages 4 and 8b, **conntrack lookup** and **commit**: the flow state of a packet.
 //!
 //! [`lookup`] finds the packet's flow (either direction, one probe) or the flow an ICMP error
-//! quotes (if the error's addresses match the quote: see [`lookup`]), advances a TCP flow's state, and revalidates an entry that was allowed under an
-//! older policy revision. It answers [`Tracking::Known`] with the verdict for a packet of a
-//! tracked flow, [`Tracking::New`] with where a new entry would go, or [`Tracking::Unrelated`]
-//! for an ICMP error that relates to nothing. The policy stage judges a new flow; [`commit`]
-//! tracks it once allowed and routed (a packet that goes nowhere creates no state), owned by
-//! the port it came from, within that port's share of the table.
+//! quotes (if the error's addresses match the quote: see [`lookup`]), advances a TCP flow's
+//! state, and revalidates an entry that was allowed under an older policy revision. It answers
+//! [`Tracking::Known`] with the verdict for a packet of a tracked flow, [`Tracking::New`] with
+//! where a new entry would go, or [`Tracking::Unrelated`] for an ICMP error that relates to
+//! nothing. The policy stage judges a new flow; [`commit`] tracks it once allowed and routed (a
+//! packet that goes nowhere creates no state), owned by the port it came from, within that
+//! port's share of the table.
 //!
 //! Later stages that keep per-flow state (service translation, masquerade, DNS over TCP) will
 //! find it on the entry this stage found (its `ext` index into a companion table of
