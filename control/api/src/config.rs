@@ -167,7 +167,8 @@ pub struct WorkersConfig {
     pub ct_capacity: usize,
     /// Connections one endpoint may have in the conntrack: the flows created by packets from
     /// its port (a pod's own connections, not those it answers). Further new flows of its are
-    /// dropped (`ct-endpoint-limit`), so one pod cannot fill the node's table. 0 or absent: a
+    /// dropped (`ct-endpoint-limit`), so one pod cannot fill the node's table. The host port,
+    /// which carries the node's flows and every other node's, is not limited. 0 or absent: a
     /// quarter of `ct_capacity`. At most `ct_capacity`.
     #[serde(default)]
     pub ct_endpoint_limit: usize,

@@ -21,6 +21,8 @@
 //!   it, and the table counts entries per owner; an owner with [`CtConfig::endpoint_limit`]
 //!   entries gets no more (`ct-endpoint-limit`, counted in [`CtStats::endpoint_limit`]), so one
 //!   pod cannot fill the node's table. Counted exactly across workers (see [`Conntrack::insert`]).
+//!   A port that is not one pod (the host port) can be exempted
+//!   ([`Conntrack::exempt_from_endpoint_limit`]).
 //! - Incremental garbage collection ([`Conntrack::gc`]) that does a bounded amount of work per
 //!   call, so every worker calls it once per batch without ever stalling; the workers claim
 //!   consecutive chunks of the table from one shared cursor, so together they sweep all of it
@@ -57,10 +59,9 @@
 //! ext index (low 24 bits) and the owner (high 8 bits: port ids 0 to 255, which covers every
 //! port a worker serves); and the last-seen time (8 bytes; the expiry is
 //! `seen + timeout(state)`). Slots are `capacity × 4/3` (load ≤ 75 %), plus one lock byte per
-//! 16 slots, 512 bytes of counters and 1 KiB of per-owner counts, so a full table costs about
-//! 42.8 bytes per connection. They are indexed by a seeded
-//! multiply-mix hash reduced with a multiply-shift (any slot count, not only powers of two),
-//! probed linearly, and deleted with backward shift (no tombstones). Tables of 2 MiB and more
+//! 16 slots, 512 bytes of counters and 1.25 KiB of per-owner counts and exemptions, so a full
+//! table costs about 42.8 bytes per connection. They are indexed by a seeded multiply-mix hash
+//! reduced with a multiply-shift (any slot count, not only powers of two), probed linearly, and deleted with backward shift (no tombstones). Tables of 2 MiB and more
 //! ask for transparent huge pages (`madvise`), to spare TLB misses. [`Conntrack::prefetch`]
 //! lets a worker overlap the cache misses of a whole batch; the worker takes each frame's key
 //! from the pipeline's parse stage (`pipeline::Meta::key`).
@@ -548,6 +549,14 @@ impl Conntrack {
     /// The most entries one owner may have ([`CtConfig::endpoint_limit`], resolved).
     pub fn endpoint_limit(&self) -> usize {
         self.t.endpoint_limit
+    }
+
+    /// Exempts `port` from [`CtConfig::endpoint_limit`]: its entries are still counted, but not
+    /// limited. For a port that is not one pod: the host port, through which the node itself
+    /// and every other node's pods reach this node's pods, so that its share is not what any
+    /// single pod gets.
+    pub fn exempt_from_endpoint_limit(&self, port: PortId) {
+        self.t.exempt(owner_index(port));
     }
 
     /// Entries owned by `port` (live, and expired not yet collected), all workers together.

@@ -30,7 +30,7 @@
 //! never need to be written together.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence};
 
 use super::{CtConfig, CtState, CtTimeouts, proto, tcp_flags};
 
@@ -362,6 +362,9 @@ pub(super) struct Table {
     /// policy, flushed). Written only under the stripe locks of the entry's cluster, with
     /// atomic adds, so the count is exact whatever the workers do at once.
     owners: Box<[AtomicU32]>,
+    /// Owners whose entries are counted but not limited (see
+    /// [`super::Conntrack::exempt_from_endpoint_limit`]).
+    unlimited: Box<[AtomicBool]>,
     /// The most entries one owner may have.
     pub endpoint_limit: usize,
     pub capacity: usize,
@@ -419,6 +422,7 @@ impl Table {
             locks: (0..n.div_ceil(STRIPE)).map(|_| AtomicU8::new(0)).collect(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             owners: (0..OWNERS).map(|_| AtomicU32::new(0)).collect(),
+            unlimited: (0..OWNERS).map(|_| AtomicBool::new(false)).collect(),
             endpoint_limit: match config.endpoint_limit {
                 0 => super::default_endpoint_limit(capacity),
                 n => n.min(capacity),
@@ -445,6 +449,7 @@ impl Table {
             + self.locks.len()
             + self.shards.len() * std::mem::size_of::<Shard>()
             + self.owners.len() * std::mem::size_of::<AtomicU32>()
+            + self.unlimited.len()
     }
 
     #[inline]
@@ -975,12 +980,14 @@ impl Table {
 
     // ----- owners (callers hold the stripes of the entry's cluster) -----
 
-    /// Counts one more entry for `owner`, unless it has [`Self::endpoint_limit`] already:
-    /// then nothing changes and the answer is `false`. Strict under concurrency: the add comes
-    /// first, and is taken back if it went past the limit.
+    /// Counts one more entry for `owner`, unless it has [`Self::endpoint_limit`] already (and
+    /// is not exempt): then nothing changes and the answer is `false`. Strict under
+    /// concurrency: the add comes first, and is taken back if it went past the limit.
     pub(super) fn acquire(&self, owner: usize) -> bool {
         let c = &self.owners[owner];
-        if c.fetch_add(1, Relaxed) as usize >= self.endpoint_limit {
+        if c.fetch_add(1, Relaxed) as usize >= self.endpoint_limit
+            && !self.unlimited[owner].load(Relaxed)
+        {
             c.fetch_sub(1, Relaxed);
             return false;
         }
@@ -990,6 +997,11 @@ impl Table {
     /// Counts one entry fewer for `owner`.
     pub(super) fn release(&self, owner: usize) {
         self.owners[owner].fetch_sub(1, Relaxed);
+    }
+
+    /// Exempts `owner` from the endpoint limit.
+    pub(super) fn exempt(&self, owner: usize) {
+        self.unlimited[owner].store(true, Relaxed);
     }
 
     /// Entries `owner` has (live or expired, not yet collected).

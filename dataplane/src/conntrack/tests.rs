@@ -169,6 +169,12 @@ fn an_owner_gets_at_most_its_limit_and_its_count_follows_every_removal() {
         5,
         "listed with their owner"
     );
+    // An exempt owner (the host port) is counted, not limited.
+    ct.exempt_from_endpoint_limit(9);
+    for i in 0..12 {
+        assert!(new(0, &key(300 + i, 1, 53, proto::UDP), 9).is_ok());
+    }
+    assert_eq!(ct.owned_by(9), 12);
     // A policy removal gives one back.
     assert!(ct.remove_for_policy(hit(&ct, 0, &a[0])));
     assert_eq!(ct.owned_by(1), 9);
@@ -181,7 +187,7 @@ fn an_owner_gets_at_most_its_limit_and_its_count_follows_every_removal() {
         ct.gc(later, 64);
         spins += 1;
     }
-    assert_eq!((ct.owned_by(1), ct.owned_by(2)), (0, 0));
+    assert_eq!((ct.owned_by(1), ct.owned_by(2), ct.owned_by(9)), (0, 0, 0));
     // Reuse in place moves the count from the expired entry's owner to the new one's.
     for k in &a[..4] {
         assert!(new(later, k, 1).is_ok());
