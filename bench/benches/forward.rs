@@ -76,7 +76,11 @@ fn policy_tables(routes: u32, dst: u32) -> Tables {
 
 /// A conntrack holding `n` connections between addresses outside the pods.
 fn busy_conntrack(t: &Tables, n: u32) -> Conntrack {
-    let mut ct = Conntrack::new(&CtConfig::default());
+    let mut ct = Conntrack::new(&CtConfig {
+        // Every connection comes from one port.
+        endpoint_limit: CtConfig::default().capacity,
+        ..CtConfig::default()
+    });
     for i in 0..n {
         let key = FlowKey {
             src: std::net::Ipv4Addr::from_bits(0x0b00_0000 + i),
@@ -85,7 +89,17 @@ fn busy_conntrack(t: &Tables, n: u32) -> Conntrack {
             dport: 443,
             proto: proto::UDP,
         };
-        assert!(flow_and_policy(1, &Meta::from_key(key), t.policy(), &mut ct).allows());
+        assert!(
+            flow_and_policy(
+                1,
+                0,
+                &Meta::from_key(key),
+                t.gateway().ipv4,
+                t.policy(),
+                &mut ct
+            )
+            .allows()
+        );
     }
     ct
 }

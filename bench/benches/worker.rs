@@ -73,6 +73,8 @@ fn worker(tables: &Arc<ArcSwap<Tables>>, conns: usize) -> (Worker<MemoryBackend>
         placement: Placement::Dedicated,
         batch_size: BATCH,
         ct_capacity: conns,
+        // Every connection comes from one client port.
+        ct_endpoint_limit: conns,
         ..WorkerConfig::default()
     };
     let mut w = Worker::new(cfg, backend, link.clone()).expect("worker");

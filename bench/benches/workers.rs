@@ -155,6 +155,8 @@ fn establish(w: &mut Worker<MemoryBackend>, conns: &[u64]) {
 fn table(capacity: usize) -> Conntrack {
     Conntrack::new(&CtConfig {
         capacity,
+        // Every connection comes from one client port.
+        endpoint_limit: capacity,
         timeouts: CtTimeouts::default(),
         seed: 0x5eed,
     })

@@ -589,6 +589,8 @@ pub enum PolicyDropReason {
     PolicyDenyRule,
     /// The flow is allowed but the conntrack table is full.
     CtFull,
+    /// The flow is allowed but its endpoint has its limit of conntrack entries.
+    CtEndpointLimit,
 }
 
 impl PolicyDropReason {
@@ -598,6 +600,7 @@ impl PolicyDropReason {
             Self::PolicyDenied => "policy-denied",
             Self::PolicyDenyRule => "policy-deny-rule",
             Self::CtFull => "ct-full",
+            Self::CtEndpointLimit => "ct-endpoint-limit",
         }
     }
 }
@@ -614,13 +617,14 @@ pub enum PolicyVerdict {
     Related,
     /// A new connection allowed by policy; it is now tracked.
     New,
-    /// Allowed by policy but not tracked: a TCP RST or an ICMP error with no connection.
+    /// Allowed by policy but not tracked: a TCP RST or an ICMP error with no connection, or a
+    /// packet that goes nowhere (no route, TTL expired), which creates no state.
     Untracked,
     /// Dropped.
     Drop {
         /// Why.
         reason: PolicyDropReason,
-        /// The direction that refused (`None` for `ct-full`).
+        /// The direction that refused (`None` for `ct-full` and `ct-endpoint-limit`).
         direction: Option<Direction>,
         /// The deny rule that matched, for `policy-deny-rule`.
         rule: Option<RuleRef>,

@@ -129,8 +129,12 @@ drop_reasons! {
     PolicyDenied => "policy-denied",
     /// Network policy: a deny rule (`ingressDeny`/`egressDeny`) matched (`full` mode).
     PolicyDenyRule => "policy-deny-rule",
-    /// Network policy allowed a new flow but the worker's conntrack table is full.
+    /// Network policy allowed a new flow but the conntrack table is full, and the flow's probe
+    /// path holds no unanswered entry to evict.
     CtFull => "ct-full",
+    /// Network policy allowed a new flow but the endpoint whose port it came from already has
+    /// its limit of conntrack entries (`workers.ct_endpoint_limit`).
+    CtEndpointLimit => "ct-endpoint-limit",
     /// A frame from a pod port whose source IP is not the endpoint's behind that port (or from
     /// a port with no endpoint).
     InvalidSourceIp => "invalid-source-ip",
@@ -152,6 +156,7 @@ impl From<crate::policy::PolicyDropReason> for DropReason {
             crate::policy::PolicyDropReason::PolicyDenied => DropReason::PolicyDenied,
             crate::policy::PolicyDropReason::PolicyDenyRule => DropReason::PolicyDenyRule,
             crate::policy::PolicyDropReason::CtFull => DropReason::CtFull,
+            crate::policy::PolicyDropReason::CtEndpointLimit => DropReason::CtEndpointLimit,
         }
     }
 }

@@ -196,6 +196,9 @@ pub struct WorkerConfig {
     /// Most connections the conntrack [`Worker::new`] makes holds (default
     /// [`DEFAULT_CT_CAPACITY`]); [`Worker::with_conntrack`] uses the table it is given.
     pub ct_capacity: usize,
+    /// Most connections one port's packets may create in the conntrack [`Worker::new`] makes
+    /// (0: a quarter of `ct_capacity`, [`crate::conntrack::default_endpoint_limit`]).
+    pub ct_endpoint_limit: usize,
 }
 
 /// The default conntrack capacity (of the agent's table, shared by its workers).
@@ -277,6 +280,7 @@ impl Default for WorkerConfig {
             idle_spin: Duration::from_micros(50),
             realtime: false,
             ct_capacity: DEFAULT_CT_CAPACITY,
+            ct_endpoint_limit: 0,
         }
     }
 }
@@ -656,6 +660,7 @@ impl<B: Backend> Worker<B> {
         };
         let ct = Conntrack::new(&CtConfig {
             capacity: cfg.ct_capacity,
+            endpoint_limit: cfg.ct_endpoint_limit,
             timeouts: CtTimeouts::default(),
             seed,
         });

@@ -162,9 +162,17 @@ pub struct WorkersConfig {
     pub spare_ports: u32,
     /// Connections the agent's conntrack holds, all workers together: one table that every
     /// worker shares (network policy, `full` mode); allocated at start, about 43 bytes each.
-    /// When it is full, new flows are dropped (`ct-full`).
+    /// When it is full, a new flow evicts the oldest unanswered entry on its probe path, or is
+    /// dropped (`ct-full`) if there is none.
     #[serde(default = "default_ct_capacity")]
     pub ct_capacity: usize,
+    /// Connections one endpoint may have in the conntrack: the flows created by packets from
+    /// its port (a pod's own connections, not those it answers). Further new flows of its are
+    /// dropped (`ct-endpoint-limit`), so one pod cannot fill the node's table. The host port,
+    /// which carries the node's flows and every other node's, is not limited. 0 or absent: a
+    /// quarter of `ct_capacity`. At most `ct_capacity`.
+    #[serde(default)]
+    pub ct_endpoint_limit: usize,
     /// Bytes of room kept in front of every received packet, for headers the dataplane
     /// prepends (an ESP tunnel's Ethernet + IPv4 + ESP header + IV take 50). The kernel's own
     /// 256-byte XDP headroom covers up to 256 at no cost; more adds UMEM frame headroom.
@@ -206,6 +214,7 @@ impl Default for WorkersConfig {
             idle_spin_us: default_idle_spin(),
             realtime: default_realtime(),
             ct_capacity: default_ct_capacity(),
+            ct_endpoint_limit: 0,
             headroom: default_headroom(),
             ring_size: default_ring(),
             spare_ports: default_spare_ports(),
@@ -335,6 +344,16 @@ impl AgentConfig {
                 format!(
                     "{} is out of range: use 1 to 67108864 (default 262144)",
                     self.workers.ct_capacity
+                ),
+            ));
+        }
+        if self.workers.ct_endpoint_limit > self.workers.ct_capacity {
+            return Err(Error::config(
+                "workers.ct_endpoint_limit",
+                format!(
+                    "{} is more than workers.ct_capacity ({}): one endpoint cannot have more \
+                     connections than the table holds; use at most that, or 0 for a quarter of it",
+                    self.workers.ct_endpoint_limit, self.workers.ct_capacity
                 ),
             ));
         }
@@ -477,6 +496,16 @@ ports:
         assert_eq!(full.mode, Mode::Full);
         assert_eq!(full.worker_cores(), [0, 0]);
         assert_eq!(full.workers.ct_capacity, 1000);
+        assert_eq!(full.workers.ct_endpoint_limit, 0, "absent: the default");
+        let limited = format!("{GOOD}workers: {{ ct_capacity: 1000, ct_endpoint_limit: 100 }}\n");
+        let limited = AgentConfig::parse(&limited).unwrap();
+        assert_eq!(limited.workers.ct_endpoint_limit, 100);
+        let e = AgentConfig::parse(&format!(
+            "{GOOD}workers: {{ ct_capacity: 1000, ct_endpoint_limit: 1001 }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("workers.ct_endpoint_limit"), "{e}");
         let passthrough = format!("{two}mode: passthrough\n");
         AgentConfig::parse(&passthrough).expect("several workers forward in passthrough");
     }

@@ -136,8 +136,9 @@ fn basic_traffic_is_routed_with_ttl_and_macs_rewritten_and_replies_pass_as_repli
         ("S.", "reply", "syn-recv"),
         (".", "established", "established"),
         ("P.", "established", "established"),
-        ("F.", "established", "fin"),
-        (".", "reply", "fin"),
+        // One side's FIN half-closes; the other's closes.
+        ("F.", "established", "half-closed-orig"),
+        (".", "reply", "half-closed-orig"),
         ("F.", "reply", "fin"),
         (".", "established", "fin"),
     ];

@@ -630,7 +630,9 @@ fn replies_pass_through_conntrack() {
         tcp_flags: flags,
         ..Meta::from_key(key)
     };
-    let decide = |now, t, ct: &mut Conntrack, m: &Meta| flow_and_policy(now, m, t, ct);
+    let decide = |now, t, ct: &mut Conntrack, m: &Meta| {
+        flow_and_policy(now, 0, m, std::net::Ipv4Addr::new(10, 0, 0, 1), t, ct)
+    };
     use tcp_flags::*;
     assert_eq!(
         decide(0, &c.tables, &mut ct, &f(key, SYN)),

@@ -14,6 +14,7 @@ use super::*;
 fn table(capacity: usize, timeouts: CtTimeouts) -> Conntrack {
     Conntrack::new(&CtConfig {
         capacity,
+        endpoint_limit: capacity,
         timeouts,
         seed: 7,
     })
@@ -47,11 +48,7 @@ fn packet(ct: &Conntrack, now: u64, k: &FlowKey, tcp: u8) -> bool {
             ct.update(now, slot, orig, tcp);
             true
         }
-        Probe::Vacant { slot, reuse } => ct.insert(now, slot, reuse, k, tcp, 1).is_some(),
-        Probe::Full => {
-            ct.count_full();
-            false
-        }
+        Probe::Vacant { slot, reuse } => ct.insert(now, slot, reuse, k, tcp, 1, 0).is_ok(),
     }
 }
 
@@ -159,11 +156,12 @@ fn concurrent_churn_matches_per_thread_models() {
                                 }
                             }
                             Probe::Vacant { slot, reuse } => {
-                                if ct.insert(now, slot, reuse, &k, 0, 1).is_some() {
+                                // Each thread is an owner of its own.
+                                let owner = t as PortId + 1;
+                                if ct.insert(now, slot, reuse, &k, 0, 1, owner).is_ok() {
                                     model.insert(k, now + udp);
                                 }
                             }
-                            Probe::Full => ct.count_full(),
                         }
                         if step % 5 == 0 {
                             ct.gc(now, (next() % 64) as usize);
@@ -194,13 +192,19 @@ fn concurrent_churn_matches_per_thread_models() {
         }
         let listed = listed_once(&ct, now);
         assert_eq!(listed.len(), ct.len(), "round {round}");
-        assert!(ct.len() >= live && ct.len() <= ct.capacity() + THREADS as usize);
+        assert!(ct.len() >= live && ct.len() <= ct.capacity());
         let s = ct.stats();
         assert_eq!(
             ct.len() as u64,
-            s.created - s.reused - s.gc_removed - s.policy_removed,
+            s.created - s.reused - s.evicted - s.gc_removed - s.policy_removed,
             "round {round}: {s:?}"
         );
+        // Each thread's count is exactly its entries, whatever the others did to them.
+        for t in 0..THREADS {
+            let owner = t as PortId + 1;
+            let mine = ct.entries(now).filter(|e| e.owner == owner).count();
+            assert_eq!(ct.owned_by(owner), mine, "round {round}, owner {owner}");
+        }
     }
     let mut removed = 0;
     for h in handles {
@@ -352,4 +356,49 @@ fn a_flush_racing_inserts_keeps_the_table_consistent() {
     ct.flush();
     assert!(ct.is_empty());
     assert_eq!(ct.entries(1).count(), 0);
+}
+
+/// Three threads create flows for one owner at once: the owner ends with exactly its limit,
+/// never more, and every flow beyond it is counted as refused.
+#[test]
+fn an_owner_s_limit_holds_with_several_workers_creating_its_flows_at_once() {
+    const THREADS: u32 = 3;
+    const FLOWS: u32 = 2_000;
+    const LIMIT: usize = 500;
+    let ct = Conntrack::new(&CtConfig {
+        capacity: 10_000,
+        endpoint_limit: LIMIT,
+        timeouts: CtTimeouts::default(),
+        seed: 11,
+    });
+    let barrier = Arc::new(Barrier::new(THREADS as usize));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let ct = ct.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut refused = 0u64;
+                for i in 0..FLOWS {
+                    let k = key(t + 1, i, proto::UDP);
+                    let Probe::Vacant { slot, reuse } = ct.probe(0, &k) else {
+                        panic!("{k:?} is new")
+                    };
+                    match ct.insert(0, slot, reuse, &k, 0, 1, 7) {
+                        Ok(_) => assert!(ct.owned_by(7) <= LIMIT),
+                        Err(r) => {
+                            assert_eq!(r, CtRefusal::EndpointLimit);
+                            refused += 1;
+                        }
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!((ct.owned_by(7), ct.len()), (LIMIT, LIMIT));
+    assert_eq!(refused, u64::from(THREADS * FLOWS) - LIMIT as u64);
+    assert_eq!(ct.stats().endpoint_limit, refused);
+    assert_eq!(ct.entries(0).filter(|e| e.owner == 7).count(), LIMIT);
 }

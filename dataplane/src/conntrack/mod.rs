@@ -7,11 +7,22 @@
 //!   whichever worker each direction arrives (a pod's veth picks the queue of each direction
 //!   independently).
 //! - TCP state tracking with a timeout per state ([`CtTimeouts`]): SYN (`syn-sent`, `syn-recv`),
-//!   established, FIN, RST; fixed timeouts for UDP, ICMP and other protocols.
-//! - Bounded capacity ([`CtConfig::capacity`], for the whole table): when the table holds that
-//!   many live entries, a new flow is refused (the caller drops it as `ct-full`, counted in
-//!   [`CtStats::full`]); the table never grows. Expired entries met on a probe are reused in
-//!   place.
+//!   established, half-closed (one side sent FIN: still the established timeout, so a
+//!   half-closed stream may idle as long as an open one), FIN (both sides sent FIN: the short
+//!   close timeout), RST; fixed timeouts for UDP, ICMP and other protocols.
+//! - Bounded capacity ([`CtConfig::capacity`], for the whole table); the table never grows.
+//!   When it holds that many entries, a new flow takes the place of one on its probe path: an
+//!   expired entry first (reused in place, also before the table is full), else the oldest
+//!   entry that never saw a reply (evicted, counted in [`CtStats::evicted`]), as LRU maps do;
+//!   only when the path holds neither is the flow refused (the caller drops it as `ct-full`,
+//!   counted in [`CtStats::full`]). So a full table of established connections stays as it is,
+//!   while unanswered flows (a scan, a flood) give way to new ones.
+//! - Bounded state per endpoint: each entry remembers its owner, the port whose packet created
+//!   it, and the table counts entries per owner; an owner with [`CtConfig::endpoint_limit`]
+//!   entries gets no more (`ct-endpoint-limit`, counted in [`CtStats::endpoint_limit`]), so one
+//!   pod cannot fill the node's table. Counted exactly across workers (see [`Conntrack::insert`]).
+//!   A port that is not one pod (the host port) can be exempted
+//!   ([`Conntrack::exempt_from_endpoint_limit`]).
 //! - Incremental garbage collection ([`Conntrack::gc`]) that does a bounded amount of work per
 //!   call, so every worker calls it once per batch without ever stalling; the workers claim
 //!   consecutive chunks of the table from one shared cursor, so together they sweep all of it
@@ -43,12 +54,14 @@
 //!
 //! # Layout
 //! One slot is [`Conntrack::BYTES_PER_SLOT`] (32) bytes, two per cache line: the canonical
-//! 5-tuple, state, flags, a generation, the stage byte, the policy revision (low 32 bits), the
-//! ext index and the last-seen time (the expiry is `seen + timeout(state)`). Slots are
-//! `capacity × 4/3` (load ≤ 75 %), plus one lock byte per 16 slots and 512 bytes of counters,
-//! so a full table costs about 42.8 bytes per connection. They are indexed by a seeded
-//! multiply-mix hash reduced with a multiply-shift (any slot count, not only powers of two),
-//! probed linearly, and deleted with backward shift (no tombstones). Tables of 2 MiB and more
+//! addresses (8 bytes); one 8-byte word with the ports, protocol, state, flags, a generation
+//! and the stage byte; the policy revision (low 32 bits, 4 bytes); a 4-byte word holding the
+//! ext index (low 24 bits) and the owner (high 8 bits: port ids 0 to 255, which covers every
+//! port a worker serves); and the last-seen time (8 bytes; the expiry is
+//! `seen + timeout(state)`). Slots are `capacity × 4/3` (load ≤ 75 %), plus one lock byte per
+//! 16 slots, 512 bytes of counters and 1.25 KiB of per-owner counts and exemptions, so a full
+//! table costs about 42.8 bytes per connection. They are indexed by a seeded multiply-mix hash
+//! reduced with a multiply-shift (any slot count, not only powers of two), probed linearly, and deleted with backward shift (no tombstones). Tables of 2 MiB and more
 //! ask for transparent huge pages (`madvise`), to spare TLB misses. [`Conntrack::prefetch`]
 //! lets a worker overlap the cache misses of a whole batch; the worker takes each frame's key
 //! from the pipeline's parse stage (`pipeline::Meta::key`).
@@ -57,7 +70,9 @@
 //! [`CtStats`] are relaxed atomic counters in one cache line per handle (eight shards, round
 //! robin), summed when read: a worker never writes a line another worker writes, and the sum
 //! is exact whatever the number of writers. Only the entry count is one shared atomic, because
-//! the capacity check needs the whole table's count.
+//! the capacity check needs the whole table's count, and so are the per-owner counts (one
+//! `AtomicU32` per port, written only when an entry is created or leaves, under its cluster's
+//! locks).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -68,9 +83,30 @@ mod table;
 use crate::fragments::FragmentTable;
 use std::net::Ipv4Addr;
 use table::{
-    Canon, EMPTY, Entry, F_ORIG_A, F_SEEN_REPLY, GC_CHUNK, SHARDS, Scan, Shard, Table, handle,
-    initial_state, stage_of, state_of,
+    Canon, EMPTY, EXT_MASK, Entry, F_ORIG_A, F_SEEN_REPLY, GC_CHUNK, OWNERS, SHARDS, Scan, Shard,
+    Table, handle, initial_state, stage_of, state_of,
 };
+
+use crate::tables::PortId;
+
+// Every port a worker serves has an owner byte of its own.
+const _: () = assert!(crate::worker::MAX_PORTS <= OWNERS);
+
+/// The owner byte of port `port`. Ports from 256 up, which no worker serves
+/// (`worker::MAX_PORTS`), would share the last one.
+#[inline]
+fn owner_index(port: PortId) -> usize {
+    usize::from(port).min(OWNERS - 1)
+}
+
+/// The default [`CtConfig::endpoint_limit`] for a table of `capacity` connections: a quarter
+/// of it. One pod then holds at most a quarter of the node's connections, so it takes four
+/// pods at their limit to fill the table, and even then the unanswered flows among them give
+/// way to new ones (see the module documentation); a fixed share, not one divided by the
+/// current number of pods, so that a pod's limit does not shrink under it as pods come.
+pub fn default_endpoint_limit(capacity: usize) -> usize {
+    (capacity / 4).max(1)
+}
 
 /// IP protocol numbers, as the wire layer defines them (re-exported: flow keys hold the byte).
 pub use crate::wire::ip::proto;
@@ -153,7 +189,8 @@ pub struct CtTimeouts {
     pub tcp_syn: u64,
     /// TCP established.
     pub tcp_established: u64,
-    /// TCP after a FIN in either direction.
+    /// TCP after a FIN in both directions (or one before the handshake completed). A FIN from
+    /// one side only keeps `tcp_established`.
     pub tcp_fin: u64,
     /// TCP after a RST.
     pub tcp_rst: u64,
@@ -185,9 +222,13 @@ impl Default for CtTimeouts {
 /// How to build a [`Conntrack`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtConfig {
-    /// The most live entries the table holds, all its users together; further new flows are
-    /// refused (`ct-full`).
+    /// The most live entries the table holds, all its users together; further new flows evict
+    /// unanswered ones or are refused (`ct-full`).
     pub capacity: usize,
+    /// The most entries one owner (the port whose packets created them) may have; further new
+    /// flows of its are refused (`ct-endpoint-limit`). 0: [`default_endpoint_limit`]. At most
+    /// `capacity`.
+    pub endpoint_limit: usize,
     /// Per-state timeouts.
     pub timeouts: CtTimeouts,
     /// Hash seed. Use a random value per table so flows cannot be crafted to collide; tests may
@@ -199,6 +240,7 @@ impl Default for CtConfig {
     fn default() -> Self {
         Self {
             capacity: 65_536,
+            endpoint_limit: 0,
             timeouts: CtTimeouts::default(),
             seed: 0x5eed_0fc0_ffee,
         }
@@ -216,7 +258,7 @@ pub enum CtState {
     SynRecv = 2,
     /// TCP: handshake complete (or traffic seen both ways).
     Established = 3,
-    /// TCP: a FIN was seen.
+    /// TCP: both sides sent FIN (or a FIN came before the handshake completed): closing.
     Fin = 4,
     /// TCP: a RST was seen.
     Rst = 5,
@@ -226,6 +268,10 @@ pub enum CtState {
     Icmp = 7,
     /// Another IP protocol.
     Other = 8,
+    /// TCP: the originator sent FIN, the responder not yet (it may go on sending).
+    HalfClosedOrig = 9,
+    /// TCP: the responder sent FIN, the originator not yet.
+    HalfClosedReply = 10,
 }
 
 impl CtState {
@@ -239,6 +285,8 @@ impl CtState {
             6 => Self::Udp,
             7 => Self::Icmp,
             8 => Self::Other,
+            9 => Self::HalfClosedOrig,
+            10 => Self::HalfClosedReply,
             _ => return None,
         })
     }
@@ -254,6 +302,8 @@ impl CtState {
             Self::Udp => "udp",
             Self::Icmp => "icmp",
             Self::Other => "other",
+            Self::HalfClosedOrig => "half-closed-orig",
+            Self::HalfClosedReply => "half-closed-reply",
         }
     }
 }
@@ -271,6 +321,8 @@ pub struct CtEntry {
     pub expires_in_ns: u64,
     /// The low 32 bits of the policy revision it was last checked against.
     pub policy_revision: u32,
+    /// The port whose packet created it: the endpoint it counts against.
+    pub owner: PortId,
 }
 
 /// Counters of one table, summed over its handles (see the module documentation).
@@ -278,8 +330,14 @@ pub struct CtEntry {
 pub struct CtStats {
     /// Entries created.
     pub created: u64,
-    /// New flows refused because the table was full (`ct-full`).
+    /// New flows refused because the table was full and their probe path held no entry to
+    /// evict (`ct-full`).
     pub full: u64,
+    /// New flows refused because their owner had its [`CtConfig::endpoint_limit`] of entries
+    /// (`ct-endpoint-limit`).
+    pub endpoint_limit: u64,
+    /// Live entries that never saw a reply, evicted by a new flow from a full table.
+    pub evicted: u64,
     /// Expired entries removed by [`Conntrack::gc`].
     pub gc_removed: u64,
     /// Expired entries reused in place by a new flow.
@@ -289,6 +347,16 @@ pub struct CtStats {
     /// New flows another worker had created between this worker's probe and its insert: they
     /// join that entry instead of creating a second one.
     pub races: u64,
+}
+
+/// Why [`Conntrack::insert`] did not track a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtRefusal {
+    /// The table is full and the flow's probe path holds nothing to evict (`ct-full`).
+    Full,
+    /// The flow's owner has its [`CtConfig::endpoint_limit`] of entries
+    /// (`ct-endpoint-limit`).
+    EndpointLimit,
 }
 
 /// What a lookup found.
@@ -304,15 +372,14 @@ pub enum Probe {
         /// Whether the packet goes in the original direction.
         orig: bool,
     },
-    /// No live entry; a new one can go at `slot` (`reuse`: it holds an expired entry).
+    /// No live entry; a new one would go at `slot` (`reuse`: it holds an expired entry), room
+    /// permitting ([`Conntrack::insert`] decides).
     Vacant {
         /// Where the new entry would go.
         slot: usize,
         /// Whether that slot holds an expired entry.
         reuse: bool,
     },
-    /// No live entry and no room.
-    Full,
 }
 
 #[inline]
@@ -342,6 +409,17 @@ fn canon(k: &FlowKey) -> (Canon, bool) {
             false,
         )
     }
+}
+
+/// Where [`Conntrack::insert`] puts a new entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Over this expired entry (or the flow's own closing one).
+    Reuse(usize),
+    /// In the empty slot that ends the probe path.
+    End,
+    /// Over this live entry that never saw a reply.
+    Evict(usize),
 }
 
 /// The key of `addrs`/`meta` in the flow's original direction.
@@ -477,8 +555,28 @@ impl Conntrack {
             s.reused += sh.reused.load(Relaxed);
             s.policy_removed += sh.policy_removed.load(Relaxed);
             s.races += sh.races.load(Relaxed);
+            s.evicted += sh.evicted.load(Relaxed);
+            s.endpoint_limit += sh.endpoint_limit.load(Relaxed);
         }
         s
+    }
+
+    /// The most entries one owner may have ([`CtConfig::endpoint_limit`], resolved).
+    pub fn endpoint_limit(&self) -> usize {
+        self.t.endpoint_limit
+    }
+
+    /// Exempts `port` from [`CtConfig::endpoint_limit`]: its entries are still counted, but not
+    /// limited. For a port that is not one pod: the host port, through which the node itself
+    /// and every other node's pods reach this node's pods, so that its share is not what any
+    /// single pod gets.
+    pub fn exempt_from_endpoint_limit(&self, port: PortId) {
+        self.t.exempt(owner_index(port));
+    }
+
+    /// Entries owned by `port` (live, and expired not yet collected), all workers together.
+    pub fn owned_by(&self, port: PortId) -> usize {
+        self.t.owned(owner_index(port))
     }
 
     /// The timeouts in force.
@@ -521,6 +619,7 @@ impl Conntrack {
                     .saturating_add(self.t.timeout_of(r.meta))
                     .saturating_sub(now),
                 policy_revision: r.revision,
+                owner: table::owner_of(r.ext) as PortId,
             })
         })
     }
@@ -600,33 +699,35 @@ impl Conntrack {
                 slot: handle(i, m),
                 reuse: true,
             },
-            Scan::Miss { end, end_meta, .. } if self.len() < self.t.capacity => Probe::Vacant {
+            Scan::Miss { end, end_meta, .. } => Probe::Vacant {
                 slot: handle(end, end_meta),
                 reuse: false,
             },
-            Scan::Miss { .. } => Probe::Full,
         }
     }
 
-    /// Counts a refused new flow.
-    #[inline]
-    pub fn count_full(&self) {
-        self.count(|s| &s.full);
-    }
-
-    /// Creates the entry of `key` (original direction) after a [`Self::probe`] that returned
-    /// `Vacant { slot, reuse }` (or `Hit { slot, .. }` on a closing entry, with `reuse` true,
-    /// to start it again).
+    /// Creates the entry of `key` (original direction), owned by port `owner`, after a
+    /// [`Self::probe`] that returned `Vacant { slot, reuse }` (or `Hit { slot, .. }` on a
+    /// closing entry, with `reuse` true, to start it again).
     ///
     /// It looks again under the locks of the key's cluster, so a flow another worker created
     /// since the probe is not created twice: that entry is advanced as for any packet of it
-    /// (counted in [`CtStats::races`]). The key's own entry when expired, or when it is the
-    /// entry the probe named with `reuse`, is started again in place; otherwise the first
-    /// expired entry on the path is reused, or the empty slot that ends the path taken.
+    /// (counted in [`CtStats::races`]). Otherwise the new entry goes, in this order of
+    /// preference: in place of the key's own entry when expired, or of the entry the probe
+    /// named with `reuse`; in place of the first expired entry on the path (counted
+    /// [`CtStats::reused`]); in the empty slot that ends the path, while the table holds fewer
+    /// than its capacity; in place of the oldest entry on the path that never saw a reply
+    /// (counted [`CtStats::evicted`]). With none of these the flow is refused as
+    /// [`CtRefusal::Full`].
     ///
-    /// Returns the handle of the flow's entry (use it, not the probe's, for later calls), or
-    /// `None` if the flow is not tracked: only when several workers raced past the capacity
-    /// check at once and the table is out of empty slots (counted as `full`).
+    /// The owner's count goes up by one (unless the entry replaced was its own); if that would
+    /// take it past [`CtConfig::endpoint_limit`], the flow is refused as
+    /// [`CtRefusal::EndpointLimit`] and nothing changes. The entry replaced, if any, leaves its
+    /// owner's count. Both happen under the cluster's locks with atomic adds, so counts are exact
+    /// and limits strict whatever other workers do at once.
+    ///
+    /// Returns the handle of the flow's entry (use it, not the probe's, for later calls).
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
         now: u64,
@@ -635,7 +736,8 @@ impl Conntrack {
         key: &FlowKey,
         tcp: u8,
         revision: u64,
-    ) -> Option<usize> {
+        owner: PortId,
+    ) -> Result<usize, CtRefusal> {
         let t = &*self.t;
         let (c, fwd) = canon(key);
         let home = t.home(&c);
@@ -643,6 +745,8 @@ impl Conntrack {
         let mut i = home;
         let mut found = None;
         let mut expired = None;
+        // The oldest live entry on the path that never saw a reply: (slot, last seen).
+        let mut unreplied: Option<(usize, u64)> = None;
         while i != run.end {
             let (m, seen, addrs) = t.view(i);
             let live = t.is_live(m, seen, now);
@@ -653,39 +757,81 @@ impl Conntrack {
             if !live && expired.is_none() {
                 expired = Some(i);
             }
+            if live && m & F_SEEN_REPLY == 0 && unreplied.is_none_or(|(_, old)| seen < old) {
+                unreplied = Some((i, seen));
+            }
             i = t.after(i);
         }
-        let e = Entry::new(&c, fwd, initial_state(key.proto, tcp), revision as u32, now);
         let restart = |f: usize, m: u64| reuse && handle(f, m) == probe_slot;
-        let merge = matches!(found, Some((f, m, true)) if !restart(f, m));
-        let at = match (found, expired) {
-            (Some((f, m, _)), _) if merge => {
-                t.advance_at(now, f, m, fwd == (m & F_ORIG_A != 0), tcp);
-                Some(f)
-            }
-            (Some((x, _, _)), _) | (None, Some(x)) => {
-                t.write(x, &e);
-                self.count(|s| &s.reused);
-                Some(x)
-            }
-            // One slot always stays empty, so that every probe path ends.
-            (None, None) if t.len.0.fetch_add(1, Relaxed) + 1 >= t.slot_count() => {
-                t.len.0.fetch_sub(1, Relaxed);
-                None
-            }
+        if let Some((f, m, true)) = found
+            && !restart(f, m)
+        {
+            t.advance_at(now, f, m, fwd == (m & F_ORIG_A != 0), tcp);
+            let h = handle(f, t.view(f).0);
+            t.unlock_run(&run);
+            self.count(|s| &s.races);
+            return Ok(h);
+        }
+        let place = match (found, expired) {
+            (Some((x, _, _)), _) | (None, Some(x)) => Some(Place::Reuse(x)),
+            // Room: the capacity is never passed, even by workers inserting at once. (It is
+            // below the slot count, so one slot always stays empty and every probe path ends.)
+            (None, None) if t.len.0.fetch_add(1, Relaxed) < t.capacity => Some(Place::End),
             (None, None) => {
-                t.write(run.end, &e);
-                Some(run.end)
+                t.len.0.fetch_sub(1, Relaxed);
+                unreplied.map(|(x, _)| Place::Evict(x))
             }
         };
-        let h = at.map(|x| handle(x, t.view(x).0));
+        let owner = owner_index(owner);
+        let result = match place {
+            None => Err(CtRefusal::Full),
+            Some(p) => {
+                let (x, replaced) = match p {
+                    Place::Reuse(x) | Place::Evict(x) => (x, Some(t.owner_at(x))),
+                    Place::End => (run.end, None),
+                };
+                if replaced == Some(owner) || t.acquire(owner) {
+                    let e = Entry::new(
+                        &c,
+                        fwd,
+                        initial_state(key.proto, tcp),
+                        revision as u32,
+                        now,
+                        owner,
+                    );
+                    t.write(x, &e);
+                    if let Some(old) = replaced.filter(|&o| o != owner) {
+                        t.release(old);
+                    }
+                    Ok((x, p))
+                } else {
+                    if p == Place::End {
+                        t.len.0.fetch_sub(1, Relaxed);
+                    }
+                    Err(CtRefusal::EndpointLimit)
+                }
+            }
+        };
+        let result = result.map(|(x, p)| (handle(x, t.view(x).0), p));
         t.unlock_run(&run);
-        match (merge, h) {
-            (true, _) => self.count(|s| &s.races),
-            (false, Some(_)) => self.count(|s| &s.created),
-            (false, None) => self.count(|s| &s.full),
+        match result {
+            Ok((h, p)) => {
+                self.count(|s| &s.created);
+                match p {
+                    Place::Reuse(_) => self.count(|s| &s.reused),
+                    Place::Evict(_) => self.count(|s| &s.evicted),
+                    Place::End => {}
+                }
+                Ok(h)
+            }
+            Err(r) => {
+                match r {
+                    CtRefusal::Full => self.count(|s| &s.full),
+                    CtRefusal::EndpointLimit => self.count(|s| &s.endpoint_limit),
+                }
+                Err(r)
+            }
         }
-        h
     }
 
     /// Advances the entry at `slot` for a packet in direction `orig` with TCP flags `tcp`, and
@@ -751,13 +897,17 @@ impl Conntrack {
     /// The translation-state index of the entry at `slot` (0: none).
     #[inline]
     pub fn ext(&self, slot: usize) -> u32 {
-        self.t.ext(slot)
+        self.t.ext(slot) & EXT_MASK
     }
 
+    /// The largest translation-state index an entry holds ([`Self::set_ext`]).
+    pub const MAX_EXT: u32 = EXT_MASK;
+
     /// Sets the translation-state index of the entry at `slot` (a new entry starts at 0). Takes
-    /// the slot's stripe lock. `false` if the entry is gone.
+    /// the slot's stripe lock. `false` if the entry is gone, or `ext` is above
+    /// [`Self::MAX_EXT`] (nothing changes).
     pub fn set_ext(&self, slot: usize, ext: u32) -> bool {
-        self.t.set_ext(slot, ext)
+        ext <= Self::MAX_EXT && self.t.set_ext(slot, ext)
     }
 
     /// The stage byte of the entry at `slot` (a new entry starts at 0).

@@ -30,7 +30,7 @@
 //! never need to be written together.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence};
 
 use super::{CtConfig, CtState, CtTimeouts, proto, tcp_flags};
 
@@ -42,6 +42,19 @@ pub(super) const SHARDS: usize = 8;
 pub(super) const GC_CHUNK: usize = 1024;
 /// Largest capacity: slot indices must fit the 32 low bits of a handle.
 pub(super) const MAX_CAPACITY: usize = 1 << 30;
+/// The `ext` word: the ext index in its low 24 bits, the owner (the port whose packet created
+/// the entry) in its high 8.
+const OWNER_SHIFT: u32 = 24;
+/// The ext index's bits of the `ext` word.
+pub(super) const EXT_MASK: u32 = (1 << OWNER_SHIFT) - 1;
+/// Owners a table counts entries for: one per port id that fits the owner byte.
+pub(super) const OWNERS: usize = 1 << (32 - OWNER_SHIFT);
+
+/// The owner byte of an `ext` word.
+#[inline]
+pub(super) fn owner_of(ext: u32) -> usize {
+    (ext >> OWNER_SHIFT) as usize
+}
 
 // `meta`: the key's ports and protocol, the state, the flags, the generation and the stage
 // byte, in one word so that a compare-and-swap on it checks all of them.
@@ -148,7 +161,8 @@ struct Slot {
     meta: AtomicU64,
     /// The low 32 bits of the policy revision that last allowed the flow.
     revision: AtomicU32,
-    /// Index into a companion table of translation state (0: none).
+    /// Low 24 bits: index into a companion table of translation state (0: none). High 8 bits:
+    /// the entry's owner, the port whose packet created it (see [`owner_of`]).
     ext: AtomicU32,
     /// Nanoseconds: the last time a packet refreshed the entry.
     seen: AtomicU64,
@@ -161,13 +175,22 @@ pub(super) struct Entry {
     /// Without generation.
     pub meta: u64,
     pub revision: u32,
+    /// The whole `ext` word, owner included.
     pub ext: u32,
     pub seen: u64,
 }
 
 impl Entry {
-    /// A new entry for the flow `c`, originated by side `a` if `orig_a`, in `state`.
-    pub(super) fn new(c: &Canon, orig_a: bool, state: CtState, revision: u32, now: u64) -> Self {
+    /// A new entry for the flow `c`, originated by side `a` if `orig_a`, in `state`, owned by
+    /// `owner` (below [`OWNERS`]).
+    pub(super) fn new(
+        c: &Canon,
+        orig_a: bool,
+        state: CtState,
+        revision: u32,
+        now: u64,
+        owner: usize,
+    ) -> Self {
         let mut meta = c.key() | (u64::from(state as u8) << STATE_SHIFT);
         if orig_a {
             meta |= F_ORIG_A;
@@ -176,7 +199,7 @@ impl Entry {
             addrs: c.addrs(),
             meta,
             revision,
-            ext: 0,
+            ext: (owner as u32) << OWNER_SHIFT,
             seen: now,
         }
     }
@@ -188,6 +211,8 @@ pub(super) struct Read {
     pub addrs: u64,
     pub meta: u64,
     pub revision: u32,
+    /// The whole `ext` word, owner included.
+    pub ext: u32,
     pub seen: u64,
 }
 
@@ -201,6 +226,8 @@ pub(super) struct Shard {
     pub reused: AtomicU64,
     pub policy_removed: AtomicU64,
     pub races: AtomicU64,
+    pub evicted: AtomicU64,
+    pub endpoint_limit: AtomicU64,
 }
 
 /// An atomic alone on its cache line, so that writes to it do not evict its neighbours.
@@ -248,28 +275,47 @@ pub(super) fn backoff(spins: &mut u32) {
 }
 
 /// The TCP state after a packet in direction `orig` with flags `tcp`, from state `cur`.
+///
+/// A FIN closes one direction only: the connection stays half-closed (with the established
+/// timeout, since the other side may keep sending for as long as it likes) until the other
+/// side's FIN too, and only then is it closing (`Fin`, the short timeout). A FIN before the
+/// handshake completed closes at once: such an entry was never answered in full, and a long
+/// life for it would let a sender park entries with bare FINs.
 #[inline]
 fn next_state(cur: u8, orig: bool, tcp: u8) -> u8 {
     use tcp_flags::*;
-    if cur >= CtState::Udp as u8 {
-        cur
-    } else if tcp & RST != 0 {
-        CtState::Rst as u8
-    } else if cur == CtState::Rst as u8 {
-        cur
-    } else if tcp & FIN != 0 || cur == CtState::Fin as u8 {
-        CtState::Fin as u8
-    } else if cur == CtState::SynSent as u8 && !orig {
+    const EST: u8 = CtState::Established as u8;
+    const HALF_ORIG: u8 = CtState::HalfClosedOrig as u8;
+    const HALF_REPLY: u8 = CtState::HalfClosedReply as u8;
+    if cur >= CtState::Udp as u8 && cur <= CtState::Other as u8 {
+        return cur;
+    }
+    if tcp & RST != 0 {
+        return CtState::Rst as u8;
+    }
+    if cur == CtState::Rst as u8 || cur == CtState::Fin as u8 {
+        return cur;
+    }
+    let open = if cur == CtState::SynSent as u8 && !orig {
         if tcp & SYN != 0 {
             CtState::SynRecv as u8
         } else {
             // Picked up mid-stream: traffic both ways.
-            CtState::Established as u8
+            EST
         }
     } else if cur == CtState::SynRecv as u8 && orig && tcp & (SYN | ACK) == ACK {
-        CtState::Established as u8
+        EST
     } else {
         cur
+    };
+    if tcp & FIN == 0 {
+        return open;
+    }
+    match (open, orig) {
+        (EST, true) | (HALF_ORIG, true) => HALF_ORIG,
+        (EST, false) | (HALF_REPLY, false) => HALF_REPLY,
+        // The other side's FIN (both have closed), or a FIN before the handshake completed.
+        _ => CtState::Fin as u8,
     }
 }
 
@@ -311,6 +357,16 @@ pub(super) struct Table {
     slots: Box<[Slot]>,
     locks: Box<[AtomicU8]>,
     pub shards: Box<[Shard]>,
+    /// Entries per owner (live or expired, not yet collected): raised when an entry is written
+    /// for an owner, lowered whenever one leaves (reused, evicted, collected, removed for
+    /// policy, flushed). Written only under the stripe locks of the entry's cluster, with
+    /// atomic adds, so the count is exact whatever the workers do at once.
+    owners: Box<[AtomicU32]>,
+    /// Owners whose entries are counted but not limited (see
+    /// [`super::Conntrack::exempt_from_endpoint_limit`]).
+    unlimited: Box<[AtomicBool]>,
+    /// The most entries one owner may have.
+    pub endpoint_limit: usize,
     pub capacity: usize,
     seed: u64,
     pub timeouts: CtTimeouts,
@@ -346,10 +402,14 @@ impl Table {
             CtState::Udp,
             CtState::Icmp,
             CtState::Other,
+            CtState::HalfClosedOrig,
+            CtState::HalfClosedReply,
         ] {
             timeout[s as usize] = match s {
                 CtState::SynSent | CtState::SynRecv => t.tcp_syn,
-                CtState::Established => t.tcp_established,
+                CtState::Established | CtState::HalfClosedOrig | CtState::HalfClosedReply => {
+                    t.tcp_established
+                }
                 CtState::Fin => t.tcp_fin,
                 CtState::Rst => t.tcp_rst,
                 CtState::Udp => t.udp,
@@ -361,6 +421,12 @@ impl Table {
             slots: slots.into_boxed_slice(),
             locks: (0..n.div_ceil(STRIPE)).map(|_| AtomicU8::new(0)).collect(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            owners: (0..OWNERS).map(|_| AtomicU32::new(0)).collect(),
+            unlimited: (0..OWNERS).map(|_| AtomicBool::new(false)).collect(),
+            endpoint_limit: match config.endpoint_limit {
+                0 => super::default_endpoint_limit(capacity),
+                n => n.min(capacity),
+            },
             capacity,
             seed: config.seed,
             timeouts: config.timeouts,
@@ -382,6 +448,8 @@ impl Table {
         self.slots.len() * Self::BYTES_PER_SLOT
             + self.locks.len()
             + self.shards.len() * std::mem::size_of::<Shard>()
+            + self.owners.len() * std::mem::size_of::<AtomicU32>()
+            + self.unlimited.len()
     }
 
     #[inline]
@@ -552,6 +620,7 @@ impl Table {
                 addrs: s.addrs.load(Relaxed),
                 meta: m,
                 revision: s.revision.load(Relaxed),
+                ext: s.ext.load(Relaxed),
                 seen: s.seen.load(Relaxed),
             };
             fence(Acquire);
@@ -801,6 +870,7 @@ impl Table {
     pub(super) fn remove_locked(&self, i: usize) -> usize {
         let n = self.slots.len();
         self.freeze(i);
+        self.release(owner_of(self.slots[i].ext.load(Relaxed)));
         let mut hole = i;
         let mut j = i;
         let mut touched = 1;
@@ -868,6 +938,7 @@ impl Table {
                 let m = s.meta.load(Relaxed);
                 if state_of(m) != EMPTY {
                     s.meta.store(bumped(m, EMPTY) & GEN_MASK, Release);
+                    self.release(owner_of(s.ext.load(Relaxed)));
                     n += 1;
                 }
             }
@@ -898,9 +969,49 @@ impl Table {
         self.with_locked_entry(h, |s| s.revision.store(revision, Relaxed))
     }
 
-    /// Sets the ext index of the entry `h` names. `false` if it is gone.
+    /// Sets the ext index (at most [`EXT_MASK`]) of the entry `h` names, keeping its owner.
+    /// `false` if it is gone.
     pub(super) fn set_ext(&self, h: usize, ext: u32) -> bool {
-        self.with_locked_entry(h, |s| s.ext.store(ext, Relaxed))
+        self.with_locked_entry(h, |s| {
+            let owner = s.ext.load(Relaxed) & !EXT_MASK;
+            s.ext.store(owner | (ext & EXT_MASK), Relaxed);
+        })
+    }
+
+    // ----- owners (callers hold the stripes of the entry's cluster) -----
+
+    /// Counts one more entry for `owner`, unless it has [`Self::endpoint_limit`] already (and
+    /// is not exempt): then nothing changes and the answer is `false`. Strict under
+    /// concurrency: the add comes first, and is taken back if it went past the limit.
+    pub(super) fn acquire(&self, owner: usize) -> bool {
+        let c = &self.owners[owner];
+        if c.fetch_add(1, Relaxed) as usize >= self.endpoint_limit
+            && !self.unlimited[owner].load(Relaxed)
+        {
+            c.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Counts one entry fewer for `owner`.
+    pub(super) fn release(&self, owner: usize) {
+        self.owners[owner].fetch_sub(1, Relaxed);
+    }
+
+    /// Exempts `owner` from the endpoint limit.
+    pub(super) fn exempt(&self, owner: usize) {
+        self.unlimited[owner].store(true, Relaxed);
+    }
+
+    /// Entries `owner` has (live or expired, not yet collected).
+    pub(super) fn owned(&self, owner: usize) -> usize {
+        self.owners[owner].load(Relaxed) as usize
+    }
+
+    /// The owner of the entry at slot `i` (caller holds its stripe).
+    pub(super) fn owner_at(&self, i: usize) -> usize {
+        owner_of(self.slots[i].ext.load(Relaxed))
     }
 }
 
@@ -924,8 +1035,9 @@ mod tests {
 
     fn insert(t: &Table, c: &Canon) -> usize {
         let run = t.lock_run(t.home(c));
-        t.write(run.end, &Entry::new(c, true, CtState::SynSent, 1, 0));
+        t.write(run.end, &Entry::new(c, true, CtState::SynSent, 1, 0, 0));
         t.len.0.fetch_add(1, Relaxed);
+        assert!(t.acquire(0));
         t.unlock_run(&run);
         run.end
     }
@@ -977,7 +1089,7 @@ mod tests {
             bp: 0xffff,
             proto: 0xff,
         };
-        let e = Entry::new(&c, true, CtState::Other, 0, 0);
+        let e = Entry::new(&c, true, CtState::Other, 0, 0, 0);
         let m = bumped(e.meta | F_SEEN_REPLY | STAGE_MASK, CtState::Fin as u8);
         assert_eq!(m & KEY_MASK, c.key());
         assert_eq!(state_of(m), CtState::Fin as u8);

@@ -1,10 +1,13 @@
-//! Stages 4 and 6b, **conntrack lookup** and **commit**: the flow state of a packet.
+//! Stages 4 and 8b, **conntrack lookup** and **commit**: the flow state of a packet.
 //!
 //! [`lookup`] finds the packet's flow (either direction, one probe) or the flow an ICMP error
-//! quotes, advances a TCP flow's state, and revalidates an entry that was allowed under an
-//! older policy revision. It answers [`Tracking::Known`] with the verdict for a packet of a
-//! tracked flow, or [`Tracking::New`] with where a new entry would go. The policy stage judges a
-//! new flow; [`commit`] tracks it once allowed.
+//! quotes (if the error's addresses match the quote: see [`lookup`]), advances a TCP flow's
+//! state, and revalidates an entry that was allowed under an older policy revision. It answers
+//! [`Tracking::Known`] with the verdict for a packet of a tracked flow, [`Tracking::New`] with
+//! where a new entry would go, or [`Tracking::Unrelated`] for an ICMP error that relates to
+//! nothing. The policy stage judges a new flow; [`commit`] tracks it once allowed and routed (a
+//! packet that goes nowhere creates no state), owned by the port it came from, within that
+//! port's share of the table.
 //!
 //! Later stages that keep per-flow state (service translation, masquerade, DNS over TCP) will
 //! find it on the entry this stage found (its `ext` index into a companion table of
@@ -23,15 +26,17 @@
 //! a narrowed policy stops established connections on their very next packet after the swap, at
 //! the cost of one policy evaluation per live flow per change.
 
+use std::net::Ipv4Addr;
+
 use super::Meta;
-use crate::conntrack::{Conntrack, Probe};
+use crate::conntrack::{Conntrack, CtRefusal, Probe};
 use crate::policy::{PolicyDropReason, PolicyTables, PolicyVerdict, evaluate};
+use crate::tables::PortId;
 use crate::wire::ip::proto;
 use crate::wire::tcp::flags;
 
 /// Where a new flow's entry would go: a slot, and whether it holds an expired entry to reuse.
-/// `None`: the table is full.
-pub type Vacancy = Option<(usize, bool)>;
+pub type Vacancy = (usize, bool);
 
 /// What [`lookup`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,28 +46,41 @@ pub enum Tracking {
     Known(PolicyVerdict),
     /// Not tracked: the policy stage decides.
     New(Vacancy),
+    /// An ICMP error related to no tracked flow: the policy stage decides, and it is never
+    /// tracked.
+    Unrelated,
 }
 
-/// Stage 4. See the module documentation. Mutates only `ct`.
+/// Stage 4. See the module documentation. Mutates only `ct`. `gateway` is the gateway's
+/// address: an ICMP error it sends may quote any flow to its destination.
 #[inline]
-pub fn lookup(now: u64, ct: &mut Conntrack, meta: &Meta, rules: &PolicyTables) -> Tracking {
+pub fn lookup(
+    now: u64,
+    ct: &mut Conntrack,
+    meta: &Meta,
+    gateway: Ipv4Addr,
+    rules: &PolicyTables,
+) -> Tracking {
     if meta.has(Meta::ICMP_ERROR) {
-        // An error is related to the flow it quotes, or judged on its own and never tracked.
+        // An error is related to the flow it quotes only if it is what it claims: sent to the
+        // quoted packet's source, by its destination (or by the gateway, which builds errors
+        // itself), as Linux conntrack checks. Otherwise it is judged on its own, and never
+        // tracked: a pod cannot slip a packet past policy by quoting someone else's flow.
         if let Some(inner) = &meta.quoted
+            && meta.key.dst == inner.src
+            && (meta.key.src == inner.dst || meta.key.src == gateway)
             && let Probe::Hit { slot, .. } = ct.probe(now, inner)
             && revalidate(ct, slot, rules).is_none()
         {
             return Tracking::Known(PolicyVerdict::Related);
         }
-        return Tracking::New(None);
+        return Tracking::Unrelated;
     }
     let fresh_syn =
         meta.key.proto == proto::TCP && meta.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN;
     match ct.probe(now, &meta.key) {
         // A SYN on a closing entry starts a new connection on the same tuple.
-        Probe::Hit { slot, .. } if fresh_syn && ct.is_closing(slot) => {
-            Tracking::New(Some((slot, true)))
-        }
+        Probe::Hit { slot, .. } if fresh_syn && ct.is_closing(slot) => Tracking::New((slot, true)),
         Probe::Hit { slot, orig } => {
             if let Some(drop) = revalidate(ct, slot, rules) {
                 return Tracking::Known(drop);
@@ -74,8 +92,7 @@ pub fn lookup(now: u64, ct: &mut Conntrack, meta: &Meta, rules: &PolicyTables) -
                 PolicyVerdict::Reply
             })
         }
-        Probe::Vacant { slot, reuse } => Tracking::New(Some((slot, reuse))),
-        Probe::Full => Tracking::New(None),
+        Probe::Vacant { slot, reuse } => Tracking::New((slot, reuse)),
     }
 }
 
@@ -104,34 +121,36 @@ fn recheck(ct: &mut Conntrack, slot: usize, rules: &PolicyTables) -> Option<Poli
     }
 }
 
-/// Stage 6b: tracks a new flow the policy stage allowed, at the place [`lookup`] found.
-/// `New`, or `ct-full` when the table had no room (counted in the table's `full`).
+/// Stage 8b: tracks a new flow the policy stage allowed and routing sent on, at the place
+/// [`lookup`] found, owned by `ingress` (the port it came from). `New`; or a drop:
+/// `ct-endpoint-limit` when that port has its share of the table, `ct-full` when the table is
+/// full and the flow's probe path holds nothing to evict (both counted in the table's stats).
 #[inline]
 pub fn commit(
     now: u64,
+    ingress: PortId,
     ct: &mut Conntrack,
     meta: &Meta,
-    vacancy: Vacancy,
+    (slot, reuse): Vacancy,
     revision: u64,
 ) -> PolicyVerdict {
-    let tracked = match vacancy {
-        // `None` from `insert`: other workers took the last room since the probe (counted).
-        Some((slot, reuse)) => ct
-            .insert(now, slot, reuse, &meta.key, meta.tcp_flags, revision)
-            .is_some(),
-        None => {
-            ct.count_full();
-            false
-        }
+    let reason = match ct.insert(
+        now,
+        slot,
+        reuse,
+        &meta.key,
+        meta.tcp_flags,
+        revision,
+        ingress,
+    ) {
+        Ok(_) => return PolicyVerdict::New,
+        Err(CtRefusal::Full) => PolicyDropReason::CtFull,
+        Err(CtRefusal::EndpointLimit) => PolicyDropReason::CtEndpointLimit,
     };
-    if tracked {
-        PolicyVerdict::New
-    } else {
-        PolicyVerdict::Drop {
-            reason: PolicyDropReason::CtFull,
-            direction: None,
-            rule: None,
-        }
+    PolicyVerdict::Drop {
+        reason,
+        direction: None,
+        rule: None,
     }
 }
 

@@ -31,7 +31,7 @@ impl Flow {
     }
 }
 
-/// Stages 4 to 6b on the packet `f` describes.
+/// Stages 4, 6 and 8b on the packet `f` describes (as routed).
 fn decide(now: u64, t: &PolicyTables, ct: &mut Conntrack, f: &Flow) -> PolicyVerdict {
     let mut m = Meta::from_key(f.key);
     m.tcp_flags = f.tcp_flags;
@@ -39,13 +39,16 @@ fn decide(now: u64, t: &PolicyTables, ct: &mut Conntrack, f: &Flow) -> PolicyVer
         m.quoted = Some(q);
         m.flags |= Meta::ICMP_ERROR;
     }
-    flow_and_policy(now, &m, t, ct)
+    flow_and_policy(now, PORT, &m, GW, t, ct)
 }
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 const OTHER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
 const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const SEC: u64 = 1_000_000_000;
+/// The port every packet of these tests arrives on.
+const PORT: crate::tables::PortId = 1;
 const ID_CLIENT: Identity = 300;
 const ID_SERVER: Identity = 301;
 const ID_OTHER: Identity = 302;
@@ -96,6 +99,7 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Flow 
 fn ct(cap: usize) -> Conntrack {
     Conntrack::new(&CtConfig {
         capacity: cap,
+        endpoint_limit: cap,
         timeouts: CtTimeouts::default(),
         seed: 9,
     })
@@ -154,6 +158,35 @@ fn icmp_errors_related_to_tracked_flows() {
         icmp_error_of: Some(syn.key),
     };
     assert_eq!(decide(1, &t, &mut ct, &err), PolicyVerdict::Related);
+    // The gateway may send an error about any flow, to the quoted packet's source.
+    let from_gw = Flow {
+        key: FlowKey { src: GW, ..err.key },
+        ..err
+    };
+    assert_eq!(decide(1, &t, &mut ct, &from_gw), PolicyVerdict::Related);
+    // Anyone else is judged by policy: OTHER (denied into the server) cannot pass an error
+    // about the client's flow to the server, nor one to itself.
+    let forged = Flow {
+        key: FlowKey {
+            src: OTHER,
+            dst: SERVER,
+            ..err.key
+        },
+        icmp_error_of: Some(syn.key.reversed()),
+        ..err
+    };
+    assert!(!decide(1, &t, &mut ct, &forged).allows());
+    let misaddressed = Flow {
+        key: FlowKey {
+            dst: OTHER,
+            ..err.key
+        },
+        ..err
+    };
+    assert_eq!(
+        decide(1, &t, &mut ct, &misaddressed),
+        PolicyVerdict::Untracked
+    );
     // An error quoting an unknown flow is judged as plain ICMP: the client's egress is open.
     let unrelated = Flow {
         icmp_error_of: Some(tcp(CLIENT, 1, SERVER, 9, SYN).key),
@@ -227,14 +260,25 @@ fn timeouts_with_a_manual_clock() {
     let reply = tcp(SERVER, 80, CLIENT, 40000, ACK);
     now += to.tcp_established - 1;
     assert_eq!(decide(now, &t, &mut ct, &reply), PolicyVerdict::Reply);
-    // FIN shortens it.
+    // The client's FIN half-closes it: the server may still send, after idling for a minute
+    // (far beyond the close timeout), and its packets still pass as replies.
     decide(now, &t, &mut ct, &tcp(CLIENT, 40000, SERVER, 80, FIN | ACK));
+    now += 60 * SEC;
+    assert!(60 * SEC > to.tcp_fin);
+    assert_eq!(decide(now, &t, &mut ct, &reply), PolicyVerdict::Reply);
+    assert_eq!(
+        decide(now, &t, &mut ct, &tcp(CLIENT, 40000, SERVER, 80, ACK)),
+        PolicyVerdict::Established
+    );
+    // The server's FIN closes the other half: only now does the short timeout apply.
+    let fin = tcp(SERVER, 80, CLIENT, 40000, FIN | ACK);
+    assert_eq!(decide(now, &t, &mut ct, &fin), PolicyVerdict::Reply);
     assert_eq!(
         decide(now + to.tcp_fin - 1, &t, &mut ct, &reply),
         PolicyVerdict::Reply
     );
     // Expired: no longer a reply (a new flow, the server's egress being open).
-    // (Each packet after the FIN refreshes the FIN timeout.)
+    // (Each packet after both FINs refreshes the close timeout.)
     let late = now + 2 * to.tcp_fin - 1;
     assert_eq!(decide(late, &t, &mut ct, &reply), PolicyVerdict::New);
     // The client's own packets on it would now be judged afresh (they count as replies of
@@ -263,14 +307,24 @@ fn timeouts_with_a_manual_clock() {
 fn ct_full_drops_new_flows_only() {
     let t = tables(1, true);
     let mut ct = ct(2);
-    assert_eq!(
-        decide(0, &t, &mut ct, &tcp(GW, 1, SERVER, 1, SYN)),
-        PolicyVerdict::New
-    );
-    assert_eq!(
-        decide(0, &t, &mut ct, &tcp(GW, 2, SERVER, 1, SYN)),
-        PolicyVerdict::New
-    );
+    for sport in [1, 2] {
+        assert_eq!(
+            decide(0, &t, &mut ct, &tcp(GW, sport, SERVER, 1, SYN)),
+            PolicyVerdict::New
+        );
+    }
+    // Full of unanswered flows: a new one evicts one of them (as the table's own tests show
+    // in detail), or, where its probe path holds none, is refused.
+    let third = decide(0, &t, &mut ct, &tcp(GW, 3, SERVER, 1, SYN));
+    assert_eq!(ct.len(), 2);
+    let s = ct.stats();
+    assert_eq!(s.evicted + s.full, 1, "{third:?}");
+    ct.flush();
+    for sport in [1, 2] {
+        decide(0, &t, &mut ct, &tcp(GW, sport, SERVER, 1, SYN));
+        decide(0, &t, &mut ct, &tcp(SERVER, 1, GW, sport, SYN | ACK));
+    }
+    // Full of answered flows: refused.
     assert!(matches!(
         decide(0, &t, &mut ct, &tcp(GW, 3, SERVER, 1, SYN)),
         PolicyVerdict::Drop {
@@ -278,9 +332,9 @@ fn ct_full_drops_new_flows_only() {
             ..
         }
     ));
-    assert_eq!(ct.stats().full, 1);
+    assert_eq!(ct.stats().full, s.full + 1);
     assert_eq!(
-        decide(0, &t, &mut ct, &tcp(SERVER, 1, GW, 2, SYN | ACK)),
+        decide(0, &t, &mut ct, &tcp(SERVER, 1, GW, 2, ACK)),
         PolicyVerdict::Reply
     );
     // A denied flow is reported as denied, not as ct-full.

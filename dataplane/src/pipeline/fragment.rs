@@ -1,7 +1,7 @@
 //! Stage 3b, **fragments**: an IPv4 fragment is judged as part of its datagram.
 //!
 //! Only a datagram's first fragment carries the transport header, so only it can be judged on
-//! its ports. [`judge`] runs the conntrack and policy stages (4 to 6b) on a first fragment as on
+//! its ports. [`judge`] runs the conntrack and policy stages (4 and 6) on a first fragment as on
 //! any packet and records its ports and its fate in the fragment table
 //! ([`crate::fragments`], on the conntrack handle). A later fragment takes its datagram's
 //! record:
@@ -16,23 +16,33 @@
 //! So an allowed datagram arrives whole and a denied one is dropped whole, every fragment
 //! counted by the same reason; the receiver reassembles. Runs in `full` mode only: in
 //! `passthrough` nothing is judged on ports. Unfragmented packets never come here.
+//!
+//! A first fragment the policy allows is recorded as passed before the commit stage (8b) tracks
+//! its flow. If routing finds it no way on, or the commit refuses it (`ct-full`,
+//! `ct-endpoint-limit`), its later fragments still pass, untracked, where the policy allows their
+//! ports: they carry nothing the policy would not let through, and the receiver discards a
+//! datagram it cannot reassemble.
 
-use super::{Meta, flow, flow_and_policy, policy};
+use std::net::Ipv4Addr;
+
+use super::{Judged, Meta, flow, policy};
 use crate::conntrack::{Conntrack, FlowKey};
 use crate::fragments::{Datagram, Head};
 use crate::policy::{PolicyTables, PolicyVerdict};
 use crate::stats::DropReason;
 
-/// The verdict of stages 3b to 6b for a fragment (`meta` has [`Meta::FRAGMENT`]): the policy
-/// verdict, or the drop of a later fragment by its datagram's record (`frag-no-head`, or its
-/// first fragment's reason). Mutates only `ct` (its flow entries and fragment records).
+/// What stages 3b to 6 make of a fragment (`meta` has [`Meta::FRAGMENT`]), as
+/// [`super::judge`] says for other packets (a first fragment's new flow is `Admitted`, for the
+/// commit stage), or the drop of a later fragment by its datagram's record (`frag-no-head`, or
+/// its first fragment's reason). Mutates only `ct` (its flow entries and fragment records).
 #[inline(never)]
 pub fn judge(
     now: u64,
     meta: &Meta,
+    gateway: Ipv4Addr,
     rules: &PolicyTables,
     ct: &mut Conntrack,
-) -> Result<PolicyVerdict, DropReason> {
+) -> Result<Judged, DropReason> {
     let datagram = Datagram {
         src: meta.key.src,
         dst: meta.key.dst,
@@ -40,9 +50,9 @@ pub fn judge(
         id: meta.ip_id,
     };
     if !meta.has(Meta::LATER_FRAGMENT) {
-        let v = flow_and_policy(now, meta, rules, ct);
-        let dropped = match v {
-            PolicyVerdict::Drop { reason, .. } => Some(reason.into()),
+        let j = super::judge(now, meta, gateway, rules, ct);
+        let dropped = match j {
+            Judged::Done(PolicyVerdict::Drop { reason, .. }) => Some(reason.into()),
             _ => None,
         };
         let head = Head {
@@ -51,7 +61,7 @@ pub fn judge(
             dropped,
         };
         ct.fragments().record(now, &datagram, head);
-        return Ok(v);
+        return Ok(j);
     }
     let head = ct
         .fragments()
@@ -68,13 +78,14 @@ pub fn judge(
         },
         ..*meta
     };
-    Ok(match flow::lookup(now, ct, &m, rules) {
+    Ok(Judged::Done(match flow::lookup(now, ct, &m, gateway, rules) {
         flow::Tracking::Known(v) => v,
-        flow::Tracking::New(_) => match policy::admit(rules, &m) {
+        // A later fragment never opens a flow.
+        flow::Tracking::Unrelated | flow::Tracking::New(_) => match policy::admit(rules, &m) {
             PolicyVerdict::New => PolicyVerdict::Untracked,
             v => v,
         },
-    })
+    }))
 }
 
 #[cfg(test)]

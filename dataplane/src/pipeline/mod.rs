@@ -15,20 +15,21 @@
 //! | 1 | parse | [`mod@parse`] | Ethernet, ARP, IPv4, the transport header: once, into a [`Meta`] |
 //! | 2 | ingress checks | [`ingress`] | is the frame's source the port's own endpoint? |
 //! | 3 | decapsulation | *(ESP)* | inner packet of a tunnel from another node |
-//! | 3b | fragments | [`fragment`] | a later IPv4 fragment takes its datagram's ports, or its first fragment's drop; a first fragment's ports and fate are recorded after 6b |
-//! | 4 | conntrack lookup | [`flow`] | the flow's state; revalidates it after a policy change |
+//! | 3b | fragments | [`fragment`] | a later IPv4 fragment takes its datagram's ports, or its first fragment's drop; a first fragment's ports and fate are recorded after 6 |
+//! | 4 | conntrack lookup | [`flow`] | the flow's state (an ICMP error: the flow it quotes, if its addresses match); revalidates it after a policy change |
 //! | 5 | service translation | *(services)* | DNAT to a backend, reverse NAT of replies |
 //! | 6 | policy | [`policy`] | a new flow against the sender's egress and the receiver's ingress |
-//! | 6b | conntrack commit | [`flow`] | an allowed new flow is tracked |
 //! | 7 | DNS inspection | *(DNS-aware policy)* | |
 //! | 8 | routing | [`route`] | local delivery (slow path), `/32` lookup, TTL expiry |
+//! | 8b | conntrack commit | [`flow`] | an allowed new flow that routing sends on is tracked, owned by its ingress port (within the port's limit; a full table evicts an unanswered entry) |
 //! | 9 | NAT rewrite | *(services, masquerade)* | |
 //! | 10 | encapsulation | *(ESP)* | |
 //! | 11 | emit | [`emit`] | completes partial checksums, decrements TTL, rewrites MACs; builds ICMP errors |
 //!
 //! Stages in italics do not exist yet; they go in at their number, and ARCHITECTURE.md says what
 //! each will take and give. ARP frames leave after stage 2 ([`arp`]). In [`Mode::Passthrough`]
-//! (the benchmark floor) stages 3b to 7 are skipped.
+//! (the benchmark floor) stages 3b to 7 and 8b are skipped. The commit comes after routing so
+//! that a packet going nowhere creates no state; a packet of a tracked flow passes it by.
 //!
 //! A frame is parsed once: the worker may call [`parse()`] for a whole batch first (to prefetch
 //! flow state) and then [`decide`] on each frame with its [`Parsed`]; [`process`] does both for
@@ -164,30 +165,57 @@ pub fn decide(
         return Outcome::drop(r);
     }
 
-    // Stages 3b to 6b: fragments, flow state and policy.
-    let policy = match tables.mode() {
+    // Stages 3b to 6: fragments, flow state and policy.
+    let judged = match tables.mode() {
         Mode::Passthrough => None,
         Mode::Full => {
-            let v = if meta.has(Meta::FRAGMENT) {
-                match fragment::judge(now_ns, meta, tables.policy(), ct) {
-                    Ok(v) => v,
+            let (gateway, rules) = (tables.gateway().ipv4, tables.policy());
+            let j = if meta.has(Meta::FRAGMENT) {
+                match fragment::judge(now_ns, meta, gateway, rules, ct) {
+                    Ok(j) => j,
                     Err(reason) => return Outcome::drop(reason),
                 }
             } else {
-                flow_and_policy(now_ns, meta, tables.policy(), ct)
+                judge(now_ns, meta, gateway, rules, ct)
             };
-            if let PolicyVerdict::Drop { reason, .. } = v {
+            if let Judged::Done(v @ PolicyVerdict::Drop { reason, .. }) = j {
                 return Outcome {
                     policy: Some(v),
                     ..Outcome::drop(reason.into())
                 };
             }
-            Some(v)
+            Some(j)
         }
     };
 
-    // Stage 8: routing. Stage 11: emit.
-    let (verdict, checksum_completed) = match route::route(meta, tables) {
+    // Stage 8: routing.
+    let route = route::route(meta, tables);
+
+    // Stage 8b: conntrack commit. Only an allowed new flow that leaves is tracked: a packet
+    // with no route, or whose TTL ran out, creates no state.
+    let policy = match judged {
+        None => None,
+        Some(Judged::Done(v)) => Some(v),
+        Some(Judged::Admitted(vacancy)) => match route {
+            route::Route::Local | route::Route::Next(_) => {
+                let revision = tables.policy().revision();
+                let v = flow::commit(now_ns, ingress, ct, meta, vacancy, revision);
+                if let PolicyVerdict::Drop { reason, .. } = v {
+                    return Outcome {
+                        policy: Some(v),
+                        ..Outcome::drop(reason.into())
+                    };
+                }
+                Some(v)
+            }
+            route::Route::TtlExpired { .. } | route::Route::Drop(_) => {
+                Some(PolicyVerdict::Untracked)
+            }
+        },
+    };
+
+    // Stage 11: emit.
+    let (verdict, checksum_completed) = match route {
         route::Route::Local => (Verdict::SlowPath, emit::complete_checksum(frame, meta)),
         route::Route::Next(next) => {
             let completed = emit::complete_checksum(frame, meta);
@@ -209,25 +237,59 @@ pub fn decide(
     }
 }
 
-/// Stages 4, 6 and 6b (conntrack lookup, policy, commit), which [`decide`] runs in
-/// [`Mode::Full`] on unfragmented packets and first fragments: the policy verdict for the packet
-/// `meta` describes, with `rules` and the flow state `ct`. Public for benchmarks and tests that
-/// judge flows without frames. Out of line, so the passthrough path's code stays small.
+/// What stages 4 and 6 made of a packet ([`judge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// Decided: a packet of a tracked flow, a related or untracked one, or a drop.
+    Done(PolicyVerdict),
+    /// A new flow the policy allows: the commit stage tracks it at this place once routing has
+    /// found it a way on.
+    Admitted(flow::Vacancy),
+}
+
+/// Stages 4 and 6 (conntrack lookup, then policy for what it does not know), which [`decide`]
+/// runs in [`Mode::Full`] on unfragmented packets and first fragments, for the packet `meta` describes, with `rules` and the flow state
+/// `ct`, on the node whose gateway address is `gateway`. Out of line, so the passthrough path's
+/// code stays small.
 #[inline(never)]
-pub fn flow_and_policy(
+pub fn judge(
     now_ns: u64,
     meta: &Meta,
+    gateway: std::net::Ipv4Addr,
+    rules: &PolicyTables,
+    ct: &mut Conntrack,
+) -> Judged {
+    match flow::lookup(now_ns, ct, meta, gateway, rules) {
+        flow::Tracking::Known(v) => Judged::Done(v),
+        flow::Tracking::Unrelated => Judged::Done(policy::admit(rules, meta)),
+        flow::Tracking::New(vacancy) => match policy::admit(rules, meta) {
+            PolicyVerdict::New => Judged::Admitted(vacancy),
+            v => Judged::Done(v),
+        },
+    }
+}
+
+/// Stages 4, 6 and 8b as [`decide`] runs them on a packet that routing sends on (received on
+/// port `ingress`): the policy verdict, with any new flow committed. For benchmarks and tests
+/// that judge flows without frames.
+pub fn flow_and_policy(
+    now_ns: u64,
+    ingress: PortId,
+    meta: &Meta,
+    gateway: std::net::Ipv4Addr,
     rules: &PolicyTables,
     ct: &mut Conntrack,
 ) -> PolicyVerdict {
-    match flow::lookup(now_ns, ct, meta, rules) {
-        flow::Tracking::Known(v) => v,
-        flow::Tracking::New(vacancy) => match policy::admit(rules, meta) {
-            PolicyVerdict::New => flow::commit(now_ns, ct, meta, vacancy, rules.revision()),
-            v => v,
-        },
+    match judge(now_ns, meta, gateway, rules, ct) {
+        Judged::Done(v) => v,
+        Judged::Admitted(vacancy) => {
+            flow::commit(now_ns, ingress, ct, meta, vacancy, rules.revision())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod state_tests;

@@ -23,14 +23,14 @@ use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
 use xylem_dataplane::mailbox::NoReply;
 use xylem_dataplane::monitor::MonitorLink;
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
-use xylem_dataplane::tables::Tables;
+use xylem_dataplane::tables::{PortId, Tables};
 use xylem_dataplane::worker::{CtControl, PortControl, Worker, WorkerConfig, WorkerLink};
 
 use xylem_policy::Policy;
 
 use crate::Error;
 use crate::state::{Kind, StateStore, TypedStore, kind};
-use xylem_api::config::{AgentConfig, PortConfig};
+use xylem_api::config::{AgentConfig, PortConfig, PortKind};
 
 mod endpoints;
 mod policies;
@@ -222,11 +222,20 @@ fn shared_conntrack(cfg: &AgentConfig, workers: usize) -> Conntrack {
     };
     let ct = Conntrack::new(&CtConfig {
         capacity: cfg.workers.ct_capacity,
+        endpoint_limit: cfg.workers.ct_endpoint_limit,
         timeouts: CtTimeouts::default(),
         seed,
     });
+    // The host ports (configured ones only: the API binds pods) carry the node's own flows
+    // and those of every other node's pods: not one pod, so not one pod's share.
+    for (i, p) in cfg.ports.iter().enumerate() {
+        if p.kind == PortKind::Host {
+            ct.exempt_from_endpoint_limit(i as PortId);
+        }
+    }
     tracing::info!(
         capacity = ct.capacity(),
+        endpoint_limit = ct.endpoint_limit(),
         bytes = ct.memory_bytes(),
         workers,
         "conntrack allocated (shared by every worker)"
@@ -284,6 +293,7 @@ fn build_worker(
         idle_spin: Duration::from_micros(cfg.workers.idle_spin_us),
         realtime: cfg.workers.realtime,
         ct_capacity: cfg.workers.ct_capacity,
+        ct_endpoint_limit: cfg.workers.ct_endpoint_limit,
     };
     let worker = Worker::with_conntrack(wcfg, backend, link.clone(), shared.ct.clone())?;
     Ok((link, worker))
