@@ -78,14 +78,16 @@ pub fn judge(
         },
         ..*meta
     };
-    Ok(Judged::Done(match flow::lookup(now, ct, &m, gateway, rules) {
-        flow::Tracking::Known(v) => v,
-        // A later fragment never opens a flow.
-        flow::Tracking::Unrelated | flow::Tracking::New(_) => match policy::admit(rules, &m) {
-            PolicyVerdict::New => PolicyVerdict::Untracked,
-            v => v,
+    Ok(Judged::Done(
+        match flow::lookup(now, ct, &m, gateway, rules) {
+            flow::Tracking::Known(v) => v,
+            // A later fragment never opens a flow.
+            flow::Tracking::Unrelated | flow::Tracking::New(_) => match policy::admit(rules, &m) {
+                PolicyVerdict::New => PolicyVerdict::Untracked,
+                v => v,
+            },
         },
-    }))
+    ))
 }
 
 #[cfg(test)]
