@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 
 use xdp_redirector::{RedirectFlags, XdpMode};
 use xylem_dataplane::io::afxdp::PortSpec;
@@ -179,8 +180,10 @@ impl AgentState {
                     w.id, change.port
                 )));
             }
+            // The worker's duplicate of its socket goes when this iteration ends: kept, it would
+            // keep the socket alive after the worker closed the port.
             if let Some(fd) = change.fd {
-                redirector.register_socket(idx, w.id as u32, fd)?;
+                redirector.register_socket(idx, w.id as u32, fd.as_fd())?;
             }
         }
         let cfg = PortConfig {
