@@ -24,6 +24,7 @@
 //! 5. flushes the per-port TX queues, kicking the kernel once per port and batch;
 //! 6. collects expired conntrack entries with a small budget ([`CT_GC_BUDGET`] slots), paced by
 //!    time rather than by batch (see [`CT_GC_SWEEP_NS`]).
+//! 7. publishes where its frames are ([`WorkerLink::frames`]: four relaxed stores).
 //!
 //! Every worker of an agent holds a handle on one shared [`Conntrack`]
 //! ([`Worker::with_conntrack`]; [`Worker::new`] makes a table of its own, of capacity
@@ -74,7 +75,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts};
 use crate::io::Backend;
-use crate::ledger::{Ledger, LedgerError, Place};
+use crate::ledger::{FrameGauges, Ledger, LedgerError, Place};
 use crate::mailbox::{Letter, Mailbox};
 use crate::monitor::{EventType, FlowEvent, MonitorLink, MonitorWriter};
 use crate::pipeline::{Outcome, Parsed, Verdict, decide, parse};
@@ -298,6 +299,8 @@ pub struct WorkerLink {
     pub ports: Arc<Vec<PortCounters>>,
     /// Nanoseconds spent in batches that moved frames (the busy share of wall time).
     pub busy_ns: Arc<Counter>,
+    /// Where the worker's frames are, published at the end of every batch.
+    pub frames: Arc<FrameGauges>,
     /// Set to stop the worker.
     pub stop: Arc<AtomicBool>,
     /// The flow monitor's ring, lost counter and enable mask.
@@ -321,6 +324,7 @@ impl WorkerLink {
             slow_signal,
             ports: Arc::new((0..MAX_PORTS).map(|_| PortCounters::default()).collect()),
             busy_ns: Arc::new(Counter::default()),
+            frames: Arc::new(FrameGauges::default()),
             from_slow: Arc::new(ArrayQueue::new(256)),
             stop: Arc::new(AtomicBool::new(false)),
             monitor: MonitorLink::default(),
@@ -1238,6 +1242,7 @@ impl<B: Backend> Worker<B> {
         if work > 0 {
             stats.batches.inc();
         }
+        self.link.frames.publish(&self.ledger);
         work
     }
 
