@@ -593,7 +593,9 @@ pub type PortControl<S> = Mailbox<PortRequest<S>, PortReply>;
 /// What the control side asks of a worker's ports.
 #[derive(Clone, Debug)]
 pub enum PortRequest<S> {
-    /// Open a port: it takes the lowest free index (see [`Backend::add_port`]).
+    /// Open a port: it takes the lowest free index (see [`Backend::add_port`]). Refused with
+    /// [`Error::PortBudget`], changing nothing, when every port the frames were sized for is
+    /// open ([`Backend::max_ports`]).
     Add(S),
     /// Close a port. Ask only once nothing routes to it and nothing can arrive on it any more
     /// (its XDP program detached): the worker first lets it finish what it holds — frames

@@ -138,7 +138,14 @@ pub(super) fn watch_links(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if n <= 0 && last.elapsed() < LINK_CHECK {
+                // A timeout is the only answer that says nothing happened: a notification, or
+                // an error such as ENOBUFS (notifications were lost), is checked at once.
+                let timed_out = n < 0
+                    && matches!(
+                        std::io::Error::last_os_error().kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    );
+                if timed_out && last.elapsed() < LINK_CHECK {
                     continue;
                 }
                 let Some(agent) = agent.upgrade() else { break };
