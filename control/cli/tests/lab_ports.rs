@@ -144,6 +144,11 @@ fn make_veth_again(
     ]);
 }
 
+/// A pod's node-side veth deleted under the running agent: its port closes and its frames come
+/// back (the workers' ledgers in `xylem status`), its endpoint is kept and shown missing; made
+/// again by hand under the same names and addresses, it is attached anew and traffic flows to
+/// and from the pod. Then a pod's namespace deleted does the same, and the agent's own frame
+/// check at stop finds every frame where its ledger says.
 #[test]
 fn a_pod_veth_deleted_under_the_agent_gives_its_frames_back_and_is_attached_again_when_made_again()
 {
@@ -206,7 +211,12 @@ fn a_pod_veth_deleted_under_the_agent_gives_its_frames_back_and_is_attached_agai
     assert_eq!(b["mac"], b_mac.as_str(), "{b}");
     let listed = lab.xylem(&["endpoint", "list"]);
     assert!(listed.contains(&format!("{b_if} (missing)")), "{listed}");
-    assert!(ping(&a_ns, a_ip, 1), "pod-a itself is fine");
+    // Nothing else is disturbed.
+    let (_, c_ip) = lab.pod("pod-c");
+    assert!(
+        ping(&a_ns, c_ip, 2),
+        "pod-a cannot reach pod-c while pod-b is missing"
+    );
 
     // Made again by hand under the same names, with the same addresses.
     make_veth_again(&node, &b_ns, &b_if, &queues, &b_mac, b_ip, &gateway);
@@ -240,6 +250,35 @@ fn a_pod_veth_deleted_under_the_agent_gives_its_frames_back_and_is_attached_agai
         "{after:#}"
     );
 
+    // A pod's namespace deleted takes its veth pair with it (the kernel destroys the
+    // namespace's interfaces in the background): the same again.
+    let (c_ns, _) = lab.pod("pod-c");
+    let c_if = lab.status()["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pod-c")
+        .unwrap()["interface"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&["ip", "netns", "del", &c_ns]);
+    let st = wait_status(
+        &lab,
+        "the agent closes the port of a deleted namespace",
+        |st| !port_names(st).contains(&c_if),
+    );
+    assert!(
+        st["missing_interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["endpoint"] == "default/pod-c"),
+        "{st:#}"
+    );
+    wait_frames_for(&lab, n - 1);
+    assert!(ping(&a_ns, b_ip, 2), "pod-b is still reachable");
+
     // The agent's own frame check when it stops: every frame where its ledger says.
     let log = lab.status()["nodes"][0]["agent_log"]
         .as_str()
@@ -253,6 +292,9 @@ fn a_pod_veth_deleted_under_the_agent_gives_its_frames_back_and_is_attached_agai
     );
 }
 
+/// The lab's workers have frames for the configured ports plus `workers.spare_ports` more: one
+/// pod beyond them is refused by the API (503, naming what to raise) with nothing changed, and
+/// a pod deleted makes room for the next.
 #[test]
 fn a_pod_beyond_the_frame_budget_is_refused_naming_spare_ports_and_changes_nothing() {
     require_root!();
