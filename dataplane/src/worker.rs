@@ -24,7 +24,7 @@
 //! 5. flushes the per-port TX queues, kicking the kernel once per port and batch;
 //! 6. collects expired conntrack entries with a small budget ([`CT_GC_BUDGET`] slots), paced by
 //!    time rather than by batch (see [`CT_GC_SWEEP_NS`]).
-//! 7. publishes where its frames are ([`WorkerLink::frames`]: four relaxed stores).
+//! 7. publishes where its frames are ([`WorkerLink::frames`]: a few relaxed stores).
 //!
 //! Every worker of an agent holds a handle on one shared [`Conntrack`]
 //! ([`Worker::with_conntrack`]; [`Worker::new`] makes a table of its own, of capacity
