@@ -28,6 +28,17 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// A worker was asked to open a port beyond the frames it has: every port its UMEM was
+    /// sized for is open. Nothing was changed.
+    #[error(
+        "this worker's frames are sized for {max} open ports and all {max} are open: raise the \
+         spare ports its frames are sized for (the agent's workers.spare_ports) and restart \
+         it, or remove a port first"
+    )]
+    PortBudget {
+        /// The ports the frames were sized for.
+        max: usize,
+    },
     /// The worker configuration is not usable.
     #[error("invalid worker configuration: {0}")]
     Config(String),

@@ -17,6 +17,9 @@
 //! quiescence check compares them with the kernel's ring occupancy.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
 
 /// Where a frame is. See the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +165,53 @@ impl Ledger {
             held: self.count(Place::Held),
             tx: self.count(Place::Tx),
             total: self.total,
+        }
+    }
+}
+
+/// How many of a worker's frames are in each place, as the control side sees them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameCounts {
+    /// All the worker's frames.
+    pub total: u32,
+    /// In its free list.
+    pub free: u32,
+    /// In fill and RX rings.
+    pub fill: u32,
+    /// Held while it decides.
+    pub held: u32,
+    /// In TX and completion rings.
+    pub tx: u32,
+}
+
+/// A worker's [`FrameCounts`], published at the end of every batch (relaxed stores, one per
+/// place) for the control side to read: where its frames went, e.g. that a removed port's
+/// came back. A read between two stores may be off by the frames of one batch.
+#[derive(Debug, Default)]
+pub struct FrameGauges {
+    places: [AtomicU32; 4],
+    total: AtomicU32,
+}
+
+impl FrameGauges {
+    /// Publishes `ledger`'s counts.
+    #[inline]
+    pub fn publish(&self, ledger: &Ledger) {
+        self.total.store(ledger.total(), Ordering::Relaxed);
+        for (gauge, &count) in self.places.iter().zip(&ledger.counts) {
+            gauge.store(count, Ordering::Relaxed);
+        }
+    }
+
+    /// The counts last published.
+    pub fn read(&self) -> FrameCounts {
+        let at = |p: Place| self.places[p as usize].load(Ordering::Relaxed);
+        FrameCounts {
+            total: self.total.load(Ordering::Relaxed),
+            free: at(Place::Free),
+            fill: at(Place::Fill),
+            held: at(Place::Held),
+            tx: at(Place::Tx),
         }
     }
 }

@@ -5,7 +5,9 @@
 //! Each iteration ("batch") reads the clock once and loads the current [`Tables`] once (an
 //! atomic pointer load through `arc-swap`), then:
 //! 1. takes back completed TX frames into the free list;
-//! 2. tops up every port's fill ring from the free list;
+//! 2. tops up the ports' fill rings from the free list, fairly: each port with room takes at
+//!    most an equal share of what is free (and the pass starts at the next port each batch),
+//!    so a busy port that empties its fill ring every batch cannot starve a new or quiet one;
 //! 3. takes up to `batch_size` frames from each port's RX ring; in [`Mode::Full`], with at
 //!    least [`CT_PREFETCH_MIN_ENTRIES`] tracked connections, it first runs the pipeline's parse
 //!    stage on the whole batch and prefetches each frame's conntrack entry
@@ -24,6 +26,7 @@
 //! 5. flushes the per-port TX queues, kicking the kernel once per port and batch;
 //! 6. collects expired conntrack entries with a small budget ([`CT_GC_BUDGET`] slots), paced by
 //!    time rather than by batch (see [`CT_GC_SWEEP_NS`]).
+//! 7. publishes where its frames are ([`WorkerLink::frames`]: a few relaxed stores).
 //!
 //! Every worker of an agent holds a handle on one shared [`Conntrack`]
 //! ([`Worker::with_conntrack`]; [`Worker::new`] makes a table of its own, of capacity
@@ -60,6 +63,7 @@
 //!   flooding pod, steady or in bursts, takes the core from its neighbours at most half the
 //!   time. The priority changes are system calls, made per busy period, never per frame.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -73,7 +77,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts};
 use crate::io::Backend;
-use crate::ledger::{Ledger, LedgerError, Place};
+use crate::ledger::{FrameGauges, Ledger, LedgerError, Place};
 use crate::mailbox::{Letter, Mailbox};
 use crate::monitor::{EventType, FlowEvent, MonitorLink, MonitorWriter};
 use crate::pipeline::{Outcome, Parsed, Verdict, decide, parse};
@@ -302,6 +306,8 @@ pub struct WorkerLink {
     pub ports: Arc<Vec<PortCounters>>,
     /// Nanoseconds spent in batches that moved frames (the busy share of wall time).
     pub busy_ns: Arc<Counter>,
+    /// Where the worker's frames are, published at the end of every batch.
+    pub frames: Arc<FrameGauges>,
     /// Set to stop the worker.
     pub stop: Arc<AtomicBool>,
     /// The flow monitor's ring, lost counter and enable mask.
@@ -325,6 +331,7 @@ impl WorkerLink {
             slow_signal,
             ports: Arc::new((0..MAX_PORTS).map(|_| PortCounters::default()).collect()),
             busy_ns: Arc::new(Counter::default()),
+            frames: Arc::new(FrameGauges::default()),
             from_slow: Arc::new(ArrayQueue::new(256)),
             stop: Arc::new(AtomicBool::new(false)),
             monitor: MonitorLink::default(),
@@ -561,6 +568,10 @@ pub struct Worker<B: Backend> {
     poll: Option<Poll>,
     waker: Option<Arc<Waker>>,
     ports_ctl: PortControl<B::PortSpec>,
+    /// Per port index: whether the port is open (a closed one's index waits for the next).
+    open: Vec<bool>,
+    /// The port step 2 starts topping up at, one further each batch.
+    fill_next: usize,
     /// Ports being removed (see [`PortRequest::Remove`]).
     closing: Vec<Closing<B::PortSpec>>,
     /// Per frame, the port whose ring it was last given to (with [`IN_TX`] for a TX ring), or
@@ -591,7 +602,9 @@ pub type PortControl<S> = Mailbox<PortRequest<S>, PortReply>;
 /// What the control side asks of a worker's ports.
 #[derive(Clone, Debug)]
 pub enum PortRequest<S> {
-    /// Open a port: it takes the lowest free index (see [`Backend::add_port`]).
+    /// Open a port: it takes the lowest free index (see [`Backend::add_port`]). Refused with
+    /// [`Error::PortBudget`], changing nothing, when every port the frames were sized for is
+    /// open ([`Backend::max_ports`]).
     Add(S),
     /// Close a port. Ask only once nothing routes to it and nothing can arrive on it any more
     /// (its XDP program detached): the worker first lets it finish what it holds — frames
@@ -603,12 +616,15 @@ pub enum PortRequest<S> {
 
 /// A port a worker opened or closed: its index, and (AF_XDP, opened) the socket to register in
 /// the XSKMAP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct PortChange {
     /// The port's index.
     pub port: PortId,
-    /// The new socket, when a port was opened on a backend that has sockets.
-    pub fd: Option<std::os::fd::RawFd>,
+    /// When a port was opened on a backend that has sockets: a duplicate of the new socket's
+    /// descriptor, for the control side to register in the XSKMAP. The worker keeps the socket
+    /// itself; drop this once registered, since while it is open the socket outlives the port
+    /// (a closed port's socket would stay bound to its queue and in the XSKMAP).
+    pub fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// A worker's answer to a port request, or why it could not be carried out.
@@ -757,6 +773,8 @@ impl<B: Backend> Worker<B> {
             poll,
             waker,
             ports_ctl: Mailbox::new(16),
+            open: vec![true; ports],
+            fill_next: 0,
             closing: Vec::new(),
             in_ring: vec![NOT_IN_RING; total as usize],
         })
@@ -830,7 +848,7 @@ impl<B: Backend> Worker<B> {
                 }
                 PortRequest::Remove(port) => {
                     let port = usize::from(*port);
-                    let open = port < self.backend.port_count()
+                    let open = self.open.get(port).copied().unwrap_or(false)
                         && !self.closing.iter().any(|c| c.port == port);
                     if open {
                         self.closing.push(Closing {
@@ -849,28 +867,56 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Opens a port on `spec` (see [`PortRequest::Add`]).
+    /// Opens a port on `spec` (see [`PortRequest::Add`]), if the frames have room for one
+    /// more ([`Backend::max_ports`]). Refused, it changes nothing.
     fn open_port(&mut self, spec: &B::PortSpec) -> PortReply {
-        let (port, fd) = self.backend.add_port(spec)?;
-        if port >= MAX_PORTS {
-            self.backend.remove_port(port);
+        let open = self.open.iter().filter(|&&o| o).count();
+        if open >= MAX_PORTS {
             return Err(Error::Config(format!(
                 "a worker serves at most {MAX_PORTS} ports"
             )));
         }
-        // The backend has the port now: its TX queue comes with it whatever follows, so that
-        // port ids index both alike.
+        let max = self.backend.max_ports();
+        if open >= max {
+            return Err(Error::PortBudget { max });
+        }
+        let (port, fd) = self.backend.add_port(spec)?;
+        let raw = fd.map(|fd| fd.as_raw_fd());
+        let dup = fd.map(|fd| fd.try_clone_to_owned()).transpose();
+        let registered = match (&self.poll, raw) {
+            (Some(poll), Some(raw)) => poll
+                .registry()
+                .register(&mut SourceFd(&raw), Token(port), Interest::READABLE)
+                .map_err(|source| Error::Io {
+                    what: "registering the new socket with epoll",
+                    source,
+                }),
+            _ => Ok(()),
+        };
+        let dup = dup.map_err(|source| Error::Io {
+            what: "duplicating the new socket's descriptor for the XSKMAP",
+            source,
+        });
+        let fd = match registered.and(dup) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if let (Some(poll), Some(raw)) = (&self.poll, raw) {
+                    let _ = poll.registry().deregister(&mut SourceFd(&raw));
+                }
+                // Nothing was on its rings yet: closing it takes no frames with it.
+                self.backend.remove_port(port);
+                return Err(e);
+            }
+        };
+        // Port ids index the TX queues as they index the backend's ports.
         if port == self.pending.len() {
             self.pending
                 .push(TxQueue::with_capacity(self.cfg.batch_size));
         }
-        if let (Some(poll), Some(fd)) = (&self.poll, fd) {
-            poll.registry()
-                .register(&mut SourceFd(&fd), Token(port), Interest::READABLE)
-                .map_err(|source| Error::Io {
-                    what: "registering the new socket with epoll",
-                    source,
-                })?;
+        if port == self.open.len() {
+            self.open.push(true);
+        } else {
+            self.open[port] = true;
         }
         Ok(PortChange {
             port: port as PortId,
@@ -920,6 +966,7 @@ impl<B: Backend> Worker<B> {
             self.release(d);
         }
         self.backend.remove_port(port);
+        self.open[port] = false;
         // A frame tagged with this port is on its rings unless it came back since: then it is
         // in the free list, or held in a TX queue (between batches nothing else holds one).
         let mut back = vec![false; self.in_ring.len()];
@@ -1014,19 +1061,32 @@ impl<B: Backend> Worker<B> {
             }
         }
 
-        // 2. Top up the fill rings.
-        for port in 0..ports {
-            // A port being removed gets no more frames.
-            if !self.closing.is_empty() && self.closing.iter().any(|c| c.port == port) {
+        // 2. Top up the fill rings: each port in turn takes at most an equal share of what is
+        // free among the ports still to come, so what one leaves goes to the others.
+        let mut sharers = (0..ports).filter(|&p| self.fill_takes(p)).count();
+        let first = self.fill_next % ports.max(1);
+        self.fill_next = first + 1;
+        for port in (first..ports).chain(0..first) {
+            if self.free.is_empty() || sharers == 0 {
+                break;
+            }
+            if !self.fill_takes(port) {
                 continue;
             }
-            let want = self.free.len().min(u32::MAX as usize) as u32;
-            let room = self.backend.fill_room(port, want) as usize;
+            let share = self.free.len().div_ceil(sharers);
+            sharers -= 1;
+            let room =
+                self.backend
+                    .fill_room(port, share.min(u32::MAX as usize) as u32) as usize;
             if room == 0 {
                 continue;
             }
             let start = self.free.len() - room;
-            if self.backend.fill(port, &self.free[start..]) == room {
+            // SAFETY: these are the last `room` descriptors of the free list, which holds
+            // only frames the worker owns (the ledger has each as `Free`), each once. If the
+            // ring takes them they leave the list (truncated below) and the ledger marks them
+            // `Fill`, so the worker passes them nowhere else until `rx` returns them.
+            if unsafe { self.backend.fill(port, &self.free[start..]) } == room {
                 for d in &self.free[start..] {
                     let idx = self.backend.frame_index(d);
                     self.ledger.moved(idx, Place::Free, Place::Fill);
@@ -1053,7 +1113,10 @@ impl<B: Backend> Worker<B> {
             if ct_prefetch {
                 let ct = &self.ct;
                 for (d, parsed) in self.scratch[..n].iter_mut().zip(&mut self.parsed) {
-                    *parsed = self.backend.with_frame(d, |frame| parse(frame.data(), &gw));
+                    // SAFETY: `rx` just returned the frame: the kernel let go of it and the
+                    // worker holds it (the ledger moves it to `Held` just below).
+                    *parsed =
+                        unsafe { self.backend.with_frame(d, |frame| parse(frame.data(), &gw)) };
                     if let Ok(Parsed::Ipv4(m)) = parsed {
                         ct.prefetch(&m.key);
                     }
@@ -1069,7 +1132,7 @@ impl<B: Backend> Worker<B> {
                 let monitor = &mut self.monitor;
                 let limiter = &mut self.limiter;
                 let parsed = &self.parsed[i];
-                let verdict = self.backend.with_frame(&mut d, |frame| {
+                let decide_frame = |frame: &mut crate::frame::Frame<'_>| {
                     // Parsed once: in 3a, or here.
                     let p = if ct_prefetch {
                         *parsed
@@ -1105,7 +1168,11 @@ impl<B: Backend> Worker<B> {
                         });
                     }
                     v
-                });
+                };
+                // SAFETY: `rx` returned this frame in this batch and the ledger has it `Held`:
+                // it is the worker's until the verdict below sends it to a TX queue or the
+                // free list.
+                let verdict = unsafe { self.backend.with_frame(&mut d, decide_frame) };
                 // Every received frame is counted once, here or (if queued for TX) in `flush`.
                 match verdict {
                     Verdict::Forward(out) | Verdict::IcmpError(out) if (out as usize) < ports => {
@@ -1161,11 +1228,15 @@ impl<B: Backend> Worker<B> {
             };
             let idx = self.backend.frame_index(&d);
             self.ledger.moved(idx, Place::Free, Place::Held);
-            self.backend.with_frame(&mut d, |frame| {
-                let n = sf.bytes().len().min(frame.capacity());
-                frame.set_len(n);
-                frame.data_mut().copy_from_slice(&sf.bytes()[..n]);
-            });
+            // SAFETY: popped from the free list, so the worker holds it (the ledger has just
+            // moved it `Free` -> `Held`).
+            unsafe {
+                self.backend.with_frame(&mut d, |frame| {
+                    let n = sf.bytes().len().min(frame.capacity());
+                    frame.set_len(n);
+                    frame.data_mut().copy_from_slice(&sf.bytes()[..n]);
+                });
+            }
             if self.pending[port].len() == self.cfg.batch_size {
                 self.flush(port);
             }
@@ -1192,7 +1263,14 @@ impl<B: Backend> Worker<B> {
         if work > 0 {
             stats.batches.inc();
         }
+        self.link.frames.publish(&self.ledger);
         work
+    }
+
+    /// Whether step 2 gives `port` frames: open, and not being removed.
+    #[inline]
+    fn fill_takes(&self, port: usize) -> bool {
+        self.open[port] && (self.closing.is_empty() || !self.closing.iter().any(|c| c.port == port))
     }
 
     fn release(&mut self, d: B::Desc) {
@@ -1207,7 +1285,11 @@ impl<B: Backend> Worker<B> {
         let stats_owner = Arc::clone(&self.link.stats);
         let stats = &*stats_owner;
         let q = &mut self.pending[port];
-        let sent = self.backend.tx(port, &q.descs);
+        // SAFETY: a TX queue holds only frames the worker holds (each came from `rx` or the
+        // free list, and the ledger has it `Held`), each once. The prefix the ring takes is
+        // marked `Tx` below and the queue is cleared, so the worker passes those frames
+        // nowhere else until `complete` returns them; the rest go back to the free list.
+        let sent = unsafe { self.backend.tx(port, &q.descs) };
         let mut bytes = 0u64;
         for (d, kind) in q.descs.iter().zip(&q.kinds).take(sent) {
             let idx = self.backend.frame_index(d);

@@ -4,7 +4,7 @@
 //! handles has bytes prepended. No root needed.
 
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -46,7 +46,9 @@ fn outer(seq: u8) -> [u8; OUTER] {
 
 /// Receives `bytes` on port 0 of `b` and hands back the received descriptor.
 fn receive(b: &mut MemoryBackend, bytes: &[u8], frame: MemDesc) -> MemDesc {
-    assert_eq!(b.fill(0, &[frame]), 1);
+    // SAFETY: every caller passes a frame it holds (from `take_frames` or `complete`) and
+    // uses it again only once `rx` hands it back below.
+    assert_eq!(unsafe { b.fill(0, &[frame]) }, 1);
     assert!(b.inject(0, bytes));
     let mut out = [MemDesc::default(); 1];
     assert_eq!(b.rx(0, &mut out), 1);
@@ -55,7 +57,9 @@ fn receive(b: &mut MemoryBackend, bytes: &[u8], frame: MemDesc) -> MemDesc {
 
 /// Sends `d` on port 1 and returns what reached the wire and the completed descriptor.
 fn send(b: &mut MemoryBackend, d: MemDesc) -> (Vec<u8>, MemDesc) {
-    assert_eq!(b.tx(1, &[d]), 1);
+    // SAFETY: every caller passes a frame it holds (from `rx`) and uses it again only once
+    // `complete` hands it back below.
+    assert_eq!(unsafe { b.tx(1, &[d]) }, 1);
     assert_eq!(b.deliver(), 1);
     let wire = b.take_wire(1);
     assert_eq!(wire.len(), 1);
@@ -75,13 +79,16 @@ fn a_prepended_frame_goes_out_with_the_new_bytes_in_front() {
     assert_eq!((d.index, d.offset as usize), (2, DEFAULT_HEADROOM));
 
     let hdr = outer(1);
-    b.with_frame(&mut d, |f| {
-        assert_eq!(f.headroom(), DEFAULT_HEADROOM);
-        assert_eq!(f.data(), &pkt[..]);
-        f.prepend(OUTER)
-            .expect("default headroom fits ESP")
-            .copy_from_slice(&hdr);
-    });
+    // SAFETY: `d` came from `rx` and has not been given back.
+    unsafe {
+        b.with_frame(&mut d, |f| {
+            assert_eq!(f.headroom(), DEFAULT_HEADROOM);
+            assert_eq!(f.data(), &pkt[..]);
+            f.prepend(OUTER)
+                .expect("default headroom fits ESP")
+                .copy_from_slice(&hdr);
+        });
+    }
     assert_eq!(d.offset as usize, DEFAULT_HEADROOM - OUTER);
     assert_eq!(d.len as usize, OUTER + pkt.len());
     assert_eq!(b.desc_len(&d), OUTER + pkt.len());
@@ -94,14 +101,18 @@ fn a_prepended_frame_goes_out_with_the_new_bytes_in_front() {
 
     // Reused straight from the free list (as the slow path does): the full headroom again.
     let mut reused = done;
-    b.with_frame(&mut reused, |f| {
-        assert_eq!(f.headroom(), DEFAULT_HEADROOM);
-        assert_eq!(f.capacity(), 2048 - DEFAULT_HEADROOM);
-    });
+    // SAFETY: `complete` handed the frame back and it has not been given out since.
+    unsafe {
+        b.with_frame(&mut reused, |f| {
+            assert_eq!(f.headroom(), DEFAULT_HEADROOM);
+            assert_eq!(f.capacity(), 2048 - DEFAULT_HEADROOM);
+        });
+    }
     // And given to the fill ring: the next packet lands after the headroom.
     let again = receive(&mut b, &pkt, reused);
     assert_eq!(again.offset as usize, DEFAULT_HEADROOM);
-    b.with_frame(&mut { again }, |f| assert_eq!(f.data(), &pkt[..]));
+    // SAFETY: `again` came from `rx` and has not been given back.
+    unsafe { b.with_frame(&mut { again }, |f| assert_eq!(f.data(), &pkt[..])) };
 }
 
 #[test]
@@ -112,7 +123,8 @@ fn a_stripped_frame_goes_out_without_the_stripped_bytes() {
     let inner = udp(0, 1, b"decapsulated");
     wrapped.extend_from_slice(&inner);
     let mut d = receive(&mut b, &wrapped, frames[0]);
-    b.with_frame(&mut d, |f| assert!(f.strip_front(OUTER)));
+    // SAFETY: `d` came from `rx` and has not been given back.
+    unsafe { b.with_frame(&mut d, |f| assert!(f.strip_front(OUTER))) };
     assert_eq!(d.offset as usize, DEFAULT_HEADROOM + OUTER);
     let (wire, done) = send(&mut b, d);
     assert_eq!(wire, inner);
@@ -126,11 +138,14 @@ fn a_prepend_beyond_the_configured_headroom_fails_and_the_frame_goes_out_unchang
     let frames = b.take_frames();
     let pkt = udp(0, 1, b"no room");
     let mut d = receive(&mut b, &pkt, frames[1]);
-    b.with_frame(&mut d, |f| {
-        assert_eq!(f.headroom(), 32);
-        assert!(f.prepend(OUTER).is_none());
-        assert_eq!(f.data(), &pkt[..]);
-    });
+    // SAFETY: `d` came from `rx` and has not been given back.
+    unsafe {
+        b.with_frame(&mut d, |f| {
+            assert_eq!(f.headroom(), 32);
+            assert!(f.prepend(OUTER).is_none());
+            assert_eq!(f.data(), &pkt[..]);
+        });
+    }
     let (wire, _) = send(&mut b, d);
     assert_eq!(wire, pkt);
 
@@ -149,8 +164,14 @@ impl Backend for Encapsulating {
     type Desc = MemDesc;
     type PortSpec = usize;
 
-    fn add_port(&mut self, spec: &usize) -> Result<(usize, Option<RawFd>), xylem_dataplane::Error> {
+    fn add_port(
+        &mut self,
+        spec: &usize,
+    ) -> Result<(usize, Option<BorrowedFd<'_>>), xylem_dataplane::Error> {
         self.inner.add_port(spec)
+    }
+    fn max_ports(&self) -> usize {
+        self.inner.max_ports()
     }
     fn remove_port(&mut self, port: usize) {
         self.inner.remove_port(port)
@@ -176,14 +197,22 @@ impl Backend for Encapsulating {
     fn fill_room(&mut self, port: usize, want: u32) -> u32 {
         self.inner.fill_room(port, want)
     }
-    fn fill(&mut self, port: usize, descs: &[MemDesc]) -> usize {
-        self.inner.fill(port, descs)
+    /// # Safety
+    ///
+    /// As [`Backend::fill`].
+    unsafe fn fill(&mut self, port: usize, descs: &[MemDesc]) -> usize {
+        // SAFETY: the caller's contract is the inner backend's.
+        unsafe { self.inner.fill(port, descs) }
     }
     fn rx(&mut self, port: usize, out: &mut [MemDesc]) -> usize {
         self.inner.rx(port, out)
     }
-    fn tx(&mut self, port: usize, descs: &[MemDesc]) -> usize {
-        self.inner.tx(port, descs)
+    /// # Safety
+    ///
+    /// As [`Backend::tx`].
+    unsafe fn tx(&mut self, port: usize, descs: &[MemDesc]) -> usize {
+        // SAFETY: the caller's contract is the inner backend's.
+        unsafe { self.inner.tx(port, descs) }
     }
     fn tx_queued(&mut self, port: usize) -> u32 {
         self.inner.tx_queued(port)
@@ -197,16 +226,26 @@ impl Backend for Encapsulating {
     fn fill_ring_occupancy(&mut self, port: usize) -> u32 {
         self.inner.fill_ring_occupancy(port)
     }
-    fn with_frame<R>(&mut self, desc: &mut MemDesc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R {
+    /// # Safety
+    ///
+    /// As [`Backend::with_frame`].
+    unsafe fn with_frame<R>(
+        &mut self,
+        desc: &mut MemDesc,
+        f: impl FnOnce(&mut Frame<'_>) -> R,
+    ) -> R {
         let seq = desc.index as u8;
-        self.inner.with_frame(desc, |frame| {
-            let r = f(frame);
-            let front = frame
-                .prepend(OUTER)
-                .expect("every frame the worker holds has the default headroom");
-            front.copy_from_slice(&outer(seq));
-            r
-        })
+        // SAFETY: the caller's contract is the inner backend's.
+        unsafe {
+            self.inner.with_frame(desc, |frame| {
+                let r = f(frame);
+                let front = frame
+                    .prepend(OUTER)
+                    .expect("every frame the worker holds has the default headroom");
+                front.copy_from_slice(&outer(seq));
+                r
+            })
+        }
     }
     fn raw_fds(&self) -> Vec<(usize, RawFd)> {
         self.inner.raw_fds()

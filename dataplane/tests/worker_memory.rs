@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use xylem_dataplane::io::Backend;
 use xylem_dataplane::io::memory::MemoryBackend;
 use xylem_dataplane::ledger::Place;
 use xylem_dataplane::ratelimit::RateLimits;
@@ -819,5 +820,139 @@ fn every_frame_is_counted_once_whatever_its_fate() {
         s.forwarded + s.icmp_errors_sent + s.slowpath_replies_sent,
         "{s:?}"
     );
+    r.worker.check_quiescent().unwrap();
+}
+
+/// Posts `req` to the worker, runs four batches with the kernel sending in between (a removal
+/// waits for two quiet ones), and returns the worker's answer.
+fn ask_port(r: &mut Rig, req: PortRequest<usize>) -> Result<PortChange, String> {
+    let ticket = r.worker.port_control().post(req).unwrap();
+    for _ in 0..4 {
+        r.worker.run_once(0);
+        r.worker.backend_mut().deliver();
+    }
+    ticket
+        .wait(Duration::ZERO, || true)
+        .expect("a reply within four batches")
+        .map_err(|e| e.to_string())
+}
+
+/// Where every frame is once the fill rings are topped up (a few idle batches: each gives a
+/// port at most its share): the ledger's counts, and what each port's rings hold.
+fn frame_places(r: &mut Rig) -> (Vec<u32>, Vec<(usize, usize)>) {
+    settle(r);
+    for _ in 0..4 {
+        r.worker.run_once(0);
+    }
+    let counts = Place::ALL
+        .iter()
+        .map(|&p| r.worker.ledger().count(p))
+        .collect();
+    let b = r.worker.backend_mut();
+    let rings = (0..b.port_count()).map(|p| b.in_kernel(p)).collect();
+    (counts, rings)
+}
+
+/// 192 frames of 64-entry rings are sized for three ports: a third is added, a fourth is
+/// refused with an error that says what to raise, and the refusal changes nothing: no port
+/// index, no frame moved, traffic flows as before. Once a port is removed, one can be added
+/// again.
+#[test]
+fn a_port_beyond_the_frame_budget_is_refused_and_changes_nothing() {
+    let mut r = rig(2, 64, 192, 32);
+    settle(&mut r);
+    let added = ask_port(&mut r, PortRequest::Add(64)).expect("a third port fits");
+    assert_eq!(added.port, 2);
+    r.link.tables.store(Arc::new(tables(3)));
+    settle(&mut r);
+    r.worker.check_quiescent().unwrap();
+    let before = frame_places(&mut r);
+    assert_eq!(before.1.len(), 3);
+
+    let refused = ask_port(&mut r, PortRequest::Add(64)).expect_err("a fourth port");
+    assert!(
+        refused.contains("sized for 3 open ports") && refused.contains("spare_ports"),
+        "{refused}"
+    );
+    settle(&mut r);
+    r.worker.check_quiescent().unwrap();
+    assert_eq!(frame_places(&mut r), before, "the refusal moved frames");
+
+    // Traffic between the old ports and the new one flows as before.
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(2, &udp(2, 0, 64, b"still here"))
+    );
+    assert!(
+        r.worker
+            .backend_mut()
+            .inject(0, &udp(0, 2, 64, b"and back"))
+    );
+    settle(&mut r);
+    assert_eq!(r.worker.backend_mut().take_wire(0).len(), 1);
+    assert_eq!(r.worker.backend_mut().take_wire(2).len(), 1);
+
+    // A removed port's frames make room for the next.
+    r.link.tables.store(Arc::new(tables(2)));
+    let removed = ask_port(&mut r, PortRequest::Remove(2)).expect("port 2 removed");
+    assert_eq!(removed.port, 2);
+    let again = ask_port(&mut r, PortRequest::Add(64)).expect("room again");
+    assert_eq!(again.port, 2);
+    settle(&mut r);
+    r.worker.check_quiescent().unwrap();
+}
+
+/// A busy port empties its fill ring every batch; frames come back to the free list only as
+/// its forwarded frames complete. A port added meanwhile (empty fill ring) must still get its
+/// share of them, and receive: topped up in port order, the busy port 0 would take every frame
+/// each batch and the new port 2 none, ever.
+#[test]
+fn fill_rings_are_topped_up_fairly_across_a_busy_and_a_quiet_port() {
+    // Three rings' worth of frames: every port's fill ring, and nothing to spare once port 1's
+    // TX ring holds a burst.
+    let mut r = rig(2, 64, 192, 64);
+    r.worker.run_once(0);
+    assert_eq!(r.worker.backend_mut().in_kernel(0).0, 64);
+    assert_eq!(r.worker.backend_mut().in_kernel(1).0, 64);
+    // Port 0 busy: a full ring's burst to port 1, sent but not completed yet.
+    let burst = |r: &mut Rig| {
+        let mut n = 0;
+        while r.worker.backend_mut().inject(0, &udp(0, 1, 64, b"busy")) {
+            n += 1;
+        }
+        n
+    };
+    // Port 2 is added in the batch that finds port 0's fill ring emptied by a burst and
+    // the free list refilled by nothing else.
+    assert_eq!(burst(&mut r), 64);
+    let ticket = r.worker.port_control().post(PortRequest::Add(64)).unwrap();
+    r.worker.run_once(0);
+    let added = ticket.wait(Duration::ZERO, || true).expect("a reply");
+    assert_eq!(added.expect("a third port fits").port, 2);
+    r.link.tables.store(Arc::new(tables(3)));
+
+    // Each round: a burst on port 0 as big as its fill ring allows, the kernel sends the last
+    // round's, and one batch takes them back, tops up the fill rings and forwards the burst.
+    let mut bursts = Vec::new();
+    for _ in 0..8 {
+        bursts.push(burst(&mut r));
+        r.worker.backend_mut().deliver();
+        r.worker.run_once(0);
+        r.worker.backend_mut().take_wire(1);
+    }
+    assert!(
+        bursts.iter().all(|&b| b > 0),
+        "the busy port starved: {bursts:?}"
+    );
+    let (new_fill, _) = r.worker.backend_mut().in_kernel(2);
+    assert_eq!(new_fill, 64, "the new port's fill ring was not topped up");
+
+    // And it receives: its pod's frame is forwarded.
+    assert!(r.worker.backend_mut().inject(2, &udp(2, 0, 64, b"new pod")));
+    settle(&mut r);
+    let wire = r.worker.backend_mut().take_wire(0);
+    assert!(wire.iter().any(|f| f.ends_with(b"new pod")), "{wire:?}");
+    settle(&mut r);
     r.worker.check_quiescent().unwrap();
 }

@@ -102,7 +102,8 @@ fn dataplane(
     let mut free = b.take_frames();
     let room = b.fill_room(0, 32) as usize;
     let start = free.len() - room;
-    if b.fill(0, &free[start..]) != room {
+    // SAFETY: fresh from `take_frames`, each once; they leave `free` just below.
+    if unsafe { b.fill(0, &free[start..]) } != room {
         return Err("the fill ring took no frames".into());
     }
     free.truncate(start);
@@ -118,25 +119,32 @@ fn dataplane(
         let n = b.rx(0, &mut rx);
         for i in 0..n {
             let mut d = rx[i];
-            let (ours, h) = b.with_frame(&mut d, |f| (f.data() == &inner[..], f.headroom()));
+            // SAFETY: `rx` just returned the frame.
+            let (ours, h) =
+                unsafe { b.with_frame(&mut d, |f| (f.data() == &inner[..], f.headroom())) };
             if ours {
                 received.store(true, Ordering::Release);
                 // Whatever else arrived goes back to the kernel.
-                b.fill(0, &rx[i + 1..n]);
+                // SAFETY: the rest of this `rx` batch, not looked at and not kept.
+                unsafe { b.fill(0, &rx[i + 1..n]) };
                 break 'found (d, h);
             }
-            b.fill(0, &[d]);
+            // SAFETY: a frame from `rx` that is not ours, not kept.
+            unsafe { b.fill(0, &[d]) };
         }
         std::thread::sleep(Duration::from_millis(1));
     };
     let index = b.frame_index(&d);
-    let prepended = b.with_frame(&mut d, |f| match f.prepend(OUTER) {
-        Some(front) => {
-            front.copy_from_slice(&outer);
-            true
-        }
-        None => false,
-    });
+    // SAFETY: `d` came from `rx` and was not given back.
+    let prepended = unsafe {
+        b.with_frame(&mut d, |f| match f.prepend(OUTER) {
+            Some(front) => {
+                front.copy_from_slice(&outer);
+                true
+            }
+            None => false,
+        })
+    };
     if !prepended {
         return Err(format!(
             "no room for {OUTER} bytes in front of a received frame"
@@ -148,7 +156,8 @@ fn dataplane(
             b.desc_len(&d)
         ));
     }
-    if b.tx(1, &[d]) != 1 {
+    // SAFETY: `d` came from `rx`; once queued it is used again only after `complete`.
+    if unsafe { b.tx(1, &[d]) } != 1 {
         return Err("the TX ring took nothing".into());
     }
     let mut done = [FrameDesc::default(); 1];
@@ -160,7 +169,8 @@ fn dataplane(
         return Err("the prepended frame never completed".into());
     }
     let mut c = done[0];
-    let completed_headroom = b.with_frame(&mut c, |f| f.headroom());
+    // SAFETY: `complete` handed the frame back.
+    let completed_headroom = unsafe { b.with_frame(&mut c, |f| f.headroom()) };
     let stats = b.kernel_stats(1).map_err(|e| e.to_string())?;
     Ok(Seen {
         headroom: b.headroom(),

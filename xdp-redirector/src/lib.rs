@@ -27,8 +27,11 @@
 //! # What it does not do
 //!
 //! - It creates no AF_XDP sockets and owns no UMEM: the dataplane crate
-//!   creates and binds them, then hands their fds to
-//!   [`Redirector::register_socket`]. The fd must stay open while registered.
+//!   creates and binds them, then lends their fds to
+//!   [`Redirector::register_socket`] for the call. A socket that closes
+//!   while registered leaves the XSKMAP (the kernel removes it), and the
+//!   program passes its queue's frames to the kernel until another is
+//!   registered.
 //! - It does not pin programs, links or maps: when the [`Redirector`] is
 //!   dropped (or the process dies) the kernel detaches the program, because
 //!   the attachment is a bpf_link owned by this process.

@@ -4,7 +4,7 @@ use std::collections::HashMap as StdHashMap;
 use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
@@ -258,23 +258,25 @@ impl Redirector {
     /// the kernel refuses it ([`Error::RegisterSocket`]). The socket is put in
     /// `xsks` before the slot becomes visible in `xsk_slots`, so the program
     /// never sees a half-registered queue.
-    pub fn register_socket(&mut self, ifindex: u32, queue: u32, fd: RawFd) -> Result<u32, Error> {
+    pub fn register_socket(
+        &mut self,
+        ifindex: u32,
+        queue: u32,
+        fd: BorrowedFd<'_>,
+    ) -> Result<u32, Error> {
         let key = SlotKey { ifindex, queue };
         let existing = self.slots.get(&key).copied();
         let slot = match existing {
             Some(slot) => slot,
             None => self.free_slot()?,
         };
-        // SAFETY: the caller promises `fd` is open for the duration of this call;
-        // the XSKMAP update only reads it (the kernel takes its own reference).
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         self.xsks
-            .set(slot, borrowed, 0)
+            .set(slot, fd, 0)
             .map_err(|source| Error::RegisterSocket {
                 ifindex,
                 queue,
                 slot,
-                fd,
+                fd: fd.as_raw_fd(),
                 source,
             })?;
         if existing.is_none() {

@@ -297,7 +297,7 @@ fn drops_every_frame_without_a_socket() {
 
         // A slot whose socket was closed (the kernel empties its XSKMAP entry): dropped too.
         let xsk = bound_xsk(vb, 0);
-        r.register_socket(vb, 0, std::os::fd::AsRawFd::as_raw_fd(&xsk.fd))
+        r.register_socket(vb, 0, std::os::fd::AsFd::as_fd(&xsk.fd))
             .unwrap();
         drop(xsk);
         let before = r.counters().unwrap();
@@ -329,7 +329,7 @@ fn redirects_every_ethertype_to_a_registered_socket() {
         // The socket is bound but never given fill buffers: frames redirected to it are
         // consumed (dropped) by the kernel.
         let xsk = bound_xsk(vb, 0);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&xsk.fd);
+        let fd = std::os::fd::AsFd::as_fd(&xsk.fd);
         assert_eq!(r.register_socket(vb, 0, fd).unwrap(), 0);
         assert_eq!(
             r.register_socket(vb, 0, fd).unwrap(),
@@ -374,8 +374,8 @@ fn slots_are_per_interface_and_queue_and_reused() {
         let mut r = load();
         let sa = bound_xsk(va, 0);
         let sb = bound_xsk(vb, 0);
-        let fa = std::os::fd::AsRawFd::as_raw_fd(&sa.fd);
-        let fb = std::os::fd::AsRawFd::as_raw_fd(&sb.fd);
+        let fa = std::os::fd::AsFd::as_fd(&sa.fd);
+        let fb = std::os::fd::AsFd::as_fd(&sb.fd);
         assert_eq!(r.register_socket(va, 0, fa).unwrap(), 0);
         assert_eq!(r.register_socket(vb, 0, fb).unwrap(), 1);
         r.unregister_socket(va, 0).unwrap();
@@ -402,7 +402,7 @@ fn non_xsk_fd_is_rejected() {
     ns.enter(|| {
         let mut r = load();
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&udp);
+        let fd = std::os::fd::AsFd::as_fd(&udp);
         for _ in 0..2 {
             match r.register_socket(va, 0, fd) {
                 Err(Error::RegisterSocket { slot, .. }) => {

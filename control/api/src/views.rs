@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use xdp_redirector::{RedirectCounters, XdpMode};
+use xylem_dataplane::ledger::FrameCounts;
 use xylem_dataplane::stats::StatsSnapshot;
 use xylem_dataplane::tables::Mode;
 use xylem_dataplane::worker::{CtSnapshot, Placement};
@@ -48,6 +49,19 @@ pub struct WorkerStatus {
     pub busy_ratio: f64,
     /// Its counters.
     pub stats: StatsSnapshot,
+    /// Where its frames are (free, in fill rings, held, in TX rings), as of its last batch.
+    #[serde(default)]
+    pub frames: FrameCounts,
+}
+
+/// A port whose interface was deleted under the agent: closed, its frames given back, attached
+/// again when an interface of that name comes back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MissingInterface {
+    /// The interface's name.
+    pub ifname: String,
+    /// What it served: `namespace/name`, `host`, or `-`.
+    pub endpoint: String,
 }
 
 /// Overall health.
@@ -82,6 +96,9 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     /// Ports.
     pub ports: Vec<PortStatus>,
+    /// Ports closed because their interface was deleted under the agent.
+    #[serde(default)]
+    pub missing_interfaces: Vec<MissingInterface>,
     /// The XDP program's counters.
     pub redirector: RedirectCounters,
     /// Slow-path counters.
@@ -127,6 +144,9 @@ pub struct Endpoint {
     /// Whether a policy makes its egress default-deny.
     #[serde(default)]
     pub egress_enforced: Option<bool>,
+    /// Its interface was deleted under the agent: it has no route until the interface is back.
+    #[serde(default)]
+    pub interface_missing: bool,
 }
 
 /// A stored network policy as `GET /v1/policies` returns it.

@@ -54,12 +54,25 @@ pub(crate) fn print_status(st: &Status) {
                 w.stats.rx_packets.to_string(),
                 w.stats.tx_packets.to_string(),
                 w.stats.forwarded.to_string(),
+                w.frames.total.to_string(),
+                w.frames.free.to_string(),
+                w.frames.fill.to_string(),
             ]
         })
         .collect();
     println!();
     print_table(
-        &["WORKER", "CORE", "BUSY", "RX", "TX", "FORWARDED"],
+        &[
+            "WORKER",
+            "CORE",
+            "BUSY",
+            "RX",
+            "TX",
+            "FORWARDED",
+            "FRAMES",
+            "FREE",
+            "IN FILL",
+        ],
         &workers,
     );
     let ports: Vec<Vec<String>> = st
@@ -85,6 +98,17 @@ pub(crate) fn print_status(st: &Status) {
         ],
         &ports,
     );
+    if !st.missing_interfaces.is_empty() {
+        let missing: Vec<String> = st
+            .missing_interfaces
+            .iter()
+            .map(|m| format!("{} ({})", m.ifname, m.endpoint))
+            .collect();
+        println!(
+            "\ninterfaces missing (ports closed until they are back): {}",
+            missing.join("  ")
+        );
+    }
     let r = &st.redirector;
     println!(
         "\nredirector: redirected {}  dropped without a socket {}",
@@ -138,7 +162,11 @@ pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
                     labels
                 },
                 e.ip.to_string(),
-                e.interface.clone(),
+                if e.interface_missing {
+                    format!("{} (missing)", e.interface)
+                } else {
+                    e.interface.clone()
+                },
                 e.identity.map_or("-".into(), |i| i.to_string()),
                 enforcement(e.ingress_enforced),
                 enforcement(e.egress_enforced),

@@ -38,7 +38,7 @@
 //! replace it.
 
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
@@ -183,6 +183,16 @@ struct XskPort {
     comp: CompQueue,
 }
 
+impl XskPort {
+    /// The socket, borrowed for as long as the port is.
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the RX queue owns the socket (xsk-rs closes it when the last of the port's
+        // queues drops), and `self` holds that queue for the borrow's whole lifetime, so the
+        // descriptor stays open and names this socket while it is borrowed.
+        unsafe { BorrowedFd::borrow_raw(self.rx.fd().as_raw_fd()) }
+    }
+}
+
 /// See the module documentation.
 pub struct XskBackend {
     sock_cfg: SocketConfig,
@@ -192,6 +202,8 @@ pub struct XskBackend {
     frames: Option<Vec<FrameDesc>>,
     frame_count: u32,
     ring_size: u32,
+    /// The ports the frames were sized for: the first ones and the spare ones.
+    max_ports: usize,
     /// Offset in its frame of a received packet's first byte: the UMEM's frame headroom plus
     /// the kernel's XDP headroom.
     rx_head: usize,
@@ -334,6 +346,7 @@ impl XskBackend {
             frames: Some(frames),
             frame_count,
             ring_size: opts.ring_size,
+            max_ports: ports.len() + spare_ports as usize,
             rx_head: xdp_headroom + frame_headroom,
             addr,
         })
@@ -345,12 +358,12 @@ impl XskBackend {
         self.rx_head
     }
 
-    /// `(ifindex, queue, fd)` of every port's socket, for the redirector's XSKMAP.
-    pub fn socket_fds(&self) -> Vec<(u32, u32, RawFd)> {
+    /// `(ifindex, queue, socket)` of every port, for the redirector's XSKMAP.
+    pub fn socket_fds(&self) -> Vec<(u32, u32, BorrowedFd<'_>)> {
         self.ports
             .iter()
             .flatten()
-            .map(|p| (p.spec.ifindex, p.spec.queue, p.rx.fd().as_raw_fd()))
+            .map(|p| (p.spec.ifindex, p.spec.queue, p.fd()))
             .collect()
     }
 
@@ -376,7 +389,7 @@ impl Backend for XskBackend {
     type Desc = FrameDesc;
     type PortSpec = PortSpec;
 
-    fn add_port(&mut self, spec: &PortSpec) -> Result<(usize, Option<RawFd>), Error> {
+    fn add_port(&mut self, spec: &PortSpec) -> Result<(usize, Option<BorrowedFd<'_>>), Error> {
         if self
             .ports()
             .any(|p| p.ifindex == spec.ifindex && p.queue == spec.queue)
@@ -384,7 +397,6 @@ impl Backend for XskBackend {
             return Err(xsk_err(&spec.ifname, "adding a port", "already bound"));
         }
         let port = bind_port(spec, self.sock_cfg, &self.umem)?;
-        let fd = port.rx.fd().as_raw_fd();
         let index = match self.ports.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -392,8 +404,12 @@ impl Backend for XskBackend {
                 self.ports.len() - 1
             }
         };
-        self.ports[index] = Some(port);
-        Ok((index, Some(fd)))
+        let port = self.ports[index].insert(port);
+        Ok((index, Some(port.fd())))
+    }
+
+    fn max_ports(&self) -> usize {
+        self.max_ports
     }
 
     fn remove_port(&mut self, port: usize) {
@@ -435,13 +451,16 @@ impl Backend for XskBackend {
             None => 0,
         }
     }
+    /// # Safety
+    ///
+    /// As [`Backend::fill`]: frames of this backend the caller holds, each once.
     #[inline]
-    fn fill(&mut self, port: usize, descs: &[FrameDesc]) -> usize {
+    unsafe fn fill(&mut self, port: usize, descs: &[FrameDesc]) -> usize {
         let Some(p) = &mut self.ports[port] else {
             return 0;
         };
-        // SAFETY: the worker gives the kernel only frames of this UMEM that it holds (the ledger
-        // checks it) and does not touch them again until the RX ring hands them back.
+        // SAFETY: the caller's contract (`Backend::fill`): frames of this UMEM that it holds,
+        // each once, left alone until the RX ring hands them back. That is what `produce` asks.
         unsafe { p.fill.produce(descs) }
     }
     #[inline]
@@ -453,8 +472,11 @@ impl Backend for XskBackend {
         // released the frames to us.
         unsafe { p.rx.consume(out) }
     }
+    /// # Safety
+    ///
+    /// As [`Backend::tx`]: frames of this backend the caller holds, each once.
     #[inline]
-    fn tx(&mut self, port: usize, descs: &[FrameDesc]) -> usize {
+    unsafe fn tx(&mut self, port: usize, descs: &[FrameDesc]) -> usize {
         let Some(p) = &mut self.ports[port] else {
             return 0;
         };
@@ -467,8 +489,8 @@ impl Backend for XskBackend {
             }
             return 0;
         }
-        // SAFETY: frames of this UMEM held by the worker; not touched again until the
-        // completion ring returns them.
+        // SAFETY: the caller's contract (`Backend::tx`): frames of this UMEM that it holds,
+        // each once, left alone until the completion ring returns them.
         let queued = unsafe { p.tx.produce(&descs[..n]) };
         if p.tx.needs_wakeup() {
             // A failed kick (EAGAIN/ENOBUFS are already swallowed by xsk-rs) leaves the frames
@@ -522,8 +544,15 @@ impl Backend for XskBackend {
             None => 0,
         }
     }
+    /// # Safety
+    ///
+    /// As [`Backend::with_frame`]: a frame of this backend the caller holds.
     #[inline]
-    fn with_frame<R>(&mut self, desc: &mut FrameDesc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R {
+    unsafe fn with_frame<R>(
+        &mut self,
+        desc: &mut FrameDesc,
+        f: impl FnOnce(&mut Frame<'_>) -> R,
+    ) -> R {
         let addr = desc.addr();
         let start = frame_start(addr);
         let head = addr - start;
@@ -533,10 +562,10 @@ impl Backend for XskBackend {
         let mut whole = *desc;
         self.addr.set(&mut whole, start);
         let (r, new_head, new_len) = {
-            // SAFETY: `desc` is a frame of this UMEM that the worker holds (it came from an RX
-            // or completion ring, or the initial set, and has not been produced to a ring
-            // since), so neither the kernel nor any other reference touches it while `f` runs;
-            // `whole` points at the start of that same frame.
+            // SAFETY: by the caller's contract (`Backend::with_frame`) `desc` is a frame of this
+            // UMEM that the caller holds, so the kernel does not touch it while `f` runs, and
+            // `&mut self` keeps any other reference through this backend out; `whole` points
+            // at the start of that same frame.
             let mut data = unsafe { self.umem.data_mut(&mut whole) };
             let mut cursor = data.cursor();
             let cap = cursor.buf_len();
@@ -559,7 +588,7 @@ impl Backend for XskBackend {
         self.ports
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.rx.fd().as_raw_fd())))
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.fd().as_raw_fd())))
             .collect()
     }
 }

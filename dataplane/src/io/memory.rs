@@ -14,7 +14,7 @@
 //! where an arriving packet's would be, like the AF_XDP backend's.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use super::{Backend, DEFAULT_HEADROOM};
 use crate::frame::Frame;
@@ -54,6 +54,8 @@ pub struct MemoryBackend {
     mem: Vec<u8>,
     frames: Option<Vec<MemDesc>>,
     ports: Vec<MemPort>,
+    /// See [`Backend::max_ports`]: one ring's worth of frames per port.
+    max_ports: usize,
 }
 
 impl MemPort {
@@ -84,7 +86,8 @@ impl MemPort {
 impl MemoryBackend {
     /// `ports` ports with rings of `ring_size` entries, sharing `frame_count` frames of
     /// `frame_size` bytes, each with [`DEFAULT_HEADROOM`] bytes of headroom (none when
-    /// `frame_size` is not larger than that).
+    /// `frame_size` is not larger than that). As many ports may be open at once as the frames
+    /// fill rings of `ring_size` ([`Backend::max_ports`]), and at least `ports`.
     pub fn new(ports: usize, ring_size: usize, frame_count: u32, frame_size: usize) -> Self {
         let headroom = if frame_size > DEFAULT_HEADROOM {
             DEFAULT_HEADROOM
@@ -142,6 +145,7 @@ impl MemoryBackend {
                     .collect(),
             ),
             ports: (0..ports).map(|_| port()).collect(),
+            max_ports: (frame_count as usize / ring_size.max(1)).max(ports),
         }
     }
 
@@ -231,7 +235,10 @@ impl Backend for MemoryBackend {
     /// The new port's ring size.
     type PortSpec = usize;
 
-    fn add_port(&mut self, ring_size: &usize) -> Result<(usize, Option<RawFd>), crate::Error> {
+    fn add_port(
+        &mut self,
+        ring_size: &usize,
+    ) -> Result<(usize, Option<BorrowedFd<'_>>), crate::Error> {
         let port = MemPort::new(*ring_size);
         match self.ports.iter().position(|p| !p.open) {
             Some(i) => {
@@ -243,6 +250,10 @@ impl Backend for MemoryBackend {
                 Ok((self.ports.len() - 1, None))
             }
         }
+    }
+
+    fn max_ports(&self) -> usize {
+        self.max_ports
     }
 
     fn remove_port(&mut self, port: usize) {
@@ -279,7 +290,10 @@ impl Backend for MemoryBackend {
         let p = &self.ports[port];
         want.min((p.ring_size - p.fill.len()) as u32)
     }
-    fn fill(&mut self, port: usize, descs: &[MemDesc]) -> usize {
+    /// # Safety
+    ///
+    /// As [`Backend::fill`]: frames of this backend the caller holds, each once.
+    unsafe fn fill(&mut self, port: usize, descs: &[MemDesc]) -> usize {
         let p = &mut self.ports[port];
         if p.ring_size - p.fill.len() < descs.len() {
             return 0;
@@ -296,7 +310,10 @@ impl Backend for MemoryBackend {
         }
         n
     }
-    fn tx(&mut self, port: usize, descs: &[MemDesc]) -> usize {
+    /// # Safety
+    ///
+    /// As [`Backend::tx`]: frames of this backend the caller holds, each once.
+    unsafe fn tx(&mut self, port: usize, descs: &[MemDesc]) -> usize {
         let p = &mut self.ports[port];
         let n = descs.len().min(p.ring_size - p.tx.len());
         p.tx.extend(descs[..n].iter().copied());
@@ -321,7 +338,14 @@ impl Backend for MemoryBackend {
     fn fill_ring_occupancy(&mut self, port: usize) -> u32 {
         self.ports[port].fill.len() as u32
     }
-    fn with_frame<R>(&mut self, desc: &mut MemDesc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R {
+    /// # Safety
+    ///
+    /// As [`Backend::with_frame`]: a frame of this backend the caller holds.
+    unsafe fn with_frame<R>(
+        &mut self,
+        desc: &mut MemDesc,
+        f: impl FnOnce(&mut Frame<'_>) -> R,
+    ) -> R {
         let start = desc.index as usize * self.frame_size;
         let buf = &mut self.mem[start..start + self.frame_size];
         let mut frame = Frame::with_headroom(buf, desc.offset as usize, desc.len as usize);

@@ -16,8 +16,28 @@
 //! - [`pcap::PcapBackend`]: the same rings fed from a pcap or pcapng capture file, with what the
 //!   worker transmits collected per port (`xylem replay`: what Xylem would do with recorded
 //!   traffic, without a node).
+//!
+//! # Who owns a frame
+//!
+//! A descriptor is a plain `Copy` value (an address and a length, as on the rings themselves),
+//! so holding one proves nothing: a copy kept after the frame went to the kernel still names
+//! it. What may touch a frame is decided by where the frame is, and the worker's
+//! [`crate::ledger::Ledger`] records that: free, in a fill ring, held, in a TX ring. The three
+//! methods through which a frame is handed to the kernel or its bytes are reached —
+//! [`Backend::fill`], [`Backend::tx`] and [`Backend::with_frame`] — are therefore `unsafe`,
+//! and their callers argue, with the ledger, that they hold the frames they pass.
+//!
+//! The alternative, a descriptor that is an owned, non-`Copy` token consumed by `fill` and
+//! `tx`, was not taken. It would not be sound on its own either: a token from another
+//! worker's UMEM, or one made by [`Backend::frame_desc`] for a frame still on a closed port's
+//! rings, names a frame this backend's kernel side may be writing, so tokens would need a brand
+//! per backend and `frame_desc` would stay `unsafe`. And the hot path would pay in churn for
+//! it: the RX scratch array, the free list and the per-port TX queues are reused `Copy`
+//! buffers, refilled in place every batch; tokens would turn each slot into an `Option` or
+//! each hand-off into a drain. The ledger already checks every move in debug builds; the
+//! `unsafe` contracts make the rule it checks explicit at every call.
 
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use crate::frame::Frame;
 
@@ -56,10 +76,19 @@ pub trait Backend {
 
     /// Opens one more port on the same frames, at the lowest index no open port holds (a
     /// closed port's, else `port_count()`): every worker given the same requests in the same
-    /// order picks the same index. Returns that index, and the file descriptor to wait on and
-    /// to register in the XSKMAP if the backend has one. Called by the worker between batches,
-    /// never per packet.
-    fn add_port(&mut self, spec: &Self::PortSpec) -> Result<(usize, Option<RawFd>), crate::Error>;
+    /// order picks the same index. Returns that index, and the socket to wait on and to
+    /// register in the XSKMAP if the backend has one (borrowed: the backend owns it until
+    /// [`Self::remove_port`]). Called by the worker between batches, never per packet.
+    fn add_port(
+        &mut self,
+        spec: &Self::PortSpec,
+    ) -> Result<(usize, Option<BorrowedFd<'_>>), crate::Error>;
+
+    /// How many ports may be open at once: as many as the shared frames were sized for (each
+    /// open port keeps up to a fill ring's worth of them with the kernel). The worker refuses
+    /// to open more ([`crate::Error::PortBudget`]) rather than let the ports' fill rings go
+    /// short.
+    fn max_ports(&self) -> usize;
 
     /// Closes `port`: its socket and rings go, and its index is free for [`Self::add_port`]
     /// (`port_count` does not shrink). Frames still on its rings are not handed back: the
@@ -87,12 +116,30 @@ pub trait Backend {
     fn fill_room(&mut self, port: usize, want: u32) -> u32;
     /// Gives frames to the kernel for receiving on `port`. All or nothing: returns `descs.len()`
     /// or 0. Call [`Self::fill_room`] first.
-    fn fill(&mut self, port: usize, descs: &[Self::Desc]) -> usize;
+    ///
+    /// # Safety
+    ///
+    /// Every descriptor in `descs` names a frame of this backend that the caller holds (it
+    /// came from [`Self::take_frames`], [`Self::rx`], [`Self::complete`] or, for a frame of a
+    /// closed port, [`Self::frame_desc`], and has not been given to a ring since), each frame
+    /// once. When the call returns `descs.len()` the frames are the kernel's: the caller must
+    /// not pass them to any method of this trait again, nor read or write them, until
+    /// [`Self::rx`] hands them back (or, once `port` is closed, it takes them back with
+    /// [`Self::frame_desc`]). When it returns 0 they are still the caller's.
+    unsafe fn fill(&mut self, port: usize, descs: &[Self::Desc]) -> usize;
     /// Takes up to `out.len()` received frames from `port`.
     fn rx(&mut self, port: usize, out: &mut [Self::Desc]) -> usize;
     /// Queues frames for sending on `port` and wakes the kernel if it asks to be woken. Returns
     /// how many were queued (a prefix of `descs`); the rest are still the caller's.
-    fn tx(&mut self, port: usize, descs: &[Self::Desc]) -> usize;
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::fill`]: every descriptor names a frame of this backend that the caller
+    /// holds, each frame once. The queued prefix is the kernel's until [`Self::complete`]
+    /// hands it back (or `port` is closed and the caller takes it back with
+    /// [`Self::frame_desc`]); the caller must not pass those frames to any method of this trait
+    /// again, nor read or write them, until then.
+    unsafe fn tx(&mut self, port: usize, descs: &[Self::Desc]) -> usize;
     /// Frames on `port`'s TX ring that the kernel has not taken yet.
     fn tx_queued(&mut self, port: usize) -> u32;
     /// Wakes the kernel to send what sits on `port`'s TX ring, if the ring asks to be woken.
@@ -117,9 +164,16 @@ pub trait Backend {
     /// kernel's 256-byte XDP headroom as well, see the `afxdp` module). A descriptor the caller moved
     /// keeps its head where the caller left it until it comes back from `rx` or `complete`.
     ///
-    /// The caller must hold the frame (it came from `rx` or the free list and has not been
-    /// given back to the kernel).
-    fn with_frame<R>(&mut self, desc: &mut Self::Desc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R;
+    /// # Safety
+    ///
+    /// `desc` names a frame of this backend that the caller holds, as [`Self::fill`] defines
+    /// it: the kernel may be writing a frame on a fill or RX ring, and reading one on a TX or
+    /// completion ring, at any moment.
+    unsafe fn with_frame<R>(
+        &mut self,
+        desc: &mut Self::Desc,
+        f: impl FnOnce(&mut Frame<'_>) -> R,
+    ) -> R;
 
     /// `(port, fd)` of every open port with a file descriptor to wait on for readiness when
     /// idle (none for in-memory backends).

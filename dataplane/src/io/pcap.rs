@@ -27,7 +27,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Duration;
 
 use pcap_file::DataLink;
@@ -487,11 +487,14 @@ pub struct PcapBackend {
     input: Vec<u8>,
     info: Option<FrameInfo>,
     sent: Vec<SentFrame>,
+    /// See [`Backend::max_ports`]: one ring's worth of frames per port.
+    max_ports: usize,
 }
 
 impl PcapBackend {
     /// `ports` ports with rings of `ring_size` entries, sharing `frame_count` frames of
-    /// [`FRAME_DATA`] bytes, fed from `capture`.
+    /// [`FRAME_DATA`] bytes, fed from `capture`. As many ports may be open at once as the
+    /// frames fill rings of `ring_size` ([`Backend::max_ports`]), and at least `ports`.
     pub fn new(capture: Capture, ports: usize, ring_size: usize, frame_count: u32) -> Self {
         PcapBackend {
             capture,
@@ -505,6 +508,7 @@ impl PcapBackend {
             input: Vec::with_capacity(FRAME_DATA),
             info: None,
             sent: Vec::new(),
+            max_ports: (frame_count as usize / ring_size.max(1)).max(ports),
         }
     }
 
@@ -592,7 +596,7 @@ impl Backend for PcapBackend {
     /// The new port's ring size.
     type PortSpec = usize;
 
-    fn add_port(&mut self, ring_size: &usize) -> Result<(usize, Option<RawFd>), Error> {
+    fn add_port(&mut self, ring_size: &usize) -> Result<(usize, Option<BorrowedFd<'_>>), Error> {
         let port = PcapPort::new(*ring_size);
         match self.ports.iter().position(|p| !p.open) {
             Some(i) => {
@@ -604,6 +608,9 @@ impl Backend for PcapBackend {
                 Ok((self.ports.len() - 1, None))
             }
         }
+    }
+    fn max_ports(&self) -> usize {
+        self.max_ports
     }
     fn remove_port(&mut self, port: usize) {
         if let Some(p) = self.ports.get_mut(port) {
@@ -635,7 +642,10 @@ impl Backend for PcapBackend {
         let p = &self.ports[port];
         want.min((p.ring_size - p.fill.len()) as u32)
     }
-    fn fill(&mut self, port: usize, descs: &[PcapDesc]) -> usize {
+    /// # Safety
+    ///
+    /// As [`Backend::fill`]: frames of this backend the caller holds, each once.
+    unsafe fn fill(&mut self, port: usize, descs: &[PcapDesc]) -> usize {
         let p = &mut self.ports[port];
         if p.ring_size - p.fill.len() < descs.len() {
             return 0;
@@ -654,7 +664,11 @@ impl Backend for PcapBackend {
     }
     /// Sends at once: the bytes are copied out, the descriptor goes to the completion ring
     /// (as many as it has room for; the rest stay the caller's, like a full TX ring).
-    fn tx(&mut self, port: usize, descs: &[PcapDesc]) -> usize {
+    ///
+    /// # Safety
+    ///
+    /// As [`Backend::tx`]: frames of this backend the caller holds, each once.
+    unsafe fn tx(&mut self, port: usize, descs: &[PcapDesc]) -> usize {
         let ts = self.info.map_or(Duration::ZERO, |i| i.timestamp);
         let p = &mut self.ports[port];
         let n = descs.len().min(p.ring_size - p.comp.len());
@@ -685,7 +699,14 @@ impl Backend for PcapBackend {
     fn fill_ring_occupancy(&mut self, port: usize) -> u32 {
         self.ports[port].fill.len() as u32
     }
-    fn with_frame<R>(&mut self, desc: &mut PcapDesc, f: impl FnOnce(&mut Frame<'_>) -> R) -> R {
+    /// # Safety
+    ///
+    /// As [`Backend::with_frame`]: a frame of this backend the caller holds.
+    unsafe fn with_frame<R>(
+        &mut self,
+        desc: &mut PcapDesc,
+        f: impl FnOnce(&mut Frame<'_>) -> R,
+    ) -> R {
         let start = desc.index as usize * FRAME_DATA;
         let buf = &mut self.mem[start..start + FRAME_DATA];
         let mut frame = Frame::new(buf, desc.len as usize);

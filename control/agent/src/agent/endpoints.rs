@@ -1,12 +1,12 @@
-//! Endpoints: the pods bound to the agent's ports, their validation, restore and hot-add.
+//! Endpoints: the pods bound to the agent's ports, their validation, restore and hot-add (the
+//! ports themselves are opened and closed in the `ports` module).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use xdp_redirector::XdpMode;
-use xylem_dataplane::io::afxdp::PortSpec;
-use xylem_dataplane::tables::{MacAddr, PortId};
-use xylem_dataplane::worker::{PortChange, PortRequest};
+use xylem_dataplane::Error as DpError;
+use xylem_dataplane::tables::MacAddr;
 
 use xylem_policy::EndpointInfo;
 
@@ -79,6 +79,7 @@ fn endpoint_of(p: &PortConfig) -> Endpoint {
         identity: None,
         ingress_enforced: None,
         egress_enforced: None,
+        interface_missing: false,
     }
 }
 
@@ -148,185 +149,12 @@ impl AgentState {
         self.ports.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
-    /// Opens a new pod port on `ifname` while the workers run: attaches the redirector, asks
-    /// every worker to bind a socket on its UMEM (between two batches), registers the sockets
-    /// in the XSKMAP. The port takes the lowest free id (a removed port's, else the next), as
-    /// every worker's backend does. Returns the new port id. Called with the bindings lock held.
-    fn open_port(&self, ifname: &str) -> Result<usize, Error> {
-        let idx = ifindex(ifname)?;
-        let mode_req = self.cfg.xdp_mode_request();
-        let mut redirector = self
-            .redirector
-            .lock()
-            .map_err(|_| Error::Agent("redirector lock poisoned".into()))?;
-        let mut ports = self
-            .ports
-            .lock()
-            .map_err(|_| Error::Agent("ports lock poisoned".into()))?;
-        let port = ports
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or(ports.len());
-        let mode = redirector.attach(ifname, mode_req)?;
-        let replies = self.open_sockets(ifname, idx)?;
-        for (w, change) in self.workers.iter().zip(replies) {
-            // Every worker picks the lowest free index, as this does; a worker that did not
-            // would route this port's frames to another port.
-            if usize::from(change.port) != port {
-                return Err(Error::Agent(format!(
-                    "worker {} opened {ifname} as port {} where the agent expects {port}: \
-                     restart the agent",
-                    w.id, change.port
-                )));
-            }
-            if let Some(fd) = change.fd {
-                redirector.register_socket(idx, w.id as u32, fd)?;
-            }
-        }
-        let cfg = PortConfig {
-            ifname: ifname.to_string(),
-            kind: PortKind::Pod,
-            ip: Ipv4Addr::UNSPECIFIED,
-            mac: MacAddr::default(),
-            name: None,
-            namespace: None,
-            labels: BTreeMap::new(),
-        };
-        if port == ports.len() {
-            ports.push(None);
-        }
-        ports[port] = Some((cfg, idx, mode));
-        tracing::info!(%ifname, %mode, port, "port added");
-        Ok(port)
-    }
-
-    /// Removes pod port `port` while the workers run, once no route leads to it: its sockets
-    /// leave the XSKMAP, the XDP program leaves the interface (nothing more can arrive), and
-    /// every worker closes its socket and takes back the frames on its rings. The id is free
-    /// for the next port. Called with the bindings lock held.
-    fn close_port(&self, port: usize) -> Result<(), Error> {
-        let mut redirector = self
-            .redirector
-            .lock()
-            .map_err(|_| Error::Agent("redirector lock poisoned".into()))?;
-        let mut ports = self
-            .ports
-            .lock()
-            .map_err(|_| Error::Agent("ports lock poisoned".into()))?;
-        let Some((cfg, idx, _)) = ports.get(port).cloned().flatten() else {
-            return Ok(());
-        };
-        for w in &self.workers {
-            redirector.unregister_socket(idx, w.id as u32)?;
-        }
-        redirector.detach(&cfg.ifname)?;
-        let requests = self
-            .workers
-            .iter()
-            .map(|_| Some(PortRequest::Remove(port as PortId)))
-            .collect();
-        let replies = self.ask_workers(requests)?.into_iter().flatten().collect();
-        self.all_done(&cfg.ifname, replies)?;
-        ports[port] = None;
-        tracing::info!(ifname = %cfg.ifname, port, "port removed");
-        Ok(())
-    }
-
-    /// Has every worker bind a socket on queue (worker id) of `ifname` (index `ifindex`).
-    /// The kernel frees a queue some time after the socket bound to it closed (after an RCU
-    /// grace period, from a work queue), so a pod's interface used again at once can refuse
-    /// the bind for a moment: a worker that failed is asked again, for up to
-    /// [`BIND_RETRY`].
-    fn open_sockets(&self, ifname: &str, ifindex: u32) -> Result<Vec<PortChange>, Error> {
-        let request = |w: &WorkerHandle| {
-            PortRequest::Add(PortSpec {
-                ifname: ifname.to_string(),
-                ifindex,
-                queue: w.id as u32,
-            })
-        };
-        let mut replies: Vec<_> = self
-            .ask_workers(self.workers.iter().map(|w| Some(request(w))).collect())?
-            .into_iter()
-            .flatten()
-            .collect();
-        let deadline = std::time::Instant::now() + BIND_RETRY;
-        while replies.iter().any(Result::is_err) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            let again = self
-                .workers
-                .iter()
-                .zip(&replies)
-                .map(|(w, r)| r.is_err().then(|| request(w)))
-                .collect();
-            for (old, new) in replies.iter_mut().zip(self.ask_workers(again)?) {
-                if let Some(new) = new {
-                    *old = new;
-                }
-            }
-        }
-        self.all_done(ifname, replies)
-    }
-
-    /// Posts `requests[i]` (if any) to worker `i`, wakes the workers, and waits for every
-    /// reply: `None` for a worker given no request.
-    fn ask_workers(
-        &self,
-        requests: Vec<Option<PortRequest<PortSpec>>>,
-    ) -> Result<Vec<Option<Result<PortChange, String>>>, Error> {
-        let mut tickets = Vec::with_capacity(self.workers.len());
-        for (w, req) in self.workers.iter().zip(requests) {
-            let ticket = match req {
-                Some(req) => Some(w.ports_ctl.post(req).map_err(|_| {
-                    Error::Agent(format!("worker {}'s port mailbox is full", w.id))
-                })?),
-                None => None,
-            };
-            tickets.push(ticket);
-        }
-        self.wake_workers();
-        Ok(self
-            .workers
-            .iter()
-            .zip(tickets)
-            .map(|(w, ticket)| {
-                ticket.map(|t| match t.wait(WORKER_REPLY_TIMEOUT, || w.is_running()) {
-                    Ok(Ok(change)) => Ok(change),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(no) => Err(no_reply(no)),
-                })
-            })
-            .collect())
-    }
-
-    /// The workers' changes of port `ifname`, or the first failure. A worker that failed
-    /// leaves the workers' ports out of step: that is reported loudly (the agent is then
-    /// unhealthy for that port; restart it).
-    fn all_done(
-        &self,
-        ifname: &str,
-        replies: Vec<Result<PortChange, String>>,
-    ) -> Result<Vec<PortChange>, Error> {
-        self.workers
-            .iter()
-            .zip(replies)
-            .map(|(w, r)| {
-                r.map_err(|why| {
-                    tracing::error!(worker = w.id, %ifname, %why, "a port change failed");
-                    Error::Agent(format!(
-                        "worker {} could not change port {ifname}: {why}",
-                        w.id
-                    ))
-                })
-            })
-            .collect()
-    }
-
     pub(super) fn bindings_snapshot(&self) -> Vec<Option<PortConfig>> {
         self.bindings.lock().map(|b| b.clone()).unwrap_or_default()
     }
 
-    /// The pods this agent serves.
+    /// The pods this agent serves, then those whose interface is missing (see the `links`
+    /// module).
     pub fn endpoints(&self) -> Vec<Endpoint> {
         let info: BTreeMap<Ipv4Addr, EndpointInfo> = self
             .policy
@@ -346,6 +174,11 @@ impl AgentState {
                 }
                 e
             })
+            .chain(self.missing_snapshot().iter().filter_map(|m| {
+                let mut e = endpoint_of(m.endpoint()?);
+                e.interface_missing = true;
+                Some(e)
+            }))
             .collect()
     }
 
@@ -375,9 +208,25 @@ impl AgentState {
         let port = match port_opt {
             Some(p) => p,
             None => {
-                let p = self
-                    .open_port(&req.ifname)
-                    .map_err(|e| reject(Refusal::Failed, "ifname", e.to_string()))?;
+                let record = PortConfig {
+                    ifname: req.ifname.clone(),
+                    kind: PortKind::Pod,
+                    ip: Ipv4Addr::UNSPECIFIED,
+                    mac: MacAddr::default(),
+                    name: None,
+                    namespace: None,
+                    labels: BTreeMap::new(),
+                };
+                let p = self.open_port(record).map_err(|e| match e {
+                    // The frames are all spoken for: nothing was changed, and only the
+                    // configuration (workers.spare_ports) makes room.
+                    Error::Dataplane(DpError::PortBudget { .. }) => reject(
+                        Refusal::Unavailable,
+                        "ifname",
+                        format!("no room for a port on {}: {e}", req.ifname),
+                    ),
+                    e => reject(Refusal::Failed, "ifname", e.to_string()),
+                })?;
                 if bindings.len() <= p {
                     bindings.resize(p + 1, None);
                 }
@@ -407,6 +256,8 @@ impl AgentState {
             .publish(&next, &mut *self.lock_policy()?, None, ops)
             .map_err(|e| e.rejected(Refusal::Invalid, "ip"))?;
         *bindings = next;
+        // A port that went missing with this endpoint, or with this interface, is replaced.
+        self.forget_missing(&key, Some(&req.ifname));
         tracing::info!(endpoint = %key, ifname = %req.ifname, %ip, revision, "endpoint set");
         Ok((endpoint_of(&new_port), created))
     }
@@ -507,7 +358,7 @@ impl AgentState {
             b.as_ref()
                 .is_some_and(|b| b.kind == PortKind::Pod && endpoint_key(b) == key)
         }) else {
-            return Ok(false);
+            return self.delete_missing_endpoint(&key);
         };
         let ifname = bindings[port]
             .as_ref()
@@ -530,10 +381,32 @@ impl AgentState {
     }
 }
 
+impl AgentState {
+    /// Deletes endpoint `key` if its interface is missing: it has no route and no port, only
+    /// its record. Returns whether it was there. Called with the bindings lock held.
+    fn delete_missing_endpoint(&self, key: &str) -> Result<bool, Rejected> {
+        let Some(m) = self
+            .missing_snapshot()
+            .into_iter()
+            .find(|m| m.endpoint().is_some_and(|b| endpoint_key(b) == key))
+        else {
+            return Ok(false);
+        };
+        let ifname = m.endpoint().map_or("", |b| b.ifname.as_str());
+        self.store
+            .delete(kind::Endpoints::NAME, key)
+            .and_then(|_| self.store.delete(kind::UnboundPorts::NAME, ifname))
+            .map_err(|e| reject(Refusal::Failed, "-", e.to_string()))?;
+        self.forget_missing(key, None);
+        tracing::info!(endpoint = %key, %ifname, "endpoint deleted (its interface was missing)");
+        Ok(true)
+    }
+}
+
 /// Refuses an endpoint `key` at `ip` on `port` (`None`: a port not opened yet) that would
 /// collide with the current `bindings`: the endpoint on another port, its IP used elsewhere,
 /// or the port serving another endpoint.
-fn check_conflicts(
+pub(super) fn check_conflicts(
     bindings: &[Option<PortConfig>],
     key: &str,
     ip: Ipv4Addr,

@@ -33,7 +33,9 @@ use crate::state::{Kind, StateStore, TypedStore, kind};
 use xylem_api::config::{AgentConfig, PortConfig, PortKind};
 
 mod endpoints;
+mod links;
 mod policies;
+mod ports;
 mod status;
 
 pub use endpoints::check_name;
@@ -178,6 +180,13 @@ pub struct AgentState {
     monitor_mask: Arc<AtomicU32>,
     monitor_listeners: [AtomicUsize; 4],
     wall_epoch: std::time::SystemTime,
+    /// Ports closed because their interface was deleted under the agent (see the `links`
+    /// module); locked last, and never while taking another lock.
+    missing: Mutex<Vec<links::MissingPort>>,
+    /// Stops the link watcher.
+    links_stop: Arc<AtomicBool>,
+    /// The link watcher's thread.
+    links_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -435,7 +444,7 @@ impl AgentState {
         let (workers, wakers) = start_workers(built)?;
         let ct = shared.ct;
 
-        Ok(Arc::new(AgentState {
+        let agent = Arc::new(AgentState {
             cfg,
             started: Instant::now(),
             tables,
@@ -454,7 +463,24 @@ impl AgentState {
             monitor_mask,
             monitor_listeners: Default::default(),
             wall_epoch: std::time::SystemTime::now(),
-        }))
+            missing: Mutex::new(Vec::new()),
+            links_stop: Arc::new(AtomicBool::new(false)),
+            links_thread: Mutex::new(None),
+        });
+        match links::watch_links(Arc::downgrade(&agent), Arc::clone(&agent.links_stop)) {
+            Ok(thread) => {
+                if let Ok(mut slot) = agent.links_thread.lock() {
+                    *slot = Some(thread);
+                }
+                Ok(agent)
+            }
+            Err(e) => {
+                if let Err(stop) = agent.shutdown() {
+                    tracing::error!(error = %stop, "stopping after a failed start");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The configuration in effect.
@@ -507,6 +533,12 @@ impl AgentState {
 
     /// Stops the workers and the slow path and detaches every XDP program. Idempotent.
     pub fn shutdown(self: Arc<Self>) -> Result<(), Error> {
+        // The link watcher first: it holds the state for as long as one check lasts.
+        self.links_stop.store(true, Ordering::Relaxed);
+        let watcher = self.links_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = watcher {
+            let _ = t.join();
+        }
         let Ok(mut me) = Arc::try_unwrap(self) else {
             return Err(Error::Agent(
                 "shutdown while the API still holds the agent state".into(),

@@ -64,6 +64,7 @@ impl AgentState {
                 busy_ratio: (w.link.busy_ns.get() as f64 / uptime.as_nanos().max(1) as f64)
                     .min(1.0),
                 stats: snap,
+                frames: w.link.frames.read(),
             });
         }
         let bindings = self.bindings_snapshot();
@@ -125,6 +126,7 @@ impl AgentState {
             health,
             workers,
             ports,
+            missing_interfaces: self.missing_snapshot().iter().map(|m| m.view()).collect(),
             redirector,
             slowpath: SlowPathCounters {
                 rx: self.slow_stats.rx.get(),
