@@ -525,7 +525,7 @@ impl Table {
 
     /// One attempt: walk the path, then walk it again comparing generations. `None`: a writer
     /// was at work on the path; try again.
-    #[inline]
+    #[inline(always)]
     fn try_scan(&self, c: &Canon, home: usize, now: u64) -> Option<Scan> {
         let (found, walked, gens) = self.walk(c, home, now)?;
         fence(Acquire);
@@ -540,7 +540,7 @@ impl Table {
 
     /// The first pass: what the path says, how many slots it took and the sum of their
     /// generations. `None` if a slot was busy.
-    #[inline]
+    #[inline(always)]
     fn walk(&self, c: &Canon, home: usize, now: u64) -> Option<(Scan, usize, u64)> {
         let (key, addrs) = (c.key(), c.addrs());
         let mut i = home;
