@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 #[macro_use]
 mod common;
-#[path = "attacks/raw.rs"]
-mod raw;
+use common::raw::*;
 use common::*;
-use raw::*;
 
 const ETH_IPV4: u16 = 0x0800;
 const ETH_ARP: u16 = 0x0806;

@@ -487,59 +487,6 @@ fn raw_udp(
     f
 }
 
-/// Sends `frame` as it is from `eth0` of namespace `ns`, through a raw packet socket: what an
-/// attacker inside a pod can do.
-fn send_raw(ns: &str, frame: Vec<u8>) {
-    in_netns(ns, move || {
-        // SAFETY: plain socket(2), sendto(2) and close(2) on a socket this closure owns; the
-        // address and the buffer outlive the calls that read them.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ALL as u16).to_be()),
-            );
-            assert!(
-                fd >= 0,
-                "packet socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
-            assert!(ifindex > 0);
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-            let n = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                std::ptr::addr_of!(addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(
-                n,
-                frame.len() as isize,
-                "{}",
-                std::io::Error::last_os_error()
-            );
-            libc::close(fd);
-        }
-    })
-    .join()
-    .unwrap();
-}
-
-fn mac_bytes(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// A pod is only itself: from inside pod-a, with a raw socket, frames claiming pod-b's address,
 /// the gateway's, or pod-a's own address with another MAC never reach pod-c, and each is
 /// counted by reason; pod-a's genuine datagram does.
@@ -550,7 +497,7 @@ fn a_pod_cannot_send_as_another_pod_the_gateway_or_another_mac() {
     let (ns_a, ip_a) = lab.pod("pod-a");
     let (_, ip_b) = lab.pod("pod-b");
     let (ns_c, ip_c) = lab.pod("pod-c");
-    let mac_a = mac_bytes(&mac_in(&ns_a, "eth0"));
+    let mac_a = raw::parse_mac(&mac_in(&ns_a, "eth0"));
     let gw_mac = xylem_lab::GATEWAY_MAC.0;
     let gw_ip: Ipv4Addr = lab.status()["nodes"][0]["gateway"]
         .as_str()
@@ -584,9 +531,12 @@ fn a_pod_cannot_send_as_another_pod_the_gateway_or_another_mac() {
         ),
     ];
     for (mac, src, payload) in forged {
-        send_raw(&ns_a, raw_udp(mac, gw_mac, src, ip_c, 9999, payload));
+        raw::send_frames(&ns_a, vec![raw_udp(mac, gw_mac, src, ip_c, 9999, payload)]);
     }
-    send_raw(&ns_a, raw_udp(mac_a, gw_mac, ip_a, ip_c, 9999, b"genuine"));
+    raw::send_frames(
+        &ns_a,
+        vec![raw_udp(mac_a, gw_mac, ip_a, ip_c, 9999, b"genuine")],
+    );
     let heard = listener.join().unwrap();
     assert_eq!(
         heard,

@@ -162,71 +162,6 @@ fn udp_payload(dport: u16, data: &[u8]) -> Vec<u8> {
     l4
 }
 
-/// Sends each of `frames` as it is from `eth0` of namespace `ns`, through a raw packet socket,
-/// from a thread running on CPU `cpu` (so that, with XPS set, they take that CPU's transmit
-/// queue): what an attacker inside a pod can do.
-fn send_raw(ns: &str, cpu: usize, frames: Vec<Vec<u8>>) {
-    in_netns(ns, move || {
-        // SAFETY: sched_setaffinity(2) of the calling thread with a set built here; plain
-        // socket(2), sendto(2) and close(2) on a socket this closure owns; the address and the
-        // buffers outlive the calls that read them.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-                0,
-                "{}",
-                std::io::Error::last_os_error()
-            );
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ALL as u16).to_be()),
-            );
-            assert!(
-                fd >= 0,
-                "packet socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
-            assert!(ifindex > 0);
-            for frame in frames {
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = ifindex as i32;
-                addr.sll_halen = 6;
-                addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-                let n = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    std::ptr::addr_of!(addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(
-                    n,
-                    frame.len() as isize,
-                    "{}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            libc::close(fd);
-        }
-    })
-    .join()
-    .unwrap();
-}
-
-fn mac_bytes(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// The value of `xylem_drop_count_total` for `reason` in `xylem metrics`, summed over its other
 /// labels.
 fn metric_drops(lab: &LabGuard, reason: &str) -> f64 {
@@ -281,10 +216,10 @@ fn an_allowed_datagram_arrives_whole_in_fragments_and_a_denied_one_not_at_all() 
     let mon = Monitor::start(&[
         "--lab", &lab.name, "monitor", "--type", "drop", "-o", "json",
     ]);
-    let mac_a = mac_bytes(&mac_in(&ns_a, "eth0"));
+    let mac_a = raw::parse_mac(&mac_in(&ns_a, "eth0"));
     let gw_mac = xylem_lab::GATEWAY_MAC.0;
     let forged = fragment(mac_a, gw_mac, ip_a, ip_b, 0x4242, 1480, false, &[0x5a; 64]);
-    send_raw(&ns_a, 0, vec![forged]);
+    raw::send_frames_on_cpu(&ns_a, 0, vec![forged]);
     // The dispatcher moves events every 5 ms; give the drop time to reach the client.
     std::thread::sleep(Duration::from_millis(500));
     let (status, out, stderr) = mon.stop(libc::SIGINT);
@@ -340,7 +275,7 @@ fn with_two_workers_a_datagram_whose_fragments_take_both_queues_arrives_whole() 
     let before = lab.agent()["workers"].clone();
     let data = bytes(3, LEN);
     let l4 = udp_payload(ALLOWED, &data);
-    let mac_a = mac_bytes(&mac_in(&ns_a, "eth0"));
+    let mac_a = raw::parse_mac(&mac_in(&ns_a, "eth0"));
     let gw_mac = xylem_lab::GATEWAY_MAC.0;
     let chunks: Vec<&[u8]> = l4.chunks(1480).collect();
     let frames: Vec<Vec<u8>> = chunks
@@ -351,10 +286,10 @@ fn with_two_workers_a_datagram_whose_fragments_take_both_queues_arrives_whole() 
             fragment(mac_a, gw_mac, ip_a, ip_b, 0x2020, i * 1480, more, c)
         })
         .collect();
-    send_raw(&ns_a, 0, frames[..1].to_vec());
+    raw::send_frames_on_cpu(&ns_a, 0, frames[..1].to_vec());
     // Worker 0 has judged the first fragment long before the others leave.
     std::thread::sleep(Duration::from_millis(100));
-    send_raw(&ns_a, 1, frames[1..].to_vec());
+    raw::send_frames_on_cpu(&ns_a, 1, frames[1..].to_vec());
     let got = rx.join().unwrap().remove(0);
     assert_eq!(got.len(), 1, "datagrams received; drops {}", drops(&lab));
     assert!(got[0] == data, "the datagram arrived, but not as sent");

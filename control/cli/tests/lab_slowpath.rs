@@ -13,14 +13,6 @@ use std::time::Duration;
 mod common;
 use common::*;
 
-fn mac_bytes(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// A genuine ARP request for `gateway` from `mac` / `ip`, broadcast: what passes the
 /// dataplane's ingress checks and goes to the slow path.
 fn arp_request(mac: [u8; 6], ip: Ipv4Addr, gateway: Ipv4Addr) -> Vec<u8> {
@@ -41,40 +33,11 @@ fn flood(ns: &str, frame: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::JoinHa
     let sent = Arc::new(AtomicU64::new(0));
     let counted = Arc::clone(&sent);
     let sender = in_netns(ns, move || {
-        // SAFETY: plain socket(2), sendto(2) and close(2) on a socket this closure owns; the
-        // address and the buffer outlive the calls that read them.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ALL as u16).to_be()),
-            );
-            assert!(
-                fd >= 0,
-                "packet socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
-            assert!(ifindex > 0);
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-            while !stop.load(Ordering::Relaxed) {
-                let n = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    std::ptr::addr_of!(addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                if n > 0 {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                }
+        let sock = raw::PacketSocket::open("eth0");
+        while !stop.load(Ordering::Relaxed) {
+            if sock.send(&frame) {
+                counted.fetch_add(1, Ordering::Relaxed);
             }
-            libc::close(fd);
         }
     });
     std::thread::spawn(move || {
@@ -121,7 +84,7 @@ fn a_pod_flooding_the_gateway_with_arp_does_not_crowd_out_another() {
         .unwrap()
         .parse()
         .unwrap();
-    let mac_a = mac_bytes(&mac_in(&ns_a, "eth0"));
+    let mac_a = raw::parse_mac(&mac_in(&ns_a, "eth0"));
     assert_eq!(
         pings_answered(&ns_b, gw, 2),
         2,

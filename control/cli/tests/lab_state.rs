@@ -136,32 +136,6 @@ spec:
         - matchLabels: {app: pod-c}
 ";
 
-/// The Internet checksum of `bytes`.
-fn inet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A 20-byte IPv4 header, checksum computed.
-fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize) -> Vec<u8> {
-    let mut ip = vec![0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let sum = inet_checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip
-}
-
 /// An Ethernet frame from `src_mac` to the gateway carrying an ICMP port unreachable from
 /// `src` to `dst`, quoting a UDP datagram `quoted_src:40000 → quoted_dst:9999`.
 fn port_unreachable(
@@ -171,67 +145,24 @@ fn port_unreachable(
     quoted_src: Ipv4Addr,
     quoted_dst: Ipv4Addr,
 ) -> Vec<u8> {
-    let mut quote = ipv4_header(quoted_src, quoted_dst, 17, 8 + 5);
-    quote.extend_from_slice(&40000u16.to_be_bytes());
-    quote.extend_from_slice(&9999u16.to_be_bytes());
-    quote.extend_from_slice(&13u16.to_be_bytes());
-    quote.extend_from_slice(&[0, 0]);
+    // The quote: the datagram's IPv4 header and the first 8 bytes of its payload (its UDP
+    // header, claiming 5 bytes of data that the quote leaves out).
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&9999u16.to_be_bytes());
+    udp.extend_from_slice(&13u16.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&quote);
-    let sum = inet_checksum(&icmp);
+    icmp.extend_from_slice(&raw::ipv4(quoted_src, quoted_dst, 17, &udp));
+    let sum = raw::checksum(&[&icmp]);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&xylem_lab::GATEWAY_MAC.0);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&ipv4_header(src, dst, 1, icmp.len()));
-    f.extend_from_slice(&icmp);
-    f
-}
-
-/// Sends `frame` as it is from `eth0` of namespace `ns`, through a raw packet socket: what an
-/// attacker inside a pod can do.
-fn send_frame(ns: &str, frame: Vec<u8>) {
-    in_netns(ns, move || {
-        // SAFETY: plain socket(2), sendto(2) and close(2) on a socket this closure owns; the
-        // address and the buffer outlive the calls that read them.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ALL as u16).to_be()),
-            );
-            assert!(
-                fd >= 0,
-                "packet socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
-            assert!(ifindex > 0);
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-            let n = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                std::ptr::addr_of!(addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(
-                n,
-                frame.len() as isize,
-                "{}",
-                std::io::Error::last_os_error()
-            );
-            libc::close(fd);
-        }
-    })
-    .join()
-    .unwrap();
+    raw::eth(
+        xylem_lab::GATEWAY_MAC.0,
+        src_mac,
+        None,
+        0x0800,
+        &raw::ipv4(src, dst, 1, &icmp),
+    )
 }
 
 /// Listens in namespace `ns` on a raw ICMP socket (which gets a copy of every ICMP packet the
@@ -282,14 +213,6 @@ fn icmp_heard(
     })
 }
 
-fn mac_of(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// pod-b has a tracked UDP flow to pod-c, and accepts nothing from pod-a. From inside pod-a,
 /// with a raw socket, a port unreachable "from the flow" sent to pod-b (its outer source pod-a,
 /// not pod-c) never reaches pod-b: it is judged by policy as ICMP from pod-a and dropped
@@ -306,8 +229,8 @@ fn a_forged_icmp_error_quoting_another_pods_flow_does_not_reach_its_target() {
     let (ns_b, ip_b) = lab.pod("pod-b");
     let (ns_c, ip_c) = lab.pod("pod-c");
     let (mac_a, mac_c) = (
-        mac_of(&mac_in(&ns_a, "eth0")),
-        mac_of(&mac_in(&ns_c, "eth0")),
+        raw::parse_mac(&mac_in(&ns_a, "eth0")),
+        raw::parse_mac(&mac_in(&ns_c, "eth0")),
     );
     // pod-c listens, so that its own kernel answers nothing.
     let c_sock = in_netns(&ns_c, move || {
@@ -347,8 +270,8 @@ fn a_forged_icmp_error_quoting_another_pods_flow_does_not_reach_its_target() {
     ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     // Raw frames carry their MACs: no ARP first. The forged error, then the genuine one from
     // pod-c.
-    send_frame(&ns_a, port_unreachable(mac_a, ip_a, ip_b, ip_b, ip_c));
-    send_frame(&ns_c, port_unreachable(mac_c, ip_c, ip_b, ip_b, ip_c));
+    raw::send_frames(&ns_a, vec![port_unreachable(mac_a, ip_a, ip_b, ip_b, ip_c)]);
+    raw::send_frames(&ns_c, vec![port_unreachable(mac_c, ip_c, ip_b, ip_b, ip_c)]);
     let heard = listener.join().unwrap();
     assert!(
         heard.contains(&(ip_c, 3)),

@@ -2,6 +2,8 @@
 //! with a unique name that is brought down when dropped (also during a panic).
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod raw;
+
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::common::in_netns;
+use super::in_netns;
 
 /// 802.1Q.
 const VLAN: u16 = 0x8100;
@@ -135,54 +135,99 @@ pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
     )
 }
 
-/// A packet socket for every protocol, bound to `ifname` of the calling thread's namespace.
-fn packet_socket(ifname: &str) -> (std::os::fd::OwnedFd, libc::sockaddr_ll) {
-    use std::os::fd::FromRawFd as _;
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: `name` is a valid C string for the duration of the call.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(ifindex > 0, "no {ifname} here");
-    let all = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain syscall; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
-    assert!(
-        fd >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = all;
-    addr.sll_ifindex = ifindex as i32;
-    (fd, addr)
+/// A packet socket for every protocol on `ifname` of the calling thread's namespace.
+pub struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    addr: libc::sockaddr_ll,
+}
+
+impl PacketSocket {
+    /// Opens it; call it on a thread inside the namespace (see [`in_netns`]).
+    pub fn open(ifname: &str) -> PacketSocket {
+        use std::os::fd::FromRawFd as _;
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: `name` is a valid C string for the duration of the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex > 0, "no {ifname} here");
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = all;
+        addr.sll_ifindex = ifindex as i32;
+        PacketSocket { fd, addr }
+    }
+
+    /// Sends `frame` as it is; false if the kernel refused it (a full queue, say).
+    pub fn send(&self, frame: &[u8]) -> bool {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: the buffer and the address outlive the call, with the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const self.addr).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        n == frame.len() as isize
+    }
+
+    /// The socket, for reading.
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
 }
 
 /// Sends each of `frames` as it is from `eth0` of pod namespace `ns`, through a raw packet
 /// socket: what an attacker inside a pod can do.
 pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>) {
+    in_netns(ns, move || send_all(&frames)).join().unwrap();
+}
+
+/// As [`send_frames`], from a thread running on CPU `cpu`, so that (with XPS set) they take
+/// that CPU's transmit queue of the pod's veth.
+pub fn send_frames_on_cpu(ns: &str, cpu: usize, frames: Vec<Vec<u8>>) {
     in_netns(ns, move || {
-        use std::os::fd::AsRawFd as _;
-        let (fd, addr) = packet_socket("eth0");
-        for f in &frames {
-            // SAFETY: the buffer and the address outlive the call, with the lengths given.
-            let n = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
-        }
+        // SAFETY: cpu_set_t is plain data, all-zero is the empty set; sched_setaffinity(2) of
+        // the calling thread reads the set for the duration of the call.
+        let pinned = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+        };
+        assert_eq!(pinned, 0, "{}", std::io::Error::last_os_error());
+        send_all(&frames);
     })
     .join()
     .unwrap();
+}
+
+fn send_all(frames: &[Vec<u8>]) {
+    let sock = PacketSocket::open("eth0");
+    for f in frames {
+        assert!(sock.send(f), "{}", std::io::Error::last_os_error());
+    }
+}
+
+/// The bytes of a MAC address written `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("not a MAC: {s}")))
+        .collect();
+    v.try_into().unwrap_or_else(|_| panic!("not a MAC: {s}"))
 }
 
 /// Every frame `eth0` of namespace `ns` receives (not the ones it sends) during `dur`, from the
@@ -190,13 +235,13 @@ pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>) {
 pub fn capture(ns: &str, dur: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let h = in_netns(ns, move || {
-        use std::os::fd::AsRawFd as _;
-        let (fd, addr) = packet_socket("eth0");
-        // SAFETY: `addr` is a valid sockaddr_ll for the length given.
+        let sock = PacketSocket::open("eth0");
+        let fd = sock.raw_fd();
+        // SAFETY: `sock.addr` is a valid sockaddr_ll for the length given.
         let rc = unsafe {
             libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
+                fd,
+                (&raw const sock.addr).cast(),
                 size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
@@ -208,7 +253,7 @@ pub fn capture(ns: &str, dur: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>>
         // SAFETY: `tv` is a live timeval of the length given.
         unsafe {
             libc::setsockopt(
-                fd.as_raw_fd(),
+                fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&raw const tv).cast(),
@@ -226,7 +271,7 @@ pub fn capture(ns: &str, dur: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>>
             // SAFETY: `buf` and `from` are writable for the lengths given.
             let n = unsafe {
                 libc::recvfrom(
-                    fd.as_raw_fd(),
+                    fd,
                     buf.as_mut_ptr().cast(),
                     buf.len(),
                     0,
