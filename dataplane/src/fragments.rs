@@ -78,41 +78,14 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::slotword::{CLAIMING, MAX_UNITS, UNIT_SHIFT, generation, live, units, word};
 use crate::stats::DropReason;
 
 /// How long a record lives after its first fragment was judged: 5 s (see the module
 /// documentation).
 pub const TIMEOUT_NS: u64 = 5_000_000_000;
 
-const UNIT_SHIFT: u32 = 16;
-const EXP_MASK: u64 = (1 << 48) - 1;
-/// Expiry units of a slot being claimed.
-const CLAIMING: u64 = EXP_MASK;
-/// The latest expiry a record can have, in units.
-const MAX_UNITS: u64 = EXP_MASK - 1;
 const SLOTS: usize = 5;
-
-#[inline]
-fn units(word: u64) -> u64 {
-    word & EXP_MASK
-}
-
-#[inline]
-fn generation(word: u64) -> u64 {
-    word >> 48
-}
-
-#[inline]
-fn word(generation: u64, units: u64) -> u64 {
-    (generation & 0xffff) << 48 | units
-}
-
-/// Whether a slot whose state word is `word` holds a record live at `now_units`.
-#[inline]
-fn live(word: u64, now_units: u64) -> bool {
-    let u = units(word);
-    u != CLAIMING && u > now_units
-}
 
 /// The datagram a fragment belongs to: the key under which a receiver reassembles it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

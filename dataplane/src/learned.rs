@@ -74,40 +74,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam::queue::ArrayQueue;
 
+use crate::slotword::{CLAIMING, MAX_UNITS, UNIT_SHIFT, generation, live, units, word};
+
 /// The granularity of expiry times: 2^16 ns (65.5 µs). Stored expiries are rounded up to it.
 pub const EXPIRY_UNIT_NS: u64 = 1 << UNIT_SHIFT;
 
-const UNIT_SHIFT: u32 = 16;
-const EXP_MASK: u64 = (1 << 48) - 1;
 /// Expiry units of a free slot.
 const FREE: u64 = 0;
-/// Expiry units of a slot being claimed.
-const CLAIMING: u64 = EXP_MASK;
-/// The latest expiry a fact can have, in units.
-const MAX_UNITS: u64 = EXP_MASK - 1;
 const SLOTS: usize = 6;
-
-#[inline]
-fn units(word: u64) -> u64 {
-    word & EXP_MASK
-}
-
-#[inline]
-fn generation(word: u64) -> u64 {
-    word >> 48
-}
-
-#[inline]
-fn word(generation: u64, units: u64) -> u64 {
-    (generation & 0xffff) << 48 | units
-}
-
-/// Whether `word` holds a fact that is live at `now_units` (`now >> UNIT_SHIFT`).
-#[inline]
-fn live(word: u64, now_units: u64) -> bool {
-    let u = units(word);
-    u != CLAIMING && u > now_units
-}
 
 /// Whether a claimer may take the slot: free, or holding an expired fact.
 #[inline]

@@ -43,6 +43,7 @@ pub mod monitor;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+mod slotword;
 pub mod slowpath;
 pub mod stats;
 pub mod tables;
