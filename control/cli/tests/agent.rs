@@ -338,6 +338,24 @@ fn metrics_are_valid_exposition_and_count_the_packets_sent() {
     assert!(cli.contains("xylem_forward_count_total"), "{cli}");
 }
 
+/// A netperf TCP stream from namespace `from` to `to` for `secs` seconds.
+fn tcp_stream(from: &str, to: Ipv4Addr, secs: u32) {
+    let _ = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        from,
+        "netperf",
+        "-4",
+        "-H",
+        &to.to_string(),
+        "-t",
+        "TCP_STREAM",
+        "-l",
+        &secs.to_string(),
+    ]);
+}
+
 /// A monitor client that reads nothing until told to: the raw HTTP stream on the unix socket.
 struct SlowMonitor {
     stream: std::os::unix::net::UnixStream,
@@ -436,20 +454,7 @@ fn the_monitor_shows_pings_under_load_and_tells_a_slow_client_what_it_lost() {
     ]);
     // Load: a bulk TCP stream for two seconds makes more events than the workers' rings hold
     // between two rounds of the dispatcher; those are lost for every client.
-    let _ = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns_a,
-        "netperf",
-        "-4",
-        "-H",
-        &ip_b.to_string(),
-        "-t",
-        "TCP_STREAM",
-        "-l",
-        "2",
-    ]);
+    tcp_stream(&ns_a, ip_b, 2);
     // Then a steady trickle: pings every 2 ms for 4 s are few enough for the workers' rings but
     // make more dispatcher rounds than the agent buffers for a client that reads nothing.
     let _ = sh(&[
@@ -525,20 +530,7 @@ fn the_monitor_shows_pings_under_load_and_tells_a_slow_client_what_it_lost() {
     let lost = |s: &prometheus_parse::Scrape| value(s, "xylem_monitor_events_lost_total", &[]);
     let before = lost(&scrape(&node));
     assert!(ping(&ns_a, ip_b, 3));
-    let _ = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns_a,
-        "netperf",
-        "-4",
-        "-H",
-        &ip_b.to_string(),
-        "-t",
-        "TCP_STREAM",
-        "-l",
-        "1",
-    ]);
+    tcp_stream(&ns_a, ip_b, 1);
     assert_eq!(
         lost(&scrape(&node)),
         before,
