@@ -113,6 +113,14 @@ impl PortBuckets {
         *full_at = t + self.cost;
         true
     }
+
+    /// Makes `port`'s bucket full, for a new port at that id: a pod owes nothing for the
+    /// frames of the one that held the id before it.
+    pub fn reset(&mut self, port: PortId) {
+        if let Some(full_at) = self.full_at.get_mut(usize::from(port)) {
+            *full_at = 0;
+        }
+    }
 }
 
 /// A worker's buckets for both limits.
@@ -129,6 +137,12 @@ impl Limiter {
             slowpath: PortBuckets::new(limits.slowpath),
             icmp_errors: PortBuckets::new(limits.icmp_errors),
         }
+    }
+
+    /// Fills both buckets of `port` (see [`PortBuckets::reset`]).
+    pub fn reset(&mut self, port: PortId) {
+        self.slowpath.reset(port);
+        self.icmp_errors.reset(port);
     }
 
     /// The verdict the worker carries out for a frame that arrived on `port` at `now` and
@@ -156,6 +170,19 @@ mod tests {
 
     fn passed(b: &mut PortBuckets, port: PortId, now: u64, n: usize) -> usize {
         (0..n).filter(|_| b.admit(port, now)).count()
+    }
+
+    #[test]
+    fn a_port_id_used_again_starts_with_a_full_bucket() {
+        let rate = Some(Rate {
+            per_sec: 10,
+            burst: 3,
+        });
+        let mut b = PortBuckets::new(rate);
+        assert_eq!(passed(&mut b, 4, 0, 10), 3, "the burst");
+        assert_eq!(passed(&mut b, 4, MS, 10), 0, "then nothing before the rate allows");
+        b.reset(4);
+        assert_eq!(passed(&mut b, 4, MS, 10), 3, "a new port gets its own burst");
     }
 
     #[test]

@@ -918,6 +918,7 @@ impl<B: Backend> Worker<B> {
         } else {
             self.open[port] = true;
         }
+        self.limiter.reset(port as PortId);
         Ok(PortChange {
             port: port as PortId,
             fd,
