@@ -42,6 +42,15 @@ pub enum Error {
     /// The worker configuration is not usable.
     #[error("invalid worker configuration: {0}")]
     Config(String),
+    /// A Maglev table could not be built: `field` names the setting or input at fault
+    /// (`maglev_table_size`, `backends`), `reason` says why.
+    #[error("{field}: {reason}")]
+    Maglev {
+        /// The configuration field or input the error is about.
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A MAC address string could not be parsed.
     #[error(
         "invalid MAC address {0:?}: expected six two-digit hex bytes separated by ':' or '-', like 02:00:00:00:00:01"

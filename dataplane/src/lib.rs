@@ -13,6 +13,8 @@
 //! - [`conntrack`]: the flow table the conntrack stages read and write.
 //! - [`fragments`]: what the first fragment of each IPv4 datagram said (ports, fate), for its
 //!   later fragments, in one lock-free table every worker reads and writes.
+//! - [`maglev`]: the Maglev consistent-hashing table a service's new connections pick a backend
+//!   from (built once per backend change, looked up in O(1)).
 //! - [`tables`]: the read-only tables a worker consults (routes, gateway), published to workers by
 //!   an atomic pointer swap.
 //! - [`io`]: the I/O backends behind one trait: real AF_XDP sockets (via `xsk-rs`, sharing one UMEM
@@ -38,6 +40,7 @@ pub mod frame;
 pub mod io;
 pub mod learned;
 pub mod ledger;
+pub mod maglev;
 pub mod mailbox;
 pub mod monitor;
 pub mod pipeline;

@@ -180,9 +180,17 @@ mod tests {
         });
         let mut b = PortBuckets::new(rate);
         assert_eq!(passed(&mut b, 4, 0, 10), 3, "the burst");
-        assert_eq!(passed(&mut b, 4, MS, 10), 0, "then nothing before the rate allows");
+        assert_eq!(
+            passed(&mut b, 4, MS, 10),
+            0,
+            "then nothing before the rate allows"
+        );
         b.reset(4);
-        assert_eq!(passed(&mut b, 4, MS, 10), 3, "a new port gets its own burst");
+        assert_eq!(
+            passed(&mut b, 4, MS, 10),
+            3,
+            "a new port gets its own burst"
+        );
     }
 
     #[test]
