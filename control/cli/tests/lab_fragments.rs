@@ -106,9 +106,9 @@ fn delta(before: &Value, after: &Value, reason: &str) -> u64 {
     after[reason].as_u64().unwrap_or(0) - before[reason].as_u64().unwrap_or(0)
 }
 
-/// The bytes of one fragment of an IPv4/UDP datagram from `src` to `dst` (IP ID `id`, offset
-/// `off` bytes, more fragments to come if `more`), carrying `bytes` of the datagram's IP
-/// payload, in an Ethernet frame from `src_mac` to `dst_mac`.
+/// One fragment of an IPv4/UDP datagram from `src` to `dst` (IP ID `id`, offset `off` bytes,
+/// more fragments to come if `more`), carrying `bytes` of the datagram's IP payload, in an
+/// Ethernet frame from `src_mac` to `dst_mac`.
 #[allow(
     clippy::too_many_arguments,
     reason = "every header field the tests vary"
@@ -123,43 +123,8 @@ fn fragment(
     more: bool,
     bytes: &[u8],
 ) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + bytes.len()) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&id.to_be_bytes());
-    let frag = (off / 8) as u16 | if more { 0x2000 } else { 0 };
-    ip[6..8].copy_from_slice(&frag.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let mut sum: u32 = ip
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(bytes);
-    f
-}
-
-/// The UDP datagram (source port 40000, no checksum, which IPv4 allows) carrying `data` to
-/// `dport`, as the IP payload its fragments carry.
-fn udp_payload(dport: u16, data: &[u8]) -> Vec<u8> {
-    let mut l4 = Vec::with_capacity(8 + data.len());
-    l4.extend_from_slice(&40000u16.to_be_bytes());
-    l4.extend_from_slice(&dport.to_be_bytes());
-    l4.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
-    l4.extend_from_slice(&[0, 0]);
-    l4.extend_from_slice(data);
-    l4
+    let ip = raw::ipv4_fragment(src, dst, 17, id, off, more, bytes);
+    raw::eth(dst_mac, src_mac, None, 0x0800, &ip)
 }
 
 /// The value of `xylem_drop_count_total` for `reason` in `xylem metrics`, summed over its other
@@ -274,7 +239,7 @@ fn with_two_workers_a_datagram_whose_fragments_take_both_queues_arrives_whole() 
     let rx = receive(&ns_b, ip_b, &[ALLOWED], Duration::from_secs(2));
     let before = lab.agent()["workers"].clone();
     let data = bytes(3, LEN);
-    let l4 = udp_payload(ALLOWED, &data);
+    let l4 = raw::udp(ALLOWED, &data);
     let mac_a = raw::parse_mac(&mac_in(&ns_a, "eth0"));
     let gw_mac = xylem_lab::GATEWAY_MAC.0;
     let chunks: Vec<&[u8]> = l4.chunks(1480).collect();

@@ -46,9 +46,26 @@ pub fn eth(
 
 /// An IPv4 packet, header checksum computed.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    ipv4_fragment(src, dst, proto, 0, 0, false, l4)
+}
+
+/// One fragment of an IPv4 packet (IP ID `id`, `offset` bytes into the payload, a multiple of
+/// 8, more to come if `more`) carrying `bytes` of the payload, header checksum computed.
+pub fn ipv4_fragment(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+    offset: usize,
+    more: bool,
+    bytes: &[u8],
+) -> Vec<u8> {
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip[2..4].copy_from_slice(&((20 + bytes.len()) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    let frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+    ip[6..8].copy_from_slice(&frag.to_be_bytes());
     ip[8] = 64;
     ip[9] = proto;
     ip[12..16].copy_from_slice(&src.octets());
@@ -56,19 +73,25 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
     let c = checksum(&[&ip]);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let mut p = ip.to_vec();
-    p.extend_from_slice(l4);
+    p.extend_from_slice(bytes);
     p
 }
 
-/// A UDP datagram from port 40000 in an IPv4 packet; UDP checksum 0 (none, which IPv4 allows).
-pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut u = Vec::new();
+/// A UDP segment from port 40000 to `dport` carrying `payload`; checksum 0 (none, which IPv4
+/// allows).
+pub fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::with_capacity(8 + payload.len());
     u.extend_from_slice(&40000u16.to_be_bytes());
     u.extend_from_slice(&dport.to_be_bytes());
     u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     u.extend_from_slice(&[0, 0]);
     u.extend_from_slice(payload);
-    ipv4(src, dst, 17, &u)
+    u
+}
+
+/// A UDP datagram from port 40000 in an IPv4 packet; UDP checksum 0 (none, which IPv4 allows).
+pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    ipv4(src, dst, 17, &udp(dport, payload))
 }
 
 /// A TCP SYN from port 40001 in an IPv4 packet, checksums computed.
