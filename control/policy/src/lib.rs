@@ -98,6 +98,21 @@ pub enum Error {
     },
 }
 
+impl From<xylem_kube::Error> for Error {
+    fn from(e: xylem_kube::Error) -> Self {
+        let xylem_kube::Error::Invalid {
+            document,
+            field,
+            why,
+        } = e;
+        Error::Invalid {
+            document,
+            field,
+            why,
+        }
+    }
+}
+
 /// A validated CiliumNetworkPolicy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {

@@ -121,35 +121,8 @@ struct RawRequirement {
 /// All or nothing: the first invalid field anywhere fails the whole input.
 pub fn parse_policies(yaml: &str) -> Result<Vec<Policy>, Error> {
     let mut out = Vec::new();
-    for (i, de) in serde_norway::Deserializer::from_str(yaml).enumerate() {
-        let doc = format!("document {}", i + 1);
-        let value = Value::deserialize(de).map_err(|e| perr(&doc, "(document)", e.to_string()))?;
-        if value.is_null() {
-            continue;
-        }
-        if value.get("kind").and_then(Value::as_str) == Some("List") {
-            let map = value.as_mapping().expect("has a kind");
-            for k in map.keys() {
-                let k = k.as_str().unwrap_or("?");
-                if !matches!(k, "apiVersion" | "kind" | "items" | "metadata") {
-                    return Err(perr(
-                        &doc,
-                        k,
-                        "not a field of a List (apiVersion, kind, items)",
-                    ));
-                }
-            }
-            let items = match value.get("items") {
-                Some(Value::Sequence(s)) => s.clone(),
-                None | Some(Value::Null) => Vec::new(),
-                Some(_) => return Err(perr(&doc, "items", "expected a list of policies")),
-            };
-            for (j, item) in items.into_iter().enumerate() {
-                out.push(parse_one(&format!("{doc} items[{j}]"), item)?);
-            }
-        } else {
-            out.push(parse_one(&doc, value)?);
-        }
+    for o in xylem_kube::objects(yaml, "policies").map_err(Error::from)? {
+        out.push(parse_one(&o.document, o.value)?);
     }
     let mut seen = std::collections::BTreeSet::new();
     for p in &out {

@@ -152,6 +152,21 @@ pub enum Error {
     },
 }
 
+impl From<xylem_kube::Error> for Error {
+    fn from(e: xylem_kube::Error) -> Self {
+        let xylem_kube::Error::Invalid {
+            document,
+            field,
+            why,
+        } = e;
+        Error::Invalid {
+            document,
+            field,
+            why,
+        }
+    }
+}
+
 /// The result of [`parse_with`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Import {

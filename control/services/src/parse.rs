@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
 use serde_norway::Value;
 
 use super::convert::{Cx, backends};
@@ -91,48 +90,9 @@ type Read = (Vec<(String, Service)>, Vec<EndpointSlice>);
 fn read(yaml: &str) -> Result<Read, Error> {
     let mut services: Vec<(String, Service)> = Vec::new();
     let mut slices: Vec<EndpointSlice> = Vec::new();
-    for (i, de) in serde_norway::Deserializer::from_str(yaml).enumerate() {
-        let doc = format!("document {}", i + 1);
-        let value = Value::deserialize(de).map_err(|e| perr(&doc, "(document)", e.to_string()))?;
-        if value.is_null() {
-            continue;
-        }
-        if value.get("kind").and_then(Value::as_str) == Some("List") {
-            let map = value.as_mapping().expect("has a kind");
-            for k in map.keys() {
-                let k = k.as_str().unwrap_or("?");
-                if !matches!(k, "apiVersion" | "kind" | "items" | "metadata") {
-                    return Err(perr(
-                        &doc,
-                        k,
-                        "not a field of a List (apiVersion, kind, items, metadata)",
-                    ));
-                }
-            }
-            let items = match value.get("items") {
-                Some(Value::Sequence(s)) => s.clone(),
-                None | Some(Value::Null) => Vec::new(),
-                Some(_) => {
-                    return Err(perr(
-                        &doc,
-                        "items",
-                        "expected a list of Services and EndpointSlices",
-                    ));
-                }
-            };
-            for (j, item) in items.into_iter().enumerate() {
-                one(
-                    &format!("{doc} items[{j}]"),
-                    item,
-                    &mut services,
-                    &mut slices,
-                )?;
-            }
-        } else {
-            one(&doc, value, &mut services, &mut slices)?;
-        }
+    for o in xylem_kube::objects(yaml, "Services and EndpointSlices").map_err(Error::from)? {
+        one(&o.document, o.value, &mut services, &mut slices)?;
     }
-
     Ok((services, slices))
 }
 
