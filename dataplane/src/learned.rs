@@ -226,7 +226,8 @@ pub struct LearnedTable {
     /// Slots holding a fact that [`Self::gc`] has not freed yet (live or expired).
     occupied: Padded,
     counters: Counters,
-    reports: ArrayQueue<Report>,
+    /// `None` for a table whose facts nobody outside the workers needs to hear of.
+    reports: Option<ArrayQueue<Report>>,
 }
 
 impl std::fmt::Debug for LearnedTable {
@@ -244,7 +245,8 @@ impl LearnedTable {
     pub const BYTES_PER_SLOT: f64 = 128.0 / SLOTS as f64;
 
     /// A table for `capacity` facts (at least one): 4/3 of that in slots, in buckets of six
-    /// (at least two buckets), and a report queue of `reports` entries (at least one). All
+    /// (at least two buckets), and a report queue of `reports` entries (0: no reports, for a table
+    /// whose facts only the workers read, such as session affinity). All
     /// memory is allocated here.
     pub fn new(capacity: usize, reports: usize) -> Self {
         let seed = std::hash::BuildHasher::hash_one(
@@ -269,7 +271,7 @@ impl LearnedTable {
             seed,
             occupied: Padded::default(),
             counters: Counters::default(),
-            reports: ArrayQueue::new(reports.max(1)),
+            reports: (reports > 0).then(|| ArrayQueue::new(reports)),
         }
     }
 
@@ -378,7 +380,9 @@ impl LearnedTable {
                 tag,
                 refreshed: outcome.0 == Learn::Refreshed,
             };
-            if self.reports.push(report).is_err() {
+            if let Some(q) = &self.reports
+                && q.push(report).is_err()
+            {
                 c.reports_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -504,7 +508,7 @@ impl LearnedTable {
 
     /// The next report for the control side, oldest first.
     pub fn pop_report(&self) -> Option<Report> {
-        self.reports.pop()
+        self.reports.as_ref()?.pop()
     }
 
     /// Every fact live at `now`: `(scope, address, fact)`, in table order; a fact learned twice

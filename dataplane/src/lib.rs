@@ -15,6 +15,8 @@
 //!   later fragments, in one lock-free table every worker reads and writes.
 //! - [`maglev`]: the Maglev consistent-hashing table a service's new connections pick a backend
 //!   from (built once per backend change, looked up in O(1)).
+//! - [`services`]: the frontends, backends and Maglev tables of the services the service stage
+//!   balances, published inside the [`tables::Tables`].
 //! - [`tables`]: the read-only tables a worker consults (routes, gateway), published to workers by
 //!   an atomic pointer swap.
 //! - [`io`]: the I/O backends behind one trait: real AF_XDP sockets (via `xsk-rs`, sharing one UMEM
@@ -46,6 +48,7 @@ pub mod monitor;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+pub mod services;
 mod slotword;
 pub mod slowpath;
 pub mod stats;

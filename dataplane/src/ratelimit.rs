@@ -157,6 +157,11 @@ impl Limiter {
             Verdict::IcmpError(_) if !self.icmp_errors.admit(port, now) => {
                 Verdict::Drop(DropReason::TtlExceededRateLimited)
             }
+            // A refusal goes back to the pod that asked, and shares its rate of ICMP errors:
+            // a pod hammering a service with no backend gets its answers at that rate.
+            Verdict::Refused { .. } if !self.icmp_errors.admit(port, now) => {
+                Verdict::Drop(DropReason::NoServiceBackend)
+            }
             v => v,
         }
     }

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 
 use crate::Error;
 use crate::policy::PolicyTables;
+use crate::services::ServiceTables;
 use crate::stats::DropReason;
 
 /// Identifies a pod-facing port (one veth and its AF_XDP socket) within a worker.
@@ -124,8 +125,8 @@ pub struct Neighbor {
     pub mac: MacAddr,
 }
 
-/// One revision of the forwarding tables: mode, gateway, exact-match IPv4 /32 host routes and
-/// the compiled network policy. Published as one value, so a worker never sees routes of one
+/// One revision of the forwarding tables: mode, gateway, exact-match IPv4 /32 host routes, the
+/// compiled network policy and the services. Published as one value, so a worker never sees routes of one
 /// revision with the policy of another.
 #[derive(Clone, Debug)]
 pub struct Tables {
@@ -139,6 +140,9 @@ pub struct Tables {
     /// Behind an `Arc`: it is large (its LPM alone is 33 hash maps), and keeping it out of line
     /// keeps the fields every packet reads (mode, gateway, routes) together.
     policy: std::sync::Arc<PolicyTables>,
+    /// Behind an `Arc` for the same reason, and so that a revision that changes no service
+    /// shares the previous revision's.
+    services: std::sync::Arc<ServiceTables>,
 }
 
 impl Tables {
@@ -151,7 +155,24 @@ impl Tables {
             routes: FxHashMap::default(),
             sources: Vec::new(),
             policy: std::sync::Arc::new(PolicyTables::default()),
+            services: std::sync::Arc::new(ServiceTables::default()),
         }
+    }
+
+    /// Sets the services (consulted in [`Mode::Full`] only). New tables start with none.
+    pub fn set_services(&mut self, services: std::sync::Arc<ServiceTables>) {
+        self.services = services;
+    }
+
+    /// The services.
+    #[inline]
+    pub fn services(&self) -> &ServiceTables {
+        &self.services
+    }
+
+    /// The services, as shared with other revisions.
+    pub fn services_arc(&self) -> &std::sync::Arc<ServiceTables> {
+        &self.services
     }
 
     /// Sets the compiled network policy (consulted in [`Mode::Full`] only). New tables start

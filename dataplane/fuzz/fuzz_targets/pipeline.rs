@@ -10,20 +10,25 @@
 //!   (0 to 7: the port of pod 10.0.0.2 + n), which the ingress checks hold it to;
 //! - the rest is the frame, starting at the Ethernet header.
 //!
+//! In full mode the tables have services: 10.96.0.10 TCP 80 → 10.0.0.6 and 10.0.0.7 port 8080,
+//! UDP 53 → 10.0.0.8 port 5353, and 10.96.0.11 TCP 80 with no backend (refused).
+//!
 //! Checks, beyond "does not panic": parsing the frame alone (the worker's prefetch pass) and
 //! `process` agree on whether it is dropped at parse, the frame stays within its buffer, and
-//! every frame sent on (`Verdict::Forward`, `Verdict::IcmpError`) carries a valid IPv4 header
-//! checksum and the gateway's source MAC.
+//! every frame sent on (`Verdict::Forward`, `Verdict::IcmpError`, `Verdict::Refused`) carries a
+//! valid IPv4 header checksum and the gateway's source MAC.
 #![no_main]
 
-use std::net::Ipv4Addr;
-use std::sync::OnceLock;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use xylem_dataplane::checksum;
 use xylem_dataplane::conntrack::{Conntrack, CtConfig};
 use xylem_dataplane::pipeline::{Frame, Verdict, parse, process};
 use xylem_dataplane::policy::{PolicyTables, PolicyTablesBuilder, RuleOrigin, Section, identity};
+use xylem_dataplane::maglev::{MaglevBackend, MaglevTable};
+use xylem_dataplane::services::{Algorithm, Backend, Frontend, ServiceTables};
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -52,7 +57,56 @@ fn table(mode: Mode, policy: Option<PolicyTables>) -> Tables {
     if let Some(p) = policy {
         t.set_policy(p);
     }
+    if mode == Mode::Full {
+        t.set_services(Arc::new(services()));
+    }
     t
+}
+
+/// The services of the module documentation.
+fn services() -> ServiceTables {
+    let mut s = ServiceTables::new(Algorithm::Maglev);
+    let vip = |last, port| SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, last), port);
+    let mut id = 0;
+    for (frontend_id, (frontend, proto, pods, target)) in (1..).zip([
+        (vip(10, 80), 6, &[6u8, 7][..], 8080),
+        (vip(10, 53), 17, &[8][..], 5353),
+        (vip(11, 80), 6, &[][..], 8080),
+    ]) {
+        let backends: Vec<Backend> = pods
+            .iter()
+            .map(|&p| {
+                id += 1;
+                Backend {
+                    id,
+                    addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, p), target),
+                }
+            })
+            .collect();
+        for b in &backends {
+            s.add_backend(b.id, b.addr).expect("backend");
+        }
+        let maglev = (!backends.is_empty()).then(|| {
+            let list: Vec<_> = backends
+                .iter()
+                .map(|b| MaglevBackend {
+                    key: b.addr,
+                    weight: 1,
+                })
+                .collect();
+            Arc::new(MaglevTable::new(&list, 251).expect("maglev"))
+        });
+        s.add_frontend(Frontend {
+            id: frontend_id,
+            addr: frontend,
+            proto,
+            affinity_timeout_ns: 0,
+            backends: backends.into(),
+            maglev,
+        })
+        .expect("frontend");
+    }
+    s
 }
 
 /// Pods 10.0.0.2..=9 with identities 302..=309; the gateway is `host`; 192.168.0.0/16 is a
@@ -134,7 +188,7 @@ fn run_once(frame: &[u8], spare: usize, ingress: u16, t: &Tables, ct: &mut Connt
     }
     assert!(f.len() <= capacity);
     match o.verdict {
-        Verdict::Forward(port) | Verdict::IcmpError(port) => {
+        Verdict::Forward(port) | Verdict::IcmpError(port) | Verdict::Refused { port, .. } => {
             assert!(port < 8);
             let out = f.data();
             assert!(out.len() >= 34);

@@ -76,6 +76,7 @@ SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
 MF = 0x2000
 DATAGRAM = udp(pod(7), pod(2), 5000, 1500, b"y" * 64)
 GW = [10, 0, 0, 1]
+VIP, VIP_EMPTY = [10, 96, 0, 10], [10, 96, 0, 11]
 seeds = {
     # control: full mode + 64 spare bytes; flags: repair checksum, enforced policy, twice, and
     # the port of the sending pod.
@@ -110,6 +111,12 @@ seeds = {
     "vlan0-broadcast": (0xC0, on_port(0x01, 2), vlan(0, 0x0800, ip(pod(2), pod(3), 17, udp(pod(2), pod(3), 5000, 53)), mac(2), b"\xff" * 6)),
     "qinq-to-gateway": (0xC0, on_port(0x01, 2), GW_MAC + mac(2) + struct.pack("!HHHHH", 0x88A8, 5, 0x8100, 0, 0x0800) + ip(pod(2), pod(3), 17, udp(pod(2), pod(3), 5000, 53))),
     "forged-icmp-error": (0xC0, on_port(0x06, 4), eth(mac(4), ip(pod(4), pod(3), 1, icmp(3, 3, b"\0\0\0\0" + ip(pod(3), pod(2), 6, tcp(pod(3), pod(2), 40000, 80, SYN))[:28])))),
+    # Services: a new connection to a frontend (balanced), its backend's reply, UDP to a
+    # frontend, and a connection to a frontend with no backend (a RST back).
+    "service-tcp-syn": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP, 6, tcp(pod(3), VIP, 40000, 80, SYN)))),
+    "service-backend-reply": (0xC0, on_port(0x05, 6), eth(mac(6), ip(pod(6), pod(3), 6, tcp(pod(6), pod(3), 8080, 40000, SYN | ACK)))),
+    "service-udp": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP, 17, udp(pod(3), VIP, 5000, 53)))),
+    "service-no-backend": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP_EMPTY, 6, tcp(pod(3), VIP_EMPTY, 40000, 80, SYN)))),
 }
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline")
 os.makedirs(out, exist_ok=True)

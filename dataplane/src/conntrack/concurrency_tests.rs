@@ -44,7 +44,7 @@ fn rng(seed: u64) -> impl FnMut() -> u64 {
 /// Returns whether the flow is tracked afterwards.
 fn packet(ct: &Conntrack, now: u64, k: &FlowKey, tcp: u8) -> bool {
     match ct.probe(now, k) {
-        Probe::Hit { slot, orig } => {
+        Probe::Hit { slot, orig, .. } => {
             ct.update(now, slot, orig, tcp);
             true
         }
@@ -147,7 +147,7 @@ fn concurrent_churn_matches_per_thread_models() {
                                     stale += 1;
                                 }
                             }
-                            Probe::Hit { slot, orig } => {
+                            Probe::Hit { slot, orig, .. } => {
                                 // A moved entry keeps its old time: so does the model.
                                 if ct.update(now, slot, orig, 0) {
                                     model.insert(k, now + udp);

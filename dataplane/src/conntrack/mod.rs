@@ -81,6 +81,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 mod table;
 
 use crate::fragments::FragmentTable;
+use crate::learned::LearnedTable;
 use std::net::Ipv4Addr;
 use table::{
     Canon, EMPTY, EXT_MASK, Entry, F_ORIG_A, F_SEEN_REPLY, GC_CHUNK, OWNERS, SHARDS, Scan, Shard,
@@ -97,6 +98,13 @@ const _: () = assert!(crate::worker::MAX_PORTS <= OWNERS);
 #[inline]
 fn owner_index(port: PortId) -> usize {
     usize::from(port).min(OWNERS - 1)
+}
+
+/// The session-affinity facts ([`Conntrack::affinity`]) a table of `capacity` connections
+/// holds: one per eight connections (a client with affinity usually opens several), 1,024 to
+/// 65,536 (at most 1.8 MiB).
+pub fn affinity_capacity(capacity: usize) -> usize {
+    (capacity / 8).clamp(1024, 65_536)
 }
 
 /// The default [`CtConfig::endpoint_limit`] for a table of `capacity` connections: a quarter
@@ -349,6 +357,21 @@ pub struct CtStats {
     pub races: u64,
 }
 
+/// What a later stage keeps on a new entry ([`Conntrack::insert_with`]): an index into its
+/// translation state (at most [`Conntrack::MAX_EXT`]) and its stage byte.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Annex {
+    /// The `ext` index (0: none).
+    pub ext: u32,
+    /// The stage byte.
+    pub stage: u8,
+}
+
+impl Annex {
+    /// No translation, stage byte 0.
+    pub const NONE: Annex = Annex { ext: 0, stage: 0 };
+}
+
 /// Why [`Conntrack::insert`] did not track a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CtRefusal {
@@ -371,6 +394,8 @@ pub enum Probe {
         slot: usize,
         /// Whether the packet goes in the original direction.
         orig: bool,
+        /// The entry's stage byte ([`Conntrack::stage`]), read with it.
+        stage: u8,
     },
     /// No live entry; a new one would go at `slot` (`reuse`: it holds an expired entry), room
     /// permitting ([`Conntrack::insert`] decides).
@@ -450,6 +475,8 @@ pub struct Conntrack {
     t: Arc<Table>,
     /// The fragment records, shared by the handles as the table is (see [`Self::fragments`]).
     frags: Arc<FragmentTable>,
+    /// Session affinity, shared by the handles as the table is (see [`Self::affinity`]).
+    affinity: Arc<LearnedTable>,
     /// This handle's counter shard.
     shard: usize,
     /// The garbage-collection chunk this handle sweeps: the next position and the end, as
@@ -471,7 +498,11 @@ impl std::fmt::Debug for Conntrack {
 impl Clone for Conntrack {
     /// Another handle on the same table (for another worker).
     fn clone(&self) -> Self {
-        Self::handle(Arc::clone(&self.t), Arc::clone(&self.frags))
+        Self::handle(
+            Arc::clone(&self.t),
+            Arc::clone(&self.frags),
+            Arc::clone(&self.affinity),
+        )
     }
 }
 
@@ -485,14 +516,16 @@ impl Conntrack {
         Self::handle(
             Arc::new(Table::new(config)),
             Arc::new(FragmentTable::for_flows(config.capacity)),
+            Arc::new(LearnedTable::new(affinity_capacity(config.capacity), 0)),
         )
     }
 
-    fn handle(t: Arc<Table>, frags: Arc<FragmentTable>) -> Self {
+    fn handle(t: Arc<Table>, frags: Arc<FragmentTable>, affinity: Arc<LearnedTable>) -> Self {
         let shard = t.handles.fetch_add(1, Relaxed) % SHARDS;
         Conntrack {
             t,
             frags,
+            affinity,
             shard,
             gc_pos: AtomicUsize::new(0),
             gc_end: AtomicUsize::new(0),
@@ -505,6 +538,15 @@ impl Conntrack {
     #[inline]
     pub fn fragments(&self) -> &FragmentTable {
         &self.frags
+    }
+
+    /// Session affinity (`ClientIP`): (frontend id, client address) → the backend id its
+    /// connections go to, until the service's timeout. Shared by the handles: a client's next
+    /// connection may reach another worker. Sized for one client in eight connections of the
+    /// table ([`affinity_capacity`]).
+    #[inline]
+    pub fn affinity(&self) -> &LearnedTable {
+        &self.affinity
     }
 
     /// Whether `other` is a handle on the same table.
@@ -686,6 +728,7 @@ impl Conntrack {
             Scan::Hit(i, m) => Probe::Hit {
                 slot: handle(i, m),
                 orig: fwd == (m & F_ORIG_A != 0),
+                stage: stage_of(m),
             },
             // The same flow, expired: start it again in place.
             Scan::SameExpired(i, m) => Probe::Vacant {
@@ -728,6 +771,7 @@ impl Conntrack {
     ///
     /// Returns the handle of the flow's entry (use it, not the probe's, for later calls).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn insert(
         &self,
         now: u64,
@@ -737,6 +781,33 @@ impl Conntrack {
         tcp: u8,
         revision: u64,
         owner: PortId,
+    ) -> Result<usize, CtRefusal> {
+        self.insert_with(
+            now,
+            probe_slot,
+            reuse,
+            key,
+            tcp,
+            revision,
+            owner,
+            Annex::NONE,
+        )
+    }
+
+    /// [`Self::insert`], with the entry's translation state and stage byte written with it, so
+    /// no other worker ever sees the new entry without them. A flow another worker created in
+    /// the meantime keeps its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_with(
+        &self,
+        now: u64,
+        probe_slot: usize,
+        reuse: bool,
+        key: &FlowKey,
+        tcp: u8,
+        revision: u64,
+        owner: PortId,
+        annex: Annex,
     ) -> Result<usize, CtRefusal> {
         let t = &*self.t;
         let (c, fwd) = canon(key);
@@ -798,7 +869,8 @@ impl Conntrack {
                         revision as u32,
                         now,
                         owner,
-                    );
+                    )
+                    .annexed(annex.ext, annex.stage);
                     t.write(x, &e);
                     if let Some(old) = replaced.filter(|&o| o != owner) {
                         t.release(old);
@@ -894,6 +966,12 @@ impl Conntrack {
         removed
     }
 
+    /// The owner of the entry at `slot`: the port whose packet created it.
+    #[inline]
+    pub fn owner(&self, slot: usize) -> PortId {
+        table::owner_of(self.t.ext(slot)) as PortId
+    }
+
     /// The translation-state index of the entry at `slot` (0: none).
     #[inline]
     pub fn ext(&self, slot: usize) -> u32 {
@@ -914,6 +992,15 @@ impl Conntrack {
     #[inline]
     pub fn stage(&self, slot: usize) -> u8 {
         self.t.meta_of(slot).map_or(0, |(_, m)| stage_of(m))
+    }
+
+    /// Makes the entry at `slot` follow the entry at `leader`: it takes the leader's state and
+    /// reply flag and is refreshed at `now`, so it expires with it (a connection's second
+    /// entry, such as a service connection's entry under its virtual address). Lock-free.
+    /// `false` if either entry is gone.
+    #[inline]
+    pub fn follow(&self, now: u64, slot: usize, leader: usize) -> bool {
+        self.t.follow(now, slot, leader)
     }
 
     /// Sets the stage byte of the entry at `slot`. Lock-free. `false` if the entry is gone.

@@ -182,7 +182,7 @@ pub(super) struct Entry {
 
 impl Entry {
     /// A new entry for the flow `c`, originated by side `a` if `orig_a`, in `state`, owned by
-    /// `owner` (below [`OWNERS`]).
+    /// `owner` (below [`OWNERS`]), with no translation.
     pub(super) fn new(
         c: &Canon,
         orig_a: bool,
@@ -202,6 +202,13 @@ impl Entry {
             ext: (owner as u32) << OWNER_SHIFT,
             seen: now,
         }
+    }
+
+    /// This entry with translation state `ext` (at most [`EXT_MASK`]) and stage byte `stage`.
+    pub(super) fn annexed(mut self, ext: u32, stage: u8) -> Self {
+        self.ext |= ext & EXT_MASK;
+        self.meta = (self.meta & !STAGE_MASK) | (u64::from(stage) << STAGE_SHIFT);
+        self
     }
 }
 
@@ -688,6 +695,37 @@ impl Table {
         };
         if !(next == CtState::Rst as u8 && cur == CtState::Rst as u8) && now > s.seen.load(Relaxed)
         {
+            s.seen.store(now, Relaxed);
+        }
+        true
+    }
+
+    /// Gives the entry `h` names the state and reply flag of the entry `leader` names, and
+    /// refreshes it, so that it lives as long as its leader did at `now`. Lock-free; `false`
+    /// if either is gone.
+    #[inline]
+    pub(super) fn follow(&self, now: u64, h: usize, leader: usize) -> bool {
+        let Some((_, lm)) = self.meta_of(leader) else {
+            return false;
+        };
+        let (i, g) = unhandle(h);
+        let s = &self.slots[i];
+        let mut m = s.meta.load(Relaxed);
+        loop {
+            let st = state_of(m);
+            if gen_of(m) != g || st == EMPTY || st == BUSY {
+                return false;
+            }
+            let nm = with_state(m, state_of(lm)) | (lm & F_SEEN_REPLY);
+            if nm == m {
+                break;
+            }
+            match s.meta.compare_exchange_weak(m, nm, Relaxed, Relaxed) {
+                Ok(_) => break,
+                Err(x) => m = x,
+            }
+        }
+        if now > s.seen.load(Relaxed) {
             s.seen.store(now, Relaxed);
         }
         true

@@ -261,7 +261,7 @@ fn matches_a_model_under_churn() {
         now += next() % (udp / 50);
         let k = key((next() % 900) as u32, (next() % 3) as u16, 53, proto::UDP);
         match ct.probe(now, &k) {
-            Probe::Hit { slot, orig } => {
+            Probe::Hit { slot, orig, .. } => {
                 ct.update(now, slot, orig, 0);
                 model.insert(k, now + udp);
             }

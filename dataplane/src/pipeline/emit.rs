@@ -84,31 +84,128 @@ pub fn forward(frame: &mut Frame<'_>, meta: &Meta, next: &Neighbor, gw: &Gateway
 }
 
 /// Rewrites the frame into an ICMP time exceeded (type 11, code 0) for the packet's source,
-/// reached through `back`, quoting the packet's IP header and the first 8 bytes of its payload
-/// (RFC 792). The IP header is sent with precedence "internetwork control" (RFC 1812
-/// §4.3.2.5).
+/// reached through `back`, from the gateway. See [`icmp_error`].
 #[cold]
 #[inline(never)]
 pub fn time_exceeded(frame: &mut Frame<'_>, meta: &Meta, back: &Neighbor, gw: &Gateway) -> Verdict {
+    match icmp_error(frame, meta, back, gw, gw.ipv4, ErrorKind::TtlExceeded) {
+        Ok(()) => Verdict::IcmpError(back.port),
+        Err(r) => Verdict::Drop(r),
+    }
+}
+
+/// Rewrites the frame into a refusal of a new connection to `frontend`, a service with no
+/// backend for it, sent back to the packet's source through `back` from the frontend's
+/// address, as a host with nothing listening would answer: a TCP RST, an ICMP port unreachable
+/// for UDP. A TCP RST is not answered (RFC 9293), nor is anything else: those are dropped.
+#[cold]
+#[inline(never)]
+pub fn refuse(
+    frame: &mut Frame<'_>,
+    meta: &Meta,
+    back: &Neighbor,
+    gw: &Gateway,
+    frontend: std::net::SocketAddrV4,
+) -> Verdict {
+    let refused = DropReason::NoServiceBackend;
+    let r = match meta.key.proto {
+        proto::UDP => icmp_error(
+            frame,
+            meta,
+            back,
+            gw,
+            *frontend.ip(),
+            ErrorKind::PortUnreachable,
+        )
+        .map(|()| Verdict::Refused {
+            port: back.port,
+            reset: false,
+        }),
+        proto::TCP if meta.tcp_flags & tcp::flags::RST == 0 => {
+            reset(frame, meta, back, gw, frontend).map(|()| Verdict::Refused {
+                port: back.port,
+                reset: true,
+            })
+        }
+        _ => Err(refused),
+    };
+    r.unwrap_or(Verdict::Drop(refused))
+}
+
+/// The TCP RST answering the segment in `frame`, written over it.
+fn reset(
+    frame: &mut Frame<'_>,
+    meta: &Meta,
+    back: &Neighbor,
+    gw: &Gateway,
+    frontend: std::net::SocketAddrV4,
+) -> Result<(), DropReason> {
+    let no_room = DropReason::NoServiceBackend;
+    let l4 = usize::from(meta.l4_offset);
+    let segment = frame
+        .data()
+        .get(l4..l4 + usize::from(meta.l4_len))
+        .and_then(tcp::Packet::new_checked)
+        .ok_or(no_room)?;
+    let rst = tcp::ResetRepr::answering(&segment, usize::from(meta.l4_len));
+    let ip = ipv4::Repr {
+        src: frontend.ip().octets(),
+        dst: meta.key.src.octets(),
+        protocol: Protocol::TCP,
+        payload_len: tcp::MIN_HEADER_LEN as u16,
+        ttl: 64,
+        tos: 0,
+    };
+    frame.set_len(ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN);
+    let (e, rest) = frame
+        .data_mut()
+        .split_first_chunk_mut::<{ ethernet::HEADER_LEN }>()
+        .ok_or(no_room)?;
+    let (h, rest) = rest
+        .split_first_chunk_mut::<{ ipv4::MIN_HEADER_LEN }>()
+        .ok_or(no_room)?;
+    let t = rest
+        .first_chunk_mut::<{ tcp::MIN_HEADER_LEN }>()
+        .ok_or(no_room)?;
+    ethernet::Repr {
+        src: gw.mac.0,
+        dst: back.mac.0,
+        ethertype: EtherType::IPV4,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(e));
+    ip.emit(h);
+    rst.emit(t, ip.src, ip.dst);
+    Ok(())
+}
+
+/// Rewrites the frame into the ICMP error `kind` about the packet in it, for the packet's
+/// source, reached through `back`, from `src`, quoting the packet's IP header and the first 8
+/// bytes of its payload (RFC 792). The IP header is sent with precedence "internetwork
+/// control" (RFC 1812 §4.3.2.5).
+fn icmp_error(
+    frame: &mut Frame<'_>,
+    meta: &Meta,
+    back: &Neighbor,
+    gw: &Gateway,
+    src: std::net::Ipv4Addr,
+    kind: ErrorKind,
+) -> Result<(), DropReason> {
     let l3 = ethernet::HEADER_LEN;
     let header_len = usize::from(meta.l4_offset) - l3;
     let quote_len = header_len + usize::from(meta.l4_len).min(icmpv4::QUOTED_PAYLOAD);
     // Copy the quote out first: it overlaps where the new headers go.
     let mut quote = [0u8; ipv4::MAX_HEADER_LEN + icmpv4::QUOTED_PAYLOAD];
-    let (Some(q), Some(src)) = (
+    let (Some(q), Some(from)) = (
         quote.get_mut(..quote_len),
         frame.data().get(l3..l3 + quote_len),
     ) else {
         // Unreachable: the header is at most 60 bytes and the quote lies within the packet.
-        return Verdict::Drop(DropReason::TtlExceeded);
+        return Err(DropReason::IcmpNoRoom);
     };
-    q.copy_from_slice(src);
-    let icmp = ErrorRepr {
-        kind: ErrorKind::TtlExceeded,
-        quote: q,
-    };
+    q.copy_from_slice(from);
+    let icmp = ErrorRepr { kind, quote: q };
     let ip = ipv4::Repr {
-        src: gw.ipv4.octets(),
+        src: src.octets(),
         dst: meta.key.src.octets(),
         protocol: Protocol::ICMP,
         payload_len: icmp.len() as u16, // At most 8 + 68.
@@ -117,17 +214,17 @@ pub fn time_exceeded(frame: &mut Frame<'_>, meta: &Meta, back: &Neighbor, gw: &G
     };
     let frame_len = l3 + ip.header_len() + icmp.len();
     if frame.capacity() < frame_len {
-        return Verdict::Drop(DropReason::IcmpNoRoom);
+        return Err(DropReason::IcmpNoRoom);
     }
     frame.set_len(frame_len);
     let Some((e, rest)) = frame
         .data_mut()
         .split_first_chunk_mut::<{ ethernet::HEADER_LEN }>()
     else {
-        return Verdict::Drop(DropReason::IcmpNoRoom);
+        return Err(DropReason::IcmpNoRoom);
     };
     let Some((h, rest)) = rest.split_first_chunk_mut::<{ ipv4::MIN_HEADER_LEN }>() else {
-        return Verdict::Drop(DropReason::IcmpNoRoom);
+        return Err(DropReason::IcmpNoRoom);
     };
     ethernet::Repr {
         src: gw.mac.0,
@@ -136,8 +233,5 @@ pub fn time_exceeded(frame: &mut Frame<'_>, meta: &Meta, back: &Neighbor, gw: &G
     }
     .emit(&mut ethernet::Frame::new_unchecked(e));
     ip.emit(h);
-    match icmp.emit(rest) {
-        Some(()) => Verdict::IcmpError(back.port),
-        None => Verdict::Drop(DropReason::IcmpNoRoom),
-    }
+    icmp.emit(rest).ok_or(DropReason::IcmpNoRoom)
 }

@@ -9,9 +9,10 @@
 //! packet that goes nowhere creates no state), owned by the port it came from, within that
 //! port's share of the table.
 //!
-//! Later stages that keep per-flow state (service translation, masquerade, DNS over TCP) will
-//! find it on the entry this stage found (its `ext` index into a companion table of
-//! translation state, and its `stage` byte), without a second lookup.
+//! Later stages that keep per-flow state find it on the entry this stage found (its `ext`
+//! field and its `stage` byte), without a second lookup. The service stage has two kinds of
+//! entry ([`STAGE_SERVICE`], [`STAGE_REVNAT`]): a hit on either is not the end of the story, and
+//! this stage says so ([`Tracking::Service`], [`Tracking::RevNat`]) rather than deciding.
 //!
 //! The table is shared by every worker ([`Conntrack`] is a handle): a flow's two directions may
 //! arrive on different workers and still meet one entry. A slot handle can go stale if another
@@ -29,14 +30,25 @@
 use std::net::Ipv4Addr;
 
 use super::Meta;
-use crate::conntrack::{Conntrack, CtRefusal, Probe};
+use crate::conntrack::{Annex, Conntrack, CtRefusal, Probe};
 use crate::policy::{PolicyDropReason, PolicyTables, PolicyVerdict, evaluate};
+use crate::services::{BackendId, FrontendId};
 use crate::tables::PortId;
 use crate::wire::ip::proto;
 use crate::wire::tcp::flags;
 
 /// Where a new flow's entry would go: a slot, and whether it holds an expired entry to reuse.
 pub type Vacancy = (usize, bool);
+
+/// The stage byte of a service connection's entry under its **virtual** address (client →
+/// frontend): its `ext` is the [`BackendId`] the connection was balanced to. It carries no
+/// policy decision of its own: the connection's state lives in its [`STAGE_REVNAT`] entry.
+pub const STAGE_SERVICE: u8 = 1;
+
+/// The stage byte of a service connection's own entry, under the backend's address (client →
+/// backend, the flow the policy allowed): its `ext` is the [`FrontendId`] whose address the
+/// backend's replies take back.
+pub const STAGE_REVNAT: u8 = 2;
 
 /// What [`lookup`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +61,18 @@ pub enum Tracking {
     /// An ICMP error related to no tracked flow: the policy stage decides, and it is never
     /// tracked.
     Unrelated,
+    /// A packet of a balanced connection from its backend (`Reply`), or an ICMP error about
+    /// the connection's packet to its backend (`Related`): the source must become frontend
+    /// `FrontendId`'s address again.
+    RevNat(PolicyVerdict, FrontendId),
+    /// A packet of a balanced connection addressed to its virtual address: the entry at `slot`
+    /// says it goes to `backend`; the service stage carries on from there.
+    Service {
+        /// The service entry.
+        slot: usize,
+        /// The backend the connection was balanced to.
+        backend: BackendId,
+    },
 }
 
 /// Stage 4. See the module documentation. Mutates only `ct`. `gateway` is the gateway's
@@ -69,9 +93,14 @@ pub fn lookup(
         if let Some(inner) = &meta.quoted
             && meta.key.dst == inner.src
             && (meta.key.src == inner.dst || meta.key.src == gateway)
-            && let Probe::Hit { slot, .. } = ct.probe(now, inner)
+            && let Probe::Hit { slot, orig, stage } = ct.probe(now, inner)
             && revalidate(ct, slot, rules).is_none()
         {
+            // An error about the client's packet to a backend goes back to the client, which
+            // only ever knew the virtual address.
+            if stage == STAGE_REVNAT && orig {
+                return Tracking::RevNat(PolicyVerdict::Related, ct.ext(slot));
+            }
             return Tracking::Known(PolicyVerdict::Related);
         }
         return Tracking::Unrelated;
@@ -81,18 +110,45 @@ pub fn lookup(
     match ct.probe(now, &meta.key) {
         // A SYN on a closing entry starts a new connection on the same tuple.
         Probe::Hit { slot, .. } if fresh_syn && ct.is_closing(slot) => Tracking::New((slot, true)),
-        Probe::Hit { slot, orig } => {
-            if let Some(drop) = revalidate(ct, slot, rules) {
-                return Tracking::Known(drop);
+        Probe::Hit {
+            slot,
+            orig: true,
+            stage: STAGE_SERVICE,
+        } => Tracking::Service {
+            slot,
+            backend: ct.ext(slot),
+        },
+        Probe::Hit { slot, orig, stage } => {
+            let v = track(now, ct, slot, orig, meta.tcp_flags, rules);
+            if stage == STAGE_REVNAT && v == PolicyVerdict::Reply {
+                return Tracking::RevNat(v, ct.ext(slot));
             }
-            ct.update(now, slot, orig, meta.tcp_flags);
-            Tracking::Known(if orig {
-                PolicyVerdict::Established
-            } else {
-                PolicyVerdict::Reply
-            })
+            Tracking::Known(v)
         }
         Probe::Vacant { slot, reuse } => Tracking::New((slot, reuse)),
+    }
+}
+
+/// A packet of the tracked flow at `slot`, in direction `orig`: revalidated against the
+/// current policy (a drop if it no longer allows the flow), else its state advanced and
+/// `Established` or `Reply`.
+#[inline]
+pub fn track(
+    now: u64,
+    ct: &mut Conntrack,
+    slot: usize,
+    orig: bool,
+    tcp_flags: u8,
+    rules: &PolicyTables,
+) -> PolicyVerdict {
+    if let Some(drop) = revalidate(ct, slot, rules) {
+        return drop;
+    }
+    ct.update(now, slot, orig, tcp_flags);
+    if orig {
+        PolicyVerdict::Established
+    } else {
+        PolicyVerdict::Reply
     }
 }
 
@@ -125,6 +181,7 @@ fn recheck(ct: &mut Conntrack, slot: usize, rules: &PolicyTables) -> Option<Poli
 /// [`lookup`] found, owned by `ingress` (the port it came from). `New`; or a drop:
 /// `ct-endpoint-limit` when that port has its share of the table, `ct-full` when the table is
 /// full and the flow's probe path holds nothing to evict (both counted in the table's stats).
+/// The entry is written with `annex` (a later stage's state for it).
 #[inline]
 pub fn commit(
     now: u64,
@@ -133,8 +190,9 @@ pub fn commit(
     meta: &Meta,
     (slot, reuse): Vacancy,
     revision: u64,
+    annex: Annex,
 ) -> PolicyVerdict {
-    let reason = match ct.insert(
+    let reason = match ct.insert_with(
         now,
         slot,
         reuse,
@@ -142,6 +200,7 @@ pub fn commit(
         meta.tcp_flags,
         revision,
         ingress,
+        annex,
     ) {
         Ok(_) => return PolicyVerdict::New,
         Err(CtRefusal::Full) => PolicyDropReason::CtFull,

@@ -17,18 +17,18 @@
 //! | 3 | decapsulation | *(ESP)* | inner packet of a tunnel from another node |
 //! | 3b | fragments | [`fragment`] | a later IPv4 fragment takes its datagram's ports, or its first fragment's drop; a first fragment's ports and fate are recorded after 6 |
 //! | 4 | conntrack lookup | [`flow`] | the flow's state (an ICMP error: the flow it quotes, if its addresses match); revalidates it after a policy change |
-//! | 5 | service translation | *(services)* | DNAT to a backend, reverse NAT of replies |
+//! | 5 | service translation | [`service`] | a new connection to a frontend balanced (Maglev, affinity) or refused; a balanced connection's packets to its backend, its replies back from its frontend |
 //! | 6 | policy | [`policy`] | a new flow against the sender's egress and the receiver's ingress |
 //! | 7 | DNS inspection | *(DNS-aware policy)* | |
 //! | 8 | routing | [`route`] | local delivery (slow path), `/32` lookup, TTL expiry |
 //! | 8b | conntrack commit | [`flow`] | an allowed new flow that routing sends on is tracked, owned by its ingress port (within the port's limit; a full table evicts an unanswered entry) |
-//! | 9 | NAT rewrite | *(services, masquerade)* | |
+//! | 9 | NAT rewrite | [`nat`] | the service stage's translation, with incremental checksums (masquerade later) |
 //! | 10 | encapsulation | *(ESP)* | |
-//! | 11 | emit | [`emit`] | completes partial checksums, decrements TTL, rewrites MACs; builds ICMP errors |
+//! | 11 | emit | [`emit`] | completes partial checksums (before 9), decrements TTL, rewrites MACs; builds ICMP errors and a refused connection's answer |
 //!
 //! Stages in italics do not exist yet; they go in at their number, and ARCHITECTURE.md says what
 //! each will take and give. ARP frames leave after stage 2 ([`arp`]). In [`Mode::Passthrough`]
-//! (the benchmark floor) stages 3b to 7 and 8b are skipped. The commit comes after routing so
+//! (the benchmark floor) stages 3b to 7, 8b and 9 are skipped. The commit comes after routing so
 //! that a packet going nowhere creates no state; a packet of a tracked flow passes it by.
 //!
 //! A frame is parsed once: the worker may call [`parse()`] for a whole batch first (to prefetch
@@ -43,14 +43,16 @@ pub mod emit;
 pub mod flow;
 pub mod fragment;
 pub mod ingress;
+pub mod nat;
 pub mod parse;
 pub mod policy;
 pub mod route;
+pub mod service;
 
 pub use crate::frame::Frame;
 pub use parse::{Meta, Parsed, parse};
 
-use crate::conntrack::Conntrack;
+use crate::conntrack::{Annex, Conntrack, FlowKey};
 use crate::policy::{PolicyTables, PolicyVerdict};
 use crate::stats::DropReason;
 use crate::tables::{Mode, PortId, Tables};
@@ -63,6 +65,15 @@ pub enum Verdict {
     /// The packet was dropped because its TTL expired ([`DropReason::TtlExceeded`]), and its
     /// buffer now holds the ICMP time exceeded for its source: transmit that on this port.
     IcmpError(PortId),
+    /// A new connection to a service that has no backend for it was refused
+    /// ([`DropReason::NoServiceBackend`]), and the buffer now holds the refusal for its source, a
+    /// TCP RST (`reset`) or an ICMP port unreachable: transmit that on `port`.
+    Refused {
+        /// The port the connection came from.
+        port: PortId,
+        /// Whether the refusal is a TCP RST (else an ICMP port unreachable).
+        reset: bool,
+    },
     /// Hand the frame, unchanged apart from checksum completion, to the slow path.
     SlowPath,
     /// Drop the frame.
@@ -106,6 +117,7 @@ impl Outcome {
         match self.verdict {
             Verdict::Drop(r) => Some(r),
             Verdict::IcmpError(_) => Some(DropReason::TtlExceeded),
+            Verdict::Refused { .. } => Some(DropReason::NoServiceBackend),
             Verdict::Forward(_) | Verdict::SlowPath => None,
         }
     }
@@ -165,60 +177,87 @@ pub fn decide(
         return Outcome::drop(r);
     }
 
-    // Stages 3b to 6: fragments, flow state and policy.
-    let judged = match tables.mode() {
+    // Stages 3b to 6: fragments, flow state, services and policy.
+    let judgement = match tables.mode() {
         Mode::Passthrough => None,
-        Mode::Full => {
-            let (gateway, rules) = (tables.gateway().ipv4, tables.policy());
-            let j = if meta.has(Meta::FRAGMENT) {
-                match fragment::judge(now_ns, meta, gateway, rules, ct) {
-                    Ok(j) => j,
-                    Err(reason) => return Outcome::drop(reason),
-                }
-            } else {
-                judge(now_ns, meta, gateway, rules, ct)
+        Mode::Full => match full(now_ns, meta, tables, ct) {
+            Ok(j) => Some(j),
+            Err(Ended::Dropped(o)) => return o,
+            Err(Ended::Refused(frontend)) => return refuse(frame, meta, tables, frontend),
+        },
+    };
+    // The packet as the stages after the service stage see it: translated to its backend.
+    let translated;
+    let (routed, nat) = match judgement {
+        Some(service::Judgement {
+            nat: service::Nat::ToBackend(b),
+            ..
+        }) => {
+            translated = Meta {
+                key: FlowKey {
+                    dst: *b.ip(),
+                    dport: b.port(),
+                    ..meta.key
+                },
+                ..*meta
             };
-            if let Judged::Done(v @ PolicyVerdict::Drop { reason, .. }) = j {
-                return Outcome {
-                    policy: Some(v),
-                    ..Outcome::drop(reason.into())
-                };
-            }
-            Some(j)
+            (&translated, service::Nat::ToBackend(b))
         }
+        Some(j) => (meta, j.nat),
+        None => (meta, service::Nat::None),
     };
 
     // Stage 8: routing.
-    let route = route::route(meta, tables);
+    let route = route::route(routed, tables);
 
     // Stage 8b: conntrack commit. Only an allowed new flow that leaves is tracked: a packet
     // with no route, or whose TTL ran out, creates no state.
-    let policy = match judged {
+    let policy = match judgement {
         None => None,
-        Some(Judged::Done(v)) => Some(v),
-        Some(Judged::Admitted(vacancy)) => match route {
-            route::Route::Local | route::Route::Next(_) => {
-                let revision = tables.policy().revision();
-                let v = flow::commit(now_ns, ingress, ct, meta, vacancy, revision);
-                if let PolicyVerdict::Drop { reason, .. } = v {
-                    return Outcome {
-                        policy: Some(v),
-                        ..Outcome::drop(reason.into())
+        Some(j) => match j.judged {
+            Judged::Done(v) => Some(v),
+            Judged::Admitted(vacancy) => match route {
+                route::Route::Local | route::Route::Next(_) => {
+                    let revision = tables.policy().revision();
+                    let v = match j.service {
+                        None => {
+                            flow::commit(now_ns, ingress, ct, meta, vacancy, revision, Annex::NONE)
+                        }
+                        Some(s) => service::commit(
+                            now_ns,
+                            ingress,
+                            ct,
+                            (meta, routed),
+                            vacancy,
+                            revision,
+                            s,
+                        ),
                     };
+                    if let PolicyVerdict::Drop { reason, .. } = v {
+                        return Outcome {
+                            policy: Some(v),
+                            ..Outcome::drop(reason.into())
+                        };
+                    }
+                    Some(v)
                 }
-                Some(v)
-            }
-            route::Route::TtlExpired { .. } | route::Route::Drop(_) => {
-                Some(PolicyVerdict::Untracked)
-            }
+                route::Route::TtlExpired { .. } | route::Route::Drop(_) => {
+                    Some(PolicyVerdict::Untracked)
+                }
+            },
         },
     };
 
-    // Stage 11: emit.
+    // Stages 9 and 11: NAT and emit. A partial checksum is completed first, on the packet as
+    // it came, so the NAT's incremental updates start from a whole one. An expired packet is
+    // answered untranslated: its quote is what its sender sent.
     let (verdict, checksum_completed) = match route {
         route::Route::Local => (Verdict::SlowPath, emit::complete_checksum(frame, meta)),
         route::Route::Next(next) => {
             let completed = emit::complete_checksum(frame, meta);
+            if nat != service::Nat::None && !nat::rewrite(frame, meta, nat) {
+                return Outcome::drop(DropReason::Ipv4Truncated);
+            }
             (
                 emit::forward(frame, meta, &next, tables.gateway()),
                 completed,
@@ -235,6 +274,59 @@ pub fn decide(
         policy,
         checksum_completed,
     }
+}
+
+/// Why a packet ends before routing in [`full`].
+enum Ended {
+    /// Dropped, with this outcome.
+    Dropped(Outcome),
+    /// A new connection to this frontend, which has no backend for it.
+    Refused(std::net::SocketAddrV4),
+}
+
+/// Stages 3b to 6 in [`Mode::Full`]: fragments, the conntrack lookup, the service stage (when
+/// the tables have services) and policy.
+#[inline(always)]
+fn full(
+    now_ns: u64,
+    meta: &Meta,
+    tables: &Tables,
+    ct: &mut Conntrack,
+) -> Result<service::Judgement, Ended> {
+    let (gateway, rules) = (tables.gateway().ipv4, tables.policy());
+    let j = if meta.has(Meta::FRAGMENT) {
+        match fragment::judge(now_ns, meta, gateway, rules, ct) {
+            Ok(j) => service::Judgement::plain(j),
+            Err(reason) => return Err(Ended::Dropped(Outcome::drop(reason))),
+        }
+    } else if tables.services().is_empty() {
+        service::Judgement::plain(judge(now_ns, meta, gateway, rules, ct))
+    } else {
+        service::judge(now_ns, meta, tables, ct).map_err(|n| Ended::Refused(n.frontend))?
+    };
+    if let Judged::Done(v @ PolicyVerdict::Drop { reason, .. }) = j.judged {
+        return Err(Ended::Dropped(Outcome {
+            policy: Some(v),
+            ..Outcome::drop(reason.into())
+        }));
+    }
+    Ok(j)
+}
+
+/// A new connection to `frontend` refused for want of a backend: answered to its source, if
+/// a route leads back to it.
+#[cold]
+#[inline(never)]
+fn refuse(
+    frame: &mut Frame<'_>,
+    meta: &Meta,
+    tables: &Tables,
+    frontend: std::net::SocketAddrV4,
+) -> Outcome {
+    Outcome::verdict(match tables.route(meta.key.src) {
+        Some(back) => emit::refuse(frame, meta, &back, tables.gateway(), frontend),
+        None => Verdict::Drop(DropReason::NoServiceBackend),
+    })
 }
 
 /// What stages 4 and 6 made of a packet ([`judge`]).
@@ -260,8 +352,14 @@ pub fn judge(
     ct: &mut Conntrack,
 ) -> Judged {
     match flow::lookup(now_ns, ct, meta, gateway, rules) {
-        flow::Tracking::Known(v) => Judged::Done(v),
+        flow::Tracking::Known(v) | flow::Tracking::RevNat(v, _) => Judged::Done(v),
         flow::Tracking::Unrelated => Judged::Done(policy::admit(rules, meta)),
+        // A service connection's entry, on tables without services: its service is gone, and
+        // its virtual address leads nowhere.
+        flow::Tracking::Service { .. } => Judged::Done(match policy::admit(rules, meta) {
+            PolicyVerdict::New => PolicyVerdict::Untracked,
+            v => v,
+        }),
         flow::Tracking::New(vacancy) => match policy::admit(rules, meta) {
             PolicyVerdict::New => Judged::Admitted(vacancy),
             v => Judged::Done(v),
@@ -282,9 +380,15 @@ pub fn flow_and_policy(
 ) -> PolicyVerdict {
     match judge(now_ns, meta, gateway, rules, ct) {
         Judged::Done(v) => v,
-        Judged::Admitted(vacancy) => {
-            flow::commit(now_ns, ingress, ct, meta, vacancy, rules.revision())
-        }
+        Judged::Admitted(vacancy) => flow::commit(
+            now_ns,
+            ingress,
+            ct,
+            meta,
+            vacancy,
+            rules.revision(),
+            Annex::NONE,
+        ),
     }
 }
 
@@ -293,3 +397,6 @@ mod tests;
 
 #[cfg(test)]
 mod state_tests;
+
+#[cfg(test)]
+mod service_tests;

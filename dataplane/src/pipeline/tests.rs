@@ -68,6 +68,14 @@ fn tally(o: &Outcome) -> WorkerStats {
             s.drop(DropReason::TtlExceeded);
             s.icmp_errors_sent.inc();
         }
+        Verdict::Refused { reset, .. } => {
+            s.drop(DropReason::NoServiceBackend);
+            if reset {
+                s.resets_sent.inc();
+            } else {
+                s.icmp_errors_sent.inc();
+            }
+        }
         Verdict::SlowPath => s.to_slowpath.inc(),
         Verdict::Drop(r) => s.drop(r),
     }
@@ -77,7 +85,10 @@ fn tally(o: &Outcome) -> WorkerStats {
     assert_eq!(verdict_counters(&s), 1);
     assert_eq!(
         o.drop_reason().is_some(),
-        matches!(o.verdict, Verdict::Drop(_) | Verdict::IcmpError(_))
+        matches!(
+            o.verdict,
+            Verdict::Drop(_) | Verdict::IcmpError(_) | Verdict::Refused { .. }
+        )
     );
     s
 }
@@ -831,7 +842,7 @@ fn random_and_mutated_frames_never_panic_and_get_one_verdict_each() {
         assert!(f.len() <= cap);
         verdicts[match o.verdict {
             Verdict::Forward(_) => 0,
-            Verdict::IcmpError(_) => 1,
+            Verdict::IcmpError(_) | Verdict::Refused { .. } => 1,
             Verdict::SlowPath => 2,
             Verdict::Drop(_) => 3,
         }] += 1;

@@ -60,12 +60,16 @@ pub fn error_quote(msg: &[u8]) -> Option<&[u8]> {
 pub enum ErrorKind {
     /// Time exceeded in transit (type 11, code 0).
     TtlExceeded,
+    /// Destination unreachable, port unreachable (type 3, code 3): what a host answers a UDP
+    /// datagram to a port nobody listens on, and what a service with no backend answers.
+    PortUnreachable,
 }
 
 impl ErrorKind {
     fn type_code(self) -> (u8, u8) {
         match self {
             ErrorKind::TtlExceeded => (TIME_EXCEEDED, 0),
+            ErrorKind::PortUnreachable => (DEST_UNREACHABLE, 3),
         }
     }
 }

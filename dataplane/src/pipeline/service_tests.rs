@@ -1,0 +1,481 @@
+//! The service stage and its NAT, on byte arrays through [`process`]: a client pod A, backend
+//! pods B1, B2 and B3, and a frontend 10.96.0.10 (TCP 80 → 8080, UDP 53 → 5353). Every
+//! rewritten packet's checksums are verified by `etherparse`, an independent implementation.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use super::*;
+use crate::checksum;
+use crate::conntrack::CtConfig;
+use crate::maglev::{MaglevBackend, MaglevTable};
+use crate::policy::{PolicyTablesBuilder, RuleOrigin, Section, identity};
+use crate::services::{Algorithm, Backend, Frontend, ServiceTables};
+use crate::tables::{Gateway, MacAddr, Neighbor};
+use crate::wire::ip::proto;
+use etherparse::{Icmpv4Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const GW_IP: [u8; 4] = [10, 0, 0, 1];
+const VIP: [u8; 4] = [10, 96, 0, 10];
+
+#[derive(Clone, Copy, Debug)]
+struct Pod {
+    ip: [u8; 4],
+    mac: [u8; 6],
+    port: PortId,
+    id: u32,
+}
+
+const A: Pod = Pod {
+    ip: [10, 0, 0, 10],
+    mac: [0x02, 0, 0, 0, 0, 0x0a],
+    port: 1,
+    id: 300,
+};
+const B: [Pod; 3] = [
+    Pod {
+        ip: [10, 0, 0, 21],
+        mac: [0x02, 0, 0, 0, 0, 0x21],
+        port: 2,
+        id: 301,
+    },
+    Pod {
+        ip: [10, 0, 0, 22],
+        mac: [0x02, 0, 0, 0, 0, 0x22],
+        port: 3,
+        id: 302,
+    },
+    Pod {
+        ip: [10, 0, 0, 23],
+        mac: [0x02, 0, 0, 0, 0, 0x23],
+        port: 4,
+        id: 303,
+    },
+];
+
+fn backend(i: usize, port: u16) -> Backend {
+    Backend {
+        id: 1 + i as u32 + if port == 8080 { 0 } else { 10 },
+        addr: SocketAddrV4::new(B[i].ip.into(), port),
+    }
+}
+
+/// Services: TCP 80 → 8080 and UDP 53 → 5353 on the backends `which` (weights 1), with
+/// `affinity_ns` of ClientIP affinity on the TCP frontend.
+fn services(which: &[usize], affinity_ns: u64) -> ServiceTables {
+    let mut s = ServiceTables::new(Algorithm::Maglev);
+    for i in 0..3 {
+        s.add_backend(backend(i, 8080).id, backend(i, 8080).addr)
+            .unwrap();
+        s.add_backend(backend(i, 5353).id, backend(i, 5353).addr)
+            .unwrap();
+    }
+    for (id, port, target, protocol) in [(1, 80, 8080, proto::TCP), (2, 53, 5353, proto::UDP)] {
+        let bs: Vec<Backend> = which.iter().map(|&i| backend(i, target)).collect();
+        let maglev = (!bs.is_empty()).then(|| {
+            let mb: Vec<_> = bs
+                .iter()
+                .map(|b| MaglevBackend {
+                    key: b.addr,
+                    weight: 1,
+                })
+                .collect();
+            Arc::new(MaglevTable::new(&mb, 251).unwrap())
+        });
+        s.add_frontend(Frontend {
+            id,
+            addr: SocketAddrV4::new(VIP.into(), port),
+            proto: protocol,
+            affinity_timeout_ns: if protocol == proto::TCP {
+                affinity_ns
+            } else {
+                0
+            },
+            backends: bs.into(),
+            maglev,
+        })
+        .unwrap();
+    }
+    s
+}
+
+/// Full-mode tables for A and the backends, with `services`; B3's ingress (if `guard_b3`)
+/// allows nothing, so a connection balanced to it is denied.
+fn tables_with(services: ServiceTables, guard_b3: bool) -> Tables {
+    let mut t = Tables::new(
+        1,
+        Mode::Full,
+        Gateway {
+            mac: MacAddr(GW_MAC),
+            ipv4: Ipv4Addr::from(GW_IP),
+        },
+    );
+    let mut b = PolicyTablesBuilder::new(1);
+    for p in std::iter::once(A).chain(B) {
+        t.add_route(
+            Ipv4Addr::from(p.ip),
+            Neighbor {
+                port: p.port,
+                mac: MacAddr(p.mac),
+            },
+        )
+        .unwrap();
+        b.add_endpoint(Ipv4Addr::from(p.ip), p.id);
+    }
+    b.add_address(Ipv4Addr::from(GW_IP), identity::HOST);
+    if guard_b3 {
+        b.add_origin(RuleOrigin {
+            policy: "default/p".into(),
+            spec: 0,
+            section: Section::Ingress,
+            index: 0,
+        });
+        b.endpoint_policy(B[2].id).ingress.set_enforced(true);
+    }
+    t.set_policy(b.build());
+    t.set_services(Arc::new(services));
+    t
+}
+
+fn tables() -> Tables {
+    tables_with(services(&[0, 1, 2], 0), false)
+}
+
+fn ct() -> Conntrack {
+    Conntrack::new(&CtConfig {
+        capacity: 8192,
+        seed: 5,
+        ..CtConfig::default()
+    })
+}
+
+fn tcp(from: Pod, to: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(from.mac, GW_MAC)
+        .ipv4(from.ip, to, 64)
+        .tcp(sport, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(1).psh() };
+    let mut v = Vec::new();
+    b.write(&mut v, if syn { b"" } else { b"hello" }).unwrap();
+    v
+}
+
+fn udp(from: Pod, to: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(from.mac, GW_MAC)
+        .ipv4(from.ip, to, 64)
+        .udp(sport, dport)
+        .write(&mut v, b"query")
+        .unwrap();
+    v
+}
+
+/// Runs `bytes` through the pipeline as received on `from`'s port; the outcome and the frame.
+fn send(t: &Tables, ct: &mut Conntrack, from: Pod, bytes: &[u8]) -> (Outcome, Vec<u8>) {
+    let mut buf = bytes.to_vec();
+    buf.resize(2048, 0);
+    let mut f = Frame::new(&mut buf, bytes.len());
+    let o = process(1_000, from.port, &mut f, t, ct);
+    let out = f.data().to_vec();
+    (o, out)
+}
+
+/// The frame's IPv4 addresses and transport ports, after checking with `etherparse` that its
+/// IP header checksum and its TCP or UDP checksum are right.
+fn verified(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
+    let h = PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IP checksum");
+    let payload = h.payload.slice();
+    let (sp, dp) = match &h.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv4(ip, payload).unwrap(),
+                "TCP checksum"
+            );
+            (t.source_port, t.destination_port)
+        }
+        Some(TransportHeader::Udp(u)) => {
+            assert_eq!(
+                u.checksum,
+                u.calc_checksum_ipv4(ip, payload).unwrap(),
+                "UDP checksum"
+            );
+            (u.source_port, u.destination_port)
+        }
+        other => panic!("not TCP or UDP: {other:?}"),
+    };
+    (
+        SocketAddrV4::new(ip.source.into(), sp),
+        SocketAddrV4::new(ip.destination.into(), dp),
+    )
+}
+
+fn pod_at(ip: Ipv4Addr) -> Pod {
+    *B.iter().find(|b| Ipv4Addr::from(b.ip) == ip).unwrap()
+}
+
+fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP.into(), port)
+}
+
+/// A connection to the virtual address goes to a backend (destination rewritten, checksums
+/// right), is tracked there, and the backend's reply comes back from the virtual address; the
+/// connection's later packets find the same backend.
+#[test]
+fn a_connection_is_balanced_translated_and_answered_from_the_virtual_address() {
+    let (t, mut ct) = (tables(), ct());
+    let (o, out) = send(&t, &mut ct, A, &tcp(A, VIP, 40000, 80, true));
+    assert_eq!(o.policy, Some(PolicyVerdict::New));
+    let (src, dst) = verified(&out);
+    assert_eq!(src, SocketAddrV4::new(A.ip.into(), 40000));
+    assert_eq!(dst.port(), 8080);
+    let b = pod_at(*dst.ip());
+    assert_eq!(o.verdict, Verdict::Forward(b.port));
+    assert_eq!(&out[0..6], &b.mac, "to the backend's MAC");
+    // Two entries: the service entry and the connection's own.
+    assert_eq!(ct.len(), 2);
+
+    let reply = tcp(b, A.ip, 8080, 40000, false);
+    let (o, out) = send(&t, &mut ct, b, &reply);
+    assert_eq!(o.policy, Some(PolicyVerdict::Reply));
+    assert_eq!(o.verdict, Verdict::Forward(A.port));
+    assert_eq!(
+        verified(&out),
+        (vip(80), SocketAddrV4::new(A.ip.into(), 40000))
+    );
+
+    for _ in 0..3 {
+        let (o, out) = send(&t, &mut ct, A, &tcp(A, VIP, 40000, 80, false));
+        assert_eq!(o.policy, Some(PolicyVerdict::Established));
+        assert_eq!(verified(&out).1, dst);
+    }
+    // A reply handled by another worker (another handle on the same table) is translated too.
+    let mut other = ct.clone();
+    let (o, out) = send(&t, &mut other, b, &reply);
+    assert_eq!(o.policy, Some(PolicyVerdict::Reply));
+    assert_eq!(verified(&out).0, vip(80));
+    assert_eq!(ct.len(), 2);
+}
+
+/// Connections spread over every backend, the same 5-tuple always to the same one.
+#[test]
+fn new_connections_spread_over_the_backends_and_each_keeps_its_own() {
+    let (t, mut ct) = (tables(), ct());
+    let mut seen = std::collections::HashMap::new();
+    for sport in 30000..30300u16 {
+        let (o, out) = send(&t, &mut ct, A, &tcp(A, VIP, sport, 80, true));
+        assert!(matches!(o.verdict, Verdict::Forward(_)));
+        *seen.entry(*verified(&out).1.ip()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|&n| n > 60), "{seen:?}");
+}
+
+/// An established connection stays on its backend when the backend set changes; a new one
+/// sees only the new set.
+#[test]
+fn established_connections_never_move_when_the_backend_set_changes() {
+    let mut ct = ct();
+    let t = tables();
+    let mut placed = Vec::new();
+    for sport in 20000..20060u16 {
+        let (_, out) = send(&t, &mut ct, A, &tcp(A, VIP, sport, 80, true));
+        placed.push((sport, verified(&out).1));
+    }
+    let gone = placed[0].1;
+    let rest: Vec<usize> = (0..3)
+        .filter(|&i| Ipv4Addr::from(B[i].ip) != *gone.ip())
+        .collect();
+    let t2 = tables_with(services(&rest, 0), false);
+    for &(sport, to) in &placed {
+        let (o, out) = send(&t2, &mut ct, A, &tcp(A, VIP, sport, 80, false));
+        assert_eq!(o.policy, Some(PolicyVerdict::Established), "{sport}");
+        assert_eq!(verified(&out).1, to, "connection {sport} moved");
+    }
+    for sport in 50000..50100u16 {
+        let (_, out) = send(&t2, &mut ct, A, &tcp(A, VIP, sport, 80, true));
+        assert_ne!(
+            *verified(&out).1.ip(),
+            *gone.ip(),
+            "a new connection to the removed backend"
+        );
+    }
+}
+
+/// With no backend, a TCP SYN gets a RST and a UDP datagram an ICMP port unreachable, both
+/// from the virtual address, to the sender's port; nothing is tracked.
+#[test]
+fn a_service_without_a_backend_answers_a_reset_or_port_unreachable() {
+    let (t, mut ct) = (tables_with(services(&[], 0), false), ct());
+    let (o, out) = send(&t, &mut ct, A, &tcp(A, VIP, 40000, 80, true));
+    assert_eq!(
+        o.verdict,
+        Verdict::Refused {
+            port: A.port,
+            reset: true
+        }
+    );
+    assert_eq!(o.drop_reason(), Some(DropReason::NoServiceBackend));
+    assert_eq!(&out[0..6], &A.mac);
+    assert_eq!(
+        verified(&out),
+        (vip(80), SocketAddrV4::new(A.ip.into(), 40000))
+    );
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(TransportHeader::Tcp(rst)) = h.transport else {
+        panic!()
+    };
+    assert!(rst.rst && rst.ack && rst.acknowledgment_number == 1001);
+
+    let (o, out) = send(&t, &mut ct, A, &udp(A, VIP, 4000, 53));
+    assert_eq!(
+        o.verdict,
+        Verdict::Refused {
+            port: A.port,
+            reset: false
+        }
+    );
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!()
+    };
+    assert_eq!((ip.source, ip.destination), (VIP, A.ip));
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else {
+        panic!()
+    };
+    assert!(matches!(
+        icmp.icmp_type,
+        Icmpv4Type::DestinationUnreachable(_)
+    ));
+    assert_eq!(
+        icmp.checksum,
+        icmp.icmp_type.calc_checksum(h.payload.slice())
+    );
+    assert_eq!(ct.len(), 0);
+    // A RST to the frontend is not answered.
+    let mut rst = tcp(A, VIP, 40000, 80, false);
+    rst[14 + 20 + 13] = 0x04;
+    let (o, _) = send(&t, &mut ct, A, &rst);
+    assert_eq!(o.verdict, Verdict::Drop(DropReason::NoServiceBackend));
+}
+
+/// UDP is translated both ways, and a datagram without a checksum keeps none.
+#[test]
+fn udp_is_translated_both_ways_and_a_missing_checksum_stays_missing() {
+    let (t, mut ct) = (tables(), ct());
+    let (_, out) = send(&t, &mut ct, A, &udp(A, VIP, 4000, 53));
+    let (_, to) = verified(&out);
+    assert_eq!(to.port(), 5353);
+    let b = pod_at(*to.ip());
+    let (o, out) = send(&t, &mut ct, b, &udp(b, A.ip, 5353, 4000));
+    assert_eq!(o.policy, Some(PolicyVerdict::Reply));
+    assert_eq!(verified(&out).0, vip(53));
+
+    let mut bare = udp(A, VIP, 4001, 53);
+    bare[14 + 20 + 6] = 0;
+    bare[14 + 20 + 7] = 0;
+    let (_, out) = send(&t, &mut ct, A, &bare);
+    assert_eq!(&out[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+    assert_eq!(&out[14 + 20 + 2..14 + 20 + 4], &5353u16.to_be_bytes());
+}
+
+/// A partial checksum (a pod's TX offload) is completed before the translation, so the
+/// backend gets a whole, right one.
+#[test]
+fn a_partial_checksum_is_completed_then_translated() {
+    let (t, mut ct) = (tables(), ct());
+    let mut f = tcp(A, VIP, 40000, 80, false);
+    let total = f.len() - 14;
+    let p = checksum::ipv4_pseudo_header(A.ip, VIP, proto::TCP, (total - 20) as u16).fold();
+    f[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&p.to_be_bytes());
+    let (o, out) = send(&t, &mut ct, A, &f);
+    assert!(o.checksum_completed);
+    verified(&out);
+}
+
+/// With ClientIP affinity every connection of a client reaches one backend.
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    let (t, mut ct) = (
+        tables_with(services(&[0, 1, 2], 10_000_000_000), false),
+        ct(),
+    );
+    let mut to = std::collections::HashSet::new();
+    for sport in 30000..30100u16 {
+        let (_, out) = send(&t, &mut ct, A, &tcp(A, VIP, sport, 80, true));
+        to.insert(*verified(&out).1.ip());
+    }
+    assert_eq!(to.len(), 1, "{to:?}");
+}
+
+/// The policy judges the translated flow: a backend whose ingress allows nothing is not
+/// reached through the virtual address either, and the drop names the policy.
+#[test]
+fn policy_sees_the_backend_after_translation() {
+    let (t, mut ct) = (tables_with(services(&[2], 0), true), ct());
+    let (o, _) = send(&t, &mut ct, A, &tcp(A, VIP, 40000, 80, true));
+    assert_eq!(o.verdict, Verdict::Drop(DropReason::PolicyDenied));
+    assert_eq!(ct.len(), 0);
+}
+
+/// A backend's port unreachable about a client's datagram reaches the client about the
+/// datagram it sent: from the virtual address, quoting the virtual address, checksums right.
+#[test]
+fn an_icmp_error_from_a_backend_is_translated_back() {
+    let (t, mut ct) = (tables(), ct());
+    let (_, sent) = send(&t, &mut ct, A, &udp(A, VIP, 4000, 53));
+    let b = pod_at(*verified(&sent).1.ip());
+    let mut err = Vec::new();
+    PacketBuilder::ethernet2(b.mac, GW_MAC)
+        .ipv4(b.ip, A.ip, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut err, &sent[14..14 + 28])
+        .unwrap();
+    let (o, out) = send(&t, &mut ct, b, &err);
+    assert_eq!(o.policy, Some(PolicyVerdict::Related));
+    assert_eq!(o.verdict, Verdict::Forward(A.port));
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!()
+    };
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    assert_eq!(ip.source, VIP);
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else {
+        panic!()
+    };
+    let quote = h.payload.slice();
+    assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(quote));
+    let (inner, rest) = etherparse::Ipv4Header::from_slice(quote).unwrap();
+    assert_eq!(inner.header_checksum, inner.calc_header_checksum());
+    assert_eq!((inner.source, inner.destination), (A.ip, VIP));
+    assert_eq!(&rest[2..4], &53u16.to_be_bytes());
+    // The quoted UDP checksum is that of the datagram the client sent.
+    assert_eq!(
+        &rest[6..8],
+        &udp(A, VIP, 4000, 53)[14 + 20 + 6..14 + 20 + 8]
+    );
+}
+
+/// The passthrough floor translates nothing: a packet to a virtual address has no route.
+#[test]
+fn passthrough_translates_nothing() {
+    let mut t = tables_in_mode(Mode::Passthrough);
+    t.set_services(Arc::new(services(&[0], 0)));
+    let (o, _) = send(&t, &mut ct(), A, &tcp(A, VIP, 40000, 80, true));
+    assert_eq!(o.verdict, Verdict::Drop(DropReason::NoRoute));
+}
+
+fn tables_in_mode(mode: Mode) -> Tables {
+    let t = tables();
+    let mut p = Tables::new(t.revision(), mode, *t.gateway());
+    for (ip, n) in t.routes() {
+        p.add_route(ip, n).unwrap();
+    }
+    p
+}
