@@ -41,15 +41,21 @@ pub enum EventType {
     /// A DNS observation. Clients can ask for it, but no stage produces one: DNS inspection is
     /// not built yet.
     Dns = 3,
+    /// A notification of the agent itself (a backend's health changed), Cilium's name for
+    /// agent notifications. Workers never produce it: the control side queues these beside
+    /// the workers' rings, and its bit in the enable mask only tells the agent whether anyone
+    /// listens.
+    Agent = 4,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 4] = [
+    pub const ALL: [EventType; 5] = [
         EventType::Drop,
         EventType::Trace,
         EventType::PolicyVerdict,
         EventType::Dns,
+        EventType::Agent,
     ];
 
     /// Its bit in the enable mask.
@@ -57,13 +63,14 @@ impl EventType {
         1 << self as u32
     }
 
-    /// The stable name (`drop`, `trace`, `policy-verdict`, `dns`).
+    /// The stable name (`drop`, `trace`, `policy-verdict`, `dns`, `agent`).
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::Drop => "drop",
             EventType::Trace => "trace",
             EventType::PolicyVerdict => "policy-verdict",
             EventType::Dns => "dns",
+            EventType::Agent => "agent",
         }
     }
 }
@@ -75,7 +82,7 @@ impl std::str::FromStr for EventType {
             .into_iter()
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown event type '{s}': use drop, trace, policy-verdict or dns")
+                format!("unknown event type '{s}': use drop, trace, policy-verdict, dns or agent")
             })
     }
 }

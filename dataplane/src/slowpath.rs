@@ -3,7 +3,8 @@
 //! Workers hand over only the frames addressed to the gateway itself (ARP for its IP, IPv4 to
 //! its IP), copied into fixed-size [`SlowFrame`]s on a bounded queue. A control-side thread
 //! feeds them to a [`smoltcp`] interface that owns the gateway's IP and MAC: it answers ARP and
-//! ICMP echo now, and will carry the agent's own TCP connections (health checks) later.
+//! ICMP echo, and makes the agent's health-check probes ([`probe`]: TCP connects and HTTP GETs
+//! from the gateway's address, asked for and answered through bounded queues).
 //! Whatever smoltcp sends goes back to a worker's reply queue, addressed by the tables alone
 //! ([`address_by_tables`]): it leaves on the port the route table gives for its destination, to
 //! the MAC that route names, whatever smoltcp's own neighbour cache holds. smoltcp learns the
@@ -28,6 +29,8 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+pub mod probe;
 
 use crate::stats::Counter;
 use crate::tables::{PortId, Tables};
@@ -83,6 +86,35 @@ pub struct SlowPathLink {
 
 struct QueueDevice {
     link: SlowPathLink,
+    /// The conntrack owner of the flows probes open ([`SlowPath::serve_probes`]).
+    ct_owner: PortId,
+    /// Frames the slow path gives itself, taken before the workers' ([`Self::seed_neighbor`]).
+    seeded: std::collections::VecDeque<SlowFrame>,
+}
+
+impl QueueDevice {
+    /// Tells smoltcp the MAC of `ip` from the tables, as an ARP reply from it, before a probe
+    /// connects to it. smoltcp sends at most one ARP request a second for the whole interface
+    /// (its neighbour cache's rate limit), so probes to several new backends at once would
+    /// otherwise wait a second each for their neighbour and time out. The tables decide where
+    /// every frame goes anyway ([`address_by_tables`]): the cache only has to let smoltcp send.
+    fn seed_neighbor(&mut self, ip: Ipv4Addr) {
+        let tables = self.link.tables.load();
+        let (Some(n), gw) = (tables.route(ip), tables.gateway()) else {
+            return;
+        };
+        let mut f = [0u8; 42];
+        f[0..6].copy_from_slice(&gw.mac.0);
+        f[6..12].copy_from_slice(&n.mac.0);
+        f[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+        f[22..28].copy_from_slice(&n.mac.0);
+        f[28..32].copy_from_slice(&ip.octets());
+        f[32..38].copy_from_slice(&gw.mac.0);
+        f[38..42].copy_from_slice(&gw.ipv4.octets());
+        if let Some(sf) = SlowFrame::new(n.port, &f) {
+            self.seeded.push_back(sf);
+        }
+    }
 }
 
 struct RxTok(SlowFrame);
@@ -95,6 +127,7 @@ impl phy::RxToken for RxTok {
 
 struct TxTok<'a> {
     link: &'a SlowPathLink,
+    ct_owner: PortId,
 }
 
 /// Addresses a frame smoltcp built by the tables alone: finds the route to its destination (an
@@ -131,6 +164,7 @@ impl phy::TxToken for TxTok<'_> {
         let len = len.min(SLOW_FRAME_MAX);
         let mut sf = SlowFrame {
             port: 0,
+            owner: self.ct_owner,
             len: len as u16,
             data: [0; SLOW_FRAME_MAX],
         };
@@ -158,13 +192,28 @@ impl Device for QueueDevice {
     type TxToken<'a> = TxTok<'a>;
 
     fn receive(&mut self, _ts: SmolInstant) -> Option<(RxTok, TxTok<'_>)> {
-        let frame = self.link.inbox.pop()?;
-        self.link.stats.rx.inc();
-        Some((RxTok(frame), TxTok { link: &self.link }))
+        let frame = match self.seeded.pop_front() {
+            Some(f) => f,
+            None => {
+                let f = self.link.inbox.pop()?;
+                self.link.stats.rx.inc();
+                f
+            }
+        };
+        Some((
+            RxTok(frame),
+            TxTok {
+                link: &self.link,
+                ct_owner: self.ct_owner,
+            },
+        ))
     }
 
     fn transmit(&mut self, _ts: SmolInstant) -> Option<TxTok<'_>> {
-        Some(TxTok { link: &self.link })
+        Some(TxTok {
+            link: &self.link,
+            ct_owner: self.ct_owner,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -182,6 +231,7 @@ pub struct SlowPath {
     device: QueueDevice,
     sockets: SocketSet<'static>,
     epoch: std::time::Instant,
+    prober: Option<probe::Prober>,
 }
 
 impl std::fmt::Debug for SlowPath {
@@ -198,7 +248,11 @@ impl SlowPath {
     /// bits (the pod CIDR's: smoltcp answers ARP only from its own subnet).
     pub fn new(link: SlowPathLink, prefix_len: u8) -> Self {
         let gw = *link.tables.load().gateway();
-        let mut device = QueueDevice { link };
+        let mut device = QueueDevice {
+            link,
+            ct_owner: 0,
+            seeded: Default::default(),
+        };
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(gw.mac.0)));
         config.random_seed = u64::from(std::process::id()) ^ 0x78796c656d;
         let epoch = std::time::Instant::now();
@@ -212,18 +266,63 @@ impl SlowPath {
             device,
             sockets: SocketSet::new(Vec::new()),
             epoch,
+            prober: None,
         }
+    }
+
+    /// Makes the probes the agent queues on `queues` (see [`probe`]); their results come back
+    /// on the same queues. The agent wakes this thread through the queues' signal, which must
+    /// be this slow path's [`SlowPathLink::signal`].
+    ///
+    /// `ct_owner` is the port the probes' conntrack entries are counted against: the workers
+    /// commit each probe's connection as a new flow from the gateway (see
+    /// [`probe::is_probe_frame`]), and an entry needs an owner. Give a port that is not one
+    /// pod's and is exempt from the per-pod limit
+    /// ([`crate::conntrack::Conntrack::exempt_from_endpoint_limit`]), such as the host port:
+    /// probes are the node's own connections, and a pod's share must neither pay for them nor
+    /// stop them.
+    pub fn serve_probes(&mut self, queues: probe::ProbeQueues, ct_owner: PortId) {
+        self.prober = Some(probe::Prober::new(queues));
+        self.device.ct_owner = ct_owner;
+    }
+
+    /// Probes in flight, closing ones included (each holds one smoltcp socket).
+    pub fn probes_in_flight(&self) -> usize {
+        self.prober.as_ref().map_or(0, probe::Prober::in_flight)
+    }
+
+    /// smoltcp sockets held (probes in flight hold one each; nothing else does).
+    pub fn sockets_held(&self) -> usize {
+        self.sockets.iter().count()
     }
 
     fn now(&self) -> SmolInstant {
         SmolInstant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
 
-    /// Processes everything queued. Returns whether anything was processed.
+    /// Processes everything queued: frames from the workers, new probes, and the probes in
+    /// flight. Returns whether a frame was processed.
     pub fn poll(&mut self) -> bool {
-        let now = self.now();
         let before = self.device.link.stats.rx.get();
-        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        if let Some(p) = &mut self.prober {
+            let device = &mut self.device;
+            p.start(&mut self.iface, &mut self.sockets, |ip| {
+                device.seed_neighbor(ip)
+            });
+        }
+        // A probe that closes or aborts has a FIN or RST to send: one more poll sends it, and
+        // the next advance can free its socket.
+        for _ in 0..3 {
+            let now = self.now();
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            let more = match &mut self.prober {
+                Some(p) => p.advance(&mut self.sockets),
+                None => false,
+            };
+            if !more {
+                break;
+            }
+        }
         self.device.link.stats.rx.get() != before
     }
 
@@ -235,14 +334,29 @@ impl SlowPath {
             self.poll();
             if self.device.link.inbox.is_empty() {
                 let now = self.now();
+                let probe_due = self
+                    .prober
+                    .as_ref()
+                    .and_then(probe::Prober::next_deadline)
+                    .map(|t| t.saturating_duration_since(std::time::Instant::now()));
                 let delay = self
                     .iface
                     .poll_delay(now, &self.sockets)
                     .map(|d| Duration::from_micros(d.total_micros()))
+                    .into_iter()
+                    .chain(probe_due)
+                    .min()
                     .unwrap_or(Duration::from_millis(100))
                     .min(Duration::from_millis(100));
                 std::thread::park_timeout(delay);
             }
+        }
+        // The backends' ends of probes still in flight get their RST rather than a
+        // connection that lingers until it times out.
+        if let Some(p) = &mut self.prober {
+            p.abort_all(&mut self.sockets);
+            let now = self.now();
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
         }
     }
 }

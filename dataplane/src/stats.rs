@@ -147,6 +147,10 @@ drop_reasons! {
     /// more than the fragment table's timeout ago, or its record was evicted): without its
     /// ports it cannot be judged, so it is dropped (`full` mode).
     FragNoHead => "frag-no-head",
+    /// A new connection to a service's frontend, which has no backend that takes new
+    /// connections: answered with a TCP RST or an ICMP port unreachable, built in the packet's
+    /// own buffer (the verdict then sends that back; `full` mode).
+    NoServiceBackend => "no-service-backend",
 }
 
 impl From<crate::policy::PolicyDropReason> for DropReason {
@@ -181,14 +185,20 @@ pub struct WorkerStats {
     pub to_slowpath: Counter,
     /// Partial TCP/UDP checksums (left by TX checksum offload) completed by the pipeline.
     pub checksum_completed: Counter,
-    /// ICMP error messages built by the pipeline.
+    /// ICMP error messages built by the pipeline (time exceeded; port unreachable for a UDP
+    /// datagram to a service with no backend).
     pub icmp_errors_sent: Counter,
+    /// TCP resets built by the pipeline (a connection to a service with no backend).
+    pub resets_sent: Counter,
     /// Drops by reason, indexed by `DropReason as usize` (verdict counters).
     pub drops: [Counter; DropReason::COUNT],
     /// Slow-path replies handed to a TX ring.
     pub slowpath_replies_sent: Counter,
     /// Slow-path replies that could not be sent (no free frame, no such port, TX ring full).
     pub slowpath_replies_dropped: Counter,
+    /// Health-check probe frames of the slow path that conntrack and policy refused (not
+    /// sent): a backend whose policy does not let the node in, or a full flow table.
+    pub slowpath_probes_denied: Counter,
     /// RX batches processed (counted by the worker).
     pub batches: Counter,
     /// Polls that found work (counted by the worker).
@@ -214,10 +224,12 @@ impl Default for WorkerStats {
             to_slowpath: Counter::default(),
             checksum_completed: Counter::default(),
             icmp_errors_sent: Counter::default(),
+            resets_sent: Counter::default(),
             // Not `Default::default()`: arrays only derive it up to 32 elements.
             drops: std::array::from_fn(|_| Counter::default()),
             slowpath_replies_sent: Counter::default(),
             slowpath_replies_dropped: Counter::default(),
+            slowpath_probes_denied: Counter::default(),
             batches: Counter::default(),
             busy_polls: Counter::default(),
             idle_polls: Counter::default(),
@@ -251,12 +263,14 @@ impl WorkerStats {
             to_slowpath: self.to_slowpath.get(),
             checksum_completed: self.checksum_completed.get(),
             icmp_errors_sent: self.icmp_errors_sent.get(),
+            resets_sent: self.resets_sent.get(),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (Cow::Borrowed(r.as_str()), self.drops_of(r)))
                 .collect(),
             slowpath_replies_sent: self.slowpath_replies_sent.get(),
             slowpath_replies_dropped: self.slowpath_replies_dropped.get(),
+            slowpath_probes_denied: self.slowpath_probes_denied.get(),
             batches: self.batches.get(),
             busy_polls: self.busy_polls.get(),
             idle_polls: self.idle_polls.get(),
@@ -288,6 +302,9 @@ pub struct StatsSnapshot {
     pub checksum_completed: u64,
     /// See [`WorkerStats::icmp_errors_sent`].
     pub icmp_errors_sent: u64,
+    /// See [`WorkerStats::resets_sent`].
+    #[serde(default)]
+    pub resets_sent: u64,
     /// Drops keyed by [`DropReason::as_str`]; a snapshot taken from a [`WorkerStats`] has every
     /// reason, zeros included.
     // `Cow`: a snapshot taken from counters names its reasons without allocating, one read
@@ -297,6 +314,9 @@ pub struct StatsSnapshot {
     pub slowpath_replies_sent: u64,
     /// See [`WorkerStats::slowpath_replies_dropped`].
     pub slowpath_replies_dropped: u64,
+    /// See [`WorkerStats::slowpath_probes_denied`].
+    #[serde(default)]
+    pub slowpath_probes_denied: u64,
     /// See [`WorkerStats::batches`].
     pub batches: u64,
     /// See [`WorkerStats::busy_polls`].
@@ -332,11 +352,13 @@ impl std::ops::AddAssign<&StatsSnapshot> for StatsSnapshot {
         self.to_slowpath += o.to_slowpath;
         self.checksum_completed += o.checksum_completed;
         self.icmp_errors_sent += o.icmp_errors_sent;
+        self.resets_sent += o.resets_sent;
         for (k, v) in &o.drops {
             *self.drops.entry(k.clone()).or_insert(0) += v;
         }
         self.slowpath_replies_sent += o.slowpath_replies_sent;
         self.slowpath_replies_dropped += o.slowpath_replies_dropped;
+        self.slowpath_probes_denied += o.slowpath_probes_denied;
         self.batches += o.batches;
         self.busy_polls += o.busy_polls;
         self.idle_polls += o.idle_polls;

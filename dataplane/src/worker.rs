@@ -96,6 +96,10 @@ pub const SLOW_FRAME_MAX: usize = 2048;
 pub struct SlowFrame {
     /// The port it arrived on, or is to leave by.
     pub port: PortId,
+    /// For a frame the slow path sends that opens a flow (a health-check probe's): the port
+    /// its conntrack entry is counted against (the node's, never a pod's; see
+    /// [`crate::slowpath::SlowPath::serve_probes`]). Equal to `port` otherwise.
+    pub owner: PortId,
     /// Bytes used in `data`.
     pub len: u16,
     /// The frame.
@@ -121,6 +125,7 @@ impl SlowFrame {
         data[..bytes.len()].copy_from_slice(bytes);
         Some(SlowFrame {
             port,
+            owner: port,
             len: bytes.len() as u16,
             data,
         })
@@ -393,7 +398,9 @@ fn emit(
     event: impl Fn(EventType, Option<PortId>, Option<DropReason>) -> FlowEvent,
 ) {
     let egress = match verdict {
-        Verdict::Forward(out) | Verdict::IcmpError(out) => Some(out),
+        Verdict::Forward(out) | Verdict::IcmpError(out) | Verdict::Refused { port: out, .. } => {
+            Some(out)
+        }
         Verdict::SlowPath | Verdict::Drop(_) => None,
     };
     let reason = match verdict {
@@ -411,7 +418,7 @@ fn emit(
     }
     let kind = match verdict {
         Verdict::Forward(_) | Verdict::IcmpError(_) => EventType::Trace,
-        Verdict::Drop(_) => EventType::Drop,
+        Verdict::Drop(_) | Verdict::Refused { .. } => EventType::Drop,
         Verdict::SlowPath => return,
     };
     if mask & kind.bit() != 0 {
@@ -428,6 +435,9 @@ enum TxKind {
     /// An ICMP error answering an expired packet (already counted as `ttl-exceeded`):
     /// `icmp_errors_sent` when queued.
     IcmpError,
+    /// A TCP RST refusing a connection to a service with no backend (already counted as
+    /// `no-service-backend`): `resets_sent` when queued.
+    Reset,
     /// A slow-path reply: `slowpath_replies_sent` or `slowpath_replies_dropped`.
     SlowPathReply,
 }
@@ -1176,22 +1186,39 @@ impl<B: Backend> Worker<B> {
                 let verdict = unsafe { self.backend.with_frame(&mut d, decide_frame) };
                 // Every received frame is counted once, here or (if queued for TX) in `flush`.
                 match verdict {
-                    Verdict::Forward(out) | Verdict::IcmpError(out) if (out as usize) < ports => {
+                    Verdict::Forward(out)
+                    | Verdict::IcmpError(out)
+                    | Verdict::Refused { port: out, .. }
+                        if (out as usize) < ports =>
+                    {
                         let q = out as usize;
-                        let kind = if let Verdict::IcmpError(_) = verdict {
+                        let answered = match verdict {
+                            Verdict::IcmpError(_) => {
+                                Some((DropReason::TtlExceeded, TxKind::IcmpError))
+                            }
+                            Verdict::Refused { reset: true, .. } => {
+                                Some((DropReason::NoServiceBackend, TxKind::Reset))
+                            }
+                            Verdict::Refused { reset: false, .. } => {
+                                Some((DropReason::NoServiceBackend, TxKind::IcmpError))
+                            }
+                            _ => None,
+                        };
+                        let kind = match answered {
                             // The packet itself is dropped; its answer is counted when sent.
-                            stats.drop(DropReason::TtlExceeded);
-                            self.link.ports[port].drops.inc();
-                            TxKind::IcmpError
-                        } else {
-                            TxKind::Forwarded
+                            Some((reason, kind)) => {
+                                stats.drop(reason);
+                                self.link.ports[port].drops.inc();
+                                kind
+                            }
+                            None => TxKind::Forwarded,
                         };
                         if self.pending[q].len() == self.cfg.batch_size {
                             self.flush(q);
                         }
                         self.pending[q].push(d, kind);
                     }
-                    Verdict::Forward(_) | Verdict::IcmpError(_) => {
+                    Verdict::Forward(_) | Verdict::IcmpError(_) | Verdict::Refused { .. } => {
                         stats.drop(DropReason::NoRoute);
                         self.link.ports[port].drops.inc();
                         self.release(d);
@@ -1221,6 +1248,10 @@ impl<B: Backend> Worker<B> {
             let port = sf.port as usize;
             if port >= ports {
                 stats.slowpath_replies_dropped.inc();
+                continue;
+            }
+            if !self.admit_probe_frame(now_ns, &sf, &tables) {
+                stats.slowpath_probes_denied.inc();
                 continue;
             }
             let Some(mut d) = self.free.pop() else {
@@ -1268,6 +1299,25 @@ impl<B: Backend> Worker<B> {
         work
     }
 
+    /// Whether a frame the slow path sends may leave. A health-check probe's frame
+    /// ([`crate::slowpath::probe::is_probe_frame`]) opens or continues a connection from the
+    /// gateway, the `host` entity, so in `full` mode it passes conntrack and the policy stage
+    /// as a pod's packet would: a new flow is judged against the backend's ingress and, if
+    /// allowed, committed (owned by [`SlowFrame::owner`]), so the backend's reply is a tracked
+    /// `Reply`; later segments advance the entry's TCP state. The slow path's other frames
+    /// answer a pod (ARP, echo replies, a RST to a pod's flow) and pass as before.
+    fn admit_probe_frame(&mut self, now_ns: u64, sf: &SlowFrame, tables: &Tables) -> bool {
+        if tables.mode() != Mode::Full {
+            return true;
+        }
+        let gw = tables.gateway().ipv4;
+        let Some(meta) = crate::slowpath::probe::is_probe_frame(sf.bytes(), gw) else {
+            return true;
+        };
+        let rules = tables.policy();
+        crate::pipeline::flow_and_policy(now_ns, sf.owner, &meta, gw, rules, &mut self.ct).allows()
+    }
+
     /// Whether step 2 gives `port` frames: open, and not being removed.
     #[inline]
     fn fill_takes(&self, port: usize) -> bool {
@@ -1304,6 +1354,7 @@ impl<B: Backend> Worker<B> {
                     stats.forwarded_bytes.add(len);
                 }
                 TxKind::IcmpError => stats.icmp_errors_sent.inc(),
+                TxKind::Reset => stats.resets_sent.inc(),
                 TxKind::SlowPathReply => stats.slowpath_replies_sent.inc(),
             }
         }
@@ -1313,7 +1364,7 @@ impl<B: Backend> Worker<B> {
         for (d, kind) in q.descs.iter().zip(&q.kinds).skip(sent) {
             match kind {
                 TxKind::Forwarded => stats.drop(DropReason::TxRingFull),
-                TxKind::IcmpError => {}
+                TxKind::IcmpError | TxKind::Reset => {}
                 TxKind::SlowPathReply => stats.slowpath_replies_dropped.inc(),
             }
             let idx = self.backend.frame_index(d);
