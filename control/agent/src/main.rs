@@ -10,6 +10,7 @@ use xylem_agent::Error;
 use xylem_agent::agent::AgentState;
 use xylem_agent::state::FileStore;
 use xylem_api::config::{AgentConfig, XdpModeSetting};
+use xylem_dataplane::services::Algorithm;
 use xylem_dataplane::tables::Mode;
 use xylem_dataplane::worker::Placement;
 
@@ -40,6 +41,14 @@ struct Args {
     /// `passthrough` or `full`. Overrides `mode`.
     #[arg(long, value_parser = parse_mode)]
     mode: Option<Mode>,
+    /// `maglev` or `random`: how a new connection to a service picks its backend. Overrides
+    /// `services.algorithm`.
+    #[arg(long, value_parser = parse_algorithm)]
+    lb_algorithm: Option<Algorithm>,
+    /// M, the slots of each service frontend's Maglev table: a supported prime (251 to
+    /// 131071; default 16381). Overrides `services.maglev_table_size`.
+    #[arg(long)]
+    maglev_table_size: Option<u32>,
     /// State directory. Overrides `state_dir`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -65,6 +74,10 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
         "full" => Ok(Mode::Full),
         o => Err(format!("unknown mode '{o}': use 'passthrough' or 'full'")),
     }
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse()
 }
 
 fn load(args: &Args) -> Result<AgentConfig, Error> {
@@ -93,6 +106,12 @@ fn load(args: &Args) -> Result<AgentConfig, Error> {
     }
     if let Some(m) = args.mode {
         cfg.mode = m;
+    }
+    if let Some(a) = args.lb_algorithm {
+        cfg.services.algorithm = a;
+    }
+    if let Some(m) = args.maglev_table_size {
+        cfg.services.maglev_table_size = m;
     }
     if let Some(d) = &args.state_dir {
         cfg.state_dir = d.clone();

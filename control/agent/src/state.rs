@@ -1,5 +1,5 @@
 //! The agent's persistent state: every object it is given (endpoints, policies and the
-//! identities they were given), kept so a restarted agent restores the same dataplane state
+//! identities they were given, services), kept so a restarted agent restores the same dataplane state
 //! with no client action.
 //!
 //! Callers use the [`StateStore`] trait (get/put/delete/list by kind and key), through
@@ -73,6 +73,25 @@ pub mod kind {
     pub struct StoredPolicy {
         /// The CiliumNetworkPolicy, as YAML.
         pub yaml: String,
+    }
+
+    /// Services, keyed `namespace/name` (see the agent's `services` module for why the parsed
+    /// model and not the YAML).
+    #[derive(Debug)]
+    pub struct Services;
+    impl Kind for Services {
+        const NAME: &'static str = "services";
+        type Value = StoredService;
+    }
+
+    /// A stored service: the Service as the agent holds it (its backends joined) and the
+    /// EndpointSlices it was joined with, to join again when the Service or one slice changes.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StoredService {
+        /// The Service, validated, with its backends.
+        pub service: xylem_services::Service,
+        /// Its EndpointSlices, validated.
+        pub slices: Vec<xylem_services::EndpointSlice>,
     }
 
     /// Security identities: one object, key [`IDENTITIES_KEY`], mapping each identity to its

@@ -49,3 +49,63 @@ fn an_invalid_configuration_names_the_field_and_attaches_nothing() {
         "{err}"
     );
 }
+
+/// Writes a valid configuration plus `extra` and runs the agent on it with `flags`.
+fn agent_with(name: &str, extra: &str, flags: &[&str]) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("xylem-agent-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_name: n1\n\
+             pod_cidr: 10.200.0.0/24\n\
+             gateway: {{ip: 10.200.0.1, mac: '0e:78:79:6c:00:01'}}\n\
+             ports: [{{ifname: xylem-test-none, kind: pod, ip: 10.200.0.10, mac: '02:00:00:00:00:0a'}}]\n\
+             state_dir: {}\n\
+             api_socket: {}\n\
+             {extra}",
+            dir.join("state").display(),
+            dir.join("agent.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut args = vec!["--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    let out = agent(&args);
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+#[test]
+fn a_maglev_table_size_that_is_not_a_supported_prime_stops_the_start() {
+    let (ok, err) = agent_with("m", "services: {maglev_table_size: 16384}\n", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid configuration: services.maglev_table_size") && err.contains("16381"),
+        "{err}"
+    );
+    // The flag overrides the file, and is checked the same way.
+    let (ok, err) = agent_with("m-flag", "", &["--maglev-table-size", "1000"]);
+    assert!(!ok);
+    assert!(
+        err.contains("services.maglev_table_size") && err.contains("1000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_load_balancing_algorithm_stops_the_start() {
+    let (ok, err) = agent_with("alg", "services: {algorithm: roundrobin}\n", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("services.algorithm") && err.contains("maglev"),
+        "{err}"
+    );
+    let (ok, err) = agent_with("alg-flag", "", &["--lb-algorithm", "roundrobin"]);
+    assert!(!ok);
+    assert!(
+        err.contains("lb-algorithm") && err.contains("maglev") && err.contains("random"),
+        "{err}"
+    );
+}

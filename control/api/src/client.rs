@@ -71,6 +71,30 @@ impl Client {
         decode(path, &self.request("POST", path, Some(body))?)
     }
 
+    /// `POST /v1/services`: imports Kubernetes Service and EndpointSlice YAML, all or nothing.
+    /// Returns the new tables revision.
+    pub fn import_services(&self, yaml: &str) -> Result<u64, Error> {
+        let r: serde_json::Value = self.post_raw("/v1/services", yaml.as_bytes().to_vec())?;
+        revision_of("/v1/services", &r)
+    }
+
+    /// `GET /v1/services`: every service the agent holds.
+    pub fn services(&self) -> Result<Vec<crate::ServiceView>, Error> {
+        self.get("/v1/services")
+    }
+
+    /// `GET /v1/services/{namespace}/{name}`.
+    pub fn service(&self, namespace: &str, name: &str) -> Result<crate::ServiceView, Error> {
+        self.get(&format!("/v1/services/{namespace}/{name}"))
+    }
+
+    /// `DELETE /v1/services/{namespace}/{name}`. Returns the new tables revision.
+    pub fn delete_service(&self, namespace: &str, name: &str) -> Result<u64, Error> {
+        let path = format!("/v1/services/{namespace}/{name}");
+        let r: serde_json::Value = self.delete_json(&path)?;
+        revision_of(&path, &r)
+    }
+
     fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -221,6 +245,14 @@ fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::Api {
         status: 200,
         message: format!("undecodable answer to {path}: {e}"),
+    })
+}
+
+/// The `revision` of an answer `{"revision": N}` to `path`.
+fn revision_of(path: &str, v: &serde_json::Value) -> Result<u64, Error> {
+    v["revision"].as_u64().ok_or_else(|| Error::Api {
+        status: 200,
+        message: format!("undecodable answer to {path}: no revision in {v}"),
     })
 }
 

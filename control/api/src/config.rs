@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use xdp_redirector::XdpModeRequest;
+use xylem_dataplane::maglev::{DEFAULT_TABLE_SIZE, SUPPORTED_TABLE_SIZES};
+use xylem_dataplane::services::Algorithm;
 use xylem_dataplane::tables::{MacAddr, Mode};
 use xylem_dataplane::worker::Placement;
 use xylem_policy::AllowLocalhost;
@@ -234,6 +236,35 @@ pub struct PolicyConfig {
     pub allow_localhost: AllowLocalhost,
 }
 
+/// Service load-balancing settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// How a new connection to a virtual IP picks its backend: `maglev` (the default: Maglev
+    /// consistent hashing of the 5-tuple, the same pick on every worker and node) or `random`
+    /// (a random slot of the same weighted table).
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// M, the slots of each frontend's Maglev table: one of the supported primes
+    /// ([`SUPPORTED_TABLE_SIZES`], default [`DEFAULT_TABLE_SIZE`]). 100 or more slots per
+    /// backend keep each backend's share within about 1 % of its weight.
+    #[serde(default = "default_maglev_table_size")]
+    pub maglev_table_size: u32,
+}
+
+fn default_maglev_table_size() -> u32 {
+    DEFAULT_TABLE_SIZE
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            algorithm: Algorithm::default(),
+            maglev_table_size: default_maglev_table_size(),
+        }
+    }
+}
+
 /// The agent's whole configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -259,6 +290,9 @@ pub struct AgentConfig {
     /// Network policy settings.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Service load balancing.
+    #[serde(default)]
+    pub services: ServicesConfig,
     /// Where state is kept.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -396,6 +430,17 @@ impl AgentConfig {
                     format!("{} is outside pod_cidr {}", p.ip, self.pod_cidr),
                 ));
             }
+        }
+        let m = self.services.maglev_table_size;
+        if !SUPPORTED_TABLE_SIZES.contains(&m) {
+            return Err(Error::config(
+                "services.maglev_table_size",
+                format!(
+                    "{m} is not a supported prime: use one of {} (default {DEFAULT_TABLE_SIZE}; \
+                     100 or more slots per backend recommended)",
+                    SUPPORTED_TABLE_SIZES.map(|m| m.to_string()).join(", ")
+                ),
+            ));
         }
         let w = &self.workers;
         if w.batch_size == 0 || w.batch_size > 4096 {
@@ -550,6 +595,37 @@ ports:
             .unwrap_err()
             .to_string();
         assert!(e.contains("allow_local_host"), "{e}");
+    }
+
+    #[test]
+    fn services_default_to_maglev_at_16381_and_refuse_what_they_cannot_run() {
+        let c = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(c.services.algorithm, Algorithm::Maglev);
+        assert_eq!(c.services.maglev_table_size, 16381);
+        let c = AgentConfig::parse(&format!(
+            "{GOOD}services: {{ algorithm: random, maglev_table_size: 65521 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.services.algorithm, Algorithm::Random);
+        assert_eq!(c.services.maglev_table_size, 65521);
+        let e = AgentConfig::parse(&format!("{GOOD}services: {{ maglev_table_size: 16384 }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("services.maglev_table_size") && e.contains("16384") && e.contains("16381"),
+            "{e}"
+        );
+        let e = AgentConfig::parse(&format!("{GOOD}services: {{ algorithm: roundrobin }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("services.algorithm") && e.contains("maglev") && e.contains("random"),
+            "{e}"
+        );
+        let e = AgentConfig::parse(&format!("{GOOD}services: {{ table_size: 251 }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("table_size"), "{e}");
     }
 
     #[test]

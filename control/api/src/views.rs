@@ -210,3 +210,85 @@ pub struct EndpointRequest {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
+
+/// What the agent knows of a backend's health, as `xylem service list` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendHealth {
+    /// The service has no health check (`lb.xylem.io/health-check`): the backend counts as
+    /// healthy.
+    #[default]
+    Unchecked,
+    /// The service has a health check that has not decided yet (no rise or fall reached since
+    /// the backend appeared or the agent started): the backend counts as healthy, as a
+    /// Kubernetes-ready pod does.
+    Unknown,
+    /// Its health check passed `rise` times in a row.
+    Up,
+    /// Its health check failed `fall` times in a row: it takes no new connection.
+    Down,
+}
+
+impl BackendHealth {
+    /// The name used in the API and in the monitor's `backend-health` events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendHealth::Unchecked => "unchecked",
+            BackendHealth::Unknown => "unknown",
+            BackendHealth::Up => "up",
+            BackendHealth::Down => "down",
+        }
+    }
+}
+
+/// A service as `GET /v1/services` returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.annotations`, as imported.
+    pub annotations: BTreeMap<String, String>,
+    /// `None` or `ClientIP`, as Kubernetes writes `spec.sessionAffinity`.
+    pub session_affinity: String,
+    /// With `ClientIP`: how long a client keeps its backend without traffic, in seconds;
+    /// `null` otherwise.
+    pub affinity_timeout_s: Option<u32>,
+    /// Every virtual IP × port × protocol.
+    pub frontends: Vec<FrontendView>,
+    /// One row per backend of each service port (an address serving two ports is two rows).
+    pub backends: Vec<BackendView>,
+}
+
+/// A frontend of a [`ServiceView`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FrontendView {
+    /// The virtual IP.
+    pub ip: Ipv4Addr,
+    /// The service port.
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+/// A backend of a [`ServiceView`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendView {
+    /// The endpoint's address.
+    pub ip: Ipv4Addr,
+    /// The target port.
+    pub port: u16,
+    /// Its weight (`lb.xylem.io/weights`, default 1).
+    pub weight: u16,
+    /// `active`, `terminating` or `maintenance`.
+    pub state: String,
+    /// `unchecked`, `unknown`, `up` or `down` ([`BackendHealth`]).
+    pub health: BackendHealth,
+    /// The fraction of the Maglev table's M slots it holds in the table of the frontends of its
+    /// service port (every virtual IP of one service port has the same backends, so the same
+    /// table): 0 when it takes no new connection (maintenance, down, weight 0, or terminating
+    /// while an active backend is left). The shares of one service port sum to 1, or to 0
+    /// when it has no usable backend.
+    pub table_share: f64,
+}

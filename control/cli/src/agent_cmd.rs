@@ -116,8 +116,8 @@ pub(crate) fn print_status(st: &Status) {
     );
     let sp = &st.slowpath;
     println!(
-        "slow path:  rx {}  tx {}  tx dropped {}  tx unroutable {}",
-        sp.rx, sp.tx, sp.tx_dropped, sp.tx_unroutable
+        "slow path:  rx {}  tx {}  tx dropped {}  tx unroutable {}  probes denied by policy {}",
+        sp.rx, sp.tx, sp.tx_dropped, sp.tx_unroutable, st.totals.slowpath_probes_denied
     );
     let nonzero: Vec<String> = st
         .totals
@@ -400,9 +400,22 @@ pub(crate) fn client_socket(cli: &Cli) -> Result<String, Error> {
     Ok(socket(cli)?.display().to_string())
 }
 
-/// `cilium monitor`-style: time, type, verdict/reason, ingress port, then the flow.
+/// `cilium monitor`-style: time, type, verdict/reason, ingress port, then the flow; for an
+/// `agent` event, what changed instead of a flow.
 pub(crate) fn monitor_line(v: &serde_json::Value) -> String {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    if v["type"] == "agent" {
+        return format!(
+            "{} {:<6} {:<28} service {} backend {}: {} -> {}",
+            s(&v["time"]),
+            "agent",
+            s(&v["event"]),
+            s(&v["service"]),
+            s(&v["backend"]),
+            s(&v["from"]),
+            s(&v["to"]),
+        );
+    }
     let end = |e: &serde_json::Value, port: &serde_json::Value| {
         let ip = s(&e["ip"]);
         let p = port.as_u64().unwrap_or(0);
@@ -444,4 +457,27 @@ pub(crate) fn monitor_line(v: &serde_json::Value) -> String {
             .map(|e| format!(" -> {e}"))
             .unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::monitor_line;
+
+    #[test]
+    fn an_agent_event_reads_as_its_change() {
+        let v = serde_json::json!({
+            "time": "2026-11-29T19:39:07.311333077Z",
+            "type": "agent",
+            "event": "backend-health",
+            "service": "default/web",
+            "backend": "10.200.0.11:8080",
+            "from": "up",
+            "to": "down",
+        });
+        assert_eq!(
+            monitor_line(&v),
+            "2026-11-29T19:39:07.311333077Z agent  backend-health               \
+             service default/web backend 10.200.0.11:8080: up -> down"
+        );
+    }
 }

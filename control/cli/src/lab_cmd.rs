@@ -160,8 +160,9 @@ pub fn print_topology(st: &LabState) {
             n.api_socket.display()
         );
         println!(
-            "  pod CIDR {}  gateway {}  host port {} ({} <-> {})",
+            "  pod CIDR {}  service CIDR {}  gateway {}  host port {} ({} <-> {})",
             n.pod_cidr,
+            n.service_cidr,
             n.gateway,
             n.host_ip,
             lab::HOST_IF,
@@ -183,13 +184,31 @@ pub fn print_topology(st: &LabState) {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(","),
+                p.run_log
+                    .as_ref()
+                    .map_or("-".into(), |l| l.display().to_string()),
             ]
         })
         .collect();
     print_table(
-        &["POD", "NAMESPACE", "IP", "NETNS", "PORT", "LABELS"],
+        &[
+            "POD",
+            "NAMESPACE",
+            "IP",
+            "NETNS",
+            "PORT",
+            "LABELS",
+            "RUN LOG",
+        ],
         &rows,
     );
+    for p in st.pods.iter().filter(|p| p.run.is_some()) {
+        println!(
+            "  {} runs: {}",
+            p.name,
+            p.run.as_deref().unwrap_or_default()
+        );
+    }
 }
 
 /// `xylem lab …`.
@@ -227,6 +246,7 @@ pub(crate) fn run(cli: &Cli, cmd: &LabCmd) -> Result<(), Error> {
             name,
             namespace,
             labels,
+            run,
         } => {
             let mut map = std::collections::BTreeMap::new();
             for l in labels {
@@ -239,11 +259,15 @@ pub(crate) fn run(cli: &Cli, cmd: &LabCmd) -> Result<(), Error> {
                 name: name.clone(),
                 namespace: namespace.clone(),
                 labels: map,
+                run: run.clone(),
             })?;
             println!(
                 "pod {}/{} at {} (netns {}, port {})",
                 p.namespace, p.name, p.ip, p.netns, p.interface
             );
+            if let (Some(pid), Some(log)) = (p.run_pid, &p.run_log) {
+                println!("  running pid {pid}, output in {}", log.display());
+            }
             Ok(())
         }
         LabCmd::DeletePod { name } => {

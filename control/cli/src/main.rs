@@ -21,6 +21,7 @@ mod lab_cmd;
 mod output;
 mod policy_cmd;
 mod replay_cmd;
+mod service_cmd;
 
 use error::Error;
 use output::Format;
@@ -56,11 +57,12 @@ enum Cmd {
     },
     /// The agent's Prometheus metrics (the same text as its --metrics-addr serves).
     Metrics,
-    /// Stream flow events live (like `cilium monitor`) until Ctrl-C; ends with the number of
-    /// events lost.
+    /// Stream flow events live (like `cilium monitor`) until Ctrl-C, and with `--type agent`
+    /// the agent's own events (a backend's health changed); ends with the number of events
+    /// lost.
     Monitor {
         /// Event types to show (repeat or comma-separate); all when absent.
-        #[arg(long = "type", short = 't', value_delimiter = ',', value_parser = ["drop", "trace", "policy-verdict", "dns"])]
+        #[arg(long = "type", short = 't', value_delimiter = ',', value_parser = ["drop", "trace", "policy-verdict", "dns", "agent"])]
         types: Vec<String>,
         /// Output format: one line per event, or one JSON object per line.
         #[arg(short = 'o', long, value_enum, default_value_t)]
@@ -70,6 +72,11 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+    /// Load-balanced services (Kubernetes Service and EndpointSlice YAML).
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
     },
     /// Security identities.
     Identity {
@@ -177,6 +184,28 @@ enum PolicyCmd {
         /// `PORT/PROTO` (80/TCP, 53/UDP) or ICMP.
         #[arg(long)]
         dport: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// Import Services and EndpointSlices as `kubectl get svc,endpointslices -o yaml` prints
+    /// them (one document, several, or a List): all or nothing. Prints the new revision.
+    Import {
+        /// The YAML file (`-` for standard input).
+        file: PathBuf,
+    },
+    /// Delete a service. Prints the new revision.
+    Delete {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        name: String,
+    },
+    /// List the services: frontends, and each backend's state, health, weight and share of the
+    /// Maglev table.
+    List {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
@@ -326,6 +355,11 @@ enum LabCmd {
         /// A label `KEY=VALUE` (repeatable).
         #[arg(long = "label", short = 'l')]
         labels: Vec<String>,
+        /// A command to start in the pod's namespace once it is up (through `sh -c`, detached,
+        /// with POD_NAME, POD_NAMESPACE and POD_IP set; its output goes to the log `lab
+        /// status` names), e.g. `socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo $POD_NAME'`.
+        #[arg(long)]
+        run: Option<String>,
     },
     /// Delete a pod from the running lab: its endpoint (and its port on every worker), then
     /// its namespace.
@@ -390,6 +424,11 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 dport,
                 output,
             } => policy_cmd::policy_trace(cli, src, dst, dport, *output),
+        },
+        Cmd::Service { cmd } => match cmd {
+            ServiceCmd::Import { file } => service_cmd::import(cli, file),
+            ServiceCmd::Delete { name } => service_cmd::delete(cli, name),
+            ServiceCmd::List { output } => service_cmd::list(cli, *output),
         },
         Cmd::Identity { cmd } => match cmd {
             IdentityCmd::List { output } => agent_cmd::identity_list(cli, *output),

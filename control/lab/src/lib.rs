@@ -55,12 +55,34 @@ pub const HOST_IF: &str = "xyhost";
 /// The host port's dataplane end (the agent's host port).
 pub const HOST_DP_IF: &str = "xyhostdp";
 
+/// The pod CIDR of a lab's node.
+pub const POD_CIDR: Ipv4Cidr = Ipv4Cidr {
+    addr: Ipv4Addr::new(10, 200, 0, 0),
+    len: 24,
+};
+
+/// The service CIDR the node routes to the host port when the lab file names none: Kubernetes'
+/// own default (`--service-cluster-ip-range`).
+pub const DEFAULT_SERVICE_CIDR: Ipv4Cidr = Ipv4Cidr {
+    addr: Ipv4Addr::new(10, 96, 0, 0),
+    len: 12,
+};
+
 /// `LAB.yaml`: the pods to create.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabFile {
     /// The pods.
     pub pods: Vec<LabPod>,
+    /// The services' virtual IPs: the node namespace routes them through the host port, so the
+    /// node's own stack reaches them through the dataplane, which balances them (default
+    /// [`DEFAULT_SERVICE_CIDR`]).
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: Ipv4Cidr,
+}
+
+fn default_service_cidr() -> Ipv4Cidr {
+    DEFAULT_SERVICE_CIDR
 }
 
 /// One pod of a lab file.
@@ -75,6 +97,11 @@ pub struct LabPod {
     /// Labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A command the lab starts in the pod's namespace once the pod is up (through `sh -c`,
+    /// detached, with `POD_NAME`, `POD_NAMESPACE` and `POD_IP` set), so that the pod serves
+    /// something: `socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo $POD_NAME'`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -91,8 +118,10 @@ impl LabFile {
                     name: (*n).into(),
                     namespace: default_namespace(),
                     labels: BTreeMap::from([("app".to_string(), (*n).to_string())]),
+                    run: None,
                 })
                 .collect(),
+            service_cidr: DEFAULT_SERVICE_CIDR,
         }
     }
 
@@ -107,6 +136,13 @@ impl LabFile {
         })?;
         if f.pods.is_empty() || f.pods.len() > 200 {
             return Err(Error::config("pods", "list 1 to 200 pods"));
+        }
+        let (svc, pods) = (f.service_cidr, POD_CIDR);
+        if svc.contains(pods.addr) || pods.contains(svc.addr) {
+            return Err(Error::config(
+                "service_cidr",
+                format!("{svc} overlaps the pod CIDR {pods}: pick a prefix outside it"),
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in f.pods.iter().enumerate() {
@@ -128,6 +164,12 @@ impl LabFile {
                 return Err(Error::config(
                     format!("pods[{i}].name"),
                     format!("{} is listed twice", p.name),
+                ));
+            }
+            if p.run.as_deref().is_some_and(|r| r.trim().is_empty()) {
+                return Err(Error::config(
+                    format!("pods[{i}].run"),
+                    "is empty: give a shell command, or leave the field out",
                 ));
             }
         }
@@ -174,6 +216,9 @@ pub struct NodeState {
     pub gateway: Ipv4Addr,
     /// The host port's address (the node's own address on the pod network).
     pub host_ip: Ipv4Addr,
+    /// The service CIDR, routed like the pod CIDR through the host port.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: Ipv4Cidr,
     /// The agent's configuration file.
     pub agent_config: PathBuf,
     /// The agent's log.
@@ -197,6 +242,15 @@ pub struct PodState {
     pub node: String,
     /// The dataplane's interface for it (in the node namespace).
     pub interface: String,
+    /// The command the lab started in its namespace (the lab file's `run:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Where that command's standard output and error go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_log: Option<PathBuf>,
+    /// That command's pid (the `sh` running it), while the lab knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_pid: Option<u32>,
 }
 
 /// What `lab status -o json` prints and `state.json` holds.
@@ -312,6 +366,30 @@ mod tests {
         let f = LabFile::parse("pods: [{name: web, labels: {app: web}}]").unwrap();
         assert_eq!(f.pods[0].namespace, "default");
         assert_eq!(f.pods[0].labels["app"], "web");
+    }
+
+    #[test]
+    fn lab_file_takes_a_run_command_and_a_service_cidr() {
+        let f = LabFile::parse(
+            "service_cidr: 10.100.0.0/16\npods: [{name: web, run: \"socat TCP-LISTEN:8080,fork SYSTEM:'echo $POD_NAME'\"}]",
+        )
+        .unwrap();
+        assert_eq!(
+            f.pods[0].run.as_deref(),
+            Some("socat TCP-LISTEN:8080,fork SYSTEM:'echo $POD_NAME'")
+        );
+        assert_eq!(f.service_cidr.to_string(), "10.100.0.0/16");
+        let d = LabFile::parse("pods: [{name: web}]").unwrap();
+        assert_eq!(d.pods[0].run, None);
+        assert_eq!(d.service_cidr, DEFAULT_SERVICE_CIDR);
+        let e = LabFile::parse("pods: [{name: web, run: '  '}]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pods[0].run"), "{e}");
+        let e = LabFile::parse("service_cidr: 10.0.0.0/8\npods: [{name: web}]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("service_cidr"), "{e}");
     }
 
     #[test]

@@ -63,6 +63,9 @@ impl Lab {
             netns: pod_ns.clone(),
             node: node.name.clone(),
             interface: ifname.clone(),
+            run: None,
+            run_log: None,
+            run_pid: None,
         };
         // Recorded before the API call, so `lab down` removes the namespace whatever happens.
         st.pods.push(pod_state.clone());
@@ -78,7 +81,62 @@ impl Lab {
             &format!("/v1/endpoints/{}/{}", pod.namespace, pod.name),
             &body,
         )?;
-        Ok(pod_state)
+        let Some(cmd) = &pod.run else {
+            return Ok(pod_state);
+        };
+        let last = st.pods.len() - 1;
+        self.start_run(&mut st.pods[last], cmd)?;
+        self.save(&st)?;
+        Ok(st.pods[last].clone())
+    }
+
+    /// Starts `cmd` in `pod`'s namespace through `sh -c`, in its own session (it outlives the
+    /// command that started it, until `lab down` kills every process of the lab's namespaces),
+    /// with `POD_NAME`, `POD_NAMESPACE` and `POD_IP` set and its output appended to
+    /// `<lab dir>/pods/<name>.log`; records the command, its log and its pid in `pod`.
+    pub(crate) fn start_run(&self, pod: &mut PodState, cmd: &str) -> Result<(), Error> {
+        let dir = self.dir().join("pods");
+        let log = dir.join(format!("{}.log", pod.name));
+        let file_err = |what: &'static str, path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| Error::File(xylem_api::FileError { what, path, source })
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(file_err("creating the pods' log directory", &dir))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(file_err("opening the pod's run log", &log))?;
+        let err = out
+            .try_clone()
+            .map_err(file_err("opening the pod's run log", &log))?;
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &pod.netns, "sh", "-c", cmd])
+            .env("POD_NAME", &pod.name)
+            .env("POD_NAMESPACE", &pod.namespace)
+            .env("POD_IP", pod.ip.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it detaches
+        // the command from the CLI's session so that it keeps serving after the CLI exits and
+        // ignores the terminal's signals.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = c.spawn().map_err(|e| Error::Command {
+            command: format!("ip netns exec {} sh -c {cmd:?}", pod.netns),
+            detail: e.to_string(),
+        })?;
+        pod.run = Some(cmd.to_string());
+        pod.run_log = Some(log);
+        pod.run_pid = Some(child.id());
+        Ok(())
     }
 
     /// Deletes a pod from a running lab: its endpoint through the agent's API

@@ -26,6 +26,8 @@ struct Node {
     pod_cidr: Ipv4Cidr,
     gateway: Ipv4Addr,
     host_ip: Ipv4Addr,
+    /// Routed through the host port like the pod CIDR.
+    service_cidr: Ipv4Cidr,
     /// Queues of every veth: one per worker.
     queues: String,
 }
@@ -42,8 +44,12 @@ impl Lab {
         if let Some(st) = self.state()? {
             let same = st.pods.len() == file.pods.len()
                 && st.pods.iter().zip(&file.pods).all(|(a, b)| {
-                    a.name == b.name && a.namespace == b.namespace && a.labels == b.labels
-                });
+                    a.name == b.name
+                        && a.namespace == b.namespace
+                        && a.labels == b.labels
+                        && a.run == b.run
+                })
+                && st.nodes.iter().all(|n| n.service_cidr == file.service_cidr);
             if same && st.nodes.iter().all(|n| n.agent_running) {
                 return Ok(st);
             }
@@ -79,16 +85,14 @@ impl Lab {
                 source,
             })
         })?;
-        let pod_cidr = Ipv4Cidr {
-            addr: Ipv4Addr::new(10, 200, 0, 0),
-            len: 24,
-        };
+        let pod_cidr = crate::POD_CIDR;
         let node = Node {
             name: "node1".into(),
             netns: format!("{}node1", self.netns_prefix()),
             pod_cidr,
             gateway: pod_cidr.nth(1),
             host_ip: pod_cidr.nth(254),
+            service_cidr: file.service_cidr,
             queues: opts.worker_cores.len().max(1).to_string(),
         };
         add_quiet_netns(&node.netns)?;
@@ -108,6 +112,7 @@ impl Lab {
                 pod_cidr,
                 gateway: node.gateway,
                 host_ip: node.host_ip,
+                service_cidr: node.service_cidr,
                 agent_config: files.config.clone(),
                 agent_log: files.log.clone(),
             }],
@@ -121,6 +126,13 @@ impl Lab {
         st.nodes[0].agent_running = true;
         self.save(&st)?;
         wait_ready(&cfg.api_socket, pid, &files.log)?;
+        // The pods' commands start once the dataplane carries their traffic.
+        for (i, spec) in file.pods.iter().enumerate() {
+            if let Some(cmd) = &spec.run {
+                self.start_run(&mut st.pods[i], cmd)?;
+                self.save(&st)?;
+            }
+        }
         Ok(st)
     }
 
@@ -162,6 +174,9 @@ impl Lab {
                 netns: pod_ns,
                 node: node.name.clone(),
                 interface: ifname,
+                run: None,
+                run_log: None,
+                run_pid: None,
             });
         }
         Ok((ports, pods))
@@ -194,6 +209,7 @@ impl Lab {
             xdp_mode: opts.xdp_mode.unwrap_or_default(),
             mode: opts.mode,
             policy: Default::default(),
+            services: Default::default(),
             state_dir: self.dir().join(&node.name).join("state"),
             api_socket: self.api_socket(),
             // Inside the node's namespace: `ip netns exec <node> curl 127.0.0.1:9962/metrics`.
@@ -323,14 +339,17 @@ fn make_host_port(node: &Node) -> Result<PortConfig, Error> {
     run(&["ip", "-n", ns, "link", "set", HOST_IF, "up"])?;
     netns::node_port_up(Some(ns), HOST_DP_IF)?;
     let gw = node.gateway.to_string();
-    let cidr = node.pod_cidr.to_string();
     let src = node.host_ip.to_string();
     run(&[
         "ip", "-n", ns, "route", "add", &gw, "dev", HOST_IF, "scope", "link",
     ])?;
-    run(&[
-        "ip", "-n", ns, "route", "add", &cidr, "via", &gw, "dev", HOST_IF, "src", &src,
-    ])?;
+    // The services' virtual IPs too: the dataplane balances the node's connections to them
+    // as it does a pod's (only inside the lab's node namespace, never the machine's).
+    for cidr in [node.pod_cidr.to_string(), node.service_cidr.to_string()] {
+        run(&[
+            "ip", "-n", ns, "route", "add", &cidr, "via", &gw, "dev", HOST_IF, "src", &src,
+        ])?;
+    }
     Ok(PortConfig {
         ifname: HOST_DP_IF.into(),
         kind: PortKind::Host,

@@ -66,7 +66,7 @@ use xylem_api::Endpoint;
 use xylem_api::config::{GatewayConfig, PortConfig, PortKind};
 use xylem_lab::GATEWAY_MAC;
 use xylem_policy::{IdentityAllocator, Policy, parse_policies};
-use xylem_tables::compile_tables;
+use xylem_tables::{TableInputs, compile_tables};
 
 /// The lab's gateway address, the default of `--gateway-ip`.
 pub const LAB_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);

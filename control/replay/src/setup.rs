@@ -113,20 +113,22 @@ pub(crate) fn setup(cfg: &ReplayConfig) -> Result<Setup, Error> {
             Some(p.port)
         }
     };
-    let (tables, _) = compile_tables(
-        &cfg.gateway,
-        cfg.mode,
-        &bindings,
-        1,
-        &cfg.policies,
+    let inputs = TableInputs {
+        gateway: &cfg.gateway,
+        mode: cfg.mode,
+        bindings: &bindings,
+        revision: 1,
+        policies: &cfg.policies,
         // As an agent with the default configuration.
-        AllowLocalhost::default(),
-        &mut IdentityAllocator::default(),
-    )
-    .map_err(|e| match e {
-        xylem_dataplane::Error::InvalidTable(why) => Error::config("--endpoints", why),
-        e => Error::Dataplane(e),
-    })?;
+        localhost: AllowLocalhost::default(),
+        // No service: a replay is given endpoints and policies only.
+        services: Default::default(),
+    };
+    let (tables, _) =
+        compile_tables(inputs, &mut IdentityAllocator::default()).map_err(|e| match e {
+            xylem_dataplane::Error::InvalidTable(why) => Error::config("--endpoints", why),
+            e => Error::Dataplane(e),
+        })?;
     Ok(Setup {
         tables,
         ports,

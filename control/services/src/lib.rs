@@ -175,6 +175,10 @@ pub struct Import {
     /// The file's EndpointSlices whose Service is not in the file but known to the agent, in
     /// input order, validated; join them with [`Service::join`].
     pub slices: Vec<EndpointSlice>,
+    /// The file's EndpointSlices whose Service is in the file, in input order: already joined
+    /// into [`Import::services`], and given here too for an agent that keeps each service's
+    /// slices (to join them again when the Service alone is imported later).
+    pub joined: Vec<EndpointSlice>,
 }
 
 /// A validated ClusterIP Service with its backends.

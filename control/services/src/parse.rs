@@ -37,9 +37,10 @@ pub fn parse(yaml: &str) -> Result<Vec<Service>, Error> {
 /// whether the agent has that Service. An EndpointSlice whose Service is in neither the input
 /// nor the agent is an error naming it; one whose Service is only in the agent comes back in
 /// [`Import::slices`], validated, for [`Service::join`]. A Service in the input is joined
-/// with the input's slices only; what to do with slices the agent already holds for it is the
-/// agent's decision ([`Service::join`] again). Frontends are checked for uniqueness within the
-/// input only: the agent checks them against the services it holds.
+/// with the input's slices only (which come back in [`Import::joined`]); what to do with
+/// slices the agent already holds for it is the agent's decision ([`Service::join`] again).
+/// Frontends are checked for uniqueness within the input only: the agent checks them against
+/// the services it holds.
 pub fn parse_with(yaml: &str, known: &dyn Fn(&str, &str) -> bool) -> Result<Import, Error> {
     let (services, slices) = read(yaml)?;
     check_unique(&services, &slices)?;
@@ -69,16 +70,19 @@ pub fn parse_with(yaml: &str, known: &dyn Fn(&str, &str) -> bool) -> Result<Impo
         }
     }
     let mut out = Vec::with_capacity(services.len());
+    let mut joined = Vec::new();
     for (doc, mut s) in services {
         let mine = by_service
             .remove(&(s.namespace.clone(), s.name.clone()))
             .unwrap_or_default();
         s.backends = backends(&doc, &s, &mine)?;
         out.push(s);
+        joined.extend(mine);
     }
     Ok(Import {
         services: out,
         slices: for_agent,
+        joined,
     })
 }
 

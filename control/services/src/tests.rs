@@ -368,6 +368,14 @@ fn slices_of_services_the_agent_knows_come_back_for_join() {
     let mut web = parse(&svc("web", "", "")).unwrap();
     let e = web[0].join(&import.slices).unwrap_err().to_string();
     assert!(e.contains("belongs to service default/api"), "{e}");
+    assert!(import.joined.is_empty());
+    // With its Service in the input, the slice is joined and also handed back as joined.
+    let both = format!("{}---\n{yaml}", svc("api", "", ""));
+    let import = parse_with(&both, &|_, _| false).unwrap();
+    assert!(import.slices.is_empty());
+    assert_eq!(import.joined.len(), 1);
+    assert_eq!(import.joined[0].name, "api-1");
+    assert_eq!(import.services[0].backends.len(), 1);
 }
 
 /// Each bad input, the field its error must name, and a phrase of the reason.

@@ -1,17 +1,23 @@
 //! # xylem-tables
 //!
 //! The tables a node's workers run on, built from the agent's configuration, the ports' current
-//! endpoint bindings and the network policies: routes to the endpoints and the compiled policy,
-//! at one revision. It is the one builder of those tables: the agent publishes what it builds,
-//! and `xylem replay` runs a capture against it, so a replay sees the tables an agent with the
-//! same endpoints and policies would.
+//! endpoint bindings, the network policies and the services: routes to the endpoints, the
+//! compiled policy and the service tables, at one revision. It is the one builder of those
+//! tables: the agent publishes what it builds, and `xylem replay` runs a capture against it, so
+//! a replay sees the tables an agent with the same endpoints, policies and services would.
 //!
-//! What it does not do: publish tables to workers, keep state, or parse anything (the
-//! configuration is `xylem-api`'s, the policies `xylem-policy`'s). Pure: no I/O, no threads.
+//! What it does not do: publish tables to workers, keep state (the service ids and Maglev
+//! tables that must outlive one build are the caller's [`services::ServiceBuildState`]), or
+//! parse anything (the configuration is `xylem-api`'s, the policies `xylem-policy`'s, the
+//! services `xylem-services`'). Pure: no I/O, no threads.
+
+pub mod services;
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use xylem_api::config::{GatewayConfig, PortConfig, PortKind};
+use xylem_dataplane::services::ServiceTables;
 use xylem_dataplane::tables::{Gateway, Mode, Neighbor, Tables};
 use xylem_policy::{
     AllowLocalhost, EndpointInfo, EndpointSpec, IdentityAllocator, Policy, compile,
@@ -41,25 +47,50 @@ pub fn policy_inputs(
     (specs, host)
 }
 
-/// The tables for `bindings` (port id = index; `None`: no route) in `mode`, with `policies`
-/// compiled in at the same `revision` (the host let into local endpoints as `localhost` says),
-/// identities taken from `ids`. Returns what compilation
-/// said about each endpoint too. The one builder of full tables: the agent publishes its
-/// result to the workers, and `xylem replay` runs a capture against it, so a replay sees the
-/// tables an agent with the same endpoints and policies would.
+/// What one revision of the tables is built from.
+#[derive(Debug)]
+pub struct TableInputs<'a> {
+    /// The gateway's addresses.
+    pub gateway: &'a GatewayConfig,
+    /// `full` or `passthrough`.
+    pub mode: Mode,
+    /// What each port serves (port id = index; `None`: no route).
+    pub bindings: &'a [Option<PortConfig>],
+    /// The revision the tables carry.
+    pub revision: u64,
+    /// The network policies to compile in.
+    pub policies: &'a [Policy],
+    /// How the host reaches local endpoints.
+    pub localhost: AllowLocalhost,
+    /// The services, built by [`services::build_services`] (shared with the previous revision
+    /// when no service changed); `ServiceTables::default()` for none.
+    pub services: Arc<ServiceTables>,
+}
+
+/// The tables for `inputs.bindings` in `inputs.mode`, with the policies compiled in at the
+/// same revision (the host let into local endpoints as `inputs.localhost` says, identities
+/// taken from `ids`) and the services set. Returns what compilation said about each endpoint
+/// too. The one builder of full tables: the agent publishes its result to the workers, and
+/// `xylem replay` runs a capture against it, so a replay sees the tables an agent with the
+/// same endpoints, policies and services would.
 pub fn compile_tables(
-    gateway: &GatewayConfig,
-    mode: Mode,
-    bindings: &[Option<PortConfig>],
-    revision: u64,
-    policies: &[Policy],
-    localhost: AllowLocalhost,
+    inputs: TableInputs<'_>,
     ids: &mut IdentityAllocator,
 ) -> Result<(Tables, Vec<EndpointInfo>), Error> {
+    let TableInputs {
+        gateway,
+        mode,
+        bindings,
+        revision,
+        policies,
+        localhost,
+        services,
+    } = inputs;
     let mut t = route_tables(gateway, mode, bindings, revision)?;
     let (specs, host) = policy_inputs(gateway, bindings);
     let compiled = compile(revision, policies, &specs, &host, localhost, ids);
     t.set_policy(compiled.tables);
+    t.set_services(services);
     Ok((t, compiled.endpoints))
 }
 
@@ -137,16 +168,16 @@ mod tests {
             (AllowLocalhost::Always, true),
             (AllowLocalhost::Policy, false),
         ] {
-            let (t, _) = compile_tables(
-                &gateway,
-                Mode::Full,
-                &bindings,
-                1,
-                &policies,
+            let inputs = TableInputs {
+                gateway: &gateway,
+                mode: Mode::Full,
+                bindings: &bindings,
+                revision: 1,
+                policies: &policies,
                 localhost,
-                &mut ids,
-            )
-            .unwrap();
+                services: Arc::default(),
+            };
+            let (t, _) = compile_tables(inputs, &mut ids).unwrap();
             let allowed = |src| evaluate(t.policy(), &flow(src)).drop().is_none();
             assert_eq!(allowed([10, 200, 0, 254]), host_allowed, "{localhost:?}");
             assert!(

@@ -4,6 +4,7 @@
 //! Threads (see ARCHITECTURE.md):
 //! - one worker per configured core, pinned ([`xylem_dataplane::worker`]);
 //! - the slow path (the gateway's smoltcp interface), unpinned;
+//! - the link watcher and the health checker ([`health`]), unpinned;
 //! - the API server (a single-threaded tokio runtime), unpinned;
 //! - the main thread, which waits for SIGTERM or SIGINT and then shuts down in order: stop
 //!   the workers, detach the XDP programs (so the kernel gets the interfaces back), remove the
@@ -22,6 +23,7 @@ use xylem_dataplane::conntrack::{Conntrack, CtConfig, CtTimeouts};
 use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
 use xylem_dataplane::mailbox::NoReply;
 use xylem_dataplane::monitor::MonitorLink;
+use xylem_dataplane::slowpath::probe::ProbeQueues;
 use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
 use xylem_dataplane::tables::{PortId, Tables};
 use xylem_dataplane::worker::{CtControl, PortControl, Worker, WorkerConfig, WorkerLink};
@@ -33,9 +35,11 @@ use crate::state::{Kind, StateStore, TypedStore, kind};
 use xylem_api::config::{AgentConfig, PortConfig, PortKind};
 
 mod endpoints;
+mod health;
 mod links;
 mod policies;
 mod ports;
+mod services;
 mod status;
 
 pub use endpoints::check_name;
@@ -43,7 +47,9 @@ use endpoints::restore_bindings;
 use policies::{
     PolicyState, build_full_tables, identities_value, restore_identities, restore_policies,
 };
-pub use status::MonitorSubscription;
+pub use services::HealthTarget;
+use services::{NextServices, ServiceState};
+pub use status::{AgentEvent, MonitorSubscription};
 
 /// A durable write that is part of a change (see [`AgentState::publish`]): a kind's name, a key
 /// and, to store, the value as JSON. Built with [`StoreOp::put`] and [`StoreOp::delete`], which
@@ -173,12 +179,22 @@ pub struct AgentState {
     bindings: Mutex<Vec<Option<PortConfig>>>,
     /// Policies and identities; locked after `bindings`.
     policy: Mutex<PolicyState>,
+    /// Services, their backends' health, ids and Maglev tables; locked after `policy`.
+    services: Mutex<ServiceState>,
     /// The conntrack every worker shares (this handle: for listing).
     ct: Conntrack,
     /// Serializes flush requests (one reply per request, in order).
     ct_lock: Mutex<()>,
     monitor_mask: Arc<AtomicU32>,
-    monitor_listeners: [AtomicUsize; 4],
+    monitor_listeners: [AtomicUsize; xylem_dataplane::monitor::EventType::ALL.len()],
+    /// The monitor's second source: agent events (backend health changes).
+    agent_events: status::AgentEvents,
+    /// The slow path's probe queues, which the health checker asks.
+    probes: ProbeQueues,
+    /// Stops the health checker.
+    health_stop: Arc<AtomicBool>,
+    /// The health checker's thread.
+    health_thread: Mutex<Option<JoinHandle<()>>>,
     wall_epoch: std::time::SystemTime,
     /// Ports closed because their interface was deleted under the agent (see the `links`
     /// module); locked last, and never while taking another lock.
@@ -308,8 +324,13 @@ fn build_worker(
     Ok((link, worker))
 }
 
-/// The slow path's counters, its stop flag and its thread.
-type SlowPathThread = (Arc<SlowPathStats>, Arc<AtomicBool>, JoinHandle<()>);
+/// The slow path's counters, its stop flag, its thread and its probe queues.
+type SlowPathThread = (
+    Arc<SlowPathStats>,
+    Arc<AtomicBool>,
+    JoinHandle<()>,
+    ProbeQueues,
+);
 
 /// Starts the slow-path thread. Its replies leave through worker 0 (`link0`, `worker0`), on
 /// that worker's queue of each port.
@@ -329,7 +350,9 @@ fn start_slow_path(
         signal: Arc::clone(&shared.signal),
         stats: Arc::clone(&slow_stats),
     };
-    let slow = SlowPath::new(slow_link, cfg.pod_cidr.len);
+    let mut slow = SlowPath::new(slow_link, cfg.pod_cidr.len);
+    let probes = ProbeQueues::new(health::MAX_PROBES, Arc::clone(&shared.signal));
+    slow.serve_probes(probes.clone(), probe_owner(cfg, &shared.ct));
     let stop = Arc::clone(&slow_stop);
     let thread = std::thread::Builder::new()
         .name("xylem-slowpath".into())
@@ -338,7 +361,21 @@ fn start_slow_path(
             what: "starting the slow-path thread".into(),
             source,
         })?;
-    Ok((slow_stats, slow_stop, thread))
+    Ok((slow_stats, slow_stop, thread, probes))
+}
+
+/// The port the health checks' conntrack entries are counted against: the first configured
+/// host port, which carries the node's own flows and is exempt from the per-pod limit, since
+/// probes are the node's connections too (a pod's share must neither pay for them nor stop
+/// them). Without a host port, the last port id, exempted here: only a node with every port
+/// id in use would also give it to a pod, which then shares its count with the probes.
+fn probe_owner(cfg: &AgentConfig, ct: &Conntrack) -> PortId {
+    if let Some(i) = cfg.ports.iter().position(|p| p.kind == PortKind::Host) {
+        return i as PortId;
+    }
+    let last = (xylem_dataplane::worker::MAX_PORTS - 1) as PortId;
+    ct.exempt_from_endpoint_limit(last);
+    last
 }
 
 /// Run by a worker's thread once it stopped: lets the last frames complete, then checks that
@@ -410,7 +447,15 @@ impl AgentState {
         let mut policy = PolicyState::default();
         restore_identities(store.as_ref(), &mut policy.ids)?;
         let policies = restore_policies(store.as_ref())?;
-        let (first, endpoints) = build_full_tables(&cfg, &bindings, 1, &policies, &mut policy.ids)?;
+        let services = ServiceState::restore(&cfg.services, store.as_ref())?;
+        let (first, endpoints) = build_full_tables(
+            &cfg,
+            &bindings,
+            1,
+            &policies,
+            Arc::clone(&services.tables),
+            &mut policy.ids,
+        )?;
         policy.endpoints = endpoints;
         store.put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(&policy))?;
         policy.policies = policies;
@@ -440,7 +485,8 @@ impl AgentState {
             built.push((w, core, link, worker));
         }
         let (_, _, link0, worker0) = &built[0];
-        let (slow_stats, slow_stop, slow_thread) = start_slow_path(&cfg, link0, worker0, &shared)?;
+        let (slow_stats, slow_stop, slow_thread, probes) =
+            start_slow_path(&cfg, link0, worker0, &shared)?;
         let (workers, wakers) = start_workers(built)?;
         let ct = shared.ct;
 
@@ -458,6 +504,7 @@ impl AgentState {
             store,
             bindings: Mutex::new(bindings),
             policy: Mutex::new(policy),
+            services: Mutex::new(services),
             ct,
             ct_lock: Mutex::new(()),
             monitor_mask,
@@ -466,11 +513,23 @@ impl AgentState {
             missing: Mutex::new(Vec::new()),
             links_stop: Arc::new(AtomicBool::new(false)),
             links_thread: Mutex::new(None),
+            agent_events: Default::default(),
+            probes,
+            health_stop: Arc::new(AtomicBool::new(false)),
+            health_thread: Mutex::new(None),
         });
-        match links::watch_links(Arc::downgrade(&agent), Arc::clone(&agent.links_stop)) {
-            Ok(thread) => {
+        let watchers = links::watch_links(Arc::downgrade(&agent), Arc::clone(&agent.links_stop))
+            .and_then(|links| {
                 if let Ok(mut slot) = agent.links_thread.lock() {
-                    *slot = Some(thread);
+                    *slot = Some(links);
+                }
+                let stop = Arc::clone(&agent.health_stop);
+                health::start(Arc::downgrade(&agent), agent.probes.clone(), stop)
+            });
+        match watchers {
+            Ok(health) => {
+                if let Ok(mut slot) = agent.health_thread.lock() {
+                    *slot = Some(health);
                 }
                 Ok(agent)
             }
@@ -488,12 +547,8 @@ impl AgentState {
         &self.cfg
     }
 
-    /// The one transaction every change of endpoints or policies goes through: build the tables
-    /// of the next revision from `bindings` and the policies (`policies`, or the current ones
-    /// when `None`), write `ops` and the identities durably, swap the tables in and wake the
-    /// workers. The caller holds the bindings lock and passes the policy state it locked after
-    /// it; on success the policies given become current, and the caller makes `bindings` its
-    /// own. Returns the new revision.
+    /// [`Self::publish_with`] for a change of endpoints or policies: the services stay as they
+    /// are (their tables are shared with the current revision, not rebuilt).
     fn publish(
         &self,
         bindings: &[Option<PortConfig>],
@@ -501,11 +556,41 @@ impl AgentState {
         policies: Option<BTreeMap<String, Policy>>,
         ops: Vec<StoreOp<'_>>,
     ) -> Result<u64, PublishError> {
+        let mut svc = self
+            .services
+            .lock()
+            .map_err(|_| PublishError::Build(Error::Agent("agent state poisoned".into())))?;
+        self.publish_with(bindings, ps, policies, &mut svc, None, ops)
+    }
+
+    /// The one transaction every change of endpoints, policies or services goes through: build
+    /// the tables of the next revision from `bindings`, the policies (`policies`, or the
+    /// current ones when `None`) and the services (`services`, built by the caller, or the
+    /// current ones when `None`), write `ops` and the identities durably, swap the tables in
+    /// and wake the workers. The caller holds the bindings lock and passes the policy and
+    /// service states it locked after it, in that order; on success the policies and services
+    /// given become current, and the caller makes `bindings` its own. Returns the new revision.
+    fn publish_with(
+        &self,
+        bindings: &[Option<PortConfig>],
+        ps: &mut PolicyState,
+        policies: Option<BTreeMap<String, Policy>>,
+        svc: &mut ServiceState,
+        services: Option<NextServices>,
+        ops: Vec<StoreOp<'_>>,
+    ) -> Result<u64, PublishError> {
         let revision = self.tables.load().revision() + 1;
         let next = policies.as_ref().unwrap_or(&ps.policies);
-        let (tables, endpoints) =
-            build_full_tables(&self.cfg, bindings, revision, next, &mut ps.ids)
-                .map_err(PublishError::Build)?;
+        let service_tables = services.as_ref().map_or(&svc.tables, |n| &n.built.tables);
+        let (tables, endpoints) = build_full_tables(
+            &self.cfg,
+            bindings,
+            revision,
+            next,
+            Arc::clone(service_tables),
+            &mut ps.ids,
+        )
+        .map_err(PublishError::Build)?;
         ps.endpoints = endpoints;
         for op in ops {
             match op {
@@ -522,6 +607,9 @@ impl AgentState {
         if let Some(p) = policies {
             ps.policies = p;
         }
+        if let Some(n) = services {
+            svc.commit(n);
+        }
         Ok(revision)
     }
 
@@ -533,11 +621,15 @@ impl AgentState {
 
     /// Stops the workers and the slow path and detaches every XDP program. Idempotent.
     pub fn shutdown(self: Arc<Self>) -> Result<(), Error> {
-        // The link watcher first: it holds the state for as long as one check lasts.
+        // The link watcher and the health checker first: each holds the state for as long as
+        // one check or tick lasts. The checker before the slow path, whose probes it awaits.
         self.links_stop.store(true, Ordering::Relaxed);
-        let watcher = self.links_thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(t) = watcher {
-            let _ = t.join();
+        self.health_stop.store(true, Ordering::Relaxed);
+        for slot in [&self.links_thread, &self.health_thread] {
+            let thread = slot.lock().ok().and_then(|mut t| t.take());
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
         }
         let Ok(mut me) = Arc::try_unwrap(self) else {
             return Err(Error::Agent(

@@ -15,7 +15,8 @@ use super::*;
 use crate::Error;
 use crate::state::{StateStore, TypedStore, kind};
 use xylem_api::config::{AgentConfig, PortConfig};
-use xylem_tables::{compile_tables, policy_inputs};
+use xylem_dataplane::services::ServiceTables;
+use xylem_tables::{TableInputs, compile_tables, policy_inputs};
 
 /// The policy side of the agent: the stored policies, the identities and what the last
 /// compilation said about each endpoint. Locked after `bindings`.
@@ -71,26 +72,28 @@ pub(super) fn restore_policies(store: &dyn StateStore) -> Result<BTreeMap<String
     Ok(out)
 }
 
-/// The tables for `bindings` with `policies` compiled in (same revision), and what compilation
-/// said about each endpoint. Allocates identities in `ids` and frees the ones no endpoint uses
-/// any more.
+/// The tables for `bindings` with `policies` compiled in and `services` set (same revision),
+/// and what compilation said about each endpoint. Allocates identities in `ids` and frees the
+/// ones no endpoint uses any more.
 pub(super) fn build_full_tables(
     cfg: &AgentConfig,
     bindings: &[Option<PortConfig>],
     revision: u64,
     policies: &BTreeMap<String, Policy>,
+    services: Arc<ServiceTables>,
     ids: &mut IdentityAllocator,
 ) -> Result<(Tables, Vec<EndpointInfo>), Error> {
     let list: Vec<Policy> = policies.values().cloned().collect();
-    let (t, endpoints) = compile_tables(
-        &cfg.gateway,
-        cfg.mode,
+    let inputs = TableInputs {
+        gateway: &cfg.gateway,
+        mode: cfg.mode,
         bindings,
         revision,
-        &list,
-        cfg.policy.allow_localhost,
-        ids,
-    )?;
+        policies: &list,
+        localhost: cfg.policy.allow_localhost,
+        services,
+    };
+    let (t, endpoints) = compile_tables(inputs, ids)?;
     let used: std::collections::BTreeSet<u32> = endpoints.iter().map(|e| e.identity).collect();
     ids.retain(|id| used.contains(&id));
     Ok((t, endpoints))

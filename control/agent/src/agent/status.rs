@@ -16,6 +16,66 @@ use super::endpoints::endpoint_key;
 use super::*;
 use xylem_api::config::PortKind;
 
+/// Agent events the control side may queue for the monitor dispatcher before new ones count
+/// as lost (its 5 ms tick drains them; health changes come a few a second at most).
+pub const AGENT_EVENT_QUEUE: usize = 1024;
+
+/// A notification of the agent itself for the monitor (`type: "agent"`): today a backend's
+/// health change. Built on the control side, never by a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentEvent {
+    /// When it happened.
+    pub time: std::time::SystemTime,
+    /// What happened: `backend-health`.
+    pub event: &'static str,
+    /// The service, `namespace/name`.
+    pub service: String,
+    /// The backend, `ip:port`.
+    pub backend: std::net::SocketAddrV4,
+    /// The health before (`unknown`, `up`, `down`).
+    pub from: String,
+    /// The health after.
+    pub to: String,
+}
+
+impl AgentEvent {
+    /// `backend` of `service` went from health `from` to `to`, now.
+    pub fn backend_health(
+        service: String,
+        backend: std::net::SocketAddrV4,
+        from: String,
+        to: String,
+    ) -> Self {
+        AgentEvent {
+            time: std::time::SystemTime::now(),
+            event: "backend-health",
+            service,
+            backend,
+            from,
+            to,
+        }
+    }
+}
+
+/// The monitor's second source beside the workers' rings: agent events, queued without ever
+/// waiting and drained by the dispatcher with the rings.
+#[derive(Debug)]
+pub(super) struct AgentEvents {
+    queue: crossbeam::queue::ArrayQueue<AgentEvent>,
+    /// Several control-side threads may push: a real atomic add, not the workers'
+    /// single-writer counter.
+    lost: std::sync::atomic::AtomicU64,
+}
+
+impl Default for AgentEvents {
+    fn default() -> Self {
+        AgentEvents {
+            queue: crossbeam::queue::ArrayQueue::new(AGENT_EVENT_QUEUE),
+            lost: Default::default(),
+        }
+    }
+}
+
 /// Keeps event types enabled while a monitor client listens; dropping it disables the types
 /// nobody else listens to.
 pub struct MonitorSubscription {
@@ -221,9 +281,29 @@ impl AgentState {
         }
     }
 
-    /// Events the workers could not queue, all workers.
+    /// Queues an agent event for the monitor's clients, if one listens for `agent` events
+    /// (otherwise there is nobody to tell, as for a worker's events). Never waits: a full
+    /// queue counts the event lost.
+    pub fn agent_event(&self, ev: AgentEvent) {
+        if self.monitor_mask.load(Ordering::Relaxed) & EventType::Agent.bit() == 0 {
+            return;
+        }
+        if self.agent_events.queue.push(ev).is_err() {
+            self.agent_events.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes every queued agent event into `out`.
+    pub fn drain_agent_events(&self, out: &mut Vec<AgentEvent>) {
+        while let Some(ev) = self.agent_events.queue.pop() {
+            out.push(ev);
+        }
+    }
+
+    /// Events the workers and the control side could not queue.
     pub fn monitor_lost(&self) -> u64 {
-        self.workers.iter().map(|w| w.link.monitor.lost.get()).sum()
+        let workers: u64 = self.workers.iter().map(|w| w.link.monitor.lost.get()).sum();
+        workers + self.agent_events.lost.load(Ordering::Relaxed)
     }
 
     /// Port id → (interface, `namespace/name` or `host`/`-`), and IP → endpoint, for naming
