@@ -23,6 +23,8 @@ packages=(
   clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
   # The lab, tests and benchmarks.
   iproute2 ethtool iputils-ping netcat-openbsd netperf tcpdump bpftool procps iptables curl util-linux
+  # Backend servers in the service tests (a pod that answers with its name).
+  socat
   # Fonts for the benchmark charts (plotters renders text through fontconfig).
   libfontconfig1-dev fonts-dejavu-core
 )
