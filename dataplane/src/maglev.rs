@@ -84,8 +84,10 @@ pub struct MaglevBackend {
 }
 
 /// The murmur3 64-bit finalizer: a bijection whose every output bit depends on every input
-/// bit, so neighbouring addresses and ports get unrelated offsets and skips.
-fn mix(mut h: u64) -> u64 {
+/// bit, so neighbouring addresses and ports get unrelated offsets and skips (and, in the
+/// service stage, neighbouring flows unrelated slots).
+#[inline(always)]
+pub(crate) fn mix(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

@@ -214,37 +214,9 @@ pub fn decide(
     // with no route, or whose TTL ran out, creates no state.
     let policy = match judgement {
         None => None,
-        Some(j) => match j.judged {
-            Judged::Done(v) => Some(v),
-            Judged::Admitted(vacancy) => match route {
-                route::Route::Local | route::Route::Next(_) => {
-                    let revision = tables.policy().revision();
-                    let v = match j.service {
-                        None => {
-                            flow::commit(now_ns, ingress, ct, meta, vacancy, revision, Annex::NONE)
-                        }
-                        Some(s) => service::commit(
-                            now_ns,
-                            ingress,
-                            ct,
-                            (meta, routed),
-                            vacancy,
-                            revision,
-                            s,
-                        ),
-                    };
-                    if let PolicyVerdict::Drop { reason, .. } = v {
-                        return Outcome {
-                            policy: Some(v),
-                            ..Outcome::drop(reason.into())
-                        };
-                    }
-                    Some(v)
-                }
-                route::Route::TtlExpired { .. } | route::Route::Drop(_) => {
-                    Some(PolicyVerdict::Untracked)
-                }
-            },
+        Some(j) => match commit(now_ns, ingress, ct, tables, (meta, routed), j, &route) {
+            Ok(v) => Some(v),
+            Err(dropped) => return dropped,
         },
     };
 
@@ -273,6 +245,40 @@ pub fn decide(
         verdict,
         policy,
         checksum_completed,
+    }
+}
+
+/// Stage 8b for a packet stages 4 to 6 judged `j`, routed `route`: the verdict, with a new flow
+/// that leaves committed (`from` as it came, `to` as routed: translated to its backend), or the
+/// drop of a commit refused.
+#[inline(always)]
+fn commit(
+    now_ns: u64,
+    ingress: PortId,
+    ct: &mut Conntrack,
+    tables: &Tables,
+    (from, to): (&Meta, &Meta),
+    j: service::Judgement,
+    route: &route::Route,
+) -> Result<PolicyVerdict, Outcome> {
+    let vacancy = match j.judged {
+        Judged::Done(v) => return Ok(v),
+        Judged::Admitted(vacancy) => vacancy,
+    };
+    if let route::Route::TtlExpired { .. } | route::Route::Drop(_) = route {
+        return Ok(PolicyVerdict::Untracked);
+    }
+    let revision = tables.policy().revision();
+    let v = match j.service {
+        None => flow::commit(now_ns, ingress, ct, from, vacancy, revision, Annex::NONE),
+        Some(s) => service::commit(now_ns, ingress, ct, (from, to), vacancy, revision, s),
+    };
+    match v {
+        PolicyVerdict::Drop { reason, .. } => Err(Outcome {
+            policy: Some(v),
+            ..Outcome::drop(reason.into())
+        }),
+        v => Ok(v),
     }
 }
 

@@ -37,6 +37,7 @@ use std::net::SocketAddrV4;
 use super::flow::{self, STAGE_REVNAT, STAGE_SERVICE, Tracking, Vacancy};
 use super::{Judged, Meta, policy};
 use crate::conntrack::{Annex, Conntrack, FlowKey, Probe};
+use crate::maglev::mix;
 use crate::policy::PolicyVerdict;
 use crate::services::{Algorithm, Backend, BackendId, Frontend, FrontendId, ServiceTables};
 use crate::tables::Tables;
@@ -216,16 +217,6 @@ pub fn select(
             .learn(now, f.id, key.src, now.saturating_add(affinity), b.id);
     }
     Some(b)
-}
-
-/// The murmur3 finalizer: every output bit depends on every input bit.
-#[inline(always)]
-fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 /// The selection hash of a 5-tuple: the same on every worker and every node (no seed), so a
