@@ -8,8 +8,9 @@
 //! - `established/reply`: backend → client of a balanced connection: one probe, reverse NAT;
 //! - `copy-only`: restoring the frame, which every iteration does (subtract it from all).
 //!
-//! The service tables hold 100 frontends of 10 backends each, the flow table 50,000 other
-//! connections, so lookups are not served by a one-entry table.
+//! Each case cycles through 1,024 connections of its kind, so that its cost is an average over
+//! where their entries sit. The service tables hold 100 frontends of 10 backends each, the flow
+//! table 50,000 other connections besides.
 //!
 //! Before the measurements it prints, for Maglev at M = 65521 with 100 backends, the share of
 //! the table that changes owner when one backend is removed, beside the ideal 1/N.
@@ -156,53 +157,69 @@ fn print_disruption() {
     );
 }
 
+/// Connections per case: the benchmark cycles through them, so the cost is an average over
+/// flows (a single flow's cost depends on where its entry happens to sit).
+const FLOWS: u16 = 1024;
+
 fn services(c: &mut Criterion) {
     print_disruption();
     let t = service_tables();
     let mut ct = busy_conntrack(&t);
-    let client = SocketAddrV4::new(pod_ip(0), 40000);
-    let frontend = SocketAddrV4::new(vip(42), 80);
-
-    // The balanced connection: opened, then its backend known from the translated packet.
-    let to_vip = segment(0, client, frontend);
-    let (v, out) = once(&t, &mut ct, 0, &to_vip);
-    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
-    let backend_ip = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
-    let backend_pod = backend_ip.to_bits() - pod_ip(0).to_bits();
-    let backend = SocketAddrV4::new(backend_ip, 8080);
-    let reply = segment(backend_pod, backend, client);
-    // Pod `i` sits on port `i % 64` (`xylem_bench::tables`).
-    let backend_port = (backend_pod % 64) as u16;
-    assert_eq!(
-        once(&t, &mut ct, backend_port, &reply).0,
-        Verdict::Forward(0)
-    );
-    // A connection to the backend's own address, for the baseline.
-    let direct_client = SocketAddrV4::new(pod_ip(0), 40001);
-    let direct = segment(0, direct_client, backend);
-    assert!(matches!(
-        once(&t, &mut ct, 0, &direct).0,
-        Verdict::Forward(_)
-    ));
+    // Per flow: the client's packet to the virtual IP, the backend's reply, and a packet of a
+    // connection straight to that backend's own address (the baseline), each with its port.
+    let mut to_vip = Vec::new();
+    let mut replies = Vec::new();
+    let mut direct = Vec::new();
+    for i in 0..FLOWS {
+        let client = SocketAddrV4::new(pod_ip(0), 20000 + i);
+        let frontend = SocketAddrV4::new(vip(u32::from(i) % FRONTENDS), 80);
+        let packet = segment(0, client, frontend);
+        let (v, out) = once(&t, &mut ct, 0, &packet);
+        assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+        let backend_ip = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+        let backend_pod = backend_ip.to_bits() - pod_ip(0).to_bits();
+        let backend = SocketAddrV4::new(backend_ip, 8080);
+        // Pod `i` sits on port `i % 64` (`xylem_bench::tables`).
+        let backend_port = (backend_pod % 64) as u16;
+        let reply = segment(backend_pod, backend, client);
+        assert_eq!(
+            once(&t, &mut ct, backend_port, &reply).0,
+            Verdict::Forward(0)
+        );
+        let straight = segment(0, SocketAddrV4::new(pod_ip(0), 40000 + i), backend);
+        assert!(matches!(
+            once(&t, &mut ct, 0, &straight).0,
+            Verdict::Forward(_)
+        ));
+        to_vip.push((packet, 0));
+        replies.push((reply, backend_port));
+        direct.push((straight, 0));
+    }
 
     let mut g = c.benchmark_group("services");
     let mut buf = vec![0u8; 2048];
-    for (name, bytes, port) in [
-        ("established/direct", &direct, 0u16),
-        ("established/virtual-ip", &to_vip, 0),
-        ("established/reply", &reply, backend_port),
+    for (name, frames) in [
+        ("established/direct", &direct),
+        ("established/virtual-ip", &to_vip),
+        ("established/reply", &replies),
     ] {
+        let mut i = 0;
         g.bench_function(name, |b| {
             b.iter(|| {
+                let (bytes, port) = &frames[i % frames.len()];
+                i += 1;
                 buf[..bytes.len()].copy_from_slice(bytes);
                 let mut f = Frame::new(&mut buf, bytes.len());
-                black_box(process(NOW, port, &mut f, &t, &mut ct))
+                black_box(process(NOW, *port, &mut f, &t, &mut ct))
             })
         });
     }
     g.bench_function("copy-only", |b| {
+        let mut i = 0;
         b.iter(|| {
-            buf[..to_vip.len()].copy_from_slice(black_box(&to_vip));
+            let (bytes, _) = &to_vip[i % to_vip.len()];
+            i += 1;
+            buf[..bytes.len()].copy_from_slice(black_box(bytes));
             black_box(&mut buf);
         })
     });

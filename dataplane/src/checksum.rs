@@ -100,6 +100,38 @@ pub fn update_u16(hc: u16, old: u16, new: u16) -> u16 {
     !folded
 }
 
+/// Changes to several 16-bit words that one checksum covers, summed, so the checksum is
+/// updated once for all of them: RFC 1624 equation 3, `HC' = ~(~HC + Σ(~m + m'))`, which is
+/// what updating it word by word gives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delta(u64);
+
+impl Delta {
+    /// No change.
+    pub const fn new() -> Self {
+        Delta(0)
+    }
+
+    /// This and the word that changed from `old` to `new`.
+    #[inline(always)]
+    #[must_use]
+    pub fn word(self, old: u16, new: u16) -> Self {
+        Delta(self.0 + u64::from(!old) + u64::from(new))
+    }
+
+    /// Checksum `hc` after the changes.
+    #[inline(always)]
+    pub fn apply(self, hc: u16) -> u16 {
+        let mut s = u64::from(!hc) + self.0;
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits above")]
+        let folded = s as u16;
+        !folded
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +305,24 @@ mod tests {
         h[10] = 0;
         h[11] = 0;
         assert_eq!(update_u16(0x0000, 0x0100, 0x0000), checksum(&h));
+    }
+
+    #[test]
+    fn a_delta_of_several_words_is_the_word_by_word_update() {
+        let mut r = XorShift(0x5eed);
+        for _ in 0..10_000 {
+            let hc = r.next() as u16;
+            let changes: Vec<(u16, u16)> = (0..1 + r.next() % 4)
+                .map(|_| (r.next() as u16, r.next() as u16))
+                .collect();
+            let one_by_one = changes
+                .iter()
+                .fold(hc, |c, &(old, new)| update_u16(c, old, new));
+            let at_once = changes
+                .iter()
+                .fold(Delta::new(), |d, &(old, new)| d.word(old, new))
+                .apply(hc);
+            assert_eq!(at_once, one_by_one, "{hc:#x} {changes:?}");
+        }
     }
 }

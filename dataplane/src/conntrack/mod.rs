@@ -30,9 +30,12 @@
 //! - Each entry remembers the policy revision it was last checked against (see
 //!   the pipeline's conntrack stage (`crate::pipeline::flow`)), so a narrowed policy stops established flows on their next
 //!   packet, on every worker.
-//! - Room for the stages after policy: per entry an `ext` index (into a companion table of
-//!   translation state, 0 = none) and a `stage` byte ([`Conntrack::ext`],
-//!   [`Conntrack::stage`] and their setters).
+//! - Room for the stages after policy: per entry a 24-bit `ext` field (0 = none; the service
+//!   stage keeps a backend or frontend id there) and a `stage` byte ([`Conntrack::ext`],
+//!   [`Conntrack::stage`] and their setters), both written with the entry
+//!   ([`Conntrack::insert_with`]); [`Conntrack::find_at`] reads an entry at a remembered slot
+//!   index without hashing, and [`Conntrack::follow`] keeps one entry's state and expiry in
+//!   step with another's (a balanced connection's two entries).
 //!
 //! What it does not do: it decides nothing about policy (that is [`crate::policy`]), reads no
 //! clock (`now` is passed in, in nanoseconds, and every user must count from the same origin),
@@ -327,7 +330,9 @@ pub struct CtEntry {
     pub seen_reply: bool,
     /// Nanoseconds until it expires (0 if already expired, awaiting GC).
     pub expires_in_ns: u64,
-    /// The low 32 bits of the policy revision it was last checked against.
+    /// The low 32 bits of the policy revision it was last checked against (for a balanced
+    /// connection's reverse entry, which the policy never checks, the slot index of the
+    /// connection's entry).
     pub policy_revision: u32,
     /// The port whose packet created it: the endpoint it counts against.
     pub owner: PortId,
@@ -964,6 +969,30 @@ impl Conntrack {
             self.count(|s| &s.policy_removed);
         }
         removed
+    }
+
+    /// The live entry of `key` if it sits at slot index `index` (an index remembered from an
+    /// earlier handle: [`Self::index_of`]): its handle and whether `key` is its original
+    /// direction. `None` if that slot holds anything else now (the entry moved, went, or
+    /// expired): look it up with [`Self::probe`]. One slot read, no hashing, no walk.
+    #[inline]
+    pub fn find_at(&self, now: u64, index: u32, key: &FlowKey) -> Option<(usize, bool)> {
+        let i = index as usize;
+        if i >= self.t.slot_count() {
+            return None;
+        }
+        let (c, fwd) = canon(key);
+        let (m, seen, addrs) = self.t.view(i);
+        // A slot being written (or empty) has no state of the table's: never a match.
+        let settled = CtState::from_u8(state_of(m)).is_some();
+        (settled && Table::is_key(m, addrs, &c) && self.t.is_live(m, seen, now))
+            .then(|| (handle(i, m), fwd == (m & F_ORIG_A != 0)))
+    }
+
+    /// The slot index a handle names, to remember an entry by (see [`Self::find_at`]).
+    #[inline]
+    pub fn index_of(slot: usize) -> u32 {
+        (slot & 0xffff_ffff) as u32
     }
 
     /// The owner of the entry at `slot`: the port whose packet created it.

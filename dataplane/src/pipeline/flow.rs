@@ -11,8 +11,10 @@
 //!
 //! Later stages that keep per-flow state find it on the entry this stage found (its `ext`
 //! field and its `stage` byte), without a second lookup. The service stage has two kinds of
-//! entry ([`STAGE_SERVICE`], [`STAGE_REVNAT`]): a hit on either is not the end of the story, and
-//! this stage says so ([`Tracking::Service`], [`Tracking::RevNat`]) rather than deciding.
+//! entry ([`STAGE_SERVICE`], [`STAGE_REVNAT`]): a hit on either is not the end of the story
+//! (the policy must recheck a balanced connection as translated, and a reply must reach the
+//! connection's entry), and this stage says so ([`Tracking::Service`], [`Tracking::RevNat`])
+//! rather than deciding.
 //!
 //! The table is shared by every worker ([`Conntrack`] is a handle): a flow's two directions may
 //! arrive on different workers and still meet one entry. A slot handle can go stale if another
@@ -27,7 +29,7 @@
 //! a narrowed policy stops established connections on their very next packet after the swap, at
 //! the cost of one policy evaluation per live flow per change.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::Meta;
 use crate::conntrack::{Annex, Conntrack, CtRefusal, Probe};
@@ -40,14 +42,15 @@ use crate::wire::tcp::flags;
 /// Where a new flow's entry would go: a slot, and whether it holds an expired entry to reuse.
 pub type Vacancy = (usize, bool);
 
-/// The stage byte of a service connection's entry under its **virtual** address (client →
-/// frontend): its `ext` is the [`BackendId`] the connection was balanced to. It carries no
-/// policy decision of its own: the connection's state lives in its [`STAGE_REVNAT`] entry.
+/// The stage byte of a balanced connection's entry, under the client's own 5-tuple (client →
+/// frontend): its state, its policy revision (of the translated flow, which the policy judged)
+/// and, in `ext`, the [`BackendId`] it was balanced to.
 pub const STAGE_SERVICE: u8 = 1;
 
-/// The stage byte of a service connection's own entry, under the backend's address (client →
-/// backend, the flow the policy allowed): its `ext` is the [`FrontendId`] whose address the
-/// backend's replies take back.
+/// The stage byte of a balanced connection's reverse entry, under the backend's 5-tuple (client
+/// → backend), which the backend's replies find: `ext` is the [`FrontendId`] whose address
+/// they take back, and the revision field holds the slot index of the connection's entry
+/// ([`Conntrack::find_at`]) instead of a policy revision. Its state follows the connection's.
 pub const STAGE_REVNAT: u8 = 2;
 
 /// What [`lookup`] found.
@@ -61,14 +64,24 @@ pub enum Tracking {
     /// An ICMP error related to no tracked flow: the policy stage decides, and it is never
     /// tracked.
     Unrelated,
-    /// A packet of a balanced connection from its backend (`Reply`), or an ICMP error about
-    /// the connection's packet to its backend (`Related`): the source must become frontend
-    /// `FrontendId`'s address again.
-    RevNat(PolicyVerdict, FrontendId),
-    /// A packet of a balanced connection addressed to its virtual address: the entry at `slot`
-    /// says it goes to `backend`; the service stage carries on from there.
+    /// A packet of a balanced connection from its backend (or, `related`, an ICMP error about
+    /// the client's packet to its backend), which found the connection's reverse entry at
+    /// `slot`; nothing is advanced yet: the service stage finds the connection's entry (at
+    /// slot index `leader`, or by its key) and gives the packet `frontend`'s address back.
+    RevNat {
+        /// The reverse entry.
+        slot: usize,
+        /// The frontend whose address the packet takes back.
+        frontend: FrontendId,
+        /// Where the connection's entry was when the reverse entry was made.
+        leader: u32,
+        /// An ICMP error about the connection (`Related`), not a packet of it.
+        related: bool,
+    },
+    /// A client's packet of a balanced connection, whose entry is at `slot` (not advanced yet:
+    /// the policy must recheck it as translated); it goes to `backend`.
     Service {
-        /// The service entry.
+        /// The connection's entry.
         slot: usize,
         /// The backend the connection was balanced to.
         backend: BackendId,
@@ -94,14 +107,25 @@ pub fn lookup(
             && meta.key.dst == inner.src
             && (meta.key.src == inner.dst || meta.key.src == gateway)
             && let Probe::Hit { slot, orig, stage } = ct.probe(now, inner)
-            && revalidate(ct, slot, rules).is_none()
         {
-            // An error about the client's packet to a backend goes back to the client, which
-            // only ever knew the virtual address.
-            if stage == STAGE_REVNAT && orig {
-                return Tracking::RevNat(PolicyVerdict::Related, ct.ext(slot));
+            match stage {
+                // An error about the client's packet to a backend goes back to the client,
+                // which only ever knew the virtual address.
+                STAGE_REVNAT if orig => {
+                    return Tracking::RevNat {
+                        slot,
+                        frontend: ct.ext(slot),
+                        leader: ct.revision(slot),
+                        related: true,
+                    };
+                }
+                // A balanced connection's entry is rechecked as translated, by its packets.
+                STAGE_SERVICE | STAGE_REVNAT => return Tracking::Known(PolicyVerdict::Related),
+                _ if revalidate(ct, slot, rules, |_| None).is_none() => {
+                    return Tracking::Known(PolicyVerdict::Related);
+                }
+                _ => {}
             }
-            return Tracking::Known(PolicyVerdict::Related);
         }
         return Tracking::Unrelated;
     }
@@ -118,19 +142,27 @@ pub fn lookup(
             slot,
             backend: ct.ext(slot),
         },
-        Probe::Hit { slot, orig, stage } => {
-            let v = track(now, ct, slot, orig, meta.tcp_flags, rules);
-            if stage == STAGE_REVNAT && v == PolicyVerdict::Reply {
-                return Tracking::RevNat(v, ct.ext(slot));
-            }
-            Tracking::Known(v)
+        Probe::Hit {
+            slot,
+            orig: false,
+            stage: STAGE_REVNAT,
+        } => Tracking::RevNat {
+            slot,
+            frontend: ct.ext(slot),
+            leader: ct.revision(slot),
+            related: false,
+        },
+        Probe::Hit { slot, orig, .. } => {
+            Tracking::Known(track(now, ct, slot, orig, meta.tcp_flags, rules, |_| None))
         }
         Probe::Vacant { slot, reuse } => Tracking::New((slot, reuse)),
     }
 }
 
 /// A packet of the tracked flow at `slot`, in direction `orig`: revalidated against the
-/// current policy (a drop if it no longer allows the flow), else its state advanced and
+/// current policy (a drop if it no longer allows the flow; `to` gives, only if the policy
+/// must be asked, the address the flow goes to as the policy sees it, where that is not the
+/// one its entry holds: a balanced connection's backend), else its state advanced and
 /// `Established` or `Reply`.
 #[inline]
 pub fn track(
@@ -140,8 +172,9 @@ pub fn track(
     orig: bool,
     tcp_flags: u8,
     rules: &PolicyTables,
+    to: impl FnOnce(&Conntrack) -> Option<SocketAddrV4>,
 ) -> PolicyVerdict {
-    if let Some(drop) = revalidate(ct, slot, rules) {
+    if let Some(drop) = revalidate(ct, slot, rules, to) {
         return drop;
     }
     ct.update(now, slot, orig, tcp_flags);
@@ -156,16 +189,32 @@ pub fn track(
 /// revision: allowed → stamps the revision and returns `None`; denied → removes the entry and
 /// returns the drop.
 #[inline(always)]
-fn revalidate(ct: &mut Conntrack, slot: usize, rules: &PolicyTables) -> Option<PolicyVerdict> {
+fn revalidate(
+    ct: &mut Conntrack,
+    slot: usize,
+    rules: &PolicyTables,
+    to: impl FnOnce(&Conntrack) -> Option<SocketAddrV4>,
+) -> Option<PolicyVerdict> {
     if ct.revision(slot) == rules.revision() as u32 {
         return None;
     }
-    recheck(ct, slot, rules)
+    let to = to(ct);
+    recheck(ct, slot, rules, to)
 }
 
 #[cold]
-fn recheck(ct: &mut Conntrack, slot: usize, rules: &PolicyTables) -> Option<PolicyVerdict> {
-    match evaluate(rules, &ct.orig_key(slot)).drop() {
+fn recheck(
+    ct: &mut Conntrack,
+    slot: usize,
+    rules: &PolicyTables,
+    to: Option<SocketAddrV4>,
+) -> Option<PolicyVerdict> {
+    let mut flow = ct.orig_key(slot);
+    if let Some(to) = to {
+        flow.dst = *to.ip();
+        flow.dport = to.port();
+    }
+    match evaluate(rules, &flow).drop() {
         None => {
             ct.set_revision(slot, rules.revision());
             None

@@ -80,9 +80,13 @@ pub fn judge(
     };
     Ok(Judged::Done(
         match flow::lookup(now, ct, &m, gateway, rules) {
-            flow::Tracking::Known(v) | flow::Tracking::RevNat(v, _) => v,
-            // A later fragment never opens a flow (nor is it balanced: see the service stage).
-            flow::Tracking::Unrelated | flow::Tracking::New(_) | flow::Tracking::Service { .. } => {
+            flow::Tracking::Known(v) => v,
+            // A later fragment never opens a flow (nor is it balanced or translated: see the
+            // service stage).
+            flow::Tracking::Unrelated
+            | flow::Tracking::New(_)
+            | flow::Tracking::Service { .. }
+            | flow::Tracking::RevNat { .. } => {
                 match policy::admit(rules, &m) {
                     PolicyVerdict::New => PolicyVerdict::Untracked,
                     v => v,

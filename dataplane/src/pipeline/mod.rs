@@ -52,7 +52,7 @@ pub mod service;
 pub use crate::frame::Frame;
 pub use parse::{Meta, Parsed, parse};
 
-use crate::conntrack::{Annex, Conntrack, FlowKey};
+use crate::conntrack::{Annex, Conntrack};
 use crate::policy::{PolicyTables, PolicyVerdict};
 use crate::stats::DropReason;
 use crate::tables::{Mode, PortId, Tables};
@@ -193,14 +193,7 @@ pub fn decide(
             nat: service::Nat::ToBackend(b),
             ..
         }) => {
-            translated = Meta {
-                key: FlowKey {
-                    dst: *b.ip(),
-                    dport: b.port(),
-                    ..meta.key
-                },
-                ..*meta
-            };
+            translated = service::translate(meta, b);
             (&translated, service::Nat::ToBackend(b))
         }
         Some(j) => (meta, j.nat),
@@ -358,14 +351,16 @@ pub fn judge(
     ct: &mut Conntrack,
 ) -> Judged {
     match flow::lookup(now_ns, ct, meta, gateway, rules) {
-        flow::Tracking::Known(v) | flow::Tracking::RevNat(v, _) => Judged::Done(v),
+        flow::Tracking::Known(v) => Judged::Done(v),
         flow::Tracking::Unrelated => Judged::Done(policy::admit(rules, meta)),
-        // A service connection's entry, on tables without services: its service is gone, and
-        // its virtual address leads nowhere.
-        flow::Tracking::Service { .. } => Judged::Done(match policy::admit(rules, meta) {
-            PolicyVerdict::New => PolicyVerdict::Untracked,
-            v => v,
-        }),
+        // A balanced connection's entries, on tables without services: its service is gone,
+        // its virtual address leads nowhere and its replies go back as they are.
+        flow::Tracking::Service { .. } | flow::Tracking::RevNat { .. } => {
+            Judged::Done(match policy::admit(rules, meta) {
+                PolicyVerdict::New => PolicyVerdict::Untracked,
+                v => v,
+            })
+        }
         flow::Tracking::New(vacancy) => match policy::admit(rules, meta) {
             PolicyVerdict::New => Judged::Admitted(vacancy),
             v => Judged::Done(v),

@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::Meta;
 use super::service::Nat;
-use crate::checksum::update_u16;
+use crate::checksum::{Delta, update_u16};
 use crate::frame::Frame;
 use crate::wire::ethernet;
 use crate::wire::ip::proto;
@@ -97,7 +97,8 @@ pub fn rewrite(frame: &mut Frame<'_>, meta: &Meta, nat: Nat) -> bool {
 }
 
 /// Rewrites one end of the packet: the address at `ip_field` (source or destination) and the
-/// transport port at `port_at` to `to`.
+/// transport port at `port_at` to `to`; each checksum is updated once, for all its changed
+/// words.
 fn endpoint(
     frame: &mut Frame<'_>,
     meta: &Meta,
@@ -112,24 +113,30 @@ fn endpoint(
     } else {
         (meta.key.src, meta.key.sport)
     };
+    let (old, new) = (halves(old_ip), halves(*to.ip()));
+    let ip_delta = Delta::new().word(old[0], new[0]).word(old[1], new[1]);
     let mut w = Words(frame.data_mut());
-    let l4_sum = match meta.key.proto {
-        _ if meta.has(Meta::LATER_FRAGMENT) => None,
-        proto::TCP if meta.has(Meta::CHECKSUM_FIELD) => Some((l4 + tcp::CHECKSUM_OFFSET, false)),
-        proto::UDP => Some((l4 + udp::CHECKSUM_OFFSET, true)),
-        _ => None,
+    w.put(l3 + ip_field, new[0])?;
+    w.put(l3 + ip_field + 2, new[1])?;
+    w.put(l3 + IP_CHECKSUM, ip_delta.apply(w.get(l3 + IP_CHECKSUM)?))?;
+    let (at, udp) = match meta.key.proto {
+        _ if meta.has(Meta::LATER_FRAGMENT) => return Some(()),
+        proto::TCP if meta.has(Meta::CHECKSUM_FIELD) => (l4 + tcp::CHECKSUM_OFFSET, false),
+        proto::UDP => (l4 + udp::CHECKSUM_OFFSET, true),
+        _ => return Some(()),
     };
-    for (i, (old, new)) in halves(old_ip).into_iter().zip(halves(*to.ip())).enumerate() {
-        w.swap(l3 + ip_field + 2 * i, new, &[l3 + IP_CHECKSUM])?;
-        if let Some((at, udp)) = l4_sum {
-            w.adjust(at, old, new, udp)?;
-        }
+    // The pseudo-header covers the addresses: the transport checksum takes their change too.
+    let l4_delta = ip_delta.word(old_port, to.port());
+    w.put(l4 + port_at, to.port())?;
+    let c = w.get(at)?;
+    if udp && c == 0 {
+        return Some(()); // No checksum ("none") stays none.
     }
-    if let Some((at, udp)) = l4_sum {
-        w.put(l4 + port_at, to.port())?;
-        w.adjust(at, old_port, to.port(), udp)?;
+    let mut n = l4_delta.apply(c);
+    if udp && n == 0 {
+        n = 0xffff; // RFC 768: a computed zero is sent as all ones.
     }
-    Some(())
+    w.put(at, n)
 }
 
 /// Rewrites an ICMP error about a client's packet to `backend` so that it is about the

@@ -1,22 +1,25 @@
 //! Stage 5, **service translation**: a connection to a service's virtual address is balanced
 //! to a backend and kept there; a backend's replies take the virtual address back.
 //!
-//! # Two entries per balanced connection
+//! # Two entries per balanced connection, one probe per packet
 //! A connection from client `C:c` to frontend `V:v`, balanced to backend `B:b`, has two entries
 //! in the flow table, both owned by the client's port:
-//! - the **service entry**, under `C:c → V:v`, stage byte [`STAGE_SERVICE`], `ext` = the
-//!   [`BackendId`]: what the client's packets find. It is how a connection stays on its backend
-//!   whatever happens to the service's Maglev table;
-//! - the **connection's entry**, under `C:c → B:b` (the flow the policy judged, as Cilium has
-//!   policy see the backend), stage byte [`STAGE_REVNAT`], `ext` = the [`FrontendId`]: its TCP
-//!   state, its policy revision, and what the backend's replies find, in one probe.
+//! - the **connection's entry**, under `C:c → V:v` (the client's own 5-tuple, so its packets
+//!   find it in one probe, and the worker's prefetch pass finds it too), stage byte
+//!   [`STAGE_SERVICE`]: the TCP state, the policy revision, and in `ext` the [`BackendId`].
+//!   It is how a connection stays on its backend whatever the service's Maglev table becomes;
+//!   the policy rechecks it as the flow to the backend;
+//! - the **reverse entry**, under `C:c → B:b`, stage byte [`STAGE_REVNAT`], which the
+//!   backend's replies find in one probe: in `ext` the [`FrontendId`] whose address they take
+//!   back, and in its revision field the slot index of the connection's entry, which a reply
+//!   then reads directly ([`Conntrack::find_at`]: one slot, no hashing) to advance the
+//!   connection's state; only if that entry moved since (a removal shifted it back) does the
+//!   reply probe for it by its key, and the index is corrected. The reverse entry follows the
+//!   connection's state on every reply ([`Conntrack::follow`]), so it expires with it.
 //!
-//! One entry cannot serve both: the table finds an entry by its 5-tuple, and the client's
-//! packets and the backend's replies share no 5-tuple. So a reply costs one probe, as any
-//! packet, and a packet from the client two: its service entry, then its connection's entry,
-//! whose state it advances (the service entry then follows that state, so the two expire
-//! together: [`Conntrack::follow`]). This is Cilium's layout too (its `CT_SERVICE` entry and
-//! the connection's own).
+//! One entry cannot serve both directions: the table finds an entry by its 5-tuple, and the
+//! client's packets and the backend's replies share none. Cilium has the same two (its
+//! `CT_SERVICE` entry and the connection's own), at two lookups for a client's packet.
 //!
 //! # A new connection
 //! A packet to a frontend that no entry knows picks its backend ([`select`]): the client's
@@ -41,7 +44,6 @@ use crate::maglev::mix;
 use crate::policy::PolicyVerdict;
 use crate::services::{Algorithm, Backend, BackendId, Frontend, FrontendId, ServiceTables};
 use crate::tables::Tables;
-use crate::wire::tcp::flags;
 
 /// What the NAT stage (9) does to a packet the service stage translated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,14 +64,13 @@ pub enum Nat {
     },
 }
 
-/// The service entry a new balanced connection needs, created by the commit stage with its
-/// connection's entry.
+/// What the commit stage needs to create a new balanced connection's two entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServiceEntry {
-    /// Where it goes (from the probe of the client's 5-tuple); `None` if it exists already.
-    pub vacancy: Option<Vacancy>,
-    /// The backend it holds.
+pub struct Balanced {
+    /// The backend the connection's entry names.
     pub backend: BackendId,
+    /// The frontend the reverse entry names.
+    pub frontend: FrontendId,
 }
 
 /// What stages 4 to 6 made of a packet, services included.
@@ -79,9 +80,8 @@ pub struct Judgement {
     pub judged: Judged,
     /// The translation the NAT stage applies if the packet is sent on.
     pub nat: Nat,
-    /// For a new balanced connection: the service entry to create beside its own, and the
-    /// frontend its own entry names.
-    pub service: Option<(ServiceEntry, FrontendId)>,
+    /// For a new balanced connection: what its entries hold.
+    pub service: Option<Balanced>,
 }
 
 impl Judgement {
@@ -114,51 +114,156 @@ pub fn judge(
     ct: &mut Conntrack,
 ) -> Result<Judgement, NoBackend> {
     let (gateway, rules, services) = (tables.gateway().ipv4, tables.policy(), tables.services());
-    let (service_slot, backend) = match flow::lookup(now, ct, meta, gateway, rules) {
+    let (vacancy, f) = match flow::lookup(now, ct, meta, gateway, rules) {
         Tracking::Known(v) => return Ok(Judgement::plain(Judged::Done(v))),
         Tracking::Unrelated => {
             return Ok(Judgement::plain(Judged::Done(policy::admit(rules, meta))));
         }
-        Tracking::RevNat(v, frontend) => {
-            let nat = match services.frontend_addr(frontend) {
-                // A service deleted since: the reply goes back as it is.
-                None => Nat::None,
-                Some(f) if meta.has(Meta::ICMP_ERROR) => match meta.quoted {
-                    Some(q) => Nat::ErrorFromFrontend {
-                        backend: SocketAddrV4::new(q.dst, q.dport),
-                        frontend: f,
-                    },
-                    None => Nat::None,
-                },
-                Some(f) => Nat::FromFrontend(f),
-            };
-            return Ok(Judgement {
-                nat,
-                ..Judgement::plain(Judged::Done(v))
-            });
+        Tracking::RevNat {
+            slot,
+            frontend,
+            leader,
+            related,
+        } => {
+            return Ok(reply(
+                now,
+                meta,
+                rules,
+                services,
+                ct,
+                (slot, frontend, leader),
+                related,
+            ));
         }
         Tracking::Service { slot, backend } => match services.backend(backend) {
-            Some(addr) => (Ok(slot), Backend { id: backend, addr }),
-            // The backend is gone from every service: the connection is balanced again, its
-            // service entry taken over in place.
-            None => {
-                let Some(f) = frontend_of(services, meta) else {
-                    return Ok(Judgement::plain(Judged::Done(PolicyVerdict::Untracked)));
-                };
-                (Err((slot, true)), pick(now, meta, f, services, ct)?)
+            Some(to) => {
+                let v = flow::track(now, ct, slot, true, meta.tcp_flags, rules, |_| Some(to));
+                return Ok(Judgement {
+                    nat: Nat::ToBackend(to),
+                    ..Judgement::plain(Judged::Done(v))
+                });
             }
+            // The backend is gone from every service: the connection is balanced again, its
+            // entry taken over in place (the new backend resets it, knowing nothing of it).
+            None => match frontend_of(services, meta) {
+                Some(f) => ((slot, true), f),
+                None => return Ok(Judgement::plain(Judged::Done(PolicyVerdict::Untracked))),
+            },
         },
         Tracking::New(vacancy) => match frontend_of(services, meta) {
+            Some(f) => (vacancy, f),
             None => {
                 return Ok(Judgement::plain(match policy::admit(rules, meta) {
                     PolicyVerdict::New => Judged::Admitted(vacancy),
                     v => Judged::Done(v),
                 }));
             }
-            Some(f) => (Err(vacancy), pick(now, meta, f, services, ct)?),
         },
     };
-    Ok(translated(now, meta, tables, ct, service_slot, backend))
+    let backend = select(now, &meta.key, f, services.algorithm(), ct)
+        .ok_or(NoBackend { frontend: f.addr })?;
+    let nat = Nat::ToBackend(backend.addr);
+    Ok(match policy::admit(rules, &translate(meta, backend.addr)) {
+        PolicyVerdict::New => Judgement {
+            judged: Judged::Admitted(vacancy),
+            nat,
+            service: Some(Balanced {
+                backend: backend.id,
+                frontend: f.id,
+            }),
+        },
+        // Denied, or a packet that opens nothing (a RST, say): sent on translated if allowed.
+        v => Judgement {
+            nat,
+            ..Judgement::plain(Judged::Done(v))
+        },
+    })
+}
+
+/// `meta` as the stages after the service stage see it: addressed to `to`.
+#[inline(always)]
+pub fn translate(meta: &Meta, to: SocketAddrV4) -> Meta {
+    Meta {
+        key: FlowKey {
+            dst: *to.ip(),
+            dport: to.port(),
+            ..meta.key
+        },
+        ..*meta
+    }
+}
+
+/// A backend's packet that found a balanced connection's reverse entry (`slot`, naming
+/// `frontend`, the connection's entry last at `leader`): the connection's entry advanced as
+/// for a reply (and rechecked as translated), the reverse entry following it, and the source
+/// given the frontend's address back. An ICMP error about the connection (`related`) is only
+/// translated. With the connection's entry gone (expired, or removed by a narrowed policy),
+/// the packet is judged as a new one would be, untranslated, and never tracked.
+#[inline]
+fn reply(
+    now: u64,
+    meta: &Meta,
+    rules: &crate::policy::PolicyTables,
+    services: &ServiceTables,
+    ct: &mut Conntrack,
+    (slot, frontend, leader): (usize, FrontendId, u32),
+    related: bool,
+) -> Judgement {
+    let unknown = || {
+        Judgement::plain(Judged::Done(match policy::admit(rules, meta) {
+            PolicyVerdict::New => PolicyVerdict::Untracked,
+            v => v,
+        }))
+    };
+    // A service deleted since: its replies go back as they are.
+    let Some(fa) = services.frontend_addr(frontend) else {
+        return unknown();
+    };
+    if related {
+        let Some(q) = meta.quoted else {
+            return unknown();
+        };
+        return Judgement {
+            nat: Nat::ErrorFromFrontend {
+                backend: SocketAddrV4::new(q.dst, q.dport),
+                frontend: fa,
+            },
+            ..Judgement::plain(Judged::Done(PolicyVerdict::Related))
+        };
+    }
+    let connection = FlowKey {
+        src: meta.key.dst,
+        sport: meta.key.dport,
+        dst: *fa.ip(),
+        dport: fa.port(),
+        proto: meta.key.proto,
+    };
+    let found = ct
+        .find_at(now, leader, &connection)
+        .map(|(s, _)| s)
+        .or_else(|| {
+            match ct.probe(now, &connection) {
+                Probe::Hit { slot: s, .. } => {
+                    // It moved: remember where it is now.
+                    ct.set_revision(slot, u64::from(Conntrack::index_of(s)));
+                    Some(s)
+                }
+                Probe::Vacant { .. } => None,
+            }
+        });
+    let Some(s) = found else {
+        return unknown();
+    };
+    let to = |ct: &Conntrack| services.backend(ct.ext(s));
+    let v = flow::track(now, ct, s, false, meta.tcp_flags, rules, to);
+    ct.follow(now, slot, s);
+    match v {
+        PolicyVerdict::Drop { .. } => Judgement::plain(Judged::Done(v)),
+        v => Judgement {
+            nat: Nat::FromFrontend(fa),
+            ..Judgement::plain(Judged::Done(v))
+        },
+    }
 }
 
 /// The frontend a packet is addressed to, if any (and if it may open a connection: an ICMP
@@ -169,18 +274,6 @@ fn frontend_of<'s>(services: &'s ServiceTables, meta: &Meta) -> Option<&'s Front
         return None;
     }
     services.frontend(meta.key.dst, meta.key.dport, meta.key.proto)
-}
-
-/// A new connection's backend at `f`, or the refusal.
-#[inline]
-fn pick(
-    now: u64,
-    meta: &Meta,
-    f: &Frontend,
-    services: &ServiceTables,
-    ct: &Conntrack,
-) -> Result<Backend, NoBackend> {
-    select(now, &meta.key, f, services.algorithm(), ct).ok_or(NoBackend { frontend: f.addr })
 }
 
 /// The backend for a new connection `key` to frontend `f`. With session affinity, a client
@@ -228,102 +321,12 @@ pub fn flow_hash(k: &FlowKey) -> u32 {
     (mix(addrs ^ mix(ports)) >> 32) as u32
 }
 
-/// A packet to a frontend, balanced to `backend`: the connection's own entry looked up (and
-/// advanced) under the translated 5-tuple, or the policy's judgement of the translated flow if
-/// it is new. `service` is the service entry: `Ok(slot)` if it exists, `Err(vacancy)` where
-/// it goes if not.
-#[inline]
-fn translated(
-    now: u64,
-    meta: &Meta,
-    tables: &Tables,
-    ct: &mut Conntrack,
-    service: Result<usize, Vacancy>,
-    backend: Backend,
-) -> Judgement {
-    let rules = tables.policy();
-    // Only a packet that creates an entry needs it: not looked up on the established path.
-    let frontend = || {
-        tables
-            .services()
-            .frontend(meta.key.dst, meta.key.dport, meta.key.proto)
-            .map(|f| f.id)
-    };
-    let to = Meta {
-        key: FlowKey {
-            dst: *backend.addr.ip(),
-            dport: backend.addr.port(),
-            ..meta.key
-        },
-        ..*meta
-    };
-    let nat = Nat::ToBackend(backend.addr);
-    let fresh_syn = meta.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN
-        && meta.key.proto == crate::wire::ip::proto::TCP;
-    let vacancy = match ct.probe(now, &to.key) {
-        Probe::Hit { slot, .. } if fresh_syn && ct.is_closing(slot) => (slot, true),
-        Probe::Hit { slot, orig, .. } => {
-            let v = flow::track(now, ct, slot, orig, meta.tcp_flags, rules);
-            match service {
-                Ok(s) => {
-                    ct.follow(now, s, slot);
-                }
-                // The connection outlived its service entry (it expired while only the backend
-                // spoke): it is made again, so the connection stays where it is.
-                Err((s, reuse)) if frontend().is_some() => {
-                    let annex = Annex {
-                        ext: backend.id,
-                        stage: STAGE_SERVICE,
-                    };
-                    let owner = ct.owner(slot);
-                    let _ = ct.insert_with(
-                        now,
-                        s,
-                        reuse,
-                        &meta.key,
-                        meta.tcp_flags,
-                        rules.revision(),
-                        owner,
-                        annex,
-                    );
-                }
-                Err(_) => {}
-            }
-            return Judgement {
-                nat,
-                ..Judgement::plain(Judged::Done(v))
-            };
-        }
-        Probe::Vacant { slot, reuse } => (slot, reuse),
-    };
-    match (policy::admit(rules, &to), frontend()) {
-        (PolicyVerdict::New, Some(frontend)) => Judgement {
-            judged: Judged::Admitted(vacancy),
-            nat,
-            service: Some((
-                ServiceEntry {
-                    // An existing service entry (its connection's entry went: a narrowed
-                    // policy, or it expired first) is kept: only the connection's is missing.
-                    vacancy: service.err(),
-                    backend: backend.id,
-                },
-                frontend,
-            )),
-        },
-        // The frontend was deleted since the service entry was made: its virtual address
-        // leads nowhere now (routing drops the packet untranslated), as the backend's replies
-        // are no longer given it back either.
-        (PolicyVerdict::New, None) => Judgement::plain(Judged::Done(PolicyVerdict::Untracked)),
-        (v, _) => Judgement {
-            nat,
-            ..Judgement::plain(Judged::Done(v))
-        },
-    }
-}
-
-/// Stage 8b for a balanced connection the policy allowed: its own entry (under the translated
-/// 5-tuple `to`, naming `frontend`) and, unless it exists, its service entry (under the
-/// client's 5-tuple `from`, naming the backend). `New`, or the drop of the first refused.
+/// Stage 8b for a new balanced connection the policy allowed (`from` as it came, `to` as
+/// translated), at `vacancy` (from the probe of `from`): the connection's entry, then its
+/// reverse entry pointing at it. `New`, or the drop of the first refused. If a flow of the
+/// client's own holds the translated 5-tuple already (it reached the backend directly from the
+/// same port), the reverse entry cannot be made: the connection is tracked, but its replies
+/// cannot be told from that flow's.
 #[inline(never)]
 pub fn commit(
     now: u64,
@@ -332,32 +335,64 @@ pub fn commit(
     (from, to): (&Meta, &Meta),
     vacancy: Vacancy,
     revision: u64,
-    (entry, frontend): (ServiceEntry, FrontendId),
+    b: Balanced,
 ) -> PolicyVerdict {
     let own = Annex {
-        ext: frontend,
-        stage: STAGE_REVNAT,
-    };
-    let v = flow::commit(now, ingress, ct, to, vacancy, revision, own);
-    let (PolicyVerdict::New, Some((slot, reuse))) = (v, entry.vacancy) else {
-        return v;
-    };
-    let annex = Annex {
-        ext: entry.backend,
+        ext: b.backend,
         stage: STAGE_SERVICE,
     };
-    // If the service entry is refused (the table or the port's share is full), the connection
-    // still has its own entry: its next packet is balanced again to the same backend while the
-    // backend set stays as it is.
-    let _ = ct.insert_with(
+    let entry = match ct.insert_with(
         now,
-        slot,
-        reuse,
+        vacancy.0,
+        vacancy.1,
         &from.key,
         from.tcp_flags,
         revision,
         ingress,
-        annex,
-    );
-    v
+        own,
+    ) {
+        Ok(h) => h,
+        Err(r) => return refused(r),
+    };
+    let (slot, reuse) = match ct.probe(now, &to.key) {
+        Probe::Vacant { slot, reuse } => (slot, reuse),
+        // An earlier connection's reverse entry on the same tuple: taken over.
+        Probe::Hit {
+            slot,
+            stage: STAGE_REVNAT,
+            ..
+        } => (slot, true),
+        Probe::Hit { .. } => return PolicyVerdict::New,
+    };
+    let reverse = Annex {
+        ext: b.frontend,
+        stage: STAGE_REVNAT,
+    };
+    let leader = u64::from(Conntrack::index_of(entry));
+    match ct.insert_with(
+        now,
+        slot,
+        reuse,
+        &to.key,
+        to.tcp_flags,
+        leader,
+        ingress,
+        reverse,
+    ) {
+        Ok(_) => PolicyVerdict::New,
+        Err(r) => refused(r),
+    }
+}
+
+fn refused(r: crate::conntrack::CtRefusal) -> PolicyVerdict {
+    PolicyVerdict::Drop {
+        reason: match r {
+            crate::conntrack::CtRefusal::Full => crate::policy::PolicyDropReason::CtFull,
+            crate::conntrack::CtRefusal::EndpointLimit => {
+                crate::policy::PolicyDropReason::CtEndpointLimit
+            }
+        },
+        direction: None,
+        rule: None,
+    }
 }

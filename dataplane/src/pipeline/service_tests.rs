@@ -101,7 +101,8 @@ fn services(which: &[usize], affinity_ns: u64) -> ServiceTables {
 }
 
 /// Full-mode tables for A and the backends, with `services`; B3's ingress (if `guard_b3`)
-/// allows nothing, so a connection balanced to it is denied.
+/// allows nothing, so a connection balanced to it is denied. Policy revision 1 without the
+/// guard, 2 with it.
 fn tables_with(services: ServiceTables, guard_b3: bool) -> Tables {
     let mut t = Tables::new(
         1,
@@ -111,7 +112,7 @@ fn tables_with(services: ServiceTables, guard_b3: bool) -> Tables {
             ipv4: Ipv4Addr::from(GW_IP),
         },
     );
-    let mut b = PolicyTablesBuilder::new(1);
+    let mut b = PolicyTablesBuilder::new(if guard_b3 { 2 } else { 1 });
     for p in std::iter::once(A).chain(B) {
         t.add_route(
             Ipv4Addr::from(p.ip),
@@ -478,4 +479,94 @@ fn tables_in_mode(mode: Mode) -> Tables {
         p.add_route(ip, n).unwrap();
     }
     p
+}
+
+/// The reverse entry's slot and the connection entry's slot index, for A's connection from
+/// `sport` balanced to `b` (port 8080).
+fn entries_of(ct: &Conntrack, sport: u16, b: Pod) -> (usize, u32) {
+    let key = |dst: [u8; 4], dport| crate::conntrack::FlowKey {
+        src: A.ip.into(),
+        dst: dst.into(),
+        sport,
+        dport,
+        proto: proto::TCP,
+    };
+    let crate::conntrack::Probe::Hit { slot: reverse, .. } = ct.probe(1_000, &key(b.ip, 8080))
+    else {
+        panic!("no reverse entry")
+    };
+    let crate::conntrack::Probe::Hit { slot: own, .. } = ct.probe(1_000, &key(VIP, 80)) else {
+        panic!("no connection entry")
+    };
+    (reverse, Conntrack::index_of(own))
+}
+
+/// A reply reaches its connection's entry in one probe and one slot read, advances its state,
+/// and still finds it (and corrects the index it keeps) if the entry moved since.
+#[test]
+fn a_reply_advances_its_connection_and_finds_it_after_it_moved() {
+    let (t, mut ct) = (tables(), ct());
+    let (_, out) = send(&t, &mut ct, A, &tcp(A, VIP, 40000, 80, true));
+    let b = pod_at(*verified(&out).1.ip());
+    let (reverse, index) = entries_of(&ct, 40000, b);
+    assert_eq!(
+        ct.revision(reverse),
+        index,
+        "the reverse entry points at the connection's"
+    );
+    let seen_reply = |ct: &Conntrack| {
+        ct.entries(1_000)
+            .find(|e| e.orig.dst == Ipv4Addr::from(VIP))
+            .map(|e| (e.state, e.seen_reply))
+    };
+    assert_eq!(
+        seen_reply(&ct),
+        Some((crate::conntrack::CtState::SynSent, false))
+    );
+    // As if a removal had shifted the connection's entry: the index is wrong.
+    ct.set_revision(reverse, u64::from(index) + 1);
+    let mut synack = Vec::new();
+    PacketBuilder::ethernet2(b.mac, GW_MAC)
+        .ipv4(b.ip, A.ip, 64)
+        .tcp(8080, 40000, 5000, 64240)
+        .syn()
+        .ack(1001)
+        .write(&mut synack, b"")
+        .unwrap();
+    let (o, out) = send(&t, &mut ct, b, &synack);
+    assert_eq!(o.policy, Some(PolicyVerdict::Reply));
+    assert_eq!(verified(&out).0, vip(80));
+    assert_eq!(
+        seen_reply(&ct),
+        Some((crate::conntrack::CtState::SynRecv, true))
+    );
+    assert_eq!(ct.revision(reverse), index, "the index is corrected");
+}
+
+/// A narrowed policy stops a balanced connection on its next packet: the policy rechecks it
+/// as the flow to its backend, removes it, and the backend's replies are no longer given the
+/// virtual address.
+#[test]
+fn a_narrowed_policy_stops_a_balanced_connection() {
+    let mut ct = ct();
+    let open = tables_with(services(&[2], 0), false);
+    let (o, _) = send(&open, &mut ct, A, &tcp(A, VIP, 40000, 80, true));
+    assert_eq!(o.policy, Some(PolicyVerdict::New));
+    let narrowed = tables_with(services(&[2], 0), true);
+    let (o, _) = send(&narrowed, &mut ct, A, &tcp(A, VIP, 40000, 80, false));
+    assert_eq!(o.verdict, Verdict::Drop(DropReason::PolicyDenied));
+    let (o, out) = send(
+        &narrowed,
+        &mut ct,
+        B[2],
+        &tcp(B[2], A.ip, 8080, 40000, false),
+    );
+    assert_ne!(o.policy, Some(PolicyVerdict::Reply));
+    if let Verdict::Forward(_) = o.verdict {
+        assert_eq!(
+            *verified(&out).0.ip(),
+            Ipv4Addr::from(B[2].ip),
+            "translated"
+        );
+    }
 }
