@@ -86,12 +86,10 @@ pub fn judge(
             flow::Tracking::Unrelated
             | flow::Tracking::New(_)
             | flow::Tracking::Service { .. }
-            | flow::Tracking::RevNat { .. } => {
-                match policy::admit(rules, &m) {
-                    PolicyVerdict::New => PolicyVerdict::Untracked,
-                    v => v,
-                }
-            }
+            | flow::Tracking::RevNat { .. } => match policy::admit(rules, &m) {
+                PolicyVerdict::New => PolicyVerdict::Untracked,
+                v => v,
+            },
         },
     ))
 }
