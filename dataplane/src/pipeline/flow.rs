@@ -90,7 +90,7 @@ pub enum Tracking {
 
 /// Stage 4. See the module documentation. Mutates only `ct`. `gateway` is the gateway's
 /// address: an ICMP error it sends may quote any flow to its destination.
-#[inline]
+#[inline(always)]
 pub fn lookup(
     now: u64,
     ct: &mut Conntrack,

@@ -178,38 +178,140 @@ pub fn decide(
     }
 
     // Stages 3b to 6: fragments, flow state, services and policy.
-    let judgement = match tables.mode() {
+    let judged = match tables.mode() {
         Mode::Passthrough => None,
-        Mode::Full => match full(now_ns, meta, tables, ct) {
-            Ok(j) => Some(j),
-            Err(Ended::Dropped(o)) => return o,
-            Err(Ended::Refused(frontend)) => return refuse(frame, meta, tables, frontend),
-        },
+        // Out of line, so that the path without services (and the passthrough floor) keeps
+        // its size: the tail below is inlined into both with the translation a constant here.
+        Mode::Full if tables.has_services() && !meta.has(Meta::FRAGMENT) => {
+            return with_services(now_ns, ingress, frame, meta, tables, ct);
+        }
+        Mode::Full => {
+            let (gateway, rules) = (tables.gateway().ipv4, tables.policy());
+            let j = if meta.has(Meta::FRAGMENT) {
+                match fragment::judge(now_ns, meta, gateway, rules, ct) {
+                    Ok(j) => j,
+                    Err(reason) => return Outcome::drop(reason),
+                }
+            } else {
+                judge(now_ns, meta, gateway, rules, ct)
+            };
+            if let Judged::Done(v @ PolicyVerdict::Drop { reason, .. }) = j {
+                return Outcome {
+                    policy: Some(v),
+                    ..Outcome::drop(reason.into())
+                };
+            }
+            Some(j)
+        }
     };
+    let plain = Judgement {
+        judged,
+        nat: service::Nat::None,
+        balanced: None,
+    };
+    tail(now_ns, ingress, frame, (meta, meta), tables, ct, plain)
+}
+
+/// Stages 3b to 11 of [`decide`] in [`Mode::Full`] for an unfragmented packet on tables with
+/// services: the service stage's judgement (or refusal), then the tail with its translation.
+#[inline(never)]
+fn with_services(
+    now_ns: u64,
+    ingress: PortId,
+    frame: &mut Frame<'_>,
+    meta: &Meta,
+    tables: &Tables,
+    ct: &mut Conntrack,
+) -> Outcome {
+    let j = match service::judge(now_ns, meta, tables, ct) {
+        Ok(j) => j,
+        Err(n) => return refuse(frame, meta, tables, n.frontend),
+    };
+    if let Judged::Done(v @ PolicyVerdict::Drop { reason, .. }) = j.judged {
+        return Outcome {
+            policy: Some(v),
+            ..Outcome::drop(reason.into())
+        };
+    }
     // The packet as the stages after the service stage see it: translated to its backend.
     let translated;
-    let (routed, nat) = match judgement {
-        Some(service::Judgement {
-            nat: service::Nat::ToBackend(b),
-            ..
-        }) => {
+    let routed = match j.nat {
+        service::Nat::ToBackend(b) => {
             translated = service::translate(meta, b);
-            (&translated, service::Nat::ToBackend(b))
+            &translated
         }
-        Some(j) => (meta, j.nat),
-        None => (meta, service::Nat::None),
+        _ => meta,
     };
+    let judgement = Judgement {
+        judged: Some(j.judged),
+        nat: j.nat,
+        balanced: j.service,
+    };
+    tail(
+        now_ns,
+        ingress,
+        frame,
+        (meta, routed),
+        tables,
+        ct,
+        judgement,
+    )
+}
 
+/// What the tail of [`decide`] is given: the judgement of stages 4 to 6 (`None`: not judged,
+/// the passthrough floor), the service stage's translation and, for a new balanced connection,
+/// what its entries hold. The path without services builds it of constants, which the
+/// inlined tail then folds away.
+struct Judgement {
+    judged: Option<Judged>,
+    nat: service::Nat,
+    balanced: Option<service::Balanced>,
+}
+
+/// Stages 8 to 11 for a packet as `judgement` says, `meta` as it came and `routed` as the
+/// stages after the service stage see it.
+#[inline(always)]
+fn tail(
+    now_ns: u64,
+    ingress: PortId,
+    frame: &mut Frame<'_>,
+    (meta, routed): (&Meta, &Meta),
+    tables: &Tables,
+    ct: &mut Conntrack,
+    Judgement {
+        judged,
+        nat,
+        balanced,
+    }: Judgement,
+) -> Outcome {
     // Stage 8: routing.
     let route = route::route(routed, tables);
 
     // Stage 8b: conntrack commit. Only an allowed new flow that leaves is tracked: a packet
     // with no route, or whose TTL ran out, creates no state.
-    let policy = match judgement {
+    let policy = match judged {
         None => None,
-        Some(j) => match commit(now_ns, ingress, ct, tables, (meta, routed), j, &route) {
-            Ok(v) => Some(v),
-            Err(dropped) => return dropped,
+        Some(Judged::Done(v)) => Some(v),
+        Some(Judged::Admitted(vacancy)) => match route {
+            route::Route::Local | route::Route::Next(_) => {
+                let revision = tables.policy().revision();
+                let v = match balanced {
+                    None => flow::commit(now_ns, ingress, ct, meta, vacancy, revision, Annex::NONE),
+                    Some(b) => {
+                        service::commit(now_ns, ingress, ct, (meta, routed), vacancy, revision, b)
+                    }
+                };
+                if let PolicyVerdict::Drop { reason, .. } = v {
+                    return Outcome {
+                        policy: Some(v),
+                        ..Outcome::drop(reason.into())
+                    };
+                }
+                Some(v)
+            }
+            route::Route::TtlExpired { .. } | route::Route::Drop(_) => {
+                Some(PolicyVerdict::Untracked)
+            }
         },
     };
 
@@ -239,77 +341,6 @@ pub fn decide(
         policy,
         checksum_completed,
     }
-}
-
-/// Stage 8b for a packet stages 4 to 6 judged `j`, routed `route`: the verdict, with a new flow
-/// that leaves committed (`from` as it came, `to` as routed: translated to its backend), or the
-/// drop of a commit refused.
-#[inline(always)]
-fn commit(
-    now_ns: u64,
-    ingress: PortId,
-    ct: &mut Conntrack,
-    tables: &Tables,
-    (from, to): (&Meta, &Meta),
-    j: service::Judgement,
-    route: &route::Route,
-) -> Result<PolicyVerdict, Outcome> {
-    let vacancy = match j.judged {
-        Judged::Done(v) => return Ok(v),
-        Judged::Admitted(vacancy) => vacancy,
-    };
-    if let route::Route::TtlExpired { .. } | route::Route::Drop(_) = route {
-        return Ok(PolicyVerdict::Untracked);
-    }
-    let revision = tables.policy().revision();
-    let v = match j.service {
-        None => flow::commit(now_ns, ingress, ct, from, vacancy, revision, Annex::NONE),
-        Some(s) => service::commit(now_ns, ingress, ct, (from, to), vacancy, revision, s),
-    };
-    match v {
-        PolicyVerdict::Drop { reason, .. } => Err(Outcome {
-            policy: Some(v),
-            ..Outcome::drop(reason.into())
-        }),
-        v => Ok(v),
-    }
-}
-
-/// Why a packet ends before routing in [`full`].
-enum Ended {
-    /// Dropped, with this outcome.
-    Dropped(Outcome),
-    /// A new connection to this frontend, which has no backend for it.
-    Refused(std::net::SocketAddrV4),
-}
-
-/// Stages 3b to 6 in [`Mode::Full`]: fragments, the conntrack lookup, the service stage (when
-/// the tables have services) and policy.
-#[inline(always)]
-fn full(
-    now_ns: u64,
-    meta: &Meta,
-    tables: &Tables,
-    ct: &mut Conntrack,
-) -> Result<service::Judgement, Ended> {
-    let (gateway, rules) = (tables.gateway().ipv4, tables.policy());
-    let j = if meta.has(Meta::FRAGMENT) {
-        match fragment::judge(now_ns, meta, gateway, rules, ct) {
-            Ok(j) => service::Judgement::plain(j),
-            Err(reason) => return Err(Ended::Dropped(Outcome::drop(reason))),
-        }
-    } else if tables.services().is_empty() {
-        service::Judgement::plain(judge(now_ns, meta, gateway, rules, ct))
-    } else {
-        service::judge(now_ns, meta, tables, ct).map_err(|n| Ended::Refused(n.frontend))?
-    };
-    if let Judged::Done(v @ PolicyVerdict::Drop { reason, .. }) = j.judged {
-        return Err(Ended::Dropped(Outcome {
-            policy: Some(v),
-            ..Outcome::drop(reason.into())
-        }));
-    }
-    Ok(j)
 }
 
 /// A new connection to `frontend` refused for want of a backend: answered to its source, if
