@@ -570,3 +570,34 @@ fn a_narrowed_policy_stops_a_balanced_connection() {
         );
     }
 }
+
+/// Maglev picks by the 5-tuple alone, the same whenever it is asked; `random` picks a random
+/// slot of the same weighted table, so one 5-tuple asked at different times reaches every
+/// backend, about equally.
+#[test]
+fn maglev_depends_on_the_tuple_and_random_on_nothing_but_the_table() {
+    let s = services(&[0, 1, 2], 0);
+    let f = s.frontend(VIP.into(), 80, proto::TCP).unwrap();
+    let ct = ct();
+    let key = crate::conntrack::FlowKey {
+        src: A.ip.into(),
+        dst: VIP.into(),
+        sport: 40000,
+        dport: 80,
+        proto: proto::TCP,
+    };
+    let pick = |algorithm, now| super::service::select(now, &key, f, algorithm, &ct).unwrap();
+    let first = pick(Algorithm::Maglev, 1);
+    assert!((2..3000).all(|now| pick(Algorithm::Maglev, now * 7919) == first));
+    let mut counts = std::collections::HashMap::new();
+    for now in 0..3000u64 {
+        *counts
+            .entry(pick(Algorithm::Random, now * 7919).id)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|&n| (800..1200).contains(&n)),
+        "{counts:?}"
+    );
+}
