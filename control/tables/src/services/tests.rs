@@ -5,30 +5,7 @@ use xylem_dataplane::services::Algorithm;
 use xylem_dataplane::wire::ip::proto;
 
 /// The issue's example: .11 and .12 active (.12 weight 2), .13 terminating.
-const WEB: &str = "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-  annotations: {lb.xylem.io/weights: \"10.200.0.12=2\", lb.xylem.io/health-check: tcp}
-spec:
-  type: ClusterIP
-  clusterIP: 10.96.0.10
-  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abc12
-  namespace: default
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints:
-  - {addresses: [10.200.0.11], conditions: {ready: true}}
-  - {addresses: [10.200.0.12], conditions: {ready: true}}
-  - {addresses: [10.200.0.13], conditions: {ready: false, serving: true, terminating: true}}
-";
+const WEB: &str = include_str!("../../../services/tests/issue-example.yaml");
 
 fn parse(yaml: &str) -> Vec<Service> {
     xylem_services::parse(yaml).unwrap()
