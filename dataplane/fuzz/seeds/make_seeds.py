@@ -116,6 +116,7 @@ seeds = {
     "service-tcp-syn": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP, 6, tcp(pod(3), VIP, 40000, 80, SYN)))),
     "service-backend-reply": (0xC0, on_port(0x05, 6), eth(mac(6), ip(pod(6), pod(3), 6, tcp(pod(6), pod(3), 8080, 40000, SYN | ACK)))),
     "service-udp": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP, 17, udp(pod(3), VIP, 5000, 53)))),
+    "service-udp-first-fragment": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP, 17, udp(pod(3), VIP, 5000, 53, b"q" * 64)[:40], frag=MF))),
     "service-no-backend": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP_EMPTY, 6, tcp(pod(3), VIP_EMPTY, 40000, 80, SYN)))),
 }
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline")

@@ -25,11 +25,12 @@
 
 use std::net::Ipv4Addr;
 
-use super::{Judged, Meta, flow, policy};
+use super::{Judged, Meta, flow, policy, service};
 use crate::conntrack::{Conntrack, FlowKey};
 use crate::fragments::{Datagram, Head};
 use crate::policy::{PolicyTables, PolicyVerdict};
 use crate::stats::DropReason;
+use crate::tables::Tables;
 
 /// What stages 3b to 6 make of a fragment (`meta` has [`Meta::FRAGMENT`]), as
 /// [`super::judge`] says for other packets (a first fragment's new flow is `Admitted`, for the
@@ -43,55 +44,113 @@ pub fn judge(
     rules: &PolicyTables,
     ct: &mut Conntrack,
 ) -> Result<Judged, DropReason> {
-    let datagram = Datagram {
-        src: meta.key.src,
-        dst: meta.key.dst,
-        proto: meta.key.proto,
-        id: meta.ip_id,
-    };
     if !meta.has(Meta::LATER_FRAGMENT) {
         let j = super::judge(now, meta, gateway, rules, ct);
-        let dropped = match j {
-            Judged::Done(PolicyVerdict::Drop { reason, .. }) => Some(reason.into()),
-            _ => None,
-        };
-        let head = Head {
-            sport: meta.key.sport,
-            dport: meta.key.dport,
-            dropped,
-        };
-        ct.fragments().record(now, &datagram, head);
+        record(now, meta, ct, dropped(&j));
         return Ok(j);
     }
+    let m = later(now, meta, ct)?;
+    Ok(Judged::Done(
+        match flow::lookup(now, ct, &m, gateway, rules) {
+            flow::Tracking::Known(v) => v,
+            // A later fragment never opens a flow (nor, on tables without services, is it
+            // translated).
+            flow::Tracking::Unrelated
+            | flow::Tracking::New(_)
+            | flow::Tracking::Service { .. }
+            | flow::Tracking::RevNat { .. } => untracked(rules, &m),
+        },
+    ))
+}
+
+/// [`judge`] on tables with services: a first fragment goes through the service stage as any
+/// packet (balanced, or refused for want of a backend: recorded as `no-service-backend`), and
+/// a later fragment takes its datagram's ports and then the translation of the connection its
+/// first fragment opened or belongs to (its addresses only: it has no transport header). A
+/// later fragment never opens a connection, nor is it balanced.
+#[inline(never)]
+pub fn judge_services(
+    now: u64,
+    meta: &Meta,
+    tables: &Tables,
+    ct: &mut Conntrack,
+) -> Result<service::Judgement, Refused> {
+    if !meta.has(Meta::LATER_FRAGMENT) {
+        let j = service::judge(now, meta, tables, ct, true);
+        let fate = match &j {
+            Ok(j) => dropped(&j.judged),
+            Err(_) => Some(DropReason::NoServiceBackend),
+        };
+        record(now, meta, ct, fate);
+        return j.map_err(|n| Refused::NoBackend(n.frontend));
+    }
+    let m = later(now, meta, ct).map_err(Refused::Drop)?;
+    service::judge(now, &m, tables, ct, false).map_err(|n| Refused::NoBackend(n.frontend))
+}
+
+/// Why [`judge_services`] ends a fragment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Dropped for this reason (`frag-no-head`, or its first fragment's).
+    Drop(DropReason),
+    /// A first fragment opening a connection to this frontend, which has no backend.
+    NoBackend(std::net::SocketAddrV4),
+}
+
+/// The drop reason of a judgement, if it is one.
+fn dropped(j: &Judged) -> Option<DropReason> {
+    match j {
+        Judged::Done(PolicyVerdict::Drop { reason, .. }) => Some((*reason).into()),
+        _ => None,
+    }
+}
+
+/// Records a first fragment's ports and fate for its datagram's later fragments.
+fn record(now: u64, meta: &Meta, ct: &mut Conntrack, dropped: Option<DropReason>) {
+    let head = Head {
+        sport: meta.key.sport,
+        dport: meta.key.dport,
+        dropped,
+    };
+    ct.fragments().record(now, &datagram(meta), head);
+}
+
+/// A later fragment as its datagram's first fragment was: with its ports. Its drop when the
+/// first fragment was dropped, or was not seen (`frag-no-head`).
+fn later(now: u64, meta: &Meta, ct: &mut Conntrack) -> Result<Meta, DropReason> {
     let head = ct
         .fragments()
-        .lookup(now, &datagram)
+        .lookup(now, &datagram(meta))
         .ok_or(DropReason::FragNoHead)?;
     if let Some(r) = head.dropped {
         return Err(r);
     }
-    let m = Meta {
+    Ok(Meta {
         key: FlowKey {
             sport: head.sport,
             dport: head.dport,
             ..meta.key
         },
         ..*meta
-    };
-    Ok(Judged::Done(
-        match flow::lookup(now, ct, &m, gateway, rules) {
-            flow::Tracking::Known(v) => v,
-            // A later fragment never opens a flow (nor is it balanced or translated: see the
-            // service stage).
-            flow::Tracking::Unrelated
-            | flow::Tracking::New(_)
-            | flow::Tracking::Service { .. }
-            | flow::Tracking::RevNat { .. } => match policy::admit(rules, &m) {
-                PolicyVerdict::New => PolicyVerdict::Untracked,
-                v => v,
-            },
-        },
-    ))
+    })
+}
+
+/// What identifies a fragment's datagram.
+fn datagram(meta: &Meta) -> Datagram {
+    Datagram {
+        src: meta.key.src,
+        dst: meta.key.dst,
+        proto: meta.key.proto,
+        id: meta.ip_id,
+    }
+}
+
+/// The policy's verdict on a packet that is never tracked.
+fn untracked(rules: &PolicyTables, m: &Meta) -> PolicyVerdict {
+    match policy::admit(rules, m) {
+        PolicyVerdict::New => PolicyVerdict::Untracked,
+        v => v,
+    }
 }
 
 #[cfg(test)]

@@ -182,7 +182,7 @@ pub fn decide(
         Mode::Passthrough => None,
         // Out of line, so that the path without services (and the passthrough floor) keeps
         // its size: the tail below is inlined into both with the translation a constant here.
-        Mode::Full if tables.has_services() && !meta.has(Meta::FRAGMENT) => {
+        Mode::Full if tables.has_services() => {
             return with_services(now_ns, ingress, frame, meta, tables, ct);
         }
         Mode::Full => {
@@ -212,8 +212,8 @@ pub fn decide(
     tail(now_ns, ingress, frame, (meta, meta), tables, ct, plain)
 }
 
-/// Stages 3b to 11 of [`decide`] in [`Mode::Full`] for an unfragmented packet on tables with
-/// services: the service stage's judgement (or refusal), then the tail with its translation.
+/// Stages 3b to 11 of [`decide`] in [`Mode::Full`] on tables with services: the fragment and
+/// service stages' judgement (or refusal), then the tail with its translation.
 #[inline(never)]
 fn with_services(
     now_ns: u64,
@@ -223,9 +223,17 @@ fn with_services(
     tables: &Tables,
     ct: &mut Conntrack,
 ) -> Outcome {
-    let j = match service::judge(now_ns, meta, tables, ct) {
-        Ok(j) => j,
-        Err(n) => return refuse(frame, meta, tables, n.frontend),
+    let j = if meta.has(Meta::FRAGMENT) {
+        match fragment::judge_services(now_ns, meta, tables, ct) {
+            Ok(j) => j,
+            Err(fragment::Refused::Drop(reason)) => return Outcome::drop(reason),
+            Err(fragment::Refused::NoBackend(f)) => return refuse(frame, meta, tables, f),
+        }
+    } else {
+        match service::judge(now_ns, meta, tables, ct, true) {
+            Ok(j) => j,
+            Err(n) => return refuse(frame, meta, tables, n.frontend),
+        }
     };
     if let Judged::Done(v @ PolicyVerdict::Drop { reason, .. }) = j.judged {
         return Outcome {

@@ -119,15 +119,24 @@ fn endpoint(
     w.put(l3 + ip_field, new[0])?;
     w.put(l3 + ip_field + 2, new[1])?;
     w.put(l3 + IP_CHECKSUM, ip_delta.apply(w.get(l3 + IP_CHECKSUM)?))?;
+    // A later fragment carries no transport header; a first fragment's checksum covers the
+    // whole datagram, which the same update keeps right.
+    let end = l4 + usize::from(meta.l4_len);
     let (at, udp) = match meta.key.proto {
         _ if meta.has(Meta::LATER_FRAGMENT) => return Some(()),
-        proto::TCP if meta.has(Meta::CHECKSUM_FIELD) => (l4 + tcp::CHECKSUM_OFFSET, false),
+        proto::TCP => (l4 + tcp::CHECKSUM_OFFSET, false),
         proto::UDP => (l4 + udp::CHECKSUM_OFFSET, true),
         _ => return Some(()),
     };
+    if l4 + port_at + 2 > end {
+        return None;
+    }
     // The pseudo-header covers the addresses: the transport checksum takes their change too.
     let l4_delta = ip_delta.word(old_port, to.port());
     w.put(l4 + port_at, to.port())?;
+    if at + 2 > end {
+        return Some(()); // A header cut short before its checksum: none to update.
+    }
     let c = w.get(at)?;
     if udp && c == 0 {
         return Some(()); // No checksum ("none") stays none.

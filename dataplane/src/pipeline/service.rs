@@ -29,11 +29,16 @@
 //! it, and the commit stage creates both entries. A frontend with no usable backend refuses
 //! the connection (`no-service-backend`): a TCP RST, an ICMP port unreachable for UDP.
 //!
+//! # Fragments
+//! A datagram's first fragment is balanced as any packet; a later fragment, which has no
+//! ports, takes its datagram's from the fragment stage and then the translation of the
+//! connection its first fragment opened (addresses only), so a fragmented datagram reaches one
+//! backend whole, and a backend's fragmented answer comes back from the virtual address whole.
+//! A later fragment never opens a connection.
+//!
 //! What it does not do: it rewrites nothing (the NAT stage does, from the [`Nat`] this stage
-//! returns), it chooses no backend set (the control side gives each frontend only the
-//! backends that take new connections), and it translates no fragment: a fragmented datagram to
-//! a virtual address is not balanced (it has no route), nor is a later fragment of a backend's
-//! reply given its virtual address back.
+//! returns), and it chooses no backend set (the control side gives each frontend only the
+//! backends that take new connections).
 
 use std::net::SocketAddrV4;
 
@@ -103,16 +108,25 @@ pub struct NoBackend {
     pub frontend: SocketAddrV4,
 }
 
-/// Stages 4 to 6 in [`crate::tables::Mode::Full`] for an unfragmented packet, on tables that
-/// have services: the conntrack lookup, the service stage on what it found, and the policy
-/// stage on the (translated) flow. `Err` when a new connection to a frontend finds no backend.
+/// Stages 4 to 6 in [`crate::tables::Mode::Full`], on tables that have services: the
+/// conntrack lookup, the service stage on what it found, and the policy stage on the
+/// (translated) flow. `Err` when a new connection to a frontend finds no backend. `open`:
+/// whether the packet may open a connection (a later fragment may not: it is translated as
+/// its datagram's connection is, or judged untranslated and never tracked).
 #[inline(never)]
 pub fn judge(
     now: u64,
     meta: &Meta,
     tables: &Tables,
     ct: &mut Conntrack,
+    open: bool,
 ) -> Result<Judgement, NoBackend> {
+    let untracked = |rules| {
+        Judgement::plain(Judged::Done(match policy::admit(rules, meta) {
+            PolicyVerdict::New => PolicyVerdict::Untracked,
+            v => v,
+        }))
+    };
     let (gateway, rules, services) = (tables.gateway().ipv4, tables.policy(), tables.services());
     let (vacancy, f) = match flow::lookup(now, ct, meta, gateway, rules) {
         Tracking::Known(v) => return Ok(Judgement::plain(Judged::Done(v))),
@@ -146,10 +160,11 @@ pub fn judge(
             // The backend is gone from every service: the connection is balanced again, its
             // entry taken over in place (the new backend resets it, knowing nothing of it).
             None => match frontend_of(services, meta) {
-                Some(f) => ((slot, true), f),
-                None => return Ok(Judgement::plain(Judged::Done(PolicyVerdict::Untracked))),
+                Some(f) if open => ((slot, true), f),
+                _ => return Ok(untracked(rules)),
             },
         },
+        Tracking::New(_) if !open => return Ok(untracked(rules)),
         Tracking::New(vacancy) => match frontend_of(services, meta) {
             Some(f) => (vacancy, f),
             None => {

@@ -601,3 +601,91 @@ fn maglev_depends_on_the_tuple_and_random_on_nothing_but_the_table() {
         "{counts:?}"
     );
 }
+
+/// `frame` (Ethernet, a 20-byte IPv4 header, its payload) cut in two fragments after `at`
+/// bytes of IP payload (a multiple of 8).
+fn fragments(frame: &[u8], at: usize) -> [Vec<u8>; 2] {
+    let (head, payload) = frame.split_at(14 + 20);
+    let piece = |bytes: &[u8], offset: usize, more: bool| {
+        let mut f = head.to_vec();
+        f.extend_from_slice(bytes);
+        f[16..18].copy_from_slice(&((20 + bytes.len()) as u16).to_be_bytes());
+        let flags = if more { 0x2000 } else { 0 } | (offset / 8) as u16;
+        f[20..22].copy_from_slice(&flags.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    [
+        piece(&payload[..at], 0, true),
+        piece(&payload[at..], at, false),
+    ]
+}
+
+/// The UDP datagram two translated fragments carry, checked whole: both fragments carry the
+/// same addresses, and the UDP checksum (which covers the whole datagram) verifies.
+fn reassembled(first: &[u8], later: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
+    assert_eq!(
+        &first[26..34],
+        &later[26..34],
+        "the fragments' addresses differ"
+    );
+    for f in [first, later] {
+        assert!(checksum::verify(&f[14..34]), "IP header checksum");
+    }
+    let mut ip = first[14..34].to_vec();
+    ip[6..8].copy_from_slice(&[0, 0]);
+    let mut payload = first[34..].to_vec();
+    payload.extend_from_slice(&later[34..]);
+    ip[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut whole = first[..14].to_vec();
+    whole.extend_from_slice(&ip);
+    whole.extend_from_slice(&payload);
+    verified(&whole)
+}
+
+/// A fragmented datagram to a virtual IP is balanced whole (its later fragment follows its
+/// first to the same backend, both translated), and the backend's fragmented answer comes back
+/// from the virtual IP whole.
+#[test]
+fn a_fragmented_datagram_is_balanced_and_answered_whole() {
+    let (t, mut ct) = (tables(), ct());
+    let mut query = Vec::new();
+    PacketBuilder::ethernet2(A.mac, GW_MAC)
+        .ipv4(A.ip, VIP, 64)
+        .udp(4000, 53)
+        .write(&mut query, &[7u8; 200])
+        .unwrap();
+    let [first, later] = fragments(&query, 48);
+    let (o1, first_out) = send(&t, &mut ct, A, &first);
+    let (o2, later_out) = send(&t, &mut ct, A, &later);
+    assert!(matches!(o1.verdict, Verdict::Forward(_)), "{o1:?}");
+    assert_eq!(o1.verdict, o2.verdict, "the fragments went different ways");
+    let (from, to) = reassembled(&first_out, &later_out);
+    assert_eq!(from, SocketAddrV4::new(A.ip.into(), 4000));
+    assert_eq!(to.port(), 5353);
+
+    let b = pod_at(*to.ip());
+    let mut answer = Vec::new();
+    PacketBuilder::ethernet2(b.mac, GW_MAC)
+        .ipv4(b.ip, A.ip, 64)
+        .udp(5353, 4000)
+        .write(&mut answer, &[9u8; 300])
+        .unwrap();
+    let [first, later] = fragments(&answer, 104);
+    let (o1, first_out) = send(&t, &mut ct, b, &first);
+    let (o2, later_out) = send(&t, &mut ct, b, &later);
+    assert_eq!(
+        (o1.verdict, o2.verdict),
+        (Verdict::Forward(A.port), Verdict::Forward(A.port))
+    );
+    assert_eq!(o1.policy, Some(PolicyVerdict::Reply));
+    assert_eq!(
+        reassembled(&first_out, &later_out),
+        (vip(53), SocketAddrV4::new(A.ip.into(), 4000))
+    );
+}
