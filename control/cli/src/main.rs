@@ -17,6 +17,7 @@ use xylem_lab::{DEFAULT_LAB, Lab};
 
 mod agent_cmd;
 mod error;
+mod input;
 mod lab_cmd;
 mod output;
 mod policy_cmd;

@@ -8,35 +8,12 @@ use xylem_dataplane::policy::RuleOrigin;
 use xylem_policy::Trace;
 
 pub(crate) fn policy_path(n: &str) -> Result<String, Error> {
-    let (ns, name) = n.split_once('/').unwrap_or(("default", n));
-    if ns.is_empty() || name.is_empty() || name.contains('/') {
-        return Err(Error::config(
-            "policy",
-            format!("'{n}' is not NAMESPACE/NAME or NAME"),
-        ));
-    }
+    let (ns, name) = crate::input::namespaced(n, "policy")?;
     Ok(format!("/v1/policies/{ns}/{name}"))
 }
 
 pub(crate) fn policy_import(cli: &Cli, file: &std::path::Path) -> Result<(), Error> {
-    let text = if file.as_os_str() == "-" {
-        let mut t = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|source| {
-            Error::Io {
-                what: "reading the policy from standard input".into(),
-                source,
-            }
-        })?;
-        t
-    } else {
-        std::fs::read_to_string(file).map_err(|source| {
-            Error::File(xylem_api::FileError {
-                what: "reading the policy file",
-                path: file.to_owned(),
-                source,
-            })
-        })?
-    };
+    let text = crate::input::read(file, "the policy")?;
     let r: serde_json::Value =
         Client::new(socket(cli)?).post_raw("/v1/policies", text.into_bytes())?;
     println!("{}", r["revision"]);

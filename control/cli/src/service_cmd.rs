@@ -7,36 +7,12 @@ use xylem_api::{Client, ServiceView};
 
 /// `NAMESPACE/NAME` or `NAME` (in `default`) as (namespace, name).
 pub(crate) fn service_name(n: &str) -> Result<(&str, &str), Error> {
-    let (ns, name) = n.split_once('/').unwrap_or(("default", n));
-    if ns.is_empty() || name.is_empty() || name.contains('/') {
-        return Err(Error::config(
-            "service",
-            format!("'{n}' is not NAMESPACE/NAME or NAME"),
-        ));
-    }
-    Ok((ns, name))
+    crate::input::namespaced(n, "service")
 }
 
 /// `xylem service import FILE`: prints the new revision.
 pub(crate) fn import(cli: &Cli, file: &std::path::Path) -> Result<(), Error> {
-    let text = if file.as_os_str() == "-" {
-        let mut t = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|source| {
-            Error::Io {
-                what: "reading the services from standard input".into(),
-                source,
-            }
-        })?;
-        t
-    } else {
-        std::fs::read_to_string(file).map_err(|source| {
-            Error::File(xylem_api::FileError {
-                what: "reading the service file",
-                path: file.to_owned(),
-                source,
-            })
-        })?
-    };
+    let text = crate::input::read(file, "the services")?;
     println!("{}", Client::new(socket(cli)?).import_services(&text)?);
     Ok(())
 }
