@@ -13,7 +13,8 @@
 //! `xylem_tx_packets_total`, `xylem_tx_bytes_total`, `xylem_port_rx_packets_total{port}`,
 //! `xylem_port_tx_packets_total{port}`, `xylem_port_drop_count_total{port}`,
 //! `xylem_slowpath_rx_total`, `xylem_slowpath_tx_total`, `xylem_slowpath_tx_dropped_total`,
-//! `xylem_slowpath_tx_unroutable_total`,
+//! `xylem_slowpath_tx_unroutable_total`, `xylem_slowpath_probes_denied_total`,
+//! `xylem_icmp_errors_sent_total`, `xylem_resets_sent_total`,
 //! `xylem_endpoints`, `xylem_uptime_seconds`.
 
 use std::sync::atomic::AtomicU64;
@@ -124,6 +125,22 @@ pub fn render(st: &Status, monitor_lost: u64, endpoints: usize) -> String {
                 "xylem_slowpath_tx_unroutable",
                 "Slow-path frames not sent because no route leads to their destination",
                 st.slowpath.tx_unroutable,
+            ),
+            (
+                "xylem_slowpath_probes_denied",
+                "Health-check probe frames the policy did not let out of the gateway",
+                t.slowpath_probes_denied,
+            ),
+            (
+                "xylem_icmp_errors_sent",
+                "ICMP errors the workers built (time exceeded; port unreachable from a service \
+                 with no backend)",
+                t.icmp_errors_sent,
+            ),
+            (
+                "xylem_resets_sent",
+                "TCP resets the workers built (a connection to a service with no backend)",
+                t.resets_sent,
             ),
         ],
     );

@@ -384,6 +384,23 @@ fn no_backend_answers_a_reset_and_the_node_is_balanced_too() {
         after > before,
         "no-service-backend not counted: {before} → {after}"
     );
+    // And in Prometheus' terms: the drop by reason and the reset the dataplane answered with.
+    let metrics = lab.xylem(&["metrics"]);
+    let value = |line_start: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in:\n{metrics}"))
+    };
+    assert!(value("xylem_resets_sent_total") >= 1);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("xylem_drop_count_total") && l.contains("no-service-backend")),
+        "{metrics}"
+    );
 
     let web = lab.pod("web-1").1;
     import(
