@@ -55,21 +55,11 @@ fn service_tables() -> Tables {
         for b in &bs {
             s.add_backend(b.id, b.addr).expect("backend");
         }
-        let mb: Vec<_> = bs
-            .iter()
-            .map(|b| MaglevBackend {
-                key: b.addr,
-                weight: 1,
-            })
-            .collect();
-        s.add_frontend(Frontend {
-            id: f + 1,
-            addr: SocketAddrV4::new(vip(f), 80),
-            proto: proto::TCP,
-            affinity_timeout_ns: 0,
-            backends: bs.into(),
-            maglev: Some(Arc::new(MaglevTable::new(&mb, 16381).expect("maglev"))),
-        })
+        let weighted: Vec<_> = bs.iter().map(|&b| (b, 1)).collect();
+        let addr = SocketAddrV4::new(vip(f), 80);
+        s.add_frontend(
+            Frontend::with_table(f + 1, addr, proto::TCP, 0, &weighted, 16381).expect("maglev"),
+        )
         .expect("frontend");
     }
     t.set_services(Arc::new(s));

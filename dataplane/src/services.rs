@@ -24,7 +24,7 @@ use rustc_hash::FxHashMap;
 
 use crate::conntrack::Conntrack;
 use crate::error::Error;
-use crate::maglev::MaglevTable;
+use crate::maglev::{MaglevBackend, MaglevTable};
 use crate::wire::ip::proto;
 
 /// A backend's id: what a tracked connection's service entry holds to find its backend again.
@@ -107,6 +107,39 @@ pub struct Frontend {
 }
 
 impl Frontend {
+    /// A frontend whose new connections go to `backends`, each with its weight, through a
+    /// Maglev table of `table_size` slots built here (none for no backend). The control side,
+    /// which keeps tables from one revision to the next, fills the fields itself instead.
+    pub fn with_table(
+        id: FrontendId,
+        addr: SocketAddrV4,
+        proto: u8,
+        affinity_timeout_ns: u64,
+        backends: &[(Backend, u32)],
+        table_size: u32,
+    ) -> Result<Self, Error> {
+        let maglev = if backends.is_empty() {
+            None
+        } else {
+            let list: Vec<MaglevBackend> = backends
+                .iter()
+                .map(|&(b, weight)| MaglevBackend {
+                    key: b.addr,
+                    weight,
+                })
+                .collect();
+            Some(Arc::new(MaglevTable::new(&list, table_size)?))
+        };
+        Ok(Frontend {
+            id,
+            addr,
+            proto,
+            affinity_timeout_ns,
+            backends: backends.iter().map(|&(b, _)| b).collect(),
+            maglev,
+        })
+    }
+
     /// The backend for a new connection whose selection hash is `hash`; `None` if the frontend
     /// has no usable backend.
     #[inline]
@@ -268,31 +301,14 @@ impl ServiceTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maglev::MaglevBackend;
 
     fn sa(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
     }
 
     fn frontend(id: u32, addr: &str, backends: &[Backend]) -> Frontend {
-        let maglev = (!backends.is_empty()).then(|| {
-            let mb: Vec<_> = backends
-                .iter()
-                .map(|b| MaglevBackend {
-                    key: b.addr,
-                    weight: 1,
-                })
-                .collect();
-            Arc::new(MaglevTable::new(&mb, 251).unwrap())
-        });
-        Frontend {
-            id,
-            addr: sa(addr),
-            proto: proto::TCP,
-            affinity_timeout_ns: 0,
-            backends: backends.into(),
-            maglev,
-        }
+        let weighted: Vec<_> = backends.iter().map(|&b| (b, 1)).collect();
+        Frontend::with_table(id, sa(addr), proto::TCP, 0, &weighted, 251).unwrap()
     }
 
     #[test]

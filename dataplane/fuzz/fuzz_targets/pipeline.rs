@@ -27,7 +27,6 @@ use xylem_dataplane::checksum;
 use xylem_dataplane::conntrack::{Conntrack, CtConfig};
 use xylem_dataplane::pipeline::{Frame, Verdict, parse, process};
 use xylem_dataplane::policy::{PolicyTables, PolicyTablesBuilder, RuleOrigin, Section, identity};
-use xylem_dataplane::maglev::{MaglevBackend, MaglevTable};
 use xylem_dataplane::services::{Algorithm, Backend, Frontend, ServiceTables};
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 
@@ -86,24 +85,10 @@ fn services() -> ServiceTables {
         for b in &backends {
             s.add_backend(b.id, b.addr).expect("backend");
         }
-        let maglev = (!backends.is_empty()).then(|| {
-            let list: Vec<_> = backends
-                .iter()
-                .map(|b| MaglevBackend {
-                    key: b.addr,
-                    weight: 1,
-                })
-                .collect();
-            Arc::new(MaglevTable::new(&list, 251).expect("maglev"))
-        });
-        s.add_frontend(Frontend {
-            id: frontend_id,
-            addr: frontend,
-            proto,
-            affinity_timeout_ns: 0,
-            backends: backends.into(),
-            maglev,
-        })
+        let weighted: Vec<_> = backends.iter().map(|&b| (b, 1)).collect();
+        s.add_frontend(
+            Frontend::with_table(frontend_id, frontend, proto, 0, &weighted, 251).expect("maglev"),
+        )
         .expect("frontend");
     }
     s
@@ -139,7 +124,8 @@ fn policy() -> PolicyTables {
     let p = b.endpoint_policy(302);
     p.ingress.set_enforced(true);
     p.ingress.add(303, 6, Some((80, 80)), false, in0);
-    p.ingress.add(identity::ANY, 17, Some((1000, 2000)), false, in1);
+    p.ingress
+        .add(identity::ANY, 17, Some((1000, 2000)), false, in1);
     p.ingress.add(304, 0, None, true, in2);
     let p = b.endpoint_policy(305);
     p.egress.set_enforced(true);

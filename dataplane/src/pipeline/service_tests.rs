@@ -8,7 +8,6 @@ use std::sync::Arc;
 use super::*;
 use crate::checksum;
 use crate::conntrack::CtConfig;
-use crate::maglev::{MaglevBackend, MaglevTable};
 use crate::policy::{PolicyTablesBuilder, RuleOrigin, Section, identity};
 use crate::services::{Algorithm, Backend, Frontend, ServiceTables};
 use crate::tables::{Gateway, MacAddr, Neighbor};
@@ -72,30 +71,15 @@ fn services(which: &[usize], affinity_ns: u64) -> ServiceTables {
             .unwrap();
     }
     for (id, port, target, protocol) in [(1, 80, 8080, proto::TCP), (2, 53, 5353, proto::UDP)] {
-        let bs: Vec<Backend> = which.iter().map(|&i| backend(i, target)).collect();
-        let maglev = (!bs.is_empty()).then(|| {
-            let mb: Vec<_> = bs
-                .iter()
-                .map(|b| MaglevBackend {
-                    key: b.addr,
-                    weight: 1,
-                })
-                .collect();
-            Arc::new(MaglevTable::new(&mb, 251).unwrap())
-        });
-        s.add_frontend(Frontend {
-            id,
-            addr: SocketAddrV4::new(VIP.into(), port),
-            proto: protocol,
-            affinity_timeout_ns: if protocol == proto::TCP {
-                affinity_ns
-            } else {
-                0
-            },
-            backends: bs.into(),
-            maglev,
-        })
-        .unwrap();
+        let weighted: Vec<_> = which.iter().map(|&i| (backend(i, target), 1)).collect();
+        let affinity = if protocol == proto::TCP {
+            affinity_ns
+        } else {
+            0
+        };
+        let addr = SocketAddrV4::new(VIP.into(), port);
+        s.add_frontend(Frontend::with_table(id, addr, protocol, affinity, &weighted, 251).unwrap())
+            .unwrap();
     }
     s
 }
