@@ -1020,16 +1020,25 @@ impl Table {
 
     /// Counts one more entry for `owner`, unless it has [`Self::endpoint_limit`] already (and
     /// is not exempt): then nothing changes and the answer is `false`. Strict under
-    /// concurrency: the add comes first, and is taken back if it went past the limit.
+    /// concurrency, and the count never passes the limit (see below).
     pub(super) fn acquire(&self, owner: usize) -> bool {
         let c = &self.owners[owner];
-        if c.fetch_add(1, Relaxed) as usize >= self.endpoint_limit
-            && !self.unlimited[owner].load(Relaxed)
-        {
-            c.fetch_sub(1, Relaxed);
-            return false;
+        if self.unlimited[owner].load(Relaxed) {
+            c.fetch_add(1, Relaxed);
+            return true;
         }
-        true
+        // A compare-and-swap, not an add taken back: the count itself never passes the limit,
+        // not even for the instant another reader (`owned`, `xylem status`) may look.
+        let mut n = c.load(Relaxed);
+        loop {
+            if n as usize >= self.endpoint_limit {
+                return false;
+            }
+            match c.compare_exchange_weak(n, n + 1, Relaxed, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => n = now,
+            }
+        }
     }
 
     /// Counts one entry fewer for `owner`.
