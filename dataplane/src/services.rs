@@ -166,8 +166,6 @@ pub struct ServiceTables {
     /// backend that no longer takes new ones (terminating, in maintenance, failing its health
     /// check) keeps it.
     by_backend_id: FxHashMap<BackendId, SocketAddrV4>,
-    /// Virtual IPs, for a quick "not a service" answer.
-    virtual_ips: FxHashMap<u32, ()>,
 }
 
 fn check_id(what: &str, id: u32) -> Result<(), Error> {
@@ -248,7 +246,6 @@ impl ServiceTables {
             )));
         }
         self.by_frontend_id.insert(f.id, f.addr);
-        self.virtual_ips.insert(f.addr.ip().to_bits(), ());
         self.frontends.insert(key, f);
         Ok(())
     }
@@ -274,12 +271,6 @@ impl ServiceTables {
         self.frontends.get(&frontend_key(ip, port, protocol))
     }
 
-    /// Whether `ip` is a virtual IP of any frontend.
-    #[inline]
-    pub fn is_virtual_ip(&self, ip: Ipv4Addr) -> bool {
-        self.virtual_ips.contains_key(&ip.to_bits())
-    }
-
     /// The address of backend `id`, if it still exists.
     #[inline]
     pub fn backend(&self, id: BackendId) -> Option<SocketAddrV4> {
@@ -290,11 +281,6 @@ impl ServiceTables {
     #[inline]
     pub fn frontend_addr(&self, id: FrontendId) -> Option<SocketAddrV4> {
         self.by_frontend_id.get(&id).copied()
-    }
-
-    /// Every frontend, in no particular order.
-    pub fn frontends(&self) -> impl Iterator<Item = &Frontend> + '_ {
-        self.frontends.values()
     }
 }
 
@@ -350,7 +336,6 @@ mod tests {
         assert_eq!(f.id, 1);
         assert!(t.frontend(vip, 80, proto::UDP).is_none());
         assert!(t.frontend(vip, 81, proto::TCP).is_none());
-        assert!(t.is_virtual_ip(vip) && !t.is_virtual_ip(Ipv4Addr::new(10, 96, 0, 12)));
         let picked: std::collections::HashSet<_> = (0..1000u32)
             .filter_map(|h| f.select(h.wrapping_mul(2_654_435_761)))
             .collect();
@@ -360,7 +345,6 @@ mod tests {
         assert_eq!(t.backend(2), Some(b2.addr));
         assert_eq!(t.backend(9), None);
         assert_eq!(t.frontend_addr(1), Some(sa("10.96.0.10:80")));
-        assert_eq!(t.frontends().count(), 2);
         assert_eq!("random".parse::<Algorithm>(), Ok(Algorithm::Random));
         assert!("roundrobin".parse::<Algorithm>().is_err());
     }

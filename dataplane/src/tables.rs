@@ -181,11 +181,6 @@ impl Tables {
         &self.services
     }
 
-    /// The services, as shared with other revisions.
-    pub fn services_arc(&self) -> &std::sync::Arc<ServiceTables> {
-        &self.services
-    }
-
     /// Sets the compiled network policy (consulted in [`Mode::Full`] only). New tables start
     /// with [`PolicyTables::default`]: no rule, everything allowed.
     pub fn set_policy(&mut self, policy: PolicyTables) {

@@ -333,19 +333,7 @@ fn probes_pass_the_backends_policy_as_the_node_and_are_refused_without_allow_loc
     let (_, ip_2) = lab.pod("web-2");
     import(&lab, "policy", WEB_INGRESS);
     // `policy`: the node is a peer like any other, and WEB_INGRESS lets only pod-a in.
-    let cfg = lab.status()["nodes"][0]["agent_config"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    assert!(text.contains("allow_localhost: always"), "{text}");
-    lab.kill_agent(libc::SIGTERM);
-    std::fs::write(
-        &cfg,
-        text.replace("allow_localhost: always", "allow_localhost: policy"),
-    )
-    .unwrap();
-    lab.start_agent(&[]).unwrap();
+    lab.restart_with_config("allow_localhost: always", "allow_localhost: policy");
     import(&lab, "service", &service_yaml(ip_1, ip_2));
     wait_health(&lab, ip_1, "down", Duration::from_secs(5));
     wait_health(&lab, ip_2, "down", Duration::from_secs(5));

@@ -66,19 +66,7 @@ fn the_node_reaches_a_default_deny_pod_unless_allow_localhost_is_policy() {
     );
 
     // `policy`: the same policy now keeps the node out too.
-    let cfg = lab.status()["nodes"][0]["agent_config"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    assert!(text.contains("allow_localhost: always"), "{text}");
-    lab.kill_agent(libc::SIGTERM);
-    std::fs::write(
-        &cfg,
-        text.replace("allow_localhost: always", "allow_localhost: policy"),
-    )
-    .unwrap();
-    lab.start_agent(&[]).unwrap();
+    lab.restart_with_config("allow_localhost: always", "allow_localhost: policy");
     let denied_before = lab.agent()["totals"]["drops"]["policy-denied"]
         .as_u64()
         .unwrap();

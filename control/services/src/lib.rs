@@ -335,6 +335,17 @@ pub enum BackendState {
     Maintenance,
 }
 
+impl BackendState {
+    /// The name, as serialized and shown (`active`, `terminating`, `maintenance`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Terminating => "terminating",
+            Self::Maintenance => "maintenance",
+        }
+    }
+}
+
 /// What an endpoint stands for (usually a Pod).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRef {

@@ -723,3 +723,17 @@ fn all_or_nothing_and_duplicates() {
     assert_eq!(s.len(), 2);
     assert_eq!(s[0].backends.len(), 2);
 }
+
+#[test]
+fn a_backend_states_name_is_its_serialized_form() {
+    for s in [
+        BackendState::Active,
+        BackendState::Terminating,
+        BackendState::Maintenance,
+    ] {
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            format!("\"{}\"", s.as_str())
+        );
+    }
+}

@@ -200,7 +200,7 @@ impl ServiceState {
                     ip: b.ip,
                     port: b.port,
                     weight: b.weight,
-                    state: state_name(b.state).into(),
+                    state: b.state.as_str().into(),
                     health: health_of(
                         &self.services,
                         &self.health,
@@ -211,14 +211,6 @@ impl ServiceState {
                 })
                 .collect(),
         }
-    }
-}
-
-fn state_name(s: BackendState) -> &'static str {
-    match s {
-        BackendState::Active => "active",
-        BackendState::Terminating => "terminating",
-        BackendState::Maintenance => "maintenance",
     }
 }
 

@@ -213,6 +213,20 @@ impl LabGuard {
         }
     }
 
+    /// Stops the agent, replaces `from` (which must be there) with `to` in its configuration
+    /// file, and starts it again.
+    pub fn restart_with_config(&self, from: &str, to: &str) {
+        let cfg = self.status()["nodes"][0]["agent_config"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.contains(from), "no {from:?} in {cfg}:\n{text}");
+        self.kill_agent(libc::SIGTERM);
+        std::fs::write(&cfg, text.replace(from, to)).unwrap();
+        self.start_agent(&[]).unwrap();
+    }
+
     /// Starts the agent again with the lab's configuration plus `extra` flags, in the node
     /// namespace, and waits until its API answers. Returns the agent's exit output if it
     /// stopped during start-up instead.
