@@ -356,6 +356,43 @@ impl LearnedTable {
         })
     }
 
+    /// The fact of `(scope, ip)` still held by the table, expired or not: an expired fact stays
+    /// until its slot is collected or claimed for another. For flows already open (see
+    /// `crate::policy::Learned::established`).
+    #[inline]
+    pub fn lookup_held(&self, scope: u32, ip: Ipv4Addr) -> Option<Fact> {
+        // Live at time 0 is exactly "held": not free and not being claimed.
+        self.lookup(0, scope, ip)
+    }
+
+    /// Forgets every fact of `(scope, ip)`, live or expired (the control side: a cleaned cache,
+    /// an address over its name's limit). Returns how many slots it freed. Lock-free: a fact
+    /// being refreshed at the same time is forgotten or refreshed, never half of each.
+    pub fn forget(&self, scope: u32, ip: Ipv4Addr) -> usize {
+        let key = key_of(scope, ip);
+        let (a, b) = self.buckets_of(key);
+        let mut freed = 0;
+        for bucket in [a, b] {
+            for s in 0..SLOTS {
+                // Until the slot holds no such fact: a failed exchange means another thread
+                // changed the word (a refresh), and the fact is read again.
+                while let Some((w, _)) = bucket.read(s, key, 0) {
+                    // A new generation, so a reader between its two loads sees a torn read.
+                    let free = word(generation(w) + 1, FREE);
+                    if bucket.words[s]
+                        .compare_exchange(w, free, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        self.occupied.0.fetch_sub(1, Ordering::Relaxed);
+                        freed += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        freed
+    }
+
     /// Learns that `(scope, ip)` holds until `expiry` (ns, the caller's clock), with `tag`, and
     /// reports it to the control side if it is new or its expiry moved later. Never waits:
     /// when the table has no room the fact is refused ([`Learn::Full`]). A known fact keeps
@@ -576,6 +613,31 @@ mod tests {
         assert_eq!(t.lookup(kept(now + 30 * SEC), 7, ip(1)), None);
         assert_eq!(t.lookup(u64::MAX, 7, ip(1)), None);
         assert_eq!(t.occupied(), 1);
+    }
+
+    #[test]
+    fn an_expired_fact_is_held_until_its_slot_is_taken_and_forgetting_frees_it() {
+        let t = LearnedTable::with_seed(1024, 0, 3);
+        let now = 100 * SEC;
+        let _ = t.learn(now, 7, ip(1), now + 30 * SEC, 0);
+        let later = now + 60 * SEC;
+        assert_eq!(t.lookup(later, 7, ip(1)), None, "expired");
+        assert_eq!(
+            t.lookup_held(7, ip(1)).map(|f| f.expiry),
+            Some(kept(now + 30 * SEC)),
+            "but still held"
+        );
+        assert_eq!(t.lookup_held(8, ip(1)), None);
+        assert_eq!(t.forget(7, ip(1)), 1);
+        assert_eq!(t.lookup_held(7, ip(1)), None);
+        assert_eq!(t.forget(7, ip(1)), 0);
+        assert_eq!(t.occupied(), 0);
+        // A forgotten live fact is gone at once, and may be learned again.
+        let _ = t.learn(now, 7, ip(2), now + 30 * SEC, 0);
+        assert_eq!(t.forget(7, ip(2)), 1);
+        assert_eq!(t.lookup(now, 7, ip(2)), None);
+        assert_eq!(t.learn(now, 7, ip(2), now + 30 * SEC, 0), Learn::Learned);
+        assert!(t.lookup(now, 7, ip(2)).is_some());
     }
 
     #[test]

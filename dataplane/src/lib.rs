@@ -36,6 +36,7 @@
 
 pub mod checksum;
 pub mod conntrack;
+pub mod dns;
 pub mod error;
 pub mod fragments;
 pub mod frame;

@@ -29,6 +29,8 @@ use std::net::Ipv4Addr;
 use rustc_hash::FxHashMap;
 
 use crate::conntrack::FlowKey;
+use crate::dns::{DnsRule, DnsTables, FqdnScope};
+use crate::learned::LearnedTable;
 use crate::wire::ip::proto;
 
 /// A numeric security identity.
@@ -46,6 +48,10 @@ pub mod identity {
     pub const WORLD: Identity = 2;
     /// First identity given to a set of endpoint labels.
     pub const FIRST_ENDPOINT: Identity = 256;
+    /// First identity given to a `toFQDNs` selector, as the peer of its rules in an egress
+    /// table. Never the identity of an address: the addresses a selector selects are learned
+    /// from DNS answers per endpoint (see `crate::dns::rules`). Endpoint identities stay below.
+    pub const FIRST_FQDN: Identity = 1 << 23;
     /// First identity given to a policy CIDR prefix (as Cilium's local CIDR identities).
     pub const FIRST_CIDR: Identity = 1 << 24;
 
@@ -455,6 +461,7 @@ pub struct PolicyTables {
     cidrs: Lpm,
     policies: Vec<EndpointPolicy>,
     origins: Vec<RuleOrigin>,
+    dns: DnsTables,
 }
 
 impl Default for PolicyTables {
@@ -502,6 +509,12 @@ impl PolicyTables {
     pub fn origins(&self) -> &[RuleOrigin] {
         &self.origins
     }
+
+    /// The DNS rules and FQDN selectors of this revision.
+    #[inline]
+    pub fn dns(&self) -> &DnsTables {
+        &self.dns
+    }
 }
 
 /// Builds a [`PolicyTables`]: the control side's interface to the dataplane's policy.
@@ -522,6 +535,7 @@ impl PolicyTablesBuilder {
                 cidrs: Lpm::default(),
                 policies: Vec::new(),
                 origins: Vec::new(),
+                dns: DnsTables::default(),
             },
             by_identity: FxHashMap::default(),
         }
@@ -567,6 +581,18 @@ impl PolicyTablesBuilder {
     /// nor host addresses.
     pub fn add_cidr(&mut self, net: Ipv4Addr, len: u8, id: Identity) {
         self.t.cidrs.insert(net.to_bits(), len.min(32), id);
+    }
+
+    /// Adds a `rules.dns` entry of local endpoint identity `endpoint`. The flow it covers must
+    /// also be allowed by an entry of the endpoint's egress table: this only says its DNS is
+    /// inspected, and which names it may ask for.
+    pub fn add_dns_rule(&mut self, endpoint: Identity, rule: DnsRule) {
+        self.t.dns.add_rule(endpoint, rule);
+    }
+
+    /// Adds a `toFQDNs` selector of the local endpoint at `ip`.
+    pub fn add_fqdn_scope(&mut self, ip: Ipv4Addr, scope: FqdnScope) {
+        self.t.dns.add_scope(ip, scope);
     }
 
     /// Finishes the tables.
@@ -680,11 +706,33 @@ impl Evaluation {
     }
 }
 
-/// The policy verdict for a packet with 5-tuple `key`, ignoring conntrack: the source's egress
-/// table (if it is a local endpoint) and the destination's ingress table (likewise). The port
-/// looked up is the destination port for TCP and UDP, none for other protocols.
+/// The addresses endpoints learned from DNS answers, as [`evaluate_with`] consults them for
+/// `toFQDNs` rules.
+#[derive(Clone, Copy, Debug)]
+pub struct Learned<'a> {
+    /// The FQDN table.
+    pub table: &'a LearnedTable,
+    /// Now, on the table's clock.
+    pub now: u64,
+    /// For a flow already open (a tracked flow judged again after a policy change): an
+    /// address whose fact has expired but is still held counts, so an open connection outlives
+    /// its address's TTL, as new connections do not.
+    pub established: bool,
+}
+
+/// The policy verdict for a packet with 5-tuple `key`, ignoring conntrack and learned
+/// addresses: the source's egress table (if it is a local endpoint) and the destination's
+/// ingress table (likewise). The port looked up is the destination port for TCP and UDP, none
+/// for other protocols.
 #[inline]
 pub fn evaluate(t: &PolicyTables, key: &FlowKey) -> Evaluation {
+    evaluate_with(t, key, None)
+}
+
+/// [`evaluate`], where a source endpoint's egress that no rule allows may still be allowed by
+/// a `toFQDNs` rule for an address the endpoint learned (`learned`; `None`: none counts).
+#[inline]
+pub fn evaluate_with(t: &PolicyTables, key: &FlowKey, learned: Option<Learned<'_>>) -> Evaluation {
     let port = match key.proto {
         proto::TCP | proto::UDP => Some(key.dport),
         _ => None,
@@ -693,12 +741,43 @@ pub fn evaluate(t: &PolicyTables, key: &FlowKey) -> Evaluation {
     let dst_ep = t.endpoint(key.dst);
     let src_identity = src_ep.map_or_else(|| t.identity_of(key.src), |e| e.0);
     let dst_identity = dst_ep.map_or_else(|| t.identity_of(key.dst), |e| e.0);
+    let egress = src_ep.map(|(_, p)| {
+        let v = p.egress.lookup(dst_identity, key.proto, port);
+        match (v, learned) {
+            (DirVerdict::DefaultDeny, Some(l)) => fqdn_egress(t, p, key, port, l).unwrap_or(v),
+            _ => v,
+        }
+    });
     Evaluation {
         src_identity,
         dst_identity,
-        egress: src_ep.map(|(_, p)| p.egress.lookup(dst_identity, key.proto, port)),
+        egress,
         ingress: dst_ep.map(|(_, p)| p.ingress.lookup(src_identity, key.proto, port)),
     }
+}
+
+/// The egress verdict through a `toFQDNs` rule of the endpoint at `key.src` for an address it
+/// learned, if one allows the flow. Out of line: only flows no other rule allows get here.
+#[inline(never)]
+fn fqdn_egress(
+    t: &PolicyTables,
+    p: &EndpointPolicy,
+    key: &FlowKey,
+    port: Option<u16>,
+    l: Learned<'_>,
+) -> Option<DirVerdict> {
+    t.dns().scopes(key.src).iter().find_map(|s| {
+        let held = if l.established {
+            l.table.lookup_held(s.scope, key.dst)
+        } else {
+            l.table.lookup(l.now, s.scope, key.dst)
+        };
+        held?;
+        match p.egress.lookup(s.peer, key.proto, port) {
+            v @ DirVerdict::Allowed(_) => Some(v),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -151,6 +151,10 @@ drop_reasons! {
     /// connections: answered with a TCP RST or an ICMP port unreachable, built in the packet's
     /// own buffer (the verdict then sends that back; `full` mode).
     NoServiceBackend => "no-service-backend",
+    /// A DNS message on a flow whose policy inspects DNS (`rules.dns`) that could not be
+    /// parsed: truncated, a compression loop, a count larger than the message, an oversized
+    /// TCP length prefix, or a TCP segment that does not hold whole messages (`full` mode).
+    DnsMalformed => "dns-malformed",
 }
 
 impl From<crate::policy::PolicyDropReason> for DropReason {

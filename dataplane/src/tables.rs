@@ -11,6 +11,7 @@ use std::str::FromStr;
 use rustc_hash::FxHashMap;
 
 use crate::Error;
+use crate::dns::DnsOptions;
 use crate::policy::PolicyTables;
 use crate::services::ServiceTables;
 use crate::stats::DropReason;
@@ -146,6 +147,11 @@ pub struct Tables {
     /// Whether `services` has a frontend: kept beside the fields every packet reads, so a node
     /// without services pays one test of a byte already in cache for the service stage.
     has_services: bool,
+    /// Whether the policy inspects any DNS or has any `toFQDNs` rule: beside the fields every
+    /// packet reads, as `has_services` is, so a node without DNS rules pays one test.
+    has_dns: bool,
+    /// The DNS stage's options.
+    dns: DnsOptions,
 }
 
 impl Tables {
@@ -160,6 +166,8 @@ impl Tables {
             policy: std::sync::Arc::new(PolicyTables::default()),
             services: std::sync::Arc::new(ServiceTables::default()),
             has_services: false,
+            has_dns: false,
+            dns: DnsOptions::default(),
         }
     }
 
@@ -184,7 +192,25 @@ impl Tables {
     /// Sets the compiled network policy (consulted in [`Mode::Full`] only). New tables start
     /// with [`PolicyTables::default`]: no rule, everything allowed.
     pub fn set_policy(&mut self, policy: PolicyTables) {
+        self.has_dns = policy.dns().inspects_any();
         self.policy = std::sync::Arc::new(policy);
+    }
+
+    /// Whether the DNS stage has anything to inspect.
+    #[inline(always)]
+    pub fn has_dns(&self) -> bool {
+        self.has_dns
+    }
+
+    /// Sets the DNS stage's options (new tables start with [`DnsOptions::default`]).
+    pub fn set_dns_options(&mut self, options: DnsOptions) {
+        self.dns = options;
+    }
+
+    /// The DNS stage's options.
+    #[inline]
+    pub fn dns_options(&self) -> &DnsOptions {
+        &self.dns
     }
 
     /// The compiled network policy.

@@ -84,6 +84,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 mod table;
 
 use crate::fragments::FragmentTable;
+use crate::dns::log::DnsLog;
 use crate::learned::LearnedTable;
 use std::net::Ipv4Addr;
 use table::{
@@ -475,6 +476,29 @@ fn orig_key_of(addrs: u64, m: u64) -> FlowKey {
     }
 }
 
+/// The most records any DNS log holds ([`dns_log_capacity`]).
+pub const DNS_LOG_CAPACITY: usize = 4096;
+
+/// How many records the DNS log of a flow table of `capacity` entries holds before it drops
+/// them ([`Conntrack::dns_log`]): one per 64 connections, between 64 and 4,096 (4,096 for the
+/// agent's default table: a fifth of a second of 20,000 lookups a second, for an agent that drains it
+/// every few milliseconds). A record is under 1 KiB.
+pub fn dns_log_capacity(capacity: usize) -> usize {
+    (capacity / 64).clamp(64, DNS_LOG_CAPACITY)
+}
+
+/// The FQDN table's capacity for a flow table of `capacity` entries: one learned address per
+/// two connections, at least 1,024 (see [`Conntrack::fqdn`]).
+pub fn fqdn_capacity(capacity: usize) -> usize {
+    (capacity / 2).max(1024)
+}
+
+/// The DNS stage's shared state: the FQDN table and the log.
+struct DnsState {
+    fqdn: Arc<LearnedTable>,
+    log: Arc<DnsLog>,
+}
+
 /// A handle on a connection tracker shared by every worker. See the module documentation.
 pub struct Conntrack {
     t: Arc<Table>,
@@ -482,6 +506,10 @@ pub struct Conntrack {
     frags: Arc<FragmentTable>,
     /// Session affinity, shared by the handles as the table is (see [`Self::affinity`]).
     affinity: Arc<LearnedTable>,
+    /// What the DNS stage learns and reports, shared likewise (see [`Self::fqdn`]).
+    dns: Arc<DnsState>,
+    /// The worker this handle belongs to, for the records it reports ([`Self::worker`]).
+    worker: u16,
     /// This handle's counter shard.
     shard: usize,
     /// The garbage-collection chunk this handle sweeps: the next position and the end, as
@@ -507,6 +535,7 @@ impl Clone for Conntrack {
             Arc::clone(&self.t),
             Arc::clone(&self.frags),
             Arc::clone(&self.affinity),
+            Arc::clone(&self.dns),
         )
     }
 }
@@ -522,15 +551,26 @@ impl Conntrack {
             Arc::new(Table::new(config)),
             Arc::new(FragmentTable::for_flows(config.capacity)),
             Arc::new(LearnedTable::new(affinity_capacity(config.capacity), 0)),
+            Arc::new(DnsState {
+                fqdn: Arc::new(LearnedTable::new(fqdn_capacity(config.capacity), 0)),
+                log: Arc::new(DnsLog::new(dns_log_capacity(config.capacity))),
+            }),
         )
     }
 
-    fn handle(t: Arc<Table>, frags: Arc<FragmentTable>, affinity: Arc<LearnedTable>) -> Self {
+    fn handle(
+        t: Arc<Table>,
+        frags: Arc<FragmentTable>,
+        affinity: Arc<LearnedTable>,
+        dns: Arc<DnsState>,
+    ) -> Self {
         let shard = t.handles.fetch_add(1, Relaxed) % SHARDS;
         Conntrack {
             t,
             frags,
             affinity,
+            dns,
+            worker: 0,
             shard,
             gc_pos: AtomicUsize::new(0),
             gc_end: AtomicUsize::new(0),
@@ -552,6 +592,39 @@ impl Conntrack {
     #[inline]
     pub fn affinity(&self) -> &LearnedTable {
         &self.affinity
+    }
+
+    /// The FQDN table: (scope of one endpoint's `toFQDNs` selector, address) → until when the
+    /// address is an allowed destination, learned by the DNS stage from the answers it
+    /// forwards, before it forwards them. Shared by the handles: the pod's connection to the
+    /// address may leave through another worker than the one that saw the answer. Sized by
+    /// [`fqdn_capacity`]. Its facts are reported through [`Self::dns_log`], not the table's
+    /// own queue (the control side needs the names too).
+    #[inline]
+    pub fn fqdn(&self) -> &LearnedTable {
+        &self.dns.fqdn
+    }
+
+    /// The FQDN table itself, for the control side (restoring, cleaning and listing the cache).
+    pub fn fqdn_table(&self) -> Arc<LearnedTable> {
+        Arc::clone(&self.dns.fqdn)
+    }
+
+    /// The DNS log every handle's DNS stage reports to (see [`crate::dns::log`]).
+    #[inline]
+    pub fn dns_log(&self) -> &Arc<DnsLog> {
+        &self.dns.log
+    }
+
+    /// The worker this handle belongs to (0 unless [`Self::set_worker`] said otherwise).
+    #[inline]
+    pub fn worker(&self) -> u16 {
+        self.worker
+    }
+
+    /// Says which worker this handle belongs to, for the DNS records it reports.
+    pub fn set_worker(&mut self, worker: u16) {
+        self.worker = worker;
     }
 
     /// Whether `other` is a handle on the same table.

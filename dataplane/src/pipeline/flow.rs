@@ -33,7 +33,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::Meta;
 use crate::conntrack::{Annex, Conntrack, CtRefusal, Probe};
-use crate::policy::{PolicyDropReason, PolicyTables, PolicyVerdict, evaluate};
+use crate::policy::{Learned, PolicyDropReason, PolicyTables, PolicyVerdict, evaluate_with};
 use crate::services::{BackendId, FrontendId};
 use crate::tables::PortId;
 use crate::wire::ip::proto;
@@ -214,7 +214,14 @@ fn recheck(
         flow.dst = *to.ip();
         flow.dport = to.port();
     }
-    match evaluate(rules, &flow).drop() {
+    // A flow already open: an address its endpoint learned counts while the table holds it,
+    // past its TTL (no clock needed).
+    let learned = Learned {
+        table: ct.fqdn(),
+        now: 0,
+        established: true,
+    };
+    match evaluate_with(rules, &flow, Some(learned)).drop() {
         None => {
             ct.set_revision(slot, rules.revision());
             None

@@ -58,7 +58,7 @@ pub fn judge(
             flow::Tracking::Unrelated
             | flow::Tracking::New(_)
             | flow::Tracking::Service { .. }
-            | flow::Tracking::RevNat { .. } => untracked(rules, &m),
+            | flow::Tracking::RevNat { .. } => untracked(rules, &m, now, ct),
         },
     ))
 }
@@ -146,8 +146,8 @@ fn datagram(meta: &Meta) -> Datagram {
 }
 
 /// The policy's verdict on a packet that is never tracked.
-fn untracked(rules: &PolicyTables, m: &Meta) -> PolicyVerdict {
-    match policy::admit(rules, m) {
+fn untracked(rules: &PolicyTables, m: &Meta, now: u64, ct: &Conntrack) -> PolicyVerdict {
+    match policy::admit(rules, m, now, ct) {
         PolicyVerdict::New => PolicyVerdict::Untracked,
         v => v,
     }

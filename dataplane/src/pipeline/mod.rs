@@ -19,7 +19,7 @@
 //! | 4 | conntrack lookup | [`flow`] | the flow's state (an ICMP error: the flow it quotes, if its addresses match); revalidates it after a policy change |
 //! | 5 | service translation | [`service`] | a new connection to a frontend balanced (Maglev, affinity) or refused; a balanced connection's packets to its backend, its replies back from its frontend |
 //! | 6 | policy | [`policy`] | a new flow against the sender's egress and the receiver's ingress |
-//! | 7 | DNS inspection | *(DNS-aware policy)* | |
+//! | 7 | DNS inspection | [`dns`] | a query on a flow whose policy has `rules.dns` is checked against its names (a denied one answered REFUSED in its own buffer); an answer's addresses are learned for the endpoint's `toFQDNs` rules before it goes on |
 //! | 8 | routing | [`route`] | local delivery (slow path), `/32` lookup, TTL expiry |
 //! | 8b | conntrack commit | [`flow`] | an allowed new flow that routing sends on is tracked, owned by its ingress port (within the port's limit; a full table evicts an unanswered entry) |
 //! | 9 | NAT rewrite | [`nat`] | the service stage's translation, with incremental checksums (masquerade later) |
@@ -39,6 +39,7 @@
 //! Input is untrusted. A malformed frame is an [`Outcome`] with a [`DropReason`], never a panic.
 
 pub mod arp;
+pub mod dns;
 pub mod emit;
 pub mod flow;
 pub mod fragment;
@@ -201,6 +202,12 @@ pub fn decide(
                     ..Outcome::drop(reason.into())
                 };
             }
+            // Stage 7: DNS inspection.
+            if tables.has_dns()
+                && let Some(o) = dns::inspect(now_ns, frame, (meta, meta), &j, tables, ct)
+            {
+                return o;
+            }
             Some(j)
         }
     };
@@ -250,6 +257,12 @@ fn with_services(
         }
         _ => meta,
     };
+    // Stage 7: DNS inspection, of the packet as routing sees it.
+    if tables.has_dns()
+        && let Some(o) = dns::inspect(now_ns, frame, (meta, routed), &j.judged, tables, ct)
+    {
+        return o;
+    }
     let judgement = Judgement {
         judged: Some(j.judged),
         nat: j.nat,
@@ -391,16 +404,16 @@ pub fn judge(
 ) -> Judged {
     match flow::lookup(now_ns, ct, meta, gateway, rules) {
         flow::Tracking::Known(v) => Judged::Done(v),
-        flow::Tracking::Unrelated => Judged::Done(policy::admit(rules, meta)),
+        flow::Tracking::Unrelated => Judged::Done(policy::admit(rules, meta, now_ns, ct)),
         // A balanced connection's entries, on tables without services: its service is gone,
         // its virtual address leads nowhere and its replies go back as they are.
         flow::Tracking::Service { .. } | flow::Tracking::RevNat { .. } => {
-            Judged::Done(match policy::admit(rules, meta) {
+            Judged::Done(match policy::admit(rules, meta, now_ns, ct) {
                 PolicyVerdict::New => PolicyVerdict::Untracked,
                 v => v,
             })
         }
-        flow::Tracking::New(vacancy) => match policy::admit(rules, meta) {
+        flow::Tracking::New(vacancy) => match policy::admit(rules, meta, now_ns, ct) {
             PolicyVerdict::New => Judged::Admitted(vacancy),
             v => Judged::Done(v),
         },
@@ -440,3 +453,6 @@ mod state_tests;
 
 #[cfg(test)]
 mod service_tests;
+
+#[cfg(test)]
+mod dns_tests;

@@ -121,8 +121,8 @@ pub fn judge(
     ct: &mut Conntrack,
     open: bool,
 ) -> Result<Judgement, NoBackend> {
-    let untracked = |rules| {
-        Judgement::plain(Judged::Done(match policy::admit(rules, meta) {
+    let untracked = |rules, ct: &Conntrack| {
+        Judgement::plain(Judged::Done(match policy::admit(rules, meta, now, ct) {
             PolicyVerdict::New => PolicyVerdict::Untracked,
             v => v,
         }))
@@ -131,7 +131,7 @@ pub fn judge(
     let (vacancy, f) = match flow::lookup(now, ct, meta, gateway, rules) {
         Tracking::Known(v) => return Ok(Judgement::plain(Judged::Done(v))),
         Tracking::Unrelated => {
-            return Ok(Judgement::plain(Judged::Done(policy::admit(rules, meta))));
+            return Ok(Judgement::plain(Judged::Done(policy::admit(rules, meta, now, ct))));
         }
         Tracking::RevNat {
             slot,
@@ -161,14 +161,14 @@ pub fn judge(
             // entry taken over in place (the new backend resets it, knowing nothing of it).
             None => match frontend_of(services, meta) {
                 Some(f) if open => ((slot, true), f),
-                _ => return Ok(untracked(rules)),
+                _ => return Ok(untracked(rules, ct)),
             },
         },
-        Tracking::New(_) if !open => return Ok(untracked(rules)),
+        Tracking::New(_) if !open => return Ok(untracked(rules, ct)),
         Tracking::New(vacancy) => match frontend_of(services, meta) {
             Some(f) => (vacancy, f),
             None => {
-                return Ok(Judgement::plain(match policy::admit(rules, meta) {
+                return Ok(Judgement::plain(match policy::admit(rules, meta, now, ct) {
                     PolicyVerdict::New => Judged::Admitted(vacancy),
                     v => Judged::Done(v),
                 }));
@@ -178,7 +178,7 @@ pub fn judge(
     let backend = select(now, &meta.key, f, services.algorithm(), ct)
         .ok_or(NoBackend { frontend: f.addr })?;
     let nat = Nat::ToBackend(backend.addr);
-    Ok(match policy::admit(rules, &translate(meta, backend.addr)) {
+    Ok(match policy::admit(rules, &translate(meta, backend.addr), now, ct) {
         PolicyVerdict::New => Judgement {
             judged: Judged::Admitted(vacancy),
             nat,
@@ -225,7 +225,7 @@ fn reply(
     related: bool,
 ) -> Judgement {
     let unknown = || {
-        Judgement::plain(Judged::Done(match policy::admit(rules, meta) {
+        Judgement::plain(Judged::Done(match policy::admit(rules, meta, now, ct) {
             PolicyVerdict::New => PolicyVerdict::Untracked,
             v => v,
         }))

@@ -20,6 +20,7 @@
 //! files here.
 
 pub mod arp;
+pub mod dns;
 pub mod ethernet;
 pub mod icmpv4;
 pub mod ip;
