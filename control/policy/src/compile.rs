@@ -7,10 +7,16 @@
 //! `endpointSelector` matches it adds one entry per (selected peer identity × port spec) to the
 //! identity's ingress or egress table. Compilation cost is O(rules × identities); per-packet
 //! cost is independent of it (see [`xylem_dataplane::policy`]).
+//!
+//! DNS: every distinct `toFQDNs` selector gets an FQDN identity, a peer like any other in egress
+//! tables; every local endpoint address selected by a rule with that selector gets an
+//! [`FqdnScope`] tying the two; every `rules.dns` entry becomes one [`DnsRule`] per selected
+//! peer identity and port spec, next to the allow entries it also makes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use xylem_dataplane::dns::{DnsRule, FqdnScope, NameSelector};
 use xylem_dataplane::policy::{
     DirectionTable, Identity, PROTO_ANY, PolicyTables, PolicyTablesBuilder, RuleOrigin, RuleRef,
     Section, identity,
@@ -54,12 +60,16 @@ pub struct Compiled {
     pub endpoints: Vec<EndpointInfo>,
     /// The CIDR identities given to policy prefixes.
     pub cidr_identities: Vec<(Cidr, Identity)>,
+    /// The FQDN identities given to `toFQDNs` selectors, in selector order.
+    pub fqdn_identities: Vec<(NameSelector, Identity)>,
 }
 
 /// Compiles `policies` for `endpoints` at `revision`. `host_addrs` are the node's addresses on
 /// the pod network (the gateway, the host port), which get the `host` identity; `localhost`
-/// says whether they reach every local endpoint whatever its ingress policy. Identities come
-/// from `ids`, so they stay stable across compilations.
+/// says whether they reach every local endpoint whatever its ingress policy. Identities and
+/// FQDN scopes come from `ids`, so they stay stable across compilations; the scopes of
+/// (address, selector) pairs this compilation no longer has are forgotten in `ids`, never to
+/// be given again.
 pub fn compile(
     revision: u64,
     policies: &[Policy],
@@ -92,6 +102,11 @@ pub fn compile(
     for (c, id) in &cidr_ids {
         b.add_cidr(c.addr, c.len, *id);
     }
+    let fqdn_ids: Vec<(NameSelector, Identity)> = policy_fqdns(policies)
+        .into_iter()
+        .enumerate()
+        .map(|(i, sel)| (sel, identity::FIRST_FQDN + i as Identity))
+        .collect();
     let refs = rule_origins(&mut b, policies);
     // Registered after every policy's rules: where a policy allows the host too, its rule is
     // the one `policy trace` names.
@@ -106,53 +121,69 @@ pub fn compile(
     let cx = PeerCx {
         local: &local,
         cidrs: &cidr_ids,
+        fqdns: &fqdn_ids,
     };
-    let mut enforced: BTreeMap<Identity, (bool, bool)> = BTreeMap::new();
+    let mut per_id: BTreeMap<Identity, Selected> = BTreeMap::new();
     for (&id, labels) in &local {
-        let ep = b.endpoint_policy(id);
-        let (mut ing, mut eg) = (false, false);
-        for (pi, p) in policies.iter().enumerate() {
-            for (si, r) in p.rules.iter().enumerate() {
-                if !r.selector.matches(labels) {
-                    continue;
-                }
-                ing |= !r.ingress.is_empty() || !r.ingress_deny.is_empty();
-                eg |= !r.egress.is_empty() || !r.egress_deny.is_empty();
-                let lists = [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny];
-                for (k, list) in lists.iter().enumerate() {
-                    let table = if k < 2 {
-                        &mut ep.ingress
-                    } else {
-                        &mut ep.egress
-                    };
-                    for (i, pr) in list.iter().enumerate() {
-                        cx.add(table, pr, k % 2 == 1, refs[pi][si][k][i]);
-                    }
-                }
-            }
-        }
-        if let (true, Some(rule)) = (ing, localhost) {
-            ep.ingress.add(identity::HOST, PROTO_ANY, None, false, rule);
-        }
-        ep.ingress.set_enforced(ing);
-        ep.egress.set_enforced(eg);
-        enforced.insert(id, (ing, eg));
+        let sel = cx.endpoint(&mut b, policies, &refs, localhost, id, labels);
+        per_id.insert(id, sel);
     }
+    for (ip, id, _) in &eps {
+        for &i in &per_id[id].fqdns {
+            let (selector, peer) = &fqdn_ids[i];
+            let scope = ids.fqdn_scope(*ip, selector);
+            b.add_fqdn_scope(
+                *ip,
+                FqdnScope {
+                    scope,
+                    peer: *peer,
+                    selector: selector.clone(),
+                },
+            );
+        }
+    }
+    ids.sweep_scopes();
     let endpoints = eps
         .into_iter()
         .map(|(ip, id, labels)| EndpointInfo {
             ip,
             identity: id,
             labels,
-            ingress_enforced: enforced[&id].0,
-            egress_enforced: enforced[&id].1,
+            ingress_enforced: per_id[&id].ingress,
+            egress_enforced: per_id[&id].egress,
         })
         .collect();
     Compiled {
         tables: b.build(),
         endpoints,
         cidr_identities: cidr_ids,
+        fqdn_identities: fqdn_ids,
     }
+}
+
+/// What the policies say about one local identity besides its tables.
+struct Selected {
+    /// Whether ingress is default-deny.
+    ingress: bool,
+    /// Whether egress is default-deny.
+    egress: bool,
+    /// Its egress rules' `toFQDNs` selectors, as indices into the FQDN identities.
+    fqdns: BTreeSet<usize>,
+}
+
+/// Every `toFQDNs` selector of the policies, sorted (kind, then text), without duplicates.
+fn policy_fqdns(policies: &[Policy]) -> Vec<NameSelector> {
+    let set: BTreeSet<&NameSelector> = policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .flat_map(|r| &r.egress)
+        .flat_map(|pr| &pr.peers)
+        .filter_map(|peer| match peer {
+            Peer::Fqdn(sel) => Some(sel),
+            _ => None,
+        })
+        .collect();
+    set.into_iter().cloned().collect()
 }
 
 /// Every prefix the policies' CIDR peers name (`except`s included), sorted by (address,
@@ -214,20 +245,84 @@ fn rule_origins(b: &mut PolicyTablesBuilder, policies: &[Policy]) -> Vec<Vec<[Ve
 struct PeerCx<'a> {
     local: &'a BTreeMap<Identity, Labels>,
     cidrs: &'a [(Cidr, Identity)],
+    /// Sorted by selector.
+    fqdns: &'a [(NameSelector, Identity)],
 }
 
 impl PeerCx<'_> {
-    fn add(&self, table: &mut DirectionTable, pr: &PeerRule, deny: bool, rule: RuleRef) {
+    /// Fills the tables and DNS rules of local identity `id` from every rule selecting
+    /// `labels`, and says what else the policies mean for it.
+    fn endpoint(
+        &self,
+        b: &mut PolicyTablesBuilder,
+        policies: &[Policy],
+        refs: &[Vec<[Vec<RuleRef>; 4]>],
+        localhost: Option<RuleRef>,
+        id: Identity,
+        labels: &Labels,
+    ) -> Selected {
+        let mut dns = Vec::new();
+        let mut fqdns = BTreeSet::new();
+        let ep = b.endpoint_policy(id);
+        let (mut ing, mut eg) = (false, false);
+        for (pi, p) in policies.iter().enumerate() {
+            for (si, r) in p.rules.iter().enumerate() {
+                if !r.selector.matches(labels) {
+                    continue;
+                }
+                ing |= !r.ingress.is_empty() || !r.ingress_deny.is_empty();
+                eg |= !r.egress.is_empty() || !r.egress_deny.is_empty();
+                let lists = [&r.ingress, &r.ingress_deny, &r.egress, &r.egress_deny];
+                for (k, list) in lists.iter().enumerate() {
+                    let table = if k < 2 {
+                        &mut ep.ingress
+                    } else {
+                        &mut ep.egress
+                    };
+                    for (i, pr) in list.iter().enumerate() {
+                        let rule = refs[pi][si][k][i];
+                        let peers = self.peers(pr);
+                        add_entries(table, &peers, pr, k % 2 == 1, rule);
+                        // DNS rules and FQDN peers exist only in egress allow rules.
+                        if k == 2 {
+                            dns_rules(&peers, pr, rule, &mut dns);
+                            fqdns.extend(pr.peers.iter().filter_map(|p| self.fqdn_index(p)));
+                        }
+                    }
+                }
+            }
+        }
+        if let (true, Some(rule)) = (ing, localhost) {
+            ep.ingress.add(identity::HOST, PROTO_ANY, None, false, rule);
+        }
+        ep.ingress.set_enforced(ing);
+        ep.egress.set_enforced(eg);
+        for r in dns {
+            b.add_dns_rule(id, r);
+        }
+        Selected {
+            ingress: ing,
+            egress: eg,
+            fqdns,
+        }
+    }
+
+    /// The peer identities `pr` selects, sorted, without duplicates.
+    fn peers(&self, pr: &PeerRule) -> Vec<Identity> {
         let mut peers: Vec<Identity> = Vec::new();
         for peer in &pr.peers {
             self.select(peer, &mut peers);
         }
         peers.sort_unstable();
         peers.dedup();
-        for &peer in &peers {
-            for ps in &pr.ports {
-                table.add(peer, ps.proto, ps.range, deny, rule);
-            }
+        peers
+    }
+
+    /// Where a `toFQDNs` peer's selector is among the FQDN identities.
+    fn fqdn_index(&self, peer: &Peer) -> Option<usize> {
+        match peer {
+            Peer::Fqdn(sel) => self.fqdns.binary_search_by(|(s, _)| s.cmp(sel)).ok(),
+            _ => None,
         }
     }
 
@@ -260,6 +355,44 @@ impl PeerCx<'_> {
             Peer::Entity(Entity::Cluster) => {
                 out.push(identity::HOST);
                 out.extend(self.local.keys().copied());
+            }
+            Peer::Fqdn(_) => out.extend(self.fqdn_index(peer).map(|i| self.fqdns[i].1)),
+        }
+    }
+}
+
+/// One table entry per peer × port spec of `pr`.
+fn add_entries(
+    table: &mut DirectionTable,
+    peers: &[Identity],
+    pr: &PeerRule,
+    deny: bool,
+    rule: RuleRef,
+) {
+    for &peer in peers {
+        for ps in &pr.ports {
+            table.add(peer, ps.proto, ps.range, deny, rule);
+        }
+    }
+}
+
+/// One [`DnsRule`] per peer × port spec of each `rules.dns` entry of `pr`.
+fn dns_rules(peers: &[Identity], pr: &PeerRule, rule: RuleRef, out: &mut Vec<DnsRule>) {
+    for d in &pr.dns {
+        for &peer in peers {
+            // The parser only lets through `rules.dns` entries whose ports are all explicit.
+            for ports in d
+                .ports
+                .iter()
+                .filter_map(|ps| ps.range.map(|r| (ps.proto, r)))
+            {
+                out.push(DnsRule {
+                    peer,
+                    proto: ports.0,
+                    ports: ports.1,
+                    selectors: d.names.clone(),
+                    rule,
+                });
             }
         }
     }

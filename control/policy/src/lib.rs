@@ -26,6 +26,12 @@
 //! `except`, `fromEntities`, `toPorts`), `egress`/`egressDeny` (the `to*` equivalents);
 //! entities `world`, `cluster`, `host`, `all`; `toPorts[].ports[]` with `port` (a number as a
 //! string, `"0"` or absent for all ports), `endPort`, `protocol` TCP/UDP/ANY (default ANY).
+//! In `egress` only: `toFQDNs` (each selector `matchName` or `matchPattern`, never both, with
+//! no other peer field in the same rule) and `toPorts[].rules.dns` (the same selectors, at
+//! least one, on a `toPorts` entry whose every port is explicit and non-zero, in a rule without
+//! `toFQDNs`). Other L7 rules (`rules.http`, `rules.kafka`, `rules.l7proto`, `rules.l7`) are
+//! rejected, as are `toFQDNs` and `rules` in `ingress` and the deny sections, where Cilium has
+//! no DNS rules.
 //!
 //! # Semantics (as Cilium)
 //! - A policy's `endpointSelector` only selects endpoints of its own `metadata.namespace`
@@ -48,17 +54,42 @@
 //!   ([`AllowLocalhost::Always`], the default, as Cilium's `allow-localhost: always`), so kubelet
 //!   probes work under default-deny; an `ingressDeny` naming `host` still wins. With
 //!   [`AllowLocalhost::Policy`] it needs a rule like any peer (`fromEntities: [host]`).
+//! - `rules.dns` makes the endpoint's DNS to that rule's peers on that entry's ports inspected:
+//!   a query passes when one of the selectors matches its name. The entry's ports are allowed
+//!   to those peers as without `rules`.
+//! - `toFQDNs` allows the rule's ports (all, without `toPorts`) to the addresses the selecting
+//!   endpoint itself learned from answers, seen under `rules.dns`, to queries whose name the
+//!   selector matches, until the answer's TTL (or the agent's minimum) runs out: as in Cilium,
+//!   without a `rules.dns` rule for its DNS traffic an endpoint learns nothing. Each distinct
+//!   selector gets an identity from
+//!   [`FIRST_FQDN`](xylem_dataplane::policy::identity::FIRST_FQDN) up, the peer of its entries in
+//!   egress tables, and each (endpoint address, selector) pair a scope from
+//!   [`IdentityAllocator::fqdn_scope`], so one pod's learned addresses never open another's
+//!   egress. Selectors match as Cilium's: case-insensitive, a trailing dot optional, `*`
+//!   matching within one label (`*.a.com` matches `b.a.com`, not `a.com` nor `c.b.a.com`), and
+//!   `*` alone every name.
 
 mod compile;
+mod fqdn;
 mod identity;
 mod labels;
 mod parse;
+mod parse_ports;
 mod trace;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fqdn;
+#[cfg(test)]
+mod tests_parse;
+#[cfg(test)]
+mod tests_trace;
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use xylem_dataplane::dns::NameSelector;
 
 pub use compile::{Compiled, EndpointInfo, EndpointSpec, compile};
 pub use identity::{IdentityAllocator, reserved_name};
@@ -157,6 +188,18 @@ pub struct PeerRule {
     pub peers: Vec<Peer>,
     /// The ports; never empty (all ports and protocols when the rule has no `toPorts`).
     pub ports: Vec<PortSpec>,
+    /// The `toPorts` entries that carry `rules.dns` (egress only), in order.
+    pub dns: Vec<DnsPorts>,
+}
+
+/// A `toPorts` entry carrying `rules.dns`: flows to the rule's peers on these ports have their
+/// DNS inspected, and a query passes when one of `names` matches its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsPorts {
+    /// The entry's ports, each with an explicit non-zero port (`range` is always `Some`).
+    pub ports: Vec<PortSpec>,
+    /// `rules.dns`, normalized, in the order written; never empty.
+    pub names: Arc<[NameSelector]>,
 }
 
 /// A peer of a rule.
@@ -173,6 +216,9 @@ pub enum Peer {
     },
     /// `fromEntities` / `toEntities`.
     Entity(Entity),
+    /// One `toFQDNs` selector (egress only): the addresses the endpoint learned for names it
+    /// matches.
+    Fqdn(NameSelector),
 }
 
 /// A supported entity.

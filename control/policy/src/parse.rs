@@ -1,19 +1,21 @@
 //! CiliumNetworkPolicy YAML → validated [`Policy`] values.
 //!
 //! The raw `Raw*` types mirror the accepted subset field for field with
-//! `#[serde(deny_unknown_fields)]`, so any other field (`toFQDNs`, `toPorts[].rules`,
-//! `nodeSelector`, `toServices`, …) fails with its path. Values are then checked one by one
-//! (apiVersion, kind, operators, CIDRs, ports, entities), each error naming its field.
+//! `#[serde(deny_unknown_fields)]`, so any other field (`toPorts[].rules.http`, `nodeSelector`,
+//! `toServices`, …) fails with its path. Values are then checked one by one (apiVersion, kind,
+//! operators, CIDRs, ports, entities, DNS selectors, where `toFQDNs` and `rules` may appear),
+//! each error naming its field.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 use serde_norway::Value;
-use xylem_dataplane::conntrack::proto;
 use xylem_dataplane::policy::PROTO_ANY;
 
+use super::fqdn::{self, RawNameSelector};
 use super::labels::{NAMESPACE_LABEL, Requirement, Selector, normalize_key};
+use super::parse_ports::{RawPortRule, Section};
 use super::{Cidr, Entity, Peer, PeerRule, Policy, PolicyRule, PortSpec};
 use crate::Error;
 
@@ -78,6 +80,8 @@ struct RawEgress {
     #[serde(rename = "toCIDRSet")]
     to_cidr_set: Option<Vec<RawCidrSet>>,
     to_entities: Option<Vec<String>>,
+    #[serde(rename = "toFQDNs")]
+    to_fqdns: Option<Vec<RawNameSelector>>,
     to_ports: Option<Vec<RawPortRule>>,
 }
 
@@ -86,20 +90,6 @@ struct RawEgress {
 struct RawCidrSet {
     cidr: String,
     except: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPortRule {
-    ports: Option<Vec<RawPort>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPort {
-    port: Option<String>,
-    end_port: Option<i64>,
-    protocol: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -207,12 +197,14 @@ fn parse_one(doc: &str, value: Value) -> Result<Policy, Error> {
             } else if path != field && !path.ends_with(&format!(".{field}")) {
                 path = format!("{path}.{field}");
             }
-            let why = if field == "toFQDNs" || field == "rules" {
-                "not supported yet (DNS-aware and L7 policy are separate issues); the policy would \
-                 be enforced differently from Cilium, so it is rejected rather than ignored"
+            let why = if path.ends_with(&format!(".rules.{field}")) {
+                fqdn::l7_refusal(field)
+            } else if field == "toFQDNs" {
+                fqdn::TO_FQDNS_OUTSIDE_EGRESS.to_owned()
             } else {
                 "not in the supported subset of CiliumNetworkPolicy; it is rejected rather than \
                  ignored"
+                    .to_owned()
             };
             return perr(&doc, path, why);
         }
@@ -257,13 +249,26 @@ fn shown(v: Option<String>) -> String {
     v.map_or_else(|| "nothing".into(), |v| format!("{v:?}"))
 }
 
-struct Cx<'a> {
+/// The peer and port fields of one rule, as written, with the names of the four peer fields
+/// in its direction (`fromEndpoints` or `toEndpoints`, …) for messages.
+struct RawPeers {
+    fields: [&'static str; 4],
+    endpoints: Option<Vec<RawSelector>>,
+    cidrs: Option<Vec<String>>,
+    cidr_sets: Option<Vec<RawCidrSet>>,
+    entities: Option<Vec<String>>,
+    fqdns: Option<Vec<RawNameSelector>>,
+    to_ports: Option<Vec<RawPortRule>>,
+}
+
+/// What every check needs: where the policy came from, for messages, and its namespace.
+pub(crate) struct Cx<'a> {
     doc: &'a str,
     namespace: &'a str,
 }
 
 impl Cx<'_> {
-    fn err(&self, field: impl Into<String>, why: impl Into<String>) -> Error {
+    pub(crate) fn err(&self, field: impl Into<String>, why: impl Into<String>) -> Error {
         perr(self.doc, field, why)
     }
 
@@ -282,34 +287,48 @@ impl Cx<'_> {
             Requirement::In(vec![self.namespace.into()]),
         ));
         let ing = |name: &str, v: Option<Vec<RawIngress>>| -> Result<Vec<PeerRule>, Error> {
+            let section = if name == "ingress" {
+                Section::Ingress
+            } else {
+                Section::Deny
+            };
             v.into_iter()
                 .flatten()
                 .enumerate()
                 .map(|(i, x)| {
-                    self.peer_rule(
-                        &format!("{path}.{name}[{i}]"),
-                        ("fromEndpoints", x.from_endpoints),
-                        ("fromCIDR", x.from_cidr),
-                        ("fromCIDRSet", x.from_cidr_set),
-                        ("fromEntities", x.from_entities),
-                        x.to_ports,
-                    )
+                    let raw = RawPeers {
+                        fields: ["fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"],
+                        endpoints: x.from_endpoints,
+                        cidrs: x.from_cidr,
+                        cidr_sets: x.from_cidr_set,
+                        entities: x.from_entities,
+                        fqdns: None,
+                        to_ports: x.to_ports,
+                    };
+                    self.peer_rule(&format!("{path}.{name}[{i}]"), section, raw)
                 })
                 .collect()
         };
         let eg = |name: &str, v: Option<Vec<RawEgress>>| -> Result<Vec<PeerRule>, Error> {
+            let section = if name == "egress" {
+                Section::Egress
+            } else {
+                Section::Deny
+            };
             v.into_iter()
                 .flatten()
                 .enumerate()
                 .map(|(i, x)| {
-                    self.peer_rule(
-                        &format!("{path}.{name}[{i}]"),
-                        ("toEndpoints", x.to_endpoints),
-                        ("toCIDR", x.to_cidr),
-                        ("toCIDRSet", x.to_cidr_set),
-                        ("toEntities", x.to_entities),
-                        x.to_ports,
-                    )
+                    let raw = RawPeers {
+                        fields: ["toEndpoints", "toCIDR", "toCIDRSet", "toEntities"],
+                        endpoints: x.to_endpoints,
+                        cidrs: x.to_cidr,
+                        cidr_sets: x.to_cidr_set,
+                        entities: x.to_entities,
+                        fqdns: x.to_fqdns,
+                        to_ports: x.to_ports,
+                    };
+                    self.peer_rule(&format!("{path}.{name}[{i}]"), section, raw)
                 })
                 .collect()
         };
@@ -379,82 +398,48 @@ impl Cx<'_> {
     fn peer_rule(
         &self,
         path: &str,
-        endpoints: (&str, Option<Vec<RawSelector>>),
-        cidrs: (&str, Option<Vec<String>>),
-        cidr_sets: (&str, Option<Vec<RawCidrSet>>),
-        entities: (&str, Option<Vec<String>>),
-        to_ports: Option<Vec<RawPortRule>>,
+        section: Section,
+        mut raw: RawPeers,
     ) -> Result<PeerRule, Error> {
-        let mut peers = Vec::new();
-        let mut has_l3 = false;
-        if let Some(list) = endpoints.1 {
+        // Cilium refuses a rule that mixes toFQDNs with another peer field.
+        let other_l3 = [
+            raw.endpoints.is_some(),
+            raw.cidrs.is_some(),
+            raw.cidr_sets.is_some(),
+            raw.entities.is_some(),
+        ]
+        .iter()
+        .position(|&set| set)
+        .map(|k| raw.fields[k]);
+        let (mut peers, mut has_l3) = self.l3_peers(path, &mut raw)?;
+        let mut fqdn_rule = false;
+        if let Some(list) = raw.fqdns.take() {
+            let fp = format!("{path}.toFQDNs");
+            if section != Section::Egress {
+                return Err(self.err(
+                    fp,
+                    "toFQDNs is only supported in egress: Cilium has no FQDN deny rules",
+                ));
+            }
+            if let Some(other) = other_l3 {
+                return Err(self.err(
+                    fp,
+                    format!(
+                        "toFQDNs cannot be combined with {other} in one rule (as in Cilium): \
+                         write them as separate egress rules"
+                    ),
+                ));
+            }
             has_l3 = true;
+            fqdn_rule = true;
             for (i, s) in list.into_iter().enumerate() {
-                let mut sel = self.selector(&format!("{path}.{}[{i}]", endpoints.0), s)?;
-                if !sel.names_namespace() {
-                    sel.match_labels
-                        .insert(NAMESPACE_LABEL.into(), self.namespace.into());
-                }
-                peers.push(Peer::Endpoints(sel));
+                let sel = fqdn::name_selector(&format!("{fp}[{i}]"), s)
+                    .map_err(|(field, why)| self.err(field, why))?;
+                peers.push(Peer::Fqdn(sel));
             }
         }
-        if let Some(list) = cidrs.1 {
-            has_l3 = true;
-            for (i, c) in list.iter().enumerate() {
-                let net = parse_cidr(c)
-                    .map_err(|why| self.err(format!("{path}.{}[{i}]", cidrs.0), why))?;
-                peers.push(Peer::Cidr {
-                    net,
-                    except: Vec::new(),
-                });
-            }
-        }
-        if let Some(list) = cidr_sets.1 {
-            has_l3 = true;
-            for (i, s) in list.into_iter().enumerate() {
-                let p = format!("{path}.{}[{i}]", cidr_sets.0);
-                let net = parse_cidr(&s.cidr).map_err(|why| self.err(format!("{p}.cidr"), why))?;
-                let mut except = Vec::new();
-                for (j, e) in s.except.into_iter().flatten().enumerate() {
-                    let ep = format!("{p}.except[{j}]");
-                    let x = parse_cidr(&e).map_err(|why| self.err(&ep, why))?;
-                    if !net.contains(&x) {
-                        return Err(self.err(ep, format!("{x} is not within cidr {net}")));
-                    }
-                    except.push(x);
-                }
-                peers.push(Peer::Cidr { net, except });
-            }
-        }
-        if let Some(list) = entities.1 {
-            has_l3 = true;
-            for (i, e) in list.iter().enumerate() {
-                let ent = match e.as_str() {
-                    "world" => Entity::World,
-                    "cluster" => Entity::Cluster,
-                    "host" => Entity::Host,
-                    "all" => Entity::All,
-                    other => {
-                        return Err(self.err(
-                            format!("{path}.{}[{i}]", entities.0),
-                            format!(
-                                "entity {other:?} is not supported: expected world, cluster, \
-                                 host or all"
-                            ),
-                        ));
-                    }
-                };
-                peers.push(Peer::Entity(ent));
-            }
-        }
-        let mut ports = Vec::new();
-        let mut has_ports = false;
-        for (i, pr) in to_ports.into_iter().flatten().enumerate() {
-            has_ports = true;
-            for (j, p) in pr.ports.into_iter().flatten().enumerate() {
-                ports.push(self.port(&format!("{path}.toPorts[{i}].ports[{j}]"), p)?);
-            }
-        }
+        let (mut ports, has_ports, dns) =
+            self.to_ports(path, section, fqdn_rule, raw.to_ports.take())?;
         if has_ports && ports.is_empty() {
             // `toPorts: [{}]` or `ports: []`: Cilium treats it as all ports.
             ports.push(PortSpec {
@@ -471,66 +456,76 @@ impl Cx<'_> {
                 range: None,
             });
         }
-        Ok(PeerRule { peers, ports })
+        Ok(PeerRule { peers, ports, dns })
     }
 
-    fn port(&self, path: &str, p: RawPort) -> Result<PortSpec, Error> {
-        let proto = match p.protocol.as_deref() {
-            None | Some("ANY") => PROTO_ANY,
-            Some("TCP") => proto::TCP,
-            Some("UDP") => proto::UDP,
-            Some(other) => {
-                return Err(self.err(
-                    format!("{path}.protocol"),
-                    format!("protocol {other:?} is not supported: expected TCP, UDP or ANY"),
-                ));
-            }
-        };
-        let port: u16 = match p.port.as_deref() {
-            None | Some("") => 0,
-            Some(s) => match s.parse::<u32>() {
-                Ok(n) if n <= 65535 => n as u16,
-                Ok(n) => {
-                    return Err(self.err(
-                        format!("{path}.port"),
-                        format!("port {n} is out of range: expected 0-65535"),
-                    ));
+    /// The endpoint, CIDR and entity peers of `raw` (taken out of it), and whether any of
+    /// those fields was written.
+    fn l3_peers(&self, path: &str, raw: &mut RawPeers) -> Result<(Vec<Peer>, bool), Error> {
+        let mut peers = Vec::new();
+        let mut has_l3 = false;
+        let [f_endpoints, f_cidrs, f_cidr_sets, f_entities] = raw.fields;
+        if let Some(list) = raw.endpoints.take() {
+            has_l3 = true;
+            for (i, s) in list.into_iter().enumerate() {
+                let mut sel = self.selector(&format!("{path}.{f_endpoints}[{i}]"), s)?;
+                if !sel.names_namespace() {
+                    sel.match_labels
+                        .insert(NAMESPACE_LABEL.into(), self.namespace.into());
                 }
-                Err(_) => {
-                    return Err(self.err(
-                        format!("{path}.port"),
-                        format!(
-                            "port {s:?} is not a number: expected 0-65535 as a string (named \
-                             ports are not supported)"
-                        ),
-                    ));
+                peers.push(Peer::Endpoints(sel));
+            }
+        }
+        if let Some(list) = raw.cidrs.take() {
+            has_l3 = true;
+            for (i, c) in list.iter().enumerate() {
+                let net =
+                    parse_cidr(c).map_err(|why| self.err(format!("{path}.{f_cidrs}[{i}]"), why))?;
+                peers.push(Peer::Cidr {
+                    net,
+                    except: Vec::new(),
+                });
+            }
+        }
+        if let Some(list) = raw.cidr_sets.take() {
+            has_l3 = true;
+            for (i, s) in list.into_iter().enumerate() {
+                let p = format!("{path}.{f_cidr_sets}[{i}]");
+                let net = parse_cidr(&s.cidr).map_err(|why| self.err(format!("{p}.cidr"), why))?;
+                let mut except = Vec::new();
+                for (j, e) in s.except.into_iter().flatten().enumerate() {
+                    let ep = format!("{p}.except[{j}]");
+                    let x = parse_cidr(&e).map_err(|why| self.err(&ep, why))?;
+                    if !net.contains(&x) {
+                        return Err(self.err(ep, format!("{x} is not within cidr {net}")));
+                    }
+                    except.push(x);
                 }
-            },
-        };
-        let range = match p.end_port {
-            None | Some(0) if port == 0 => None,
-            None | Some(0) => Some((port, port)),
-            Some(_) if port == 0 => {
-                return Err(self.err(
-                    format!("{path}.endPort"),
-                    "endPort needs a non-zero port to start the range",
-                ));
+                peers.push(Peer::Cidr { net, except });
             }
-            Some(e) if !(0..=65535).contains(&e) => {
-                return Err(self.err(
-                    format!("{path}.endPort"),
-                    format!("endPort {e} is out of range: expected 0-65535"),
-                ));
+        }
+        if let Some(list) = raw.entities.take() {
+            has_l3 = true;
+            for (i, e) in list.iter().enumerate() {
+                let ent = match e.as_str() {
+                    "world" => Entity::World,
+                    "cluster" => Entity::Cluster,
+                    "host" => Entity::Host,
+                    "all" => Entity::All,
+                    other => {
+                        return Err(self.err(
+                            format!("{path}.{f_entities}[{i}]"),
+                            format!(
+                                "entity {other:?} is not supported: expected world, cluster, \
+                                 host or all"
+                            ),
+                        ));
+                    }
+                };
+                peers.push(Peer::Entity(ent));
             }
-            Some(e) if e < port as i64 => {
-                return Err(self.err(
-                    format!("{path}.endPort"),
-                    format!("endPort {e} is below port {port}"),
-                ));
-            }
-            Some(e) => Some((port, e as u16)),
-        };
-        Ok(PortSpec { proto, range })
+        }
+        Ok((peers, has_l3))
     }
 }
 

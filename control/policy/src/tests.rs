@@ -10,9 +10,9 @@ use xylem_dataplane::wire::tcp::flags as tcp_flags;
 
 use super::*;
 
-const HEAD: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n";
+pub(crate) const HEAD: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n";
 
-fn ip(s: &str) -> Ipv4Addr {
+pub(crate) fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
@@ -40,7 +40,7 @@ const PODS: &[Pod] = &[
 const GATEWAY: &str = "10.0.0.1";
 const HOSTPORT: &str = "10.200.0.254";
 
-fn addr(name: &str) -> Ipv4Addr {
+pub(crate) fn addr(name: &str) -> Ipv4Addr {
     match name {
         "gw" => ip(GATEWAY),
         "hostport" => ip(HOSTPORT),
@@ -52,7 +52,7 @@ fn addr(name: &str) -> Ipv4Addr {
     }
 }
 
-fn endpoints() -> Vec<EndpointSpec> {
+pub(crate) fn endpoints() -> Vec<EndpointSpec> {
     PODS.iter()
         .map(|(_, ns, labels, a)| EndpointSpec {
             ip: ip(a),
@@ -67,11 +67,11 @@ fn endpoints() -> Vec<EndpointSpec> {
 
 /// Compiles `yaml` with the host judged by policy alone (the table of cases is about what the
 /// policies say; `allow_localhost` has its own test).
-fn build(yaml: &str) -> (Compiled, Vec<Policy>) {
+pub(crate) fn build(yaml: &str) -> (Compiled, Vec<Policy>) {
     build_with(yaml, AllowLocalhost::Policy)
 }
 
-fn build_with(yaml: &str, localhost: AllowLocalhost) -> (Compiled, Vec<Policy>) {
+pub(crate) fn build_with(yaml: &str, localhost: AllowLocalhost) -> (Compiled, Vec<Policy>) {
     let policies = parse_policies(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let mut ids = IdentityAllocator::new();
     let c = compile(
@@ -86,7 +86,7 @@ fn build_with(yaml: &str, localhost: AllowLocalhost) -> (Compiled, Vec<Policy>) 
 }
 
 /// `"src dst port/PROTO"`, e.g. `"client web 80/TCP"` or `"client web ICMP"`.
-fn flow(spec: &str) -> FlowKey {
+pub(crate) fn flow(spec: &str) -> FlowKey {
     let mut it = spec.split_whitespace();
     let src = addr(it.next().unwrap());
     let dst = addr(it.next().unwrap());
@@ -113,11 +113,20 @@ struct Case {
     expect: Vec<(&'static str, &'static str, &'static str)>,
 }
 
-fn pol(name: &str, ns: &str, spec: &str) -> String {
+pub(crate) fn pol(name: &str, ns: &str, spec: &str) -> String {
     format!("{HEAD}metadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}")
 }
 
 fn cases() -> Vec<Case> {
+    let mut all = cases_selectors();
+    all.extend(cases_peers());
+    all.extend(cases_ports());
+    all.extend(cases_precedence());
+    all
+}
+
+/// Which endpoints and peers selectors select.
+fn cases_selectors() -> Vec<Case> {
     let web_from_client = pol(
         "web",
         "default",
@@ -230,6 +239,12 @@ fn cases() -> Vec<Case> {
                 ("batch client 80/TCP", "allowed", ""),
             ],
         },
+    ]
+}
+
+/// CIDRs and entities.
+fn cases_peers() -> Vec<Case> {
+    vec![
         Case {
             name: "CIDR with except; CIDRs never match cluster addresses",
             yaml: pol(
@@ -320,52 +335,62 @@ fn cases() -> Vec<Case> {
                 ),
             ],
         },
-        Case {
-            name: "ports, ranges, protocols",
-            yaml: pol(
-                "ports",
-                "default",
-                "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - toPorts:\n    - ports:\n      - {port: \"8000\", endPort: 8999, protocol: TCP}\n      - {port: \"53\", protocol: UDP}\n      - {port: \"443\"}\n      - {port: \"100\", endPort: 110, protocol: ANY}\n",
+    ]
+}
+
+/// Ports, ranges and protocols.
+fn cases_ports() -> Vec<Case> {
+    vec![Case {
+        name: "ports, ranges, protocols",
+        yaml: pol(
+            "ports",
+            "default",
+            "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - toPorts:\n    - ports:\n      - {port: \"8000\", endPort: 8999, protocol: TCP}\n      - {port: \"53\", protocol: UDP}\n      - {port: \"443\"}\n      - {port: \"100\", endPort: 110, protocol: ANY}\n",
+        ),
+        expect: vec![
+            (
+                "client web 8000/TCP",
+                "allowed",
+                "default/ports spec[0] ingress[0]",
             ),
-            expect: vec![
-                (
-                    "client web 8000/TCP",
-                    "allowed",
-                    "default/ports spec[0] ingress[0]",
-                ),
-                (
-                    "client web 8500/TCP",
-                    "allowed",
-                    "default/ports spec[0] ingress[0]",
-                ),
-                (
-                    "db web 8999/TCP",
-                    "allowed",
-                    "default/ports spec[0] ingress[0]",
-                ),
-                ("client web 9000/TCP", "policy-denied", ""),
-                ("client web 7999/TCP", "policy-denied", ""),
-                ("client web 8500/UDP", "policy-denied", ""),
-                (
-                    "client web 53/UDP",
-                    "allowed",
-                    "default/ports spec[0] ingress[0]",
-                ),
-                ("client web 53/TCP", "policy-denied", ""),
-                (
-                    "client web 443/UDP",
-                    "allowed",
-                    "default/ports spec[0] ingress[0]",
-                ),
-                (
-                    "client web 105/UDP",
-                    "allowed",
-                    "default/ports spec[0] ingress[0]",
-                ),
-                ("client web 111/TCP", "policy-denied", ""),
-                ("client web ICMP", "policy-denied", ""),
-            ],
-        },
+            (
+                "client web 8500/TCP",
+                "allowed",
+                "default/ports spec[0] ingress[0]",
+            ),
+            (
+                "db web 8999/TCP",
+                "allowed",
+                "default/ports spec[0] ingress[0]",
+            ),
+            ("client web 9000/TCP", "policy-denied", ""),
+            ("client web 7999/TCP", "policy-denied", ""),
+            ("client web 8500/UDP", "policy-denied", ""),
+            (
+                "client web 53/UDP",
+                "allowed",
+                "default/ports spec[0] ingress[0]",
+            ),
+            ("client web 53/TCP", "policy-denied", ""),
+            (
+                "client web 443/UDP",
+                "allowed",
+                "default/ports spec[0] ingress[0]",
+            ),
+            (
+                "client web 105/UDP",
+                "allowed",
+                "default/ports spec[0] ingress[0]",
+            ),
+            ("client web 111/TCP", "policy-denied", ""),
+            ("client web ICMP", "policy-denied", ""),
+        ],
+    }]
+}
+
+/// Deny over allow, default-deny, and the ways to write several rules.
+fn cases_precedence() -> Vec<Case> {
+    vec![
         Case {
             name: "deny beats allow, across policies",
             yaml: format!(
@@ -650,219 +675,4 @@ fn replies_pass_through_conntrack() {
         ..key.reversed()
     };
     assert!(!decide(2, &c.tables, &mut ct, &f(unsolicited, SYN)).allows());
-}
-
-#[test]
-fn trace_with_labels_and_display() {
-    let policies = parse_policies(&pol(
-        "web",
-        "default",
-        "  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
-    ))
-    .unwrap();
-    let ids = IdentityAllocator::new();
-    let lbl = |app: &str| TracePeer::Labels {
-        namespace: "default".into(),
-        labels: [("app".to_owned(), app.to_owned())].into(),
-    };
-    let t = trace(
-        &policies,
-        &[],
-        &[],
-        AllowLocalhost::Policy,
-        &ids,
-        &lbl("client"),
-        &lbl("web"),
-        80,
-        proto::TCP,
-    );
-    assert!(t.allowed, "{t}");
-    let s = t.to_string();
-    assert!(
-        s.contains("ingress of destination: allowed by default/web spec[0] ingress[0]"),
-        "{s}"
-    );
-    assert!(
-        s.contains("egress of source: allowed: no policy selects it"),
-        "{s}"
-    );
-    let t = trace(
-        &policies,
-        &[],
-        &[],
-        AllowLocalhost::Policy,
-        &ids,
-        &lbl("other"),
-        &lbl("web"),
-        80,
-        proto::TCP,
-    );
-    assert_eq!(t.verdict, "policy-denied");
-    assert!(
-        t.to_string().contains("default-deny, no rule allows it"),
-        "{t}"
-    );
-    let t = trace(
-        &policies,
-        &[],
-        &[],
-        AllowLocalhost::Policy,
-        &ids,
-        &lbl("web"),
-        &TracePeer::Ip(ip("8.8.8.8")),
-        53,
-        proto::UDP,
-    );
-    assert!(t.allowed && t.ingress.is_none(), "{t}");
-}
-
-/// Each bad input, the field its error must name, and a phrase of the reason.
-#[test]
-fn rejections_name_the_field() {
-    let spec = |s: &str| pol("bad", "default", s);
-    let sel = "  endpointSelector: {}\n";
-    let cases: Vec<(String, &str, &str)> = vec![
-        (
-            spec(&format!("{sel}  egress:\n  - toFQDNs:\n    - matchName: example.com\n")),
-            "spec.egress[0].toFQDNs",
-            "not supported yet",
-        ),
-        (
-            spec(&format!("{sel}  egress:\n  - toPorts:\n    - ports: [{{port: \"53\", protocol: UDP}}]\n      rules:\n        dns:\n        - matchPattern: \"*\"\n")),
-            "spec.egress[0].toPorts[0].rules",
-            "not supported yet",
-        ),
-        (
-            spec(&format!("{sel}  ingress:\n  - fromRequires: [{{}}]\n")),
-            "spec.ingress[0].fromRequires",
-            "not in the supported subset",
-        ),
-        (
-            format!("{HEAD}metadata: {{name: bad}}\nspec:\n{sel}status: {{}}\n"),
-            "status",
-            "not in the supported subset",
-        ),
-        (
-            spec("  nodeSelector: {}\n"),
-            "spec.nodeSelector",
-            "not in the supported subset",
-        ),
-        (
-            spec(&format!("{sel}  egress:\n  - toEntities: [remote-node]\n")),
-            "spec.egress[0].toEntities[0]",
-            "remote-node",
-        ),
-        (
-            "apiVersion: cilium.io/v1\nkind: CiliumNetworkPolicy\nmetadata: {name: bad}\nspec: {endpointSelector: {}}\n".into(),
-            "apiVersion",
-            "expected \"cilium.io/v2\"",
-        ),
-        (
-            "apiVersion: cilium.io/v2\nkind: NetworkPolicy\nmetadata: {name: bad}\nspec: {endpointSelector: {}}\n".into(),
-            "kind",
-            "expected \"CiliumNetworkPolicy\"",
-        ),
-        (
-            spec(&format!("{sel}  egress:\n  - toCIDR: [10.0.0.0/33]\n")),
-            "spec.egress[0].toCIDR[0]",
-            "prefix length",
-        ),
-        (
-            spec(&format!("{sel}  ingress:\n  - fromCIDRSet:\n    - cidr: 10.0.0.0/8\n      except: [11.0.0.0/16]\n")),
-            "spec.ingress[0].fromCIDRSet[0].except[0]",
-            "not within",
-        ),
-        (
-            spec(&format!("{sel}  ingress:\n  - fromCIDRSet:\n    - cidr: 10.0.0.x/8\n")),
-            "spec.ingress[0].fromCIDRSet[0].cidr",
-            "not a valid IPv4 CIDR",
-        ),
-        (
-            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"70000\"}}]\n")),
-            "spec.ingress[0].toPorts[0].ports[0].port",
-            "out of range",
-        ),
-        (
-            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"http\"}}]\n")),
-            "spec.ingress[0].toPorts[0].ports[0].port",
-            "not a number",
-        ),
-        (
-            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"8080\", endPort: 80}}]\n")),
-            "spec.ingress[0].toPorts[0].ports[0].endPort",
-            "below port 8080",
-        ),
-        (
-            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"80\", endPort: 70000}}]\n")),
-            "spec.ingress[0].toPorts[0].ports[0].endPort",
-            "out of range",
-        ),
-        (
-            spec(&format!("{sel}  ingress:\n  - toPorts:\n    - ports: [{{port: \"80\", protocol: SCTP}}]\n")),
-            "spec.ingress[0].toPorts[0].ports[0].protocol",
-            "SCTP",
-        ),
-        (
-            spec("  endpointSelector:\n    matchExpressions:\n    - {key: app, operator: Like, values: [x]}\n"),
-            "spec.endpointSelector.matchExpressions[0].operator",
-            "Like",
-        ),
-        (
-            spec("  endpointSelector:\n    matchExpressions:\n    - {key: app, operator: In}\n"),
-            "spec.endpointSelector.matchExpressions[0].values",
-            "at least one value",
-        ),
-        (
-            spec("  endpointSelector:\n    matchLabels: {reserved:host: \"\"}\n"),
-            "spec.endpointSelector.matchLabels.reserved:host",
-            "label key",
-        ),
-    ];
-    for (yaml, field, why) in cases {
-        let e = parse_policies(&yaml)
-            .expect_err(&format!("accepted:\n{yaml}"))
-            .to_string();
-        assert!(
-            e.contains(&format!(": {field}: ")),
-            "wanted field {field}: {e}"
-        );
-        assert!(e.contains(why), "wanted {why:?}: {e}");
-        assert!(e.contains("document 1"), "{e}");
-    }
-}
-
-#[test]
-fn one_bad_document_rejects_the_whole_input() {
-    let good = pol("good", "default", "  endpointSelector: {}\n");
-    let bad = pol(
-        "bad",
-        "default",
-        "  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: x}]\n",
-    );
-    let e = parse_policies(&format!("{good}---\n{bad}"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("document 2 (policy default/bad)"), "{e}");
-    let list = format!(
-        "apiVersion: v1\nkind: List\nitems:\n- {}\n",
-        bad.replace('\n', "\n  ").trim_end()
-    );
-    let e = parse_policies(&list).unwrap_err().to_string();
-    assert!(e.contains("document 1 items[0]"), "{e}");
-    let e = parse_policies(&format!("{good}---\n{good}"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("appears twice"), "{e}");
-    // Ports must be strings, as Cilium's schema says.
-    let e = parse_policies(&pol(
-        "p",
-        "default",
-        "  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: 80}]}]\n",
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("spec.ingress[0].toPorts[0].ports[0].port"),
-        "{e}"
-    );
 }
