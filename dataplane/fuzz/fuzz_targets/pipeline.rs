@@ -7,11 +7,16 @@
 //!   carry a valid one, and without a repair the fuzzer stops at stage 3); bit 1 uses tables
 //!   with an enforced policy (full mode only); bit 2 processes the frame a second time with the
 //!   same conntrack (the established-flow path); bits 3 to 5 are the port the frame arrives on
-//!   (0 to 7: the port of pod 10.0.0.2 + n), which the ingress checks hold it to;
+//!   (0 to 7: the port of pod 10.0.0.2 + n), which the ingress checks hold it to; bit 6 first
+//!   processes the frame's mirror (addresses, ports and MACs swapped, from the other pod's
+//!   port), so that the frame itself is a reply (a DNS answer reaches the DNS stage so);
 //! - the rest is the frame, starting at the Ethernet header.
 //!
 //! In full mode the tables have services: 10.96.0.10 TCP 80 → 10.0.0.6 and 10.0.0.7 port 8080,
-//! UDP 53 → 10.0.0.8 port 5353, and 10.96.0.11 TCP 80 with no backend (refused).
+//! UDP 53 → 10.0.0.8 port 5353, and 10.96.0.11 TCP 80 with no backend (refused). With the
+//! enforced policy, 10.0.0.9's DNS to 10.0.0.8 (ports 53 and 5353, UDP and TCP) is inspected
+//! (`*.domain.com` and `example.net` allowed) and its `toFQDNs` rule allows TCP 80 to the
+//! addresses of `*.domain.com`.
 //!
 //! Checks, beyond "does not panic": parsing the frame alone (the worker's prefetch pass) and
 //! `process` agree on whether it is dropped at parse, the frame stays within its buffer, and
@@ -26,7 +31,10 @@ use libfuzzer_sys::fuzz_target;
 use xylem_dataplane::checksum;
 use xylem_dataplane::conntrack::{Conntrack, CtConfig};
 use xylem_dataplane::pipeline::{Frame, Verdict, parse, process};
-use xylem_dataplane::policy::{PolicyTables, PolicyTablesBuilder, RuleOrigin, Section, identity};
+use xylem_dataplane::dns::{DnsRule, FqdnScope, NameSelector};
+use xylem_dataplane::policy::{
+    PROTO_ANY, PolicyTables, PolicyTablesBuilder, RuleOrigin, Section, identity,
+};
 use xylem_dataplane::services::{Algorithm, Backend, Frontend, ServiceTables};
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Tables};
 
@@ -132,7 +140,43 @@ fn policy() -> PolicyTables {
     p.egress.add(identity::HOST, 1, None, false, out0);
     p.egress.add(identity::FIRST_CIDR, 0, None, false, out1);
     p.egress.add(identity::ANY, 6, Some((22, 22)), true, out2);
+    dns_policy(&mut b, origin(Section::Egress, 2), origin(Section::Egress, 3));
     b.build()
+}
+
+/// 10.0.0.9's DNS rules and `toFQDNs` rule (see the module documentation).
+fn dns_policy(b: &mut PolicyTablesBuilder, dns: RuleOrigin, fqdn: RuleOrigin) {
+    let (dns, fqdn) = (b.add_origin(dns), b.add_origin(fqdn));
+    let p = b.endpoint_policy(309);
+    p.egress.set_enforced(true);
+    p.egress.add(identity::FIRST_FQDN, 6, Some((80, 80)), false, fqdn);
+    let selectors: Arc<[NameSelector]> = Arc::from([
+        NameSelector::pattern("*.domain.com").expect("pattern"),
+        NameSelector::name("example.net").expect("name"),
+    ]);
+    for port in [53, 5353] {
+        b.endpoint_policy(309)
+            .egress
+            .add(308, PROTO_ANY, Some((port, port)), false, dns);
+        b.add_dns_rule(
+            309,
+            DnsRule {
+                peer: 308,
+                proto: PROTO_ANY,
+                ports: (port, port),
+                selectors: Arc::clone(&selectors),
+                rule: dns,
+            },
+        );
+    }
+    b.add_fqdn_scope(
+        Ipv4Addr::new(10, 0, 0, 9),
+        FqdnScope {
+            scope: 1,
+            peer: identity::FIRST_FQDN,
+            selector: NameSelector::pattern("*.domain.com").expect("pattern"),
+        },
+    );
 }
 
 fn tables(full: bool, enforced: bool) -> &'static Tables {
@@ -160,6 +204,34 @@ fn repair_ipv4_checksum(frame: &mut [u8]) {
     frame[25] = 0;
     let sum = checksum::checksum(&frame[14..14 + ihl]);
     frame[24..26].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The frame's mirror: Ethernet, IPv4 and TCP/UDP source and destination swapped (the source
+/// MAC the new sender's), or `None` if it is not an IPv4 frame from one of the pods.
+fn mirror(frame: &[u8]) -> Option<(Vec<u8>, u16)> {
+    let mut m = frame.to_vec();
+    if m.get(12..14) != Some(&[0x08, 0x00][..]) || m.len() < 34 {
+        return None;
+    }
+    let ihl = usize::from(m[14] & 0x0f) * 4;
+    let (src, dst) = ((26, 30), (30, 34));
+    let (a, b) = (m[src.0..src.1].to_vec(), m[dst.0..dst.1].to_vec());
+    m[src.0..src.1].copy_from_slice(&b);
+    m[dst.0..dst.1].copy_from_slice(&a);
+    let last = b[3];
+    if b[..3] != [10, 0, 0] || !(2..10).contains(&last) {
+        return None;
+    }
+    m[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    m[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, last]);
+    if matches!(m[23], 6 | 17) && m.len() >= 14 + ihl + 4 {
+        let l4 = 14 + ihl;
+        let (sp, dp) = (m[l4..l4 + 2].to_vec(), m[l4 + 2..l4 + 4].to_vec());
+        m[l4..l4 + 2].copy_from_slice(&dp);
+        m[l4 + 2..l4 + 4].copy_from_slice(&sp);
+    }
+    repair_ipv4_checksum(&mut m);
+    Some((m, u16::from(last - 2)))
 }
 
 fn run_once(frame: &[u8], spare: usize, ingress: u16, t: &Tables, ct: &mut Conntrack) {
@@ -205,6 +277,11 @@ fuzz_target!(|data: &[u8]| {
         capacity: 64,
         ..Default::default()
     });
+    if flags & 0x40 != 0
+        && let Some((m, from)) = mirror(&frame)
+    {
+        run_once(&m, spare, from, t, &mut ct);
+    }
     run_once(&frame, spare, ingress, t, &mut ct);
     if flags & 0x04 != 0 {
         run_once(&frame, spare, ingress, t, &mut ct);

@@ -119,6 +119,45 @@ seeds = {
     "service-udp-first-fragment": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP, 17, udp(pod(3), VIP, 5000, 53, b"q" * 64)[:40], frag=MF))),
     "service-no-backend": (0xC0, on_port(0x05, 3), eth(mac(3), ip(pod(3), VIP_EMPTY, 6, tcp(pod(3), VIP_EMPTY, 40000, 80, SYN)))),
 }
+
+
+def dns_name(name):
+    return b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+
+
+def dns(flags, name, answers=b"", ancount=0, qdcount=1):
+    return struct.pack("!HHHHHH", 0x1234, flags, qdcount, ancount, 0, 0) + dns_name(name) + b"\0\1\0\1" + answers
+
+
+def rr_a(addr, ttl=30, owner=b"\xc0\x0c"):
+    return owner + struct.pack("!HHIH", 1, 1, ttl, 4) + bytes(addr)
+
+
+def rr_cname(target, owner=b"\xc0\x0c"):
+    t = dns_name(target)
+    return owner + struct.pack("!HHIH", 5, 1, 300, len(t)) + t
+
+
+def tcp_dns(src, dst, sport, dport, msg):
+    return tcp(src, dst, sport, dport, ACK | 0x08, struct.pack("!H", len(msg)) + msg)
+
+
+# DNS: pod 9 asks pod 8 (its DNS rule allows *.domain.com and example.net); flags bit 6
+# (0x40) primes the flow with the mirrored frame, so an answer is a reply.
+WEB = [192, 0, 2, 80]
+QUERY = dns(0x0100, "a.domain.com")
+ANSWER = dns(0x8180, "a.domain.com", rr_a(WEB), 1)
+seeds.update({
+    "dns-query-allowed": (0xC0, on_port(0x07, 9), eth(mac(9), ip(pod(9), pod(8), 17, udp(pod(9), pod(8), 40000, 53, QUERY)))),
+    "dns-query-denied": (0xC0, on_port(0x07, 9), eth(mac(9), ip(pod(9), pod(8), 17, udp(pod(9), pod(8), 40000, 53, dns(0x0100, "example.org"))))),
+    "dns-query-via-service": (0xC0, on_port(0x07, 9), eth(mac(9), ip(pod(9), VIP, 17, udp(pod(9), VIP, 40000, 53, QUERY)))),
+    "dns-query-tcp": (0xC0, on_port(0x07, 9), eth(mac(9), ip(pod(9), pod(8), 6, tcp_dns(pod(9), pod(8), 40000, 53, QUERY)))),
+    "dns-query-tcp-oversized-prefix": (0xC0, on_port(0x07, 9), eth(mac(9), ip(pod(9), pod(8), 6, tcp(pod(9), pod(8), 40000, 53, ACK, struct.pack("!H", 900) + QUERY)))),
+    "dns-query-compression-loop": (0xC0, on_port(0x07, 9), eth(mac(9), ip(pod(9), pod(8), 17, udp(pod(9), pod(8), 40000, 53, struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c\0\1\0\1")))),
+    "dns-answer": (0xC0, on_port(0x47, 8), eth(mac(8), ip(pod(8), pod(9), 17, udp(pod(8), pod(9), 53, 40000, ANSWER)))),
+    "dns-answer-cname": (0xC0, on_port(0x47, 8), eth(mac(8), ip(pod(8), pod(9), 17, udp(pod(8), pod(9), 53, 40000, dns(0x8180, "b.domain.com", rr_cname("c.cdn.net") + rr_a(WEB, owner=dns_name("c.cdn.net")), 2))))),
+    "dns-answer-tcp": (0xC0, on_port(0x47, 8), eth(mac(8), ip(pod(8), pod(9), 6, tcp_dns(pod(8), pod(9), 53, 40000, ANSWER)))),
+})
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline")
 os.makedirs(out, exist_ok=True)
 for name, (control, flags, frame) in seeds.items():
