@@ -25,6 +25,9 @@ packages=(
   iproute2 ethtool iputils-ping netcat-openbsd netperf tcpdump bpftool procps iptables curl util-linux
   # Backend servers in the service tests (a pod that answers with its name).
   socat
+  # DNS-aware policy tests: the lab's DNS server pod (dnsmasq-base: the binary alone, no
+  # system service to grab port 53 on the machine), dig, and a DNS load generator.
+  dnsmasq-base bind9-dnsutils dnsperf
   # Fonts for the benchmark charts (plotters renders text through fontconfig).
   libfontconfig1-dev fonts-dejavu-core
 )

@@ -24,6 +24,9 @@
 //!   configuration file and its API: the agent owns the XDP program, the sockets and the tables.
 //! - It handles no signals and pins no CPUs: a caller that must stop on a signal passes its own
 //!   flag to [`process::run_timed`]; the harness keeps its signal handling and CPU pinning.
+//! - When the lab has a DNS server pod (`kube-system`, `k8s-app: kube-dns`), every pod's
+//!   `ip netns exec` resolves names through it ([`resolv`]); the machine's resolver
+//!   configuration is never touched.
 //! - It installs nothing: `ip`, `ethtool`, `ss`, `sysctl`, `iptables` and netperf come from
 //!   `docker/bootstrap.sh`.
 
@@ -40,6 +43,7 @@ mod error;
 pub mod netns;
 mod pods;
 pub mod process;
+mod resolv;
 mod up;
 
 pub use error::Error;
@@ -251,6 +255,10 @@ pub struct PodState {
     /// That command's pid (the `sh` running it), while the lab knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_pid: Option<u32>,
+    /// The `resolv.conf` that `ip netns exec` gives the pod when the lab has a DNS server pod
+    /// (namespace `kube-system`, label `k8s-app: kube-dns`): it names that pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// What `lab status -o json` prints and `state.json` holds.

@@ -1,6 +1,7 @@
 //! Pods: their namespaces and veths, and adding one to a running lab.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use crate::netns::{node_port_up, read_mac};
 use crate::process::run;
@@ -66,10 +67,15 @@ impl Lab {
             run: None,
             run_log: None,
             run_pid: None,
+            resolv_conf: None,
         };
         // Recorded before the API call, so `lab down` removes the namespace whatever happens.
-        st.pods.push(pod_state.clone());
+        st.pods.push(pod_state);
         self.save(&st)?;
+        // Every pod's, in case the new pod is the DNS server.
+        crate::resolv::write_all(Path::new(crate::resolv::NETNS_ETC), &mut st.pods)?;
+        self.save(&st)?;
+        let pod_state = st.pods[st.pods.len() - 1].clone();
         let mac = read_mac(&pod_ns, "eth0")?;
         let body = serde_json::json!({
             "ifname": ifname,
@@ -160,6 +166,7 @@ impl Lab {
         // and the next pod could not take the name.
         run(&["ip", "-n", &node.netns, "link", "del", &pod.interface])?;
         crate::netns::remove(&pod.netns);
+        crate::resolv::remove(Path::new(crate::resolv::NETNS_ETC), &pod.netns);
         st.pods.retain(|p| p.name != pod.name);
         self.save(&st)?;
         Ok(pod)

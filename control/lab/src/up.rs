@@ -96,7 +96,9 @@ impl Lab {
             queues: opts.worker_cores.len().max(1).to_string(),
         };
         add_quiet_netns(&node.netns)?;
-        let (mut ports, pods) = self.make_pods(&node, file)?;
+        let (mut ports, mut pods) = self.make_pods(&node, file)?;
+        // Before any `run:` starts, so a pod's command resolves through the lab's DNS pod.
+        crate::resolv::write_all(Path::new(crate::resolv::NETNS_ETC), &mut pods)?;
         ports.push(make_host_port(&node)?);
         let cfg = self.agent_config(&node, opts, ports)?;
         let files = self.write_agent_config(&node, &cfg)?;
@@ -177,6 +179,7 @@ impl Lab {
                 run: None,
                 run_log: None,
                 run_pid: None,
+                resolv_conf: None,
             });
         }
         Ok((ports, pods))
@@ -210,6 +213,7 @@ impl Lab {
             mode: opts.mode,
             policy: Default::default(),
             services: Default::default(),
+            fqdn: Default::default(),
             state_dir: self.dir().join(&node.name).join("state"),
             api_socket: self.api_socket(),
             // Inside the node's namespace: `ip netns exec <node> curl 127.0.0.1:9962/metrics`.
@@ -244,9 +248,12 @@ impl Lab {
         Ok(files)
     }
 
-    /// Kills every process in the lab's namespaces and deletes the namespaces.
+    /// Kills every process in the lab's namespaces and deletes the namespaces, and their
+    /// `resolv.conf` files.
     fn remove_namespaces(&self) -> Result<(), Error> {
-        netns::remove_all(&netns::list(&self.netns_prefix()))
+        netns::remove_all(&netns::list(&self.netns_prefix()))?;
+        crate::resolv::remove_all(Path::new(crate::resolv::NETNS_ETC), &self.netns_prefix());
+        Ok(())
     }
 
     /// Removes everything the lab created. Safe to run at any time, also when nothing is up.
