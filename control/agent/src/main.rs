@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 use xylem_agent::Error;
 use xylem_agent::agent::AgentState;
 use xylem_agent::state::FileStore;
-use xylem_api::config::{AgentConfig, XdpModeSetting};
+use xylem_api::config::{AgentConfig, RejectResponse, XdpModeSetting};
 use xylem_dataplane::services::Algorithm;
 use xylem_dataplane::tables::Mode;
 use xylem_dataplane::worker::Placement;
@@ -49,6 +49,18 @@ struct Args {
     /// 131071; default 16381). Overrides `services.maglev_table_size`.
     #[arg(long)]
     maglev_table_size: Option<u32>,
+    /// Seconds a learned DNS address stays allowed at least, whatever its TTL (0: the TTL).
+    /// Overrides `fqdn.min_ttl_s`.
+    #[arg(long = "tofqdns-min-ttl")]
+    tofqdns_min_ttl: Option<u32>,
+    /// Addresses kept per endpoint and DNS name, at least 1 (the oldest unused ones beyond it
+    /// are forgotten). Overrides `fqdn.max_ips_per_name`.
+    #[arg(long = "tofqdns-endpoint-max-ip-per-hostname")]
+    tofqdns_endpoint_max_ip_per_hostname: Option<u16>,
+    /// The answer to a DNS query no policy allows: `refused` or `nameError` (NXDOMAIN; also
+    /// `nxdomain`). Overrides `fqdn.reject_response`.
+    #[arg(long = "tofqdns-dns-reject-response-code")]
+    tofqdns_dns_reject_response_code: Option<RejectResponse>,
     /// State directory. Overrides `state_dir`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -112,6 +124,15 @@ fn load(args: &Args) -> Result<AgentConfig, Error> {
     }
     if let Some(m) = args.maglev_table_size {
         cfg.services.maglev_table_size = m;
+    }
+    if let Some(t) = args.tofqdns_min_ttl {
+        cfg.fqdn.min_ttl_s = t;
+    }
+    if let Some(n) = args.tofqdns_endpoint_max_ip_per_hostname {
+        cfg.fqdn.max_ips_per_name = n;
+    }
+    if let Some(r) = args.tofqdns_dns_reject_response_code {
+        cfg.fqdn.reject_response = r;
     }
     if let Some(d) = &args.state_dir {
         cfg.state_dir = d.clone();

@@ -15,6 +15,8 @@
 //! `xylem_slowpath_rx_total`, `xylem_slowpath_tx_total`, `xylem_slowpath_tx_dropped_total`,
 //! `xylem_slowpath_tx_unroutable_total`, `xylem_slowpath_probes_denied_total`,
 //! `xylem_icmp_errors_sent_total`, `xylem_resets_sent_total`,
+//! `xylem_dns_queries_total{verdict="forwarded|refused"}`, `xylem_dns_answers_total`,
+//! `xylem_dns_learned_total`, `xylem_dns_log_lost_total`, `xylem_fqdn_cache_names`,
 //! `xylem_endpoints`, `xylem_uptime_seconds`.
 
 use std::sync::atomic::AtomicU64;
@@ -144,6 +146,7 @@ pub fn render(st: &Status, monitor_lost: u64, endpoints: usize) -> String {
             ),
         ],
     );
+    dns(&mut reg, st);
     let eps: Gauge = Gauge::default();
     eps.set(endpoints as i64);
     reg.register("xylem_endpoints", "Endpoints served", eps);
@@ -197,6 +200,49 @@ fn drops_and_redirector(reg: &mut Registry, st: &Status) {
     );
 }
 
+/// DNS-aware policy: the DNS stage's counters and the FQDN cache's size.
+fn dns(reg: &mut Registry, st: &Status) {
+    let d = &st.dns;
+    let verdict = |v: &str| vec![("verdict".to_string(), v.to_string())];
+    labelled(
+        reg,
+        "xylem_dns_queries",
+        "DNS queries the DNS stage inspected, by verdict (refused: answered by the dataplane)",
+        vec![
+            (verdict("forwarded"), d.queries_forwarded),
+            (verdict("refused"), d.queries_refused),
+        ],
+    );
+    counters(
+        reg,
+        &[
+            (
+                "xylem_dns_answers",
+                "DNS answers the DNS stage inspected and sent on",
+                d.answers,
+            ),
+            (
+                "xylem_dns_learned",
+                "Addresses learned (or refreshed) from DNS answers as allowed destinations",
+                d.learned,
+            ),
+            (
+                "xylem_dns_log_lost",
+                "DNS records dropped because the DNS log was full (lost to the FQDN cache and \
+                 the monitor; the addresses were learned)",
+                d.log_lost,
+            ),
+        ],
+    );
+    let names: Gauge = Gauge::default();
+    names.set(i64::try_from(d.cache_names).unwrap_or(i64::MAX));
+    reg.register(
+        "xylem_fqdn_cache_names",
+        "(Endpoint, DNS name) entries in the FQDN cache",
+        names,
+    );
+}
+
 /// Registers plain counters: `(name, help, value)`, in order.
 fn counters(reg: &mut Registry, list: &[(&'static str, &'static str, u64)]) {
     for &(name, help, v) in list {
@@ -225,4 +271,57 @@ fn ports(reg: &mut Registry, st: &Status) {
         "Frames received on a port and dropped",
         st.ports.iter().map(|p| (port(p), p.drops)).collect(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xylem_api::{DnsCounters, Health, SlowPathCounters};
+
+    #[test]
+    fn dns_counters_and_the_cache_size_are_exposed() {
+        let st = Status {
+            version: "0".into(),
+            node: "n1".into(),
+            uptime_s: 1.0,
+            mode: xylem_dataplane::tables::Mode::Full,
+            placement: xylem_dataplane::worker::Placement::Shared,
+            batch_size: 64,
+            tables_revision: 1,
+            health: Health {
+                ok: true,
+                reason: None,
+            },
+            workers: Vec::new(),
+            ports: Vec::new(),
+            missing_interfaces: Vec::new(),
+            redirector: Default::default(),
+            slowpath: SlowPathCounters {
+                rx: 0,
+                tx: 0,
+                tx_dropped: 0,
+                tx_unroutable: 0,
+            },
+            totals: Default::default(),
+            dns: DnsCounters {
+                queries_forwarded: 7,
+                queries_refused: 2,
+                answers: 6,
+                learned: 11,
+                log_lost: 1,
+                cache_names: 3,
+            },
+        };
+        let text = render(&st, 0, 0);
+        for line in [
+            r#"xylem_dns_queries_total{verdict="forwarded"} 7"#,
+            r#"xylem_dns_queries_total{verdict="refused"} 2"#,
+            "xylem_dns_answers_total 6",
+            "xylem_dns_learned_total 11",
+            "xylem_dns_log_lost_total 1",
+            "xylem_fqdn_cache_names 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
 }

@@ -20,10 +20,14 @@
 //! - `GET /v1/ct?max=N`: the tracked connections of the flow table every worker shares ([`xylem_api::CtView`]);
 //!   `DELETE /v1/ct` flushes them (`{"flushed": N}`)
 //! - `GET /v1/metrics`: the Prometheus exposition (as on `--metrics-addr`'s `/metrics`)
+//! - `GET /v1/fqdn/cache`, `DELETE /v1/fqdn/cache?matchpattern=P`: the FQDN cache (see the
+//!   `fqdn` module)
 //! - `GET /v1/monitor?type=drop,trace`: flow events as newline-delimited JSON, until the client
 //!   goes; `{"type":"lost","lost":N}` lines report events lost so far for this client; with
 //!   `type=agent`, the agent's own events (`{"type":"agent","event":"backend-health",
-//!   "service","backend","from","to"}`), which the control side queues beside the workers' rings
+//!   "service","backend","from","to"}`), which the control side queues beside the workers'
+//!   rings; with `type=dns`, every DNS query and answer the workers inspected (the flow fields
+//!   and `dns: {id, response, query, qtype, rcode, answers, rule}`)
 //!
 //! Errors are JSON `{"error": "<field>: <why>", "field": "<field>"}` with a 4xx status; a refused
 //! request changes nothing. Bodies above [`BODY_LIMIT`] ([`POLICY_BODY_LIMIT`] for a policy import) get 413. Clients are served
@@ -51,6 +55,7 @@ use xylem_api::{EndpointRequest, TraceRequest};
 
 use crate::agent::{AgentState, Refusal, Rejected};
 
+mod fqdn;
 mod monitor;
 mod services;
 
@@ -420,6 +425,10 @@ pub fn serve(
             .route("/v1/policy/trace", axum::routing::post(policy_trace))
             .route("/v1/ct", get(get_ct).delete(delete_ct))
             .route("/v1/metrics", get(metrics))
+            .route(
+                "/v1/fqdn/cache",
+                get(fqdn::get_cache).delete(fqdn::delete_cache),
+            )
             .route("/v1/monitor", get(monitor))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -1,5 +1,5 @@
 //! The agent's persistent state: every object it is given (endpoints, policies and the
-//! identities they were given, services), kept so a restarted agent restores the same dataplane state
+//! identities they were given, services) and what it learned (the FQDN cache), kept so a restarted agent restores the same dataplane state
 //! with no client action.
 //!
 //! Callers use the [`StateStore`] trait (get/put/delete/list by kind and key), through
@@ -105,6 +105,46 @@ pub mod kind {
 
     /// The one key of [`Identities`].
     pub const IDENTITIES_KEY: &str = "all";
+
+    /// The FQDN cache (see the agent's `fqdn` module): per endpoint, keyed `namespace/name`,
+    /// the DNS names its answers resolved and their addresses. Written in batches, at most once
+    /// a second while it changes, and whole at a clean stop; a stored value that cannot be read
+    /// is skipped with a warning (the pod resolves the name again) rather than stopping the
+    /// agent. Stored:
+    ///
+    /// ```json
+    /// {"default/pod-a": [{"name": "a.domain.com.",
+    ///                     "ips": [{"ip": "192.0.2.10", "expires_at": 1795000000}]}]}
+    /// ```
+    ///
+    /// `expires_at` is in Unix seconds; each name's addresses are listed oldest first (the
+    /// order in which they are evicted beyond `fqdn.max_ips_per_name`).
+    #[derive(Debug)]
+    pub struct FqdnCache;
+    impl Kind for FqdnCache {
+        const NAME: &'static str = "fqdn-cache";
+        type Value = Vec<StoredFqdnName>;
+    }
+
+    /// A name of a stored FQDN cache entry.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StoredFqdnName {
+        /// The DNS name, fully qualified (`a.domain.com.`).
+        pub name: String,
+        /// Its addresses, oldest first.
+        pub ips: Vec<StoredFqdnIp>,
+    }
+
+    /// An address of a [`StoredFqdnName`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StoredFqdnIp {
+        /// The address.
+        pub ip: std::net::Ipv4Addr,
+        /// When it stops being an allowed destination, in Unix seconds.
+        pub expires_at: u64,
+    }
 }
 
 /// A store of JSON objects by kind and key.
@@ -117,6 +157,19 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn delete(&self, kind: &str, key: &str) -> Result<bool, Error>;
     /// Every object of `kind`, by key.
     fn list(&self, kind: &str) -> Result<BTreeMap<String, Value>, Error>;
+    /// Stores (`Some`) or removes (`None`) several keys of `kind`, durably, before returning:
+    /// a backend may do it in one write.
+    fn put_many(&self, kind: &str, changes: Vec<(String, Option<Value>)>) -> Result<(), Error> {
+        for (key, value) in changes {
+            match value {
+                Some(v) => self.put(kind, &key, v)?,
+                None => {
+                    self.delete(kind, &key)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Typed access to any [`StateStore`]: each kind's values as their own type. A stored value
@@ -314,6 +367,27 @@ impl StateStore for FileStore {
             .map_err(|_| Error::State("poisoned".into()))?;
         Ok(kinds.get(kind).cloned().unwrap_or_default())
     }
+
+    fn put_many(&self, kind: &str, changes: Vec<(String, Option<Value>)>) -> Result<(), Error> {
+        let mut kinds = self
+            .kinds
+            .lock()
+            .map_err(|_| Error::State("poisoned".into()))?;
+        let mut map = kinds.get(kind).cloned().unwrap_or_default();
+        let before = map.clone();
+        for (key, value) in changes {
+            match value {
+                Some(v) => map.insert(key, v),
+                None => map.remove(&key),
+            };
+        }
+        if map == before {
+            return Ok(());
+        }
+        self.write(kind, &map)?;
+        kinds.insert(kind.to_string(), map);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +469,33 @@ mod tests {
         );
         assert_eq!(s2.list("endpoints").unwrap().len(), 1);
         assert!(!d.join(".endpoints.json.tmp").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn put_many_writes_and_removes_several_keys_at_once() {
+        let d = tmpdir("many");
+        let s = FileStore::open(&d).unwrap();
+        let v = vec![kind::StoredFqdnName {
+            name: "a.domain.com.".into(),
+            ips: vec![kind::StoredFqdnIp {
+                ip: [192, 0, 2, 10].into(),
+                expires_at: 1_795_000_000,
+            }],
+        }];
+        s.put_as::<kind::FqdnCache>("default/b", &v).unwrap();
+        let json = serde_json::to_value(&v).unwrap();
+        s.put_many(
+            kind::FqdnCache::NAME,
+            vec![("default/a".into(), Some(json)), ("default/b".into(), None)],
+        )
+        .unwrap();
+        let s2 = FileStore::open(&d).unwrap();
+        let all = s2.list_as::<kind::FqdnCache>().unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["default/a"]);
+        assert_eq!(all["default/a"], v);
+        let text = std::fs::read_to_string(d.join("fqdn-cache.json")).unwrap();
+        assert!(text.contains("\"expires_at\": 1795000000"), "{text}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -109,3 +109,43 @@ fn an_unknown_load_balancing_algorithm_stops_the_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_fqdn_setting_stops_the_start_naming_the_field() {
+    let (ok, err) = agent_with("fq-max", "fqdn: {max_ips_per_name: 0}\n", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid configuration: fqdn.max_ips_per_name"),
+        "{err}"
+    );
+    let (ok, err) = agent_with("fq-rcode", "fqdn: {reject_response: servfail}\n", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("fqdn.reject_response") && err.contains("refused"),
+        "{err}"
+    );
+    let (ok, err) = agent_with("fq-typo", "fqdn: {min_ttl: 3600}\n", &[]);
+    assert!(!ok);
+    assert!(err.contains("min_ttl"), "{err}");
+    // Cilium's flags override the file, and are checked the same way.
+    let (ok, err) = agent_with(
+        "fq-flag-max",
+        "",
+        &["--tofqdns-endpoint-max-ip-per-hostname", "0"],
+    );
+    assert!(!ok);
+    assert!(err.contains("fqdn.max_ips_per_name"), "{err}");
+    let (ok, err) = agent_with(
+        "fq-flag-rcode",
+        "",
+        &["--tofqdns-dns-reject-response-code", "servfail"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("tofqdns-dns-reject-response-code") && err.contains("nameError"),
+        "{err}"
+    );
+    let (ok, err) = agent_with("fq-flag-ttl", "", &["--tofqdns-min-ttl=soon"]);
+    assert!(!ok);
+    assert!(err.contains("tofqdns-min-ttl"), "{err}");
+}

@@ -95,6 +95,24 @@ impl Client {
         revision_of(&path, &r)
     }
 
+    /// `GET /v1/fqdn/cache`: every endpoint's resolved names and their addresses.
+    pub fn fqdn_cache(&self) -> Result<Vec<crate::FqdnCacheEntry>, Error> {
+        self.get("/v1/fqdn/cache")
+    }
+
+    /// `DELETE /v1/fqdn/cache`: removes the names `matchpattern` (a Cilium `matchPattern`)
+    /// matches, every name when `None`, and the addresses they taught. Returns what went.
+    pub fn fqdn_cache_clean(
+        &self,
+        matchpattern: Option<&str>,
+    ) -> Result<crate::FqdnCleaned, Error> {
+        let path = match matchpattern {
+            Some(p) => format!("/v1/fqdn/cache?matchpattern={}", percent_encode(p)),
+            None => "/v1/fqdn/cache".to_string(),
+        };
+        self.delete_json(&path)
+    }
+
     fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -232,6 +250,20 @@ impl Client {
     }
 }
 
+/// `s` as a query parameter's value: every byte but the unreserved ones (RFC 3986) and `*`
+/// percent-encoded, so the agent gets a bad pattern as it was written and can name it.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~*".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A request body as JSON.
 fn encode<B: serde::Serialize>(body: &B) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(body).map_err(|e| Error::Api {
@@ -254,6 +286,15 @@ fn revision_of(path: &str, v: &serde_json::Value) -> Result<u64, Error> {
         status: 200,
         message: format!("undecodable answer to {path}: no revision in {v}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pattern_goes_into_the_query_as_written() {
+        assert_eq!(super::percent_encode("*.domain.com"), "*.domain.com");
+        assert_eq!(super::percent_encode("a b&c=%"), "a%20b%26c%3D%25");
+    }
 }
 
 /// Why [`Client::stream_lines`] returned.

@@ -17,6 +17,10 @@ use xylem_policy::AllowLocalhost;
 
 use crate::Error;
 
+mod fqdn;
+
+pub use fqdn::{FqdnConfig, RejectResponse};
+
 /// The default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/xylem/agent.sock";
 /// The default state directory.
@@ -293,6 +297,9 @@ pub struct AgentConfig {
     /// Service load balancing.
     #[serde(default)]
     pub services: ServicesConfig,
+    /// DNS-aware policy: minimum TTL, addresses kept per name, the answer to a denied query.
+    #[serde(default)]
+    pub fqdn: FqdnConfig,
     /// Where state is kept.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -442,6 +449,7 @@ impl AgentConfig {
                 ),
             ));
         }
+        self.fqdn.validate()?;
         let w = &self.workers;
         if w.batch_size == 0 || w.batch_size > 4096 {
             return Err(Error::config("workers.batch_size", "use 1 to 4096"));

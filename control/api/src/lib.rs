@@ -17,9 +17,9 @@ use std::path::PathBuf;
 
 pub use client::{Client, StreamEnd};
 pub use views::{
-    BackendHealth, BackendView, CtView, Endpoint, EndpointRequest, FrontendView, Health,
-    IdentityView, MissingInterface, PolicyView, PortStatus, ServiceView, SlowPathCounters, Status,
-    TraceRequest, WorkerStatus,
+    BackendHealth, BackendView, CtView, DnsCounters, Endpoint, EndpointRequest, FqdnCacheEntry,
+    FqdnCacheIp, FqdnCleaned, FrontendView, Health, IdentityView, MissingInterface, PolicyView,
+    PortStatus, ServiceView, SlowPathCounters, Status, TraceRequest, WorkerStatus,
 };
 
 /// A configuration value or an option is invalid: which, and why. Nothing was applied. Every

@@ -105,6 +105,60 @@ pub struct Status {
     pub slowpath: SlowPathCounters,
     /// All workers' counters summed.
     pub totals: StatsSnapshot,
+    /// DNS-aware policy's counters and the FQDN cache's size.
+    #[serde(default)]
+    pub dns: DnsCounters,
+}
+
+/// The DNS stage's counters (all workers) and the FQDN cache's size, as reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsCounters {
+    /// Queries a policy allowed, sent on.
+    pub queries_forwarded: u64,
+    /// Queries a policy denied, answered by the dataplane (REFUSED or NXDOMAIN).
+    pub queries_refused: u64,
+    /// Answers inspected and sent on.
+    pub answers: u64,
+    /// Addresses learned (or refreshed) from answers as allowed destinations.
+    pub learned: u64,
+    /// DNS records the workers dropped because the agent had not drained the log: lost to
+    /// the FQDN cache and the monitor (the addresses themselves were learned).
+    pub log_lost: u64,
+    /// (Endpoint, name) entries in the FQDN cache.
+    pub cache_names: u64,
+}
+
+/// One endpoint's DNS name in the FQDN cache, as `GET /v1/fqdn/cache` returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FqdnCacheEntry {
+    /// The endpoint whose query resolved it, `namespace/name`.
+    pub endpoint: String,
+    /// The name, fully qualified (`a.domain.com.`).
+    pub name: String,
+    /// The addresses its answers gave, by address.
+    pub ips: Vec<FqdnCacheIp>,
+}
+
+/// An address of an [`FqdnCacheEntry`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FqdnCacheIp {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// When it stops being an allowed destination (RFC 3339, UTC): the answer's TTL, or
+    /// `fqdn.min_ttl_s` if longer.
+    pub expires_at: String,
+    /// Whether a live connection of the endpoint goes to it (it is then kept past its expiry
+    /// and over `fqdn.max_ips_per_name`).
+    pub in_use: bool,
+}
+
+/// What `DELETE /v1/fqdn/cache` removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FqdnCleaned {
+    /// (Endpoint, name) entries removed.
+    pub names: usize,
+    /// Their addresses.
+    pub ips: usize,
 }
 
 /// Slow-path counters, as reported.

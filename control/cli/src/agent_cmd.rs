@@ -119,6 +119,12 @@ pub(crate) fn print_status(st: &Status) {
         "slow path:  rx {}  tx {}  tx dropped {}  tx unroutable {}  probes denied by policy {}",
         sp.rx, sp.tx, sp.tx_dropped, sp.tx_unroutable, st.totals.slowpath_probes_denied
     );
+    let d = &st.dns;
+    println!(
+        "dns:        queries forwarded {}  refused {}  answers {}  learned {}  log lost {}  \
+         cached names {}",
+        d.queries_forwarded, d.queries_refused, d.answers, d.learned, d.log_lost, d.cache_names
+    );
     let nonzero: Vec<String> = st
         .totals
         .drops
@@ -400,10 +406,76 @@ pub(crate) fn client_socket(cli: &Cli) -> Result<String, Error> {
     Ok(socket(cli)?.display().to_string())
 }
 
+/// One side of a flow in a monitor line: `ip:port (endpoint)`, without the port for ICMP.
+fn monitor_end(v: &serde_json::Value, e: &serde_json::Value, port: &serde_json::Value) -> String {
+    let ip = e["ip"].as_str().unwrap_or("-");
+    let p = port.as_u64().unwrap_or(0);
+    let name = e["endpoint"]
+        .as_str()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    if p != 0 && v["protocol"] != "ICMP" {
+        format!("{ip}:{p}{name}")
+    } else {
+        format!("{ip}{name}")
+    }
+}
+
+/// A `dns` event: time, verdict, the question (and for an answer its rcode and addresses),
+/// the flow, and the rule that allowed the query.
+fn dns_monitor_line(v: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let d = &v["dns"];
+    let what = if d["response"].as_bool().unwrap_or(false) {
+        let answers: Vec<String> = d["answers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| format!("{} ttl {}", s(&x["ip"]), x["ttl"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!(
+            "answer {} {} {} [{}]",
+            s(&d["query"]),
+            s(&d["qtype"]),
+            s(&d["rcode"]),
+            answers.join(", ")
+        )
+    } else {
+        format!("query {} {}", s(&d["query"]), s(&d["qtype"]))
+    };
+    let rule = match &d["rule"] {
+        serde_json::Value::Null => String::new(),
+        r => format!(
+            " rule {} {}[{}] of spec {}",
+            s(&r["policy"]),
+            s(&r["section"]),
+            r["index"],
+            r["spec"]
+        ),
+    };
+    format!(
+        "{} {:<6} {:<28} {} id {} from {} -> {} {}{}",
+        s(&v["time"]),
+        "dns",
+        s(&v["verdict"]),
+        what,
+        d["id"],
+        monitor_end(v, &v["source"], &v["src_port"]),
+        monitor_end(v, &v["destination"], &v["dst_port"]),
+        s(&v["protocol"]),
+        rule
+    )
+}
+
 /// `cilium monitor`-style: time, type, verdict/reason, ingress port, then the flow; for an
-/// `agent` event, what changed instead of a flow.
+/// `agent` event, what changed instead of a flow; for a `dns` event, the question and answer.
 pub(crate) fn monitor_line(v: &serde_json::Value) -> String {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    if v["type"] == "dns" {
+        return dns_monitor_line(v);
+    }
     if v["type"] == "agent" {
         return format!(
             "{} {:<6} {:<28} service {} backend {}: {} -> {}",
@@ -416,19 +488,7 @@ pub(crate) fn monitor_line(v: &serde_json::Value) -> String {
             s(&v["to"]),
         );
     }
-    let end = |e: &serde_json::Value, port: &serde_json::Value| {
-        let ip = s(&e["ip"]);
-        let p = port.as_u64().unwrap_or(0);
-        let name = e["endpoint"]
-            .as_str()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
-        if p != 0 && v["protocol"] != "ICMP" {
-            format!("{ip}:{p}{name}")
-        } else {
-            format!("{ip}{name}")
-        }
-    };
+    let end = |e: &serde_json::Value, port: &serde_json::Value| monitor_end(v, e, port);
     let proto = match &v["protocol"] {
         serde_json::Value::Null => "-".to_string(),
         serde_json::Value::String(p) if p == "ICMP" => {
@@ -462,6 +522,42 @@ pub(crate) fn monitor_line(v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::monitor_line;
+
+    #[test]
+    fn a_dns_event_reads_as_its_question_and_answer() {
+        let v = serde_json::json!({
+            "time": "2026-11-29T19:39:07.311333077Z",
+            "type": "dns",
+            "worker": 0,
+            "source": {"ip": "10.96.0.10", "endpoint": null},
+            "destination": {"ip": "10.200.0.10", "endpoint": "default/pod-a"},
+            "protocol": "UDP",
+            "src_port": 53,
+            "dst_port": 40000,
+            "verdict": "FORWARDED",
+            "drop_reason": null,
+            "dns": {
+                "id": 4242, "response": true, "query": "a.domain.com.", "qtype": "A",
+                "rcode": "NOERROR", "answers": [{"ip": "192.0.2.10", "ttl": 30}],
+                "rule": {"policy": "default/dns", "spec": 0, "section": "egress", "index": 1}
+            }
+        });
+        assert_eq!(
+            monitor_line(&v),
+            "2026-11-29T19:39:07.311333077Z dns    FORWARDED                    answer \
+             a.domain.com. A NOERROR [192.0.2.10 ttl 30] id 4242 from 10.96.0.10:53 -> \
+             10.200.0.10:40000 (default/pod-a) UDP rule default/dns egress[1] of spec 0"
+        );
+        let mut q = v.clone();
+        q["verdict"] = "REFUSED".into();
+        q["dns"]["response"] = false.into();
+        q["dns"]["rule"] = serde_json::Value::Null;
+        assert!(
+            monitor_line(&q).contains("REFUSED                      query a.domain.com. A id 4242"),
+            "{}",
+            monitor_line(&q)
+        );
+    }
 
     #[test]
     fn an_agent_event_reads_as_its_change() {

@@ -17,6 +17,7 @@ use xylem_lab::{DEFAULT_LAB, Lab};
 
 mod agent_cmd;
 mod error;
+mod fqdn_cmd;
 mod input;
 mod lab_cmd;
 mod output;
@@ -58,9 +59,10 @@ enum Cmd {
     },
     /// The agent's Prometheus metrics (the same text as its --metrics-addr serves).
     Metrics,
-    /// Stream flow events live (like `cilium monitor`) until Ctrl-C, and with `--type agent`
-    /// the agent's own events (a backend's health changed); ends with the number of events
-    /// lost.
+    /// Stream flow events live (like `cilium monitor`) until Ctrl-C; with `--type dns` every
+    /// DNS query and answer the dataplane inspected (forwarded or refused, the rule that
+    /// allowed it, the addresses answered), and with `--type agent` the agent's own events (a
+    /// backend's health changed); ends with the number of events lost.
     Monitor {
         /// Event types to show (repeat or comma-separate); all when absent.
         #[arg(long = "type", short = 't', value_delimiter = ',', value_parser = ["drop", "trace", "policy-verdict", "dns", "agent"])]
@@ -78,6 +80,11 @@ enum Cmd {
     Service {
         #[command(subcommand)]
         cmd: ServiceCmd,
+    },
+    /// DNS-aware policy: the FQDN cache (names the pods resolved, and their addresses).
+    Fqdn {
+        #[command(subcommand)]
+        cmd: FqdnCmd,
     },
     /// Security identities.
     Identity {
@@ -210,6 +217,35 @@ enum ServiceCmd {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FqdnCmd {
+    /// The FQDN cache: per endpoint, the DNS names it resolved and the addresses the answers
+    /// gave, which its `toFQDNs` rules let it reach until they expire (kept across restarts).
+    Cache {
+        #[command(subcommand)]
+        cmd: FqdnCacheCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FqdnCacheCmd {
+    /// List every endpoint's names and addresses, when each expires and whether a live
+    /// connection uses it.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Remove names from the cache, and the addresses they let their endpoint reach (a pod
+    /// reaches them again once it resolves the name again).
+    Clean {
+        /// Only the names this Cilium `matchPattern` matches (`*.domain.com`); every name when
+        /// absent.
+        #[arg(long)]
+        matchpattern: Option<String>,
     },
 }
 
@@ -430,6 +466,12 @@ fn run(cli: &Cli) -> Result<(), Error> {
             ServiceCmd::Import { file } => service_cmd::import(cli, file),
             ServiceCmd::Delete { name } => service_cmd::delete(cli, name),
             ServiceCmd::List { output } => service_cmd::list(cli, *output),
+        },
+        Cmd::Fqdn {
+            cmd: FqdnCmd::Cache { cmd },
+        } => match cmd {
+            FqdnCacheCmd::List { output } => fqdn_cmd::list(cli, *output),
+            FqdnCacheCmd::Clean { matchpattern } => fqdn_cmd::clean(cli, matchpattern.as_deref()),
         },
         Cmd::Identity { cmd } => match cmd {
             IdentityCmd::List { output } => agent_cmd::identity_list(cli, *output),

@@ -368,7 +368,10 @@ impl AgentState {
         let ops = vec![
             StoreOp::delete::<kind::UnboundPorts>(&ifname),
             StoreOp::delete::<kind::Endpoints>(&key),
+            StoreOp::delete::<kind::FqdnCache>(&key),
         ];
+        // Its names first, so the DNS thread cannot write them back once the key is deleted.
+        self.dns.drop_endpoint(&key);
         // The route goes first (the tables swap), then the port: by then no worker sends to it.
         let revision = self
             .publish(&next, &mut *self.lock_policy()?, None, ops)
@@ -393,9 +396,11 @@ impl AgentState {
             return Ok(false);
         };
         let ifname = m.endpoint().map_or("", |b| b.ifname.as_str());
+        self.dns.drop_endpoint(key);
         self.store
             .delete(kind::Endpoints::NAME, key)
             .and_then(|_| self.store.delete(kind::UnboundPorts::NAME, ifname))
+            .and_then(|_| self.store.delete(kind::FqdnCache::NAME, key))
             .map_err(|e| reject(Refusal::Failed, "-", e.to_string()))?;
         self.forget_missing(key, None);
         tracing::info!(endpoint = %key, %ifname, "endpoint deleted (its interface was missing)");

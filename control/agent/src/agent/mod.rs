@@ -4,7 +4,8 @@
 //! Threads (see ARCHITECTURE.md):
 //! - one worker per configured core, pinned ([`xylem_dataplane::worker`]);
 //! - the slow path (the gateway's smoltcp interface), unpinned;
-//! - the link watcher and the health checker ([`health`]), unpinned;
+//! - the link watcher, the health checker ([`health`]) and the DNS thread ([`dns`]: the FQDN
+//!   cache and the monitor's DNS events), unpinned;
 //! - the API server (a single-threaded tokio runtime), unpinned;
 //! - the main thread, which waits for SIGTERM or SIGINT and then shuts down in order: stop
 //!   the workers, detach the XDP programs (so the kernel gets the interfaces back), remove the
@@ -19,29 +20,32 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 use xdp_redirector::{Redirector, XdpMode};
-use xylem_dataplane::conntrack::{Conntrack, CtConfig, CtTimeouts};
-use xylem_dataplane::io::afxdp::{PortSpec, XskBackend, XskOptions};
+use xylem_dataplane::conntrack::Conntrack;
+use xylem_dataplane::io::afxdp::PortSpec;
 use xylem_dataplane::mailbox::NoReply;
-use xylem_dataplane::monitor::MonitorLink;
 use xylem_dataplane::slowpath::probe::ProbeQueues;
-use xylem_dataplane::slowpath::{Signal, SlowPath, SlowPathLink, SlowPathStats};
-use xylem_dataplane::tables::{PortId, Tables};
-use xylem_dataplane::worker::{CtControl, PortControl, Worker, WorkerConfig, WorkerLink};
+use xylem_dataplane::slowpath::{Signal, SlowPathStats};
+use xylem_dataplane::tables::Tables;
+use xylem_dataplane::worker::{CtControl, PortControl, WorkerLink};
 
 use xylem_policy::Policy;
 
 use crate::Error;
 use crate::state::{Kind, StateStore, TypedStore, kind};
-use xylem_api::config::{AgentConfig, PortConfig, PortKind};
+use xylem_api::config::{AgentConfig, PortConfig};
 
+mod dns;
 mod endpoints;
+mod fqdn;
 mod health;
 mod links;
 mod policies;
 mod ports;
 mod services;
+mod startup;
 mod status;
 
+pub use dns::DnsEvent;
 pub use endpoints::check_name;
 use endpoints::restore_bindings;
 use policies::{
@@ -49,6 +53,7 @@ use policies::{
 };
 pub use services::HealthTarget;
 use services::{NextServices, ServiceState};
+use startup::{Shared, build_worker, shared_conntrack, start_slow_path, start_workers};
 pub use status::{AgentEvent, MonitorSubscription};
 
 /// A durable write that is part of a change (see [`AgentState::publish`]): a kind's name, a key
@@ -195,6 +200,9 @@ pub struct AgentState {
     health_stop: Arc<AtomicBool>,
     /// The health checker's thread.
     health_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The FQDN cache, the monitor's DNS events and the thread that feeds them; the cache is
+    /// locked last.
+    dns: dns::DnsSide,
     wall_epoch: std::time::SystemTime,
     /// Ports closed because their interface was deleted under the agent (see the `links`
     /// module); locked last, and never while taking another lock.
@@ -227,218 +235,13 @@ fn ifindex(name: &str) -> Result<u32, Error> {
     Ok(idx)
 }
 
-/// What every worker of the agent shares.
-struct Shared {
-    tables: Arc<ArcSwap<Tables>>,
-    to_slow: Arc<ArrayQueue<xylem_dataplane::worker::SlowFrame>>,
-    signal: Arc<Signal>,
-    monitor_mask: Arc<AtomicU32>,
-    /// Every worker's clock counts from here: the shared flow table compares their timestamps.
-    epoch: Instant,
-    ct: Conntrack,
-}
-
-/// One conntrack for every worker: a pod's veth hands a flow's two directions to queues, hence
-/// workers, chosen independently. Its memory is allocated here, before any traffic.
-fn shared_conntrack(cfg: &AgentConfig, workers: usize) -> Conntrack {
-    let seed = {
-        use std::hash::BuildHasher;
-        std::collections::hash_map::RandomState::new().hash_one(cfg.node_name.as_str())
-    };
-    let ct = Conntrack::new(&CtConfig {
-        capacity: cfg.workers.ct_capacity,
-        endpoint_limit: cfg.workers.ct_endpoint_limit,
-        timeouts: CtTimeouts::default(),
-        seed,
-    });
-    // The host ports (configured ones only: the API binds pods) carry the node's own flows
-    // and those of every other node's pods: not one pod, so not one pod's share.
-    for (i, p) in cfg.ports.iter().enumerate() {
-        if p.kind == PortKind::Host {
-            ct.exempt_from_endpoint_limit(i as PortId);
-        }
-    }
-    tracing::info!(
-        capacity = ct.capacity(),
-        endpoint_limit = ct.endpoint_limit(),
-        bytes = ct.memory_bytes(),
-        workers,
-        "conntrack allocated (shared by every worker)"
-    );
-    ct
-}
-
-/// Worker `w`, pinned to `core`: its AF_XDP sockets on queue `w` of every port, registered in
-/// the redirector's XSKMAP, and its link to the rest of the agent. Not started yet.
-fn build_worker(
-    cfg: &AgentConfig,
-    w: usize,
-    core: usize,
-    ports: &[(PortConfig, u32, XdpMode)],
-    redirector: &mut Redirector,
-    shared: &Shared,
-) -> Result<(WorkerLink, Worker<XskBackend>), Error> {
-    let specs: Vec<PortSpec> = ports
-        .iter()
-        .map(|(p, idx, _)| PortSpec {
-            ifname: p.ifname.clone(),
-            ifindex: *idx,
-            queue: w as u32,
-        })
-        .collect();
-    let opts = XskOptions {
-        ring_size: cfg.workers.ring_size,
-        zero_copy: false,
-    };
-    let backend = XskBackend::with_headroom(
-        &specs,
-        opts,
-        4 * cfg.workers.batch_size as u32,
-        cfg.workers.spare_ports,
-        cfg.workers.headroom,
-    )?;
-    for (ifidx, queue, fd) in backend.socket_fds() {
-        redirector.register_socket(ifidx, queue, fd)?;
-    }
-    let mut link = WorkerLink::new(
-        Arc::clone(&shared.tables),
-        Arc::clone(&shared.to_slow),
-        Arc::clone(&shared.signal),
-    );
-    link.monitor = MonitorLink::with_mask(
-        Arc::clone(&shared.monitor_mask),
-        xylem_dataplane::monitor::DEFAULT_RING,
-    );
-    link.epoch = shared.epoch;
-    let wcfg = WorkerConfig {
-        id: w,
-        core: Some(core),
-        placement: cfg.placement(),
-        batch_size: cfg.workers.batch_size,
-        idle_spin: Duration::from_micros(cfg.workers.idle_spin_us),
-        realtime: cfg.workers.realtime,
-        ct_capacity: cfg.workers.ct_capacity,
-        ct_endpoint_limit: cfg.workers.ct_endpoint_limit,
-    };
-    let worker = Worker::with_conntrack(wcfg, backend, link.clone(), shared.ct.clone())?;
-    Ok((link, worker))
-}
-
-/// The slow path's counters, its stop flag, its thread and its probe queues.
-type SlowPathThread = (
-    Arc<SlowPathStats>,
-    Arc<AtomicBool>,
-    JoinHandle<()>,
-    ProbeQueues,
-);
-
-/// Starts the slow-path thread. Its replies leave through worker 0 (`link0`, `worker0`), on
-/// that worker's queue of each port.
-fn start_slow_path(
-    cfg: &AgentConfig,
-    link0: &WorkerLink,
-    worker0: &Worker<XskBackend>,
-    shared: &Shared,
-) -> Result<SlowPathThread, Error> {
-    let slow_stats = Arc::new(SlowPathStats::default());
-    let slow_stop = Arc::new(AtomicBool::new(false));
-    let slow_link = SlowPathLink {
-        inbox: Arc::clone(&shared.to_slow),
-        outbox: Arc::clone(&link0.from_slow),
-        waker: worker0.waker(),
-        tables: Arc::clone(&shared.tables),
-        signal: Arc::clone(&shared.signal),
-        stats: Arc::clone(&slow_stats),
-    };
-    let mut slow = SlowPath::new(slow_link, cfg.pod_cidr.len);
-    let probes = ProbeQueues::new(health::MAX_PROBES, Arc::clone(&shared.signal));
-    slow.serve_probes(probes.clone(), probe_owner(cfg, &shared.ct));
-    let stop = Arc::clone(&slow_stop);
-    let thread = std::thread::Builder::new()
-        .name("xylem-slowpath".into())
-        .spawn(move || slow.run(stop))
-        .map_err(|source| Error::Io {
-            what: "starting the slow-path thread".into(),
-            source,
-        })?;
-    Ok((slow_stats, slow_stop, thread, probes))
-}
-
-/// The port the health checks' conntrack entries are counted against: the first configured
-/// host port, which carries the node's own flows and is exempt from the per-pod limit, since
-/// probes are the node's connections too (a pod's share must neither pay for them nor stop
-/// them). Without a host port, the last port id, exempted here: only a node with every port
-/// id in use would also give it to a pod, which then shares its count with the probes.
-fn probe_owner(cfg: &AgentConfig, ct: &Conntrack) -> PortId {
-    if let Some(i) = cfg.ports.iter().position(|p| p.kind == PortKind::Host) {
-        return i as PortId;
-    }
-    let last = (xylem_dataplane::worker::MAX_PORTS - 1) as PortId;
-    ct.exempt_from_endpoint_limit(last);
-    last
-}
-
-/// Run by a worker's thread once it stopped: lets the last frames complete, then checks that
-/// every frame of its UMEM is where its ledger says (free, or in a fill ring, by the kernel's
-/// own count), and logs the result. Ports come and go while an agent runs, so this is the
-/// proof, at each stop, that none of them took frames with it. Traffic still arriving while the
-/// agent stops makes the check fail too, so it is reported, not turned into an error.
-fn check_frames(id: usize, mut worker: Worker<XskBackend>) {
-    // Far enough ahead that every port still being removed is closed now.
-    worker.drain(u64::MAX / 4);
-    match worker.check_quiescent() {
-        Ok(()) => tracing::info!(
-            worker = id,
-            frames = worker.ledger().total(),
-            "frame accounting: ok"
-        ),
-        Err(e) => tracing::error!(worker = id, error = %e, "frame accounting broken"),
-    }
-}
-
-/// Starts one thread per built worker; returns their handles and the wakers of those that
-/// block when idle.
-fn start_workers(
-    built: Vec<(usize, usize, WorkerLink, Worker<XskBackend>)>,
-) -> Result<(Vec<WorkerHandle>, Vec<Arc<mio::Waker>>), Error> {
-    let mut workers = Vec::new();
-    let mut wakers = Vec::new();
-    for (id, core, link, worker) in built {
-        if let Some(w) = worker.waker() {
-            wakers.push(w);
-        }
-        let ports_ctl = worker.port_control();
-        let ct_ctl = worker.ct_control();
-        let thread = std::thread::Builder::new()
-            .name(format!("xylem-worker-{id}"))
-            .spawn(move || {
-                worker
-                    .run()
-                    .map(|w| check_frames(id, w))
-                    .map_err(Error::from)
-            })
-            .map_err(|source| Error::Io {
-                what: format!("starting worker {id}"),
-                source,
-            })?;
-        workers.push(WorkerHandle {
-            id,
-            core,
-            link,
-            ports_ctl,
-            ct_ctl,
-            thread: Some(thread),
-        });
-    }
-    Ok((workers, wakers))
-}
-
 impl AgentState {
     /// Sets everything up and starts the threads. On error, whatever was set up is torn down
     /// again (the redirector detaches when dropped).
     ///
     /// The endpoints kept in `store` are restored before any socket is registered, so the
-    /// workers never see traffic with tables older than the stored state.
+    /// workers never see traffic with tables older than the stored state; so is the FQDN cache,
+    /// whose addresses are learned again under the first tables' `toFQDNs` scopes.
     pub fn start(cfg: AgentConfig, store: Box<dyn StateStore>) -> Result<Arc<Self>, Error> {
         cfg.validate()?;
         let mode_req = cfg.xdp_mode_request();
@@ -459,6 +262,11 @@ impl AgentState {
         policy.endpoints = endpoints;
         store.put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(&policy))?;
         policy.policies = policies;
+        // The conntrack (and its FQDN table) before the redirector: the cached DNS answers are
+        // taught to the first tables before any socket can take a frame.
+        let epoch = Instant::now();
+        let ct = shared_conntrack(&cfg, cores.len());
+        let dns = dns::DnsSide::restore(&cfg.fqdn, store.as_ref(), &bindings, &first, &ct, epoch)?;
         let tables = Arc::new(ArcSwap::from_pointee(first));
         let monitor_mask = Arc::new(AtomicU32::new(0));
 
@@ -476,8 +284,8 @@ impl AgentState {
             to_slow: Arc::new(ArrayQueue::new(1024)),
             signal: Arc::new(Signal::default()),
             monitor_mask: Arc::clone(&monitor_mask),
-            epoch: Instant::now(),
-            ct: shared_conntrack(&cfg, cores.len()),
+            epoch,
+            ct,
         };
         let mut built = Vec::new();
         for (w, &core) in cores.iter().enumerate() {
@@ -517,22 +325,10 @@ impl AgentState {
             probes,
             health_stop: Arc::new(AtomicBool::new(false)),
             health_thread: Mutex::new(None),
+            dns,
         });
-        let watchers = links::watch_links(Arc::downgrade(&agent), Arc::clone(&agent.links_stop))
-            .and_then(|links| {
-                if let Ok(mut slot) = agent.links_thread.lock() {
-                    *slot = Some(links);
-                }
-                let stop = Arc::clone(&agent.health_stop);
-                health::start(Arc::downgrade(&agent), agent.probes.clone(), stop)
-            });
-        match watchers {
-            Ok(health) => {
-                if let Ok(mut slot) = agent.health_thread.lock() {
-                    *slot = Some(health);
-                }
-                Ok(agent)
-            }
+        match agent.start_watchers() {
+            Ok(()) => Ok(agent),
             Err(e) => {
                 if let Err(stop) = agent.shutdown() {
                     tracing::error!(error = %stop, "stopping after a failed start");
@@ -540,6 +336,21 @@ impl AgentState {
                 Err(e)
             }
         }
+    }
+
+    /// Starts the control-side threads that hold the agent a tick at a time: the link watcher,
+    /// the health checker and the DNS thread.
+    fn start_watchers(self: &Arc<Self>) -> Result<(), Error> {
+        let links = links::watch_links(Arc::downgrade(self), Arc::clone(&self.links_stop))?;
+        if let Ok(mut slot) = self.links_thread.lock() {
+            *slot = Some(links);
+        }
+        let stop = Arc::clone(&self.health_stop);
+        let health = health::start(Arc::downgrade(self), self.probes.clone(), stop)?;
+        if let Ok(mut slot) = self.health_thread.lock() {
+            *slot = Some(health);
+        }
+        dns::start(self)
     }
 
     /// The configuration in effect.
@@ -602,6 +413,9 @@ impl AgentState {
         self.store
             .put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(ps))
             .map_err(PublishError::Store)?;
+        // Under the revision's scopes before it is swapped in: its new toFQDNs selectors find
+        // the names resolved before they existed.
+        self.dns.relearn(&tables, bindings);
         self.tables.store(Arc::new(tables));
         self.wake_workers();
         if let Some(p) = policies {
@@ -630,6 +444,11 @@ impl AgentState {
             if let Some(t) = thread {
                 let _ = t.join();
             }
+        }
+        // Then the DNS thread, and the whole cache written while the state is still ours.
+        self.dns.stop();
+        if let Err(e) = self.dns.save_all(self.store.as_ref()) {
+            tracing::error!(error = %e, "writing the FQDN cache at stop failed");
         }
         let Ok(mut me) = Arc::try_unwrap(self) else {
             return Err(Error::Agent(

@@ -93,7 +93,9 @@ pub(super) fn build_full_tables(
         localhost: cfg.policy.allow_localhost,
         services,
     };
-    let (t, endpoints) = compile_tables(inputs, ids)?;
+    let (mut t, endpoints) = compile_tables(inputs, ids)?;
+    // Every revision carries them: the DNS stage reads its options from the tables it runs on.
+    t.set_dns_options(cfg.fqdn.dns_options());
     let used: std::collections::BTreeSet<u32> = endpoints.iter().map(|e| e.identity).collect();
     ids.retain(|id| used.contains(&id));
     Ok((t, endpoints))

@@ -195,6 +195,7 @@ impl AgentState {
                 tx_unroutable: self.slow_stats.tx_unroutable.get(),
             },
             totals,
+            dns: self.dns.counters(),
         }
     }
 
@@ -303,7 +304,7 @@ impl AgentState {
     /// Events the workers and the control side could not queue.
     pub fn monitor_lost(&self) -> u64 {
         let workers: u64 = self.workers.iter().map(|w| w.link.monitor.lost.get()).sum();
-        workers + self.agent_events.lost.load(Ordering::Relaxed)
+        workers + self.agent_events.lost.load(Ordering::Relaxed) + self.dns.events_lost()
     }
 
     /// Port id → (interface, `namespace/name` or `host`/`-`), and IP → endpoint, for naming

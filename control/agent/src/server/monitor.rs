@@ -1,6 +1,7 @@
 //! The monitor stream (`GET /v1/monitor`) and its dispatcher: every 5 ms while a client
-//! listens, the events of the workers' rings and the agent's own queue go to every client as
-//! one broadcast batch; each client writes the types it asked for, one JSON line per event.
+//! listens, the events of the workers' rings and the agent's own queues (its events, and the
+//! DNS records the DNS thread drained) go to every client as one broadcast batch; each client
+//! writes the types it asked for, one JSON line per event.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,25 +16,27 @@ use tokio::sync::broadcast;
 use xylem_dataplane::monitor::{EventType, FlowEvent};
 
 use super::{Api, error};
-use crate::agent::{AgentEvent, AgentState};
+use crate::agent::{AgentEvent, AgentState, DnsEvent};
 
 /// Dispatcher batches (one per 5 ms tick that had events) buffered per monitor client before
 /// its events count as lost: about 1.3 s of events.
 pub(super) const CLIENT_BUFFER: usize = 256;
 
 /// What the dispatcher hands every monitor client per tick: the events drained from the
-/// workers' rings, as `(worker, event)`, the agent's own events (numbered after them), and the
-/// running number of the first, by which a client that fell behind knows how many it missed.
+/// workers' rings, as `(worker, event)`, the agent's own events and the DNS events (numbered
+/// after them), and the running number of the first, by which a client that fell behind knows
+/// how many it missed.
 #[derive(Clone)]
 pub(super) struct EventBatch {
     first: u64,
     events: Arc<[(usize, FlowEvent)]>,
     agent: Arc<[AgentEvent]>,
+    dns: Arc<[DnsEvent]>,
 }
 
 impl EventBatch {
     fn len(&self) -> u64 {
-        (self.events.len() + self.agent.len()) as u64
+        (self.events.len() + self.agent.len() + self.dns.len()) as u64
     }
 }
 
@@ -135,7 +138,7 @@ struct EventLine<'a> {
 
 fn event_line<'a>(
     agent: &AgentState,
-    names: &'a (Vec<String>, BTreeMap<std::net::Ipv4Addr, String>),
+    names: &'a Names,
     worker: usize,
     ev: &FlowEvent,
 ) -> EventLine<'a> {
@@ -187,6 +190,112 @@ fn agent_event_line(ev: &AgentEvent) -> AgentEventLine<'_> {
     }
 }
 
+/// The names of the ports and of the endpoints' addresses, as [`AgentState::names`] gives them.
+type Names = (Vec<String>, BTreeMap<std::net::Ipv4Addr, String>);
+
+/// Appends `v` as one JSON line.
+fn push_line<T: serde::Serialize>(chunk: &mut Vec<u8>, v: &T) {
+    if serde_json::to_writer(&mut *chunk, v).is_ok() {
+        chunk.push(b'\n');
+    }
+}
+
+/// The lines of `batch` for a client that asked for `types`, written into one chunk.
+fn render_batch(
+    agent: &AgentState,
+    names: &Names,
+    types: &[EventType],
+    batch: &EventBatch,
+) -> Vec<u8> {
+    let mut chunk = Vec::new();
+    for (w, ev) in batch.events.iter() {
+        if types.contains(&ev.kind) {
+            push_line(&mut chunk, &event_line(agent, names, *w, ev));
+        }
+    }
+    if types.contains(&EventType::Agent) {
+        for ev in batch.agent.iter() {
+            push_line(&mut chunk, &agent_event_line(ev));
+        }
+    }
+    if types.contains(&EventType::Dns) {
+        for ev in batch.dns.iter() {
+            push_line(&mut chunk, &dns_event_line(names, ev));
+        }
+    }
+    chunk
+}
+
+/// One answer of a DNS event.
+#[derive(serde::Serialize)]
+struct DnsAnswerLine {
+    ip: std::net::Ipv4Addr,
+    ttl: u32,
+}
+
+/// The DNS part of a DNS event (stable field names): the query fully qualified, the type and
+/// rcode by name, and the `rules.dns` rule that allowed the query.
+#[derive(serde::Serialize)]
+struct DnsLine<'a> {
+    id: u16,
+    response: bool,
+    query: &'a str,
+    qtype: String,
+    rcode: String,
+    answers: Vec<DnsAnswerLine>,
+    rule: Option<&'a xylem_dataplane::policy::RuleOrigin>,
+}
+
+/// A DNS event as the monitor stream carries it: the fields every event has, and `dns`.
+#[derive(serde::Serialize)]
+struct DnsEventLine<'a> {
+    time: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    worker: usize,
+    source: Peer<'a>,
+    destination: Peer<'a>,
+    protocol: Option<Protocol>,
+    src_port: u16,
+    dst_port: u16,
+    verdict: &'static str,
+    drop_reason: Option<&'static str>,
+    dns: DnsLine<'a>,
+}
+
+fn dns_event_line<'a>(names: &'a Names, ev: &'a DnsEvent) -> DnsEventLine<'a> {
+    use xylem_dataplane::wire::dns::{rcode_name, type_name};
+    let peer = |ip: std::net::Ipv4Addr| Peer {
+        ip: Some(ip),
+        endpoint: names.1.get(&ip).map(String::as_str),
+    };
+    DnsEventLine {
+        time: rfc3339(ev.time),
+        kind: EventType::Dns.as_str(),
+        worker: usize::from(ev.worker),
+        source: peer(ev.src),
+        destination: peer(ev.dst),
+        protocol: protocol_name(ev.proto),
+        src_port: ev.sport,
+        dst_port: ev.dport,
+        verdict: if ev.refused { "REFUSED" } else { "FORWARDED" },
+        drop_reason: None,
+        dns: DnsLine {
+            id: ev.id,
+            response: ev.response,
+            query: &ev.query,
+            qtype: type_name(ev.qtype),
+            rcode: rcode_name(ev.rcode),
+            answers: ev
+                .answers
+                .iter()
+                .map(|&(ip, ttl)| DnsAnswerLine { ip, ttl })
+                .collect(),
+            rule: ev.rule.as_ref(),
+        },
+    }
+}
+
 fn line(v: &serde_json::Value) -> Bytes {
     let mut s = v.to_string();
     s.push('\n');
@@ -213,7 +322,7 @@ pub(super) async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
         /// The running number of the next event this client expects.
         next: Option<u64>,
         reported: u64,
-        names: (Vec<String>, BTreeMap<std::net::Ipv4Addr, String>),
+        names: Names,
         names_at: std::time::Instant,
         done: bool,
     }
@@ -267,22 +376,7 @@ pub(super) async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
                         st.lagged += batch.first.saturating_sub(next);
                     }
                     st.next = Some(batch.first + batch.len());
-                    let mut chunk = Vec::new();
-                    for (w, ev) in batch.events.iter() {
-                        if st.types.contains(&ev.kind) {
-                            let v = event_line(&st.api.agent, &st.names, *w, ev);
-                            if serde_json::to_writer(&mut chunk, &v).is_ok() {
-                                chunk.push(b'\n');
-                            }
-                        }
-                    }
-                    if st.types.contains(&EventType::Agent) {
-                        for ev in batch.agent.iter() {
-                            if serde_json::to_writer(&mut chunk, &agent_event_line(ev)).is_ok() {
-                                chunk.push(b'\n');
-                            }
-                        }
-                    }
+                    let chunk = render_batch(&st.api.agent, &st.names, &st.types, &batch);
                     if !chunk.is_empty() {
                         return Some((Ok(Bytes::from(chunk)), st));
                     }
@@ -302,6 +396,7 @@ pub(super) async fn monitor(State(api): State<Api>, uri: Uri) -> Response {
 pub(super) async fn dispatch(agent: Arc<AgentState>, tx: broadcast::Sender<EventBatch>) {
     let mut buf = Vec::with_capacity(4096);
     let mut agent_buf = Vec::new();
+    let mut dns_buf = Vec::new();
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
     loop {
@@ -311,15 +406,90 @@ pub(super) async fn dispatch(agent: Arc<AgentState>, tx: broadcast::Sender<Event
         }
         agent.drain_events(&mut buf);
         agent.drain_agent_events(&mut agent_buf);
-        if buf.is_empty() && agent_buf.is_empty() {
+        agent.drain_dns_events(&mut dns_buf);
+        if buf.is_empty() && agent_buf.is_empty() && dns_buf.is_empty() {
             continue;
         }
         let batch = EventBatch {
             first: seq,
             events: buf.drain(..).collect(),
             agent: agent_buf.drain(..).collect(),
+            dns: dns_buf.drain(..).collect(),
         };
         seq += batch.len();
         let _ = tx.send(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xylem_dataplane::policy::{RuleOrigin, Section};
+
+    #[test]
+    fn a_dns_event_has_every_event_s_fields_and_its_own() {
+        let names: Names = (
+            Vec::new(),
+            BTreeMap::from([([10, 200, 0, 10].into(), "default/pod-a".to_string())]),
+        );
+        let ev = DnsEvent {
+            time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            worker: 1,
+            src: [10, 96, 0, 10].into(),
+            dst: [10, 200, 0, 10].into(),
+            sport: 53,
+            dport: 40000,
+            proto: 17,
+            id: 4242,
+            response: true,
+            query: "a.domain.com.".into(),
+            qtype: 1,
+            rcode: 0,
+            refused: false,
+            rule: Some(RuleOrigin {
+                policy: "default/dns".into(),
+                spec: 0,
+                section: Section::Egress,
+                index: 1,
+            }),
+            answers: vec![([192, 0, 2, 10].into(), 30)],
+        };
+        let v = serde_json::to_value(dns_event_line(&names, &ev)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "time": "2027-01-15T08:00:00.000000000Z",
+                "type": "dns",
+                "worker": 1,
+                "source": {"ip": "10.96.0.10", "endpoint": null},
+                "destination": {"ip": "10.200.0.10", "endpoint": "default/pod-a"},
+                "protocol": "UDP",
+                "src_port": 53,
+                "dst_port": 40000,
+                "verdict": "FORWARDED",
+                "drop_reason": null,
+                "dns": {
+                    "id": 4242,
+                    "response": true,
+                    "query": "a.domain.com.",
+                    "qtype": "A",
+                    "rcode": "NOERROR",
+                    "answers": [{"ip": "192.0.2.10", "ttl": 30}],
+                    "rule": {"policy": "default/dns", "spec": 0, "section": "egress", "index": 1}
+                }
+            })
+        );
+        let refused = DnsEvent {
+            response: false,
+            refused: true,
+            rcode: 5,
+            rule: None,
+            answers: Vec::new(),
+            ..ev
+        };
+        let v = serde_json::to_value(dns_event_line(&names, &refused)).unwrap();
+        assert_eq!(v["verdict"], "REFUSED");
+        assert_eq!(v["dns"]["rcode"], "REFUSED");
+        assert_eq!(v["dns"]["rule"], serde_json::Value::Null);
     }
 }
