@@ -38,8 +38,9 @@ pub enum EventType {
     Trace = 1,
     /// A policy decision (`full` mode: every packet the conntrack and policy stages judged).
     PolicyVerdict = 2,
-    /// A DNS observation. Clients can ask for it, but no stage produces one: DNS inspection is
-    /// not built yet.
+    /// A DNS query or answer the DNS stage inspected. Workers never put these in their rings
+    /// (a name and its answers do not fit a fixed 32-byte event): the stage reports them on
+    /// the DNS log (`crate::dns::log`), and the agent hands them to the clients that asked.
     Dns = 3,
     /// A notification of the agent itself (a backend's health changed), Cilium's name for
     /// agent notifications. Workers never produce it: the control side queues these beside
