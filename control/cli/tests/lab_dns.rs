@@ -33,42 +33,19 @@ const SHORT_TTL: u64 = 5;
 /// a connection can stay open across an agent restart).
 const SERVE: &str = "socat TCP-LISTEN:80,fork,reuseaddr SYSTEM:'echo $POD_NAME; cat'";
 
-/// The issue's policy; `tcp` adds TCP port 53 to the DNS rule's ports.
+/// The issue's policy, as the issue writes it (the policy fuzz target's seed).
+const ISSUE_POLICY: &str = include_str!("../../fuzz/seeds/policy/fqdn-example.yaml");
+
+/// The issue's policy; `tcp` adds TCP port 53 to the DNS rule's ports, as the issue's TCP
+/// tests do.
 fn policy(tcp: bool) -> String {
-    let tcp_port = if tcp {
-        "      - port: '53'\n        protocol: TCP\n"
+    let udp = "        protocol: UDP\n";
+    assert!(ISSUE_POLICY.contains(udp), "the seed changed shape");
+    if tcp {
+        ISSUE_POLICY.replacen(udp, &format!("{udp}      - port: '53'\n        protocol: TCP\n"), 1)
     } else {
-        ""
-    };
-    format!(
-        r#"apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "egress-domain-wildcard"
-spec:
-  endpointSelector:
-    matchLabels:
-      app: myService
-  egress:
-  - toEndpoints:
-    - matchLabels:
-        'k8s:io.kubernetes.pod.namespace': kube-system
-        k8s-app: kube-dns
-    toPorts:
-    - ports:
-      - port: '53'
-        protocol: UDP
-{tcp_port}      rules:
-        dns:
-        - matchPattern: "*.domain.com"
-  - toFQDNs:
-    - matchPattern: "*.domain.com"
-    toPorts:
-    - ports:
-      - port: '80'
-        protocol: TCP
-"#
-    )
+        ISSUE_POLICY.to_string()
+    }
 }
 
 /// dnsmasq serving the zone from the pod's address only, over UDP and TCP, in the foreground,

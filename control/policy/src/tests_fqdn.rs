@@ -14,34 +14,8 @@ use xylem_dataplane::policy::{
 use crate::tests::{ip, pol};
 use crate::*;
 
-/// The issue's policy, as written there.
-pub(crate) const ISSUE: &str = r#"apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "egress-domain-wildcard"
-spec:
-  endpointSelector:
-    matchLabels:
-      app: myService
-  egress:
-  - toEndpoints:
-    - matchLabels:
-        'k8s:io.kubernetes.pod.namespace': kube-system
-        k8s-app: kube-dns
-    toPorts:
-    - ports:
-      - port: '53'
-        protocol: UDP
-      rules:
-        dns:
-        - matchPattern: "*.domain.com"
-  - toFQDNs:
-    - matchPattern: "*.domain.com"
-    toPorts:
-    - ports:
-      - port: '80'
-        protocol: TCP
-"#;
+/// The issue's policy, as written there (the fuzz target's seed).
+pub(crate) const ISSUE: &str = include_str!("../../fuzz/seeds/policy/fqdn-example.yaml");
 
 const SVC_A: &str = "10.0.0.10";
 const SVC_B: &str = "10.0.0.11";
