@@ -71,6 +71,9 @@ pub struct FqdnScope {
 pub struct DnsTables {
     rules: FxHashMap<Identity, Box<[DnsRule]>>,
     scopes: FxHashMap<u32, Box<[FqdnScope]>>,
+    /// The port ranges any rule covers (usually just 53): the first test the stage makes of
+    /// every packet on a node with DNS rules, so that other traffic pays no hash lookup.
+    ports: Vec<(u16, u16)>,
 }
 
 impl DnsTables {
@@ -84,6 +87,12 @@ impl DnsTables {
     #[inline]
     pub fn inspects_any(&self) -> bool {
         !self.rules.is_empty()
+    }
+
+    /// Whether any rule covers server port `port`.
+    #[inline]
+    pub fn covers_port(&self, port: u16) -> bool {
+        self.ports.iter().any(|&(lo, hi)| lo <= port && port <= hi)
     }
 
     /// The DNS rules of local endpoint identity `endpoint`.
@@ -129,6 +138,9 @@ impl DnsTables {
 
     /// Adds a DNS rule of local endpoint identity `endpoint`.
     pub fn add_rule(&mut self, endpoint: Identity, rule: DnsRule) {
+        if !self.ports.contains(&rule.ports) {
+            self.ports.push(rule.ports);
+        }
         let mut v = self.rules.remove(&endpoint).map(Vec::from).unwrap_or_default();
         if !v.contains(&rule) {
             v.push(rule);
