@@ -14,6 +14,10 @@
 //! - Writes `results.json` (conditions, every run, medians and ratios), `report.md`, and
 //!   `chart.svg`/`chart.png`. The report sets `xylem` against `xylem-passthrough` (the policy's
 //!   cost) and `xylem-monitored` against `xylem` (the monitor's cost), each within the run.
+//! - `dns` (module `dns`): issue 12's two figures for DNS-aware policy, with dnsperf against
+//!   dnsmasq in a lab: the P99 a query gains from inline inspection (`inspected` against `full`
+//!   and `passthrough`, interleaved repetitions), and the highest dnsperf rate without a lost
+//!   query. `dns-report` re-renders its report from its results.json.
 //! - Removes everything it created on success, on failure and on SIGINT/SIGTERM (RAII guards,
 //!   a flag set by the signal handler, and a final sweep of its namespace prefix).
 //!
@@ -27,6 +31,12 @@
 //! - It does not install netperf (run `docker/bootstrap.sh`) nor iptables.
 
 mod chart;
+mod dns;
+mod dns_chart;
+mod dns_env;
+mod dns_report;
+mod dns_results;
+mod dnsperf;
 mod error;
 mod monitor;
 mod netperf;
@@ -65,6 +75,21 @@ enum Cmd {
     /// Re-render report.md and the chart from an existing results.json.
     Report {
         /// The results.json to read.
+        #[arg(long)]
+        results: PathBuf,
+        /// Output directory (default: the directory of results.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Markdown file with a hand-written reading of the run, placed near the top.
+        #[arg(long)]
+        notes: Option<PathBuf>,
+    },
+    /// Measure DNS-aware policy (issue 12): inspection latency and the highest loss-free
+    /// dnsperf rate; writes results.json, report.md and the chart.
+    Dns(dns::DnsArgs),
+    /// Re-render report.md and the chart of a `dns` run from its results.json.
+    DnsReport {
+        /// The results.json written by `dns`.
         #[arg(long)]
         results: PathBuf,
         /// Output directory (default: the directory of results.json).
@@ -200,6 +225,56 @@ fn write_outputs(res: &Results, out: &Path, notes: Option<&str>) -> Result<()> {
     chart::write(res, out)
 }
 
+fn write_dns_outputs(res: &dns_results::DnsResults, out: &Path, notes: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let json = out.join("results.json");
+    let text = serde_json::to_string_pretty(res)? + "\n";
+    std::fs::write(&json, text).map_err(|source| Error::Io {
+        path: json.clone(),
+        source,
+    })?;
+    let md = out.join("report.md");
+    std::fs::write(&md, dns_report::render(res, notes)).map_err(|source| Error::Io {
+        path: md.clone(),
+        source,
+    })?;
+    dns_chart::write(res, out)
+}
+
+fn run_dns(a: &dns::DnsArgs) -> Result<()> {
+    let opts = dns::options(a)?;
+    let notes = read_notes(a.notes.as_deref())?;
+    sys::install_signal_handlers();
+    let res = dns::run(&opts)?;
+    write_dns_outputs(&res, &opts.out, notes.as_deref())?;
+    eprintln!(
+        "wrote {}/results.json, report.md, chart.svg, chart.png: {} latency runs, {} throughput steps, {} errors",
+        opts.out.display(),
+        res.latency.len(),
+        res.throughput.len(),
+        res.errors.len()
+    );
+    for e in &res.errors {
+        eprintln!("  {} {}: {}", e.setup, e.phase, e.message);
+    }
+    Ok(())
+}
+
+fn rerender_dns(results: &Path, out: Option<PathBuf>, notes: Option<&Path>) -> Result<()> {
+    let text = std::fs::read_to_string(results).map_err(|source| Error::Io {
+        path: results.to_path_buf(),
+        source,
+    })?;
+    let mut res: dns_results::DnsResults = serde_json::from_str(&text)?;
+    res.resummarize();
+    let out = out.unwrap_or_else(|| results.parent().map(Path::to_path_buf).unwrap_or_default());
+    let notes = read_notes(notes)?;
+    write_dns_outputs(&res, &out, notes.as_deref())
+}
+
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -242,6 +317,12 @@ fn real_main() -> Result<()> {
             let notes = read_notes(notes.as_deref())?;
             write_outputs(&res, &out, notes.as_deref())
         }
+        Cmd::Dns(a) => run_dns(&a),
+        Cmd::DnsReport {
+            results,
+            out,
+            notes,
+        } => rerender_dns(&results, out, notes.as_deref()),
     }
 }
 

@@ -25,7 +25,7 @@ impl Spread {
 }
 
 /// Quantile `q` in `[0, 1]` of sorted data, interpolating linearly (the "R-7" definition).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;

@@ -162,9 +162,19 @@ pub fn api_socket_from_status(json: &str) -> Result<PathBuf> {
 
 /// Runs `xylem lab down` on drop.
 #[derive(Debug)]
-struct DownGuard {
+pub(crate) struct DownGuard {
     bin: PathBuf,
     lab: String,
+}
+
+impl DownGuard {
+    /// A guard for lab `lab`, taken before `lab up` so a half-built lab is removed too.
+    pub(crate) fn new(bin: &Path, lab: &str) -> DownGuard {
+        DownGuard {
+            bin: bin.to_path_buf(),
+            lab: lab.to_string(),
+        }
+    }
 }
 
 impl Drop for DownGuard {
@@ -197,7 +207,8 @@ pub struct Lab {
     _down: DownGuard,
 }
 
-fn check(cmd: &[&str], lab: &str, timeout: Duration) -> Result<String> {
+/// Runs an `xylem` command against lab `lab`; its stdout, or an error quoting its stderr.
+pub(crate) fn check(cmd: &[&str], lab: &str, timeout: Duration) -> Result<String> {
     let out = process::run_timed(cmd, &[("XYLEM_LAB", lab)], timeout, sys::interrupted)?;
     if out.success {
         Ok(out.stdout)
