@@ -139,7 +139,12 @@ fn run(buf: &mut [u8], frame: &[u8], port: u16, t: &Tables, ct: &mut Conntrack) 
 
 fn pipeline(c: &mut Criterion) {
     let query = udp(0, 1, (40000, 53), &message(0x0100, "a.domain.com", None));
-    let answer = udp(1, 0, (53, 40000), &message(0x8180, "a.domain.com", Some(WEB)));
+    let answer = udp(
+        1,
+        0,
+        (53, 40000),
+        &message(0x8180, "a.domain.com", Some(WEB)),
+    );
     let refused = udp(0, 1, (40001, 53), &message(0x0100, "example.org", None));
     let mut buf = vec![0u8; 2048];
     let mut g = c.benchmark_group("dns");
@@ -251,13 +256,33 @@ fn fqdn(c: &mut Criterion) {
         proto: proto::TCP,
     };
     let (via_fqdn, via_identity) = (to(WEB), to(pod_ip(2)));
-    assert!(evaluate_with(t.policy(), &via_fqdn, Some(learned)).drop().is_none());
-    assert!(evaluate_with(t.policy(), &via_identity, Some(learned)).drop().is_none());
+    assert!(
+        evaluate_with(t.policy(), &via_fqdn, Some(learned))
+            .drop()
+            .is_none()
+    );
+    assert!(
+        evaluate_with(t.policy(), &via_identity, Some(learned))
+            .drop()
+            .is_none()
+    );
     g.bench_function("evaluate/identity", |b| {
-        b.iter(|| black_box(evaluate_with(t.policy(), black_box(&via_identity), Some(learned))))
+        b.iter(|| {
+            black_box(evaluate_with(
+                t.policy(),
+                black_box(&via_identity),
+                Some(learned),
+            ))
+        })
     });
     g.bench_function("evaluate/fqdn", |b| {
-        b.iter(|| black_box(evaluate_with(t.policy(), black_box(&via_fqdn), Some(learned))))
+        b.iter(|| {
+            black_box(evaluate_with(
+                t.policy(),
+                black_box(&via_fqdn),
+                Some(learned),
+            ))
+        })
     });
     g.finish();
 }

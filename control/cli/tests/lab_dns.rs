@@ -42,7 +42,11 @@ fn policy(tcp: bool) -> String {
     let udp = "        protocol: UDP\n";
     assert!(ISSUE_POLICY.contains(udp), "the seed changed shape");
     if tcp {
-        ISSUE_POLICY.replacen(udp, &format!("{udp}      - port: '53'\n        protocol: TCP\n"), 1)
+        ISSUE_POLICY.replacen(
+            udp,
+            &format!("{udp}      - port: '53'\n        protocol: TCP\n"),
+            1,
+        )
     } else {
         ISSUE_POLICY.to_string()
     }

@@ -83,8 +83,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 mod table;
 
-use crate::fragments::FragmentTable;
 use crate::dns::log::DnsLog;
+use crate::fragments::FragmentTable;
 use crate::learned::LearnedTable;
 use std::net::Ipv4Addr;
 use table::{

@@ -160,7 +160,6 @@ impl DnsLog {
         self.queue.pop()
     }
 
-
     /// The most records it holds.
     pub fn capacity(&self) -> usize {
         self.queue.capacity()

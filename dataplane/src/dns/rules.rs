@@ -141,7 +141,11 @@ impl DnsTables {
         if !self.ports.contains(&rule.ports) {
             self.ports.push(rule.ports);
         }
-        let mut v = self.rules.remove(&endpoint).map(Vec::from).unwrap_or_default();
+        let mut v = self
+            .rules
+            .remove(&endpoint)
+            .map(Vec::from)
+            .unwrap_or_default();
         if !v.contains(&rule) {
             v.push(rule);
         }

@@ -238,11 +238,11 @@ fn query(
     tables: &Tables,
     ct: &Conntrack,
 ) -> Option<Denied> {
-    let rule = tables.policy().dns().allowing(
-        flow.endpoint.0,
-        flow.server,
-        msg.question.name.as_bytes(),
-    );
+    let rule =
+        tables
+            .policy()
+            .dns()
+            .allowing(flow.endpoint.0, flow.server, msg.question.name.as_bytes());
     let rcode = match rule {
         Some(_) => 0,
         None => tables.dns_options().reject_rcode,

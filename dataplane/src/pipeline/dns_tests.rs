@@ -10,9 +10,7 @@ use super::*;
 use crate::conntrack::CtConfig;
 use crate::dns::log::DnsAction;
 use crate::dns::{DnsOptions, DnsRule, FqdnScope, NameSelector};
-use crate::policy::{
-    PolicyTablesBuilder, PolicyVerdict, RuleOrigin, RuleRef, Section, identity,
-};
+use crate::policy::{PolicyTablesBuilder, PolicyVerdict, RuleOrigin, RuleRef, Section, identity};
 use crate::stats::DropReason;
 use crate::tables::{Gateway, MacAddr, Neighbor};
 use crate::wire::ip::proto;
@@ -102,7 +100,14 @@ fn tables_at(revision: u64, dns_proto: u8, dns_names: &[&str], options: DnsOptio
         (OTHER, HOST_PORT, HOST_MAC),
         (CDN, HOST_PORT, HOST_MAC),
     ] {
-        t.add_route(ip, Neighbor { port, mac: MacAddr(mac) }).unwrap();
+        t.add_route(
+            ip,
+            Neighbor {
+                port,
+                mac: MacAddr(mac),
+            },
+        )
+        .unwrap();
     }
     t.set_policy(b.build());
     t.set_dns_options(options);
@@ -124,7 +129,11 @@ fn conntrack() -> Conntrack {
 
 fn name_wire(name: &str) -> Vec<u8> {
     let mut v = Vec::new();
-    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
         v.push(label.len() as u8);
         v.extend_from_slice(label.as_bytes());
     }
@@ -226,7 +235,11 @@ fn query(id: u16, name: &str, sport: u16) -> Vec<u8> {
 }
 
 fn answer(id: u16, name: &str, records: &[Rec<'_>], dport: u16) -> Vec<u8> {
-    udp_frame((DNS_MAC, DNS, 53), (POD, dport), &answer_msg(id, name, records))
+    udp_frame(
+        (DNS_MAC, DNS, 53),
+        (POD, dport),
+        &answer_msg(id, name, records),
+    )
 }
 
 fn syn(to: Ipv4Addr, dport: u16, sport: u16) -> Vec<u8> {
@@ -266,7 +279,10 @@ fn an_allowed_query_goes_to_the_server_unchanged_and_is_logged() {
     let recs = drain(&ct);
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
-    assert_eq!((r.id, r.response, r.action), (0x1234, false, DnsAction::Forwarded));
+    assert_eq!(
+        (r.id, r.response, r.action),
+        (0x1234, false, DnsAction::Forwarded)
+    );
     assert_eq!(r.qname.as_str(), "a.domain.com.");
     assert_eq!((r.endpoint, r.rule), (POD, Some(RuleRef(0))));
     assert_eq!(ct.dns_log().stats().queries_forwarded, 1);
@@ -286,7 +302,13 @@ fn a_denied_query_is_answered_refused_from_the_server_and_never_reaches_it() {
     ] {
         let t = tables_with(proto::UDP, &["*.domain.com"], options);
         let mut ct = conntrack();
-        let (o, out) = run(SEC, POD_PORT, &query(0x4321, "example.org", 40001), &t, &mut ct);
+        let (o, out) = run(
+            SEC,
+            POD_PORT,
+            &query(0x4321, "example.org", 40001),
+            &t,
+            &mut ct,
+        );
         assert_eq!(o.verdict, Verdict::Forward(POD_PORT), "answered to the pod");
         assert_eq!(o.drop_reason(), None);
         let (h, dns) = dns_payload(&out);
@@ -311,7 +333,10 @@ fn a_denied_query_is_answered_refused_from_the_server_and_never_reaches_it() {
         assert_eq!(ct.len(), 0);
         let recs = drain(&ct);
         assert_eq!(recs.len(), 1);
-        assert_eq!((recs[0].action, recs[0].rcode, recs[0].rule), (DnsAction::Refused, u16::from(rcode), None));
+        assert_eq!(
+            (recs[0].action, recs[0].rcode, recs[0].rule),
+            (DnsAction::Refused, u16::from(rcode), None)
+        );
         assert_eq!(ct.dns_log().stats().queries_refused, 1);
     }
 }
@@ -323,7 +348,13 @@ fn an_answer_teaches_the_pod_its_addresses_before_it_is_forwarded() {
     // Not learned yet: port 80 to the address is denied.
     let (o, _) = run(SEC, POD_PORT, &syn(WEB, 80, 50000), &t, &mut ct);
     assert_eq!(o.verdict, Verdict::Drop(DropReason::PolicyDenied));
-    resolve(SEC, "a.domain.com", &[Rec::A("a.domain.com", WEB, 30)], &t, &mut ct);
+    resolve(
+        SEC,
+        "a.domain.com",
+        &[Rec::A("a.domain.com", WEB, 30)],
+        &t,
+        &mut ct,
+    );
     let recs = drain(&ct);
     let ans = recs.iter().find(|r| r.response).unwrap();
     assert_eq!(ans.answers(), &[(WEB, 30)]);
@@ -342,17 +373,34 @@ fn an_answer_teaches_the_pod_its_addresses_before_it_is_forwarded() {
 fn after_the_ttl_new_connections_are_denied_and_open_ones_go_on() {
     let t = tables();
     let mut ct = conntrack();
-    resolve(SEC, "a.domain.com", &[Rec::A("a.domain.com", WEB, 30)], &t, &mut ct);
+    resolve(
+        SEC,
+        "a.domain.com",
+        &[Rec::A("a.domain.com", WEB, 30)],
+        &t,
+        &mut ct,
+    );
     let open = syn(WEB, 80, 50010);
-    assert_eq!(run(2 * SEC, POD_PORT, &open, &t, &mut ct).0.verdict, Verdict::Forward(HOST_PORT));
+    assert_eq!(
+        run(2 * SEC, POD_PORT, &open, &t, &mut ct).0.verdict,
+        Verdict::Forward(HOST_PORT)
+    );
     // 31 s after the answer: expired.
     let late = 32 * SEC;
     let (o, _) = run(late, POD_PORT, &syn(WEB, 80, 50011), &t, &mut ct);
     assert_eq!(o.verdict, Verdict::Drop(DropReason::PolicyDenied));
     // The open connection's next packet passes, also when a new policy revision makes every
     // flow be judged again.
-    let next = tcp_frame((POD_MAC, POD, 50010), (WEB, 80), (1001, Some(1), false), b"GET /");
-    assert_eq!(run(late, POD_PORT, &next, &t, &mut ct).0.policy, Some(PolicyVerdict::Established));
+    let next = tcp_frame(
+        (POD_MAC, POD, 50010),
+        (WEB, 80),
+        (1001, Some(1), false),
+        b"GET /",
+    );
+    assert_eq!(
+        run(late, POD_PORT, &next, &t, &mut ct).0.policy,
+        Some(PolicyVerdict::Established)
+    );
     let t2 = tables_at(2, proto::UDP, &["*.domain.com"], DnsOptions::default());
     let (o, _) = run(late, POD_PORT, &next, &t2, &mut ct);
     assert_eq!(o.policy, Some(PolicyVerdict::Established), "{o:?}");
@@ -369,7 +417,13 @@ fn min_ttl_keeps_a_short_lived_answer_allowed() {
         },
     );
     let mut ct = conntrack();
-    resolve(SEC, "a.domain.com", &[Rec::A("a.domain.com", WEB, 0)], &t, &mut ct);
+    resolve(
+        SEC,
+        "a.domain.com",
+        &[Rec::A("a.domain.com", WEB, 0)],
+        &t,
+        &mut ct,
+    );
     let (o, _) = run(50 * SEC, POD_PORT, &syn(WEB, 80, 50020), &t, &mut ct);
     assert_eq!(o.verdict, Verdict::Forward(HOST_PORT));
 }
@@ -395,7 +449,13 @@ fn addresses_reached_through_a_cname_chain_are_learned_and_strangers_are_not() {
 fn an_allowed_name_outside_the_fqdn_selectors_teaches_nothing() {
     let t = tables_with(proto::UDP, &["*"], DnsOptions::default());
     let mut ct = conntrack();
-    resolve(SEC, "example.org", &[Rec::A("example.org", OTHER, 60)], &t, &mut ct);
+    resolve(
+        SEC,
+        "example.org",
+        &[Rec::A("example.org", OTHER, 60)],
+        &t,
+        &mut ct,
+    );
     let (o, _) = run(2 * SEC, POD_PORT, &syn(OTHER, 80, 50040), &t, &mut ct);
     assert_eq!(o.verdict, Verdict::Drop(DropReason::PolicyDenied));
 }
@@ -407,7 +467,13 @@ fn an_address_learned_on_one_worker_is_allowed_on_another() {
     first.set_worker(0);
     let mut second = first.clone();
     second.set_worker(1);
-    resolve(SEC, "a.domain.com", &[Rec::A("a.domain.com", WEB, 30)], &t, &mut first);
+    resolve(
+        SEC,
+        "a.domain.com",
+        &[Rec::A("a.domain.com", WEB, 30)],
+        &t,
+        &mut first,
+    );
     let (o, _) = run(SEC, POD_PORT, &syn(WEB, 80, 50050), &t, &mut second);
     assert_eq!(o.verdict, Verdict::Forward(HOST_PORT));
     assert!(drain(&second).iter().all(|r| r.worker == 0));
@@ -431,7 +497,13 @@ fn malformed_messages_are_dropped_and_counted_and_later_queries_work() {
         ("question count", too_many),
         ("answer count", count_over),
     ] {
-        let (o, _) = run(SEC, POD_PORT, &udp_frame((POD_MAC, POD, 40100), (DNS, 53), &msg), &t, &mut ct);
+        let (o, _) = run(
+            SEC,
+            POD_PORT,
+            &udp_frame((POD_MAC, POD, 40100), (DNS, 53), &msg),
+            &t,
+            &mut ct,
+        );
         assert_eq!(o.verdict, Verdict::Drop(DropReason::DnsMalformed), "{what}");
     }
     assert!(drain(&ct).is_empty());
@@ -460,9 +532,28 @@ fn a_fragmented_dns_datagram_is_dropped() {
 /// Opens a TCP connection from the pod to the DNS server's port 53 (SYN, SYN-ACK, ACK).
 fn tcp_handshake(t: &Tables, ct: &mut Conntrack, sport: u16) {
     let steps = [
-        (POD_PORT, tcp_frame((POD_MAC, POD, sport), (DNS, 53), (100, None, true), &[])),
-        (DNS_PORT, tcp_frame((DNS_MAC, DNS, 53), (POD, sport), (5000, Some(101), true), &[])),
-        (POD_PORT, tcp_frame((POD_MAC, POD, sport), (DNS, 53), (101, Some(5001), false), &[])),
+        (
+            POD_PORT,
+            tcp_frame((POD_MAC, POD, sport), (DNS, 53), (100, None, true), &[]),
+        ),
+        (
+            DNS_PORT,
+            tcp_frame(
+                (DNS_MAC, DNS, 53),
+                (POD, sport),
+                (5000, Some(101), true),
+                &[],
+            ),
+        ),
+        (
+            POD_PORT,
+            tcp_frame(
+                (POD_MAC, POD, sport),
+                (DNS, 53),
+                (101, Some(5001), false),
+                &[],
+            ),
+        ),
     ];
     for (port, f) in steps {
         let (o, _) = run(SEC, port, &f, t, ct);
@@ -481,23 +572,55 @@ fn framed(msgs: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn tcp_dns_is_inspected_per_segment() {
-    let t = tables_with(crate::policy::PROTO_ANY, &["*.domain.com"], DnsOptions::default());
+    let t = tables_with(
+        crate::policy::PROTO_ANY,
+        &["*.domain.com"],
+        DnsOptions::default(),
+    );
     let mut ct = conntrack();
     tcp_handshake(&t, &mut ct, 41000);
     let pod = (POD_MAC, POD, 41000);
     // An allowed query goes on; its answer teaches the address.
     let q = framed(&[&query_msg(5, "a.domain.com")]);
-    let (o, _) = run(SEC, POD_PORT, &tcp_frame(pod, (DNS, 53), (101, Some(5001), false), &q), &t, &mut ct);
+    let (o, _) = run(
+        SEC,
+        POD_PORT,
+        &tcp_frame(pod, (DNS, 53), (101, Some(5001), false), &q),
+        &t,
+        &mut ct,
+    );
     assert_eq!(o.verdict, Verdict::Forward(DNS_PORT));
-    let a = framed(&[&answer_msg(5, "a.domain.com", &[Rec::A("a.domain.com", WEB, 30)])]);
-    let f = tcp_frame((DNS_MAC, DNS, 53), (POD, 41000), (5001, Some(101 + q.len() as u32), false), &a);
-    assert_eq!(run(SEC, DNS_PORT, &f, &t, &mut ct).0.verdict, Verdict::Forward(POD_PORT));
-    assert_eq!(run(SEC, POD_PORT, &syn(WEB, 80, 50060), &t, &mut ct).0.verdict, Verdict::Forward(HOST_PORT));
+    let a = framed(&[&answer_msg(
+        5,
+        "a.domain.com",
+        &[Rec::A("a.domain.com", WEB, 30)],
+    )]);
+    let f = tcp_frame(
+        (DNS_MAC, DNS, 53),
+        (POD, 41000),
+        (5001, Some(101 + q.len() as u32), false),
+        &a,
+    );
+    assert_eq!(
+        run(SEC, DNS_PORT, &f, &t, &mut ct).0.verdict,
+        Verdict::Forward(POD_PORT)
+    );
+    assert_eq!(
+        run(SEC, POD_PORT, &syn(WEB, 80, 50060), &t, &mut ct)
+            .0
+            .verdict,
+        Verdict::Forward(HOST_PORT)
+    );
 
     // A denied query is answered with a segment that acknowledges it.
     tcp_handshake(&t, &mut ct, 41001);
     let q = framed(&[&query_msg(6, "example.org")]);
-    let f = tcp_frame((POD_MAC, POD, 41001), (DNS, 53), (101, Some(5001), false), &q);
+    let f = tcp_frame(
+        (POD_MAC, POD, 41001),
+        (DNS, 53),
+        (101, Some(5001), false),
+        &q,
+    );
     let (o, out) = run(SEC, POD_PORT, &f, &t, &mut ct);
     assert_eq!(o.verdict, Verdict::Forward(POD_PORT));
     let (h, payload) = dns_payload(&out);
@@ -506,7 +629,10 @@ fn tcp_dns_is_inspected_per_segment() {
         panic!("not TCP");
     };
     assert_eq!((th.source_port, th.destination_port), (53, 41001));
-    assert_eq!((th.sequence_number, th.acknowledgment_number), (5001, 101 + q.len() as u32));
+    assert_eq!(
+        (th.sequence_number, th.acknowledgment_number),
+        (5001, 101 + q.len() as u32)
+    );
     assert!(th.ack && th.psh && !th.syn && !th.rst);
     assert_eq!(th.checksum, th.calc_checksum_ipv4(&ip, &payload).unwrap());
     let len = u16::from_be_bytes([payload[0], payload[1]]) as usize;
@@ -517,12 +643,28 @@ fn tcp_dns_is_inspected_per_segment() {
     tcp_handshake(&t, &mut ct, 41002);
     let mut q = framed(&[&query_msg(7, "a.domain.com")]);
     q[1] += 40;
-    let f = tcp_frame((POD_MAC, POD, 41002), (DNS, 53), (101, Some(5001), false), &q);
-    assert_eq!(run(SEC, POD_PORT, &f, &t, &mut ct).0.verdict, Verdict::Drop(DropReason::DnsMalformed));
+    let f = tcp_frame(
+        (POD_MAC, POD, 41002),
+        (DNS, 53),
+        (101, Some(5001), false),
+        &q,
+    );
+    assert_eq!(
+        run(SEC, POD_PORT, &f, &t, &mut ct).0.verdict,
+        Verdict::Drop(DropReason::DnsMalformed)
+    );
     // Two queries in one segment, one denied: dropped as the policy's.
     let q = framed(&[&query_msg(8, "a.domain.com"), &query_msg(9, "example.org")]);
-    let f = tcp_frame((POD_MAC, POD, 41002), (DNS, 53), (101, Some(5001), false), &q);
-    assert_eq!(run(SEC, POD_PORT, &f, &t, &mut ct).0.verdict, Verdict::Drop(DropReason::PolicyDenied));
+    let f = tcp_frame(
+        (POD_MAC, POD, 41002),
+        (DNS, 53),
+        (101, Some(5001), false),
+        &q,
+    );
+    assert_eq!(
+        run(SEC, POD_PORT, &f, &t, &mut ct).0.verdict,
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
 }
 
 #[test]
@@ -531,7 +673,10 @@ fn flows_the_dns_rules_do_not_cover_are_not_inspected() {
     let mut ct = conntrack();
     // UDP to the DNS server on another port: no DNS rule, and no allow rule either.
     let f = udp_frame((POD_MAC, POD, 40300), (DNS, 5353), b"not dns at all");
-    assert_eq!(run(SEC, POD_PORT, &f, &t, &mut ct).0.verdict, Verdict::Drop(DropReason::PolicyDenied));
+    assert_eq!(
+        run(SEC, POD_PORT, &f, &t, &mut ct).0.verdict,
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
     // The DNS server's own traffic to the pod's port 53 is not a query of the pod's.
     assert!(drain(&ct).is_empty());
 }

@@ -131,7 +131,9 @@ pub fn judge(
     let (vacancy, f) = match flow::lookup(now, ct, meta, gateway, rules) {
         Tracking::Known(v) => return Ok(Judgement::plain(Judged::Done(v))),
         Tracking::Unrelated => {
-            return Ok(Judgement::plain(Judged::Done(policy::admit(rules, meta, now, ct))));
+            return Ok(Judgement::plain(Judged::Done(policy::admit(
+                rules, meta, now, ct,
+            ))));
         }
         Tracking::RevNat {
             slot,
@@ -168,31 +170,35 @@ pub fn judge(
         Tracking::New(vacancy) => match frontend_of(services, meta) {
             Some(f) => (vacancy, f),
             None => {
-                return Ok(Judgement::plain(match policy::admit(rules, meta, now, ct) {
-                    PolicyVerdict::New => Judged::Admitted(vacancy),
-                    v => Judged::Done(v),
-                }));
+                return Ok(Judgement::plain(
+                    match policy::admit(rules, meta, now, ct) {
+                        PolicyVerdict::New => Judged::Admitted(vacancy),
+                        v => Judged::Done(v),
+                    },
+                ));
             }
         },
     };
     let backend = select(now, &meta.key, f, services.algorithm(), ct)
         .ok_or(NoBackend { frontend: f.addr })?;
     let nat = Nat::ToBackend(backend.addr);
-    Ok(match policy::admit(rules, &translate(meta, backend.addr), now, ct) {
-        PolicyVerdict::New => Judgement {
-            judged: Judged::Admitted(vacancy),
-            nat,
-            service: Some(Balanced {
-                backend: backend.id,
-                frontend: f.id,
-            }),
+    Ok(
+        match policy::admit(rules, &translate(meta, backend.addr), now, ct) {
+            PolicyVerdict::New => Judgement {
+                judged: Judged::Admitted(vacancy),
+                nat,
+                service: Some(Balanced {
+                    backend: backend.id,
+                    frontend: f.id,
+                }),
+            },
+            // Denied, or a packet that opens nothing (a RST, say): sent on translated if allowed.
+            v => Judgement {
+                nat,
+                ..Judgement::plain(Judged::Done(v))
+            },
         },
-        // Denied, or a packet that opens nothing (a RST, say): sent on translated if allowed.
-        v => Judgement {
-            nat,
-            ..Judgement::plain(Judged::Done(v))
-        },
-    })
+    )
 }
 
 /// `meta` as the stages after the service stage see it: addressed to `to`.
