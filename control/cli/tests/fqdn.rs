@@ -332,26 +332,13 @@ fn dns_answers_fill_the_cache_and_the_monitor_and_the_reject_code_is_configurabl
 }
 
 /// pod-a asking only for names, without `toFQDNs`: its egress is default-deny but for DNS.
-const DNS_ONLY: &str = r#"apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: dns-a
-spec:
-  endpointSelector:
-    matchLabels:
-      app: pod-a
-  egress:
-  - toEndpoints:
-    - matchLabels:
-        app: pod-b
-    toPorts:
-    - ports:
-      - port: '53'
-        protocol: UDP
-      rules:
-        dns:
-        - matchPattern: "*.domain.com"
-"#;
+/// [`POLICY`] up to its `toFQDNs` rule.
+fn dns_only() -> &'static str {
+    let (head, _) = POLICY
+        .split_once("  - toFQDNs:")
+        .expect("POLICY has a toFQDNs rule");
+    head
+}
 
 /// What the dataplane does with a TCP SYN from pod-a (in `ns_a`) to 192.0.2.10:80, as its
 /// monitor says: `policy-denied` while no `toFQDNs` fact allows the address, `no-route` once
@@ -383,7 +370,7 @@ fn a_to_fqdns_policy_imported_later_and_a_restart_find_the_names_already_resolve
         std::fs::write(&path, text).unwrap();
         path
     };
-    let (dns_only, with_fqdns) = (file("dns-only", DNS_ONLY), file("fqdns", POLICY));
+    let (dns_only, with_fqdns) = (file("dns-only", dns_only()), file("fqdns", POLICY));
     g.xylem(&["policy", "import", &dns_only]);
     let (ns_a, _) = g.pod("pod-a");
     let (ns_b, dns_ip) = g.pod("pod-b");
