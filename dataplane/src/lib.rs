@@ -28,6 +28,8 @@
 //!   in DNS answers, for DNS-aware policy), in one lock-free table every worker reads and writes.
 //! - [`slowpath`]: the gateway's own presence on the pod network (a `smoltcp` interface answering
 //!   ARP and ICMP echo), fed by the workers through bounded queues.
+//! - [`esp`]: ESP tunnel mode with AES-GCM (RFC 4303, RFC 4106): seal and open of one packet
+//!   in place, and the lock-free anti-replay window, sans-IO.
 //! - [`ratelimit`]: per-port rate limits on what the workers hand the slow path and on the ICMP
 //!   errors they build.
 //!
@@ -38,6 +40,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod dns;
 pub mod error;
+pub mod esp;
 pub mod fragments;
 pub mod frame;
 pub mod io;
