@@ -207,41 +207,27 @@ fn read_notes(path: Option<&Path>) -> Result<Option<String>> {
 }
 
 fn write_outputs(res: &Results, out: &Path, notes: Option<&str>) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|source| Error::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    let json = out.join("results.json");
-    let text = serde_json::to_string_pretty(res)? + "\n";
-    std::fs::write(&json, text).map_err(|source| Error::Io {
-        path: json.clone(),
-        source,
-    })?;
-    let md = out.join("report.md");
-    std::fs::write(&md, report::render(res, notes)).map_err(|source| Error::Io {
-        path: md.clone(),
-        source,
-    })?;
+    write_files(out, res, &report::render(res, notes))?;
     chart::write(res, out)
 }
 
 fn write_dns_outputs(res: &dns_results::DnsResults, out: &Path, notes: Option<&str>) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|source| Error::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    write_files(out, res, &dns_report::render(res, notes))?;
+    dns_chart::write(res, out)
+}
+
+/// Writes `results.json` (`res`) and `report.md` (`report`) into `out`, made if missing.
+fn write_files(out: &Path, res: &impl serde::Serialize, report: &str) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
     let json = out.join("results.json");
     let text = serde_json::to_string_pretty(res)? + "\n";
-    std::fs::write(&json, text).map_err(|source| Error::Io {
-        path: json.clone(),
-        source,
-    })?;
+    std::fs::write(&json, text).map_err(io(&json))?;
     let md = out.join("report.md");
-    std::fs::write(&md, dns_report::render(res, notes)).map_err(|source| Error::Io {
-        path: md.clone(),
-        source,
-    })?;
-    dns_chart::write(res, out)
+    std::fs::write(&md, report).map_err(io(&md))
 }
 
 fn run_dns(a: &dns::DnsArgs) -> Result<()> {

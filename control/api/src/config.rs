@@ -498,7 +498,8 @@ pub fn online_cpus() -> usize {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// The smallest valid configuration, which other modules' tests build on.
+    pub(crate) const GOOD: &str = r#"
 node_name: node1
 pod_cidr: 10.200.0.0/24
 gateway: { ip: 10.200.0.1, mac: "0e:78:79:6c:00:01" }

@@ -115,13 +115,7 @@ mod tests {
     use super::super::AgentConfig;
     use super::*;
 
-    const GOOD: &str = r#"
-node_name: node1
-pod_cidr: 10.200.0.0/24
-gateway: { ip: 10.200.0.1, mac: "0e:78:79:6c:00:01" }
-ports:
-  - { ifname: xyp0, kind: pod, ip: 10.200.0.10, mac: "02:00:00:00:00:0a", name: a }
-"#;
+    use super::super::tests::GOOD;
 
     #[test]
     fn fqdn_defaults_to_refused_fifty_addresses_and_the_ttl() {
