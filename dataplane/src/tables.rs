@@ -126,6 +126,94 @@ pub struct Neighbor {
     pub mac: MacAddr,
 }
 
+/// An IPv4 prefix as the per-packet path tests it: network and mask, both host-order words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    net: u32,
+    mask: u32,
+}
+
+impl Prefix {
+    /// The prefix `addr/len` (host bits of `addr` are cleared; `len` is clamped to 32).
+    pub fn new(addr: Ipv4Addr, len: u8) -> Prefix {
+        let mask = match len.min(32) {
+            0 => 0,
+            l => u32::MAX << (32 - u32::from(l)),
+        };
+        Prefix {
+            net: addr.to_bits() & mask,
+            mask,
+        }
+    }
+
+    /// Whether `ip` is inside.
+    #[inline(always)]
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        ip.to_bits() & self.mask == self.net
+    }
+
+    /// Whether the two prefixes share an address.
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        let mask = self.mask & other.mask;
+        self.net & mask == other.net & mask
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from_bits(self.net)
+    }
+
+    /// The prefix length.
+    pub fn len(&self) -> u8 {
+        self.mask.count_ones() as u8
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr(), self.len())
+    }
+}
+
+/// The node's uplink: the port towards the other nodes and the world (the underlay), the
+/// node's own address and MAC there, and the node's own pod CIDR (which nothing on the
+/// underlay may claim as its source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// The uplink's port.
+    pub port: PortId,
+    /// The node's address on the underlay: answered in ARP, the outer source of its ESP.
+    pub ip: Ipv4Addr,
+    /// The uplink interface's own MAC: frames to it are the node's; frames it sends come from it.
+    pub mac: MacAddr,
+    /// This node's pod CIDR.
+    pub pod_cidr: Prefix,
+}
+
+/// Another node: where its pods are, and how they are reached.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The node's name (for status and counters; the per-packet path never reads it).
+    pub name: std::sync::Arc<str>,
+    /// The node's address on the underlay.
+    pub node_ip: Ipv4Addr,
+    /// Its pod CIDR: packets to it go over the uplink to `node_ip`.
+    pub pod_cidr: Prefix,
+    /// Its uplink's MAC, once resolved by ARP (`None`: not yet, and its packets are dropped as
+    /// `neighbor-unresolved`).
+    pub mac: Option<MacAddr>,
+    /// `Some` when traffic with this node is encrypted: its SAs and counters. Traffic to an
+    /// encrypting peer without a current key is dropped (`no-key`), never sent in clear.
+    pub esp: Option<std::sync::Arc<crate::esp::PeerSas>>,
+}
+
+/// The most peers one table set holds: the peer index fits the per-packet path's small
+/// integers, and the linear prefix scan stays within a few cache lines.
+pub const MAX_PEERS: usize = 256;
+
+/// A port id no port has: the uplink's when there is none.
+pub const NO_PORT: PortId = PortId::MAX;
+
 /// One revision of the forwarding tables: mode, gateway, exact-match IPv4 /32 host routes, the
 /// compiled network policy and the services. Published as one value, so a worker never sees routes of one
 /// revision with the policy of another.
@@ -152,6 +240,18 @@ pub struct Tables {
     has_dns: bool,
     /// The DNS stage's options.
     dns: DnsOptions,
+    /// The uplink's port ([`NO_PORT`] when there is none): beside the fields every packet
+    /// reads, since every packet asks whether it came from the uplink.
+    uplink_port: PortId,
+    /// The uplink as the parse stage sees it: a gateway whose MAC and address are the
+    /// uplink's own.
+    uplink_gw: Gateway,
+    /// The uplink.
+    uplink: Option<Uplink>,
+    /// The other nodes, scanned in order for a packet that no host route takes.
+    peers: Vec<Peer>,
+    /// Where the world is reached: the uplink's next hop, its MAC once resolved.
+    world: Option<(Ipv4Addr, Option<MacAddr>)>,
 }
 
 impl Tables {
@@ -168,7 +268,151 @@ impl Tables {
             has_services: false,
             has_dns: false,
             dns: DnsOptions::default(),
+            uplink_port: NO_PORT,
+            uplink_gw: gateway,
+            uplink: None,
+            peers: Vec::new(),
+            world: None,
         }
+    }
+
+    /// Sets the uplink. Its port must not also carry a host route, and its address must be
+    /// outside its pod CIDR and not the gateway's.
+    pub fn set_uplink(&mut self, uplink: Uplink) -> Result<(), Error> {
+        if uplink.pod_cidr.contains(uplink.ip) || uplink.ip == self.gateway.ipv4 {
+            return Err(Error::InvalidTable(format!(
+                "the uplink's address {} is inside the node's pod CIDR {}: give the node an \
+                 address on the underlay",
+                uplink.ip, uplink.pod_cidr
+            )));
+        }
+        if let Some((ip, _)) = self.routes().find(|(_, n)| n.port == uplink.port) {
+            return Err(Error::InvalidTable(format!(
+                "port {} is the uplink and also the route to {ip}",
+                uplink.port
+            )));
+        }
+        self.uplink_port = uplink.port;
+        self.uplink_gw = Gateway {
+            mac: uplink.mac,
+            ipv4: uplink.ip,
+        };
+        self.uplink = Some(uplink);
+        Ok(())
+    }
+
+    /// The uplink, if the node has one.
+    #[inline]
+    pub fn uplink(&self) -> Option<&Uplink> {
+        self.uplink.as_ref()
+    }
+
+    /// The uplink's port, or [`NO_PORT`].
+    #[inline(always)]
+    pub fn uplink_port(&self) -> PortId {
+        self.uplink_port
+    }
+
+    /// The addresses a frame arriving on `port` must be sent to: the uplink's own on the
+    /// uplink, the gateway's on every other port.
+    #[inline(always)]
+    pub fn gateway_for(&self, port: PortId) -> &Gateway {
+        if port == self.uplink_port {
+            &self.uplink_gw
+        } else {
+            &self.gateway
+        }
+    }
+
+    /// Adds another node. Needs the uplink set first; refuses a pod CIDR that overlaps this
+    /// node's or another peer's, a node address used twice, and more than [`MAX_PEERS`].
+    pub fn add_peer(&mut self, peer: Peer) -> Result<(), Error> {
+        let Some(up) = self.uplink else {
+            return Err(Error::InvalidTable(format!(
+                "node {} is reached over the uplink, and there is none: configure a port of \
+                 kind uplink",
+                peer.name
+            )));
+        };
+        if peer.pod_cidr.overlaps(&up.pod_cidr) || peer.pod_cidr.contains(self.gateway.ipv4) {
+            return Err(Error::InvalidTable(format!(
+                "node {}'s pod CIDR {} overlaps this node's {}",
+                peer.name, peer.pod_cidr, up.pod_cidr
+            )));
+        }
+        if peer.node_ip == up.ip {
+            return Err(Error::InvalidTable(format!(
+                "node {} has this node's own address {}",
+                peer.name, peer.node_ip
+            )));
+        }
+        if let Some(o) = self
+            .peers
+            .iter()
+            .find(|o| o.pod_cidr.overlaps(&peer.pod_cidr) || o.node_ip == peer.node_ip)
+        {
+            return Err(Error::InvalidTable(format!(
+                "node {} ({}, pods {}) clashes with node {} ({}, pods {})",
+                peer.name, peer.node_ip, peer.pod_cidr, o.name, o.node_ip, o.pod_cidr
+            )));
+        }
+        if self.peers.len() >= MAX_PEERS {
+            return Err(Error::InvalidTable(format!(
+                "more than {MAX_PEERS} other nodes"
+            )));
+        }
+        self.peers.push(peer);
+        Ok(())
+    }
+
+    /// The other nodes, in the order they were added (a peer's index is its place here).
+    #[inline]
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// The peer whose pod CIDR holds `ip`, with its index.
+    #[inline]
+    pub fn peer_for(&self, ip: Ipv4Addr) -> Option<(usize, &Peer)> {
+        self.peers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.pod_cidr.contains(ip))
+    }
+
+    /// The peer whose node address is `ip`, with its index.
+    #[inline]
+    pub fn peer_at(&self, ip: Ipv4Addr) -> Option<(usize, &Peer)> {
+        self.peers.iter().enumerate().find(|(_, p)| p.node_ip == ip)
+    }
+
+    /// Sets the world's next hop on the underlay, with its MAC once resolved.
+    pub fn set_world(&mut self, next_hop: Ipv4Addr, mac: Option<MacAddr>) {
+        self.world = Some((next_hop, mac));
+    }
+
+    /// The world's next hop and its MAC, if resolved.
+    #[inline]
+    pub fn world(&self) -> Option<(Ipv4Addr, Option<MacAddr>)> {
+        self.world
+    }
+
+    /// Whether the underlay address `ip` is one whose MAC the node needs: a peer's or the
+    /// world's next hop. The slow path learns only these from the ARP it sees.
+    pub fn wants_neighbor(&self, ip: Ipv4Addr) -> bool {
+        self.world.is_some_and(|(w, _)| w == ip) || self.peer_at(ip).is_some()
+    }
+
+    /// Whether `ip` is one of this node's own addresses or endpoints: the gateway, the node's
+    /// underlay address, an address in its pod CIDR, or a host route's. Nothing arriving on
+    /// the uplink may claim one as its source.
+    #[inline]
+    pub fn is_local(&self, ip: Ipv4Addr) -> bool {
+        ip == self.gateway.ipv4
+            || self
+                .uplink
+                .is_some_and(|u| u.ip == ip || u.pod_cidr.contains(ip))
+            || self.routes.contains_key(&ip.to_bits())
     }
 
     /// Sets the services (consulted in [`Mode::Full`] only). New tables start with none.
@@ -222,6 +466,12 @@ impl Tables {
     /// Adds the host route `ip/32 -> n`. Rejects the gateway's own address (packets to it go to
     /// the slow path) and an address that already has a route.
     pub fn add_route(&mut self, ip: Ipv4Addr, n: Neighbor) -> Result<(), Error> {
+        if n.port == self.uplink_port {
+            return Err(Error::InvalidTable(format!(
+                "route for {ip} leads to port {}, the uplink: the uplink carries no endpoint",
+                n.port
+            )));
+        }
         if ip == self.gateway.ipv4 {
             return Err(Error::InvalidTable(format!(
                 "route for {ip} is the gateway's own address; the gateway answers for it itself, \

@@ -18,8 +18,10 @@ use xylem_policy::AllowLocalhost;
 use crate::Error;
 
 mod fqdn;
+mod nodes;
 
 pub use fqdn::{FqdnConfig, RejectResponse};
+pub use nodes::{DEFAULT_GRACE_PERIOD_S, EncryptionConfig, NodeConfig, check_node_name, overlaps};
 
 /// The default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/xylem/agent.sock";
@@ -98,6 +100,10 @@ pub enum PortKind {
     Pod,
     /// The host port: the node's own network namespace.
     Host,
+    /// The uplink: the node's interface towards the other nodes and the world (the
+    /// underlay). Its `ip` is the node's address there and its `mac` the interface's own,
+    /// which the dataplane answers ARP with and sends from.
+    Uplink,
 }
 
 /// One interface the dataplane serves, and the endpoint behind it.
@@ -106,12 +112,16 @@ pub enum PortKind {
 pub struct PortConfig {
     /// The dataplane's end of the veth (in the agent's network namespace).
     pub ifname: String,
-    /// Pod or host.
+    /// Pod, host or uplink.
     pub kind: PortKind,
-    /// The endpoint's IPv4 address.
+    /// The endpoint's IPv4 address (an uplink's: the node's own on the underlay).
     pub ip: Ipv4Addr,
-    /// The endpoint's MAC address (the far end of the veth).
+    /// The endpoint's MAC address (the far end of the veth; an uplink's: its own).
     pub mac: MacAddr,
+    /// Uplink only: the underlay router the world is reached through. Absent: destinations
+    /// off the cluster are on the underlay's link, and each is resolved by ARP itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<Ipv4Addr>,
     /// Pod name (pods only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -300,6 +310,13 @@ pub struct AgentConfig {
     /// DNS-aware policy: minimum TTL, addresses kept per name, the answer to a denied query.
     #[serde(default)]
     pub fqdn: FqdnConfig,
+    /// The cluster's nodes (this one's own entry may be among them): each pod CIDR is routed
+    /// over the uplink to its node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeConfig>,
+    /// Transparent encryption (ESP) of the traffic with other nodes; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
     /// Where state is kept.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -431,13 +448,14 @@ impl AgentConfig {
                     "is the gateway's own address",
                 ));
             }
-            if !self.pod_cidr.contains(p.ip) {
+            if p.kind != PortKind::Uplink && !self.pod_cidr.contains(p.ip) {
                 return Err(Error::config(
                     format!("ports[{i}].ip"),
                     format!("{} is outside pod_cidr {}", p.ip, self.pod_cidr),
                 ));
             }
         }
+        self.validate_nodes()?;
         let m = self.services.maglev_table_size;
         if !SUPPORTED_TABLE_SIZES.contains(&m) {
             return Err(Error::config(

@@ -66,6 +66,7 @@ pub(crate) fn setup(cfg: &ReplayConfig) -> Result<Setup, Error> {
                 name: Some(e.name.clone()),
                 namespace: Some(e.namespace.clone()),
                 labels: e.labels.clone(),
+                next_hop: None,
             },
             format!("{}/{}", e.namespace, e.name),
         )?;
@@ -81,6 +82,7 @@ pub(crate) fn setup(cfg: &ReplayConfig) -> Result<Setup, Error> {
                 name: None,
                 namespace: None,
                 labels: BTreeMap::new(),
+                next_hop: None,
             },
             "host".into(),
         )?;
@@ -123,6 +125,8 @@ pub(crate) fn setup(cfg: &ReplayConfig) -> Result<Setup, Error> {
         localhost: AllowLocalhost::default(),
         // No service: a replay is given endpoints and policies only.
         services: Default::default(),
+        // Nor other nodes: a replay runs one node's pods.
+        underlay: Default::default(),
     };
     let (tables, _) =
         compile_tables(inputs, &mut IdentityAllocator::default()).map_err(|e| match e {

@@ -13,12 +13,14 @@
 
 pub mod services;
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use xylem_api::config::{GatewayConfig, PortConfig, PortKind};
+use xylem_api::config::{GatewayConfig, Ipv4Cidr, NodeConfig, PortConfig, PortKind};
+use xylem_dataplane::esp::PeerSas;
 use xylem_dataplane::services::ServiceTables;
-use xylem_dataplane::tables::{Gateway, Mode, Neighbor, Tables};
+use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Peer, Prefix, Tables, Uplink};
 use xylem_policy::{
     AllowLocalhost, EndpointInfo, EndpointSpec, IdentityAllocator, Policy, compile,
 };
@@ -41,7 +43,10 @@ pub fn policy_inputs(
                 namespace: p.namespace.clone().unwrap_or_else(|| "default".into()),
                 labels: p.labels.clone(),
             }),
-            _ => host.push(p.ip),
+            PortKind::Host => host.push(p.ip),
+            // The node's underlay address is not the `host` entity: what arrives on the uplink
+            // comes from other nodes and the world, never from this node's own stack.
+            PortKind::Uplink => {}
         }
     }
     (specs, host)
@@ -65,6 +70,27 @@ pub struct TableInputs<'a> {
     /// The services, built by [`services::build_services`] (shared with the previous revision
     /// when no service changed); `ServiceTables::default()` for none.
     pub services: Arc<ServiceTables>,
+    /// The other nodes, when the bindings have an uplink.
+    pub underlay: Underlay<'a>,
+}
+
+/// What the tables need of the underlay besides the uplink's binding: the node's own pod CIDR,
+/// the other nodes, the MACs resolved on the uplink and the SAs of the encrypted peers.
+#[derive(Debug, Default)]
+pub struct Underlay<'a> {
+    /// This node's name: its own entry in `nodes` is skipped.
+    pub node_name: &'a str,
+    /// This node's pod CIDR (required with an uplink).
+    pub pod_cidr: Option<Ipv4Cidr>,
+    /// The cluster's nodes.
+    pub nodes: &'a [NodeConfig],
+    /// Whether the agent encrypts (a node's `encryption` defaults to it).
+    pub encrypts: bool,
+    /// MACs resolved on the underlay, by address.
+    pub neighbors: Option<&'a BTreeMap<Ipv4Addr, MacAddr>>,
+    /// The SAs of each encrypting node, by name. An encrypting node without an entry gets no
+    /// SA at all: its traffic is dropped as `no-key`, never sent in clear.
+    pub sas: Option<&'a BTreeMap<String, Arc<PeerSas>>>,
 }
 
 /// The tables for `inputs.bindings` in `inputs.mode`, with the policies compiled in at the
@@ -85,8 +111,10 @@ pub fn compile_tables(
         policies,
         localhost,
         services,
+        underlay,
     } = inputs;
     let mut t = route_tables(gateway, mode, bindings, revision)?;
+    add_underlay(&mut t, bindings, &underlay)?;
     let (specs, host) = policy_inputs(gateway, bindings);
     let compiled = compile(revision, policies, &specs, &host, localhost, ids);
     t.set_policy(compiled.tables);
@@ -107,7 +135,9 @@ fn route_tables(
     };
     let mut t = Tables::new(revision, mode, gw);
     for (i, p) in bindings.iter().enumerate() {
-        let Some(p) = p else { continue };
+        let Some(p) = p.as_ref().filter(|p| p.kind != PortKind::Uplink) else {
+            continue;
+        };
         t.add_route(
             p.ip,
             Neighbor {
@@ -117,6 +147,59 @@ fn route_tables(
         )?;
     }
     Ok(t)
+}
+
+/// The uplink (the binding of kind uplink) and the other nodes, each with its MAC if resolved
+/// and, when it encrypts, its SAs.
+fn add_underlay(
+    t: &mut Tables,
+    bindings: &[Option<PortConfig>],
+    underlay: &Underlay<'_>,
+) -> Result<(), Error> {
+    let uplink = bindings.iter().enumerate().find_map(|(i, p)| {
+        p.as_ref()
+            .filter(|p| p.kind == PortKind::Uplink)
+            .map(|p| (i, p))
+    });
+    let Some((port, up)) = uplink else {
+        return Ok(());
+    };
+    let Some(cidr) = underlay.pod_cidr else {
+        return Err(Error::InvalidTable(
+            "an uplink needs the node's pod CIDR".into(),
+        ));
+    };
+    t.set_uplink(Uplink {
+        port: port as u16,
+        ip: up.ip,
+        mac: up.mac,
+        pod_cidr: Prefix::new(cidr.addr, cidr.len),
+    })?;
+    let mac_of = |ip: &Ipv4Addr| underlay.neighbors.and_then(|n| n.get(ip)).copied();
+    if let Some(hop) = up.next_hop {
+        t.set_world(hop, mac_of(&hop));
+    }
+    for n in underlay
+        .nodes
+        .iter()
+        .filter(|n| n.name != underlay.node_name)
+    {
+        let esp = n.encrypted(underlay.encrypts).then(|| {
+            underlay
+                .sas
+                .and_then(|s| s.get(&n.name))
+                .cloned()
+                .unwrap_or_default()
+        });
+        t.add_peer(Peer {
+            name: n.name.as_str().into(),
+            node_ip: n.node_ip,
+            pod_cidr: Prefix::new(n.pod_cidr.addr, n.pod_cidr.len),
+            mac: mac_of(&n.node_ip),
+            esp,
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -137,6 +220,7 @@ mod tests {
             name: Some(format!("p{mac}")),
             namespace: None,
             labels: [("app".to_owned(), format!("p{mac}"))].into(),
+            next_hop: None,
         })
     }
 
@@ -176,6 +260,7 @@ mod tests {
                 policies: &policies,
                 localhost,
                 services: Arc::default(),
+                underlay: Underlay::default(),
             };
             let (t, _) = compile_tables(inputs, &mut ids).unwrap();
             let allowed = |src| evaluate(t.policy(), &flow(src)).drop().is_none();

@@ -14,10 +14,12 @@
 //! The per-packet functions ([`seal`], [`open`], [`SaOut::next_seq`] and the window's methods)
 //! do not allocate, lock or read a clock.
 //!
-//! What it does not do (yet): it is not wired into the pipeline (no drop reasons in
-//! [`crate::stats`]), parses no key files, negotiates and rotates no SAs, builds no outer IP
-//! header (the caller's), has no extended sequence numbers (an SA stops at 2^32 - 1 packets)
-//! and carries only IPv4 inner packets (next header 4).
+//! - [`PeerSas`]: what one peer's traffic is sealed and opened with, as the tables carry it.
+//!
+//! What it does not do: parse key files, negotiate or rotate SAs (the agent's key manager builds
+//! [`PeerSas`] from its key file), build the outer IP header (the pipeline's stages 3 and 10),
+//! extended sequence numbers (an SA stops at 2^32 - 1 packets), or inner packets other than
+//! IPv4 (next header 4).
 
 mod replay;
 
@@ -25,6 +27,7 @@ pub use replay::{REPLAY_WINDOW, ReplayWindow};
 
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
@@ -38,6 +41,10 @@ pub const ICV_LEN: usize = 16;
 pub const TAILROOM_MAX: usize = 3 + 2 + ICV_LEN;
 /// The most an ESP encapsulation adds to an inner packet (outer IP header not included).
 pub const OVERHEAD_MAX: usize = HEADROOM + TAILROOM_MAX;
+/// The most tunnel mode adds to an inner packet on the wire: the outer IPv4 header (20 bytes,
+/// no options) and [`OVERHEAD_MAX`]. A pod whose MTU is its link's MTU minus this never sends a
+/// packet too big to encapsulate.
+pub const TUNNEL_OVERHEAD_MAX: usize = 20 + OVERHEAD_MAX;
 /// The shortest ESP packet [`open`] accepts: header, IV, the smallest 4-byte-aligned
 /// ciphertext holding the 2 trailer bytes, and the ICV.
 pub const MIN_LEN: usize = HEADROOM + 4 + ICV_LEN;
@@ -95,7 +102,9 @@ impl EspError {
     }
 }
 
-/// One AES-GCM key of one SA, with its salt and SPI.
+/// One AES-GCM key of one SA, with its salt and SPI. Cloning copies the expanded key: each
+/// SA of each peer holds its own.
+#[derive(Clone)]
 pub struct Key {
     spi: u32,
     aead: LessSafeKey,
@@ -271,18 +280,40 @@ pub struct Opened {
     pub inner: Range<usize>,
 }
 
-/// One inbound SA: a key and its anti-replay window.
+/// One inbound SA: a key and its anti-replay window. Shared (`Arc`) so that a new table
+/// revision keeps the window of a key it still holds: a rebuilt window would accept every
+/// packet of the last 2048 again.
 #[derive(Debug)]
-struct SaIn {
+pub struct SaIn {
     key: Key,
     window: ReplayWindow,
 }
 
+impl SaIn {
+    /// An SA for `key` with a fresh window.
+    pub fn new(key: Key) -> SaIn {
+        SaIn {
+            key,
+            window: ReplayWindow::new(),
+        }
+    }
+
+    /// The SA's key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The SA's anti-replay window.
+    pub fn window(&self) -> &ReplayWindow {
+        &self.window
+    }
+}
+
 /// The inbound SAs of one peer: up to [`KEYS_IN_MAX`] keys (the current one and old ones
 /// during a rekey's grace period), each with its own [`ReplayWindow`] (one per peer and SPI).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KeysIn {
-    sas: [Option<SaIn>; KEYS_IN_MAX],
+    sas: [Option<Arc<SaIn>>; KEYS_IN_MAX],
 }
 
 impl KeysIn {
@@ -294,7 +325,13 @@ impl KeysIn {
     /// Adds `key` with a fresh window, replacing a key of the same SPI (and its window);
     /// [`EspError::NoRoom`] when [`KEYS_IN_MAX`] other SPIs are there.
     pub fn insert(&mut self, key: Key) -> Result<(), EspError> {
-        let spi = key.spi;
+        self.insert_shared(Arc::new(SaIn::new(key)))
+    }
+
+    /// Adds `sa` (its window as it stands), replacing an SA of the same SPI; [`EspError::NoRoom`]
+    /// when [`KEYS_IN_MAX`] other SPIs are there.
+    pub fn insert_shared(&mut self, sa: Arc<SaIn>) -> Result<(), EspError> {
+        let spi = sa.key.spi;
         let slot = match self
             .sas
             .iter()
@@ -307,10 +344,7 @@ impl KeysIn {
                 .position(Option::is_none)
                 .ok_or(EspError::NoRoom)?,
         };
-        self.sas[slot] = Some(SaIn {
-            key,
-            window: ReplayWindow::new(),
-        });
+        self.sas[slot] = Some(sa);
         Ok(())
     }
 
@@ -347,6 +381,49 @@ impl KeysIn {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Counters of the encrypted traffic with one peer, shared by every worker (relaxed atomic
+/// adds: one per packet, on a line the SA's sequence counter or window already brings in).
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    /// Packets sealed for the peer.
+    pub tx_packets: AtomicU64,
+    /// Their bytes on the wire (outer IPv4 header to ICV).
+    pub tx_bytes: AtomicU64,
+    /// Packets from the peer that opened.
+    pub rx_packets: AtomicU64,
+    /// Their bytes on the wire (outer IPv4 header to ICV).
+    pub rx_bytes: AtomicU64,
+}
+
+impl PeerCounters {
+    /// Counts one packet of `bytes` sent (`tx`) or received.
+    #[inline]
+    pub fn count(&self, tx: bool, bytes: usize) {
+        let (p, b) = if tx {
+            (&self.tx_packets, &self.tx_bytes)
+        } else {
+            (&self.rx_packets, &self.rx_bytes)
+        };
+        p.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the per-packet path needs to encrypt to and decrypt from one peer. Built by the agent's
+/// key manager for each table revision, from SAs and counters it keeps across revisions, so a
+/// rebuild neither restarts a sequence counter nor forgets a replay window.
+#[derive(Debug, Default)]
+pub struct PeerSas {
+    /// The SA packets to the peer are sealed with: the current key. `None`: no valid key, and
+    /// the peer's traffic is dropped as `no-key`.
+    pub out: Option<Arc<SaOut>>,
+    /// The SAs packets from the peer may open with: the current key and those in their grace
+    /// period.
+    pub inbound: KeysIn,
+    /// Counters.
+    pub counters: Arc<PeerCounters>,
 }
 
 /// Opens the ESP packet `esp` (SPI to ICV, outer IP header removed) in place.

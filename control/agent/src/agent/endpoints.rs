@@ -216,6 +216,7 @@ impl AgentState {
                     name: None,
                     namespace: None,
                     labels: BTreeMap::new(),
+                    next_hop: None,
                 };
                 let p = self.open_port(record).map_err(|e| match e {
                     // The frames are all spoken for: nothing was changed, and only the
@@ -245,6 +246,7 @@ impl AgentState {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
             labels: req.labels,
+            next_hop: None,
         };
         let mut next = bindings.clone();
         next[port] = Some(new_port.clone());

@@ -51,6 +51,7 @@ impl MissingPort {
             ifname: self.record.ifname.clone(),
             endpoint: match (self.record.kind, &self.binding) {
                 (PortKind::Host, _) => "host".into(),
+                (PortKind::Uplink, _) => "uplink".into(),
                 (_, None) => "-".into(),
                 (_, Some(b)) => endpoint_key(b),
             },

@@ -16,7 +16,7 @@ use crate::Error;
 use crate::state::{StateStore, TypedStore, kind};
 use xylem_api::config::{AgentConfig, PortConfig};
 use xylem_dataplane::services::ServiceTables;
-use xylem_tables::{TableInputs, compile_tables, policy_inputs};
+use xylem_tables::{TableInputs, Underlay, compile_tables, policy_inputs};
 
 /// The policy side of the agent: the stored policies, the identities and what the last
 /// compilation said about each endpoint. Locked after `bindings`.
@@ -92,6 +92,14 @@ pub(super) fn build_full_tables(
         policies: &list,
         localhost: cfg.policy.allow_localhost,
         services,
+        underlay: Underlay {
+            node_name: &cfg.node_name,
+            pod_cidr: Some(cfg.pod_cidr),
+            nodes: &cfg.nodes,
+            encrypts: cfg.encryption.is_some(),
+            neighbors: None,
+            sas: None,
+        },
     };
     let (mut t, endpoints) = compile_tables(inputs, ids)?;
     // Every revision carries them: the DNS stage reads its options from the tables it runs on.

@@ -143,6 +143,7 @@ impl AgentState {
                     .map_or(p.ip, |b| b.ip),
                 endpoint: match (p.kind, bindings.get(i).and_then(|b| b.as_ref())) {
                     (PortKind::Host, _) => "host".into(),
+                    (PortKind::Uplink, _) => "uplink".into(),
                     (_, None) => "-".into(),
                     (_, Some(b)) => endpoint_key(b),
                 },
@@ -323,6 +324,7 @@ impl AgentState {
         for p in b.iter().flatten() {
             let name = match p.kind {
                 PortKind::Host => "host".to_string(),
+                PortKind::Uplink => "uplink".to_string(),
                 PortKind::Pod => endpoint_key(p),
             };
             ips.insert(p.ip, name);
