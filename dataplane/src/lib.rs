@@ -49,6 +49,7 @@ pub mod ledger;
 pub mod maglev;
 pub mod mailbox;
 pub mod monitor;
+pub mod neighbor;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;

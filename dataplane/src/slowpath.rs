@@ -32,6 +32,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 pub mod probe;
 
+use crate::neighbor::{self, Neighbors};
 use crate::stats::Counter;
 use crate::tables::{PortId, Tables};
 use crate::worker::{SLOW_FRAME_MAX, SlowFrame};
@@ -82,6 +83,8 @@ pub struct SlowPathLink {
     pub signal: Arc<Signal>,
     /// Counters.
     pub stats: Arc<SlowPathStats>,
+    /// The MACs learned on the uplink ([`crate::neighbor`]).
+    pub neighbors: Arc<Neighbors>,
 }
 
 struct QueueDevice {
@@ -113,6 +116,61 @@ impl QueueDevice {
         f[38..42].copy_from_slice(&gw.ipv4.octets());
         if let Some(sf) = SlowFrame::new(n.port, &f) {
             self.seeded.push_back(sf);
+        }
+    }
+}
+
+impl QueueDevice {
+    /// A frame from the uplink: an ARP request for the node is answered, and a wanted sender
+    /// learned; anything else (the node's address has no stack behind it) is let go.
+    fn on_uplink(&self, f: &SlowFrame) {
+        let tables = self.link.tables.load();
+        let (Some(up), Some(seen)) = (tables.uplink(), neighbor::read(f.bytes())) else {
+            return;
+        };
+        let own = (up.ip, up.mac);
+        if let Some(reply) = neighbor::handle(
+            &seen,
+            own,
+            |ip| tables.wants_neighbor(ip),
+            &self.link.neighbors,
+        ) {
+            self.send_raw(up.port, &reply);
+        }
+    }
+
+    /// Asks by ARP for every underlay neighbour the tables want and the node does not know.
+    fn resolve_neighbors(&self) {
+        let tables = self.link.tables.load();
+        let Some(up) = tables.uplink() else {
+            return;
+        };
+        let wanted = tables
+            .peers()
+            .iter()
+            .map(|p| p.node_ip)
+            .chain(tables.world().map(|w| w.0));
+        for ip in wanted {
+            if self.link.neighbors.get(ip).is_none() {
+                self.send_raw(up.port, &neighbor::request((up.ip, up.mac), ip));
+            }
+        }
+    }
+
+    /// Queues `bytes` for a worker to send on `port` as they are.
+    fn send_raw(&self, port: PortId, bytes: &[u8]) {
+        let Some(mut sf) = SlowFrame::new(port, bytes) else {
+            return;
+        };
+        sf.owner = self.ct_owner;
+        if self.link.outbox.push(sf).is_ok() {
+            self.link.stats.tx.inc();
+            if let Some(w) = &self.link.waker {
+                // A failed wake leaves the worker to find the frame on its next batch.
+                let _ = w.wake();
+            }
+        } else {
+            self.link.stats.tx_dropped.inc();
         }
     }
 }
@@ -194,11 +252,16 @@ impl Device for QueueDevice {
     fn receive(&mut self, _ts: SmolInstant) -> Option<(RxTok, TxTok<'_>)> {
         let frame = match self.seeded.pop_front() {
             Some(f) => f,
-            None => {
+            None => loop {
                 let f = self.link.inbox.pop()?;
                 self.link.stats.rx.inc();
-                f
-            }
+                // The uplink's frames are the node's on the underlay, not the gateway's: its
+                // ARP is answered here, and smoltcp never sees them.
+                if f.port != self.link.tables.load().uplink_port() {
+                    break f;
+                }
+                self.on_uplink(&f);
+            },
         };
         Some((
             RxTok(frame),
@@ -232,7 +295,12 @@ pub struct SlowPath {
     sockets: SocketSet<'static>,
     epoch: std::time::Instant,
     prober: Option<probe::Prober>,
+    /// When the unresolved underlay neighbours were last asked for.
+    last_arp: Option<std::time::Instant>,
 }
+
+/// How often the slow path asks for the underlay neighbours it does not know.
+const ARP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for SlowPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -267,6 +335,7 @@ impl SlowPath {
             sockets: SocketSet::new(Vec::new()),
             epoch,
             prober: None,
+            last_arp: None,
         }
     }
 
@@ -304,6 +373,10 @@ impl SlowPath {
     /// flight. Returns whether a frame was processed.
     pub fn poll(&mut self) -> bool {
         let before = self.device.link.stats.rx.get();
+        if self.last_arp.is_none_or(|t| t.elapsed() >= ARP_INTERVAL) {
+            self.last_arp = Some(std::time::Instant::now());
+            self.device.resolve_neighbors();
+        }
         if let Some(p) = &mut self.prober {
             let device = &mut self.device;
             p.start(&mut self.iface, &mut self.sockets, |ip| {
@@ -347,7 +420,8 @@ impl SlowPath {
                     .chain(probe_due)
                     .min()
                     .unwrap_or(Duration::from_millis(100))
-                    .min(Duration::from_millis(100));
+                    .min(Duration::from_millis(100))
+                    .min(ARP_INTERVAL);
                 std::thread::park_timeout(delay);
             }
         }

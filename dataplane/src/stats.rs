@@ -155,6 +155,35 @@ drop_reasons! {
     /// parsed: truncated, a compression loop, a count larger than the message, an oversized
     /// TCP length prefix, or a TCP segment that does not hold whole messages (`full` mode).
     DnsMalformed => "dns-malformed",
+    /// A packet for a peer whose traffic is encrypted, while no valid key exists for it: never
+    /// sent in clear.
+    NoKey => "no-key",
+    /// An ESP packet whose ICV did not verify: a wrong key, or bytes altered on the way.
+    EspAuthFailed => "esp-auth-failed",
+    /// An ESP packet whose sequence number was seen before, or is older than the replay
+    /// window (RFC 4303 §3.4.3).
+    EspReplay => "esp-replay",
+    /// An ESP packet whose SPI names no key held for its sender.
+    EspUnknownSpi => "esp-unknown-spi",
+    /// An ESP packet too short for its header, IV, trailer and ICV.
+    EspTruncated => "esp-truncated",
+    /// An authentic ESP packet whose trailer is malformed (padding, next header not IPv4), or
+    /// whose inner packet is not a valid IPv4 packet from its sender's pods.
+    EspBadPayload => "esp-bad-payload",
+    /// An ESP packet from an address that is no encrypting peer's.
+    EspUnknownPeer => "esp-unknown-peer",
+    /// A packet in clear on the uplink from the pods of a peer whose traffic is encrypted: it
+    /// must arrive as ESP.
+    EspRequired => "esp-required",
+    /// The SA's sequence numbers are spent (2^32 - 1 packets): it never wraps; a new key in the
+    /// key file takes over.
+    EspSeqExhausted => "esp-seq-exhausted",
+    /// A packet too big to encapsulate within the uplink's MTU (an ICMP fragmentation needed
+    /// answers it when it forbids fragmenting).
+    EspTooBig => "esp-too-big",
+    /// A packet for another node or the world whose next hop's MAC is not resolved yet (the
+    /// slow path asks by ARP).
+    NeighborUnresolved => "neighbor-unresolved",
 }
 
 impl From<crate::policy::PolicyDropReason> for DropReason {

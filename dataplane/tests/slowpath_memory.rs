@@ -79,6 +79,7 @@ fn rig(ports: u8) -> Rig {
             tables,
             signal,
             stats: Arc::clone(&slow_stats),
+            neighbors: Default::default(),
         },
         24,
     );

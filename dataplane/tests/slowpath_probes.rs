@@ -89,6 +89,7 @@ fn rig(allow_host: bool) -> Rig {
             tables,
             signal: Arc::clone(&signal),
             stats: Arc::new(SlowPathStats::default()),
+            neighbors: Default::default(),
         },
         24,
     );

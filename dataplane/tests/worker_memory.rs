@@ -91,6 +91,7 @@ fn rig(ports: u8, ring: usize, frames: u32, batch: usize) -> Rig {
             tables,
             signal,
             stats: Arc::new(SlowPathStats::default()),
+            neighbors: Default::default(),
         },
         24,
     );

@@ -146,6 +146,7 @@ pub(super) fn start_slow_path(
         tables: Arc::clone(&shared.tables),
         signal: Arc::clone(&shared.signal),
         stats: Arc::clone(&slow_stats),
+        neighbors: Default::default(),
     };
     let mut slow = SlowPath::new(slow_link, cfg.pod_cidr.len);
     let probes = ProbeQueues::new(health::MAX_PROBES, Arc::clone(&shared.signal));

@@ -201,6 +201,7 @@ fn setup(http_status: u16) -> (SlowPath, ProbeQueues, Peer) {
         tables: Arc::new(ArcSwap::from_pointee(tables())),
         signal: Arc::new(Signal::default()),
         stats: Arc::new(SlowPathStats::default()),
+        neighbors: Default::default(),
     };
     let peer = Peer::new(
         Arc::clone(&link.outbox),
