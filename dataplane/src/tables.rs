@@ -164,14 +164,14 @@ impl Prefix {
     }
 
     /// The prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.mask.count_ones() as u8
     }
 }
 
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr(), self.len())
+        write!(f, "{}/{}", self.addr(), self.prefix_len())
     }
 }
 

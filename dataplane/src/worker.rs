@@ -1044,8 +1044,6 @@ impl<B: Backend> Worker<B> {
                 CtPrefetch::Always => true,
                 CtPrefetch::Never => false,
             };
-        let gw = *tables.gateway();
-
         // 1. Completions back to the free list.
         for port in 0..ports {
             loop {
@@ -1116,6 +1114,9 @@ impl<B: Backend> Worker<B> {
             if n == 0 {
                 continue;
             }
+            // The uplink's frames are addressed to the uplink's own MAC, every other port's to
+            // the gateway's.
+            let gw = *tables.gateway_for(port as PortId);
             work += n;
             stats.rx_packets.add(n as u64);
             self.link.ports[port].rx_packets.add(n as u64);

@@ -13,21 +13,22 @@
 //! | # | stage | module | what it does |
 //! |---|---|---|---|
 //! | 1 | parse | [`mod@parse`] | Ethernet, ARP, IPv4, the transport header: once, into a [`Meta`] |
-//! | 2 | ingress checks | [`ingress`] | is the frame's source the port's own endpoint? |
-//! | 3 | decapsulation | *(ESP)* | inner packet of a tunnel from another node |
+//! | 2 | ingress checks | [`ingress`], [`underlay`] | is the frame's source the port's own endpoint? On the uplink: is it none of this node's addresses, and does a peer that encrypts send only ESP? |
+//! | 3 | decapsulation | [`underlay`] | an ESP packet from another node opened in place: the stages after it see the inner packet |
 //! | 3b | fragments | [`fragment`] | a later IPv4 fragment takes its datagram's ports, or its first fragment's drop; a first fragment's ports and fate are recorded after 6 |
 //! | 4 | conntrack lookup | [`flow`] | the flow's state (an ICMP error: the flow it quotes, if its addresses match); revalidates it after a policy change |
 //! | 5 | service translation | [`service`] | a new connection to a frontend balanced (Maglev, affinity) or refused; a balanced connection's packets to its backend, its replies back from its frontend |
 //! | 6 | policy | [`policy`] | a new flow against the sender's egress and the receiver's ingress |
 //! | 7 | DNS inspection | [`dns`] | a query on a flow whose policy has `rules.dns` is checked against its names (a denied one answered REFUSED in its own buffer); an answer's addresses are learned for the endpoint's `toFQDNs` rules before it goes on |
-//! | 8 | routing | [`route`] | local delivery (slow path), `/32` lookup, TTL expiry |
+//! | 8 | routing | [`route`] | local delivery (slow path), `/32` lookup, another node's pod CIDR over the uplink, TTL expiry |
 //! | 8b | conntrack commit | [`flow`] | an allowed new flow that routing sends on is tracked, owned by its ingress port (within the port's limit; a full table evicts an unanswered entry) |
 //! | 9 | NAT rewrite | [`nat`] | the service stage's translation, with incremental checksums (masquerade later) |
-//! | 10 | encapsulation | *(ESP)* | |
+//! | 10 | encapsulation | [`underlay`] | a packet for a peer that encrypts sealed in ESP tunnel mode behind outer IPv4 and Ethernet headers, prepended into the headroom |
 //! | 11 | emit | [`emit`] | completes partial checksums (before 9), decrements TTL, rewrites MACs; builds ICMP errors and a refused connection's answer |
 //!
-//! Stages in italics do not exist yet; they go in at their number, and ARCHITECTURE.md says what
-//! each will take and give. ARP frames leave after stage 2 ([`arp`]). In [`Mode::Passthrough`]
+//! Stage 10 runs after emit's rewrite of the inner packet (TTL, MACs), which it then seals.
+//! ARP frames leave after stage 2 ([`arp`], or [`underlay::arp`] on the uplink). Stages 2, 3
+//! and 10 run in both modes: the underlay's checks and encryption are never skipped. In [`Mode::Passthrough`]
 //! (the benchmark floor) stages 3b to 7, 8b and 9 are skipped. The commit comes after routing so
 //! that a packet going nowhere creates no state; a packet of a tracked flow passes it by.
 //!
@@ -49,6 +50,7 @@ pub mod parse;
 pub mod policy;
 pub mod route;
 pub mod service;
+pub mod underlay;
 
 pub use crate::frame::Frame;
 pub use parse::{Meta, Parsed, parse};
@@ -142,7 +144,7 @@ pub fn process(
     ct: &mut Conntrack,
 ) -> Outcome {
     // Matched by reference: binding the `Parsed` by value would copy it out of the `Result`.
-    match &parse(frame.data(), tables.gateway()) {
+    match &parse(frame.data(), tables.gateway_for(ingress)) {
         Ok(parsed) => decide(now_ns, ingress, frame, parsed, tables, ct),
         Err(reason) => Outcome::drop(*reason),
     }
@@ -167,6 +169,9 @@ pub fn decide(
             sender_mac,
             eth_src,
         } => {
+            if ingress == tables.uplink_port() {
+                return underlay::arp(*target, *sender_ip, *sender_mac, *eth_src, tables);
+            }
             if let Some(r) = ingress::arp(ingress, *sender_ip, *sender_mac, *eth_src, tables) {
                 return Outcome::drop(r);
             }
@@ -174,9 +179,22 @@ pub fn decide(
         }
         Parsed::Ipv4(meta) => meta,
     };
-    if let Some(r) = ingress::ipv4(ingress, frame, meta, tables) {
+    // Stage 3 (on the uplink): decapsulation. The stages after it see the inner packet.
+    let opened;
+    let meta = if ingress == tables.uplink_port() {
+        match underlay::ingress(frame, meta, tables) {
+            Ok(underlay::Ingress::Plain) => meta,
+            Ok(underlay::Ingress::Opened(inner)) => {
+                opened = inner;
+                &opened
+            }
+            Err(r) => return Outcome::drop(r),
+        }
+    } else if let Some(r) = ingress::ipv4(ingress, frame, meta, tables) {
         return Outcome::drop(r);
-    }
+    } else {
+        meta
+    };
 
     // Stages 3b to 6: fragments, flow state, services and policy.
     let judged = match tables.mode() {
@@ -306,7 +324,7 @@ fn tail(
     }: Judgement,
 ) -> Outcome {
     // Stage 8: routing.
-    let route = route::route(routed, tables);
+    let route = route::route(routed, tables, ingress);
 
     // Stage 8b: conntrack commit. Only an allowed new flow that leaves is tracked: a packet
     // with no route, or whose TTL ran out, creates no state.
@@ -314,7 +332,7 @@ fn tail(
         None => None,
         Some(Judged::Done(v)) => Some(v),
         Some(Judged::Admitted(vacancy)) => match route {
-            route::Route::Local | route::Route::Next(_) => {
+            route::Route::Local | route::Route::Next(_) | route::Route::Tunnel { .. } => {
                 let revision = tables.policy().revision();
                 let v = match balanced {
                     None => flow::commit(now_ns, ingress, ct, meta, vacancy, revision, Annex::NONE),
@@ -346,10 +364,23 @@ fn tail(
             if nat != service::Nat::None && !nat::rewrite(frame, meta, nat) {
                 return Outcome::drop(DropReason::Ipv4Truncated);
             }
+            // Sent from the uplink's own MAC when it leaves by the uplink.
             (
-                emit::forward(frame, meta, &next, tables.gateway()),
+                emit::forward(frame, meta, &next, tables.gateway_for(next.port)),
                 completed,
             )
+        }
+        route::Route::Tunnel { next, peer } => {
+            let completed = emit::complete_checksum(frame, meta);
+            if nat != service::Nat::None && !nat::rewrite(frame, meta, nat) {
+                return Outcome::drop(DropReason::Ipv4Truncated);
+            }
+            // Stage 10: encapsulation, of the packet as emit readied it.
+            let v = match emit::forward(frame, meta, &next, tables.gateway()) {
+                Verdict::Forward(_) => underlay::encap(frame, meta, tables, peer),
+                v => v,
+            };
+            (v, completed)
         }
         route::Route::TtlExpired { back } => (
             emit::time_exceeded(frame, meta, &back, tables.gateway()),
