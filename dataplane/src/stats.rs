@@ -184,6 +184,10 @@ drop_reasons! {
     /// A packet for another node or the world whose next hop's MAC is not resolved yet (the
     /// slow path asks by ARP).
     NeighborUnresolved => "neighbor-unresolved",
+    /// A packet for the world that cannot be masqueraded to the node's address: a fragment, an
+    /// ICMP error, a service connection to a backend in the world, no free port for it, or a
+    /// packet of a flow tracked before the world was reachable. Never sent with its pod source.
+    SnatFailed => "snat-failed",
 }
 
 impl From<crate::policy::PolicyDropReason> for DropReason {

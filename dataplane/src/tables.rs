@@ -403,6 +403,12 @@ impl Tables {
         self.world.is_some_and(|(w, _)| w == ip) || self.peer_at(ip).is_some()
     }
 
+    /// Whether `ip` is the node's address on the underlay.
+    #[inline]
+    pub fn is_node_address(&self, ip: Ipv4Addr) -> bool {
+        self.uplink.is_some_and(|u| u.ip == ip)
+    }
+
     /// Whether `ip` is one of this node's own addresses or endpoints: the gateway, the node's
     /// underlay address, an address in its pod CIDR, or a host route's. Nothing arriving on
     /// the uplink may claim one as its source.

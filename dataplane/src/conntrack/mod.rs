@@ -1062,6 +1062,30 @@ impl Conntrack {
             .then(|| (handle(i, m), fwd == (m & F_ORIG_A != 0)))
     }
 
+    /// The live, settled entry at slot index `index`, whatever its key: its handle, its
+    /// original-direction key, its stage byte and its `ext`. For a second entry that remembers
+    /// its leader by index but cannot rebuild the leader's key (a masqueraded connection's
+    /// reverse entry): the caller checks what it reads against what it knows. `None` if the
+    /// slot is empty, being written or expired. One slot read, no hashing.
+    pub fn entry_at(&self, now: u64, index: u32) -> Option<(usize, FlowKey, u8, u32)> {
+        let i = index as usize;
+        if i >= self.t.slot_count() {
+            return None;
+        }
+        let (m, seen, addrs) = self.t.view(i);
+        let settled = CtState::from_u8(state_of(m)).is_some();
+        if !settled || !self.t.is_live(m, seen, now) {
+            return None;
+        }
+        let h = handle(i, m);
+        Some((
+            h,
+            orig_key_of(addrs, m),
+            stage_of(m),
+            self.t.ext(h) & EXT_MASK,
+        ))
+    }
+
     /// The slot index a handle names, to remember an entry by (see [`Self::find_at`]).
     #[inline]
     pub fn index_of(slot: usize) -> u32 {

@@ -45,6 +45,7 @@ pub mod emit;
 pub mod flow;
 pub mod fragment;
 pub mod ingress;
+pub mod masq;
 pub mod nat;
 pub mod parse;
 pub mod policy;
@@ -183,6 +184,12 @@ pub fn decide(
     let opened;
     let meta = if ingress == tables.uplink_port() {
         match underlay::ingress(frame, meta, tables) {
+            Ok(underlay::Ingress::Plain) if tables.is_node_address(meta.key.dst) => {
+                return match tables.mode() {
+                    Mode::Full => masq::inbound(now_ns, frame, meta, tables, ct),
+                    Mode::Passthrough => Outcome::drop(DropReason::NoRoute),
+                };
+            }
             Ok(underlay::Ingress::Plain) => meta,
             Ok(underlay::Ingress::Opened(inner)) => {
                 opened = inner;
@@ -328,10 +335,22 @@ fn tail(
 
     // Stage 8b: conntrack commit. Only an allowed new flow that leaves is tracked: a packet
     // with no route, or whose TTL ran out, creates no state.
+    let mut masq_port = None;
     let policy = match judged {
         None => None,
         Some(Judged::Done(v)) => Some(v),
         Some(Judged::Admitted(vacancy)) => match route {
+            route::Route::World(_) => {
+                if balanced.is_some() {
+                    return Outcome::drop(DropReason::SnatFailed);
+                }
+                let revision = tables.policy().revision();
+                match masq::commit(now_ns, ingress, ct, meta, vacancy, revision, tables) {
+                    Ok(port) => masq_port = Some(port),
+                    Err(o) => return o,
+                }
+                Some(PolicyVerdict::New)
+            }
             route::Route::Local | route::Route::Next(_) | route::Route::Tunnel { .. } => {
                 let revision = tables.policy().revision();
                 let v = match balanced {
@@ -369,6 +388,9 @@ fn tail(
                 emit::forward(frame, meta, &next, tables.gateway_for(next.port)),
                 completed,
             )
+        }
+        route::Route::World(next) => {
+            return masq::outbound(now_ns, frame, (meta, next), tables, ct, (masq_port, policy));
         }
         route::Route::Tunnel { next, peer } => {
             let completed = emit::complete_checksum(frame, meta);

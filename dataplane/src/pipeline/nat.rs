@@ -1,4 +1,5 @@
-//! Stage 9, **NAT rewrite**: the addresses and ports the service stage decided, written into
+//! Stage 9, **NAT rewrite**: the addresses and ports the service and masquerade stages decided
+//! (see [`super::masq`]), written into
 //! the packet with incremental checksum updates (RFC 1624), so a packet is never summed whole
 //! again.
 //!
@@ -88,8 +89,12 @@ fn halves(ip: Ipv4Addr) -> [u16; 2] {
 pub fn rewrite(frame: &mut Frame<'_>, meta: &Meta, nat: Nat) -> bool {
     match nat {
         Nat::None => true,
-        Nat::ToBackend(b) => endpoint(frame, meta, IP_DST, DST_PORT, b).is_some(),
-        Nat::FromFrontend(f) => endpoint(frame, meta, IP_SRC, SRC_PORT, f).is_some(),
+        Nat::ToBackend(to) | Nat::Unmasquerade(to) => {
+            endpoint(frame, meta, IP_DST, DST_PORT, to).is_some()
+        }
+        Nat::FromFrontend(from) | Nat::Masquerade(from) => {
+            endpoint(frame, meta, IP_SRC, SRC_PORT, from).is_some()
+        }
         Nat::ErrorFromFrontend { backend, frontend } => {
             error(frame, meta, backend, frontend).is_some()
         }

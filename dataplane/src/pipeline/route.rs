@@ -14,6 +14,9 @@ pub enum Route {
     Local,
     /// Send on towards this neighbour.
     Next(Neighbor),
+    /// Send on to the world through this next hop (over the uplink), masqueraded to the node's
+    /// address.
+    World(Neighbor),
     /// Send on towards this neighbour (over the uplink) once encapsulated for peer `peer`
     /// (its index in the tables' peers): stage 10 seals it.
     Tunnel {

@@ -59,6 +59,11 @@ pub enum Nat {
     ToBackend(SocketAddrV4),
     /// A backend's reply: the source becomes the frontend.
     FromFrontend(SocketAddrV4),
+    /// A pod's packet to the world: the source becomes the node's underlay address and the
+    /// connection's port there (masquerade).
+    Masquerade(SocketAddrV4),
+    /// The world's reply to a masqueraded connection: the destination becomes the pod's.
+    Unmasquerade(SocketAddrV4),
     /// An ICMP error from the network about a client's packet to a backend: the error's source
     /// (if it is the backend) and the quoted destination become the frontend.
     ErrorFromFrontend {

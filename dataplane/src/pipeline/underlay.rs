@@ -15,8 +15,9 @@
 //!   its sender's pod CIDR: a node speaks only for its own pods.
 //! - **Routing to another node** ([`route_off_node`]): a destination in a peer's pod CIDR goes
 //!   over the uplink to that peer's MAC ([`Route::Next`]), or, when the peer encrypts, to be
-//!   encapsulated first ([`Route::Tunnel`]). Nothing that came from the uplink goes back out of
-//!   it: the node is no transit router for the underlay.
+//!   encapsulated first ([`Route::Tunnel`]); any other destination goes to the world through
+//!   the uplink's next hop ([`Route::World`]), masqueraded ([`super::masq`]). Nothing that came
+//!   from the uplink goes back out of it: the node is no transit router for the underlay.
 //! - **Stage 10, encapsulation** ([`encap`]): the routed inner packet is sealed in place behind
 //!   an outer IPv4 header (node to peer, protocol 50) and a new Ethernet header, prepended into
 //!   the frame's headroom.
@@ -30,7 +31,7 @@ use super::{Meta, Outcome, Parsed, Verdict, parse};
 use crate::esp::{self, EspError, HEADROOM};
 use crate::frame::Frame;
 use crate::stats::DropReason;
-use crate::tables::{MacAddr, Neighbor, PortId, Tables};
+use crate::tables::{MacAddr, Mode, Neighbor, PortId, Tables};
 use crate::wire::ethernet::{self, EtherType};
 use crate::wire::ip::{Protocol, proto};
 use crate::wire::ipv4;
@@ -147,12 +148,12 @@ fn decap(frame: &mut Frame<'_>, meta: &Meta, tables: &Tables) -> Result<Meta, Dr
 #[inline(never)]
 pub fn route_off_node(meta: &Meta, tables: &Tables, ingress: PortId) -> Route {
     let uplink = tables.uplink_port();
-    let Some((i, peer)) = tables.peer_for(meta.key.dst) else {
-        return Route::Drop(DropReason::NoRoute);
-    };
     if ingress == uplink {
         return Route::Drop(DropReason::NoRoute);
     }
+    let Some((i, peer)) = tables.peer_for(meta.key.dst) else {
+        return world(meta, tables);
+    };
     let Some(mac) = peer.mac else {
         return Route::Drop(DropReason::NeighborUnresolved);
     };
@@ -167,6 +168,22 @@ pub fn route_off_node(meta: &Meta, tables: &Tables, ingress: PortId) -> Route {
         },
         None => Route::Next(next),
     }
+}
+
+/// Routing to the world: through the uplink's next hop, in `full` mode only (masquerade needs
+/// the connection tracking).
+fn world(meta: &Meta, tables: &Tables) -> Route {
+    let (Some(up), Some((_, mac)), Mode::Full) = (tables.uplink(), tables.world(), tables.mode())
+    else {
+        return Route::Drop(DropReason::NoRoute);
+    };
+    let Some(mac) = mac else {
+        return Route::Drop(DropReason::NeighborUnresolved);
+    };
+    if meta.ttl <= 1 {
+        return super::route::expired(meta, tables);
+    }
+    Route::World(Neighbor { port: up.port, mac })
 }
 
 /// Stage 10: seals the routed packet `meta` describes (the frame's Ethernet header already
