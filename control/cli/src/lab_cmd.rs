@@ -168,6 +168,20 @@ pub fn print_topology(st: &LabState) {
             lab::HOST_IF,
             lab::HOST_DP_IF
         );
+        if let (Some(ip), Some(uplink)) = (n.node_ip, &n.underlay_if) {
+            println!("  underlay {ip} on {uplink}");
+        }
+    }
+    if let Some(u) = &st.underlay {
+        println!("underlay: netns {}, bridge {}", u.netns, u.bridge);
+    }
+    if let Some(w) = &st.world {
+        println!(
+            "world (underlay router, netserver, TCP/UDP echo on port {}): netns {}, {}",
+            lab::WORLD_ECHO_PORT,
+            w.netns,
+            w.ip
+        );
     }
     let rows: Vec<Vec<String>> = st
         .pods
@@ -175,6 +189,7 @@ pub fn print_topology(st: &LabState) {
         .map(|p| {
             vec![
                 p.name.clone(),
+                p.node.clone(),
                 p.namespace.clone(),
                 p.ip.to_string(),
                 p.netns.clone(),
@@ -193,6 +208,7 @@ pub fn print_topology(st: &LabState) {
     print_table(
         &[
             "POD",
+            "NODE",
             "NAMESPACE",
             "IP",
             "NETNS",

@@ -61,9 +61,10 @@ pub enum Error {
         /// The command line.
         command: String,
     },
-    /// netserver was started but did not listen in time (or exited).
+    /// A server (netserver, the world's socat) was started but did not listen in time (or
+    /// exited).
     #[error(
-        "`{command}` failed: netserver did not listen on port {port} within {secs} s; \
+        "`{command}` failed: it did not listen on port {port} within {secs} s; \
          run it by hand in that namespace to see why"
     )]
     NotListening {

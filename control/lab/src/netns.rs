@@ -212,6 +212,33 @@ pub fn node_port_up(netns: Option<&str>, ifname: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Creates a veth pair in namespace `ns`: `name` stays there, `peer` goes to `peer_ns` (`None`:
+/// stays in `ns` too). Both ends get `queues` RX and TX queues: the agent gives each worker a
+/// queue of every port it serves.
+pub(crate) fn add_veth(
+    ns: &str,
+    name: &str,
+    peer: &str,
+    peer_ns: Option<&str>,
+    queues: &str,
+) -> Result<(), Error> {
+    let q = ["numtxqueues", queues, "numrxqueues", queues];
+    let mut args = vec!["ip", "-n", ns, "link", "add", name];
+    args.extend_from_slice(&q);
+    args.extend_from_slice(&["type", "veth", "peer", "name", peer]);
+    if let Some(p) = peer_ns {
+        args.extend_from_slice(&["netns", p]);
+    }
+    args.extend_from_slice(&q);
+    process::run(&args).map(drop)
+}
+
+/// Turns TX checksum offload off on `ifname` in namespace `ns`: a frame's checksums must be
+/// complete on the wire, since AF_XDP forwards bytes, not skbs with checksums still to fill in.
+pub(crate) fn tx_offload_off(ns: &str, ifname: &str) -> Result<(), Error> {
+    process::run(&exec_args(ns, &["ethtool", "-K", ifname, "tx", "off"])).map(drop)
+}
+
 /// The MAC address of `ifname` in namespace `netns`.
 pub(crate) fn read_mac(netns: &str, ifname: &str) -> Result<MacAddr, Error> {
     let out = process::run(&["ip", "-n", netns, "-j", "link", "show", ifname])?;
@@ -241,6 +268,7 @@ pub fn start_netserver(netns: &str) -> Result<(), Error> {
     wait_listening(
         netns,
         &process::cmd_line(&args),
+        NETSERVER_PORT,
         None,
         Duration::from_secs(10),
     )
@@ -258,19 +286,26 @@ pub fn spawn_netserver(netns: &str, cpus: &str) -> Result<ChildGuard, Error> {
     let mut guard = process::spawn(&args)?;
     // An exit is seen at once here, so the limit only bounds a start that hangs.
     let cmd = guard.cmd().to_string();
-    wait_listening(netns, &cmd, Some(&mut guard), Duration::from_secs(5))?;
+    wait_listening(
+        netns,
+        &cmd,
+        NETSERVER_PORT,
+        Some(&mut guard),
+        Duration::from_secs(5),
+    )?;
     Ok(guard)
 }
 
-/// Polls `ss` in `netns` until something listens on [`NETSERVER_PORT`]; fails after `limit`, or
-/// as soon as `child` (the netserver, when the caller owns it) has exited.
-fn wait_listening(
+/// Polls `ss` in `netns` until something listens on TCP `port`; fails after `limit`, or as
+/// soon as `child` (the server, when the caller owns it) has exited.
+pub(crate) fn wait_listening(
     netns: &str,
     command: &str,
+    port: u16,
     mut child: Option<&mut ChildGuard>,
     limit: Duration,
 ) -> Result<(), Error> {
-    let filter = format!("sport = :{NETSERVER_PORT}");
+    let filter = format!("sport = :{port}");
     let start = Instant::now();
     loop {
         let listening = process::run(&exec_args(netns, &["ss", "-Hltn", &filter]))
@@ -282,7 +317,7 @@ fn wait_listening(
         if exited || start.elapsed() > limit {
             return Err(Error::NotListening {
                 command: command.to_string(),
-                port: NETSERVER_PORT,
+                port,
                 secs: limit.as_secs(),
             });
         }

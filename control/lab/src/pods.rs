@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::netns::{node_port_up, read_mac};
+use crate::netns::{add_veth, node_port_up, read_mac, tx_offload_off};
 use crate::process::run;
 use crate::up::add_quiet_netns;
 use crate::{Error, HOST_DP_IF, Lab, LabPod, PodState};
@@ -12,10 +12,16 @@ use crate::{Error, HOST_DP_IF, Lab, LabPod, PodState};
 pub(crate) const POD_IF_PREFIX: &str = "xyp";
 
 impl Lab {
-    /// Adds a pod to a running lab: its namespace and veth, then its endpoint through the
-    /// agent's API (`PUT /v1/endpoints/…`), which attaches the redirector and opens a socket on
-    /// each worker. The agent keeps it across restarts.
+    /// Adds a pod to a running lab's first node: see [`Lab::add_pod_on`].
     pub fn add_pod(&self, pod: &LabPod) -> Result<PodState, Error> {
+        self.add_pod_on(None, pod)
+    }
+
+    /// Adds a pod to node `node` of a running lab (`None`: the first node): its namespace and
+    /// veth, then its endpoint through that node's agent's API (`PUT /v1/endpoints/…`), which
+    /// attaches the redirector and opens a socket on each worker. The agent keeps it across
+    /// restarts.
+    pub fn add_pod_on(&self, node: Option<&str>, pod: &LabPod) -> Result<PodState, Error> {
         let mut st = self
             .state()?
             .filter(|st| st.nodes.iter().all(|n| n.agent_running))
@@ -28,12 +34,33 @@ impl Lab {
                 self.name, pod.name
             )));
         }
-        let node = st.nodes[0].clone();
+        let node = match node {
+            None => st.nodes[0].clone(),
+            Some(name) => st
+                .nodes
+                .iter()
+                .find(|n| n.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    let names: Vec<&str> = st.nodes.iter().map(|n| n.name.as_str()).collect();
+                    Error::config(
+                        "--node",
+                        format!(
+                            "lab '{}' has no node {name}; its nodes: {}",
+                            self.name,
+                            names.join(", ")
+                        ),
+                    )
+                })?,
+        };
+        // Interfaces are per node namespace; addresses per node pod CIDR.
         let (i, ip) = (0u32..240)
             .map(|i| (i, node.pod_cidr.nth(10 + i)))
             .find(|(i, ip)| {
                 let ifname = format!("{POD_IF_PREFIX}{i}");
-                !st.pods.iter().any(|p| p.ip == *ip || p.interface == ifname)
+                !(st.pods.iter())
+                    .filter(|p| p.node == node.name)
+                    .any(|p| p.ip == *ip || p.interface == ifname)
             })
             .ok_or_else(|| Error::Lab("the lab's pod CIDR is full".into()))?;
         let pod_ns = format!("{}pod-{}", self.netns_prefix(), pod.name);
@@ -55,7 +82,15 @@ impl Lab {
         })
         .unwrap_or(1)
         .to_string();
-        make_pod(&node.netns, &pod_ns, &ifname, ip, node.gateway, &queues)?;
+        make_pod(
+            &node.netns,
+            &pod_ns,
+            &ifname,
+            ip,
+            node.gateway,
+            &queues,
+            node.pod_mtu,
+        )?;
         let pod_state = PodState {
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
@@ -101,47 +136,16 @@ impl Lab {
     /// with `POD_NAME`, `POD_NAMESPACE` and `POD_IP` set and its output appended to
     /// `<lab dir>/pods/<name>.log`; records the command, its log and its pid in `pod`.
     pub(crate) fn start_run(&self, pod: &mut PodState, cmd: &str) -> Result<(), Error> {
-        let dir = self.dir().join("pods");
-        let log = dir.join(format!("{}.log", pod.name));
-        let file_err = |what: &'static str, path: &std::path::Path| {
-            let path = path.to_owned();
-            move |source| Error::File(xylem_api::FileError { what, path, source })
-        };
-        std::fs::create_dir_all(&dir)
-            .map_err(file_err("creating the pods' log directory", &dir))?;
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(file_err("opening the pod's run log", &log))?;
-        let err = out
-            .try_clone()
-            .map_err(file_err("opening the pod's run log", &log))?;
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &pod.netns, "sh", "-c", cmd])
-            .env("POD_NAME", &pod.name)
-            .env("POD_NAMESPACE", &pod.namespace)
-            .env("POD_IP", pod.ip.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it detaches
-        // the command from the CLI's session so that it keeps serving after the CLI exits and
-        // ignores the terminal's signals.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            c.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = c.spawn().map_err(|e| Error::Command {
-            command: format!("ip netns exec {} sh -c {cmd:?}", pod.netns),
-            detail: e.to_string(),
-        })?;
+        let log = self.dir().join("pods").join(format!("{}.log", pod.name));
+        let env = [
+            ("POD_NAME", pod.name.clone()),
+            ("POD_NAMESPACE", pod.namespace.clone()),
+            ("POD_IP", pod.ip.to_string()),
+        ];
+        let pid = crate::process::spawn_detached(&pod.netns, cmd, &env, &log)?;
         pod.run = Some(cmd.to_string());
         pod.run_log = Some(log);
-        pod.run_pid = Some(child.id());
+        pod.run_pid = Some(pid);
         Ok(())
     }
 
@@ -196,7 +200,8 @@ impl Lab {
 }
 
 /// Creates pod namespace `pod_ns` with `eth0` at `ip`/32 behind gateway `gateway`, and its veth
-/// peer `ifname` in the node namespace, closed to the node's stack ([`node_port_up`]).
+/// peer `ifname` in the node namespace, closed to the node's stack ([`node_port_up`]); both ends
+/// get MTU `mtu` when one is given (encryption's room for the tunnel headers).
 pub(crate) fn make_pod(
     node_ns: &str,
     pod_ns: &str,
@@ -204,37 +209,18 @@ pub(crate) fn make_pod(
     ip: Ipv4Addr,
     gateway: Ipv4Addr,
     queues: &str,
+    mtu: Option<u32>,
 ) -> Result<(), Error> {
     add_quiet_netns(pod_ns)?;
-    run(&[
-        "ip",
-        "-n",
-        node_ns,
-        "link",
-        "add",
-        ifname,
-        "numtxqueues",
-        queues,
-        "numrxqueues",
-        queues,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod_ns,
-        "numtxqueues",
-        queues,
-        "numrxqueues",
-        queues,
-    ])?;
+    add_veth(node_ns, ifname, "eth0", Some(pod_ns), queues)?;
+    if let Some(mtu) = mtu {
+        let mtu = mtu.to_string();
+        run(&["ip", "-n", node_ns, "link", "set", ifname, "mtu", &mtu])?;
+        run(&["ip", "-n", pod_ns, "link", "set", "eth0", "mtu", &mtu])?;
+    }
     let addr = format!("{ip}/32");
     run(&["ip", "-n", pod_ns, "addr", "add", &addr, "dev", "eth0"])?;
-    // The pod's checksums must be complete on the wire: AF_XDP forwards bytes, not skbs.
-    run(&[
-        "ip", "netns", "exec", pod_ns, "ethtool", "-K", "eth0", "tx", "off",
-    ])?;
+    tx_offload_off(pod_ns, "eth0")?;
     run(&["ip", "-n", pod_ns, "link", "set", "eth0", "up"])?;
     node_port_up(Some(node_ns), ifname)?;
     let gw = gateway.to_string();

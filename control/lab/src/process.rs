@@ -122,6 +122,54 @@ pub fn run_with_input(args: &[&str], input: Option<&str>) -> Result<String, Erro
     }
 }
 
+/// Starts `sh -c CMD` in namespace `netns`, detached in its own session with `env` set and its
+/// output appended to `log` (its directory made if need be); returns the pid of the `sh`.
+/// Nothing owns it: it outlives the command that started it, until `lab down` kills every
+/// process of the lab's namespaces. The lab starts pods' `run:` commands and the world's
+/// listeners this way.
+pub fn spawn_detached(
+    netns: &str,
+    cmd: &str,
+    env: &[(&str, String)],
+    log: &Path,
+) -> Result<u32, Error> {
+    let file_err = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::File(xylem_api::FileError { what, path, source })
+    };
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(file_err("creating a log directory", dir))?;
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(file_err("opening a command's log", log))?;
+    let err = out
+        .try_clone()
+        .map_err(file_err("opening a command's log", log))?;
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns, "sh", "-c", cmd])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it detaches
+    // the command from the CLI's session so that it keeps serving after the CLI exits and
+    // ignores the terminal's signals.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = c.spawn().map_err(|e| Error::Command {
+        command: format!("ip netns exec {netns} sh -c {cmd:?}"),
+        detail: e.to_string(),
+    })?;
+    Ok(child.id())
+}
+
 /// Output of a command run with [`run_timed`].
 #[derive(Debug)]
 pub struct Finished {

@@ -8,19 +8,24 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xylem_api::config::{
-    AgentConfig, GatewayConfig, Ipv4Cidr, PortConfig, PortKind, WorkersConfig,
+    AgentConfig, DEFAULT_GRACE_PERIOD_S, EncryptionConfig, GatewayConfig, Ipv4Cidr, NodeConfig,
+    PortConfig, PortKind, WorkersConfig,
 };
+use xylem_dataplane::worker::Placement;
 
 use crate::netns::{self, read_mac};
 use crate::pods::{POD_IF_PREFIX, make_pod};
 use crate::process::{pid_alive, run};
 use crate::{
-    Error, GATEWAY_MAC, HOST_DP_IF, HOST_IF, Lab, LabFile, LabOptions, LabState, NodeState,
-    PodState,
+    Error, GATEWAY_MAC, HOST_DP_IF, HOST_IF, Lab, LabFile, LabOptions, LabPod, LabState, NodeState,
+    PodState, UnderlayState, WorldState,
 };
 
-/// The addresses and names of the lab's one node.
+/// The addresses, names and worker placement of one of the lab's nodes.
 struct Node {
+    /// Its index in the lab (0-based, file order): it picks the pod CIDR, underlay address,
+    /// uplink MAC and worker core.
+    index: usize,
     name: String,
     netns: String,
     pod_cidr: Ipv4Cidr,
@@ -28,8 +33,17 @@ struct Node {
     host_ip: Ipv4Addr,
     /// Routed through the host port like the pod CIDR.
     service_cidr: Ipv4Cidr,
+    /// Its agent's API socket.
+    api_socket: PathBuf,
+    /// Its agent's worker cores (empty: the agent's default) and placement.
+    cores: Vec<usize>,
+    placement: Option<Placement>,
     /// Queues of every veth: one per worker.
     queues: String,
+    /// Its address on the underlay; None in a single-node lab, which has no underlay.
+    node_ip: Option<Ipv4Addr>,
+    /// Its pods' veth MTU when not the default (encryption).
+    pod_mtu: Option<u32>,
 }
 
 /// Where the agent's files go, in the lab directory.
@@ -38,30 +52,74 @@ struct AgentFiles {
     log: PathBuf,
 }
 
+/// The worker cores and placement of node `i` of the `n` nodes of a lab on a machine with
+/// `cpus` CPUs. A single-node (`pods:`) lab takes the options as they are. In a multi-node lab
+/// each agent gets a core of its own, from the last CPU down, so the agents do not compete for
+/// one core; where they must share (more nodes than CPUs, or the user's `--worker-cores` for
+/// every node), the placement falls back to `shared` unless the user chose one, since agents
+/// spinning on a shared core would starve each other.
+fn node_workers(
+    i: usize,
+    n: usize,
+    cpus: usize,
+    multi: bool,
+    opts: &LabOptions,
+) -> (Vec<usize>, Option<Placement>) {
+    let cpus = cpus.max(1);
+    let (cores, shared) = match (multi, opts.worker_cores.is_empty()) {
+        (false, _) => return (opts.worker_cores.clone(), opts.placement),
+        (true, false) => (opts.worker_cores.clone(), n > 1),
+        (true, true) => (vec![cpus - 1 - i % cpus], n > cpus),
+    };
+    let placement = match (opts.placement, shared) {
+        (None, true) => Some(Placement::Shared),
+        (p, _) => p,
+    };
+    (cores, placement)
+}
+
+/// Whether the lab recorded in `st` is the one `file` describes: same nodes, same pods on
+/// them, same service CIDR, encrypted or not alike (which the pods' MTU records).
+fn same_lab(st: &LabState, file: &LabFile) -> bool {
+    let pod_mtu = file.encryption.as_ref().map(|_| crate::ENCRYPTED_POD_MTU);
+    let nodes = file.node_list();
+    let want: Vec<(&str, &LabPod)> = (nodes.iter())
+        .flat_map(|n| n.pods.iter().map(|p| (n.name.as_str(), p)))
+        .collect();
+    st.pods.len() == want.len()
+        && st.underlay.is_some() == file.multi_node()
+        && st.pods.iter().zip(&want).all(|(a, (node, b))| {
+            a.node == *node
+                && a.name == b.name
+                && a.namespace == b.namespace
+                && a.labels == b.labels
+                && a.run == b.run
+        })
+        && (st.nodes.iter()).all(|n| n.service_cidr == file.service_cidr && n.pod_mtu == pod_mtu)
+}
+
 impl Lab {
-    /// Brings the lab up: idempotent (a lab already up with the same pods is left as it is).
+    /// Brings the lab up: idempotent (a lab already up with the same nodes and pods is left as
+    /// it is).
     pub fn up(&self, file: &LabFile, opts: &LabOptions) -> Result<LabState, Error> {
         if let Some(st) = self.state()? {
-            let same = st.pods.len() == file.pods.len()
-                && st.pods.iter().zip(&file.pods).all(|(a, b)| {
-                    a.name == b.name
-                        && a.namespace == b.namespace
-                        && a.labels == b.labels
-                        && a.run == b.run
-                })
-                && st.nodes.iter().all(|n| n.service_cidr == file.service_cidr);
+            let same = same_lab(&st, file);
             if same && st.nodes.iter().all(|n| n.agent_running) {
                 return Ok(st);
             }
             if same {
+                let down: Vec<String> = (st.nodes.iter())
+                    .filter(|n| !n.agent_running)
+                    .map(|n| format!("{} (see {})", n.name, n.agent_log.display()))
+                    .collect();
                 return Err(Error::Lab(format!(
-                    "lab '{}' is up but its agent is not running (see {}): run `xylem lab down` then `xylem lab up`",
+                    "lab '{}' is up but the agent of node {} is not running: run `xylem lab down` then `xylem lab up`",
                     self.name,
-                    st.nodes[0].agent_log.display()
+                    down.join(", ")
                 )));
             }
             return Err(Error::Lab(format!(
-                "lab '{}' is already up with other pods: run `xylem lab down` first",
+                "lab '{}' is already up with other nodes or pods: run `xylem lab down` first",
                 self.name
             )));
         }
@@ -76,6 +134,35 @@ impl Lab {
         }
     }
 
+    /// The nodes of `file`, with their addresses and worker placement.
+    fn plan_nodes(&self, file: &LabFile, opts: &LabOptions) -> Vec<Node> {
+        let specs = file.node_list();
+        let multi = file.multi_node();
+        let cpus = xylem_api::config::online_cpus();
+        let pod_mtu = file.encryption.as_ref().map(|_| crate::ENCRYPTED_POD_MTU);
+        (specs.iter().enumerate())
+            .map(|(i, spec)| {
+                let pod_cidr = crate::node_pod_cidr(i);
+                let (cores, placement) = node_workers(i, specs.len(), cpus, multi, opts);
+                Node {
+                    index: i,
+                    name: spec.name.clone(),
+                    netns: self.netns(&spec.name),
+                    pod_cidr,
+                    gateway: pod_cidr.nth(1),
+                    host_ip: pod_cidr.nth(254),
+                    service_cidr: file.service_cidr,
+                    api_socket: self.node_api_socket(i, &spec.name),
+                    queues: cores.len().max(1).to_string(),
+                    cores,
+                    placement,
+                    node_ip: multi.then(|| crate::node_ip(i)),
+                    pod_mtu,
+                }
+            })
+            .collect()
+    }
+
     fn create(&self, file: &LabFile, opts: &LabOptions) -> Result<LabState, Error> {
         let dir = self.dir();
         std::fs::create_dir_all(&dir).map_err(|source| {
@@ -85,52 +172,109 @@ impl Lab {
                 source,
             })
         })?;
-        let pod_cidr = crate::POD_CIDR;
-        let node = Node {
-            name: "node1".into(),
-            netns: format!("{}node1", self.netns_prefix()),
-            pod_cidr,
-            gateway: pod_cidr.nth(1),
-            host_ip: pod_cidr.nth(254),
-            service_cidr: file.service_cidr,
-            queues: opts.worker_cores.len().max(1).to_string(),
-        };
-        add_quiet_netns(&node.netns)?;
-        let (mut ports, mut pods) = self.make_pods(&node, file)?;
+        let specs = file.node_list();
+        let nodes = self.plan_nodes(file, opts);
+        let multi = file.multi_node();
+        let underlay_ns = self.netns(crate::UNDERLAY_NS);
+        let world_ns = self.netns(crate::WORLD_NS);
+        if multi {
+            crate::underlay::make_underlay(&underlay_ns)?;
+        }
+        let mut node_ports = Vec::new();
+        let mut pods = Vec::new();
+        for (node, spec) in nodes.iter().zip(&specs) {
+            add_quiet_netns(&node.netns)?;
+            let (ports, node_pods) = self.make_pods(node, &spec.pods)?;
+            node_ports.push(ports);
+            pods.extend(node_pods);
+        }
         // Before any `run:` starts, so a pod's command resolves through the lab's DNS pod.
         crate::resolv::write_all(Path::new(crate::resolv::NETNS_ETC), &mut pods)?;
-        ports.push(make_host_port(&node)?);
-        let cfg = self.agent_config(&node, opts, ports)?;
-        let files = self.write_agent_config(&node, &cfg)?;
+        let peers: Vec<NodeConfig> = (nodes.iter())
+            .filter_map(|n| {
+                Some(NodeConfig {
+                    name: n.name.clone(),
+                    node_ip: n.node_ip?,
+                    pod_cidr: n.pod_cidr,
+                    encryption: None,
+                })
+            })
+            .collect();
+        let mut started = Vec::new();
+        for (node, mut ports) in nodes.iter().zip(node_ports) {
+            ports.push(make_host_port(node)?);
+            if multi {
+                let up = crate::underlay::Uplink {
+                    index: node.index,
+                    name: &node.name,
+                    netns: &node.netns,
+                    queues: &node.queues,
+                };
+                ports.push(crate::underlay::make_uplink(&up, &underlay_ns)?);
+            }
+            let cfg = self.agent_config(node, opts, ports, &peers, file)?;
+            let files = self.write_agent_config(node, &cfg)?;
+            started.push(files);
+        }
+        if multi {
+            let routes: Vec<_> = (nodes.iter())
+                .filter_map(|n| Some((n.pod_cidr, n.node_ip?)))
+                .collect();
+            crate::underlay::make_world(&world_ns, &underlay_ns, &routes, &dir.join("world"))?;
+        }
 
         let mut st = LabState {
             lab: self.name.clone(),
-            nodes: vec![NodeState {
-                name: node.name.clone(),
-                netns: node.netns.clone(),
-                api_socket: cfg.api_socket.clone(),
-                agent_pid: None,
-                agent_running: false,
-                pod_cidr,
-                gateway: node.gateway,
-                host_ip: node.host_ip,
-                service_cidr: node.service_cidr,
-                agent_config: files.config.clone(),
-                agent_log: files.log.clone(),
-            }],
+            nodes: (nodes.iter().zip(&started))
+                .map(|(node, files)| NodeState {
+                    name: node.name.clone(),
+                    netns: node.netns.clone(),
+                    api_socket: node.api_socket.clone(),
+                    agent_pid: None,
+                    agent_running: false,
+                    pod_cidr: node.pod_cidr,
+                    gateway: node.gateway,
+                    host_ip: node.host_ip,
+                    service_cidr: node.service_cidr,
+                    agent_config: files.config.clone(),
+                    agent_log: files.log.clone(),
+                    node_ip: node.node_ip,
+                    underlay_if: multi.then(|| crate::UPLINK_IF.to_string()),
+                    pod_mtu: node.pod_mtu,
+                })
+                .collect(),
             pods,
+            underlay: multi.then(|| UnderlayState {
+                netns: underlay_ns.clone(),
+                bridge: crate::UNDERLAY_BRIDGE.into(),
+            }),
+            world: multi.then(|| WorldState {
+                netns: world_ns.clone(),
+                ip: crate::WORLD_IP,
+            }),
         };
-        // Record the namespaces before starting the agent, so a crash from here on is cleaned
+        // Record the namespaces before starting the agents, so a crash from here on is cleaned
         // up by `lab down`.
         self.save(&st)?;
-        let pid = start_agent(&node.netns, &files.config, &files.log)?;
-        st.nodes[0].agent_pid = Some(pid);
-        st.nodes[0].agent_running = true;
-        self.save(&st)?;
-        wait_ready(&cfg.api_socket, pid, &files.log)?;
+        let mut pids = Vec::new();
+        for i in 0..st.nodes.len() {
+            let n = &st.nodes[i];
+            let pid = start_agent(&n.netns, &n.agent_config, &n.agent_log)?;
+            st.nodes[i].agent_pid = Some(pid);
+            st.nodes[i].agent_running = true;
+            self.save(&st)?;
+            pids.push(pid);
+        }
+        // The agents start side by side; then each must answer.
+        for (n, pid) in st.nodes.iter().zip(pids) {
+            wait_ready(&n.api_socket, pid, &n.agent_log)?;
+        }
         // The pods' commands start once the dataplane carries their traffic.
-        for (i, spec) in file.pods.iter().enumerate() {
-            if let Some(cmd) = &spec.run {
+        let runs: Vec<Option<String>> = (specs.iter())
+            .flat_map(|n| n.pods.iter().map(|p| p.run.clone()))
+            .collect();
+        for (i, run) in runs.iter().enumerate() {
+            if let Some(cmd) = run {
                 self.start_run(&mut st.pods[i], cmd)?;
                 self.save(&st)?;
             }
@@ -138,15 +282,16 @@ impl Lab {
         Ok(st)
     }
 
-    /// The pods of `file` in their namespaces, with their ports for the agent's configuration.
+    /// The pods `specs` of `node` in their namespaces, with their ports for the agent's
+    /// configuration.
     fn make_pods(
         &self,
         node: &Node,
-        file: &LabFile,
+        specs: &[LabPod],
     ) -> Result<(Vec<PortConfig>, Vec<PodState>), Error> {
         let mut ports = Vec::new();
         let mut pods = Vec::new();
-        for (i, p) in file.pods.iter().enumerate() {
+        for (i, p) in specs.iter().enumerate() {
             let pod_ns = format!("{}pod-{}", self.netns_prefix(), p.name);
             let ifname = format!("{POD_IF_PREFIX}{i}");
             let ip = node.pod_cidr.nth(10 + i as u32);
@@ -157,6 +302,7 @@ impl Lab {
                 ip,
                 node.gateway,
                 &node.queues,
+                node.pod_mtu,
             )?;
             let mac = read_mac(&pod_ns, "eth0")?;
             ports.push(PortConfig {
@@ -167,6 +313,7 @@ impl Lab {
                 name: Some(p.name.clone()),
                 namespace: Some(p.namespace.clone()),
                 labels: p.labels.clone(),
+                next_hop: None,
             });
             pods.push(PodState {
                 name: p.name.clone(),
@@ -185,12 +332,15 @@ impl Lab {
         Ok((ports, pods))
     }
 
-    /// The agent's configuration for `node`, checked.
+    /// The agent's configuration for `node`, checked: its ports, every node of the lab
+    /// (`nodes`, empty for a single-node lab) and the lab's encryption.
     fn agent_config(
         &self,
         node: &Node,
         opts: &LabOptions,
         ports: Vec<PortConfig>,
+        nodes: &[NodeConfig],
+        file: &LabFile,
     ) -> Result<AgentConfig, Error> {
         let defaults = WorkersConfig::default();
         let cfg = AgentConfig {
@@ -202,8 +352,8 @@ impl Lab {
             },
             ports,
             workers: WorkersConfig {
-                cores: opts.worker_cores.clone(),
-                placement: opts.placement,
+                cores: node.cores.clone(),
+                placement: node.placement,
                 batch_size: opts.batch_size.unwrap_or(defaults.batch_size),
                 idle_spin_us: opts.idle_spin_us.unwrap_or(defaults.idle_spin_us),
                 realtime: opts.realtime.unwrap_or(defaults.realtime),
@@ -214,8 +364,13 @@ impl Lab {
             policy: Default::default(),
             services: Default::default(),
             fqdn: Default::default(),
+            nodes: nodes.to_vec(),
+            encryption: file.encryption.as_ref().map(|e| EncryptionConfig {
+                key_file: e.key_file.clone(),
+                grace_period_s: DEFAULT_GRACE_PERIOD_S,
+            }),
             state_dir: self.dir().join(&node.name).join("state"),
-            api_socket: self.api_socket(),
+            api_socket: node.api_socket.clone(),
             // Inside the node's namespace: `ip netns exec <node> curl 127.0.0.1:9962/metrics`.
             metrics_addr: xylem_api::config::DEFAULT_METRICS_ADDR.parse().ok(),
         };
@@ -316,33 +471,10 @@ pub(crate) fn add_quiet_netns(name: &str) -> Result<(), Error> {
 /// without the agent, frames the node sends to the pods go nowhere.
 fn make_host_port(node: &Node) -> Result<PortConfig, Error> {
     let ns = node.netns.as_str();
-    let q = node.queues.as_str();
-    run(&[
-        "ip",
-        "-n",
-        ns,
-        "link",
-        "add",
-        HOST_IF,
-        "numtxqueues",
-        q,
-        "numrxqueues",
-        q,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        HOST_DP_IF,
-        "numtxqueues",
-        q,
-        "numrxqueues",
-        q,
-    ])?;
+    netns::add_veth(ns, HOST_IF, HOST_DP_IF, None, &node.queues)?;
     let host_addr = format!("{}/32", node.host_ip);
     run(&["ip", "-n", ns, "addr", "add", &host_addr, "dev", HOST_IF])?;
-    run(&[
-        "ip", "netns", "exec", ns, "ethtool", "-K", HOST_IF, "tx", "off",
-    ])?;
+    netns::tx_offload_off(ns, HOST_IF)?;
     run(&["ip", "-n", ns, "link", "set", HOST_IF, "up"])?;
     netns::node_port_up(Some(ns), HOST_DP_IF)?;
     let gw = node.gateway.to_string();
@@ -365,6 +497,7 @@ fn make_host_port(node: &Node) -> Result<PortConfig, Error> {
         name: None,
         namespace: None,
         labels: BTreeMap::new(),
+        next_hop: None,
     })
 }
 
@@ -457,5 +590,42 @@ fn wait_ready(socket: &Path, pid: u32, log: &Path) -> Result<(), Error> {
             )));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_node_gets_its_own_core_while_there_are_enough() {
+        let opts = LabOptions::default();
+        assert_eq!(node_workers(0, 2, 2, true, &opts), (vec![1], None));
+        assert_eq!(node_workers(1, 2, 2, true, &opts), (vec![0], None));
+        // Three nodes on two CPUs share cores: shared placement unless the user chose.
+        assert_eq!(
+            node_workers(2, 3, 2, true, &opts),
+            (vec![1], Some(Placement::Shared))
+        );
+        let dedicated = LabOptions {
+            placement: Some(Placement::Dedicated),
+            ..LabOptions::default()
+        };
+        assert_eq!(
+            node_workers(2, 3, 2, true, &dedicated),
+            (vec![1], Some(Placement::Dedicated))
+        );
+        // The user's cores go to every node, so they are shared.
+        let cores = LabOptions {
+            worker_cores: vec![0],
+            ..LabOptions::default()
+        };
+        assert_eq!(
+            node_workers(1, 2, 4, true, &cores),
+            (vec![0], Some(Placement::Shared))
+        );
+        // A single-node lab is as it always was.
+        assert_eq!(node_workers(0, 1, 2, false, &opts), (vec![], None));
+        assert_eq!(node_workers(0, 1, 2, false, &cores), (vec![0], None));
     }
 }
