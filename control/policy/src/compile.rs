@@ -58,6 +58,8 @@ pub struct Compiled {
     pub tables: PolicyTables,
     /// Per endpoint: identity and enforcement.
     pub endpoints: Vec<EndpointInfo>,
+    /// Per pod of another node: its address and the identity its labels have here.
+    pub remote_endpoints: Vec<(Ipv4Addr, Identity)>,
     /// The CIDR identities given to policy prefixes.
     pub cidr_identities: Vec<(Cidr, Identity)>,
     /// The FQDN identities given to `toFQDNs` selectors, in selector order.
@@ -78,7 +80,38 @@ pub fn compile(
     localhost: AllowLocalhost,
     ids: &mut IdentityAllocator,
 ) -> Compiled {
+    compile_cluster(
+        revision,
+        policies,
+        (endpoints, &[]),
+        host_addrs,
+        localhost,
+        ids,
+    )
+}
+
+/// [`compile`], with the pods of other nodes too (`remote`): each gets this node's identity for
+/// its labels (allocated here, as a local pod's would be), so that policies select it by its
+/// labels wherever it runs; its address maps to that identity. Only local endpoints get policy
+/// tables: a remote pod's own policies are its node's to enforce.
+pub fn compile_cluster(
+    revision: u64,
+    policies: &[Policy],
+    (endpoints, remote): (&[EndpointSpec], &[EndpointSpec]),
+    host_addrs: &[Ipv4Addr],
+    localhost: AllowLocalhost,
+    ids: &mut IdentityAllocator,
+) -> Compiled {
     let mut b = PolicyTablesBuilder::new(revision);
+    let mut remote_ids: BTreeMap<Identity, Labels> = BTreeMap::new();
+    let mut remote_endpoints = Vec::with_capacity(remote.len());
+    for e in remote {
+        let labels = endpoint_labels(&e.namespace, &e.labels);
+        let id = ids.identity(&labels);
+        b.add_address(e.ip, id);
+        remote_endpoints.push((e.ip, id));
+        remote_ids.insert(id, labels);
+    }
     // Identities of the local endpoints.
     let mut local: BTreeMap<Identity, Labels> = BTreeMap::new();
     let mut eps = Vec::with_capacity(endpoints.len());
@@ -120,6 +153,7 @@ pub fn compile(
     });
     let cx = PeerCx {
         local: &local,
+        remote: &remote_ids,
         cidrs: &cidr_ids,
         fqdns: &fqdn_ids,
     };
@@ -156,6 +190,7 @@ pub fn compile(
     Compiled {
         tables: b.build(),
         endpoints,
+        remote_endpoints,
         cidr_identities: cidr_ids,
         fqdn_identities: fqdn_ids,
     }
@@ -244,12 +279,23 @@ fn rule_origins(b: &mut PolicyTablesBuilder, policies: &[Policy]) -> Vec<Vec<[Ve
 
 struct PeerCx<'a> {
     local: &'a BTreeMap<Identity, Labels>,
+    /// The identities of other nodes' pods: selected by labels as local ones are, never given
+    /// tables.
+    remote: &'a BTreeMap<Identity, Labels>,
     cidrs: &'a [(Cidr, Identity)],
     /// Sorted by selector.
     fqdns: &'a [(NameSelector, Identity)],
 }
 
 impl PeerCx<'_> {
+    /// The remote identities that no local endpoint has (pods with the same labels on two
+    /// nodes share one identity).
+    fn remote_only(&self) -> impl Iterator<Item = (&Identity, &Labels)> {
+        self.remote
+            .iter()
+            .filter(|(id, _)| !self.local.contains_key(id))
+    }
+
     /// Fills the tables and DNS rules of local identity `id` from every rule selecting
     /// `labels`, and says what else the policies mean for it.
     fn endpoint(
@@ -331,6 +377,7 @@ impl PeerCx<'_> {
             Peer::Endpoints(sel) => out.extend(
                 self.local
                     .iter()
+                    .chain(self.remote_only())
                     .filter(|(_, l)| sel.matches(l))
                     .map(|(&id, _)| id),
             ),
@@ -354,7 +401,12 @@ impl PeerCx<'_> {
             }
             Peer::Entity(Entity::Cluster) => {
                 out.push(identity::HOST);
-                out.extend(self.local.keys().copied());
+                out.extend(
+                    self.local
+                        .keys()
+                        .chain(self.remote_only().map(|(id, _)| id))
+                        .copied(),
+                );
             }
             Peer::Fqdn(_) => out.extend(self.fqdn_index(peer).map(|i| self.fqdns[i].1)),
         }

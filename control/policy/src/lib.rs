@@ -91,7 +91,7 @@ use std::sync::Arc;
 
 use xylem_dataplane::dns::NameSelector;
 
-pub use compile::{Compiled, EndpointInfo, EndpointSpec, compile};
+pub use compile::{Compiled, EndpointInfo, EndpointSpec, compile, compile_cluster};
 pub use identity::{IdentityAllocator, reserved_name};
 pub use labels::{Labels, NAMESPACE_LABEL, Requirement, Selector, endpoint_labels};
 pub use parse::{API_VERSION, KIND, parse_cidr, parse_policies};

@@ -676,3 +676,77 @@ fn replies_pass_through_conntrack() {
     };
     assert!(!decide(2, &c.tables, &mut ct, &f(unsolicited, SYN)).allows());
 }
+
+#[test]
+fn pods_of_other_nodes_are_selected_by_their_labels_and_get_no_tables() {
+    let policies = parse_policies(&format!(
+        "{HEAD}metadata: {{name: db-from-client}}\nspec:\n  endpointSelector: {{matchLabels: \
+         {{app: db}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n"
+    ))
+    .unwrap();
+    let remote = |ip: &str, app: &str| EndpointSpec {
+        ip: addr(ip),
+        namespace: "default".into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+    };
+    // A client (its labels are not the local client's: no tier), a pod whose labels no local
+    // pod has, and one with exactly the local batch pod's labels (so its identity).
+    let others = [
+        remote("10.200.1.10", "client"),
+        remote("10.200.1.11", "scraper"),
+        remote("10.200.1.12", "batch"),
+    ];
+    let mut ids = IdentityAllocator::new();
+    let c = compile_cluster(
+        1,
+        &policies,
+        (&endpoints(), &others),
+        &[ip(GATEWAY)],
+        AllowLocalhost::Always,
+        &mut ids,
+    );
+    let flow = |src: &str| FlowKey {
+        src: addr(src),
+        dst: addr("db"),
+        sport: 40000,
+        dport: 5432,
+        proto: proto::TCP,
+    };
+    let allowed = |src| {
+        xylem_dataplane::policy::evaluate(&c.tables, &flow(src))
+            .drop()
+            .is_none()
+    };
+    assert!(allowed("client"), "the local client");
+    assert!(
+        allowed("10.200.1.10"),
+        "a client on another node, by its labels"
+    );
+    assert!(!allowed("10.200.1.11"));
+    assert!(!allowed("10.200.1.12"));
+    let local_batch = c.endpoints.iter().find(|e| e.ip == addr("batch")).unwrap();
+    assert_eq!(
+        c.remote_endpoints[2],
+        (addr("10.200.1.12"), local_batch.identity)
+    );
+    assert_eq!(c.remote_endpoints.len(), 3);
+    assert_eq!(
+        c.endpoints.len(),
+        PODS.len(),
+        "remote pods are no local endpoints"
+    );
+    // A policy selecting a remote pod's labels gives it no tables here: its ingress is its own
+    // node's to enforce.
+    let to_scraper = FlowKey {
+        src: addr("db"),
+        dst: addr("10.200.1.11"),
+        sport: 40000,
+        dport: 80,
+        proto: proto::TCP,
+    };
+    assert!(
+        xylem_dataplane::policy::evaluate(&c.tables, &to_scraper)
+            .drop()
+            .is_none()
+    );
+}

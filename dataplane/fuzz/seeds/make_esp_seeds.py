@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the esp fuzz target's seed inputs (seeds/esp/*): byte 0 the mode (0: open the rest,
-1 or 3: seal the rest with AES-128 or AES-256 and open it again), then valid ESP packets sealed
+1 or 3: seal the rest with AES-128 or AES-256 and open it again, 4: seal the rest as the peer
+node and run it through the pipeline's uplink, 8: run the rest through the uplink as it is), then valid ESP packets sealed
 with the target's fixed keys (SPI 0x01020304: AES-128-GCM, key and salt bytes 0..19; SPI
 0x05060708: AES-256-GCM, bytes 0..35), a few damaged ones, and inner packets. Needs the
 `cryptography` package. Run it from this directory; the output is committed."""
@@ -29,6 +30,34 @@ def seal(spi, seq, inner, next_header=4):
     return head + iv + AESGCM(key).encrypt(salt + iv, plain, head)
 
 
+def checksum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return (~s) & 0xFFFF
+
+
+def header(src, dst, proto, payload_len):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, 1, 0, 64, proto, 0,
+                    bytes(src), bytes(dst))
+    return h[:10] + struct.pack("!H", checksum(h)) + h[12:]
+
+
+def udp(src, dst, payload):
+    """A UDP datagram without a checksum (0: none), whole IPv4 packet."""
+    u = struct.pack("!HHHH", 4000, 5001, 8 + len(payload), 0) + payload
+    return header(src, dst, 17, len(u)) + u
+
+
+def uplink_frame(esp):
+    """`esp` from the peer node 10.199.0.12 to node 10.199.0.11, as the uplink receives it."""
+    eth = bytes([0x0e, 0x78, 0x79, 0x75, 0, 1, 0x0e, 0x78, 0x79, 0x75, 0, 2, 0x08, 0x00])
+    return eth + header([10, 199, 0, 12], [10, 199, 0, 11], 50, len(esp)) + esp
+
+
+PEER_POD, POD = [10, 200, 1, 10], [10, 200, 0, 10]
+
+
 def write(name, data):
     with open(os.path.join(OUT, name), "wb") as f:
         f.write(data)
@@ -49,6 +78,12 @@ def main():
     for mode, tag in ((1, "128"), (3, "256")):
         for n in (0, 1, 3, 20, 1500):
             write(f"seal-aes{tag}-len{n}", bytes([mode]) + ipv4(max(n - 20, 0))[:n])
+    write("uplink-inner-udp", b"\x04" + udp(PEER_POD, POD, b"hello"))
+    write("uplink-inner-foreign-source", b"\x04" + udp([10, 200, 7, 7], POD, b"x"))
+    write("uplink-inner-to-nowhere", b"\x04" + udp(PEER_POD, [10, 200, 0, 99], b"x"))
+    write("uplink-frame-esp", b"\x08" + uplink_frame(seal(0x01020304, 9, udp(PEER_POD, POD, b"x"))))
+    write("uplink-frame-clear", b"\x08" + bytes([0x0e, 0x78, 0x79, 0x75, 0, 1, 0x0e, 0x78, 0x79,
+                                                   0x75, 0, 2, 0x08, 0x00]) + udp(PEER_POD, POD, b"x"))
 
 
 if __name__ == "__main__":
