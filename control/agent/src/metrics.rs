@@ -311,6 +311,7 @@ mod tests {
                 log_lost: 1,
                 cache_names: 3,
             },
+            encryption: "disabled".into(),
         };
         let text = render(&st, 0, 0);
         for line in [

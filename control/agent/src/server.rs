@@ -15,6 +15,8 @@
 //! - `POST /v1/services` (Kubernetes Service and EndpointSlice YAML, all or nothing; answers
 //!   `{"revision": N}`), `GET /v1/services` ([`xylem_api::ServiceView`]s),
 //!   `GET|DELETE /v1/services/{namespace}/{name}` (see the `services` module)
+//! - `GET /v1/nodes`, `PUT|DELETE /v1/nodes/{name}`, `GET /v1/encryption`: the node table
+//!   and the ESP keys, peers and errors (see the `nodes` module)
 //! - `GET /v1/identities`: [`xylem_api::IdentityView`]s
 //! - `POST /v1/policy/trace`: [`xylem_api::TraceRequest`] in, [`xylem_policy::Trace`] out
 //! - `GET /v1/ct?max=N`: the tracked connections of the flow table every worker shares ([`xylem_api::CtView`]);
@@ -57,6 +59,7 @@ use crate::agent::{AgentState, Refusal, Rejected};
 
 mod fqdn;
 mod monitor;
+mod nodes;
 mod services;
 
 pub use monitor::rfc3339;
@@ -421,6 +424,12 @@ pub fn serve(
                 "/v1/services/{namespace}/{name}",
                 get(services::get_service).delete(services::delete_service),
             )
+            .route("/v1/nodes", get(nodes::get_nodes))
+            .route(
+                "/v1/nodes/{name}",
+                axum::routing::put(nodes::put_node).delete(nodes::delete_node),
+            )
+            .route("/v1/encryption", get(nodes::get_encryption))
             .route("/v1/identities", get(identities))
             .route("/v1/policy/trace", axum::routing::post(policy_trace))
             .route("/v1/ct", get(get_ct).delete(delete_ct))

@@ -1,5 +1,5 @@
 //! The agent's persistent state: every object it is given (endpoints, policies and the
-//! identities they were given, services) and what it learned (the FQDN cache), kept so a restarted agent restores the same dataplane state
+//! identities they were given, services, nodes) and what it learned (the FQDN cache), kept so a restarted agent restores the same dataplane state
 //! with no client action.
 //!
 //! Callers use the [`StateStore`] trait (get/put/delete/list by kind and key), through
@@ -92,6 +92,15 @@ pub mod kind {
         pub service: xylem_services::Service,
         /// Its EndpointSlices, validated.
         pub slices: Vec<xylem_services::EndpointSlice>,
+    }
+
+    /// The cluster's nodes added or replaced through the API, keyed by node name (the value
+    /// repeats it). Restored at start over the configuration's `nodes` of the same name.
+    #[derive(Debug)]
+    pub struct Nodes;
+    impl Kind for Nodes {
+        const NAME: &'static str = "nodes";
+        type Value = xylem_api::config::NodeConfig;
     }
 
     /// Security identities: one object, key [`IDENTITIES_KEY`], mapping each identity to its

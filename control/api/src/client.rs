@@ -113,6 +113,26 @@ impl Client {
         self.delete_json(&path)
     }
 
+    /// `GET /v1/nodes`: the cluster's nodes as this agent knows them.
+    pub fn nodes(&self) -> Result<Vec<crate::NodeView>, Error> {
+        self.get("/v1/nodes")
+    }
+
+    /// `PUT /v1/nodes/{name}`: adds or replaces a node. Returns it as the agent holds it.
+    pub fn put_node(&self, name: &str, req: &crate::NodeRequest) -> Result<crate::NodeView, Error> {
+        self.put(&format!("/v1/nodes/{}", percent_encode(name)), req)
+    }
+
+    /// `DELETE /v1/nodes/{name}`.
+    pub fn delete_node(&self, name: &str) -> Result<(), Error> {
+        self.delete(&format!("/v1/nodes/{}", percent_encode(name)))
+    }
+
+    /// `GET /v1/encryption`: keys, peers and ESP errors.
+    pub fn encryption(&self) -> Result<crate::EncryptionStatus, Error> {
+        self.get("/v1/encryption")
+    }
+
     fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

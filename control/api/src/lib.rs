@@ -11,15 +11,18 @@
 
 pub mod client;
 pub mod config;
+pub mod keyfile;
 pub mod views;
 
 use std::path::PathBuf;
 
 pub use client::{Client, StreamEnd};
 pub use views::{
-    BackendHealth, BackendView, CtView, DnsCounters, Endpoint, EndpointRequest, FqdnCacheEntry,
-    FqdnCacheIp, FqdnCleaned, FrontendView, Health, IdentityView, MissingInterface, PolicyView,
-    PortStatus, ServiceView, SlowPathCounters, Status, TraceRequest, WorkerStatus,
+    BackendHealth, BackendView, CtView, DnsCounters, ENCRYPTION_DISABLED, ENCRYPTION_IPSEC,
+    EncryptionKeyView, EncryptionPeerView, EncryptionStatus, Endpoint, EndpointRequest,
+    FqdnCacheEntry, FqdnCacheIp, FqdnCleaned, FrontendView, Health, IdentityView, MissingInterface,
+    NodeRequest, NodeSource, NodeView, PolicyView, PortStatus, ServiceView, SlowPathCounters,
+    Status, TraceRequest, WorkerStatus,
 };
 
 /// A configuration value or an option is invalid: which, and why. Nothing was applied. Every
@@ -67,6 +70,17 @@ pub enum Error {
         status: u16,
         /// Its message.
         message: String,
+    },
+    /// The ESP key file does not parse: which line (0: the whole file), which field, and what
+    /// to write instead. Never quotes key material.
+    #[error("key file line {line}: {field}: {why}")]
+    KeyFile {
+        /// The line, 1-based; 0 when the file as a whole is wrong (no key).
+        line: usize,
+        /// `keyid`, `algorithm`, `key`, `icv`, `line` or `keys`.
+        field: &'static str,
+        /// Why, and what to write.
+        why: String,
     },
     /// The client could not run (its runtime or a signal handler could not be set up).
     #[error("{what}: {source}")]

@@ -108,7 +108,20 @@ pub struct Status {
     /// DNS-aware policy's counters and the FQDN cache's size.
     #[serde(default)]
     pub dns: DnsCounters,
+    /// `ipsec` when the agent encrypts traffic with other nodes, else `disabled` (details:
+    /// `GET /v1/encryption`).
+    #[serde(default = "disabled")]
+    pub encryption: String,
 }
+
+fn disabled() -> String {
+    ENCRYPTION_DISABLED.into()
+}
+
+/// [`Status::encryption`] and [`EncryptionStatus::mode`] without an `encryption` section.
+pub const ENCRYPTION_DISABLED: &str = "disabled";
+/// [`Status::encryption`] and [`EncryptionStatus::mode`] with one.
+pub const ENCRYPTION_IPSEC: &str = "ipsec";
 
 /// The DNS stage's counters (all workers) and the FQDN cache's size, as reported.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,4 +358,102 @@ pub struct BackendView {
     /// while an active backend is left). The shares of one service port sum to 1, or to 0
     /// when it has no usable backend.
     pub table_share: f64,
+}
+
+/// Where a node of the node table comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeSource {
+    /// The agent's configuration file (`nodes`).
+    Config,
+    /// `PUT /v1/nodes/{name}` (kept in the state directory; wins over the file's entry).
+    Api,
+}
+
+/// One node of the cluster as `GET /v1/nodes` answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The node's name.
+    pub name: String,
+    /// Its address on the underlay.
+    pub node_ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: crate::config::Ipv4Cidr,
+    /// Whether traffic with it is encrypted (its own setting, or the agent's default).
+    pub encryption: bool,
+    /// Its MAC on the underlay, once resolved; `None` until then (its traffic is dropped
+    /// `neighbor-unresolved` meanwhile).
+    pub mac: Option<String>,
+    /// Whether this is the agent's own node.
+    pub local: bool,
+    /// Where the entry comes from.
+    pub source: NodeSource,
+}
+
+/// The body of `PUT /v1/nodes/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRequest {
+    /// The node's address on the underlay.
+    pub node_ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: crate::config::Ipv4Cidr,
+    /// Encryption with it: absent follows the agent (on when it has an `encryption` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<bool>,
+}
+
+/// A key in use, as `GET /v1/encryption` reports it (never its bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionKeyView {
+    /// The key id of the file.
+    pub id: u8,
+    /// The SPI of its SAs (the key id).
+    pub spi: u32,
+    /// `current` (sent and received with) or `grace` (received only, until it expires).
+    pub state: String,
+    /// `AES-128-GCM` or `AES-256-GCM`.
+    pub algorithm: String,
+    /// For a grace key: seconds until it is no longer accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
+}
+
+/// The encrypted traffic with one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionPeerView {
+    /// The peer's node name.
+    pub node: String,
+    /// Its underlay address.
+    pub node_ip: Option<Ipv4Addr>,
+    /// Packets sealed for it.
+    pub tx_packets: u64,
+    /// Packets from it that opened.
+    pub rx_packets: u64,
+    /// Bytes sealed for it, on the wire.
+    pub tx_bytes: u64,
+    /// Bytes from it that opened, on the wire.
+    pub rx_bytes: u64,
+}
+
+/// What `GET /v1/encryption` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionStatus {
+    /// [`ENCRYPTION_IPSEC`] or [`ENCRYPTION_DISABLED`].
+    pub mode: String,
+    /// The key file watched, when encryption is configured.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// The key id packets are sent with; `None` without a valid key (encrypting peers'
+    /// traffic is then dropped `no-key`).
+    pub current_key_id: Option<u8>,
+    /// Every key accepted on receipt.
+    pub keys: Vec<EncryptionKeyView>,
+    /// Every encrypting peer.
+    pub peers: Vec<EncryptionPeerView>,
+    /// The ESP drop reasons summed over the workers, zeros included.
+    pub errors: BTreeMap<String, u64>,
+    /// Why the key file was last refused (the keys in use stay), or why there is no key.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }

@@ -43,6 +43,10 @@ pub(crate) fn print_status(st: &Status) {
         json_name(&st.placement),
         st.batch_size,
     );
+    println!(
+        "encryption: {} (details: xylem encrypt status)",
+        st.encryption
+    );
     let workers: Vec<Vec<String>> = st
         .workers
         .iter()

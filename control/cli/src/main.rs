@@ -20,6 +20,7 @@ mod error;
 mod fqdn_cmd;
 mod input;
 mod lab_cmd;
+mod node_cmd;
 mod output;
 mod policy_cmd;
 mod replay_cmd;
@@ -85,6 +86,17 @@ enum Cmd {
     Fqdn {
         #[command(subcommand)]
         cmd: FqdnCmd,
+    },
+    /// The cluster's nodes: where each one's pods are, over the uplink, and whether traffic
+    /// with it is encrypted.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Transparent encryption (ESP) between nodes.
+    Encrypt {
+        #[command(subcommand)]
+        cmd: EncryptCmd,
     },
     /// Security identities.
     Identity {
@@ -246,6 +258,49 @@ enum FqdnCacheCmd {
         /// absent.
         #[arg(long)]
         matchpattern: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// List the nodes: address, pod CIDR, encryption, the MAC resolved on the underlay, and
+    /// whether the entry comes from the configuration file or the API.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Add or replace a node (kept across restarts; wins over the configuration's entry of
+    /// the same name). Checked as the configuration's `nodes` are: nothing changes on error.
+    Put {
+        /// The node's name (an RFC 1123 label).
+        name: String,
+        /// Its address on the underlay.
+        #[arg(long)]
+        node_ip: std::net::Ipv4Addr,
+        /// Its pod CIDR.
+        #[arg(long)]
+        pod_cidr: xylem_api::config::Ipv4Cidr,
+        /// Encrypt traffic with it (default: as the agent, on when it has an `encryption`
+        /// section).
+        #[arg(long, value_enum)]
+        encryption: Option<node_cmd::OnOff>,
+    },
+    /// Delete a node put through the API (its configuration entry, if any, is used again).
+    Delete {
+        /// The node's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EncryptCmd {
+    /// Mode, key file, the keys in use (current and in grace), per-peer counters and the ESP
+    /// errors.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
     },
 }
 
@@ -473,6 +528,19 @@ fn run(cli: &Cli) -> Result<(), Error> {
             FqdnCacheCmd::List { output } => fqdn_cmd::list(cli, *output),
             FqdnCacheCmd::Clean { matchpattern } => fqdn_cmd::clean(cli, matchpattern.as_deref()),
         },
+        Cmd::Node { cmd } => match cmd {
+            NodeCmd::List { output } => node_cmd::list(cli, *output),
+            NodeCmd::Put {
+                name,
+                node_ip,
+                pod_cidr,
+                encryption,
+            } => node_cmd::put(cli, name, *node_ip, *pod_cidr, *encryption),
+            NodeCmd::Delete { name } => node_cmd::delete(cli, name),
+        },
+        Cmd::Encrypt {
+            cmd: EncryptCmd::Status { output },
+        } => node_cmd::status(cli, *output),
         Cmd::Identity { cmd } => match cmd {
             IdentityCmd::List { output } => agent_cmd::identity_list(cli, *output),
         },

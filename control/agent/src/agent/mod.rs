@@ -4,7 +4,8 @@
 //! Threads (see ARCHITECTURE.md):
 //! - one worker per configured core, pinned ([`xylem_dataplane::worker`]);
 //! - the slow path (the gateway's smoltcp interface), unpinned;
-//! - the link watcher, the health checker ([`health`]) and the DNS thread ([`dns`]: the FQDN
+//! - the link watcher, the health checker ([`health`]), the underlay thread ([`underlay`]:
+//!   neighbours learned and the ESP key file) and the DNS thread ([`dns`]: the FQDN
 //!   cache and the monitor's DNS events), unpinned;
 //! - the API server (a single-threaded tokio runtime), unpinned;
 //! - the main thread, which waits for SIGTERM or SIGINT and then shuts down in order: stop
@@ -35,6 +36,7 @@ use crate::state::{Kind, StateStore, TypedStore, kind};
 use xylem_api::config::{AgentConfig, PortConfig};
 
 mod dns;
+mod encryption;
 mod endpoints;
 mod fqdn;
 mod health;
@@ -44,6 +46,7 @@ mod ports;
 mod services;
 mod startup;
 mod status;
+mod underlay;
 
 pub use dns::DnsEvent;
 pub use endpoints::check_name;
@@ -211,6 +214,15 @@ pub struct AgentState {
     links_stop: Arc<AtomicBool>,
     /// The link watcher's thread.
     links_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The node table and the key manager's state (see the `underlay` module); locked after
+    /// `services`.
+    underlay: Mutex<underlay::UnderlayState>,
+    /// The underlay MACs the slow path learns; every revision carries a snapshot.
+    neighbors: Arc<xylem_dataplane::neighbor::Neighbors>,
+    /// Stops the underlay thread.
+    underlay_stop: Arc<AtomicBool>,
+    /// The underlay thread.
+    underlay_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -251,6 +263,17 @@ impl AgentState {
         restore_identities(store.as_ref(), &mut policy.ids)?;
         let policies = restore_policies(store.as_ref())?;
         let services = ServiceState::restore(&cfg.services, store.as_ref())?;
+        // The node table and the keys before the first tables: an encrypting peer is never
+        // sent to in clear, not even before the first key-file poll.
+        let neighbors = Arc::new(xylem_dataplane::neighbor::Neighbors::new());
+        // Read before the first snapshot: a MAC learned after it is published by the underlay
+        // thread's first tick.
+        let neighbors_seen = neighbors.generation();
+        let mut under = underlay::UnderlayState {
+            nodes: underlay::restore_nodes(&cfg, store.as_ref())?,
+            keys: AgentState::initial_keys(&cfg),
+        };
+        let snapshot = under.snapshot(&cfg, &neighbors);
         let (first, endpoints) = build_full_tables(
             &cfg,
             &bindings,
@@ -258,6 +281,7 @@ impl AgentState {
             &policies,
             Arc::clone(&services.tables),
             &mut policy.ids,
+            snapshot.underlay(&cfg),
         )?;
         policy.endpoints = endpoints;
         store.put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(&policy))?;
@@ -294,7 +318,7 @@ impl AgentState {
         }
         let (_, _, link0, worker0) = &built[0];
         let (slow_stats, slow_stop, slow_thread, probes) =
-            start_slow_path(&cfg, link0, worker0, &shared)?;
+            start_slow_path(&cfg, link0, worker0, &shared, Arc::clone(&neighbors))?;
         let (workers, wakers) = start_workers(built)?;
         let ct = shared.ct;
 
@@ -326,8 +350,12 @@ impl AgentState {
             health_stop: Arc::new(AtomicBool::new(false)),
             health_thread: Mutex::new(None),
             dns,
+            underlay: Mutex::new(under),
+            neighbors,
+            underlay_stop: Arc::new(AtomicBool::new(false)),
+            underlay_thread: Mutex::new(None),
         });
-        match agent.start_watchers() {
+        match agent.start_watchers(neighbors_seen) {
             Ok(()) => Ok(agent),
             Err(e) => {
                 if let Err(stop) = agent.shutdown() {
@@ -339,8 +367,8 @@ impl AgentState {
     }
 
     /// Starts the control-side threads that hold the agent a tick at a time: the link watcher,
-    /// the health checker and the DNS thread.
-    fn start_watchers(self: &Arc<Self>) -> Result<(), Error> {
+    /// the health checker, the underlay thread and the DNS thread.
+    fn start_watchers(self: &Arc<Self>, neighbors_seen: u64) -> Result<(), Error> {
         let links = links::watch_links(Arc::downgrade(self), Arc::clone(&self.links_stop))?;
         if let Ok(mut slot) = self.links_thread.lock() {
             *slot = Some(links);
@@ -349,6 +377,14 @@ impl AgentState {
         let health = health::start(Arc::downgrade(self), self.probes.clone(), stop)?;
         if let Ok(mut slot) = self.health_thread.lock() {
             *slot = Some(health);
+        }
+        let under = underlay::start(
+            Arc::downgrade(self),
+            Arc::clone(&self.underlay_stop),
+            neighbors_seen,
+        )?;
+        if let Ok(mut slot) = self.underlay_thread.lock() {
+            *slot = Some(under);
         }
         dns::start(self)
     }
@@ -390,7 +426,30 @@ impl AgentState {
         services: Option<NextServices>,
         ops: Vec<StoreOp<'_>>,
     ) -> Result<u64, PublishError> {
+        let mut under = self
+            .underlay
+            .lock()
+            .map_err(|_| PublishError::Build(Error::Agent("agent state poisoned".into())))?;
+        self.publish_full(bindings, ps, policies, svc, services, &mut under, ops)
+    }
+
+    /// [`Self::publish_with`] with the underlay state `under` (the node table and the keys),
+    /// which the caller locked after the services: the current one, or the next one of a node
+    /// or key change, which the caller makes current on success. Every revision is built with
+    /// the node table, the neighbours as they are now and the SAs, whatever changed.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_full(
+        &self,
+        bindings: &[Option<PortConfig>],
+        ps: &mut PolicyState,
+        policies: Option<BTreeMap<String, Policy>>,
+        svc: &mut ServiceState,
+        services: Option<NextServices>,
+        under: &mut underlay::UnderlayState,
+        ops: Vec<StoreOp<'_>>,
+    ) -> Result<u64, PublishError> {
         let revision = self.tables.load().revision() + 1;
+        let snapshot = under.snapshot(&self.cfg, &self.neighbors);
         let next = policies.as_ref().unwrap_or(&ps.policies);
         let service_tables = services.as_ref().map_or(&svc.tables, |n| &n.built.tables);
         let (tables, endpoints) = build_full_tables(
@@ -400,6 +459,7 @@ impl AgentState {
             next,
             Arc::clone(service_tables),
             &mut ps.ids,
+            snapshot.underlay(&self.cfg),
         )
         .map_err(PublishError::Build)?;
         ps.endpoints = endpoints;
@@ -439,7 +499,12 @@ impl AgentState {
         // one check or tick lasts. The checker before the slow path, whose probes it awaits.
         self.links_stop.store(true, Ordering::Relaxed);
         self.health_stop.store(true, Ordering::Relaxed);
-        for slot in [&self.links_thread, &self.health_thread] {
+        self.underlay_stop.store(true, Ordering::Relaxed);
+        for slot in [
+            &self.links_thread,
+            &self.health_thread,
+            &self.underlay_thread,
+        ] {
             let thread = slot.lock().ok().and_then(|mut t| t.take());
             if let Some(t) = thread {
                 let _ = t.join();

@@ -72,8 +72,8 @@ pub(super) fn restore_policies(store: &dyn StateStore) -> Result<BTreeMap<String
     Ok(out)
 }
 
-/// The tables for `bindings` with `policies` compiled in and `services` set (same revision),
-/// and what compilation said about each endpoint. Allocates identities in `ids` and frees the
+/// The tables for `bindings` with `policies` compiled in, `services` set and the `underlay`
+/// (nodes, neighbours, SAs; same revision), and what compilation said about each endpoint. Allocates identities in `ids` and frees the
 /// ones no endpoint uses any more.
 pub(super) fn build_full_tables(
     cfg: &AgentConfig,
@@ -82,6 +82,7 @@ pub(super) fn build_full_tables(
     policies: &BTreeMap<String, Policy>,
     services: Arc<ServiceTables>,
     ids: &mut IdentityAllocator,
+    underlay: Underlay<'_>,
 ) -> Result<(Tables, Vec<EndpointInfo>), Error> {
     let list: Vec<Policy> = policies.values().cloned().collect();
     let inputs = TableInputs {
@@ -92,21 +93,15 @@ pub(super) fn build_full_tables(
         policies: &list,
         localhost: cfg.policy.allow_localhost,
         services,
-        underlay: Underlay {
-            node_name: &cfg.node_name,
-            pod_cidr: Some(cfg.pod_cidr),
-            nodes: &cfg.nodes,
-            encrypts: cfg.encryption.is_some(),
-            neighbors: None,
-            sas: None,
-        },
+        underlay,
     };
-    let (mut t, endpoints) = compile_tables(inputs, ids)?;
+    let built = compile_tables(inputs, ids)?;
+    let used = built.identities();
+    ids.retain(|id| used.contains(&id));
+    let mut t = built.tables;
     // Every revision carries them: the DNS stage reads its options from the tables it runs on.
     t.set_dns_options(cfg.fqdn.dns_options());
-    let used: std::collections::BTreeSet<u32> = endpoints.iter().map(|e| e.identity).collect();
-    ids.retain(|id| used.contains(&id));
-    Ok((t, endpoints))
+    Ok((t, built.endpoints))
 }
 
 fn policy_rejected(e: xylem_policy::Error) -> Rejected {

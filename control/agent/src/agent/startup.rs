@@ -130,12 +130,14 @@ pub(super) type SlowPathThread = (
 );
 
 /// Starts the slow-path thread. Its replies leave through worker 0 (`link0`, `worker0`), on
-/// that worker's queue of each port.
+/// that worker's queue of each port. It learns underlay MACs into `neighbors`, which the
+/// underlay thread watches.
 pub(super) fn start_slow_path(
     cfg: &AgentConfig,
     link0: &WorkerLink,
     worker0: &Worker<XskBackend>,
     shared: &Shared,
+    neighbors: Arc<xylem_dataplane::neighbor::Neighbors>,
 ) -> Result<SlowPathThread, Error> {
     let slow_stats = Arc::new(SlowPathStats::default());
     let slow_stop = Arc::new(AtomicBool::new(false));
@@ -146,7 +148,7 @@ pub(super) fn start_slow_path(
         tables: Arc::clone(&shared.tables),
         signal: Arc::clone(&shared.signal),
         stats: Arc::clone(&slow_stats),
-        neighbors: Default::default(),
+        neighbors,
     };
     let mut slow = SlowPath::new(slow_link, cfg.pod_cidr.len);
     let probes = ProbeQueues::new(health::MAX_PROBES, Arc::clone(&shared.signal));

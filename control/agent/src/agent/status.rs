@@ -197,6 +197,12 @@ impl AgentState {
             },
             totals,
             dns: self.dns.counters(),
+            encryption: if self.cfg.encryption.is_some() {
+                xylem_api::ENCRYPTION_IPSEC
+            } else {
+                xylem_api::ENCRYPTION_DISABLED
+            }
+            .into(),
         }
     }
 
