@@ -28,6 +28,9 @@ packages=(
   # DNS-aware policy tests: the lab's DNS server pod (dnsmasq-base: the binary alone, no
   # system service to grab port 53 on the machine), dig, and a DNS load generator.
   dnsmasq-base bind9-dnsutils dnsperf
+  # Independent verification of the ESP between nodes: tshark decrypts a capture of the
+  # underlay with the SA keys.
+  tshark
   # Fonts for the benchmark charts (plotters renders text through fontconfig).
   libfontconfig1-dev fonts-dejavu-core
 )

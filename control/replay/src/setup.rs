@@ -128,8 +128,9 @@ pub(crate) fn setup(cfg: &ReplayConfig) -> Result<Setup, Error> {
         // Nor other nodes: a replay runs one node's pods.
         underlay: Default::default(),
     };
-    let (tables, _) =
-        compile_tables(inputs, &mut IdentityAllocator::default()).map_err(|e| match e {
+    let tables = compile_tables(inputs, &mut IdentityAllocator::default())
+        .map(|b| b.tables)
+        .map_err(|e| match e {
             xylem_dataplane::Error::InvalidTable(why) => Error::config("--endpoints", why),
             e => Error::Dataplane(e),
         })?;

@@ -22,7 +22,7 @@ use xylem_dataplane::esp::PeerSas;
 use xylem_dataplane::services::ServiceTables;
 use xylem_dataplane::tables::{Gateway, MacAddr, Mode, Neighbor, Peer, Prefix, Tables, Uplink};
 use xylem_policy::{
-    AllowLocalhost, EndpointInfo, EndpointSpec, IdentityAllocator, Policy, compile,
+    AllowLocalhost, EndpointInfo, EndpointSpec, IdentityAllocator, Policy, compile_cluster,
 };
 
 /// The one way building tables fails: a route the dataplane's tables refuse.
@@ -91,6 +91,30 @@ pub struct Underlay<'a> {
     /// The SAs of each encrypting node, by name. An encrypting node without an entry gets no
     /// SA at all: its traffic is dropped as `no-key`, never sent in clear.
     pub sas: Option<&'a BTreeMap<String, Arc<PeerSas>>>,
+    /// The pods of the other nodes: policies select them by their labels, through the
+    /// identities their labels have on this node.
+    pub remote: &'a [EndpointSpec],
+}
+
+/// One revision of the tables and what compiling it said.
+#[derive(Debug)]
+pub struct Built {
+    /// The tables.
+    pub tables: Tables,
+    /// Each local endpoint's identity and enforcement.
+    pub endpoints: Vec<EndpointInfo>,
+    /// Each remote pod's address and the identity its labels have here.
+    pub remote: Vec<(Ipv4Addr, u32)>,
+}
+
+impl Built {
+    /// Every identity the revision uses for an endpoint, local or remote: the ones an
+    /// allocator must keep.
+    pub fn identities(&self) -> std::collections::BTreeSet<u32> {
+        (self.endpoints.iter().map(|e| e.identity))
+            .chain(self.remote.iter().map(|r| r.1))
+            .collect()
+    }
 }
 
 /// The tables for `inputs.bindings` in `inputs.mode`, with the policies compiled in at the
@@ -102,7 +126,7 @@ pub struct Underlay<'a> {
 pub fn compile_tables(
     inputs: TableInputs<'_>,
     ids: &mut IdentityAllocator,
-) -> Result<(Tables, Vec<EndpointInfo>), Error> {
+) -> Result<Built, Error> {
     let TableInputs {
         gateway,
         mode,
@@ -116,10 +140,21 @@ pub fn compile_tables(
     let mut t = route_tables(gateway, mode, bindings, revision)?;
     add_underlay(&mut t, bindings, &underlay)?;
     let (specs, host) = policy_inputs(gateway, bindings);
-    let compiled = compile(revision, policies, &specs, &host, localhost, ids);
+    let compiled = compile_cluster(
+        revision,
+        policies,
+        (&specs, underlay.remote),
+        &host,
+        localhost,
+        ids,
+    );
     t.set_policy(compiled.tables);
     t.set_services(services);
-    Ok((t, compiled.endpoints))
+    Ok(Built {
+        tables: t,
+        endpoints: compiled.endpoints,
+        remote: compiled.remote_endpoints,
+    })
 }
 
 /// Routes only (no policy): the gateway and one host route per bound port.
@@ -262,7 +297,7 @@ mod tests {
                 services: Arc::default(),
                 underlay: Underlay::default(),
             };
-            let (t, _) = compile_tables(inputs, &mut ids).unwrap();
+            let t = compile_tables(inputs, &mut ids).unwrap().tables;
             let allowed = |src| evaluate(t.policy(), &flow(src)).drop().is_none();
             assert_eq!(allowed([10, 200, 0, 254]), host_allowed, "{localhost:?}");
             assert!(
