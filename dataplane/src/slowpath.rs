@@ -1,7 +1,11 @@
-//! The slow path: the gateway's own presence on the pod network.
+//! The slow path: the gateway's own presence on the pod network, and the node's ARP on the
+//! underlay.
 //!
 //! Workers hand over only the frames addressed to the gateway itself (ARP for its IP, IPv4 to
-//! its IP), copied into fixed-size [`SlowFrame`]s on a bounded queue. A control-side thread
+//! its IP), and the uplink's ARP for the node's underlay address, copied into fixed-size
+//! [`SlowFrame`]s on a bounded queue. The uplink's frames never reach smoltcp: they are
+//! answered and learned from by [`crate::neighbor`], which also asks once a second for the
+//! underlay neighbours the tables want and nobody has resolved. A control-side thread
 //! feeds them to a [`smoltcp`] interface that owns the gateway's IP and MAC: it answers ARP and
 //! ICMP echo, and makes the agent's health-check probes ([`probe`]: TCP connects and HTTP GETs
 //! from the gateway's address, asked for and answered through bounded queues).
