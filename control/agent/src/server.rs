@@ -17,6 +17,8 @@
 //!   `GET|DELETE /v1/services/{namespace}/{name}` (see the `services` module)
 //! - `GET /v1/nodes`, `PUT|DELETE /v1/nodes/{name}`, `GET /v1/encryption`: the node table
 //!   and the ESP keys, peers and errors (see the `nodes` module)
+//! - `GET /v1/remote-endpoints`, `PUT|DELETE /v1/remote-endpoints/{namespace}/{name}`: the
+//!   other nodes' pods that policies select by label (see the `remote` module)
 //! - `GET /v1/identities`: [`xylem_api::IdentityView`]s
 //! - `POST /v1/policy/trace`: [`xylem_api::TraceRequest`] in, [`xylem_policy::Trace`] out
 //! - `GET /v1/ct?max=N`: the tracked connections of the flow table every worker shares ([`xylem_api::CtView`]);
@@ -60,6 +62,7 @@ use crate::agent::{AgentState, Refusal, Rejected};
 mod fqdn;
 mod monitor;
 mod nodes;
+mod remote;
 mod services;
 
 pub use monitor::rfc3339;
@@ -430,6 +433,12 @@ pub fn serve(
                 axum::routing::put(nodes::put_node).delete(nodes::delete_node),
             )
             .route("/v1/encryption", get(nodes::get_encryption))
+            .route("/v1/remote-endpoints", get(remote::get_remote_endpoints))
+            .route(
+                "/v1/remote-endpoints/{namespace}/{name}",
+                axum::routing::put(remote::put_remote_endpoint)
+                    .delete(remote::delete_remote_endpoint),
+            )
             .route("/v1/identities", get(identities))
             .route("/v1/policy/trace", axum::routing::post(policy_trace))
             .route("/v1/ct", get(get_ct).delete(delete_ct))

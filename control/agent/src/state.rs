@@ -1,5 +1,5 @@
 //! The agent's persistent state: every object it is given (endpoints, policies and the
-//! identities they were given, services, nodes) and what it learned (the FQDN cache), kept so a restarted agent restores the same dataplane state
+//! identities they were given, services, nodes, the other nodes' pods) and what it learned (the FQDN cache), kept so a restarted agent restores the same dataplane state
 //! with no client action.
 //!
 //! Callers use the [`StateStore`] trait (get/put/delete/list by kind and key), through
@@ -101,6 +101,15 @@ pub mod kind {
     impl Kind for Nodes {
         const NAME: &'static str = "nodes";
         type Value = xylem_api::config::NodeConfig;
+    }
+
+    /// The other nodes' pods this node applies policy to (see the agent's `remote` module),
+    /// keyed `namespace/name`.
+    #[derive(Debug)]
+    pub struct RemoteEndpoints;
+    impl Kind for RemoteEndpoints {
+        const NAME: &'static str = "remote-endpoints";
+        type Value = xylem_api::RemoteEndpointRequest;
     }
 
     /// Security identities: one object, key [`IDENTITIES_KEY`], mapping each identity to its

@@ -128,6 +128,27 @@ impl Client {
         self.delete(&format!("/v1/nodes/{}", percent_encode(name)))
     }
 
+    /// `GET /v1/remote-endpoints`: the other nodes' pods this agent applies policy to.
+    pub fn remote_endpoints(&self) -> Result<Vec<crate::RemoteEndpointView>, Error> {
+        self.get("/v1/remote-endpoints")
+    }
+
+    /// `PUT /v1/remote-endpoints/{namespace}/{name}`: adds or replaces a pod of another node.
+    /// Returns it as the agent holds it.
+    pub fn put_remote_endpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+        req: &crate::RemoteEndpointRequest,
+    ) -> Result<crate::RemoteEndpointView, Error> {
+        self.put(&remote_endpoint_path(namespace, name), req)
+    }
+
+    /// `DELETE /v1/remote-endpoints/{namespace}/{name}`.
+    pub fn delete_remote_endpoint(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        self.delete(&remote_endpoint_path(namespace, name))
+    }
+
     /// `GET /v1/encryption`: keys, peers and ESP errors.
     pub fn encryption(&self) -> Result<crate::EncryptionStatus, Error> {
         self.get("/v1/encryption")
@@ -285,6 +306,15 @@ pub fn percent_encode(s: &str) -> String {
 }
 
 /// A request body as JSON.
+/// The path of the remote endpoint `namespace/name`.
+fn remote_endpoint_path(namespace: &str, name: &str) -> String {
+    format!(
+        "/v1/remote-endpoints/{}/{}",
+        percent_encode(namespace),
+        percent_encode(name)
+    )
+}
+
 fn encode<B: serde::Serialize>(body: &B) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(body).map_err(|e| Error::Api {
         status: 0,

@@ -21,8 +21,8 @@ pub use views::{
     BackendHealth, BackendView, CtView, DnsCounters, ENCRYPTION_DISABLED, ENCRYPTION_IPSEC,
     EncryptionKeyView, EncryptionPeerView, EncryptionStatus, Endpoint, EndpointRequest,
     FqdnCacheEntry, FqdnCacheIp, FqdnCleaned, FrontendView, Health, IdentityView, MissingInterface,
-    NodeRequest, NodeSource, NodeView, PolicyView, PortStatus, ServiceView, SlowPathCounters,
-    Status, TraceRequest, WorkerStatus,
+    NodeRequest, NodeSource, NodeView, PolicyView, PortStatus, RemoteEndpointRequest,
+    RemoteEndpointView, ServiceView, SlowPathCounters, Status, TraceRequest, WorkerStatus,
 };
 
 /// A configuration value or an option is invalid: which, and why. Nothing was applied. Every

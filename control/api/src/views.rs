@@ -403,6 +403,40 @@ pub struct NodeRequest {
     pub encryption: Option<bool>,
 }
 
+/// The body of `PUT /v1/remote-endpoints/{namespace}/{name}`: a pod of another node, which
+/// this node's policies select by its labels (identity numbers are per agent and no header
+/// carries them between nodes, so each node must be told the other nodes' pods' labels).
+/// Also what the agent stores for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteEndpointRequest {
+    /// The node the pod runs on: in the node table, and not this node.
+    pub node: String,
+    /// The pod's address: inside that node's pod CIDR (a node speaks only for its own pods).
+    pub ip: Ipv4Addr,
+    /// The pod's labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A pod of another node as `GET /v1/remote-endpoints` answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEndpointView {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The identity its labels have on this node, as the last compilation gave it.
+    #[serde(default)]
+    pub identity: Option<u32>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A key in use, as `GET /v1/encryption` reports it (never its bytes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncryptionKeyView {

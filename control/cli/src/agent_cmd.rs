@@ -157,20 +157,10 @@ pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
     let rows: Vec<Vec<String>> = eps
         .iter()
         .map(|e| {
-            let labels = e
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
             vec![
                 e.name.clone(),
                 e.namespace.clone(),
-                if labels.is_empty() {
-                    "-".into()
-                } else {
-                    labels
-                },
+                labels_cell(&e.labels),
                 e.ip.to_string(),
                 if e.interface_missing {
                     format!("{} (missing)", e.interface)
@@ -285,14 +275,34 @@ pub(crate) fn ct_list(cli: &Cli, output: Format, max: usize) -> Result<(), Error
 }
 
 pub(crate) fn endpoint_path(e: &str) -> Result<String, Error> {
-    let (ns, name) = e.split_once('/').unwrap_or(("default", e));
-    if ns.is_empty() || name.is_empty() || name.contains('/') {
-        return Err(Error::config(
-            "endpoint",
-            format!("'{e}' is not NAMESPACE/NAME or NAME"),
-        ));
-    }
+    let (ns, name) = crate::input::namespaced(e, "endpoint")?;
     Ok(format!("/v1/endpoints/{ns}/{name}"))
+}
+
+/// `--label KEY=VALUE` options as a label map.
+pub(crate) fn parse_labels(
+    labels: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Error::config("--label", format!("'{l}' is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+/// Labels as one cell: `k=v,k2=v2`, or `-` for none.
+pub(crate) fn labels_cell(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -305,18 +315,11 @@ pub(crate) fn endpoint_put(
     labels: &[String],
     output: Format,
 ) -> Result<(), Error> {
-    let mut map = std::collections::BTreeMap::new();
-    for l in labels {
-        let (k, v) = l
-            .split_once('=')
-            .ok_or_else(|| Error::config("--label", format!("'{l}' is not KEY=VALUE")))?;
-        map.insert(k.to_string(), v.to_string());
-    }
     let body = EndpointRequest {
         ifname: ifname.to_string(),
         ip: ip.to_string(),
         mac: mac.to_string(),
-        labels: map,
+        labels: parse_labels(labels)?,
     };
     let client = Client::new(socket(cli)?);
     let path = endpoint_path(endpoint)?;

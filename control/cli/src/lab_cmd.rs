@@ -260,6 +260,7 @@ pub(crate) fn run(cli: &Cli, cmd: &LabCmd) -> Result<(), Error> {
         }
         LabCmd::AddPod {
             name,
+            node,
             namespace,
             labels,
             run,
@@ -271,12 +272,15 @@ pub(crate) fn run(cli: &Cli, cmd: &LabCmd) -> Result<(), Error> {
                     .ok_or_else(|| Error::config("--label", format!("'{l}' is not KEY=VALUE")))?;
                 map.insert(k.to_string(), v.to_string());
             }
-            let p = lab.add_pod(&lab::LabPod {
-                name: name.clone(),
-                namespace: namespace.clone(),
-                labels: map,
-                run: run.clone(),
-            })?;
+            let p = lab.add_pod_on(
+                node.as_deref(),
+                &lab::LabPod {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    labels: map,
+                    run: run.clone(),
+                },
+            )?;
             println!(
                 "pod {}/{} at {} (netns {}, port {})",
                 p.namespace, p.name, p.ip, p.netns, p.interface

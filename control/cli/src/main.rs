@@ -23,6 +23,7 @@ mod lab_cmd;
 mod node_cmd;
 mod output;
 mod policy_cmd;
+mod remote_cmd;
 mod replay_cmd;
 mod service_cmd;
 
@@ -92,6 +93,12 @@ enum Cmd {
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
+    },
+    /// The other nodes' pods, which this agent's policies select by their labels (identity
+    /// numbers are per node, so each node is told the others' pods).
+    RemoteEndpoint {
+        #[command(subcommand)]
+        cmd: RemoteEndpointCmd,
     },
     /// Transparent encryption (ESP) between nodes.
     Encrypt {
@@ -294,6 +301,36 @@ enum NodeCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum RemoteEndpointCmd {
+    /// List the remote endpoints: node, address, the identity their labels have here, labels.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Add or replace a pod of another node (kept across restarts). Its node must be in the
+    /// node table and its address in that node's pod CIDR: nothing changes on error.
+    Put {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        endpoint: String,
+        /// The node the pod runs on.
+        #[arg(long)]
+        node: String,
+        /// The pod's IPv4 address.
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        /// A label `KEY=VALUE` (repeatable).
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+    },
+    /// Delete a remote endpoint: policies no longer select it by its labels.
+    Delete {
+        /// `NAMESPACE/NAME` (or `NAME` in namespace `default`).
+        endpoint: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum EncryptCmd {
     /// Mode, key file, the keys in use (current and in grace), per-peer counters and the ESP
     /// errors.
@@ -437,10 +474,14 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Add a pod to the running lab, registered with the agent through its API.
+    /// Add a pod to the running lab, registered with its node's agent through its API (and,
+    /// in a lab of several nodes, with the other nodes' agents as a remote endpoint).
     AddPod {
         /// Pod name.
         name: String,
+        /// The node to add it to (default: the lab's first node).
+        #[arg(long)]
+        node: Option<String>,
         /// Kubernetes namespace.
         #[arg(long, default_value = "default")]
         namespace: String,
@@ -537,6 +578,16 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 encryption,
             } => node_cmd::put(cli, name, *node_ip, *pod_cidr, *encryption),
             NodeCmd::Delete { name } => node_cmd::delete(cli, name),
+        },
+        Cmd::RemoteEndpoint { cmd } => match cmd {
+            RemoteEndpointCmd::List { output } => remote_cmd::list(cli, *output),
+            RemoteEndpointCmd::Put {
+                endpoint,
+                node,
+                ip,
+                labels,
+            } => remote_cmd::put(cli, endpoint, node, *ip, labels),
+            RemoteEndpointCmd::Delete { endpoint } => remote_cmd::delete(cli, endpoint),
         },
         Cmd::Encrypt {
             cmd: EncryptCmd::Status { output },

@@ -11,7 +11,9 @@
 //!   namespace with its own agent, API socket and pod CIDR (10.200.i.0/24), plus an underlay:
 //!   a namespace with a bridge joining every node's uplink ([`UPLINK_IF`], at [`node_ip`]) and a
 //!   world namespace ([`WORLD_IP`]) that plays the underlay router and serves netperf and echo.
-//!   Each agent gets its own worker core while the machine has enough.
+//!   Each agent gets its own worker core while the machine has enough. Every agent is told
+//!   the other nodes' pods as remote endpoints, on `lab up`, `lab add-pod` and `lab delete-pod`,
+//!   so that its policies select them by label.
 //! - `lab down` ([`Lab::down`]) removes it all — also after the agent was SIGKILLed — by killing
 //!   every process left in the lab's namespaces and deleting the namespaces, which destroys the
 //!   veths and the XDP programs on them.
@@ -49,6 +51,7 @@ mod error;
 pub mod netns;
 mod pods;
 pub mod process;
+mod remote;
 mod resolv;
 mod underlay;
 mod up;

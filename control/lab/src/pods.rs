@@ -19,8 +19,8 @@ impl Lab {
 
     /// Adds a pod to node `node` of a running lab (`None`: the first node): its namespace and
     /// veth, then its endpoint through that node's agent's API (`PUT /v1/endpoints/…`), which
-    /// attaches the redirector and opens a socket on each worker. The agent keeps it across
-    /// restarts.
+    /// attaches the redirector and opens a socket on each worker, then a remote endpoint on
+    /// every other node's agent. The agents keep them across restarts.
     pub fn add_pod_on(&self, node: Option<&str>, pod: &LabPod) -> Result<PodState, Error> {
         let mut st = self
             .state()?
@@ -122,6 +122,7 @@ impl Lab {
             &format!("/v1/endpoints/{}/{}", pod.namespace, pod.name),
             &body,
         )?;
+        self.publish_remote_pod(&st, &pod_state)?;
         let Some(cmd) = &pod.run else {
             return Ok(pod_state);
         };
@@ -149,9 +150,9 @@ impl Lab {
         Ok(())
     }
 
-    /// Deletes a pod from a running lab: its endpoint through the agent's API
-    /// (`DELETE /v1/endpoints/…`, which also removes its port from every worker), then its
-    /// veth and its namespace.
+    /// Deletes a pod from a running lab: its remote endpoint on the other nodes' agents, its
+    /// endpoint through its node's agent's API (`DELETE /v1/endpoints/…`, which also removes
+    /// its port from every worker), then its veth and its namespace.
     pub fn delete_pod(&self, name: &str) -> Result<PodState, Error> {
         let pod = self.pod(name)?;
         let mut st = self.state()?.ok_or_else(|| {
@@ -163,6 +164,9 @@ impl Lab {
             .find(|n| n.name == pod.node)
             .cloned()
             .ok_or_else(|| Error::Lab(format!("pod {name}'s node {} is gone", pod.node)))?;
+        // The other nodes forget it first, so that no policy of theirs goes on selecting, by
+        // its labels, an address about to be given to another pod.
+        self.withdraw_remote_pod(&st, &pod)?;
         xylem_api::Client::new(&node.api_socket)
             .delete(&format!("/v1/endpoints/{}/{}", pod.namespace, pod.name))?;
         // The veth goes first, and at once: a namespace is destroyed in the background, so its

@@ -269,6 +269,9 @@ impl Lab {
         for (n, pid) in st.nodes.iter().zip(pids) {
             wait_ready(&n.api_socket, pid, &n.agent_log)?;
         }
+        // Before the pods' commands start, so their first connections meet the policies that
+        // select the other nodes' pods by label.
+        self.publish_remote_pods(&st)?;
         // The pods' commands start once the dataplane carries their traffic.
         let runs: Vec<Option<String>> = (specs.iter())
             .flat_map(|n| n.pods.iter().map(|p| p.run.clone()))

@@ -36,7 +36,8 @@ pub fn check_name(field: &str, v: &str) -> Result<(), Rejected> {
     }
 }
 
-fn check_label(k: &str, v: &str) -> Result<(), Rejected> {
+/// Checks a label as Kubernetes would take it (key and value, naming `labels.<key>`).
+pub(super) fn check_label(k: &str, v: &str) -> Result<(), Rejected> {
     let good = |s: &str, max: usize| {
         s.len() <= max
             && s.bytes()

@@ -43,6 +43,7 @@ mod health;
 mod links;
 mod policies;
 mod ports;
+mod remote;
 mod services;
 mod startup;
 mod status;
@@ -269,12 +270,15 @@ impl AgentState {
         // Read before the first snapshot: a MAC learned after it is published by the underlay
         // thread's first tick.
         let neighbors_seen = neighbors.generation();
+        let nodes = underlay::restore_nodes(&cfg, store.as_ref())?;
+        let remote = remote::restore_remote(&cfg, store.as_ref(), &nodes)?;
         let mut under = underlay::UnderlayState {
-            nodes: underlay::restore_nodes(&cfg, store.as_ref())?,
+            nodes,
             keys: AgentState::initial_keys(&cfg),
+            remote,
         };
         let snapshot = under.snapshot(&cfg, &neighbors);
-        let (first, endpoints) = build_full_tables(
+        let (first, compiled) = build_full_tables(
             &cfg,
             &bindings,
             1,
@@ -283,7 +287,7 @@ impl AgentState {
             &mut policy.ids,
             snapshot.underlay(&cfg),
         )?;
-        policy.endpoints = endpoints;
+        policy.keep(compiled);
         store.put_as::<kind::Identities>(kind::IDENTITIES_KEY, &identities_value(&policy))?;
         policy.policies = policies;
         // The conntrack (and its FQDN table) before the redirector: the cached DNS answers are
@@ -452,7 +456,7 @@ impl AgentState {
         let snapshot = under.snapshot(&self.cfg, &self.neighbors);
         let next = policies.as_ref().unwrap_or(&ps.policies);
         let service_tables = services.as_ref().map_or(&svc.tables, |n| &n.built.tables);
-        let (tables, endpoints) = build_full_tables(
+        let (tables, compiled) = build_full_tables(
             &self.cfg,
             bindings,
             revision,
@@ -462,7 +466,7 @@ impl AgentState {
             snapshot.underlay(&self.cfg),
         )
         .map_err(PublishError::Build)?;
-        ps.endpoints = endpoints;
+        ps.keep(compiled);
         for op in ops {
             match op {
                 StoreOp::Put(kind, key, value) => self.store.put(kind, key, value),

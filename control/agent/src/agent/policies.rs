@@ -25,6 +25,23 @@ pub(super) struct PolicyState {
     pub(super) policies: BTreeMap<String, Policy>,
     pub(super) ids: IdentityAllocator,
     pub(super) endpoints: Vec<EndpointInfo>,
+    /// The identity each remote endpoint's labels have here, by address, as the last
+    /// compilation gave it (for `GET /v1/remote-endpoints`).
+    pub(super) remote: BTreeMap<Ipv4Addr, u32>,
+}
+
+/// What compiling a revision said about the endpoints, local and remote.
+pub(super) struct Compiled {
+    endpoints: Vec<EndpointInfo>,
+    remote: Vec<(Ipv4Addr, u32)>,
+}
+
+impl PolicyState {
+    /// Keeps what the revision now in force said about the endpoints.
+    pub(super) fn keep(&mut self, c: Compiled) {
+        self.endpoints = c.endpoints;
+        self.remote = c.remote.into_iter().collect();
+    }
 }
 
 /// Restores the stored identity allocation (so identities survive restarts).
@@ -73,8 +90,9 @@ pub(super) fn restore_policies(store: &dyn StateStore) -> Result<BTreeMap<String
 }
 
 /// The tables for `bindings` with `policies` compiled in, `services` set and the `underlay`
-/// (nodes, neighbours, SAs; same revision), and what compilation said about each endpoint. Allocates identities in `ids` and frees the
-/// ones no endpoint uses any more.
+/// (nodes, neighbours, SAs, the other nodes' pods; same revision), and what compilation said
+/// about each endpoint, local and remote. Allocates identities in `ids` and frees the ones no
+/// endpoint uses any more.
 pub(super) fn build_full_tables(
     cfg: &AgentConfig,
     bindings: &[Option<PortConfig>],
@@ -83,7 +101,7 @@ pub(super) fn build_full_tables(
     services: Arc<ServiceTables>,
     ids: &mut IdentityAllocator,
     underlay: Underlay<'_>,
-) -> Result<(Tables, Vec<EndpointInfo>), Error> {
+) -> Result<(Tables, Compiled), Error> {
     let list: Vec<Policy> = policies.values().cloned().collect();
     let inputs = TableInputs {
         gateway: &cfg.gateway,
@@ -101,7 +119,11 @@ pub(super) fn build_full_tables(
     let mut t = built.tables;
     // Every revision carries them: the DNS stage reads its options from the tables it runs on.
     t.set_dns_options(cfg.fqdn.dns_options());
-    Ok((t, built.endpoints))
+    let compiled = Compiled {
+        endpoints: built.endpoints,
+        remote: built.remote,
+    };
+    Ok((t, compiled))
 }
 
 fn policy_rejected(e: xylem_policy::Error) -> Rejected {

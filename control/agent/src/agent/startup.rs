@@ -45,10 +45,11 @@ pub(super) fn shared_conntrack(cfg: &AgentConfig, workers: usize) -> Conntrack {
         timeouts: CtTimeouts::default(),
         seed,
     });
-    // The host ports (configured ones only: the API binds pods) carry the node's own flows
-    // and those of every other node's pods: not one pod, so not one pod's share.
+    // The host ports (configured ones only: the API binds pods) carry the node's own flows,
+    // and the uplink every other node's pods' and the world's: not one pod, so not one pod's
+    // share.
     for (i, p) in cfg.ports.iter().enumerate() {
-        if p.kind == PortKind::Host {
+        if matches!(p.kind, PortKind::Host | PortKind::Uplink) {
             ct.exempt_from_endpoint_limit(i as PortId);
         }
     }

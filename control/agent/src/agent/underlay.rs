@@ -22,10 +22,12 @@ use std::time::{Duration, Instant};
 use xylem_api::config::{AgentConfig, NodeConfig, check_node_name};
 use xylem_api::{
     ENCRYPTION_DISABLED, ENCRYPTION_IPSEC, EncryptionStatus, NodeRequest, NodeSource, NodeView,
+    RemoteEndpointRequest,
 };
 use xylem_dataplane::esp::PeerSas;
 use xylem_dataplane::neighbor::Neighbors;
 use xylem_dataplane::tables::MacAddr;
+use xylem_policy::EndpointSpec;
 use xylem_tables::Underlay;
 
 use super::encryption::{ESP_DROP_REASONS, KEY_POLL, KeyState, encrypting_peers, read_key_file};
@@ -42,11 +44,16 @@ pub(super) struct NodeEntry {
     pub(super) source: NodeSource,
 }
 
-/// The node table and the key manager's state; locked after `services`.
+/// The node table, the key manager's state and the other nodes' pods; locked after
+/// `services`.
 #[derive(Clone, Debug, Default)]
 pub(super) struct UnderlayState {
     pub(super) nodes: BTreeMap<String, NodeEntry>,
     pub(super) keys: KeyState,
+    /// The other nodes' pods, keyed `namespace/name` (see the `remote` module). Here, with
+    /// the node table, because each one belongs to a node: a node change and a remote pod
+    /// change are checked against each other under one lock.
+    pub(super) remote: BTreeMap<String, RemoteEndpointRequest>,
 }
 
 /// What one revision's tables take from the underlay (owned, so [`Underlay`] can borrow it).
@@ -54,6 +61,7 @@ pub(super) struct UnderlaySnapshot {
     nodes: Vec<NodeConfig>,
     neighbors: BTreeMap<Ipv4Addr, MacAddr>,
     sas: BTreeMap<String, Arc<PeerSas>>,
+    remote: Vec<EndpointSpec>,
 }
 
 impl UnderlaySnapshot {
@@ -66,7 +74,7 @@ impl UnderlaySnapshot {
             encrypts: cfg.encryption.is_some(),
             neighbors: Some(&self.neighbors),
             sas: Some(&self.sas),
-            remote: &[],
+            remote: &self.remote,
         }
     }
 }
@@ -90,6 +98,7 @@ impl UnderlayState {
             nodes,
             neighbors: neighbors.snapshot(),
             sas,
+            remote: super::remote::specs(&self.remote),
         }
     }
 }
@@ -317,6 +326,7 @@ impl AgentState {
                 let created = !next.nodes.contains_key(name);
                 next.nodes.insert(name.to_string(), entry.clone());
                 check_nodes(&self.cfg, &next.nodes, name)?;
+                super::remote::refuse_orphaned_pods(&next.remote, &entry.node)?;
                 Ok(Some(created))
             },
             ops,
@@ -351,6 +361,7 @@ impl AgentState {
                     }
                     Some(NodeSource::Api) => {}
                 }
+                super::remote::refuse_while_node_has_pods(&next.remote, name)?;
                 match from_config {
                     Some(node) => {
                         next.nodes.insert(
@@ -563,7 +574,7 @@ mod tests {
         let store = crate::state::FileStore::open(&dir).unwrap();
         let mut under = UnderlayState {
             nodes: restore_nodes(&c, &store).unwrap(),
-            keys: KeyState::default(),
+            ..Default::default()
         };
         let neighbors = Neighbors::new();
         // Without a key: the encrypting peer has SAs to send with none (dropped `no-key`).
