@@ -2,8 +2,8 @@
 //! agent, their uplinks on an underlay bridge with a world namespace behind it.
 //!
 //! The lab runs under a unique name behind [`LabGuard`], which brings it down even if the test
-//! panics. It needs root; without it it prints why and skips. Traffic between pods of different
-//! nodes is not checked here: that is the dataplane's routing, tested with it.
+//! panics. It needs root; without it it prints why and skips. The lab's structure is checked
+//! here; the traffic it carries between nodes and to the world, in `lab_underlay.rs`.
 
 use serde_json::Value;
 
