@@ -424,3 +424,99 @@ impl OutputLater for Command {
             .expect("spawn")
     }
 }
+
+/// A ClusterIP service `web` at `vip`:80 whose backends are node 2's pods on 8080.
+fn web_service(vip: &str, backends: &[&str]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+         spec:\n  type: ClusterIP\n  clusterIP: {vip}\n  ports:\n  \
+         - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  \
+         namespace: default\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\n\
+         ports:\n  - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n"
+    );
+    for b in backends {
+        y.push_str(&format!(
+            "  - {{addresses: [{b}], conditions: {{ready: true}}}}\n"
+        ));
+    }
+    y
+}
+
+#[test]
+fn two_workers_per_node_carry_encrypted_masqueraded_and_balanced_traffic() {
+    require_root!();
+    // Two workers on each node: each direction of a flow, and each ESP packet, may land on
+    // either worker of the node that receives it.
+    let keys = TempFile::new("keys", &key_line(5, 9));
+    let file = lab_file(&format!("encryption: {{key_file: {}}}\n", keys.path()));
+    let lab = LabGuard::up(&["-f", file.path(), "--worker-cores", "0,1"]);
+    let st = lab.status();
+    let socks = sockets(&st);
+    for s in &socks {
+        let agent: Value =
+            serde_json::from_str(&ok(&[xylem(), "--socket", s, "status", "-o", "json"])).unwrap();
+        assert_eq!(agent["workers"].as_array().unwrap().len(), 2, "{agent}");
+    }
+    let (a1, _) = lab.pod("a1");
+    let (a2, _) = lab.pod("a2");
+    let (_, b1_ip) = lab.pod("b1");
+    let (_, b2_ip) = lab.pod("b2");
+    let b1_ip = b1_ip.to_string();
+    assert_eq!(
+        eventually(15, || tcp(&a1, &b1_ip, 8080), "b1").as_deref(),
+        Some("b1")
+    );
+    // Many connections, so their source ports (and so their queues) vary: none may fail.
+    for i in 0..20 {
+        let pod = if i % 2 == 0 { &a1 } else { &a2 };
+        assert_eq!(
+            tcp(pod, &b1_ip, 8080).as_deref(),
+            Some("b1"),
+            "connection {i} across"
+        );
+        assert_eq!(
+            udp(pod, &b1_ip, 9000).as_deref(),
+            Some("b1"),
+            "datagram {i} across"
+        );
+        assert_eq!(
+            tcp(pod, "10.199.0.100", 7).as_deref(),
+            Some("hello"),
+            "connection {i} out"
+        );
+    }
+    // A service on node 1 balanced to node 2's pods: translated on node 1, then sealed.
+    let svc = TempFile::new(
+        "svc.yaml",
+        &web_service("10.96.0.80", &[&b1_ip, &b2_ip.to_string()]),
+    );
+    ok(&[
+        xylem(),
+        "--socket",
+        &socks[0],
+        "service",
+        "import",
+        svc.path(),
+    ]);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let got = tcp(&a1, "10.96.0.80", 80);
+        assert!(
+            matches!(got.as_deref(), Some("b1" | "b2")),
+            "connection {i} to the service got {got:?}"
+        );
+        seen.extend(got);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "Maglev spread 12 connections over both backends: {seen:?}"
+    );
+    for s in &socks {
+        let d = drops(s);
+        for reason in ["esp-replay", "esp-auth-failed", "snat-failed", "no-key"] {
+            assert_eq!(d[reason].as_u64().unwrap_or(0), 0, "{reason} on {s}: {d}");
+        }
+    }
+}
