@@ -91,11 +91,13 @@ fn in_ns(netns: &str, cmd: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-/// What a TCP connection to `ip:port` from `netns` reads (sending `hello` first).
+/// What a TCP connection to `ip:port` from `netns` reads (sending `hello` first). The timeouts
+/// are generous: the servers answer by forking a shell, and CI runs lab tests side by side on
+/// two CPUs with several agents' workers polling.
 fn tcp(netns: &str, ip: &str, port: u16) -> Option<String> {
     in_ns(
         netns,
-        &format!("echo hello | timeout 5 socat -t2 - TCP:{ip}:{port},connect-timeout=3"),
+        &format!("echo hello | timeout 15 socat -t8 - TCP:{ip}:{port},connect-timeout=5"),
     )
 }
 
@@ -103,7 +105,7 @@ fn tcp(netns: &str, ip: &str, port: u16) -> Option<String> {
 fn udp(netns: &str, ip: &str, port: u16) -> Option<String> {
     in_ns(
         netns,
-        &format!("echo hello | timeout 5 socat -t2 - UDP:{ip}:{port}"),
+        &format!("echo hello | timeout 10 socat -t5 - UDP:{ip}:{port}"),
     )
 }
 
