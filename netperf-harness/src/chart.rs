@@ -25,6 +25,7 @@ fn short(r: &SummaryRow) -> (String, String) {
         "veth-netfilter" => "veth+iptables".to_string(),
         "xylem-passthrough" => "xylem-pt".to_string(),
         "xylem-monitored" => "xylem+mon".to_string(),
+        "xylem-multinode" => "xylem-2node".to_string(),
         "xylem-encrypted" => "xylem-esp".to_string(),
         n => n.to_string(),
     };

@@ -3,7 +3,13 @@
 //! # What it does
 //! - Builds each kernel path (`veth`, `veth-netfilter`, `bridge`, `ipvlan`, `macvlan`) in its own
 //!   network namespaces named `xnh<pid>-...`; drives the Xylem paths (`xylem-passthrough`,
-//!   `xylem`, `xylem-monitored`) through `xylem lab up/status/down`.
+//!   `xylem`, `xylem-monitored`, `xylem-multinode`, `xylem-encrypted`) through
+//!   `xylem lab up/status/down`.
+//! - `xylem-multinode` and `xylem-encrypted` (module `multinode`) run the client pod on one node
+//!   and netserver's on another of a two-node lab; `xylem-encrypted` adds ESP (AES-128-GCM)
+//!   between the nodes with a random key the harness writes for the run. The report sets
+//!   `xylem-encrypted` against `xylem-multinode` (ESP's cost) and `xylem-multinode` against
+//!   `xylem` (crossing nodes' cost), each within the run.
 //! - `xylem-monitored` is `xylem` (same lab, same 1,000-rule policy) with a
 //!   `xylem monitor -o json` client receiving every event type for the whole of each test
 //!   (module `monitor`): it measures what attaching a monitor costs the workers (issue 3's goal:
@@ -39,6 +45,7 @@ mod dns_results;
 mod dnsperf;
 mod error;
 mod monitor;
+mod multinode;
 mod netperf;
 mod report;
 mod results;
@@ -105,7 +112,8 @@ enum Cmd {
 struct RunArgs {
     /// Paths, comma-separated [default: all]: veth, veth-netfilter, bridge, ipvlan, macvlan,
     /// xylem-passthrough, xylem, xylem-monitored (xylem with a `xylem monitor` client attached),
-    /// xylem-encrypted.
+    /// xylem-multinode (client and server pods on two nodes of a lab), xylem-encrypted
+    /// (xylem-multinode with ESP between the nodes).
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Tests, comma-separated [default: TCP_RR,TCP_CRR,TCP_STREAM,UDP_RR].
@@ -133,7 +141,9 @@ struct RunArgs {
     #[arg(long, default_value = "0")]
     pod_cores: String,
     /// Worker cores for the dedicated placement [default: the first CPU not in --pod-cores].
-    /// Several cores mean several workers (one per core, sharing one flow table).
+    /// Several cores mean several workers (one per core, sharing one flow table). One-node paths
+    /// only: in the two-node paths the lab gives each node's agent a core of its own, from the
+    /// last CPU down.
     #[arg(long)]
     worker_cores: Option<String>,
     /// XDP attach mode passed to `xylem lab up`.

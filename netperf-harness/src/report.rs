@@ -261,6 +261,99 @@ fn monitor_section(md: &mut String, rows: &[SummaryRow], tests: &[Test], loads: 
     );
 }
 
+/// The cells of `path` against its baseline ([`PathKind::baseline`]) of the same run, one row
+/// per test, placement and load planned: the ratios, the baseline's own spread, and why a cell
+/// has no ratio.
+fn baseline_table(
+    md: &mut String,
+    rows: &[SummaryRow],
+    path: PathKind,
+    tests: &[Test],
+    loads: &[Load],
+) {
+    let Some(base) = path.baseline() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "| test | placement | load | P99 ×{base} | rate ×{base} | Mbit/s ×{base} | {base}'s spread | note |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for &test in tests {
+        for placement in [Placement::Dedicated, Placement::Shared] {
+            for &load in loads {
+                let Some(r) = find(rows, path, Some(placement), load, test) else {
+                    continue;
+                };
+                let (p99, rate, tput) = r.baseline_ratios();
+                let base_row = find(rows, base, Some(placement), load, test);
+                let note = if r.reps == 0 {
+                    let why = status(r);
+                    if why.is_empty() {
+                        "not measured".into()
+                    } else {
+                        format!("not measured: {why}")
+                    }
+                } else if p99.or(rate).or(tput).is_none() {
+                    format!("no `{base}` baseline")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    md,
+                    "| {test} | {} | {} | {} | {} | {} | {} | {note} |",
+                    placement.name(),
+                    load.name(),
+                    ratio(p99),
+                    ratio(rate),
+                    ratio(tput),
+                    base_row.map(own_spread).unwrap_or_else(|| "–".into()),
+                );
+            }
+        }
+    }
+    let _ = writeln!(md);
+}
+
+/// The two-node paths (issue 13): `xylem-encrypted` against `xylem-multinode` (ESP's cost: the
+/// same two nodes, pods and policy) and `xylem-multinode` against `xylem` (crossing nodes'
+/// cost), each measured in the same run.
+fn multinode_section(md: &mut String, rows: &[SummaryRow], tests: &[Test], loads: &[Load]) {
+    let has = |p: PathKind| rows.iter().any(|r| r.path == p);
+    if !has(PathKind::XylemMultinode) && !has(PathKind::XylemEncrypted) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Across nodes, with and without ESP (issue 13, reported, not asserted)
+"
+    );
+    let _ = writeln!(
+        md,
+        "`xylem-multinode` runs netperf's pod on one node and netserver's on the other node of a two-node lab (each node its own namespace and agent, their uplinks on the lab's underlay bridge), in `xylem`'s mode with its 1,000-rule policy in both agents: every packet goes through both agents and across the underlay. `xylem-encrypted` is the same lab with ESP between the nodes ({}, one random key per run). All paths were measured in this run, interleaved. *spread* is the baseline's own min–max over repetitions relative to its median (of the rate, or the throughput for TCP_STREAM; – with one repetition): a ratio inside it is within this run's noise. Placements and the cores of each agent are under `multinode` in the conditions.
+",
+        crate::multinode::ESP_ALGORITHM
+    );
+    if has(PathKind::XylemEncrypted) {
+        let _ = writeln!(
+            md,
+            "### ESP's cost: xylem-encrypted against xylem-multinode
+"
+        );
+        baseline_table(md, rows, PathKind::XylemEncrypted, tests, loads);
+    }
+    if has(PathKind::XylemMultinode) {
+        let _ = writeln!(
+            md,
+            "### Crossing nodes: xylem-multinode against xylem (one node)
+
+The ratio holds a second agent's pipeline and the two uplinks (two more AF_XDP hops each way) and the underlay bridge.
+"
+        );
+        baseline_table(md, rows, PathKind::XylemMultinode, tests, loads);
+    }
+}
+
 /// Renders the report; `notes` is a hand-written reading of the run placed near the top.
 pub fn render(res: &Results, notes: Option<&str>) -> String {
     let c = &res.conditions;
@@ -392,6 +485,7 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
     crr_goal_section(&mut md, &res.summary, &loads);
 
     monitor_section(&mut md, &res.summary, &tests, &loads);
+    multinode_section(&mut md, &res.summary, &tests, &loads);
 
     // Cilium comparison.
     let _ = writeln!(
@@ -410,12 +504,11 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
     let _ = writeln!(md, "| Cilium 1.4 IPVLAN (published) | 27 | 100 | 37.5k |");
     let _ = writeln!(md, "| Cilium 1.4 veth (published) | 31 | 131 | 33k |");
     let mut seen = Vec::new();
-    // `xylem-monitored` is `xylem` plus a client, not another datapath: its section is above.
-    for r in res
-        .summary
-        .iter()
-        .filter(|r| r.load == Load::Idle && r.path != PathKind::XylemMonitored)
-    {
+    // `xylem-monitored` is `xylem` plus a client, not another datapath, and the two-node paths
+    // cross an underlay that Cilium's single-host figures do not: their sections are above.
+    for r in res.summary.iter().filter(|r| {
+        r.load == Load::Idle && r.path != PathKind::XylemMonitored && !r.path.crosses_nodes()
+    }) {
         let key = (r.path, r.placement);
         if seen.contains(&key) {
             continue;
@@ -499,7 +592,7 @@ pub fn render(res: &Results, notes: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::fixtures::monitored_summary;
+    use crate::results::fixtures::{monitored_summary, multinode_summary};
 
     fn results(summary: Vec<SummaryRow>) -> Results {
         Results {
@@ -659,6 +752,68 @@ mod tests {
             .collect();
         let md = render(&results(rows), None);
         assert!(!md.contains("## Monitor attached"));
+    }
+
+    fn section_at<'a>(md: &'a str, heading: &str) -> &'a str {
+        let start = md
+            .find(heading)
+            .unwrap_or_else(|| panic!("no {heading:?} in:\n{md}"));
+        let rest = &md[start..];
+        let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
+        &rest[..end]
+    }
+
+    #[test]
+    fn the_report_sets_esp_against_two_nodes_and_two_nodes_against_one() {
+        let md = render(&results(multinode_summary()), None);
+        let sec = section_at(&md, "## Across nodes");
+        assert!(sec.contains("AES-128-GCM"), "{sec}");
+        let esp = section_at(sec, "### ESP's cost");
+        let esp = &esp[..esp.find("### Crossing").unwrap_or(esp.len())];
+        assert!(
+            esp.contains(
+                "| test | placement | load | P99 ×xylem-multinode | rate ×xylem-multinode |"
+            ),
+            "{esp}"
+        );
+        // (row prefix, whole row)
+        let rows = [
+            (
+                "| TCP_RR | shared | idle |",
+                "| TCP_RR | shared | idle | 1.20× | 0.75× | – | – |  |",
+            ),
+            (
+                "| TCP_STREAM | shared | idle |",
+                "| TCP_STREAM | shared | idle | – | – | 0.50× | – |  |",
+            ),
+            (
+                "| TCP_RR | dedicated | idle |",
+                "| TCP_RR | dedicated | idle | – | – | – | – | not measured: unavailable: no free core per node |",
+            ),
+        ];
+        for (prefix, want) in rows {
+            assert_eq!(line(esp, prefix), want);
+        }
+        let two = section_at(sec, "### Crossing nodes");
+        assert!(two.contains("| P99 ×xylem | rate ×xylem |"), "{two}");
+        assert_eq!(
+            line(two, "| TCP_RR | shared | idle |"),
+            "| TCP_RR | shared | idle | 2.00× | 0.50× | – | – |  |"
+        );
+        assert_eq!(
+            line(two, "| TCP_STREAM | shared | idle |"),
+            "| TCP_STREAM | shared | idle | – | – | 0.80× | – |  |"
+        );
+        // Not another single-host datapath next to Cilium's figures.
+        let cilium = section_at(&md, "## Against Cilium");
+        assert!(cilium.contains("| xylem (shared) (here) |"), "{cilium}");
+        assert!(!cilium.contains("xylem-multinode") && !cilium.contains("xylem-encrypted"));
+        // Without the two-node paths, no section.
+        let rows: Vec<SummaryRow> = multinode_summary()
+            .into_iter()
+            .filter(|r| !r.path.crosses_nodes())
+            .collect();
+        assert!(!render(&results(rows), None).contains("## Across nodes"));
     }
 
     #[test]

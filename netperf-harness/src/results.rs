@@ -34,13 +34,16 @@ pub enum PathKind {
     /// `Xylem` (same lab, same policy) with a `xylem monitor` client receiving every event type
     /// for the whole of each test.
     XylemMonitored,
-    /// Xylem with ESP encryption between nodes.
+    /// Xylem on a two-node lab: the netperf client pod on one node, netserver on the other,
+    /// over the lab's underlay; the same policy and pipeline as `Xylem`, no encryption.
+    XylemMultinode,
+    /// `XylemMultinode` with ESP (AES-128-GCM) between the two nodes.
     XylemEncrypted,
 }
 
 impl PathKind {
     /// Every path, in report order.
-    pub const ALL: [PathKind; 9] = [
+    pub const ALL: [PathKind; 10] = [
         PathKind::Veth,
         PathKind::VethNetfilter,
         PathKind::Bridge,
@@ -49,6 +52,7 @@ impl PathKind {
         PathKind::XylemPassthrough,
         PathKind::Xylem,
         PathKind::XylemMonitored,
+        PathKind::XylemMultinode,
         PathKind::XylemEncrypted,
     ];
 
@@ -63,6 +67,7 @@ impl PathKind {
             PathKind::XylemPassthrough => "xylem-passthrough",
             PathKind::Xylem => "xylem",
             PathKind::XylemMonitored => "xylem-monitored",
+            PathKind::XylemMultinode => "xylem-multinode",
             PathKind::XylemEncrypted => "xylem-encrypted",
         }
     }
@@ -74,14 +79,30 @@ impl PathKind {
             PathKind::XylemPassthrough
                 | PathKind::Xylem
                 | PathKind::XylemMonitored
+                | PathKind::XylemMultinode
                 | PathKind::XylemEncrypted
         )
     }
 
-    /// The path this one is `path` plus a monitor client: `xylem-monitored` → `xylem`.
-    pub fn unmonitored(self) -> Option<PathKind> {
+    /// Whether the path's two pods are on different nodes of a two-node lab, so every packet
+    /// crosses the underlay (the client's node's uplink, the bridge, the server's node's).
+    pub fn crosses_nodes(self) -> bool {
+        matches!(self, PathKind::XylemMultinode | PathKind::XylemEncrypted)
+    }
+
+    /// Whether the traffic between the nodes is ESP-encrypted.
+    pub fn encrypted(self) -> bool {
+        self == PathKind::XylemEncrypted
+    }
+
+    /// The path this one differs from by exactly one thing, measured in the same run, which the
+    /// report sets it against so that the ratio is that thing's cost: `xylem-monitored` →
+    /// `xylem` (the monitor client), `xylem-multinode` → `xylem` (crossing nodes),
+    /// `xylem-encrypted` → `xylem-multinode` (ESP).
+    pub fn baseline(self) -> Option<PathKind> {
         match self {
-            PathKind::XylemMonitored => Some(PathKind::Xylem),
+            PathKind::XylemMonitored | PathKind::XylemMultinode => Some(PathKind::Xylem),
+            PathKind::XylemEncrypted => Some(PathKind::XylemMultinode),
             _ => None,
         }
     }
@@ -319,16 +340,29 @@ pub struct SummaryRow {
     pub ratio_rate_vs_veth: Option<f64>,
     /// Rate divided by `xylem-passthrough`'s rate, same placement, load and test.
     pub ratio_rate_vs_passthrough: Option<f64>,
-    /// `xylem-monitored` only: P99 divided by `xylem`'s P99, same placement, load and test (the
-    /// monitor's cost).
+    /// `xylem-monitored` and `xylem-multinode` only: P99 divided by `xylem`'s P99, same
+    /// placement, load and test (the monitor's cost; crossing nodes' cost).
     #[serde(default)]
     pub ratio_p99_vs_xylem: Option<f64>,
-    /// `xylem-monitored` only: rate divided by `xylem`'s rate, same placement, load and test.
+    /// `xylem-monitored` and `xylem-multinode` only: rate divided by `xylem`'s rate, same
+    /// placement, load and test.
     #[serde(default)]
     pub ratio_rate_vs_xylem: Option<f64>,
-    /// `xylem-monitored` only: throughput divided by `xylem`'s, same placement, load and test.
+    /// `xylem-monitored` and `xylem-multinode` only: throughput divided by `xylem`'s, same
+    /// placement, load and test.
     #[serde(default)]
     pub ratio_throughput_vs_xylem: Option<f64>,
+    /// `xylem-encrypted` only: P99 divided by `xylem-multinode`'s P99, same placement, load and
+    /// test (ESP's cost: same two nodes, same pods, same policy).
+    #[serde(default)]
+    pub ratio_p99_vs_multinode: Option<f64>,
+    /// `xylem-encrypted` only: rate divided by `xylem-multinode`'s, same placement, load, test.
+    #[serde(default)]
+    pub ratio_rate_vs_multinode: Option<f64>,
+    /// `xylem-encrypted` only: throughput divided by `xylem-multinode`'s, same placement, load
+    /// and test.
+    #[serde(default)]
+    pub ratio_throughput_vs_multinode: Option<f64>,
     /// `xylem-monitored` only: event lines the monitor printed, summed over repetitions.
     #[serde(default)]
     pub monitor_events: Option<u64>,
@@ -341,6 +375,27 @@ pub struct SummaryRow {
     pub unavailable: Option<String>,
     /// The first error, if repetitions failed.
     pub error: Option<String>,
+}
+
+impl SummaryRow {
+    /// The row's ratios against its path's [`PathKind::baseline`] (P99, rate, throughput):
+    /// the `_vs_xylem` columns for `xylem-monitored` and `xylem-multinode`, the
+    /// `_vs_multinode` ones for `xylem-encrypted`, none for other paths.
+    pub fn baseline_ratios(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
+        match self.path.baseline() {
+            Some(PathKind::Xylem) => (
+                self.ratio_p99_vs_xylem,
+                self.ratio_rate_vs_xylem,
+                self.ratio_throughput_vs_xylem,
+            ),
+            Some(PathKind::XylemMultinode) => (
+                self.ratio_p99_vs_multinode,
+                self.ratio_rate_vs_multinode,
+                self.ratio_throughput_vs_multinode,
+            ),
+            _ => (None, None, None),
+        }
+    }
 }
 
 /// Everything written to `results.json`.
@@ -369,12 +424,17 @@ pub struct Cell {
     pub test: Test,
 }
 
+/// Why a path cannot run here, per path and placement: a whole path can be missing (no IPVLAN
+/// in the kernel), or only one placement of it (the multi-node paths' `dedicated` placement on
+/// a machine without a free core per node).
+pub type Unavailable = BTreeMap<(PathKind, Option<Placement>), String>;
+
 /// Builds the summary for `cells`: medians over `runs`, reasons for unavailable paths, the first
 /// error of failed cells, and the ratios.
 pub fn summarize(
     cells: &[Cell],
     runs: &[Run],
-    unavailable: &BTreeMap<PathKind, String>,
+    unavailable: &Unavailable,
     errors: &[RunError],
 ) -> Vec<SummaryRow> {
     let mut rows: Vec<SummaryRow> = cells
@@ -422,10 +482,13 @@ pub fn summarize(
                 ratio_p99_vs_xylem: None,
                 ratio_rate_vs_xylem: None,
                 ratio_throughput_vs_xylem: None,
+                ratio_p99_vs_multinode: None,
+                ratio_rate_vs_multinode: None,
+                ratio_throughput_vs_multinode: None,
                 monitor_events: sum(mine.iter().map(|r| r.monitor_events)),
                 monitor_lost: sum(mine.iter().map(|r| r.monitor_lost)),
                 reps: mine.len(),
-                unavailable: unavailable.get(&cell.path).cloned(),
+                unavailable: unavailable.get(&(cell.path, cell.placement)).cloned(),
                 error,
             }
         })
@@ -443,8 +506,10 @@ fn sum(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
 
 /// Fills the ratio columns: against `veth` under the same load and test; against
 /// `xylem-passthrough` with the same placement, load and test (Xylem paths other than
-/// passthrough, `xylem-monitored` included: its ratio holds policy and monitor together); and,
-/// for `xylem-monitored` only, against `xylem` with the same placement, load and test.
+/// passthrough, `xylem-monitored` included: its ratio holds policy and monitor together); and
+/// against the path's [`PathKind::baseline`] with the same placement, load and test
+/// (`xylem-monitored` and `xylem-multinode` against `xylem`, `xylem-encrypted` against
+/// `xylem-multinode`).
 pub fn apply_ratios(rows: &mut [SummaryRow]) {
     let find = |rows: &[SummaryRow],
                 path: PathKind,
@@ -475,19 +540,27 @@ pub fn apply_ratios(rows: &mut [SummaryRow]) {
         } else {
             None
         };
-        let unmonitored = r
+        let baseline = r
             .path
-            .unmonitored()
-            .and_then(|p| find(rows, p, r.placement, r.load, r.test));
+            .baseline()
+            .map(|p| (p, find(rows, p, r.placement, r.load, r.test)));
         let (p99, rate, tput) = (r.p99_us, r.rate_per_s, r.throughput_mbps);
         let row = &mut rows[i];
         row.ratio_p99_vs_veth = veth.and_then(|(b, _, _)| ratio(p99, b));
         row.ratio_rate_vs_veth = veth.and_then(|(_, b, _)| ratio(rate, b));
         row.ratio_p99_vs_passthrough = pt.and_then(|(b, _, _)| ratio(p99, b));
         row.ratio_rate_vs_passthrough = pt.and_then(|(_, b, _)| ratio(rate, b));
-        row.ratio_p99_vs_xylem = unmonitored.and_then(|(b, _, _)| ratio(p99, b));
-        row.ratio_rate_vs_xylem = unmonitored.and_then(|(_, b, _)| ratio(rate, b));
-        row.ratio_throughput_vs_xylem = unmonitored.and_then(|(_, _, b)| ratio(tput, b));
+        let (vs_xylem, vs_multinode) = match baseline {
+            Some((PathKind::Xylem, b)) => (b, None),
+            Some((PathKind::XylemMultinode, b)) => (None, b),
+            _ => (None, None),
+        };
+        row.ratio_p99_vs_xylem = vs_xylem.and_then(|(b, _, _)| ratio(p99, b));
+        row.ratio_rate_vs_xylem = vs_xylem.and_then(|(_, b, _)| ratio(rate, b));
+        row.ratio_throughput_vs_xylem = vs_xylem.and_then(|(_, _, b)| ratio(tput, b));
+        row.ratio_p99_vs_multinode = vs_multinode.and_then(|(b, _, _)| ratio(p99, b));
+        row.ratio_rate_vs_multinode = vs_multinode.and_then(|(_, b, _)| ratio(rate, b));
+        row.ratio_throughput_vs_multinode = vs_multinode.and_then(|(_, _, b)| ratio(tput, b));
     }
 }
 
@@ -573,10 +646,14 @@ mod tests {
             run(PathKind::Xylem, s, Load::Idle, 1, 60.0, 40_000.0),
             run(PathKind::Xylem, s, Load::Busy, 1, 80.0, 20_000.0),
         ];
-        let mut unavailable = BTreeMap::new();
+        let mut unavailable = Unavailable::new();
         unavailable.insert(
-            PathKind::XylemEncrypted,
-            "unavailable: ESP encryption not implemented yet".to_string(),
+            (PathKind::XylemEncrypted, s),
+            "unavailable: no ESP here".to_string(),
+        );
+        unavailable.insert(
+            (PathKind::XylemEncrypted, d),
+            "unavailable: no free core per node".to_string(),
         );
         let errors = vec![RunError {
             path: PathKind::Bridge,
@@ -666,9 +743,17 @@ mod tests {
             Some(Placement::Shared),
             Load::Busy,
         );
+        assert_eq!(enc.unavailable.as_deref(), Some("unavailable: no ESP here"));
+        let dedicated = row(
+            &rows,
+            PathKind::XylemEncrypted,
+            Some(Placement::Dedicated),
+            Load::Busy,
+        );
         assert_eq!(
-            enc.unavailable.as_deref(),
-            Some("unavailable: ESP encryption not implemented yet")
+            dedicated.unavailable.as_deref(),
+            Some("unavailable: no free core per node"),
+            "unavailability is per placement"
         );
         assert_eq!(enc.p99_us, None);
         assert_eq!(enc.ratio_p99_vs_veth, None);
@@ -839,11 +924,8 @@ mod tests {
             "xylem-monitored".parse::<PathKind>().ok(),
             Some(PathKind::XylemMonitored)
         );
-        assert_eq!(
-            PathKind::XylemMonitored.unmonitored(),
-            Some(PathKind::Xylem)
-        );
-        assert_eq!(PathKind::Xylem.unmonitored(), None);
+        assert_eq!(PathKind::XylemMonitored.baseline(), Some(PathKind::Xylem));
+        assert_eq!(PathKind::Xylem.baseline(), None);
         let all = PathKind::ALL;
         let pos = |p| all.iter().position(|q| *q == p);
         assert_eq!(
@@ -851,6 +933,108 @@ mod tests {
             pos(PathKind::Xylem).map(|i| i + 1),
             "visited right after `xylem`, so the two are measured close in time"
         );
+    }
+
+    #[test]
+    fn path_names_parse_and_classify() {
+        // (name, path, xylem, crosses nodes, encrypted, baseline)
+        use PathKind::*;
+        let cases = [
+            ("veth", Veth, false, false, false, None),
+            ("xylem", Xylem, true, false, false, None),
+            (
+                "xylem-monitored",
+                XylemMonitored,
+                true,
+                false,
+                false,
+                Some(Xylem),
+            ),
+            (
+                "xylem-multinode",
+                XylemMultinode,
+                true,
+                true,
+                false,
+                Some(Xylem),
+            ),
+            (
+                "xylem-encrypted",
+                XylemEncrypted,
+                true,
+                true,
+                true,
+                Some(XylemMultinode),
+            ),
+        ];
+        for (name, path, xylem, crosses, encrypted, baseline) in cases {
+            assert_eq!(name.parse::<PathKind>().ok(), Some(path), "{name}");
+            assert_eq!(path.name(), name);
+            assert_eq!(path.is_xylem(), xylem, "{name}: runs per placement");
+            assert_eq!(path.crosses_nodes(), crosses, "{name}");
+            assert_eq!(path.encrypted(), encrypted, "{name}");
+            assert_eq!(path.baseline(), baseline, "{name}");
+            assert_eq!(
+                serde_json::to_value(path).ok(),
+                Some(serde_json::json!(name)),
+                "results.json spells it as the command line"
+            );
+        }
+        let e = "xylem-multi".parse::<PathKind>().unwrap_err().to_string();
+        assert!(e.contains("xylem-multinode, xylem-encrypted"), "{e}");
+        let all = PathKind::ALL;
+        let pos = |p| all.iter().position(|q| *q == p);
+        assert_eq!(
+            pos(XylemMultinode).map(|i| i + 1),
+            pos(XylemEncrypted),
+            "visited right before `xylem-encrypted`, so the two are measured close in time"
+        );
+    }
+
+    #[test]
+    fn two_node_paths_are_compared_with_their_baselines() {
+        let rows = fixtures::multinode_summary();
+        let (d, s) = (Some(Placement::Dedicated), Some(Placement::Shared));
+        let (idle, rr, st) = (Load::Idle, Test::TcpRr, Test::TcpStream);
+        // (path, placement, test, expected (P99, rate, throughput) ratios against the baseline)
+        let cases = [
+            (
+                PathKind::XylemEncrypted,
+                s,
+                rr,
+                (Some(1.2), Some(0.75), None),
+            ),
+            (PathKind::XylemEncrypted, s, st, (None, None, Some(0.5))),
+            (
+                PathKind::XylemMultinode,
+                s,
+                rr,
+                (Some(2.0), Some(0.5), None),
+            ),
+            (PathKind::XylemMultinode, s, st, (None, None, Some(0.8))),
+            // Unavailable dedicated placement: no numbers, no ratios.
+            (PathKind::XylemEncrypted, d, rr, (None, None, None)),
+        ];
+        for (path, placement, test, want) in cases {
+            let r = row_t(&rows, path, placement, idle, test);
+            assert_eq!(r.baseline_ratios(), want, "{path} {placement:?} {test}");
+        }
+        let enc = row_t(&rows, PathKind::XylemEncrypted, s, idle, rr);
+        assert_eq!(
+            (enc.ratio_p99_vs_xylem, enc.ratio_rate_vs_xylem),
+            (None, None),
+            "ESP is set against the two-node path, not one node"
+        );
+        assert_eq!(
+            enc.ratio_rate_vs_passthrough, None,
+            "no passthrough measured in the fixture"
+        );
+        let multi = row_t(&rows, PathKind::XylemMultinode, s, idle, rr);
+        assert_eq!(multi.ratio_rate_vs_multinode, None);
+        let x = row_t(&rows, PathKind::Xylem, s, idle, rr);
+        assert_eq!(x.baseline_ratios(), (None, None, None));
+        let ded = row_t(&rows, PathKind::XylemEncrypted, d, idle, rr);
+        assert!(ded.unavailable.is_some(), "{ded:?}");
     }
 
     #[test]
@@ -877,12 +1061,16 @@ mod tests {
                     "ratio_p99_vs_xylem",
                     "ratio_rate_vs_xylem",
                     "ratio_throughput_vs_xylem",
+                    "ratio_p99_vs_multinode",
+                    "ratio_rate_vs_multinode",
+                    "ratio_throughput_vs_multinode",
                     "monitor_events",
                     "monitor_lost",
                 ],
             );
         }
         assert!(!v.to_string().contains("monitor_"), "fields stripped");
+        assert!(!v.to_string().contains("_vs_multinode"), "fields stripped");
         let back: Results = serde_json::from_value(v)?;
         assert_eq!(back, results, "an older results.json reads as before");
         Ok(())
@@ -987,5 +1175,48 @@ pub(crate) mod fixtures {
             },
         ];
         summarize(&cells, &runs, &BTreeMap::new(), &errors)
+    }
+
+    /// `xylem`, `xylem-multinode` and `xylem-encrypted`, both placements, idle, TCP_RR and
+    /// TCP_STREAM, one repetition:
+    /// - shared TCP_RR: xylem 40 µs / 40k, multinode 80 µs / 20k, encrypted 96 µs / 15k;
+    /// - shared TCP_STREAM: xylem 2,000, multinode 1,600, encrypted 800 Mbit/s;
+    /// - dedicated: the two-node paths unavailable (no free core per node), xylem measured.
+    pub fn multinode_summary() -> Vec<SummaryRow> {
+        let (d, s) = (Some(Placement::Dedicated), Some(Placement::Shared));
+        let (x, m, e) = (
+            PathKind::Xylem,
+            PathKind::XylemMultinode,
+            PathKind::XylemEncrypted,
+        );
+        let cell = |path, placement, test| Cell {
+            path,
+            placement,
+            load: Load::Idle,
+            test,
+        };
+        let mut cells = Vec::new();
+        for path in [x, m, e] {
+            for placement in [d, s] {
+                for test in [Test::TcpRr, Test::TcpStream] {
+                    cells.push(cell(path, placement, test));
+                }
+            }
+        }
+        let (rr, st) = (Test::TcpRr, Test::TcpStream);
+        let runs = vec![
+            run_of(cell(x, s, rr), 1, 40.0, 40_000.0),
+            run_of(cell(m, s, rr), 1, 80.0, 20_000.0),
+            run_of(cell(e, s, rr), 1, 96.0, 15_000.0),
+            run_of(cell(x, s, st), 1, 2_000.0, 0.0),
+            run_of(cell(m, s, st), 1, 1_600.0, 0.0),
+            run_of(cell(e, s, st), 1, 800.0, 0.0),
+            run_of(cell(x, d, rr), 1, 60.0, 25_000.0),
+        ];
+        let mut unavailable = Unavailable::new();
+        for path in [m, e] {
+            unavailable.insert((path, d), "unavailable: no free core per node".to_string());
+        }
+        summarize(&cells, &runs, &unavailable, &[])
     }
 }

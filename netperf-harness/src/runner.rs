@@ -11,11 +11,12 @@ use xylem_lab::process::{self, ChildGuard};
 
 use crate::error::{Error, Result};
 use crate::monitor::{self, Monitor, MonitorCounts};
+use crate::multinode::{self, KeyFile};
 use crate::netperf::{self, Test};
-use crate::results::{self, Cell, Load, PathKind, Placement, Results, Run, RunError};
+use crate::results::{self, Cell, Load, PathKind, Placement, Results, Run, RunError, Unavailable};
 use crate::sys;
 use crate::topology::{self, Endpoints, KernelPath};
-use crate::xylem::{Lab, LabConfig};
+use crate::xylem::{Lab, LabConfig, Layout};
 
 /// Seconds of the unrecorded TCP_RR warm-up at every visit of a path.
 pub const WARMUP_S: u32 = 1;
@@ -148,9 +149,102 @@ fn conditions(
             "drain": format!("a harness thread (pinned with the harness) counts its stdout lines, reading a {} KiB pipe every {} ms rather than waking per line", monitor::PIPE_BYTES / 1024, monitor::DRAIN_PAUSE.as_millis()),
             "stop": format!("after netperf, once its output has been quiet for {} ms (at most {} s), SIGINT; events = its stdout lines before its final summary line, lost = that line's count", monitor::QUIET.as_millis(), monitor::DRAIN_LIMIT.as_secs()),
         })),
+        "multinode": opts.paths.iter().any(|p| p.crosses_nodes()).then(|| two_node_conditions(opts, cpus)),
         "notes": [],
         "lab_status": null,
     })
+}
+
+/// The two-node paths' part of the conditions: what they share with the one-node paths (XDP,
+/// busy-poll: the sections above apply to them too) is not repeated; their layout, placement
+/// and encryption are. What the agents of each lab really ran is added per visited
+/// configuration ([`record_two_node_lab`]).
+fn two_node_conditions(opts: &Options, cpus: usize) -> serde_json::Value {
+    use crate::xylem::{CLIENT_POD, SERVER_POD};
+    let dedicated = multinode::dedicated_unavailable(cpus, &opts.pod_cores).unwrap_or_else(|| {
+        format!(
+            "no --worker-cores: `lab up` (run on CPUs 0-{}) gives node i's agent CPU {cpus}-1-i, one worker busy-polling each: CPUs {}; --worker-cores applies to the one-node paths only",
+            cpus.max(1) - 1,
+            sys::cpu_list(&multinode::lab_node_cores(cpus))
+        )
+    });
+    json!({
+        "paths": {
+            "xylem-multinode": "two nodes, the pods one on each, no encryption",
+            "xylem-encrypted": "xylem-multinode with ESP between the nodes",
+        },
+        "crosses_nodes": true,
+        "nodes": [multinode::CLIENT_NODE, multinode::SERVER_NODE],
+        "pods": {
+            "client": format!("{CLIENT_POD} (netperf) on {}", multinode::CLIENT_NODE),
+            "server": format!("{SERVER_POD} (netserver) on {}", multinode::SERVER_NODE),
+            "pod_cores": sys::cpu_list(&opts.pod_cores),
+        },
+        "underlay": "each node's namespace has its own agent and an uplink (xyup, XDP and AF_XDP like the pod ports) on the lab's underlay bridge; client pod -> node1's agent -> uplink -> bridge -> node2's uplink -> node2's agent -> server pod",
+        "mode_and_policy": format!("full, with the xylem path's policy ({} extra rules) imported into both agents; each peer rule also names the other pod's /32 in the same rule, so the peer is admitted whether the agent knows the other node's pods by labels or only by address", crate::xylem::POLICY_RULES),
+        "pinning": {
+            "dedicated": dedicated,
+            "shared": format!("--worker-cores {}: both agents' one worker on the pods' core (the lab gives every node the same list)", opts.pod_cores[0]),
+        },
+        "encryption": opts.paths.contains(&PathKind::XylemEncrypted).then(|| json!({
+            "path": "xylem-encrypted",
+            "protocol": "ESP in tunnel mode between the nodes' underlay addresses",
+            "algorithm": multinode::ESP_ALGORITHM,
+            "key_file_line": format!("{} rfc4106(gcm(aes)) <40 hex digits: 16-byte AES key + 4-byte salt> 128", multinode::ESP_KEY_ID),
+            "key": "random per run (/dev/urandom), written by the harness in a mode-0700 directory of its own under $TMPDIR, file mode 0600, given to the lab as encryption.key_file, removed at the end of the run",
+            "pod_mtu": "lowered by the lab for the ESP overhead: see labs.*.status.nodes[].pod_mtu",
+        })),
+        "checked": "after each lab up, every agent's `status -o json` (and `encrypt status -o json`) must show the requested placement, dedicated workers off the pod cores and each other's, and ESP with the harness's key exactly on xylem-encrypted; else that visit is an error",
+        "labs": {},
+    })
+}
+
+/// After a visit of `xylem-encrypted`: its agents must have sealed packets with ESP, else the
+/// visit's runs (from `visit_start` on) are plaintext numbers under the encrypted path's name
+/// and are dropped. The first visit's count per placement goes into the conditions.
+fn check_sealed(
+    lab: &Lab,
+    conditions: &mut serde_json::Value,
+    placement: Placement,
+    runs: &mut Vec<Run>,
+    visit_start: usize,
+) -> Result<()> {
+    let sealed = lab.esp_sealed();
+    if !matches!(sealed, Ok(n) if n > 0) {
+        runs.truncate(visit_start);
+    }
+    match sealed? {
+        0 => Err(Error::Lab(
+            "the agents sealed no packet with ESP during this visit, so its numbers are not ESP's and were dropped: see `xylem encrypt status` (errors, peers) and the agents' logs in a lab of this path".into(),
+        )),
+        n => {
+            let key = format!("{} ({})", PathKind::XylemEncrypted, placement.name());
+            let lab = &mut conditions["multinode"]["labs"][key];
+            if lab.get("esp_packets_sealed_first_visit").is_none() {
+                lab["esp_packets_sealed_first_visit"] = json!(n);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Records, once per two-node configuration, the lab's `up` command, its status and what each
+/// agent reported running.
+fn record_two_node_lab(
+    conditions: &mut serde_json::Value,
+    path: PathKind,
+    placement: Placement,
+    lab: &Lab,
+) {
+    let key = format!("{path} ({})", placement.name());
+    let labs = &mut conditions["multinode"]["labs"];
+    if labs.get(&key).is_none() {
+        labs[key] = json!({
+            "lab_up": lab.command,
+            "agents": lab.agents,
+            "status": lab.status,
+        });
+    }
 }
 
 /// Busy load: one nice-19 spinner per pod core; dropping it kills them.
@@ -289,7 +383,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     let mut conditions = conditions(opts, &prefix, &harness_cores, cpus);
     let mut notes: Vec<String> = Vec::new();
 
-    let result = run_inner(opts, &prefix, &pod, &mut notes, &mut conditions);
+    let result = run_inner(opts, &prefix, &pod, cpus, &mut notes, &mut conditions);
     // Final sweep: whatever a guard could not remove (it never should be needed).
     for ns in netns::list(&prefix) {
         netns::remove(&ns);
@@ -305,42 +399,83 @@ pub fn run(opts: &Options) -> Result<Results> {
     })
 }
 
-type Inner = (
-    Vec<Run>,
-    Vec<RunError>,
-    BTreeMap<PathKind, String>,
-    Vec<Cell>,
-);
+type Inner = (Vec<Run>, Vec<RunError>, Unavailable, Vec<Cell>);
+
+/// The lab for visiting `c`: its layout, its worker cores and placement, and the CPUs
+/// `lab up` runs on.
+///
+/// One node: the dedicated placement gets `--worker-cores` (their own cores), the shared one
+/// the pods' first core. Two nodes: the lab gives `--worker-cores` to every node alike, so the
+/// shared placement gets the pods' first core for both agents (each shares the pods' core, as
+/// the one-node shared agent does), and the dedicated placement gets none, so the lab picks a
+/// core per node ([`multinode::lab_node_cores`]), counting the CPUs it may use through its
+/// affinity mask: `lab up` runs on every CPU (`cpus`), not the harness's reduced set.
+fn lab_config(
+    opts: &Options,
+    c: Config,
+    prefix: &str,
+    cpus: usize,
+    keys: Option<&KeyFile>,
+) -> LabConfig {
+    let placement = c.placement.unwrap_or(Placement::Dedicated);
+    let shared_core = opts.pod_cores[0].to_string();
+    let (layout, worker_cores, lab_cpus) = if c.path.crosses_nodes() {
+        let layout = Layout::TwoNodes {
+            key_file: keys
+                .filter(|_| c.path.encrypted())
+                .map(|k| k.path().to_path_buf()),
+        };
+        match placement {
+            Placement::Dedicated => (layout, None, Some(format!("0-{}", cpus.max(1) - 1))),
+            Placement::Shared => (layout, Some(shared_core), None),
+        }
+    } else {
+        let cores = match placement {
+            Placement::Dedicated => sys::cpu_list(&opts.worker_cores),
+            // The core netperf and netserver run on: one worker.
+            Placement::Shared => shared_core,
+        };
+        (Layout::OneNode, Some(cores), None)
+    };
+    LabConfig {
+        bin: opts.xylem_bin.clone(),
+        dir: opts.out.clone(),
+        placement,
+        worker_cores,
+        lab_cpus,
+        layout,
+        mode: LabConfig::mode_for(c.path),
+        xdp_mode: opts.xdp_mode.clone(),
+        batch_size: opts.batch_size,
+        lab_name: prefix.trim_end_matches('-').to_string(),
+    }
+}
+
+/// Why path configuration `c` cannot run here, if it cannot.
+fn unavailable_reason(c: Config, prefix: &str, cpus: usize, pod_cores: &[usize]) -> Option<String> {
+    match c.path {
+        PathKind::Ipvlan => topology::probe_ipvlan(prefix),
+        PathKind::VethNetfilter if process::which("iptables-restore").is_none() => Some(
+            "unavailable: iptables-restore not installed (Debian package `iptables`)".to_string(),
+        ),
+        p if p.crosses_nodes() && c.placement == Some(Placement::Dedicated) => {
+            multinode::dedicated_unavailable(cpus, pod_cores)
+        }
+        _ => None,
+    }
+}
 
 fn run_inner(
     opts: &Options,
     prefix: &str,
     pod: &str,
+    cpus: usize,
     notes: &mut Vec<String>,
     conditions: &mut serde_json::Value,
 ) -> Result<Inner> {
     let mut runs = Vec::new();
     let mut errors: Vec<RunError> = Vec::new();
-    let mut unavailable: BTreeMap<PathKind, String> = BTreeMap::new();
-
-    // Which paths can run here at all.
-    for &p in &opts.paths {
-        let reason = match p {
-            PathKind::XylemEncrypted => {
-                Some("unavailable: ESP encryption not implemented yet".to_string())
-            }
-            PathKind::Ipvlan => topology::probe_ipvlan(prefix),
-            PathKind::VethNetfilter if process::which("iptables-restore").is_none() => Some(
-                "unavailable: iptables-restore not installed (Debian package `iptables`)"
-                    .to_string(),
-            ),
-            _ => None,
-        };
-        if let Some(r) = reason {
-            eprintln!("{p}: {r}");
-            unavailable.insert(p, r);
-        }
-    }
+    let mut unavailable = Unavailable::new();
 
     let mut configs = Vec::new();
     let mut cells = Vec::new();
@@ -354,6 +489,23 @@ fn run_inner(
             configs.push(Config { path: p, placement });
         }
     }
+
+    // Which path configurations can run here at all.
+    for &c in &configs {
+        if let Some(r) = unavailable_reason(c, prefix, cpus, &opts.pod_cores) {
+            match c.placement {
+                Some(pl) => eprintln!("{} ({}): {r}", c.path, pl.name()),
+                None => eprintln!("{}: {r}", c.path),
+            }
+            unavailable.insert((c.path, c.placement), r);
+        }
+    }
+    let is_unavailable = |p: PathKind| {
+        configs
+            .iter()
+            .filter(|c| c.path == p)
+            .all(|c| unavailable.contains_key(&(c.path, c.placement)))
+    };
     for &load in &opts.loads {
         for c in &configs {
             for &test in &opts.tests {
@@ -372,7 +524,7 @@ fn run_inner(
     let mut failed: BTreeMap<PathKind, String> = BTreeMap::new();
     for &p in &opts.paths {
         sys::check_interrupted()?;
-        if p.is_xylem() || unavailable.contains_key(&p) {
+        if p.is_xylem() || is_unavailable(p) {
             continue;
         }
         match topology::build(p, prefix, pod) {
@@ -397,7 +549,7 @@ fn run_inner(
     for c in &configs {
         if let Some(m) = &xylem_missing
             && c.path.is_xylem()
-            && !unavailable.contains_key(&c.path)
+            && !is_unavailable(c.path)
         {
             failed.insert(
                 c.path,
@@ -405,6 +557,25 @@ fn run_inner(
             );
         }
     }
+    // One random key for the whole run, removed with its directory when the run ends (after
+    // every lab that used it is down). Without it only the encrypted path fails.
+    let wants_keys = configs.iter().any(|c| {
+        c.path.encrypted()
+            && !unavailable.contains_key(&(c.path, c.placement))
+            && !failed.contains_key(&c.path)
+    });
+    let keys = match wants_keys.then(KeyFile::create).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            let p = PathKind::XylemEncrypted;
+            let msg = format!(
+                "path `{p}`: could not write the ESP key file: {e} (set TMPDIR to a writable directory)"
+            );
+            eprintln!("error: {msg}");
+            failed.insert(p, msg);
+            None
+        }
+    };
     for (p, msg) in &failed {
         for c in configs.iter().filter(|c| c.path == *p) {
             for &load in &opts.loads {
@@ -423,7 +594,9 @@ fn run_inner(
     let active: Vec<Config> = configs
         .iter()
         .copied()
-        .filter(|c| !unavailable.contains_key(&c.path) && !failed.contains_key(&c.path))
+        .filter(|c| {
+            !unavailable.contains_key(&(c.path, c.placement)) && !failed.contains_key(&c.path)
+        })
         .collect();
     let total = u64::from(opts.repeat)
         * opts.loads.len() as u64
@@ -436,7 +609,6 @@ fn run_inner(
         pb.set_style(style.progress_chars("=> "));
     }
     let cpu = opts.pod_cores[0];
-    let lab_dir = opts.out.clone();
 
     for rep in 1..=opts.repeat {
         for &load in &opts.loads {
@@ -462,33 +634,32 @@ fn run_inner(
                     );
                 }
                 // Set up the environment for this visit.
-                let lab;
+                let mut lab: Option<Lab> = None;
                 let mut api_socket: Option<PathBuf> = None;
                 let ep: &Endpoints = if c.path.is_xylem() {
-                    let placement = c.placement.unwrap_or(Placement::Dedicated);
-                    let cfg = LabConfig {
-                        bin: opts.xylem_bin.clone(),
-                        dir: lab_dir.clone(),
-                        placement,
-                        worker_cores: match placement {
-                            Placement::Dedicated => sys::cpu_list(&opts.worker_cores),
-                            // The core netperf and netserver run on: one worker.
-                            Placement::Shared => opts.pod_cores[0].to_string(),
-                        },
-                        mode: LabConfig::mode_for(c.path),
-                        xdp_mode: opts.xdp_mode.clone(),
-                        batch_size: opts.batch_size,
-                        lab_name: prefix.trim_end_matches('-').to_string(),
-                    };
-                    match Lab::up(&cfg, pod) {
+                    let cfg = lab_config(opts, *c, prefix, cpus, keys.as_ref());
+                    let up = Lab::up(&cfg, pod).and_then(|l| {
+                        if c.path.crosses_nodes() {
+                            multinode::check_agents(
+                                &l.agents,
+                                c.path,
+                                cfg.placement,
+                                &opts.pod_cores,
+                            )?;
+                        }
+                        Ok(l)
+                    });
+                    match up {
                         Ok(l) => {
-                            if conditions["lab_status"].is_null() {
+                            if conditions["lab_status"].is_null() && !c.path.crosses_nodes() {
                                 conditions["lab_status"] = l.status.clone();
                                 conditions["commands"]["lab_up_example"] = json!(l.command);
                             }
+                            if c.path.crosses_nodes() {
+                                record_two_node_lab(conditions, c.path, cfg.placement, &l);
+                            }
                             api_socket = l.api_socket.clone();
-                            lab = l;
-                            &lab.endpoints
+                            &lab.insert(l).endpoints
                         }
                         Err(Error::Interrupted) => return Err(Error::Interrupted),
                         Err(e) => {
@@ -520,6 +691,7 @@ fn run_inner(
                     }
                     Ok(_) => {}
                 }
+                let visit_start = runs.len();
                 for &test in &opts.tests {
                     sys::check_interrupted()?;
                     let cell = Cell {
@@ -560,6 +732,23 @@ fn run_inner(
                         }
                     }
                     pb.inc(1);
+                }
+                if c.path.encrypted()
+                    && let Some(l) = &lab
+                {
+                    let placement = c.placement.unwrap_or(Placement::Dedicated);
+                    if let Err(e) = check_sealed(l, conditions, placement, &mut runs, visit_start) {
+                        let msg = e.in_path(c.path.name()).to_string();
+                        pb.println(format!("error: rep {rep} {label}: {msg}"));
+                        errors.push(RunError {
+                            path: c.path,
+                            placement: c.placement,
+                            load,
+                            test: None,
+                            rep,
+                            message: msg,
+                        });
+                    }
                 }
             }
         }

@@ -75,6 +75,7 @@ fn tag(kind: PathKind) -> &'static str {
         PathKind::XylemPassthrough
         | PathKind::Xylem
         | PathKind::XylemMonitored
+        | PathKind::XylemMultinode
         | PathKind::XylemEncrypted => "xyl",
     }
 }
@@ -182,6 +183,7 @@ pub fn build(kind: PathKind, prefix: &str, pod_cores: &str) -> Result<KernelPath
         PathKind::XylemPassthrough
         | PathKind::Xylem
         | PathKind::XylemMonitored
+        | PathKind::XylemMultinode
         | PathKind::XylemEncrypted => {
             return Err(Error::Usage(format!("{kind} is not a kernel path")));
         }

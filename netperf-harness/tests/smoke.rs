@@ -3,7 +3,8 @@
 //! Skips (and says why) when not root or when netperf is missing. Xylem paths may fail only
 //! when the `xylem` binary is absent; if it exists they must produce numbers, and
 //! `xylem-monitored` must have carried events and be set against `xylem` in the results and the
-//! report.
+//! report; `xylem-encrypted` must be set against `xylem-multinode`, its agents must have run
+//! ESP with the harness's key, and that key must be gone after the run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,6 +81,54 @@ fn check_monitored(v: &serde_json::Value, out: &Path) {
     );
 }
 
+/// The two-node paths: their agents ran what was asked (ESP only on `xylem-encrypted`), the
+/// results and the report set `xylem-encrypted` against `xylem-multinode`, and the harness's key
+/// directory is gone.
+fn check_two_nodes(v: &serde_json::Value, out: &Path, harness_pid: u32) {
+    let labs = &v["conditions"]["multinode"]["labs"];
+    for (key, want) in [
+        ("xylem-multinode (shared)", "disabled"),
+        ("xylem-encrypted (shared)", "ipsec"),
+    ] {
+        let agents = labs[key]["agents"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no agents recorded for {key}: {labs}"));
+        assert_eq!(agents.len(), 2, "{key}: {agents:?}");
+        for a in agents {
+            assert_eq!(a["encryption"], want, "{key}: {a}");
+            assert_eq!(a["placement"], "shared", "{key}: {a}");
+        }
+    }
+    let row = v["summary"]
+        .as_array()
+        .and_then(|s| s.iter().find(|r| r["path"] == "xylem-encrypted"))
+        .expect("xylem-encrypted summary row");
+    for k in ["ratio_p99_vs_multinode", "ratio_rate_vs_multinode"] {
+        assert!(row[k].is_number(), "{k} missing: {row}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    let start = md.find("### ESP's cost").expect("the ESP section");
+    let cell = md[start..]
+        .lines()
+        .find(|l| l.starts_with("| TCP_RR | shared | idle |"))
+        .unwrap_or_else(|| panic!("no ESP row in report.md:\n{md}"));
+    eprintln!("report: {cell}");
+    let keys: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("netperf-harness-{harness_pid}-"))
+        })
+        .collect();
+    assert!(
+        keys.is_empty(),
+        "the key directory was left behind: {keys:?}"
+    );
+}
+
 #[test]
 fn every_path_measures_or_says_why() {
     let test = "every_path_measures_or_says_why";
@@ -134,6 +183,7 @@ fn every_path_measures_or_says_why() {
         "xylem-passthrough",
         "xylem",
         "xylem-monitored",
+        "xylem-multinode",
         "xylem-encrypted",
     ];
     for path in all {
@@ -167,6 +217,7 @@ fn every_path_measures_or_says_why() {
     }
     if xylem_present {
         check_monitored(&v, &out);
+        check_two_nodes(&v, &out, harness_pid);
     }
 
     // Nothing left behind by this harness run (other runs may be going on at the same time,

@@ -505,11 +505,33 @@ impl AgentConfig {
     }
 }
 
-/// How many CPUs are online.
+/// How many CPUs are online: the machine's, from `/sys/devices/system/cpu/online`, not the
+/// caller's affinity mask (a `lab up` run under `taskset` still places agents on every CPU);
+/// the affinity's count where sysfs cannot be read.
 pub fn online_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|list| cpu_list_len(list.trim()))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,6,8-9`; `None` if it does not parse.
+fn cpu_list_len(list: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in list.split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().ok()?.checked_sub(a.parse::<usize>().ok()?)? + 1,
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    (n > 0).then_some(n)
 }
 
 #[cfg(test)]
@@ -653,6 +675,17 @@ ports:
             .unwrap_err()
             .to_string();
         assert!(e.contains("table_size"), "{e}");
+    }
+
+    #[test]
+    fn cpu_lists_count_their_cpus() {
+        assert_eq!(cpu_list_len("0-1"), Some(2));
+        assert_eq!(cpu_list_len("0"), Some(1));
+        assert_eq!(cpu_list_len("0-3,6,8-9"), Some(7));
+        for bad in ["", "a", "3-1", "0-", "1,,2"] {
+            assert_eq!(cpu_list_len(bad), None, "{bad}");
+        }
+        assert!(online_cpus() >= 1);
     }
 
     #[test]
