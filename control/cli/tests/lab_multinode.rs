@@ -11,43 +11,16 @@ use serde_json::Value;
 mod common;
 use common::*;
 
-/// A temporary file (a lab file, a key file), removed on drop.
-struct TempFile(std::path::PathBuf);
-
-/// A path in the temporary directory unique to this process and call.
-fn temp_path(what: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
-        "xylem-lab-multinode-{}-{}-{what}",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ))
-}
-
-impl TempFile {
-    /// Two nodes, `node1` with pods `a1` and `a2`, `node2` with `b1` and `b2`; `header` goes
-    /// first (an `encryption:` section, say).
-    fn two_nodes(header: &str) -> TempFile {
-        let path = temp_path("lab.yaml");
-        std::fs::write(
-            &path,
-            header.to_string()
-                + "nodes:\n\
+/// Two nodes, `node1` with pods `a1` and `a2`, `node2` with `b1` and `b2`; `header` goes
+/// first (an `encryption:` section, say).
+fn two_nodes(header: &str) -> TempFile {
+    TempFile::new(
+        "lab.yaml",
+        &(header.to_string()
+            + "nodes:\n\
              \x20 - name: node1\n    pods: [{name: a1}, {name: a2}]\n\
-             \x20 - name: node2\n    pods: [{name: b1}, {name: b2}]\n",
-        )
-        .unwrap();
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+             \x20 - name: node2\n    pods: [{name: b1}, {name: b2}]\n"),
+    )
 }
 
 fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
@@ -58,7 +31,7 @@ fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
 #[test]
 fn two_nodes_share_an_underlay_with_the_world() {
     require_root!();
-    let file = TempFile::two_nodes("");
+    let file = two_nodes("");
     // The first node is called node1, so a failing `lab up` shows its agent's log.
     let lab = LabGuard::up(&["-f", file.path()]);
     let prefix = lab.prefix();
@@ -182,13 +155,11 @@ fn two_nodes_share_an_underlay_with_the_world() {
 #[test]
 fn an_encrypted_lab_gives_every_agent_the_key_and_shrinks_pod_mtus() {
     require_root!();
-    let key = TempFile(temp_path("keys"));
-    std::fs::write(
-        &key.0,
+    let key = TempFile::new(
+        "keys",
         "3 rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n",
-    )
-    .unwrap();
-    let file = TempFile::two_nodes(&format!("encryption: {{key_file: {}}}\n", key.path()));
+    );
+    let file = two_nodes(&format!("encryption: {{key_file: {}}}\n", key.path()));
     let lab = LabGuard::up(&["-f", file.path()]);
     let st = lab.status();
     for n in st["nodes"].as_array().unwrap() {

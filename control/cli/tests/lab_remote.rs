@@ -5,38 +5,11 @@
 //! The lab runs under a unique name behind [`LabGuard`], which brings it down even if the test
 //! panics. It needs root; without it it prints why and skips.
 
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
 
 #[macro_use]
 mod common;
 use common::*;
-
-/// A file in the temporary directory, removed on drop.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(what: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!(
-            "xylem-lab-remote-{}-{}-{what}",
-            std::process::id(),
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::write(&path, text).unwrap();
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// node1: `client` (app=client) and `other` (app=other); node2: `server` (app=server), which
 /// answers `ok` on TCP 8080.
@@ -70,29 +43,6 @@ spec:
   egress:
     - toEndpoints: [{matchLabels: {app: server}}]
 ";
-
-/// What a TCP connection to `ip:port` from `netns` reads (sending `hello` first); `None`
-/// when it fails or times out.
-fn tcp(netns: &str, ip: &str, port: u16) -> Option<String> {
-    let cmd = format!("echo hello | timeout 5 socat -t2 - TCP:{ip}:{port},connect-timeout=3");
-    let o = sh(&["ip", "netns", "exec", netns, "sh", "-c", &cmd]);
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
-
-/// `tcp` until it reads `want`, for at most `secs` (a node's first packet to a peer waits for
-/// its neighbour to resolve, the server for its `run:` to listen).
-fn eventually(secs: u64, netns: &str, ip: &str, port: u16, want: &str) -> Option<String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let got = tcp(netns, ip, port);
-        if got.as_deref() == Some(want) || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
 
 /// `xylem --socket SOCK ARGS...`, which must succeed; its stdout.
 fn on(lab: &LabGuard, sock: &str, args: &[&str]) -> String {
@@ -215,7 +165,7 @@ fn policies_select_the_other_nodes_pods_by_their_labels() {
     let policy = TempFile::new("server.yaml", SERVER_FROM_CLIENT);
     on(&lab, &sock2, &["policy", "import", policy.path()]);
     assert_eq!(
-        eventually(20, &client_ns, &server, 8080, "ok").as_deref(),
+        eventually(20, || tcp(&client_ns, &server, 8080), "ok").as_deref(),
         Some("ok"),
         "client (node1) cannot reach server (node2) under a policy that allows it"
     );
@@ -237,7 +187,7 @@ fn policies_select_the_other_nodes_pods_by_their_labels() {
 
     // Egress on node1: `other` may reach app=server, a pod of node2, and nothing else.
     assert_eq!(
-        eventually(20, &other_ns, &server, 8080, "ok").as_deref(),
+        eventually(20, || tcp(&other_ns, &server, 8080), "ok").as_deref(),
         Some("ok"),
         "other cannot reach the server with no policy at all"
     );

@@ -7,47 +7,13 @@
 //! behind [`LabGuard`]; without root the tests print why and skip.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 #[macro_use]
 mod common;
 use common::*;
-
-/// A file in the temporary directory, removed on drop.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(what: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!(
-            "xylem-underlay-{}-{}-{what}",
-            std::process::id(),
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let t = TempFile(path);
-        t.write(text);
-        t
-    }
-
-    fn write(&self, text: &str) {
-        // Written whole and renamed, as a key distribution tool would, so the agents never
-        // read half a file.
-        let tmp = self.0.with_extension("new");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.0).unwrap();
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// Servers of the pods on node 2: TCP 8080 and UDP 9000 answer with the pod's name.
 const SERVE: &str = "socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo $POD_NAME' & \
@@ -83,43 +49,12 @@ fn key_hex(seed: u8) -> String {
         .collect()
 }
 
-/// Runs `cmd` in `netns` and returns its stdout (`None` if it failed).
-fn in_ns(netns: &str, cmd: &str) -> Option<String> {
-    let o = sh(&["ip", "netns", "exec", netns, "sh", "-c", cmd]);
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
-
-/// What a TCP connection to `ip:port` from `netns` reads (sending `hello` first). The timeouts
-/// are generous: the servers answer by forking a shell, and CI runs lab tests side by side on
-/// two CPUs with several agents' workers polling.
-fn tcp(netns: &str, ip: &str, port: u16) -> Option<String> {
-    in_ns(
-        netns,
-        &format!("echo hello | timeout 15 socat -t8 - TCP:{ip}:{port},connect-timeout=5"),
-    )
-}
-
 /// What a UDP datagram to `ip:port` from `netns` gets back.
 fn udp(netns: &str, ip: &str, port: u16) -> Option<String> {
     in_ns(
         netns,
         &format!("echo hello | timeout 10 socat -t5 - UDP:{ip}:{port}"),
     )
-}
-
-/// `tcp` or `udp` until it answers `want`, for at most `secs` (a node's first packet to a
-/// peer waits for its neighbour to resolve).
-fn eventually(secs: u64, mut f: impl FnMut() -> Option<String>, want: &str) -> Option<String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let got = f();
-        if got.as_deref() == Some(want) || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// A capture on the underlay bridge, to a file, until stopped.

@@ -383,3 +383,69 @@ impl Drop for Monitor {
         }
     }
 }
+
+/// A file in the temporary directory, unique to this process and call, removed on drop.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    /// A file named after `what`, holding `text`.
+    pub fn new(what: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!(
+            "xylem-test-{}-{}-{what}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let t = TempFile(path);
+        t.write(text);
+        t
+    }
+
+    /// Replaces its content, written whole and renamed into place, as a key distribution tool
+    /// would: a reader polling the file never sees half of it.
+    pub fn write(&self, text: &str) {
+        let tmp = self.0.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.0).unwrap();
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs `cmd` through `sh -c` in `netns` and returns its stdout, trimmed (`None` if it failed).
+pub fn in_ns(netns: &str, cmd: &str) -> Option<String> {
+    let o = sh(&["ip", "netns", "exec", netns, "sh", "-c", cmd]);
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// What a TCP connection to `ip:port` from `netns` reads (sending `hello` first); `None` when
+/// it fails or times out. The timeouts are generous: lab servers answer by forking a shell, and
+/// CI runs lab tests side by side on two CPUs with several agents' workers polling.
+pub fn tcp(netns: &str, ip: &str, port: u16) -> Option<String> {
+    in_ns(
+        netns,
+        &format!("echo hello | timeout 15 socat -t8 - TCP:{ip}:{port},connect-timeout=5"),
+    )
+}
+
+/// `f` until it returns `want`, for at most `secs`; its last answer (a node's first packet to a
+/// peer waits for its neighbour to resolve, a server for its `run:` to listen).
+pub fn eventually(secs: u64, mut f: impl FnMut() -> Option<String>, want: &str) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let got = f();
+        if got.as_deref() == Some(want) || std::time::Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
