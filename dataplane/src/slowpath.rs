@@ -91,6 +91,22 @@ pub struct SlowPathLink {
     pub neighbors: Arc<Neighbors>,
 }
 
+impl SlowPathLink {
+    /// Queues `sf` on the outbox worker's reply queue and wakes it; counted `tx`, or
+    /// `tx_dropped` when the queue is full.
+    fn send(&self, sf: SlowFrame) {
+        if self.outbox.push(sf).is_ok() {
+            self.stats.tx.inc();
+            if let Some(w) = &self.waker {
+                // A failed wake leaves the worker to find the frame on its next batch.
+                let _ = w.wake();
+            }
+        } else {
+            self.stats.tx_dropped.inc();
+        }
+    }
+}
+
 struct QueueDevice {
     link: SlowPathLink,
     /// The conntrack owner of the flows probes open ([`SlowPath::serve_probes`]).
@@ -167,15 +183,7 @@ impl QueueDevice {
             return;
         };
         sf.owner = self.ct_owner;
-        if self.link.outbox.push(sf).is_ok() {
-            self.link.stats.tx.inc();
-            if let Some(w) = &self.link.waker {
-                // A failed wake leaves the worker to find the frame on its next batch.
-                let _ = w.wake();
-            }
-        } else {
-            self.link.stats.tx_dropped.inc();
-        }
+        self.link.send(sf);
     }
 }
 
@@ -236,15 +244,7 @@ impl phy::TxToken for TxTok<'_> {
             return r;
         };
         sf.port = port;
-        if self.link.outbox.push(sf).is_ok() {
-            self.link.stats.tx.inc();
-            if let Some(w) = &self.link.waker {
-                // A failed wake leaves the worker to find the frame on its next batch.
-                let _ = w.wake();
-            }
-        } else {
-            self.link.stats.tx_dropped.inc();
-        }
+        self.link.send(sf);
         r
     }
 }
