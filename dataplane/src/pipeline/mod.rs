@@ -20,9 +20,9 @@
 //! | 5 | service translation | [`service`] | a new connection to a frontend balanced (Maglev, affinity) or refused; a balanced connection's packets to its backend, its replies back from its frontend |
 //! | 6 | policy | [`policy`] | a new flow against the sender's egress and the receiver's ingress |
 //! | 7 | DNS inspection | [`dns`] | a query on a flow whose policy has `rules.dns` is checked against its names (a denied one answered REFUSED in its own buffer); an answer's addresses are learned for the endpoint's `toFQDNs` rules before it goes on |
-//! | 8 | routing | [`route`] | local delivery (slow path), `/32` lookup, another node's pod CIDR over the uplink, TTL expiry |
-//! | 8b | conntrack commit | [`flow`] | an allowed new flow that routing sends on is tracked, owned by its ingress port (within the port's limit; a full table evicts an unanswered entry) |
-//! | 9 | NAT rewrite | [`nat`] | the service stage's translation, with incremental checksums (masquerade later) |
+//! | 8 | routing | [`route`] | local delivery (slow path), `/32` lookup, another node's pod CIDR over the uplink, the world through the uplink's next hop, TTL expiry |
+//! | 8b | conntrack commit | [`flow`], [`masq`] | an allowed new flow that routing sends on is tracked, owned by its ingress port (within the port's limit; a full table evicts an unanswered entry); a new connection to the world gets its port on the node's address |
+//! | 9 | NAT rewrite | [`nat`] | the service stage's translation, and masquerade's ([`masq`]: a pod's packet to the world from the node's address, the world's reply back to the pod), with incremental checksums |
 //! | 10 | encapsulation | [`underlay`] | a packet for a peer that encrypts sealed in ESP tunnel mode behind outer IPv4 and Ethernet headers, prepended into the headroom |
 //! | 11 | emit | [`emit`] | completes partial checksums (before 9), decrements TTL, rewrites MACs; builds ICMP errors and a refused connection's answer |
 //!
