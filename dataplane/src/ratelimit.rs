@@ -157,6 +157,10 @@ impl Limiter {
             Verdict::IcmpError(_) if !self.icmp_errors.admit(port, now) => {
                 Verdict::Drop(DropReason::TtlExceededRateLimited)
             }
+            // A too-big packet over the rate is dropped unanswered, still as too big.
+            Verdict::TooBig(_) if !self.icmp_errors.admit(port, now) => {
+                Verdict::Drop(DropReason::EspTooBig)
+            }
             // A refusal goes back to the pod that asked, and shares its rate of ICMP errors:
             // a pod hammering a service with no backend gets its answers at that rate.
             Verdict::Refused { .. } if !self.icmp_errors.admit(port, now) => {

@@ -178,8 +178,8 @@ drop_reasons! {
     /// The SA's sequence numbers are spent (2^32 - 1 packets): it never wraps; a new key in the
     /// key file takes over.
     EspSeqExhausted => "esp-seq-exhausted",
-    /// A packet too big to encapsulate within the uplink's MTU (an ICMP fragmentation needed
-    /// answers it when it forbids fragmenting).
+    /// A packet too big to encapsulate within the uplink's MTU, never fragmented: with DF set,
+    /// answered with an ICMP fragmentation needed naming the size that fits.
     EspTooBig => "esp-too-big",
     /// A packet for another node or the world whose next hop's MAC is not resolved yet (the
     /// slow path asks by ARP).

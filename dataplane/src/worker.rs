@@ -398,9 +398,10 @@ fn emit(
     event: impl Fn(EventType, Option<PortId>, Option<DropReason>) -> FlowEvent,
 ) {
     let egress = match verdict {
-        Verdict::Forward(out) | Verdict::IcmpError(out) | Verdict::Refused { port: out, .. } => {
-            Some(out)
-        }
+        Verdict::Forward(out)
+        | Verdict::IcmpError(out)
+        | Verdict::TooBig(out)
+        | Verdict::Refused { port: out, .. } => Some(out),
         Verdict::SlowPath | Verdict::Drop(_) => None,
     };
     let reason = match verdict {
@@ -417,7 +418,7 @@ fn emit(
         monitor.push(event(EventType::PolicyVerdict, egress, reason));
     }
     let kind = match verdict {
-        Verdict::Forward(_) | Verdict::IcmpError(_) => EventType::Trace,
+        Verdict::Forward(_) | Verdict::IcmpError(_) | Verdict::TooBig(_) => EventType::Trace,
         Verdict::Drop(_) | Verdict::Refused { .. } => EventType::Drop,
         Verdict::SlowPath => return,
     };
@@ -432,8 +433,9 @@ fn emit(
 enum TxKind {
     /// A packet the pipeline forwarded: `forwarded` when queued, else the drop `tx-ring-full`.
     Forwarded,
-    /// An ICMP error answering an expired packet (already counted as `ttl-exceeded`):
-    /// `icmp_errors_sent` when queued.
+    /// An ICMP error answering a packet the pipeline did not send on (already counted by its
+    /// reason: `ttl-exceeded`, `no-service-backend`, `esp-too-big`): `icmp_errors_sent` when
+    /// queued.
     IcmpError,
     /// A TCP RST refusing a connection to a service with no backend (already counted as
     /// `no-service-backend`): `resets_sent` when queued.
@@ -1189,6 +1191,7 @@ impl<B: Backend> Worker<B> {
                 match verdict {
                     Verdict::Forward(out)
                     | Verdict::IcmpError(out)
+                    | Verdict::TooBig(out)
                     | Verdict::Refused { port: out, .. }
                         if (out as usize) < ports =>
                     {
@@ -1197,6 +1200,7 @@ impl<B: Backend> Worker<B> {
                             Verdict::IcmpError(_) => {
                                 Some((DropReason::TtlExceeded, TxKind::IcmpError))
                             }
+                            Verdict::TooBig(_) => Some((DropReason::EspTooBig, TxKind::IcmpError)),
                             Verdict::Refused { reset: true, .. } => {
                                 Some((DropReason::NoServiceBackend, TxKind::Reset))
                             }
@@ -1219,7 +1223,10 @@ impl<B: Backend> Worker<B> {
                         }
                         self.pending[q].push(d, kind);
                     }
-                    Verdict::Forward(_) | Verdict::IcmpError(_) | Verdict::Refused { .. } => {
+                    Verdict::Forward(_)
+                    | Verdict::IcmpError(_)
+                    | Verdict::TooBig(_)
+                    | Verdict::Refused { .. } => {
                         stats.drop(DropReason::NoRoute);
                         self.link.ports[port].drops.inc();
                         self.release(d);

@@ -346,6 +346,52 @@ fn encrypted_nodes_send_standard_esp_drop_without_a_key_and_rotate_without_loss(
         !esp.contains("ESP(spi=0x00000003"),
         "still sent with the old key: {esp}"
     );
+
+    // 5. Pods whose MTU leaves no room for the tunnel (both ends, so TCP's MSS does not keep
+    // the segments small): packets too big to seal are answered with ICMP fragmentation
+    // needed, and path MTU discovery makes a stream pass.
+    for (pod, node) in [("a1", 0), ("b1", 1)] {
+        let node_ns = st["nodes"][node]["netns"].as_str().unwrap();
+        let p = st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .unwrap();
+        let port = p["interface"].as_str().unwrap();
+        let pod_ns = p["netns"].as_str().unwrap();
+        ok(&["ip", "-n", node_ns, "link", "set", port, "mtu", "1500"]);
+        ok(&["ip", "-n", pod_ns, "link", "set", "eth0", "mtu", "1500"]);
+    }
+    let too_big = |d: &Value| d["esp-too-big"].as_u64().unwrap_or(0);
+    let before = too_big(&drops(&socks[0]));
+    let out = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &a1,
+        "netperf",
+        "-H",
+        &b1_ip,
+        "-p",
+        "12866",
+        "-t",
+        "TCP_STREAM",
+        "-l",
+        "3",
+    ]);
+    let mbps: f64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(mbps > 0.0, "no throughput at MTU 1500: {out}");
+    assert!(
+        too_big(&drops(&socks[0])) > before,
+        "no packet was too big: {}",
+        drops(&socks[0])
+    );
 }
 
 /// Starts a command with its output captured, to be collected later.

@@ -99,7 +99,8 @@ fn node_tables() -> Tables {
         port: 1,
         mac: MacAddr(POD_MAC),
     };
-    t.add_route(Ipv4Addr::new(10, 200, 0, 10), pod).expect("route");
+    t.add_route(Ipv4Addr::new(10, 200, 0, 10), pod)
+        .expect("route");
     t.set_uplink(Uplink {
         port: UPLINK,
         ip: Ipv4Addr::new(10, 199, 0, 11),
@@ -176,7 +177,7 @@ fn through_pipeline(frame: &[u8], sealed: bool) {
                 assert_eq!(&out[26..29], &[10, 200, 1], "from the peer's pods only");
             }
         }
-        Verdict::IcmpError(port) | Verdict::Refused { port, .. } => {
+        Verdict::IcmpError(port) | Verdict::TooBig(port) | Verdict::Refused { port, .. } => {
             assert_ne!(port, UPLINK, "never answered back out of the uplink")
         }
         Verdict::SlowPath | Verdict::Drop(_) => {}

@@ -67,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(s.frames as usize, report.frames.len());
             assert_eq!(s.verdicts.values().sum::<u64>(), s.frames);
             let answered = report.frames.iter().filter(|f| f.answer.is_some()).count();
-            assert_eq!(sent, s.verdicts.get("forwarded").copied().unwrap_or(0) as usize + answered);
+            assert_eq!(
+                sent,
+                s.verdicts.get("forwarded").copied().unwrap_or(0) as usize + answered
+            );
         }
         Err(Error::File(f)) => assert_eq!(f.what, "cannot replay"),
         Err(e) => panic!("not a capture error: {e}"),

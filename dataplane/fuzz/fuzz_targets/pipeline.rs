@@ -30,8 +30,8 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use xylem_dataplane::checksum;
 use xylem_dataplane::conntrack::{Conntrack, CtConfig};
-use xylem_dataplane::pipeline::{Frame, Verdict, parse, process};
 use xylem_dataplane::dns::{DnsRule, FqdnScope, NameSelector};
+use xylem_dataplane::pipeline::{Frame, Verdict, parse, process};
 use xylem_dataplane::policy::{
     PROTO_ANY, PolicyTables, PolicyTablesBuilder, RuleOrigin, Section, identity,
 };
@@ -140,7 +140,11 @@ fn policy() -> PolicyTables {
     p.egress.add(identity::HOST, 1, None, false, out0);
     p.egress.add(identity::FIRST_CIDR, 0, None, false, out1);
     p.egress.add(identity::ANY, 6, Some((22, 22)), true, out2);
-    dns_policy(&mut b, origin(Section::Egress, 2), origin(Section::Egress, 3));
+    dns_policy(
+        &mut b,
+        origin(Section::Egress, 2),
+        origin(Section::Egress, 3),
+    );
     b.build()
 }
 
@@ -149,7 +153,8 @@ fn dns_policy(b: &mut PolicyTablesBuilder, dns: RuleOrigin, fqdn: RuleOrigin) {
     let (dns, fqdn) = (b.add_origin(dns), b.add_origin(fqdn));
     let p = b.endpoint_policy(309);
     p.egress.set_enforced(true);
-    p.egress.add(identity::FIRST_FQDN, 6, Some((80, 80)), false, fqdn);
+    p.egress
+        .add(identity::FIRST_FQDN, 6, Some((80, 80)), false, fqdn);
     let selectors: Arc<[NameSelector]> = Arc::from([
         NameSelector::pattern("*.domain.com").expect("pattern"),
         NameSelector::name("example.net").expect("name"),
@@ -246,7 +251,10 @@ fn run_once(frame: &[u8], spare: usize, ingress: u16, t: &Tables, ct: &mut Connt
     }
     assert!(f.len() <= capacity);
     match o.verdict {
-        Verdict::Forward(port) | Verdict::IcmpError(port) | Verdict::Refused { port, .. } => {
+        Verdict::Forward(port)
+        | Verdict::IcmpError(port)
+        | Verdict::TooBig(port)
+        | Verdict::Refused { port, .. } => {
             assert!(port < 8);
             let out = f.data();
             assert!(out.len() >= 34);

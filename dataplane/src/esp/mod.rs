@@ -226,12 +226,12 @@ impl SaOut {
 
 /// Trailer padding length for an inner packet of `inner_len` bytes: the payload plus the 2
 /// trailer bytes end on a 4-byte boundary (RFC 4303 §2.4).
-fn pad_len(inner_len: usize) -> usize {
+const fn pad_len(inner_len: usize) -> usize {
     (4 - (inner_len + 2) % 4) % 4
 }
 
 /// The length of the ESP packet (header to ICV) [`seal`] makes of an `inner_len`-byte packet.
-pub fn sealed_len(inner_len: usize) -> usize {
+pub const fn sealed_len(inner_len: usize) -> usize {
     HEADROOM + inner_len + pad_len(inner_len) + 2 + ICV_LEN
 }
 

@@ -94,6 +94,30 @@ pub fn time_exceeded(frame: &mut Frame<'_>, meta: &Meta, back: &Neighbor, gw: &G
     }
 }
 
+/// Rewrites the frame into the ICMP fragmentation needed (with `mtu`) for its source, through
+/// `back`, from the gateway's address: the answer to a packet too big to encapsulate.
+#[cold]
+#[inline(never)]
+pub fn frag_needed(
+    frame: &mut Frame<'_>,
+    meta: &Meta,
+    back: &Neighbor,
+    gw: &Gateway,
+    mtu: u16,
+) -> Verdict {
+    match icmp_error(
+        frame,
+        meta,
+        back,
+        gw,
+        gw.ipv4,
+        ErrorKind::FragmentationNeeded { mtu },
+    ) {
+        Ok(()) => Verdict::TooBig(back.port),
+        Err(r) => Verdict::Drop(r),
+    }
+}
+
 /// Rewrites the frame into a refusal of a new connection to `frontend`, a service with no
 /// backend for it, sent back to the packet's source through `back` from the frontend's
 /// address, as a host with nothing listening would answer: a TCP RST, an ICMP port unreachable

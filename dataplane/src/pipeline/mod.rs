@@ -78,6 +78,10 @@ pub enum Verdict {
         /// Whether the refusal is a TCP RST (else an ICMP port unreachable).
         reset: bool,
     },
+    /// The packet was too big to encapsulate for another node and forbids fragmenting
+    /// ([`DropReason::EspTooBig`]), and its buffer now holds the ICMP fragmentation needed,
+    /// with the MTU that fits, for its source: transmit that on this port.
+    TooBig(PortId),
     /// Hand the frame, unchanged apart from checksum completion, to the slow path.
     SlowPath,
     /// Drop the frame.
@@ -121,6 +125,7 @@ impl Outcome {
         match self.verdict {
             Verdict::Drop(r) => Some(r),
             Verdict::IcmpError(_) => Some(DropReason::TtlExceeded),
+            Verdict::TooBig(_) => Some(DropReason::EspTooBig),
             Verdict::Refused { .. } => Some(DropReason::NoServiceBackend),
             Verdict::Forward(_) | Verdict::SlowPath => None,
         }
@@ -393,6 +398,13 @@ fn tail(
             return masq::outbound(now_ns, frame, (meta, next), tables, ct, (masq_port, policy));
         }
         route::Route::Tunnel { next, peer } => {
+            if let Some(v) = underlay::too_big(frame, meta, tables) {
+                return Outcome {
+                    verdict: v,
+                    policy,
+                    checksum_completed: false,
+                };
+            }
             let completed = emit::complete_checksum(frame, meta);
             if nat != service::Nat::None && !nat::rewrite(frame, meta, nat) {
                 return Outcome::drop(DropReason::Ipv4Truncated);

@@ -68,6 +68,10 @@ fn tally(o: &Outcome) -> WorkerStats {
             s.drop(DropReason::TtlExceeded);
             s.icmp_errors_sent.inc();
         }
+        Verdict::TooBig(_) => {
+            s.drop(DropReason::EspTooBig);
+            s.icmp_errors_sent.inc();
+        }
         Verdict::Refused { reset, .. } => {
             s.drop(DropReason::NoServiceBackend);
             if reset {
@@ -842,7 +846,7 @@ fn random_and_mutated_frames_never_panic_and_get_one_verdict_each() {
         assert!(f.len() <= cap);
         verdicts[match o.verdict {
             Verdict::Forward(_) => 0,
-            Verdict::IcmpError(_) | Verdict::Refused { .. } => 1,
+            Verdict::IcmpError(_) | Verdict::TooBig(_) | Verdict::Refused { .. } => 1,
             Verdict::SlowPath => 2,
             Verdict::Drop(_) => 3,
         }] += 1;

@@ -186,6 +186,49 @@ fn world(meta: &Meta, tables: &Tables) -> Route {
     Route::World(Neighbor { port: up.port, mac })
 }
 
+/// The largest inner packet [`encap`] seals within [`UPLINK_MTU`]: what the ICMP fragmentation
+/// needed it answers a too-big packet with says (1,446: the outer header, ESP header and IV,
+/// trailer and ICV, with the padding that length needs).
+pub const INNER_MTU: usize = inner_mtu(UPLINK_MTU);
+
+const fn inner_mtu(link: usize) -> usize {
+    let mut n = link - ipv4::MIN_HEADER_LEN;
+    while ipv4::MIN_HEADER_LEN + esp::sealed_len(n) > link {
+        n -= 1;
+    }
+    n
+}
+
+/// Before stage 10: the verdict for a packet too big to encapsulate, if it is one. One that
+/// forbids fragmenting (DF), from a source with a route back, is answered with an ICMP
+/// fragmentation needed naming [`INNER_MTU`] (path MTU discovery then sends smaller packets,
+/// as through any tunnel); any other is dropped as `esp-too-big`. `None` if it fits.
+#[inline]
+pub fn too_big(frame: &mut Frame<'_>, meta: &Meta, tables: &Tables) -> Option<Verdict> {
+    let inner_len = usize::from(meta.l4_offset) - ethernet::HEADER_LEN + usize::from(meta.l4_len);
+    if inner_len <= INNER_MTU {
+        return None;
+    }
+    Some(answer_too_big(frame, meta, tables))
+}
+
+#[cold]
+#[inline(never)]
+fn answer_too_big(frame: &mut Frame<'_>, meta: &Meta, tables: &Tables) -> Verdict {
+    const DF: u8 = 0x40;
+    let df = frame
+        .data()
+        .get(ethernet::HEADER_LEN + 6)
+        .is_some_and(|f| f & DF != 0);
+    let answerable = df && !meta.has(Meta::ICMP_ERROR) && !meta.has(Meta::LATER_FRAGMENT);
+    match tables.route(meta.key.src).filter(|_| answerable) {
+        Some(back) => {
+            super::emit::frag_needed(frame, meta, &back, tables.gateway(), INNER_MTU as u16)
+        }
+        None => Verdict::Drop(DropReason::EspTooBig),
+    }
+}
+
 /// Stage 10: seals the routed packet `meta` describes (the frame's Ethernet header already
 /// rewritten by emit, its IPv4 packet after it) for peer `peer`, behind an outer IPv4 header
 /// from the node to the peer and an Ethernet header from the uplink to the peer's MAC. The

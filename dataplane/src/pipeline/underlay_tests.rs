@@ -451,18 +451,53 @@ fn unresolved_peers_too_big_packets_and_transit_are_dropped_by_reason() {
         run(&unresolved, POD_PORT, &pod_udp(b"x"), &mut ct()).0,
         Verdict::Drop(DropReason::NeighborUnresolved)
     );
-    // Too big to encapsulate within the uplink's MTU.
+    // Too big to encapsulate within the uplink's MTU: dropped; with DF set, answered with an
+    // ICMP fragmentation needed naming the largest packet that fits (1,446 bytes), so path MTU
+    // discovery finds it; that packet itself passes.
     let te = N1.tables(&N2, Mode::Full, Some(sas(3, true)));
-    let big = vec![7u8; 1500 - 28];
+    let mtu = super::INNER_MTU;
+    assert_eq!(mtu, 1446);
+    let udp_of = |ip_len: usize| pod_udp(&vec![7u8; ip_len - 28]);
+    let with_df = |ip_len: usize, df: bool| {
+        let mut f = udp_of(ip_len);
+        f[20] = if df { f[20] | 0x40 } else { f[20] & !0x40 };
+        fix_ip_checksum(&mut f);
+        f
+    };
     assert_eq!(
-        run(&te, POD_PORT, &pod_udp(&big), &mut ct()).0,
+        run(&te, POD_PORT, &with_df(1500, false), &mut ct()).0,
         Verdict::Drop(DropReason::EspTooBig)
     );
-    let fits = vec![7u8; 1500 - 28 - crate::esp::TUNNEL_OVERHEAD_MAX];
+    let df = with_df(mtu + 1, true);
+    let (v, answer) = run(&te, POD_PORT, &df, &mut ct());
+    assert_eq!(v, Verdict::TooBig(POD_PORT));
+    let h = headers(&answer);
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!((ip.source, ip.destination), (N1.gateway(), N1.pod_ip()));
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else {
+        panic!("not ICMP: {:?}", h.transport)
+    };
     assert_eq!(
-        run(&te, POD_PORT, &pod_udp(&fits), &mut ct()).0,
-        Verdict::Forward(UPLINK)
+        icmp.icmp_type,
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: mtu as u16
+            }
+        )
     );
+    assert_eq!(
+        icmp.checksum,
+        icmp.icmp_type.calc_checksum(h.payload.slice())
+    );
+    for len in [mtu, 1500 - crate::esp::TUNNEL_OVERHEAD_MAX] {
+        assert_eq!(
+            run(&te, POD_PORT, &udp_of(len), &mut ct()).0,
+            Verdict::Forward(UPLINK),
+            "{len}"
+        );
+    }
     // From the uplink to another node's pods: not a transit router.
     let mut transit = pod_udp(b"x");
     transit[0..6].copy_from_slice(&N1.uplink_mac().0);

@@ -63,6 +63,12 @@ pub enum ErrorKind {
     /// Destination unreachable, port unreachable (type 3, code 3): what a host answers a UDP
     /// datagram to a port nobody listens on, and what a service with no backend answers.
     PortUnreachable,
+    /// Destination unreachable, fragmentation needed and DF set (type 3, code 4), with the
+    /// next hop's MTU (RFC 1191): path MTU discovery's answer to a packet too big to pass.
+    FragmentationNeeded {
+        /// The largest packet that passes.
+        mtu: u16,
+    },
 }
 
 impl ErrorKind {
@@ -70,6 +76,18 @@ impl ErrorKind {
         match self {
             ErrorKind::TtlExceeded => (TIME_EXCEEDED, 0),
             ErrorKind::PortUnreachable => (DEST_UNREACHABLE, 3),
+            ErrorKind::FragmentationNeeded { .. } => (DEST_UNREACHABLE, 4),
+        }
+    }
+
+    /// The header's last four bytes: unused, or RFC 1191's next-hop MTU.
+    fn rest(self) -> [u8; 4] {
+        match self {
+            ErrorKind::FragmentationNeeded { mtu } => {
+                let m = mtu.to_be_bytes();
+                [0, 0, m[0], m[1]]
+            }
+            _ => [0; 4],
         }
     }
 }
@@ -103,7 +121,8 @@ impl ErrorRepr<'_> {
         let (h, rest) = buf.split_first_chunk_mut::<HEADER_LEN>()?;
         let q = rest.get_mut(..self.quote.len())?;
         let (t, c) = self.kind.type_code();
-        *h = [t, c, 0, 0, 0, 0, 0, 0];
+        let r = self.kind.rest();
+        *h = [t, c, 0, 0, r[0], r[1], r[2], r[3]];
         q.copy_from_slice(self.quote);
         let sum = checksum::Sum::new().add_bytes(h).add_bytes(q).checksum();
         h[2..4].copy_from_slice(&sum.to_be_bytes());
