@@ -663,16 +663,20 @@ fn run_inner(
                         }
                         Err(Error::Interrupted) => return Err(Error::Interrupted),
                         Err(e) => {
-                            let msg = e.in_path(c.path.name()).to_string();
-                            pb.println(format!("error: rep {rep} {label}: {msg}"));
-                            errors.push(RunError {
-                                path: c.path,
-                                placement: c.placement,
-                                load,
-                                test: None,
-                                rep,
-                                message: msg,
-                            });
+                            let message = e.in_path(c.path.name()).to_string();
+                            report(
+                                &pb,
+                                &label,
+                                &mut errors,
+                                RunError {
+                                    path: c.path,
+                                    placement: c.placement,
+                                    load,
+                                    test: None,
+                                    rep,
+                                    message,
+                                },
+                            );
                             pb.inc(opts.tests.len() as u64);
                             continue;
                         }
@@ -719,16 +723,20 @@ fn run_inner(
                         Ok(run) => runs.push(run),
                         Err(Error::Interrupted) => return Err(Error::Interrupted),
                         Err(e) => {
-                            let msg = format!("path `{}`: {test}: {e}", c.path);
-                            pb.println(format!("error: rep {rep} {label}: {msg}"));
-                            errors.push(RunError {
-                                path: c.path,
-                                placement: c.placement,
-                                load,
-                                test: Some(test),
-                                rep,
-                                message: msg,
-                            });
+                            let message = format!("path `{}`: {test}: {e}", c.path);
+                            report(
+                                &pb,
+                                &label,
+                                &mut errors,
+                                RunError {
+                                    path: c.path,
+                                    placement: c.placement,
+                                    load,
+                                    test: Some(test),
+                                    rep,
+                                    message,
+                                },
+                            );
                         }
                     }
                     pb.inc(1);
@@ -738,16 +746,20 @@ fn run_inner(
                 {
                     let placement = c.placement.unwrap_or(Placement::Dedicated);
                     if let Err(e) = check_sealed(l, conditions, placement, &mut runs, visit_start) {
-                        let msg = e.in_path(c.path.name()).to_string();
-                        pb.println(format!("error: rep {rep} {label}: {msg}"));
-                        errors.push(RunError {
-                            path: c.path,
-                            placement: c.placement,
-                            load,
-                            test: None,
-                            rep,
-                            message: msg,
-                        });
+                        let message = e.in_path(c.path.name()).to_string();
+                        report(
+                            &pb,
+                            &label,
+                            &mut errors,
+                            RunError {
+                                path: c.path,
+                                placement: c.placement,
+                                load,
+                                test: None,
+                                rep,
+                                message,
+                            },
+                        );
                     }
                 }
             }
@@ -756,4 +768,10 @@ fn run_inner(
     pb.finish_with_message("done");
     drop(kernel);
     Ok((runs, errors, unavailable, cells))
+}
+
+/// Records a failed visit or test, and says so above the progress bar (`label`: the visit's).
+fn report(pb: &ProgressBar, label: &str, errors: &mut Vec<RunError>, e: RunError) {
+    pb.println(format!("error: rep {} {label}: {}", e.rep, e.message));
+    errors.push(e);
 }

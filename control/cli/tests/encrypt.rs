@@ -33,20 +33,6 @@ fn wait_for(lab: &LabGuard, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-fn states(e: &Value) -> Vec<(u64, String)> {
-    e["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            (
-                k["id"].as_u64().unwrap(),
-                k["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn keys_are_loaded_rotated_with_a_grace_period_and_a_broken_file_keeps_them() {
     require_root!();
@@ -77,7 +63,7 @@ fn keys_are_loaded_rotated_with_a_grace_period_and_a_broken_file_keeps_them() {
     // A key appears.
     std::fs::write(&keys, format!("1 rfc4106(gcm(aes)) 0x{K1} 128\n")).unwrap();
     let e = wait_for(&lab, "key 1 current", |e| e["current_key_id"] == 1);
-    assert_eq!(states(&e), [(1, "current".into())]);
+    assert_eq!(key_states(&e), [(1, "current".into())]);
     assert!(e["last_error"].is_null(), "{e}");
 
     // Rotation: key 2 current at once, key 1 accepted for the grace period, then gone.
@@ -87,7 +73,7 @@ fn keys_are_loaded_rotated_with_a_grace_period_and_a_broken_file_keeps_them() {
     )
     .unwrap();
     let e = wait_for(&lab, "key 2 current", |e| e["current_key_id"] == 2);
-    assert_eq!(states(&e), [(2, "current".into()), (1, "grace".into())]);
+    assert_eq!(key_states(&e), [(2, "current".into()), (1, "grace".into())]);
     wait_for(&lab, "key 1 expired", |e| {
         e["keys"].as_array().unwrap().len() == 1
     });

@@ -322,17 +322,7 @@ fn encrypted_nodes_send_standard_esp_drop_without_a_key_and_rotate_without_loss(
     ]))
     .unwrap();
     assert_eq!(status["current_key_id"], 4, "{status}");
-    let states: Vec<(u64, String)> = status["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            (
-                k["id"].as_u64().unwrap(),
-                k["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let states = key_states(&status);
     assert!(states.contains(&(4, "current".into())), "{status}");
     assert!(states.contains(&(3, "grace".into())), "{status}");
     let cap = Capture::start(&underlay, "esp");

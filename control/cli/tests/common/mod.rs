@@ -449,3 +449,18 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> Option<String>, want: &str) 
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
+
+/// The keys of `xylem encrypt status -o json`, as (id, state).
+pub fn key_states(status: &Value) -> Vec<(u64, String)> {
+    status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_u64().unwrap(),
+                k["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
