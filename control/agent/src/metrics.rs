@@ -312,6 +312,7 @@ mod tests {
                 cache_names: 3,
             },
             encryption: "disabled".into(),
+            network: Default::default(),
         };
         let text = render(&st, 0, 0);
         for line in [

@@ -45,7 +45,45 @@ pub mod kind {
     pub struct Endpoints;
     impl Kind for Endpoints {
         const NAME: &'static str = "endpoints";
-        type Value = PortConfig;
+        type Value = StoredEndpoint;
+    }
+
+    /// A stored endpoint: its port binding (the fields of a configuration's port, at the top
+    /// level) and, when a CNI plugin added it, the container it was added for. Stored:
+    ///
+    /// ```json
+    /// {"default/web": {"ifname": "xyc3f2a", "kind": "pod", "ip": "10.200.0.20",
+    ///                  "mac": "02:00:00:00:00:14", "name": "web", "namespace": "default",
+    ///                  "cni": {"container_id": "3f2a…", "netns": "/var/run/netns/cni-1",
+    ///                          "ifname": "eth0"}}}
+    /// ```
+    ///
+    /// A value without `cni` (an endpoint added by `xylem endpoint put` or the lab, or stored by
+    /// an agent without CNI support) reads as `cni: None`.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StoredEndpoint {
+        /// The port binding.
+        #[serde(flatten)]
+        pub port: PortConfig,
+        /// The CNI attachment, when a CNI plugin added the endpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cni: Option<CniAttachment>,
+    }
+
+    /// The container a CNI plugin added an endpoint for: what its CHECK and GC look the
+    /// endpoint up by, and why a restarting agent may drop the endpoint when its interface is
+    /// gone (the container went while the agent was down; see the agent's `endpoints` module).
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CniAttachment {
+        /// `CNI_CONTAINERID`.
+        pub container_id: String,
+        /// `CNI_NETNS`, when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub netns: Option<String>,
+        /// `CNI_IFNAME`, when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ifname: Option<String>,
     }
 
     /// Configured pod ports whose endpoint was deleted through the API, keyed by interface.
@@ -459,6 +497,45 @@ mod tests {
             e.contains("policies default/q") && e.contains("--start-empty"),
             "{e}"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_endpoint_stored_without_cni_reads_back_and_one_with_it_round_trips() {
+        let d = tmpdir("ep-cni");
+        let s = FileStore::open(&d).unwrap();
+        // As stored before the CNI attachment existed: the port's fields alone.
+        let old = serde_json::json!({"ifname": "xyp0", "kind": "pod", "ip": "10.200.0.10",
+            "mac": "02:00:00:00:00:0a", "name": "a", "namespace": "default",
+            "labels": {"app": "a"}});
+        s.put(kind::Endpoints::NAME, "default/a", old).unwrap();
+        let a = s.get_as::<kind::Endpoints>("default/a").unwrap().unwrap();
+        assert_eq!(a.cni, None);
+        assert_eq!(a.port.ifname, "xyp0");
+        assert_eq!(a.port.labels["app"], "a");
+        let mut b = a.clone();
+        b.port.ifname = "xyc1".into();
+        b.cni = Some(kind::CniAttachment {
+            container_id: "abc123".into(),
+            netns: Some("/var/run/netns/cni-1".into()),
+            ifname: Some("eth0".into()),
+        });
+        s.put_as::<kind::Endpoints>("default/b", &b).unwrap();
+        let s2 = FileStore::open(&d).unwrap();
+        assert_eq!(s2.get_as::<kind::Endpoints>("default/b").unwrap(), Some(b));
+        // Written without `cni` when there is none: an older agent reads the file as before.
+        let text = std::fs::read_to_string(d.join("endpoints.json")).unwrap();
+        assert_eq!(text.matches("\"cni\"").count(), 1, "{text}");
+        // The port's own fields are still checked: a misspelt one is an error naming the key.
+        s2.put(
+            kind::Endpoints::NAME,
+            "default/c",
+            serde_json::json!({"ifname": "xyp2", "kind": "pod", "ip": "10.200.0.12",
+                "mac": "02:00:00:00:00:0c", "cni": {"container_id": "x", "colour": 1}}),
+        )
+        .unwrap();
+        let e = s2.list_as::<kind::Endpoints>().unwrap_err().to_string();
+        assert!(e.contains("endpoints default/c"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

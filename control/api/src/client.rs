@@ -1,8 +1,14 @@
 //! The client side of the agent's API: HTTP/1.1 over the agent's unix socket, one request per
 //! connection, on a single-threaded tokio runtime made per call (the CLI makes a handful of
 //! calls; a long-lived runtime would buy nothing).
+//!
+//! A call waits for the agent as long as it takes unless the client was given a timeout
+//! ([`Client::with_timeout`]): a CNI plugin, which a runtime runs with its own deadline, must
+//! fail with a clear error rather than hang on an agent that accepted the connection and does
+//! not answer.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -15,14 +21,68 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    /// The longest one request may take, from connecting to the answer's last byte; `None`:
+    /// no limit.
+    timeout: Option<Duration>,
 }
 
 impl Client {
-    /// A client for the agent listening on `socket`.
+    /// A client for the agent listening on `socket`, whose calls wait as long as the agent
+    /// takes.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client {
             socket: socket.into(),
+            timeout: None,
         }
+    }
+
+    /// The same client, each of whose requests fails with [`Error::Timeout`] when the agent has
+    /// not answered it whole within `after` (connecting included). For a stream
+    /// ([`Client::stream_lines`]) it bounds the wait for the stream to open, not the stream.
+    pub fn with_timeout(self, after: Duration) -> Self {
+        Client {
+            timeout: Some(after),
+            ..self
+        }
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// `GET /v1/status`: the agent's health, workers, ports, counters and pod network.
+    pub fn status(&self) -> Result<crate::Status, Error> {
+        self.get("/v1/status")
+    }
+
+    /// `GET /v1/endpoints`: every endpoint of this node (those whose interface is missing
+    /// included).
+    pub fn endpoints(&self) -> Result<Vec<crate::Endpoint>, Error> {
+        self.get("/v1/endpoints")
+    }
+
+    /// `GET /v1/endpoints/{namespace}/{name}`; an endpoint the agent does not have is
+    /// [`Error::Api`] with status 404.
+    pub fn endpoint(&self, namespace: &str, name: &str) -> Result<crate::Endpoint, Error> {
+        self.get(&endpoint_path(namespace, name))
+    }
+
+    /// `PUT /v1/endpoints/{namespace}/{name}`: creates or replaces the endpoint (and opens its
+    /// interface's port when it is new). Returns it as the agent holds it.
+    pub fn put_endpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+        req: &crate::EndpointRequest,
+    ) -> Result<crate::Endpoint, Error> {
+        self.put(&endpoint_path(namespace, name), req)
+    }
+
+    /// `DELETE /v1/endpoints/{namespace}/{name}`: removes the endpoint and closes its port. One
+    /// the agent does not have is [`Error::Api`] with status 404.
+    pub fn delete_endpoint(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        self.delete(&endpoint_path(namespace, name))
     }
 
     /// `GET path`, decoded as JSON.
@@ -214,7 +274,7 @@ impl Client {
 
     fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
         let rt = Self::runtime()?;
-        rt.block_on(async {
+        rt.block_on(self.bounded(async {
             let resp = self.send(method, path, body).await?;
             Ok(resp
                 .into_body()
@@ -225,6 +285,22 @@ impl Client {
                 })?
                 .to_bytes()
                 .to_vec())
+        }))
+    }
+
+    /// `fut`, failing with [`Error::Timeout`] once the client's timeout has passed.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let Some(after) = self.timeout else {
+            return fut.await;
+        };
+        tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                socket: self.socket.clone(),
+                after,
+            })
         })
     }
 
@@ -253,7 +329,7 @@ impl Client {
             let mut int = sig(tokio::signal::unix::SignalKind::interrupt(), "SIGINT")?;
             let mut term = sig(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")?;
             let resp = tokio::select! {
-                r = self.send("GET", path, None) => r?,
+                r = self.bounded(self.send("GET", path, None)) => r?,
                 _ = int.recv() => return Ok(StreamEnd::Interrupted),
                 _ = term.recv() => return Ok(StreamEnd::Interrupted),
             };
@@ -305,7 +381,15 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// A request body as JSON.
+/// The path of the endpoint `namespace/name`.
+fn endpoint_path(namespace: &str, name: &str) -> String {
+    format!(
+        "/v1/endpoints/{}/{}",
+        percent_encode(namespace),
+        percent_encode(name)
+    )
+}
+
 /// The path of the remote endpoint `namespace/name`.
 fn remote_endpoint_path(namespace: &str, name: &str) -> String {
     format!(
@@ -315,6 +399,7 @@ fn remote_endpoint_path(namespace: &str, name: &str) -> String {
     )
 }
 
+/// A request body as JSON.
 fn encode<B: serde::Serialize>(body: &B) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(body).map_err(|e| Error::Api {
         status: 0,
@@ -340,6 +425,79 @@ fn revision_of(path: &str, v: &serde_json::Value) -> Result<u64, Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Client;
+    use crate::Error;
+
+    /// A socket that accepts connections and never answers: an agent stuck mid-request.
+    fn silent_agent(tag: &str) -> (std::path::PathBuf, std::os::unix::net::UnixListener) {
+        let path = std::env::temp_dir().join(format!(
+            "xylem-api-client-{tag}-{}.sock",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        (path, l)
+    }
+
+    #[test]
+    fn a_silent_agent_fails_the_call_once_the_timeout_passes() {
+        let (path, listener) = silent_agent("silent");
+        let c = Client::new(&path).with_timeout(Duration::from_millis(300));
+        let t = Instant::now();
+        let e = c.status().unwrap_err();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        match &e {
+            Error::Timeout { socket, after } => {
+                assert_eq!(socket, &path);
+                assert_eq!(*after, Duration::from_millis(300));
+            }
+            e => panic!("not a timeout: {e:?}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("did not answer within 300ms")
+                && msg.contains("xylem status"),
+            "{msg}"
+        );
+        // Every call of the client is bounded, those with a body too.
+        let req = crate::EndpointRequest {
+            ifname: "xyc0".into(),
+            ip: "10.200.0.20".into(),
+            mac: "02:00:00:00:00:14".into(),
+            labels: Default::default(),
+            container_id: Some("c1".into()),
+            netns: None,
+            cni_ifname: None,
+        };
+        assert!(matches!(
+            c.put_endpoint("default", "a", &req),
+            Err(Error::Timeout { .. })
+        ));
+        assert!(matches!(
+            c.delete_endpoint("default", "a"),
+            Err(Error::Timeout { .. })
+        ));
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn no_agent_is_unreachable_not_a_timeout() {
+        let (path, listener) = silent_agent("gone");
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+        let c = Client::new(&path).with_timeout(Duration::from_secs(5));
+        assert!(matches!(c.endpoints(), Err(Error::AgentUnreachable { .. })));
+    }
+
     #[test]
     fn a_pattern_goes_into_the_query_as_written() {
         assert_eq!(super::percent_encode("*.domain.com"), "*.domain.com");

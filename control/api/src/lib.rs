@@ -18,11 +18,12 @@ use std::path::PathBuf;
 
 pub use client::{Client, StreamEnd};
 pub use views::{
-    BackendHealth, BackendView, CtView, DnsCounters, ENCRYPTION_DISABLED, ENCRYPTION_IPSEC,
-    EncryptionKeyView, EncryptionPeerView, EncryptionStatus, Endpoint, EndpointRequest,
-    FqdnCacheEntry, FqdnCacheIp, FqdnCleaned, FrontendView, Health, IdentityView, MissingInterface,
-    NodeRequest, NodeSource, NodeView, PolicyView, PortStatus, RemoteEndpointRequest,
-    RemoteEndpointView, ServiceView, SlowPathCounters, Status, TraceRequest, WorkerStatus,
+    BackendHealth, BackendView, CtView, DnsCounters, ENCRYPTED_POD_MTU, ENCRYPTION_DISABLED,
+    ENCRYPTION_IPSEC, EncryptionKeyView, EncryptionPeerView, EncryptionStatus, Endpoint,
+    EndpointRequest, FqdnCacheEntry, FqdnCacheIp, FqdnCleaned, FrontendView, Health, IdentityView,
+    MissingInterface, NetworkView, NodeRequest, NodeSource, NodeView, POD_MTU, PolicyView,
+    PortStatus, RemoteEndpointRequest, RemoteEndpointView, ServiceView, SlowPathCounters, Status,
+    TraceRequest, WorkerStatus,
 };
 
 /// A configuration value or an option is invalid: which, and why. Nothing was applied. Every
@@ -62,6 +63,15 @@ pub enum Error {
     AgentUnreachable {
         /// The socket tried.
         socket: PathBuf,
+    },
+    /// The agent accepted the connection but did not answer within the client's timeout
+    /// ([`Client::with_timeout`]).
+    #[error("xylem-agent at {} did not answer within {after:?}: it may be stuck or overloaded; see its log and `xylem status`, restart it if it stays so, or retry later", socket.display())]
+    Timeout {
+        /// The socket tried.
+        socket: PathBuf,
+        /// The timeout that passed.
+        after: std::time::Duration,
     },
     /// The agent answered with an error, or with something this client cannot decode.
     #[error("xylem-agent answered {status}: {message}")]

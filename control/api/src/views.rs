@@ -112,6 +112,50 @@ pub struct Status {
     /// `GET /v1/encryption`).
     #[serde(default = "disabled")]
     pub encryption: String,
+    /// How a pod joins this node's network: what a CNI plugin needs to address one.
+    #[serde(default)]
+    pub network: NetworkView,
+}
+
+/// The MTU of a pod's interface when the agent does not encrypt: the underlay's Ethernet MTU.
+pub const POD_MTU: u32 = 1500;
+
+/// The MTU of a pod's interface when the agent encrypts traffic with other nodes: [`POD_MTU`]
+/// less the ESP tunnel's largest overhead, so a pod never sends a packet too big to
+/// encapsulate within the underlay's 1500 (the dataplane answers a bigger one with ICMP
+/// fragmentation needed). The lab gives its pods this MTU, and the agent reports it in
+/// [`NetworkView::pod_mtu`]: one number, so they agree.
+pub const ENCRYPTED_POD_MTU: u32 = POD_MTU - xylem_dataplane::esp::TUNNEL_OVERHEAD_MAX as u32;
+
+/// The pod network of this node as `GET /v1/status` reports it ([`Status::network`]): a pod
+/// gets an address in `pod_cidr` as a `/32`, a link-scope route to `gateway_ip` and its default
+/// route through it, and `pod_mtu` on its interface. The dataplane forwards only frames sent to
+/// `gateway_mac` and answers ARP for `gateway_ip` only, so a pod that thinks its neighbours are
+/// on-link cannot reach them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// The node's pod CIDR (`10.200.0.0/24`).
+    pub pod_cidr: String,
+    /// The gateway every pod routes through.
+    pub gateway_ip: Ipv4Addr,
+    /// The MAC the gateway answers ARP with (`0e:78:79:6c:00:01`).
+    pub gateway_mac: String,
+    /// The MTU a pod's interface should have: [`POD_MTU`], or [`ENCRYPTED_POD_MTU`] when the
+    /// agent encrypts traffic with other nodes.
+    pub pod_mtu: u32,
+}
+
+/// What a status from an agent that does not report its network reads as: nothing usable (an
+/// unspecified gateway), so that a CNI plugin refuses it rather than address a pod wrongly.
+impl Default for NetworkView {
+    fn default() -> Self {
+        NetworkView {
+            pod_cidr: String::new(),
+            gateway_ip: Ipv4Addr::UNSPECIFIED,
+            gateway_mac: String::new(),
+            pod_mtu: POD_MTU,
+        }
+    }
 }
 
 fn disabled() -> String {
@@ -214,6 +258,16 @@ pub struct Endpoint {
     /// Its interface was deleted under the agent: it has no route until the interface is back.
     #[serde(default)]
     pub interface_missing: bool,
+    /// The container runtime's id of the container it was added for (CNI `CNI_CONTAINERID`);
+    /// `null` for an endpoint not added through CNI.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// The container's network namespace (CNI `CNI_NETNS`), when given.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// The interface's name inside the container (CNI `CNI_IFNAME`), when given.
+    #[serde(default)]
+    pub cni_ifname: Option<String>,
 }
 
 /// A stored network policy as `GET /v1/policies` returns it.
@@ -276,6 +330,21 @@ pub struct EndpointRequest {
     /// Labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The container runtime's id of the container the endpoint is for (CNI
+    /// `CNI_CONTAINERID`): kept with the endpoint so that a CNI plugin's CHECK and GC find
+    /// their attachments, and so that the agent, restarting, drops the endpoint if its
+    /// interface went with the container meanwhile. As the CNI specification has it: starts
+    /// with a letter or digit, then letters, digits, `_`, `.` and `-`; at most 256 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The container's network namespace (CNI `CNI_NETNS`): an absolute path. Only with
+    /// `container_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The interface's name inside the container (CNI `CNI_IFNAME`): 1 to 15 characters, no
+    /// `/`, `:` or whitespace, not `.` or `..`. Only with `container_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_ifname: Option<String>,
 }
 
 /// What the agent knows of a backend's health, as `xylem service list` shows it.

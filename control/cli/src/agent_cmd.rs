@@ -170,6 +170,11 @@ pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
                 e.identity.map_or("-".into(), |i| i.to_string()),
                 enforcement(e.ingress_enforced),
                 enforcement(e.egress_enforced),
+                // A runtime's ids are 64 hex digits; 12 tell them apart, as `ctr` and
+                // `crictl` print them.
+                e.container_id
+                    .as_deref()
+                    .map_or("-".into(), |c| c.chars().take(12).collect()),
             ]
         })
         .collect();
@@ -183,6 +188,7 @@ pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
             "IDENTITY",
             "INGRESS",
             "EGRESS",
+            "CONTAINER",
         ],
         &rows,
     );
@@ -320,6 +326,9 @@ pub(crate) fn endpoint_put(
         ip: ip.to_string(),
         mac: mac.to_string(),
         labels: parse_labels(labels)?,
+        container_id: None,
+        netns: None,
+        cni_ifname: None,
     };
     let client = Client::new(socket(cli)?);
     let path = endpoint_path(endpoint)?;

@@ -43,8 +43,16 @@ pub(crate) fn demo(cli: &Cli, a: &UpArgs) -> Result<(), Error> {
             cli.lab
         )));
     }
+    let file = lab_file(a)?;
+    let pods: usize = file.node_list().iter().map(|n| n.pods.len()).sum();
+    if pods < 2 {
+        return Err(Error::LabState(format!(
+            "the demo sends traffic between two pods, and the lab file lists {pods}: list at \
+             least two (or give no file for the default three)"
+        )));
+    }
     println!("== bringing the lab up");
-    let st = lab.up(&lab_file(a)?, &options(a))?;
+    let st = lab.up(&file, &options(a))?;
     print_topology(&st);
     let result = demo_traffic(&lab, &st);
     println!("\n== bringing the lab down");
@@ -182,6 +190,13 @@ pub fn print_topology(st: &LabState) {
             w.netns,
             w.ip
         );
+    }
+    if st.pods.is_empty() {
+        println!(
+            "no pods: the agents wait for them (`xylem lab add-pod NAME`, or a CNI plugin's ADD \
+             in a node namespace)"
+        );
+        return;
     }
     let rows: Vec<Vec<String>> = st
         .pods

@@ -429,7 +429,8 @@ struct ReplayArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 struct UpArgs {
-    /// LAB.yaml: `pods: [{name, namespace, labels}]`. Default: pods pod-a, pod-b, pod-c.
+    /// LAB.yaml: `pods: [{name, namespace, labels}]` (`pods: []`: a node without pods, for
+    /// `lab add-pod` or a CNI plugin). Default: pods pod-a, pod-b, pod-c.
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
     /// Worker placement: `dedicated` (busy-poll) or `shared` (block when idle).

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use xylem_api::Client;
+use xylem_api::{Client, EndpointRequest};
 
 #[macro_use]
 mod common;
@@ -625,5 +625,183 @@ fn a_running_lab_gains_a_pod_through_the_api_and_keeps_it_after_sigkill() {
     assert!(
         ping(&ns_a, web_ip, 2),
         "the added pod is unreachable after SIGKILL"
+    );
+}
+
+/// Makes a veth pair `name`/`{name}p` in the lab's node namespace, `name` closed to the node's
+/// stack as a pod's port is: what a CNI plugin's ADD leaves for the agent (the pod end stays in
+/// the node namespace here: the agent only serves the host end). The lab's namespace, deleted
+/// by `lab down`, takes it with it.
+fn node_veth(lab: &LabGuard, name: &str) -> String {
+    let ns = lab.node_netns();
+    let peer = format!("{name}p");
+    ok(&[
+        "ip", "-n", &ns, "link", "add", name, "type", "veth", "peer", "name", &peer,
+    ]);
+    xylem_lab::netns::node_port_up(Some(&ns), name).unwrap();
+    ok(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
+    mac_in(&ns, &peer)
+}
+
+/// An endpoint request for `ifname` at `ip`, with the CNI fields when `container_id` is given.
+fn cni_request(ifname: &str, ip: &str, mac: &str, container_id: Option<&str>) -> EndpointRequest {
+    EndpointRequest {
+        ifname: ifname.into(),
+        ip: ip.into(),
+        mac: mac.into(),
+        labels: BTreeMap::from([("app".to_string(), ifname.to_string())]),
+        container_id: container_id.map(String::from),
+        netns: container_id.map(|_| "/var/run/netns/cni-test".to_string()),
+        cni_ifname: container_id.map(|_| "eth0".to_string()),
+    }
+}
+
+/// An endpoint added with CNI fields keeps them (API, `endpoint list -o json`, the state
+/// store); bad ones are refused naming the field. When its interface is deleted while the agent
+/// is stopped (its container went), the agent starts all the same, without it, and says so in
+/// its log; an endpoint added without a container id whose interface is gone still stops the
+/// start, naming it.
+#[test]
+fn a_cni_endpoint_whose_interface_went_while_the_agent_was_down_is_dropped_at_start() {
+    require_root!();
+    let lab = LabGuard::up(&[]);
+    let sock = lab.socket();
+    let c = Client::new(&sock).with_timeout(Duration::from_secs(30));
+    let cni_mac = node_veth(&lab, "xyc0");
+    let plain_mac = node_veth(&lab, "xyc1");
+    let id = "3f2a9bc0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8";
+
+    // Refused, naming the field, nothing changed.
+    let before = endpoints(&c);
+    let bad = [
+        (json!({"container_id": "-x"}), "container_id"),
+        (json!({"container_id": "c1", "netns": "cni-1"}), "netns"),
+        (
+            json!({"container_id": "c1", "cni_ifname": "eth/0"}),
+            "cni_ifname",
+        ),
+        (json!({"netns": "/var/run/netns/x"}), "netns"),
+        (json!({"cni_ifname": "eth0"}), "cni_ifname"),
+    ];
+    for (extra, field) in bad {
+        let mut body = json!({"ifname": "xyc0", "ip": "10.200.0.20", "mac": cni_mac});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (code, text) = api_status(
+            &sock,
+            "PUT",
+            "/v1/endpoints/default/cni-a",
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(code, 422, "{body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["field"], field, "{body}: {text}");
+    }
+    assert_eq!(endpoints(&c), before, "refused requests changed nothing");
+
+    let ep = c
+        .put_endpoint(
+            "default",
+            "cni-a",
+            &cni_request("xyc0", "10.200.0.20", &cni_mac, Some(id)),
+        )
+        .unwrap();
+    assert_eq!(ep.container_id.as_deref(), Some(id));
+    assert_eq!(ep.netns.as_deref(), Some("/var/run/netns/cni-test"));
+    assert_eq!(ep.cni_ifname.as_deref(), Some("eth0"));
+    c.put_endpoint(
+        "default",
+        "plain",
+        &cni_request("xyc1", "10.200.0.21", &plain_mac, None),
+    )
+    .unwrap();
+    let listed: Vec<Value> =
+        serde_json::from_str(&lab.xylem(&["endpoint", "list", "-o", "json"])).unwrap();
+    let find = |name: &str| {
+        listed
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {listed:?}"))
+            .clone()
+    };
+    let a = find("cni-a");
+    assert_eq!(a["container_id"], id);
+    assert_eq!(a["netns"], "/var/run/netns/cni-test");
+    assert_eq!(a["cni_ifname"], "eth0");
+    for name in ["plain", "pod-a"] {
+        let e = find(name);
+        for field in ["container_id", "netns", "cni_ifname"] {
+            assert!(e[field].is_null(), "{name}.{field}: {e}");
+        }
+    }
+    let table = lab.xylem(&["endpoint", "list"]);
+    assert!(
+        table.contains("CONTAINER") && table.contains(&id[..12]),
+        "{table}"
+    );
+
+    // A restart with both interfaces there keeps both, CNI fields and all.
+    lab.kill_agent(libc::SIGTERM);
+    lab.start_agent(&[]).unwrap();
+    let c = Client::new(&sock).with_timeout(Duration::from_secs(30));
+    assert_eq!(
+        c.endpoint("default", "cni-a")
+            .unwrap()
+            .container_id
+            .as_deref(),
+        Some(id)
+    );
+
+    // The container goes while the agent is down.
+    let ns = lab.node_netns();
+    lab.kill_agent(libc::SIGTERM);
+    ok(&["ip", "-n", &ns, "link", "del", "xyc0"]);
+    lab.start_agent(&[])
+        .expect("a CNI endpoint whose interface is gone does not stop the start");
+    let c = Client::new(&sock).with_timeout(Duration::from_secs(30));
+    assert!(c.status().unwrap().health.ok);
+    assert!(matches!(
+        c.endpoint("default", "cni-a"),
+        Err(xylem_api::Error::Api { status: 404, .. })
+    ));
+    let eps = endpoints(&c);
+    assert!(
+        eps.contains_key("default/plain") && eps.contains_key("default/pod-a"),
+        "{eps:?}"
+    );
+    let st = lab.status();
+    let log = std::fs::read_to_string(st["nodes"][0]["agent_log"].as_str().unwrap()).unwrap();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("stored endpoint dropped"))
+        .unwrap_or_else(|| panic!("no warning in the agent log:\n{log}"));
+    assert!(
+        warned.contains("WARN")
+            && warned.contains("default/cni-a")
+            && warned.contains("xyc0")
+            && warned.contains(id),
+        "{warned}"
+    );
+    let cfg = st["nodes"][0]["agent_config"].as_str().unwrap();
+    let stored = std::path::Path::new(cfg)
+        .parent()
+        .unwrap()
+        .join("state/endpoints.json");
+    let stored = std::fs::read_to_string(&stored).unwrap();
+    assert!(
+        !stored.contains("cni-a") && stored.contains("default/plain"),
+        "{stored}"
+    );
+
+    // Without a container id, a missing interface still stops the start, naming the endpoint.
+    lab.kill_agent(libc::SIGTERM);
+    ok(&["ip", "-n", &ns, "link", "del", "xyc1"]);
+    let e = lab
+        .start_agent(&[])
+        .expect_err("an endpoint without a container id whose interface is gone stops the start");
+    assert!(
+        e.contains("default/plain") && e.contains("xyc1") && e.contains("--start-empty"),
+        "{e}"
     );
 }

@@ -529,3 +529,134 @@ fn a_pod_cannot_send_as_another_pod_the_gateway_or_another_mac() {
         "{drops}"
     );
 }
+
+/// A lab file of `pods: []` brings up a node whose agent serves only its host port, healthy,
+/// with no endpoint and the pod network a CNI plugin reads (`network` in `xylem status`); `lab
+/// status` names what a plugin needs (node namespace, API socket, pod CIDR, gateway); a pod
+/// added to it reaches the node through the dataplane; `lab down` leaves no namespace.
+#[test]
+fn a_lab_without_pods_waits_for_them_and_takes_one_added_later() {
+    require_root!();
+    let file = TempFile::new("no-pods.yaml", "pods: []\n");
+    let lab = LabGuard::up(&["--file", file.path()]);
+    let prefix = lab.prefix();
+    let st = lab.status();
+    assert_eq!(st["pods"].as_array().unwrap().len(), 0, "{st}");
+    let node = &st["nodes"][0];
+    assert_eq!(node["netns"], format!("{prefix}node1"), "{st}");
+    assert_eq!(node["pod_cidr"], "10.200.0.0/24", "{st}");
+    assert_eq!(node["gateway"], "10.200.0.1", "{st}");
+    assert_eq!(node["agent_running"], true, "{st}");
+    let sock = node["api_socket"].as_str().unwrap().to_string();
+    assert!(std::path::Path::new(&sock).exists(), "{sock}");
+    assert_eq!(
+        lab_namespaces(&prefix),
+        [format!("{prefix}node1")],
+        "only the node's namespace"
+    );
+    // The table form says why there are none.
+    let table = lab.xylem(&["lab", "status"]);
+    assert!(table.contains("no pods"), "{table}");
+
+    // The agent, as `xylem --lab` and its typed client see it.
+    let agent = lab.agent();
+    assert_eq!(agent["health"]["ok"], true, "{agent}");
+    let ports = agent["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "the host port alone: {agent}");
+    assert_eq!(ports[0]["kind"], "host");
+    let c = xylem_api::Client::new(&sock).with_timeout(Duration::from_secs(10));
+    assert!(c.endpoints().unwrap().is_empty());
+    let status = c.status().unwrap();
+    assert!(status.health.ok);
+    assert_eq!(status.network.pod_cidr, "10.200.0.0/24");
+    assert_eq!(status.network.gateway_ip, Ipv4Addr::new(10, 200, 0, 1));
+    assert_eq!(
+        status.network.gateway_mac,
+        xylem_lab::GATEWAY_MAC.to_string()
+    );
+    assert_eq!(status.network.pod_mtu, xylem_api::POD_MTU);
+    let eps: Value = serde_json::from_str(&lab.xylem(&["endpoint", "list", "-o", "json"])).unwrap();
+    assert_eq!(eps, serde_json::json!([]));
+
+    // A pod added later: its endpoint, its port, and traffic with the node.
+    let out = lab.xylem(&["lab", "add-pod", "late", "-l", "app=late"]);
+    assert!(out.contains("default/late"), "{out}");
+    let (ns_late, ip_late) = lab.pod("late");
+    assert_eq!(ip_late, Ipv4Addr::new(10, 200, 0, 10));
+    let ep = c.endpoint("default", "late").unwrap();
+    assert_eq!((ep.ip, ep.labels["app"].as_str()), (ip_late, "late"));
+    assert_eq!(ep.container_id, None);
+    assert_eq!(c.status().unwrap().ports.len(), 2);
+    let host_ip = node["host_ip"].as_str().unwrap().parse().unwrap();
+    assert!(
+        ping(&ns_late, host_ip, 2),
+        "the added pod cannot reach the node"
+    );
+    // And it goes again.
+    lab.xylem(&["lab", "delete-pod", "late"]);
+    assert!(matches!(
+        c.endpoint("default", "late"),
+        Err(xylem_api::Error::Api { status: 404, .. })
+    ));
+
+    let o = lab.down();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(lab_namespaces(&prefix).is_empty(), "namespaces left");
+}
+
+/// The `nodes:` form takes a node without pods too. With encryption, every agent reports the
+/// pods' lower MTU in its status (what a CNI plugin gives a pod's interface), the same the lab
+/// gives its own pods; a pod added later to the empty node gets it and reaches the other
+/// node's pod over the encrypted underlay.
+#[test]
+fn an_encrypted_node_without_pods_reports_the_pod_mtu_and_takes_a_pod_later() {
+    require_root!();
+    let key = TempFile::new(
+        "keys",
+        "3 rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n",
+    );
+    let file = TempFile::new(
+        "empty-node.yaml",
+        &format!(
+            "encryption: {{key_file: {}}}\nnodes:\n  - {{name: n1, pods: []}}\n  - {{name: n2, pods: [{{name: b}}]}}\n",
+            key.path()
+        ),
+    );
+    let lab = LabGuard::up(&["-f", file.path()]);
+    let prefix = lab.prefix();
+    let st = lab.status();
+    let nodes = st["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{st}");
+    for (i, n) in nodes.iter().enumerate() {
+        let sock = n["api_socket"].as_str().unwrap();
+        let status = xylem_api::Client::new(sock)
+            .with_timeout(Duration::from_secs(10))
+            .status()
+            .unwrap();
+        assert!(status.health.ok, "{}", n["name"]);
+        assert_eq!(status.network.pod_mtu, xylem_lab::ENCRYPTED_POD_MTU);
+        assert_eq!(n["pod_mtu"], xylem_lab::ENCRYPTED_POD_MTU, "{n}");
+        assert_eq!(status.network.pod_cidr, format!("10.200.{i}.0/24"));
+        assert_eq!(status.network.gateway_ip.to_string(), n["gateway"]);
+    }
+    let out = lab.xylem(&["lab", "add-pod", "a", "--node", "n1"]);
+    assert!(out.contains("default/a"), "{out}");
+    let (ns_a, ip_a) = lab.pod("a");
+    assert_eq!(ip_a, Ipv4Addr::new(10, 200, 0, 10));
+    let mtu = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_a,
+        "cat",
+        "/sys/class/net/eth0/mtu",
+    ]);
+    assert_eq!(mtu.trim(), xylem_lab::ENCRYPTED_POD_MTU.to_string());
+    let (_, ip_b) = lab.pod("b");
+    // The first packets wait for the peer node's neighbour entry.
+    let reached = (0..5).any(|_| ping(&ns_a, ip_b, 2));
+    assert!(reached, "pod a on n1 cannot reach pod b on n2");
+    let o = lab.down();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(lab_namespaces(&prefix).is_empty(), "namespaces left");
+}

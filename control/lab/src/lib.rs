@@ -87,7 +87,9 @@ pub const DEFAULT_SERVICE_CIDR: Ipv4Cidr = Ipv4Cidr {
 #[serde(deny_unknown_fields)]
 pub struct LabFile {
     /// The pods of the single-node form: one node called [`SINGLE_NODE`], with pod CIDR
-    /// [`POD_CIDR`] and no underlay. Empty when `nodes` is used.
+    /// [`POD_CIDR`] and no underlay. Empty when `nodes` is used; `pods: []` (or no `nodes`
+    /// either) is a node without pods, whose agent waits for them (`lab add-pod`, a CNI
+    /// plugin's ADD).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<LabPod>,
     /// The nodes of the multi-node form, in file order: node i gets pod CIDR 10.200.i.0/24 and
@@ -117,7 +119,7 @@ pub struct LabNode {
     /// The node's name: an RFC 1123 label of at most [`MAX_NODE_NAME`] characters (it is part
     /// of the node's namespace name).
     pub name: String,
-    /// Its pods.
+    /// Its pods (none: its agent waits for them, as in the single-node form).
     pub pods: Vec<LabPod>,
 }
 
@@ -211,12 +213,6 @@ impl LabFile {
                  or use pods alone for a single node",
             ));
         }
-        if !self.multi_node() && self.pods.is_empty() {
-            return Err(Error::config(
-                "pods",
-                "list 1 to 200 pods (or use nodes: to list the pods of each node)",
-            ));
-        }
         if self.nodes.len() > MAX_NODES {
             return Err(Error::config(
                 "nodes",
@@ -283,12 +279,13 @@ impl LabFile {
 }
 
 /// Checks the pods listed at `field`; `seen` holds the names of the pods checked before them,
-/// for uniqueness across the lab.
+/// for uniqueness across the lab. None is fine: the node's agent then serves only its host port
+/// (and uplink), ready for pods added later, by `lab add-pod` or a CNI plugin.
 fn check_pods(field: &str, pods: &[LabPod], seen: &mut BTreeSet<String>) -> Result<(), Error> {
-    if pods.is_empty() || pods.len() > MAX_PODS {
+    if pods.len() > MAX_PODS {
         return Err(Error::config(
             field,
-            format!("list 1 to {MAX_PODS} pods, not {}", pods.len()),
+            format!("list at most {MAX_PODS} pods, not {}", pods.len()),
         ));
     }
     for (i, p) in pods.iter().enumerate() {
@@ -381,7 +378,9 @@ pub const WORLD_ECHO_PORT: u16 = 7;
 
 /// The MTU of pod veths (both ends) when the lab encrypts: 1500 less the ESP tunnel's largest
 /// overhead, so a pod never sends a packet too big to encapsulate within the underlay's 1500.
-pub const ENCRYPTED_POD_MTU: u32 = 1500 - xylem_dataplane::esp::TUNNEL_OVERHEAD_MAX as u32;
+/// The agent's own number (it reports it as `network.pod_mtu` in its status, for the CNI
+/// plugin), so the lab's pods and a CNI plugin's agree.
+pub use xylem_api::ENCRYPTED_POD_MTU;
 
 /// Node `i`'s pod CIDR (0-based, file order): 10.200.i.0/24; node 0's is [`POD_CIDR`].
 pub fn node_pod_cidr(i: usize) -> Ipv4Cidr {
@@ -696,6 +695,27 @@ mod tests {
     }
 
     #[test]
+    fn a_lab_may_start_without_pods() {
+        // One node whose agent serves only its host port, ready for pods added later (`lab
+        // add-pod`, a CNI plugin's ADD).
+        let f = LabFile::parse("pods: []").unwrap();
+        assert!(!f.multi_node());
+        let nodes = f.node_list();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].name, SINGLE_NODE);
+        assert!(nodes[0].pods.is_empty());
+        // Nodes without pods, beside one with.
+        let f =
+            LabFile::parse("nodes: [{name: n1, pods: []}, {name: n2, pods: [{name: a}]}]").unwrap();
+        assert!(f.multi_node());
+        assert!(f.nodes[0].pods.is_empty());
+        assert_eq!(f.nodes[1].pods.len(), 1);
+        let many: Vec<String> = (0..=MAX_PODS).map(|i| format!("{{name: p{i}}}")).collect();
+        let e = err(&format!("pods: [{}]", many.join(", ")));
+        assert!(e.contains("pods") && e.contains("at most 200"), "{e}");
+    }
+
+    #[test]
     fn the_nodes_form_lists_nodes_in_file_order() {
         let f = LabFile::parse(
             "nodes:\n  - {name: n1, pods: [{name: a}, {name: b}]}\n  - {name: n2, pods: [{name: c}]}\n",
@@ -739,8 +759,15 @@ mod tests {
             .collect();
         let e = err(&format!("nodes: [{}]", nine.join(", ")));
         assert!(e.contains("nodes") && e.contains("1 to 8"), "{e}");
-        let e = err("nodes: [{name: n1, pods: []}]");
-        assert!(e.contains("nodes[0].pods"), "{e}");
+        let many: Vec<String> = (0..=MAX_PODS).map(|i| format!("{{name: p{i}}}")).collect();
+        let e = err(&format!(
+            "nodes: [{{name: n1, pods: [{}]}}]",
+            many.join(", ")
+        ));
+        assert!(
+            e.contains("nodes[0].pods") && e.contains("at most 200"),
+            "{e}"
+        );
         let e = err("nodes: [{name: n1, pods: [{name: a}], colour: red}]");
         assert!(e.contains("colour"), "{e}");
         let e = err(

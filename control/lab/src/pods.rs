@@ -112,16 +112,16 @@ impl Lab {
         self.save(&st)?;
         let pod_state = st.pods[st.pods.len() - 1].clone();
         let mac = read_mac(&pod_ns, "eth0")?;
-        let body = serde_json::json!({
-            "ifname": ifname,
-            "ip": ip.to_string(),
-            "mac": mac.to_string(),
-            "labels": pod.labels,
-        });
-        let _: serde_json::Value = xylem_api::Client::new(&node.api_socket).put(
-            &format!("/v1/endpoints/{}/{}", pod.namespace, pod.name),
-            &body,
-        )?;
+        let req = xylem_api::EndpointRequest {
+            ifname: ifname.clone(),
+            ip: ip.to_string(),
+            mac: mac.to_string(),
+            labels: pod.labels.clone(),
+            container_id: None,
+            netns: None,
+            cni_ifname: None,
+        };
+        xylem_api::Client::new(&node.api_socket).put_endpoint(&pod.namespace, &pod.name, &req)?;
         self.publish_remote_pod(&st, &pod_state)?;
         let Some(cmd) = &pod.run else {
             return Ok(pod_state);
@@ -167,8 +167,7 @@ impl Lab {
         // The other nodes forget it first, so that no policy of theirs goes on selecting, by
         // its labels, an address about to be given to another pod.
         self.withdraw_remote_pod(&st, &pod)?;
-        xylem_api::Client::new(&node.api_socket)
-            .delete(&format!("/v1/endpoints/{}/{}", pod.namespace, pod.name))?;
+        xylem_api::Client::new(&node.api_socket).delete_endpoint(&pod.namespace, &pod.name)?;
         // The veth goes first, and at once: a namespace is destroyed in the background, so its
         // interfaces (and the name of their peer here) could outlive `ip netns del` for a while
         // and the next pod could not take the name.

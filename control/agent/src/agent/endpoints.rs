@@ -14,6 +14,7 @@ use xylem_api::{Endpoint, EndpointRequest};
 
 use super::*;
 use crate::Error;
+use crate::state::kind::{CniAttachment, StoredEndpoint};
 use crate::state::{StateStore, TypedStore, kind};
 use xylem_api::config::{AgentConfig, PortConfig, PortKind};
 
@@ -60,6 +61,86 @@ pub(super) fn check_label(k: &str, v: &str) -> Result<(), Rejected> {
     Ok(())
 }
 
+/// The longest container id the CNI specification allows.
+const MAX_CONTAINER_ID: usize = 256;
+
+/// Checks a request's CNI fields, naming the one at fault; returns the attachment to keep.
+/// `netns` and `cni_ifname` describe a container, so they come only with `container_id`.
+pub(super) fn check_cni(req: &EndpointRequest) -> Result<Option<CniAttachment>, Rejected> {
+    let Some(id) = &req.container_id else {
+        for (field, v) in [("netns", &req.netns), ("cni_ifname", &req.cni_ifname)] {
+            if v.is_some() {
+                return Err(reject(
+                    Refusal::Invalid,
+                    field,
+                    "is given without container_id: give the container's id too, or leave it \
+                     out",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let id_ok = id.len() <= MAX_CONTAINER_ID
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !id_ok {
+        return Err(reject(
+            Refusal::Invalid,
+            "container_id",
+            format!(
+                "{id:?} is not a container id: as the CNI specification has it, 1 to \
+                 {MAX_CONTAINER_ID} letters, digits, '_', '.' and '-', starting with a letter or \
+                 digit"
+            ),
+        ));
+    }
+    if let Some(netns) = &req.netns
+        && !netns.starts_with('/')
+    {
+        return Err(reject(
+            Refusal::Invalid,
+            "netns",
+            format!("{netns:?} is not an absolute path: give the namespace's path, as CNI_NETNS"),
+        ));
+    }
+    if let Some(ifname) = &req.cni_ifname {
+        let ok = !ifname.is_empty()
+            && ifname.len() <= 15
+            && ifname != "."
+            && ifname != ".."
+            && !ifname
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace());
+        if !ok {
+            return Err(reject(
+                Refusal::Invalid,
+                "cni_ifname",
+                format!(
+                    "{ifname:?} is not an interface name: 1 to 15 characters, without '/', ':' \
+                     or whitespace, and not '.' or '..'"
+                ),
+            ));
+        }
+    }
+    Ok(Some(CniAttachment {
+        container_id: id.clone(),
+        netns: req.netns.clone(),
+        ifname: req.cni_ifname.clone(),
+    }))
+}
+
+/// Shows `cni` in the endpoint's view.
+fn with_cni(mut e: Endpoint, cni: Option<&CniAttachment>) -> Endpoint {
+    if let Some(c) = cni {
+        e.container_id = Some(c.container_id.clone());
+        e.netns.clone_from(&c.netns);
+        e.cni_ifname.clone_from(&c.ifname);
+    }
+    e
+}
+
 /// `namespace/name` of a pod port.
 pub(super) fn endpoint_key(p: &PortConfig) -> String {
     format!(
@@ -81,6 +162,9 @@ fn endpoint_of(p: &PortConfig) -> Endpoint {
         ingress_enforced: None,
         egress_enforced: None,
         interface_missing: false,
+        container_id: None,
+        netns: None,
+        cni_ifname: None,
     }
 }
 
@@ -88,7 +172,10 @@ fn endpoint_of(p: &PortConfig) -> Endpoint {
 /// endpoints added at runtime; bound as the configuration says, overridden by the endpoints kept
 /// in the store (and by deletions recorded there). A stored endpoint that cannot be restored
 /// (its interface is gone, its address outside the pod CIDR) is an error: the agent refuses to
-/// start rather than run half-configured.
+/// start rather than run half-configured. Except one a CNI plugin added (it has a container
+/// id) whose interface is gone: its container was deleted while the agent was down, which
+/// destroys the veth, and the runtime's DEL could not reach the agent. It is deleted from the
+/// store with a warning, so that one pod gone does not keep the node's dataplane down.
 pub(super) fn restore_bindings(
     cfg: &AgentConfig,
     store: &dyn StateStore,
@@ -101,8 +188,8 @@ pub(super) fn restore_bindings(
         }
     }
     let stored = store.list_as::<kind::Endpoints>()?;
-    let n = stored.len();
-    for (key, p) in stored {
+    let mut n = 0;
+    for (key, StoredEndpoint { port: p, cni }) in stored {
         let bad = |why: String| {
             Error::State(format!(
                 "stored endpoint {key} cannot be restored: {why}; fix the configuration, or start \
@@ -113,12 +200,16 @@ pub(super) fn restore_bindings(
             Some(i) => i,
             None => {
                 // Added through the API: its interface must still be there.
-                ifindex(&p.ifname).map_err(|_| {
-                    bad(format!(
+                if ifindex(&p.ifname).is_err() {
+                    if let Some(cni) = &cni {
+                        drop_stale_cni_endpoint(store, &key, &p.ifname, cni)?;
+                        continue;
+                    }
+                    return Err(bad(format!(
                         "its interface {} does not exist in the agent's network namespace",
                         p.ifname
-                    ))
-                })?;
+                    )));
+                }
                 all.push(p.clone());
                 b.push(None);
                 all.len() - 1
@@ -138,11 +229,32 @@ pub(super) fn restore_bindings(
             }
         }
         b[i] = Some(p);
+        n += 1;
     }
     if n > 0 {
         tracing::info!(endpoints = n, "restored endpoints from the state store");
     }
     Ok((all, b))
+}
+
+/// Deletes the stored endpoint `key`, added by a CNI plugin for `cni`'s container, whose
+/// interface `ifname` is gone (see [`restore_bindings`]), with its FQDN cache.
+fn drop_stale_cni_endpoint(
+    store: &dyn StateStore,
+    key: &str,
+    ifname: &str,
+    cni: &CniAttachment,
+) -> Result<(), Error> {
+    store.delete(kind::Endpoints::NAME, key)?;
+    store.delete(kind::FqdnCache::NAME, key)?;
+    tracing::warn!(
+        endpoint = %key,
+        %ifname,
+        container_id = %cni.container_id,
+        "stored endpoint dropped: its interface is gone (its container was deleted while the \
+         agent was down)"
+    );
+    Ok(())
 }
 
 impl AgentState {
@@ -162,12 +274,13 @@ impl AgentState {
             .lock()
             .map(|p| p.endpoints.iter().map(|e| (e.ip, e.clone())).collect())
             .unwrap_or_default();
+        let cni = self.cni_attachments();
         self.bindings_snapshot()
             .iter()
             .flatten()
             .filter(|p| p.kind == PortKind::Pod)
             .map(|p| {
-                let mut e = endpoint_of(p);
+                let mut e = with_cni(endpoint_of(p), cni.get(&endpoint_key(p)));
                 if let Some(i) = info.get(&p.ip) {
                     e.identity = Some(i.identity);
                     e.ingress_enforced = Some(i.ingress_enforced);
@@ -176,11 +289,25 @@ impl AgentState {
                 e
             })
             .chain(self.missing_snapshot().iter().filter_map(|m| {
-                let mut e = endpoint_of(m.endpoint()?);
+                let p = m.endpoint()?;
+                let mut e = with_cni(endpoint_of(p), cni.get(&endpoint_key(p)));
                 e.interface_missing = true;
                 Some(e)
             }))
             .collect()
+    }
+
+    /// The CNI attachments of the stored endpoints, by `namespace/name`. Read from the store,
+    /// where each is written with its endpoint in the same transaction, so they never disagree.
+    fn cni_attachments(&self) -> BTreeMap<String, CniAttachment> {
+        self.store
+            .list_as::<kind::Endpoints>()
+            .map(|all| {
+                all.into_iter()
+                    .filter_map(|(k, e)| Some((k, e.cni?)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Creates or replaces the endpoint `namespace/name`: validates, stores it durably, then
@@ -198,6 +325,7 @@ impl AgentState {
         for (k, v) in &req.labels {
             check_label(k, v)?;
         }
+        let cni = check_cni(&req)?;
         let mut bindings = self
             .bindings
             .lock()
@@ -251,8 +379,12 @@ impl AgentState {
         };
         let mut next = bindings.clone();
         next[port] = Some(new_port.clone());
+        let stored = StoredEndpoint {
+            port: new_port.clone(),
+            cni,
+        };
         let ops = vec![
-            StoreOp::put::<kind::Endpoints>(&key, &new_port)?,
+            StoreOp::put::<kind::Endpoints>(&key, &stored)?,
             StoreOp::delete::<kind::UnboundPorts>(&req.ifname),
         ];
         let revision = self
@@ -261,8 +393,18 @@ impl AgentState {
         *bindings = next;
         // A port that went missing with this endpoint, or with this interface, is replaced.
         self.forget_missing(&key, Some(&req.ifname));
-        tracing::info!(endpoint = %key, ifname = %req.ifname, %ip, revision, "endpoint set");
-        Ok((endpoint_of(&new_port), created))
+        tracing::info!(
+            endpoint = %key,
+            ifname = %req.ifname,
+            %ip,
+            container_id = stored.cni.as_ref().map_or("-", |c| c.container_id.as_str()),
+            revision,
+            "endpoint set"
+        );
+        Ok((
+            with_cni(endpoint_of(&new_port), stored.cni.as_ref()),
+            created,
+        ))
     }
 
     /// An endpoint request's IP (inside the pod CIDR, neither the gateway's nor the network's)
@@ -451,4 +593,161 @@ pub(super) fn check_conflicts(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request for `xyc0` at 10.200.0.20 with the CNI fields given.
+    fn req(id: Option<&str>, netns: Option<&str>, ifname: Option<&str>) -> EndpointRequest {
+        EndpointRequest {
+            ifname: "xyc0".into(),
+            ip: "10.200.0.20".into(),
+            mac: "02:00:00:00:00:14".into(),
+            labels: BTreeMap::new(),
+            container_id: id.map(String::from),
+            netns: netns.map(String::from),
+            cni_ifname: ifname.map(String::from),
+        }
+    }
+
+    /// The field `check_cni` names for `r`, or `None` when it accepts it.
+    fn refused(r: &EndpointRequest) -> Option<String> {
+        check_cni(r).err().map(|e| {
+            assert_eq!(e.refusal, Refusal::Invalid);
+            assert!(!e.why.is_empty());
+            e.field
+        })
+    }
+
+    #[test]
+    fn a_request_without_cni_fields_has_no_attachment() {
+        assert_eq!(check_cni(&req(None, None, None)).unwrap(), None);
+    }
+
+    #[test]
+    fn cni_fields_are_kept_as_given() {
+        let a = check_cni(&req(
+            Some("3f2a9b_c.d-e"),
+            Some("/var/run/netns/cni-1234"),
+            Some("eth0"),
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.container_id, "3f2a9b_c.d-e");
+        assert_eq!(a.netns.as_deref(), Some("/var/run/netns/cni-1234"));
+        assert_eq!(a.ifname.as_deref(), Some("eth0"));
+        // netns and ifname are each optional with a container id.
+        let a = check_cni(&req(Some("c1"), None, None)).unwrap().unwrap();
+        assert_eq!((a.netns, a.ifname), (None, None));
+        // The longest id the specification allows.
+        let long = "a".repeat(256);
+        assert!(check_cni(&req(Some(&long), None, None)).is_ok());
+    }
+
+    #[test]
+    fn a_bad_container_id_is_refused_by_name() {
+        let long = "a".repeat(257);
+        for id in [
+            "",
+            "-abc",
+            "_abc",
+            ".abc",
+            "ab c",
+            "ab/c",
+            "ab:c",
+            "é1",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                refused(&req(Some(id), None, None)).as_deref(),
+                Some("container_id"),
+                "{id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_relative_netns_is_refused_by_name() {
+        for netns in ["", "netns/cni-1", "cni-1"] {
+            assert_eq!(
+                refused(&req(Some("c1"), Some(netns), None)).as_deref(),
+                Some("netns"),
+                "{netns:?}"
+            );
+        }
+        assert_eq!(
+            refused(&req(Some("c1"), Some("/proc/1/ns/net"), None)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bad_cni_ifname_is_refused_by_name() {
+        for name in [
+            "",
+            ".",
+            "..",
+            "eth/0",
+            "eth:0",
+            "eth 0",
+            "eth\t0",
+            "abcdefghijklmnop",
+        ] {
+            assert_eq!(
+                refused(&req(Some("c1"), None, Some(name))).as_deref(),
+                Some("cni_ifname"),
+                "{name:?}"
+            );
+        }
+        for name in ["eth0", "net1", "abcdefghijklmno", "a.b", "...", "e-th_0"] {
+            assert_eq!(
+                refused(&req(Some("c1"), None, Some(name))),
+                None,
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn netns_and_cni_ifname_need_a_container_id() {
+        assert_eq!(
+            refused(&req(None, Some("/var/run/netns/x"), None)).as_deref(),
+            Some("netns")
+        );
+        assert_eq!(
+            refused(&req(None, None, Some("eth0"))).as_deref(),
+            Some("cni_ifname")
+        );
+    }
+
+    #[test]
+    fn the_request_body_takes_the_cni_fields_and_still_refuses_unknown_ones() {
+        let r: EndpointRequest = serde_json::from_str(
+            r#"{"ifname": "xyc0", "ip": "10.200.0.20", "mac": "02:00:00:00:00:14",
+                "container_id": "c1", "netns": "/var/run/netns/x", "cni_ifname": "eth0"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.container_id.as_deref(), Some("c1"));
+        assert_eq!(r.netns.as_deref(), Some("/var/run/netns/x"));
+        assert_eq!(r.cni_ifname.as_deref(), Some("eth0"));
+        let r: EndpointRequest = serde_json::from_str(
+            r#"{"ifname": "xyc0", "ip": "10.200.0.20", "mac": "02:00:00:00:00:14"}"#,
+        )
+        .unwrap();
+        assert_eq!((r.container_id, r.netns, r.cni_ifname), (None, None, None));
+        // Absent fields are not written: an older agent takes the body.
+        let text = serde_json::to_string(&req(None, None, None)).unwrap();
+        assert!(
+            !text.contains("container_id") && !text.contains("netns"),
+            "{text}"
+        );
+        let e = serde_json::from_str::<EndpointRequest>(
+            r#"{"ifname": "xyc0", "ip": "10.200.0.20", "mac": "02:00:00:00:00:14",
+                "containerid": "c1"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("containerid"), "{e}");
+    }
 }

@@ -203,6 +203,23 @@ impl AgentState {
                 xylem_api::ENCRYPTION_DISABLED
             }
             .into(),
+            network: self.network(),
+        }
+    }
+
+    /// The pod network as a CNI plugin needs it to address a pod: the configuration's pod CIDR
+    /// and gateway, and the pod MTU. With encryption every pod gets the lower MTU, whatever
+    /// node it talks to: the route it takes is not known when its interface is made.
+    pub fn network(&self) -> xylem_api::NetworkView {
+        xylem_api::NetworkView {
+            pod_cidr: self.cfg.pod_cidr.to_string(),
+            gateway_ip: self.cfg.gateway.ip,
+            gateway_mac: self.cfg.gateway.mac.to_string(),
+            pod_mtu: if self.cfg.encryption.is_some() {
+                xylem_api::ENCRYPTED_POD_MTU
+            } else {
+                xylem_api::POD_MTU
+            },
         }
     }
 
