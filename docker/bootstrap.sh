@@ -12,7 +12,7 @@ cd "$here"
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bootstrap: must run as root (it installs packages and the tests create network namespaces)." >&2
-  echo "bootstrap: try: sudo $0 $*" >&2
+  echo "bootstrap: run it as root (sudo $0 $* where sudo exists)." >&2
   exit 1
 fi
 
@@ -23,6 +23,8 @@ packages=(
   clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
   # The lab, tests and benchmarks.
   iproute2 ethtool iputils-ping netcat-openbsd netperf tcpdump bpftool procps iptables curl util-linux
+  # curl's https (rustup, below, on a machine without Rust).
+  ca-certificates
   # Backend servers in the service tests (a pod that answers with its name).
   socat
   # DNS-aware policy tests: the lab's DNS server pod (dnsmasq-base: the binary alone, no
@@ -33,6 +35,12 @@ packages=(
   tshark
   # Fonts for the benchmark charts (plotters renders text through fontconfig).
   libfontconfig1-dev fonts-dejavu-core
+  # The CNI tests run a real runtime: they start containerd themselves (with their own
+  # address, root and state; the system service the package may start is left alone), which
+  # runs containers through runc from a busybox-static root filesystem; host-local, ptp and
+  # bridge, which xylem-cni delegates to or chains after, come from containernetworking-plugins
+  # (under /usr/lib/cni).
+  containerd runc containernetworking-plugins busybox-static
 )
 
 missing=()
@@ -59,6 +67,14 @@ fi
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || true
 
 export PATH="$HOME/.cargo/bin:$PATH"
+# A fresh machine has no Rust: install the workspace's rust-version through rustup (once; a
+# machine that has cargo keeps its own toolchain).
+if ! command -v cargo >/dev/null 2>&1; then
+  rust_version=$(sed -nE 's/^rust-version = "([0-9.]+)"/\1/p' "$here/Cargo.toml")
+  echo "bootstrap: cargo not found: installing Rust ${rust_version} with rustup (minimal profile)"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+    sh -s -- -y --no-modify-path --profile minimal --default-toolchain "$rust_version"
+fi
 echo "bootstrap: building the workspace (release)"
 cargo build --release --workspace --bins
 
