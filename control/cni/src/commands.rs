@@ -2,6 +2,8 @@
 //! to print on success (or nothing), or the error to print.
 
 use std::fs::File;
+
+use nix::fcntl::{Flock, FlockArg};
 use std::net::Ipv4Addr;
 use std::process::Command as Process;
 use std::time::Duration;
@@ -36,6 +38,9 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     // `NetConf::parse` has just read it as an object.
     let raw: Map<String, Value> = serde_json::from_slice(stdin).unwrap_or_default();
     let client = Client::new(&conf.agent_socket).with_timeout(AGENT_TIMEOUT);
+    // GC sweeps veths no endpoint owns yet, which is also what an ADD in flight has: GC waits
+    // for the ADDs and DELs running on this node, and they for it.
+    let _lock = node_lock(&conf.agent_socket, env.command == Command::Gc)?;
     match env.command {
         Command::Add => add(env, &conf, &raw, &client).map(Some),
         Command::Del => del(env, &conf, &raw, &client).map(|()| None),
@@ -43,6 +48,33 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         Command::Status => status(env, &conf, &raw, &client).map(|()| None),
         Command::Gc => gc(env, &conf, &raw, &client).map(|()| None),
         Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// Takes the node's plugin lock (a file beside the agent's socket): exclusive for GC, shared
+/// for the others. Only GC needs it: an ADD or DEL that cannot open it (the agent's directory
+/// is gone with the agent) goes on without.
+fn node_lock(agent_socket: &str, exclusive: bool) -> Result<Option<Flock<File>>, CniError> {
+    let path = format!("{agent_socket}.cni-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path);
+    let file = match file {
+        Ok(f) => f,
+        Err(_) if !exclusive => return Ok(None),
+        Err(e) => return Err(CniError::io(format!("opening the plugin lock {path}"), e)),
+    };
+    let arg = if exclusive {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockShared
+    };
+    match Flock::lock(file, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err(_) if !exclusive => Ok(None),
+        Err((_, e)) => Err(CniError::io(format!("locking {path}"), e)),
     }
 }
 

@@ -165,7 +165,10 @@ impl CniResult {
                 gw: opt_ip(o, "gw", &f)?,
             });
         }
-        r.dns = obj.get("dns").filter(|d| !d.is_null()).cloned();
+        // `{}` says nothing, as an absent `dns` does (and is what one is written as).
+        r.dns = (obj.get("dns"))
+            .filter(|d| !d.is_null() && d.as_object().is_none_or(|o| !o.is_empty()))
+            .cloned();
         Ok(r)
     }
 
