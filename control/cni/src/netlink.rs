@@ -12,7 +12,7 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
 };
@@ -204,21 +204,29 @@ impl Netlink {
         self.set(msg, format!("turning ARP off on link {index}"))
     }
 
+    /// The IPv4 address messages of link `index`.
+    async fn address_msgs(h: &Handle, index: u32) -> Result<Vec<AddressMessage>, CniError> {
+        let msgs: Vec<AddressMessage> = h
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("listing addresses"))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.index == index && m.header.family == AddressFamily::Inet)
+            .collect())
+    }
+
     /// The IPv4 addresses on link `index`.
     pub fn addresses(&self, index: u32) -> Result<Vec<IpNet>, CniError> {
         let h = self.handle.clone();
         self.rt.block_on(async move {
-            let msgs: Vec<_> = h
-                .address()
-                .get()
-                .set_link_index_filter(index)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl_err("listing addresses"))?;
-            Ok(msgs
+            Ok(Self::address_msgs(&h, index)
+                .await?
                 .into_iter()
-                .filter(|m| m.header.index == index && m.header.family == AddressFamily::Inet)
                 .filter_map(|m| {
                     let prefix = m.header.prefix_len;
                     m.attributes.into_iter().find_map(|a| match a {
@@ -247,18 +255,7 @@ impl Netlink {
     pub fn flush_addresses(&self, index: u32) -> Result<(), CniError> {
         let h = self.handle.clone();
         self.rt.block_on(async move {
-            let msgs: Vec<_> = h
-                .address()
-                .get()
-                .set_link_index_filter(index)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl_err("listing addresses"))?;
-            for m in msgs
-                .into_iter()
-                .filter(|m| m.header.index == index && m.header.family == AddressFamily::Inet)
-            {
+            for m in Self::address_msgs(&h, index).await? {
                 h.address()
                     .del(m)
                     .execute()

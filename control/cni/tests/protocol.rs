@@ -282,9 +282,7 @@ fn bad_environment_and_configuration_get_the_specifications_codes() {
 /// the namespace gone), with nothing left.
 #[test]
 fn add_check_and_del_against_a_real_agent_in_every_version() {
-    if !xylem_testkit::root_or_skip("add_check_and_del_against_a_real_agent_in_every_version")
-        || !have_reference_plugins("add_check_and_del_against_a_real_agent_in_every_version")
-    {
+    if !privileged("add_check_and_del_against_a_real_agent_in_every_version") {
         return;
     }
     let lab = Lab::up();
@@ -448,9 +446,7 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
 /// agent refusing the endpoint, the agent gone.
 #[test]
 fn a_failed_add_rolls_back_everything_it_made() {
-    if !xylem_testkit::root_or_skip("a_failed_add_rolls_back_everything_it_made")
-        || !have_reference_plugins("a_failed_add_rolls_back_everything_it_made")
-    {
+    if !privileged("a_failed_add_rolls_back_everything_it_made") {
         return;
     }
     let lab = Lab::up();
@@ -557,9 +553,7 @@ fn a_failed_add_rolls_back_everything_it_made() {
 /// GC removes the attachments the runtime no longer lists, and a veth an ADD left behind.
 #[test]
 fn gc_removes_what_is_not_listed_and_keeps_what_is() {
-    if !xylem_testkit::root_or_skip("gc_removes_what_is_not_listed_and_keeps_what_is")
-        || !have_reference_plugins("gc_removes_what_is_not_listed_and_keeps_what_is")
-    {
+    if !privileged("gc_removes_what_is_not_listed_and_keeps_what_is") {
         return;
     }
     let lab = Lab::up();
@@ -632,12 +626,8 @@ fn gc_removes_what_is_not_listed_and_keeps_what_is() {
 /// xylem-cni adopts the node's end, routes the pod through the Xylem gateway, and passes the
 /// result on; DEL in reverse order leaves nothing.
 #[test]
-fn chained_after_ptp_it_adopts_the_interface_and_passes_the_result_on() {
-    if !xylem_testkit::root_or_skip(
-        "chained_after_ptp_it_adopts_the_interface_and_passes_the_result_on",
-    ) || !have_reference_plugins(
-        "chained_after_ptp_it_adopts_the_interface_and_passes_the_result_on",
-    ) {
+fn chained_after_ptp_it_adopts_the_veth_and_passes_the_result_on() {
+    if !privileged("chained_after_ptp_it_adopts_the_veth_and_passes_the_result_on") {
         return;
     }
     let lab = Lab::up();
@@ -770,9 +760,7 @@ fn run_cni_plugin(netns: &str, plugin: &str, env: &[(&str, &str)], stdin: &[u8])
 /// fitted to the agent's name rules.
 #[test]
 fn the_endpoint_is_named_after_the_pod_or_the_container() {
-    if !xylem_testkit::root_or_skip("the_endpoint_is_named_after_the_pod_or_the_container")
-        || !have_reference_plugins("the_endpoint_is_named_after_the_pod_or_the_container")
-    {
+    if !privileged("the_endpoint_is_named_after_the_pod_or_the_container") {
         return;
     }
     let lab = Lab::up();
@@ -819,4 +807,90 @@ fn the_endpoint_is_named_after_the_pod_or_the_container() {
     )
     .expect_ok();
     assert!(lab.endpoints().is_empty());
+}
+
+/// The drop counters of the lab's agent, by reason.
+fn drops(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
+    serde_json::from_value(lab.agent()["totals"]["drops"].clone()).unwrap()
+}
+
+/// A pod set up by the plugin is only itself: its identity is the port its frames arrive on,
+/// with the address and MAC the plugin registered. Sending from another pod's address, or with
+/// another MAC, from inside the pod gets nothing through, and each is counted.
+#[test]
+fn a_cni_pod_that_forges_its_source_is_dropped() {
+    if !privileged("a_cni_pod_that_forges_its_source_is_dropped") {
+        return;
+    }
+    let lab = Lab::up();
+    let conf = lab.conf("1.0.0", (200, 250), "");
+    let (a, b) = (Netns::new(), Netns::new());
+    let out_a = run_cni(
+        Some(&lab.netns),
+        &attach_env("ADD", "honest", a.path(), "eth0"),
+        &conf,
+    )
+    .expect_ok();
+    let out_b = run_cni(
+        Some(&lab.netns),
+        &attach_env("ADD", "forger", b.path(), "eth0"),
+        &conf,
+    )
+    .expect_ok();
+    let ip = |out: &Value| {
+        out["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (ip_a, ip_b) = (ip(&out_a), ip(&out_b));
+    assert!(b.pings(&ip_a), "the honest path does not work");
+    // pod b claims pod a's address: its pings to the gateway from that source go nowhere.
+    let before = drops(&lab);
+    b.exec(&["ip", "addr", "add", &format!("{ip_a}/32"), "dev", "eth0"]);
+    let forged = b.exec(&["ping", "-c3", "-i0.2", "-W1", "-I", &ip_a, "10.200.0.1"]);
+    assert!(
+        !forged.status.success(),
+        "a ping from another pod's address was answered"
+    );
+    let after = drops(&lab);
+    assert!(
+        after["invalid-source-ip"] >= before["invalid-source-ip"] + 3,
+        "invalid-source-ip did not count the forged pings: {before:?} -> {after:?}"
+    );
+    b.exec(&["ip", "addr", "del", &format!("{ip_a}/32"), "dev", "eth0"]);
+    // pod b changes its MAC: its own address no longer gets through either.
+    let before = drops(&lab);
+    b.exec(&["ip", "link", "set", "eth0", "address", "02:de:ad:be:ef:01"]);
+    // Its ARP from the new MAC is refused (`arp-spoofed`), so the gateway's MAC is set by hand
+    // for its IPv4 to leave at all.
+    let gw_mac = lab.agent()["network"]["gateway_mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.200.0.1",
+        "lladdr",
+        &gw_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let forged = b.exec(&["ping", "-c3", "-i0.2", "-W1", "-I", &ip_b, "10.200.0.1"]);
+    assert!(
+        !forged.status.success(),
+        "a ping with another MAC was answered"
+    );
+    let after = drops(&lab);
+    assert!(
+        after["invalid-source-mac"] >= before["invalid-source-mac"] + 3,
+        "invalid-source-mac did not count the forged frames: {before:?} -> {after:?}"
+    );
 }

@@ -322,6 +322,12 @@ pub fn with_prev(conf: &[u8], prev: &Value) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// Whether a test that needs root and the reference CNI plugins may run: if not, it is skipped
+/// (or, where skips fail, fails), saying what is missing.
+pub fn privileged(test: &str) -> bool {
+    xylem_testkit::root_or_skip(test) && have_reference_plugins(test)
+}
+
 /// Skips (or, where skips fail, fails) when the reference CNI plugins are missing.
 pub fn have_reference_plugins(test: &str) -> bool {
     for p in ["host-local", "ptp"] {
