@@ -204,7 +204,14 @@ fn run(
         .spawn()
         .map_err(|e| CniError::io(what(), e))?;
     if let Some(mut i) = child.stdin.take() {
-        i.write_all(stdin).map_err(|e| CniError::io(what(), e))?;
+        // A plugin may exit without reading stdin (host-local answers VERSION so): a closed
+        // pipe says nothing about the answer, which its exit status and stdout give.
+        match i.write_all(stdin) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(CniError::io(what(), e));
+            }
+            _ => {}
+        }
     }
     let out = child
         .wait_with_output()
