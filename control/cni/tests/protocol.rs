@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -297,7 +299,7 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
         );
         let path = ns.path().to_string();
         let out = run_cni(
-            Some(&lab.netns),
+            Some(lab.netns()),
             &attach_env("ADD", &container, &path, "eth0"),
             &conf,
         )
@@ -357,7 +359,7 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
         // CHECK passes on what ADD made.
         let check = with_prev(&conf, &out);
         run_cni(
-            Some(&lab.netns),
+            Some(lab.netns()),
             &attach_env("CHECK", &container, &path, "eth0"),
             &check,
         )
@@ -373,7 +375,7 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
         .unwrap()
         .to_string();
     assert!(pods[0].0.pings(&ip1), "pod 0 cannot reach pod 1 at {ip1}");
-    let forwarded = lab.agent()["totals"]["forwarded"].as_u64().unwrap_or(0);
+    let forwarded = lab.status()["totals"]["forwarded"].as_u64().unwrap_or(0);
     assert!(forwarded > 0, "the agent forwarded nothing");
 
     // CHECK finds what is broken: a route removed in the pod, an endpoint removed in the agent.
@@ -381,7 +383,7 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
     ns.exec(&["ip", "route", "del", "default"]);
     let check = with_prev(conf, out);
     let e = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("CHECK", container, ns.path(), "eth0"),
         &check,
     )
@@ -390,7 +392,7 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
     let (ns2, container2, conf2, out2) = &pods[1];
     lab.xylem(&["endpoint", "delete", &format!("default/{container2}")]);
     let e = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("CHECK", container2, ns2.path(), "eth0"),
         &with_prev(conf2, out2),
     )
@@ -403,7 +405,7 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
     drop(ns3);
     for _ in 0..2 {
         run_cni(
-            Some(&lab.netns),
+            Some(lab.netns()),
             &attach_env("DEL", &container3, "", "eth0"),
             &with_prev(&conf3, &out3),
         )
@@ -413,7 +415,7 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
     for (ns, container, conf, out) in &pods {
         for _ in 0..2 {
             run_cni(
-                Some(&lab.netns),
+                Some(lab.netns()),
                 &attach_env("DEL", container, ns.path(), "eth0"),
                 &with_prev(conf, out),
             )
@@ -433,7 +435,10 @@ fn add_check_and_del_against_a_real_agent_in_every_version() {
         lab.cni_links()
     );
     assert!(lab.leased().is_empty(), "leases left: {:?}", lab.leased());
-    let ports: Vec<Value> = lab.agent()["ports"].as_array().cloned().unwrap_or_default();
+    let ports: Vec<Value> = lab.status()["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
         ports
             .iter()
@@ -454,14 +459,14 @@ fn a_failed_add_rolls_back_everything_it_made() {
     let conf = lab.conf("1.0.0", (230, 230), "");
     let a = Netns::new();
     run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "full-a", a.path(), "eth0"),
         &conf,
     )
     .expect_ok();
     let b = Netns::new();
     let e = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "full-b", b.path(), "eth0"),
         &conf,
     );
@@ -481,7 +486,7 @@ fn a_failed_add_rolls_back_everything_it_made() {
         .unwrap()
         .replace("10.200.0.", "10.201.0.");
     let e = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "outside", b.path(), "eth0"),
         outside.as_bytes(),
     )
@@ -499,7 +504,7 @@ fn a_failed_add_rolls_back_everything_it_made() {
     let taken = String::from_utf8(lab.conf("1.0.0", (231, 231), "")).unwrap();
     let c = Netns::new();
     let first = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "taken-1", c.path(), "eth0"),
         taken.as_bytes(),
     )
@@ -511,7 +516,7 @@ fn a_failed_add_rolls_back_everything_it_made() {
     );
     let d = Netns::new();
     let e = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "taken-2", d.path(), "eth0"),
         taken_again.as_bytes(),
     )
@@ -532,9 +537,9 @@ fn a_failed_add_rolls_back_everything_it_made() {
 
     // The agent is gone: "try again later", and nothing is made.
     let conf2 = lab.conf("1.0.0", (240, 245), "");
-    ok(&["kill", "-9", &lab.agent_pid.to_string()]);
+    assert!(signal(lab.agent_pid(), "KILL"), "the agent was not running");
     let e = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "no-agent", d.path(), "eth0"),
         &conf2,
     )
@@ -547,7 +552,7 @@ fn a_failed_add_rolls_back_everything_it_made() {
         lab.leased()
     );
     // STATUS says so, with 51: the pods it served have no dataplane either.
-    run_cni(Some(&lab.netns), &[("CNI_COMMAND", "STATUS")], &conf2).expect_code(51);
+    run_cni(Some(lab.netns()), &[("CNI_COMMAND", "STATUS")], &conf2).expect_code(51);
 }
 
 /// GC removes the attachments the runtime no longer lists, and a veth an ADD left behind.
@@ -561,22 +566,21 @@ fn gc_removes_what_is_not_listed_and_keeps_what_is() {
     let keep = Netns::new();
     let drop_me = Netns::new();
     run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "keep", keep.path(), "eth0"),
         &conf,
     )
     .expect_ok();
     run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "gone", drop_me.path(), "eth0"),
         &conf,
     )
     .expect_ok();
     // A veth of the plugin's that no endpoint owns, as an ADD killed halfway leaves.
-    ok(&[
-        "ip",
+    ok(Command::new("ip").args([
         "-n",
-        &lab.netns,
+        lab.netns(),
         "link",
         "add",
         "xyc0123456789ab",
@@ -585,12 +589,12 @@ fn gc_removes_what_is_not_listed_and_keeps_what_is() {
         "peer",
         "name",
         "xyo0123456789ab",
-    ]);
+    ]));
     assert_eq!(lab.cni_links().len(), 3);
     assert_eq!(lab.leased().len(), 2);
     // STATUS: ready.
     run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/usr/lib/cni")],
         &conf,
     )
@@ -598,7 +602,7 @@ fn gc_removes_what_is_not_listed_and_keeps_what_is() {
     let mut gc: Value = serde_json::from_slice(&conf).unwrap();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
     run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
         &serde_json::to_vec(&gc).unwrap(),
     )
@@ -643,7 +647,7 @@ fn chained_after_ptp_it_adopts_the_veth_and_passes_the_result_on() {
     let xylem_conf = |prev: &Value| {
         serde_json::to_vec(&json!({
             "cniVersion": "1.0.0", "name": "chain", "type": "xylem-cni",
-            "agentSocket": lab.socket,
+            "agentSocket": lab.api_socket(),
             "args": {"cni": {"labels": [{"key": "app", "value": "chained"}]}},
             "prevResult": prev,
         }))
@@ -655,8 +659,8 @@ fn chained_after_ptp_it_adopts_the_veth_and_passes_the_result_on() {
         let container = format!("chain-{i}");
         let path = ns.path().to_string();
         let env = attach_env("ADD", &container, &path, "eth0");
-        let prev = run_cni_plugin(&lab.netns, "ptp", &env, ptp_conf.as_bytes());
-        let out = run_cni(Some(&lab.netns), &env, &xylem_conf(&prev)).expect_ok();
+        let prev = run_cni_plugin(lab.netns(), "ptp", &env, ptp_conf.as_bytes());
+        let out = run_cni(Some(lab.netns()), &env, &xylem_conf(&prev)).expect_ok();
         // The result passed on: ptp's interfaces, the pod's address as a /32 behind the Xylem
         // gateway.
         assert_eq!(out["interfaces"], prev["interfaces"], "{out}");
@@ -697,35 +701,34 @@ fn chained_after_ptp_it_adopts_the_veth_and_passes_the_result_on() {
         .next()
         .unwrap()
         .to_string();
-    let before = lab.agent()["totals"]["forwarded"].as_u64().unwrap_or(0);
+    let before = lab.status()["totals"]["forwarded"].as_u64().unwrap_or(0);
     assert!(
         pods[0].0.pings(&ip1),
         "chained pods cannot reach each other"
     );
     assert!(
-        lab.agent()["totals"]["forwarded"].as_u64().unwrap_or(0) > before,
+        lab.status()["totals"]["forwarded"].as_u64().unwrap_or(0) > before,
         "not through the dataplane"
     );
     for (ns, container, out) in &pods {
         let env = attach_env("DEL", container, ns.path(), "eth0");
         let mut conf: Value = serde_json::from_slice(&xylem_conf(out)).unwrap();
         conf["prevResult"] = out.clone();
-        run_cni(Some(&lab.netns), &env, &serde_json::to_vec(&conf).unwrap()).expect_ok();
-        run_cni_plugin(&lab.netns, "ptp", &env, ptp_conf.as_bytes());
+        run_cni(Some(lab.netns()), &env, &serde_json::to_vec(&conf).unwrap()).expect_ok();
+        run_cni_plugin(lab.netns(), "ptp", &env, ptp_conf.as_bytes());
     }
     assert!(lab.endpoints().is_empty(), "{:?}", lab.endpoints());
-    let rules = ok(&[
-        "ip",
+    let rules = ok(Command::new("ip").args([
         "netns",
         "exec",
-        &lab.netns,
+        lab.netns(),
         "iptables",
         "-w",
         "-t",
         "raw",
         "-S",
         "PREROUTING",
-    ]);
+    ]));
     assert!(
         !rules.contains("veth"),
         "the adopted links' rules are left: {rules}"
@@ -769,11 +772,11 @@ fn the_endpoint_is_named_after_the_pod_or_the_container() {
     let mut env = attach_env("ADD", "k8s-sandbox-1", a.path(), "eth0");
     let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID=u";
     env.push(("CNI_ARGS", args));
-    run_cni(Some(&lab.netns), &env, &conf).expect_ok();
+    run_cni(Some(lab.netns()), &env, &conf).expect_ok();
     let b = Netns::new();
     let long_id = "0123456789abcdef".repeat(4);
     run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", &long_id, b.path(), "eth0"),
         &conf,
     )
@@ -799,9 +802,9 @@ fn the_endpoint_is_named_after_the_pod_or_the_container() {
         e.push(("CNI_ARGS", args));
         e
     };
-    run_cni(Some(&lab.netns), &del_env, &conf).expect_ok();
+    run_cni(Some(lab.netns()), &del_env, &conf).expect_ok();
     run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("DEL", &long_id, b.path(), "eth0"),
         &conf,
     )
@@ -811,7 +814,7 @@ fn the_endpoint_is_named_after_the_pod_or_the_container() {
 
 /// The drop counters of the lab's agent, by reason.
 fn drops(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
-    serde_json::from_value(lab.agent()["totals"]["drops"].clone()).unwrap()
+    serde_json::from_value(lab.status()["totals"]["drops"].clone()).unwrap()
 }
 
 /// A pod set up by the plugin is only itself: its identity is the port its frames arrive on,
@@ -826,13 +829,13 @@ fn a_cni_pod_that_forges_its_source_is_dropped() {
     let conf = lab.conf("1.0.0", (200, 250), "");
     let (a, b) = (Netns::new(), Netns::new());
     let out_a = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "honest", a.path(), "eth0"),
         &conf,
     )
     .expect_ok();
     let out_b = run_cni(
-        Some(&lab.netns),
+        Some(lab.netns()),
         &attach_env("ADD", "forger", b.path(), "eth0"),
         &conf,
     )
@@ -867,7 +870,7 @@ fn a_cni_pod_that_forges_its_source_is_dropped() {
     b.exec(&["ip", "link", "set", "eth0", "address", "02:de:ad:be:ef:01"]);
     // Its ARP from the new MAC is refused (`arp-spoofed`), so the gateway's MAC is set by hand
     // for its IPv4 to leave at all.
-    let gw_mac = lab.agent()["network"]["gateway_mac"]
+    let gw_mac = lab.status()["network"]["gateway_mac"]
         .as_str()
         .unwrap()
         .to_string();
