@@ -2,12 +2,11 @@
 //! to print on success (or nothing), or the error to print.
 
 use std::fs::File;
-
-use nix::fcntl::{Flock, FlockArg};
 use std::net::Ipv4Addr;
 use std::process::Command as Process;
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Map, Value, json};
 use xylem_api::config::Ipv4Cidr;
 use xylem_api::{Client, Endpoint, EndpointRequest, Status};
@@ -533,12 +532,8 @@ fn del(
             }
         }
     }
-    if conf.ipam_type.is_some()
-        && conf
-            .prev_result
-            .as_ref()
-            .is_none_or(|_| conf.ipam.is_some())
-    {
+    // In a chain the earlier plugin holds the lease (and its entry has the ipam block).
+    if conf.ipam.is_some() {
         let ipam = Ipam::new(env, conf, raw)?;
         ipam.del(
             env,
