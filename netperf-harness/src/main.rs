@@ -24,6 +24,11 @@
 //!   dnsmasq in a lab: the P99 a query gains from inline inspection (`inspected` against `full`
 //!   and `passthrough`, interleaved repetitions), and the highest dnsperf rate without a lost
 //!   query. `dns-report` re-renders its report from its results.json.
+//! - `cni` (module `cni`): issue 14's figures for the `xylem-cni` plugin in a lab of its own:
+//!   ADD, first-packet and DEL times over pods started one after another, against the
+//!   reference `ptp` plugin in the same run; ADD/DEL churn with the agent's memory and frame
+//!   ledger read before and after; the plugin's size and dependency tree. `cni-report`
+//!   re-renders its README.md and chart from its results.json.
 //! - Removes everything it created on success, on failure and on SIGINT/SIGTERM (RAII guards,
 //!   a flag set by the signal handler, and a final sweep of its namespace prefix).
 //!
@@ -37,6 +42,7 @@
 //! - It does not install netperf (run `docker/bootstrap.sh`) nor iptables.
 
 mod chart;
+mod cni;
 mod dns;
 mod dns_chart;
 mod dns_env;
@@ -97,6 +103,23 @@ enum Cmd {
     /// Re-render report.md and the chart of a `dns` run from its results.json.
     DnsReport {
         /// The results.json written by `dns`.
+        #[arg(long)]
+        results: PathBuf,
+        /// Output directory (default: the directory of results.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Markdown file with a hand-written reading of the run, placed near the top.
+        #[arg(long)]
+        notes: Option<PathBuf>,
+    },
+    /// Measure `xylem-cni` (issue 14): ADD, first-packet and DEL times over pods started one
+    /// after another (against the reference `ptp` plugin), ADD/DEL churn against the agent's
+    /// memory and frame ledger, and the plugin's size and dependency tree; writes
+    /// results.json, README.md and cni-setup.svg/png.
+    Cni(cni::CniArgs),
+    /// Re-render README.md and the chart of a `cni` run from its results.json.
+    CniReport {
+        /// The results.json written by `cni`.
         #[arg(long)]
         results: PathBuf,
         /// Output directory (default: the directory of results.json).
@@ -319,6 +342,15 @@ fn real_main() -> Result<()> {
             out,
             notes,
         } => rerender_dns(&results, out, notes.as_deref()),
+        Cmd::Cni(a) => {
+            sys::install_signal_handlers();
+            cni::run(&a).map(|_| ())
+        }
+        Cmd::CniReport {
+            results,
+            out,
+            notes,
+        } => cni::rerender(&results, out, notes.as_deref()),
     }
 }
 
