@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::process::Command as Process;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Map, Value, json};
@@ -28,24 +28,96 @@ const DEFAULT_ROUTE: IpNet = IpNet {
     prefix: 0,
 };
 
-/// Runs `env.command` with the configuration `stdin`.
+/// The steps of one command and how long each took, for `logFile`.
+#[derive(Debug)]
+pub struct Steps {
+    start: Instant,
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        let now = Instant::now();
+        Steps {
+            start: now,
+            last: now,
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends step `name` (begun where the previous one ended).
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+
+    /// The log line: the command, the attachment, how it ended, and each step in ms.
+    fn line(&self, env: &Env, outcome: &Result<Option<Value>, CniError>) -> Value {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        // A list of [name, ms] pairs, in the order the steps ran.
+        let steps: Vec<Value> = (self.done.iter())
+            .map(|(n, d)| json!([n, ms(*d)]))
+            .collect();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        json!({
+            "time": unix,
+            "command": format!("{:?}", env.command).to_uppercase(),
+            "container_id": env.container_id,
+            "ifname": env.ifname,
+            "code": outcome.as_ref().err().map(|e| e.code.as_u32()),
+            "error": outcome.as_ref().err().map(ToString::to_string),
+            "total_ms": ms(self.start.elapsed()),
+            "steps_ms": steps,
+        })
+    }
+}
+
+/// Runs `env.command` with the configuration `stdin`, and appends its line to `logFile` when
+/// the configuration names one (a log that cannot be written changes nothing of the outcome).
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if env.command == Command::Version {
         return Ok(Some(version(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
+    let mut steps = Steps::new();
+    let outcome = run_with(env, &conf, stdin, &mut steps);
+    if let Some(path) = &conf.log_file {
+        let line = steps.line(env, &outcome).to_string();
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            eprintln!("xylem-cni: cannot append to logFile {path}: {e}");
+        }
+    }
+    outcome
+}
+
+fn run_with(
+    env: &Env,
+    conf: &NetConf,
+    stdin: &[u8],
+    steps: &mut Steps,
+) -> Result<Option<Value>, CniError> {
     // `NetConf::parse` has just read it as an object.
     let raw: Map<String, Value> = serde_json::from_slice(stdin).unwrap_or_default();
     let client = Client::new(&conf.agent_socket).with_timeout(AGENT_TIMEOUT);
     // GC sweeps veths no endpoint owns yet, which is also what an ADD in flight has: GC waits
     // for the ADDs and DELs running on this node, and they for it.
     let _lock = node_lock(&conf.agent_socket, env.command == Command::Gc)?;
+    steps.mark("lock");
     match env.command {
-        Command::Add => add(env, &conf, &raw, &client).map(Some),
-        Command::Del => del(env, &conf, &raw, &client).map(|()| None),
-        Command::Check => check(env, &conf, &raw, &client).map(|()| None),
-        Command::Status => status(env, &conf, &raw, &client).map(|()| None),
-        Command::Gc => gc(env, &conf, &raw, &client).map(|()| None),
+        Command::Add => add(env, conf, &raw, &client, steps).map(Some),
+        Command::Del => del(env, conf, &raw, &client).map(|()| None),
+        Command::Check => check(env, conf, &raw, &client).map(|()| None),
+        Command::Status => status(env, conf, &raw, &client).map(|()| None),
+        Command::Gc => gc(env, conf, &raw, &client).map(|()| None),
         Command::Version => unreachable!("answered above"),
     }
 }
@@ -149,8 +221,10 @@ fn add(
     conf: &NetConf,
     raw: &Map<String, Value>,
     client: &Client,
+    steps: &mut Steps,
 ) -> Result<Value, CniError> {
     let status = ready_agent(client)?;
+    steps.mark("agent_status");
     let cidr: Ipv4Cidr = status.network.pod_cidr.parse().map_err(|e: String| {
         CniError::new(
             ErrorCode::AgentRefused,
@@ -177,6 +251,7 @@ fn add(
         return add_chained(env, conf, client, &status, cidr, &netns);
     }
     let ipam = Ipam::new(env, conf, raw)?;
+    steps.mark("ipam_version");
     let target = Target {
         container_id: &env.container_id,
         netns: env.netns.as_deref(),
@@ -187,6 +262,7 @@ fn add(
     // Declared after what its steps borrow, so it is dropped (and undoes) first.
     let mut undo = Undo::new();
     let lease = ipam.add(env, &target)?;
+    steps.mark("ipam_add");
     undo.push("the IPAM lease", || ipam.del(env, &target));
     let ip = lease.ips[0].address.addr;
     if !cidr.contains(ip) || ip == gateway {
@@ -211,16 +287,19 @@ fn add(
     let queues = u32::try_from(status.workers.len().max(1)).unwrap_or(1);
     let mtu = status.network.pod_mtu;
     nl.add_veth(&host, &env.ifname, &netns, queues, mtu)?;
+    steps.mark("veth");
     undo.push("the veth", || match nl.link(&host)? {
         Some(l) => nl.delete_link(l.index),
         None => Ok(()),
     });
     let ifname = env.ifname.clone();
     let pod = in_netns(&netns, move || address_pod(&ifname, ip, gateway))?;
+    steps.mark("pod_addressing");
     let host_link = nl
         .link(&host)?
         .ok_or_else(|| CniError::netlink(format!("{host} vanished"), "deleted under the plugin"))?;
     close_node_port(&nl, &host_link, true)?;
+    steps.mark("node_port");
     let (namespace, name) = env.endpoint_name();
     let req = EndpointRequest {
         ifname: host.clone(),
@@ -232,6 +311,7 @@ fn add(
         cni_ifname: Some(env.ifname.clone()),
     };
     client.put_endpoint(&namespace, &name, &req)?;
+    steps.mark("agent_endpoint");
     undo.commit();
     let result = CniResult {
         interfaces: vec![

@@ -82,6 +82,9 @@ pub struct NetConf {
     pub name: String,
     /// `agentSocket`: the agent's API socket.
     pub agent_socket: String,
+    /// `logFile`: where to append one JSON line per command (what it did, how long each step
+    /// took, how it ended). A runtime keeps no plugin's stderr; this is the plugin's own log.
+    pub log_file: Option<String>,
     /// `ipam`, as given: it is handed whole to the plugin named in `ipam.type`.
     pub ipam: Option<Map<String, Value>>,
     /// `ipam.type`.
@@ -97,11 +100,12 @@ pub struct NetConf {
 }
 
 /// The keys of a plugin configuration the specification defines, and the plugin's own.
-const KNOWN_KEYS: [&str; 11] = [
+const KNOWN_KEYS: [&str; 12] = [
     "cniVersion",
     "name",
     "type",
     "agentSocket",
+    "logFile",
     "ipam",
     "dns",
     "args",
@@ -174,6 +178,15 @@ impl NetConf {
                 format!("{agent_socket:?} is not an absolute path"),
             ));
         }
+        let log_file = string(obj, "logFile")?;
+        if let Some(f) = &log_file
+            && !f.starts_with('/')
+        {
+            return Err(CniError::config(
+                "logFile",
+                format!("{f:?} is not an absolute path"),
+            ));
+        }
         let (ipam, ipam_type) = match obj.get("ipam") {
             None | Some(Value::Null) => (None, None),
             Some(Value::Object(m)) => {
@@ -232,6 +245,7 @@ impl NetConf {
             version,
             name,
             agent_socket,
+            log_file,
             ipam,
             ipam_type,
             dns,
@@ -511,6 +525,7 @@ mod tests {
             (br#"{"cniVersion":"1.0.0","name":"x","type":"bridge"}"#, 7, "type"),
             (br#"{"cniVersion":"1.0.0","name":"x","type":"xylem-cni","mtu":9000}"#, 2, "mtu"),
             (br#"{"cniVersion":"1.0.0","name":"x","type":"xylem-cni","agentSocket":"a.sock"}"#, 7, "agentSocket"),
+            (br#"{"cniVersion":"1.0.0","name":"x","type":"xylem-cni","logFile":"cni.log"}"#, 7, "logFile"),
             (br#"{"cniVersion":"1.0.0","name":"x","type":"xylem-cni","ipam":{}}"#, 7, "ipam.type"),
             (br#"{"cniVersion":"1.0.0","name":"x","type":"xylem-cni","ipam":{"type":"../x"}}"#, 7, "ipam.type"),
             (br#"{"cniVersion":"1.0.0","name":"x","type":"xylem-cni","args":{"cni":{"ips":["10.0.0.1"]}}}"#, 2, "args.cni.ips"),

@@ -767,7 +767,12 @@ fn the_endpoint_is_named_after_the_pod_or_the_container() {
         return;
     }
     let lab = Lab::up();
-    let conf = lab.conf("1.0.0", (200, 250), "");
+    let log = lab.dir().join("xylem-cni.log");
+    let conf = lab.conf(
+        "1.0.0",
+        (200, 250),
+        &format!(r#","logFile":"{}""#, log.display()),
+    );
     let a = Netns::new();
     let mut env = attach_env("ADD", "k8s-sandbox-1", a.path(), "eth0");
     let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID=u";
@@ -810,6 +815,38 @@ fn the_endpoint_is_named_after_the_pod_or_the_container() {
     )
     .expect_ok();
     assert!(lab.endpoints().is_empty());
+    // The plugin's own log: one line per command, each ADD with its steps in order.
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let commands: Vec<&str> = lines
+        .iter()
+        .map(|l| l["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(commands, ["ADD", "ADD", "DEL", "DEL"]);
+    let steps: Vec<&str> = (lines[0]["steps_ms"].as_array().unwrap().iter())
+        .map(|s| s[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "lock",
+            "agent_status",
+            "ipam_version",
+            "ipam_add",
+            "veth",
+            "pod_addressing",
+            "node_port",
+            "agent_endpoint"
+        ]
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["code"].is_null() && l["total_ms"].as_f64().unwrap() > 0.0)
+    );
 }
 
 /// The drop counters of the lab's agent, by reason.
