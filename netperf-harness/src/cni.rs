@@ -295,6 +295,10 @@ pub struct CniResults {
     pub churn: Churn,
     /// The plugin binary.
     pub binary: BinaryReport,
+    /// Where the set-up phase's ADDs spent their time, from the plugin's own `logFile`: each
+    /// step's P50 and P99 in ms, in the order the plugin runs them.
+    #[serde(default)]
+    pub add_steps: Vec<(String, Pct)>,
     /// What failed (a pod's ADD, a probe, a DEL, ...).
     pub errors: Vec<String>,
 }
@@ -797,12 +801,13 @@ fn pick_range(cidr: &str, reserved: &[Ipv4Addr], pods: u32) -> Result<(Ipv4Addr,
     Ok((Ipv4Addr::from(start), Ipv4Addr::from(end)))
 }
 
-fn xylem_conf(lab: &LabCtx, leases: &Path, cidr: &str) -> String {
+fn xylem_conf(lab: &LabCtx, leases: &Path, cidr: &str, log: &Path) -> String {
     json!({
         "cniVersion": "1.0.0",
         "name": NETWORK,
         "type": "xylem-cni",
         "agentSocket": lab.api_socket,
+        "logFile": log,
         "ipam": {
             "type": "host-local",
             "ranges": [[{
@@ -1544,7 +1549,7 @@ pub fn run(a: &CniArgs) -> Result<CniResults> {
         o: &o,
         lab: &lab,
         node_ns: open_ns(&lab.node_ns)?,
-        xylem_conf: xylem_conf(&lab, &leases, &cidr),
+        xylem_conf: xylem_conf(&lab, &leases, &cidr, &dir.join("xylem-cni.log")),
         prefix: prefix.clone(),
     };
     res.churn.start = Some(lab.snapshot(&leases, None)?);
@@ -1566,6 +1571,7 @@ pub fn run(a: &CniArgs) -> Result<CniResults> {
         &mut res,
     )?;
     res.summarize();
+    res.add_steps = add_steps(&dir.join("xylem-cni.log"), o.pods as usize);
     if o.churn > 0 {
         eprintln!("churn: {} ADD/DEL cycles", o.churn);
         churn_phase(&ctx, &leases, &mut res.churn)?;
@@ -1614,6 +1620,42 @@ pub fn run(a: &CniArgs) -> Result<CniResults> {
     }
 }
 
+/// The steps of the first `n` ADDs in the plugin's log (the set-up phase's), each step's
+/// percentiles, in the order the plugin logged them.
+fn add_steps(log: &Path, n: usize) -> Vec<(String, Pct)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let adds: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["command"] == "ADD" && v["code"].is_null())
+        .take(n)
+        .collect();
+    // Each line's `steps_ms` is a list of [name, ms] in the order the plugin ran them.
+    let steps = |a: &Value| -> Vec<(String, f64)> {
+        (a["steps_ms"].as_array().into_iter().flatten())
+            .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_f64()?)))
+            .collect()
+    };
+    let mut names: Vec<String> = Vec::new();
+    for a in &adds {
+        for (k, _) in steps(a) {
+            if !names.contains(&k) {
+                names.push(k);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|k| {
+            let pct = Pct::of(
+                adds.iter()
+                    .filter_map(|a| steps(a).into_iter().find(|(n, _)| *n == k).map(|(_, v)| v)),
+            );
+            (k, pct)
+        })
+        .collect()
+}
+
 fn f(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.1}"))
 }
@@ -1639,6 +1681,9 @@ fn summary_text(r: &CniResults) -> String {
     s += &row("xylem-cni DEL", &r.del);
     s += &row("ptp ADD", &r.ptp_add);
     s += &row("ptp DEL", &r.ptp_del);
+    for (step, p) in &r.add_steps {
+        s += &row(&format!("ADD step: {step}"), p);
+    }
     s += &format!(
         "\nADD ratio xylem-cni / ptp: P50 {} , P99 {}\n",
         r.add_ratio_vs_ptp["p50"]
@@ -1701,6 +1746,9 @@ pub fn render(r: &CniResults, notes: Option<&str>) -> String {
     s += "- **ADD / DEL**: the plugin's process from spawn to exit (configuration written to its \
           stdin, result read from its stdout), run in the lab node's namespace.\n";
     s += &format!("- **First packet**: {}.\n", t(&c["probe"]));
+    s += "- **ADD step** rows: the same ADDs as the plugin itself timed them (its `logFile`), \
+          step by step in the order it runs them; the steps add up to a little less than ADD \
+          (the process's start and exit are outside them).\n";
     s += "- **ptp**: the reference `ptp` plugin with `host-local`, in a node namespace of the \
           harness's own (no agent), interleaved pod by pod with `xylem-cni` in the same run.\n";
     s += "- P99 interpolates between order statistics: over 100 pods it lies between the 99th \
