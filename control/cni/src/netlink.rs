@@ -16,11 +16,14 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::CniError;
 use crate::result::IpNet;
+
+/// The kernel's main routing table (`RT_TABLE_MAIN`), where a pod's routes go.
+const RT_TABLE_MAIN: u8 = 254;
 
 /// What the plugin reads of a link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,21 +285,29 @@ impl Netlink {
             .map_err(|e| CniError::netlink(format!("adding route to {dst}"), e))
     }
 
+    /// The IPv4 route messages of the main table.
+    async fn main_table_routes(h: &Handle) -> Result<Vec<RouteMessage>, CniError> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<RouteMessage> = h
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("listing routes"))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.table == RT_TABLE_MAIN)
+            .collect())
+    }
+
     /// The IPv4 routes of the main table.
     pub fn routes(&self) -> Result<Vec<RouteEntry>, CniError> {
         let h = self.handle.clone();
-        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
         self.rt.block_on(async move {
-            let msgs: Vec<_> = h
-                .route()
-                .get(filter)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl_err("listing routes"))?;
-            Ok(msgs
+            Ok(Self::main_table_routes(&h)
+                .await?
                 .into_iter()
-                .filter(|m| m.header.table == 254)
                 .map(|m| {
                     let mut r = RouteEntry {
                         dst: IpNet {
@@ -324,18 +335,12 @@ impl Netlink {
     /// Deletes the routes out of link `oif` (a previous plugin's, replaced by Xylem's).
     pub fn flush_routes(&self, oif: u32) -> Result<(), CniError> {
         let h = self.handle.clone();
-        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
         self.rt.block_on(async move {
-            let msgs: Vec<_> = h
-                .route()
-                .get(filter)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl_err("listing routes"))?;
-            for m in msgs.into_iter().filter(|m| {
-                m.header.table == 254 && m.attributes.contains(&RouteAttribute::Oif(oif))
-            }) {
+            for m in Self::main_table_routes(&h)
+                .await?
+                .into_iter()
+                .filter(|m| m.attributes.contains(&RouteAttribute::Oif(oif)))
+            {
                 match h.route().del(m).execute().await {
                     Ok(()) => {}
                     Err(e) if errno(&e) == Some(libc::ESRCH) => {}
