@@ -12,14 +12,15 @@ mod common;
 use common::*;
 
 /// node1: `client` (app=client) and `other` (app=other); node2: `server` (app=server), which
-/// answers `ok` on TCP 8080.
+/// answers the client's first line on TCP 8080 with `ok` (after reading it, so that socat never
+/// writes to a shell that has already exited and drops the answer).
 const LAB: &str = "nodes:\n\
   \x20 - name: node1\n    pods:\n\
   \x20     - {name: client, labels: {app: client}}\n\
   \x20     - {name: other, labels: {app: other}}\n\
   \x20 - name: node2\n    pods:\n\
   \x20     - {name: server, labels: {app: server}, \
-  run: \"socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo ok'\"}\n";
+  run: \"socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'read -r _; echo ok'\"}\n";
 
 /// On node2: the server takes TCP 8080 from app=client only.
 const SERVER_FROM_CLIENT: &str = "\

@@ -15,9 +15,12 @@ use serde_json::Value;
 mod common;
 use common::*;
 
-/// Servers of the pods on node 2: TCP 8080 and UDP 9000 answer with the pod's name.
-const SERVE: &str = "socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo $POD_NAME' & \
-                     socat UDP-RECVFROM:9000,fork SYSTEM:'echo $POD_NAME'";
+/// Servers of the pods on node 2: TCP 8080 and UDP 9000 answer the client's first line with the
+/// pod's name. Reading first matters: a shell that answered at once could exit before socat
+/// wrote the client's bytes to it, and socat, failing that write (EPIPE), exits without
+/// sending the answer it had not forwarded yet, which a test would take for a lost packet.
+const SERVE: &str = "socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'read -r _; echo $POD_NAME' & \
+                     socat UDP-RECVFROM:9000,fork SYSTEM:'read -r _; echo $POD_NAME'";
 
 /// A lab file of two nodes: `a1`, `a2` on node1, `b1`, `b2` on node2 (serving [`SERVE`]),
 /// after `header`.
@@ -440,23 +443,36 @@ fn two_workers_per_node_carry_encrypted_masqueraded_and_balanced_traffic() {
         eventually(15, || tcp(&a1, &b1_ip, 8080), "b1").as_deref(),
         Some("b1")
     );
+    // What each node dropped, for a failure's message.
+    let both_drops = || {
+        let lost = |s: &str| {
+            let st: Value =
+                serde_json::from_str(&ok(&[xylem(), "--socket", s, "status", "-o", "json"]))
+                    .unwrap();
+            format!("{} af_xdp {}", st["totals"]["drops"], st["totals"]["xsk"])
+        };
+        format!("node1 {}; node2 {}", lost(&socks[0]), lost(&socks[1]))
+    };
     // Many connections, so their source ports (and so their queues) vary: none may fail.
     for i in 0..20 {
         let pod = if i % 2 == 0 { &a1 } else { &a2 };
         assert_eq!(
             tcp(pod, &b1_ip, 8080).as_deref(),
             Some("b1"),
-            "connection {i} across"
+            "connection {i} across; {}",
+            both_drops()
         );
         assert_eq!(
             udp(pod, &b1_ip, 9000).as_deref(),
             Some("b1"),
-            "datagram {i} across"
+            "datagram {i} across; {}",
+            both_drops()
         );
         assert_eq!(
             tcp(pod, "10.199.0.100", 7).as_deref(),
             Some("hello"),
-            "connection {i} out"
+            "connection {i} out; {}",
+            both_drops()
         );
     }
     // A service on node 1 balanced to node 2's pods: translated on node 1, then sealed.
