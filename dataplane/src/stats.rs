@@ -202,6 +202,53 @@ impl From<crate::policy::PolicyDropReason> for DropReason {
     }
 }
 
+/// The kernel's counters of a worker's AF_XDP sockets ([`crate::io::KernelStats`]), summed over
+/// its ports, open and closed. Named as the kernel names them (`struct xdp_statistics`), so
+/// that they can be looked up; they count frames the pipeline never saw, so they are not
+/// [`DropReason`]s and not in the verdict counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XskCounter {
+    /// See [`crate::io::KernelStats::rx_dropped`].
+    RxDropped,
+    /// See [`crate::io::KernelStats::rx_ring_full`].
+    RxRingFull,
+    /// See [`crate::io::KernelStats::rx_fill_ring_empty_descs`].
+    RxFillRingEmptyDescs,
+    /// See [`crate::io::KernelStats::rx_invalid_descs`].
+    RxInvalidDescs,
+    /// See [`crate::io::KernelStats::tx_invalid_descs`].
+    TxInvalidDescs,
+}
+
+impl XskCounter {
+    /// How many there are (the length of [`WorkerStats::xsk`]).
+    pub const COUNT: usize = 5;
+    /// Every counter, in the order of [`crate::io::KernelStats::values`].
+    pub const ALL: [XskCounter; Self::COUNT] = [
+        XskCounter::RxDropped,
+        XskCounter::RxRingFull,
+        XskCounter::RxFillRingEmptyDescs,
+        XskCounter::RxInvalidDescs,
+        XskCounter::TxInvalidDescs,
+    ];
+
+    /// The kernel's name for it: the JSON key in `xylem status` and the Prometheus label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XskCounter::RxDropped => "rx_dropped",
+            XskCounter::RxRingFull => "rx_ring_full",
+            XskCounter::RxFillRingEmptyDescs => "rx_fill_ring_empty_descs",
+            XskCounter::RxInvalidDescs => "rx_invalid_descs",
+            XskCounter::TxInvalidDescs => "tx_invalid_descs",
+        }
+    }
+
+    /// Whether each one it counts is a frame lost.
+    pub fn is_loss(self) -> bool {
+        self != XskCounter::RxFillRingEmptyDescs
+    }
+}
+
 /// Per-worker counters, cache-line aligned, shared by Arc with the control side.
 #[derive(Debug)]
 #[repr(align(64))]
@@ -247,6 +294,9 @@ pub struct WorkerStats {
     /// Times a realtime worker stayed busy for [`crate::worker::RT_BUSY_BUDGET_NS`] and returned
     /// to normal priority until its rings ran dry (counted by the worker).
     pub priority_drops: Counter,
+    /// The kernel's counters of the worker's sockets, indexed by `XskCounter as usize`: read
+    /// once a second while the worker runs, and once more when a port closes.
+    pub xsk: [Counter; XskCounter::COUNT],
 }
 
 impl Default for WorkerStats {
@@ -272,6 +322,7 @@ impl Default for WorkerStats {
             idle_polls: Counter::default(),
             wakeups: Counter::default(),
             priority_drops: Counter::default(),
+            xsk: std::array::from_fn(|_| Counter::default()),
         }
     }
 }
@@ -313,6 +364,10 @@ impl WorkerStats {
             idle_polls: self.idle_polls.get(),
             wakeups: self.wakeups.get(),
             priority_drops: self.priority_drops.get(),
+            xsk: XskCounter::ALL
+                .iter()
+                .map(|&c| (Cow::Borrowed(c.as_str()), self.xsk[c as usize].get()))
+                .collect(),
         }
     }
 }
@@ -364,6 +419,9 @@ pub struct StatsSnapshot {
     pub wakeups: u64,
     /// See [`WorkerStats::priority_drops`].
     pub priority_drops: u64,
+    /// See [`WorkerStats::xsk`]; keyed by [`XskCounter::as_str`], zeros included.
+    #[serde(default)]
+    pub xsk: BTreeMap<Cow<'static, str>, u64>,
 }
 
 impl StatsSnapshot {
@@ -401,6 +459,9 @@ impl std::ops::AddAssign<&StatsSnapshot> for StatsSnapshot {
         self.idle_polls += o.idle_polls;
         self.wakeups += o.wakeups;
         self.priority_drops += o.priority_drops;
+        for (k, v) in &o.xsk {
+            *self.xsk.entry(k.clone()).or_insert(0) += v;
+        }
     }
 }
 

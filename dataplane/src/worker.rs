@@ -76,7 +76,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::conntrack::{Conntrack, CtConfig, CtEntry, CtStats, CtTimeouts};
-use crate::io::Backend;
+use crate::io::{Backend, KernelStats};
 use crate::ledger::{FrameGauges, Ledger, LedgerError, Place};
 use crate::mailbox::{Letter, Mailbox};
 use crate::monitor::{EventType, FlowEvent, MonitorLink, MonitorWriter};
@@ -560,6 +560,9 @@ fn set_realtime(on: bool) -> std::io::Result<()> {
     }
 }
 
+/// How often a running worker reads its sockets' kernel counters ([`WorkerStats::xsk`]).
+pub const XSK_STATS_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// A yield that takes longer than this means another task held the core.
 const YIELD_CONTENDED_NS: u64 = 5_000;
 /// How long a `shared` worker blocks at once (instead of yielding) after a contended yield.
@@ -604,6 +607,11 @@ pub struct Worker<B: Backend> {
     ct_gc_interval: u64,
     /// Per-port rates of slow-path frames and ICMP errors (step 3).
     limiter: Limiter,
+    /// Per port, the kernel's counters of its socket as last added to the stats
+    /// ([`WorkerStats::xsk`]); zeros for a closed port and a new one.
+    xsk_seen: Vec<KernelStats>,
+    /// The worker clock's time of the next read of the kernel's counters.
+    xsk_next: u64,
 }
 
 /// How the control side opens and closes ports of a running worker: post the request, wake the
@@ -769,6 +777,8 @@ impl<B: Backend> Worker<B> {
             ct_gc_next: 0,
             limiter: Limiter::new(RateLimits::default()),
             ct_gc_interval,
+            xsk_seen: vec![KernelStats::default(); ports],
+            xsk_next: 0,
             monitor,
             ct_prefetch: CtPrefetch::Auto,
             ct_ctl: Mailbox::new(16),
@@ -927,8 +937,10 @@ impl<B: Backend> Worker<B> {
         }
         if port == self.open.len() {
             self.open.push(true);
+            self.xsk_seen.push(KernelStats::default());
         } else {
             self.open[port] = true;
+            self.xsk_seen[port] = KernelStats::default();
         }
         self.limiter.reset(port as PortId);
         Ok(PortChange {
@@ -962,6 +974,25 @@ impl<B: Backend> Worker<B> {
         }
     }
 
+    /// Adds what the kernel counted at `port`'s socket since the last read to the stats.
+    #[cold]
+    fn read_kernel_stats(&mut self, port: usize) {
+        let Some(now) = self.backend.kernel_stats(port) else {
+            return;
+        };
+        let seen = std::mem::replace(&mut self.xsk_seen[port], now);
+        for ((c, n), s) in self
+            .link
+            .stats
+            .xsk
+            .iter()
+            .zip(now.values())
+            .zip(seen.values())
+        {
+            c.add(n.saturating_sub(s));
+        }
+    }
+
     /// Closes `port` now and takes back every frame on its rings.
     fn close_port(&mut self, port: usize) {
         if let Some(poll) = &self.poll
@@ -978,6 +1009,9 @@ impl<B: Backend> Worker<B> {
             WorkerStats::drop(&self.link.stats, DropReason::NoRoute);
             self.release(d);
         }
+        // What the kernel counted since the last read goes with the socket otherwise.
+        self.read_kernel_stats(port);
+        self.xsk_seen[port] = KernelStats::default();
         self.backend.remove_port(port);
         self.open[port] = false;
         // A frame tagged with this port is on its rings unless it came back since: then it is
@@ -1294,6 +1328,15 @@ impl<B: Backend> Worker<B> {
         if now_ns >= self.ct_gc_next && !self.ct.is_empty() {
             self.ct.gc(now_ns, CT_GC_BUDGET);
             self.ct_gc_next = now_ns + self.ct_gc_interval;
+        }
+        // 7. The kernel's counters of the sockets, once a second: one system call per port.
+        if now_ns >= self.xsk_next {
+            self.xsk_next = now_ns + XSK_STATS_INTERVAL_NS;
+            for port in 0..ports {
+                if self.open[port] {
+                    self.read_kernel_stats(port);
+                }
+            }
         }
         // A port being removed is waited on by the control side: a `shared` worker must not
         // block before it is closed (at most `PORT_DRAIN_NS`).

@@ -440,6 +440,68 @@ fn ports_removed_at_runtime_give_back_every_frame_and_their_index() {
     assert_eq!(stats.rx_packets, stats.verdicts(), "{stats:?}");
 }
 
+/// What the kernel drops at a socket (no frame in the fill ring, a full RX ring) never reaches
+/// the pipeline: the worker reads the socket's counters once a second, and once more when the
+/// port closes, so a removed pod's drops stay counted and a new socket starts from zero.
+#[test]
+fn the_kernels_socket_drops_are_counted_once_a_second_and_outlive_the_port() {
+    let xsk = |r: &Rig, name: &str| r.link.stats.snapshot().xsk[name];
+    // 2 ports of 8-entry rings and 16 frames: each fill ring gets 8 frames and none is left.
+    let mut r = rig(2, 8, 16, 64);
+    // Before the worker's first batch the fill rings are empty: the kernel drops.
+    assert!(!r.worker.backend_mut().inject(0, &udp(0, 1, 64, b"early")));
+    r.worker.run_once(0);
+    assert_eq!(xsk(&r, "rx_dropped"), 1);
+    assert_eq!(xsk(&r, "rx_fill_ring_empty_descs"), 1);
+    // Eight frames fill port 0's RX ring; the worker does not run, so the ninth finds it full.
+    for _ in 0..8 {
+        assert!(r.worker.backend_mut().inject(0, &udp(0, 1, 64, b"x")));
+    }
+    assert!(!r.worker.backend_mut().inject(0, &udp(0, 1, 64, b"ninth")));
+    r.worker.run_once(500_000_000);
+    assert_eq!(
+        xsk(&r, "rx_ring_full"),
+        0,
+        "read again before a second went by"
+    );
+    r.worker.run_once(1_000_000_000);
+    assert_eq!(xsk(&r, "rx_ring_full"), 1);
+    assert_eq!(xsk(&r, "rx_dropped"), 1, "counted once, not once per read");
+    settle(&mut r);
+
+    // Port 1 drops one frame and is removed before the next read: its count survives it.
+    let ctl = r.worker.port_control();
+    r.worker.backend_mut().take_wire(1);
+    for _ in 0..8 {
+        r.worker.backend_mut().inject(1, &udp(1, 0, 64, b"y"));
+    }
+    assert!(!r.worker.backend_mut().inject(1, &udp(1, 0, 64, b"lost")));
+    r.link.tables.store(Arc::new(tables(1)));
+    let removed = ctl.post(PortRequest::Remove(1)).unwrap();
+    for k in 0..4 {
+        r.worker.run_once(1_100_000_000 + k * 100_000_000);
+        r.worker.backend_mut().deliver();
+    }
+    removed
+        .wait(Duration::ZERO, || true)
+        .expect("a reply within four batches")
+        .expect("the port is removed");
+    assert_eq!(xsk(&r, "rx_ring_full"), 2);
+    // A new port at the same index starts from zero: nothing is counted twice.
+    let added = ctl.post(PortRequest::Add(8)).unwrap();
+    r.worker.run_once(1_600_000_000);
+    added
+        .wait(Duration::ZERO, || true)
+        .expect("a reply within a batch")
+        .expect("the port is added");
+    r.worker.run_once(3_000_000_000);
+    assert_eq!(xsk(&r, "rx_ring_full"), 2);
+    assert_eq!(xsk(&r, "rx_dropped"), 1);
+    // None of it is a verdict: the pipeline never saw those frames.
+    let st = r.link.stats.snapshot();
+    assert_eq!(st.rx_packets, st.verdicts(), "{st:?}");
+}
+
 /// Removing a port that is not open is refused, and changes nothing.
 #[test]
 fn removing_a_port_that_is_not_open_is_refused() {

@@ -171,11 +171,13 @@ fn dataplane(
     let mut c = done[0];
     // SAFETY: `complete` handed the frame back.
     let completed_headroom = unsafe { b.with_frame(&mut c, |f| f.headroom()) };
-    let stats = b.kernel_stats(1).map_err(|e| e.to_string())?;
+    let stats = b
+        .kernel_stats(1)
+        .ok_or("port 1's socket has no XDP_STATISTICS")?;
     Ok(Seen {
         headroom: b.headroom(),
         rx_headroom,
-        tx_invalid_descs: stats.tx_invalid_descs(),
+        tx_invalid_descs: stats.tx_invalid_descs,
         completed_headroom,
         same_frame: b.frame_index(&c) == index,
     })

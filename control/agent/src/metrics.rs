@@ -183,6 +183,18 @@ fn drops_and_redirector(reg: &mut Registry, st: &Status) {
             })
             .collect(),
     );
+    labelled(
+        reg,
+        "xylem_xsk_kernel",
+        "The kernel's counters of the workers' AF_XDP sockets (XDP_STATISTICS), by name: \
+         rx_dropped, rx_ring_full, rx_invalid_descs and tx_invalid_descs are frames lost before \
+         the dataplane saw them; rx_fill_ring_empty_descs counts times the fill ring was empty",
+        st.totals
+            .xsk
+            .iter()
+            .map(|(k, v)| (vec![("counter".into(), (*k).to_string())], *v))
+            .collect(),
+    );
     counters(
         reg,
         &[

@@ -144,6 +144,22 @@ pub(crate) fn print_status(st: &Status) {
             nonzero.join("  ")
         }
     );
+    // The kernel's own counters: frames lost at the sockets, before the dataplane saw them.
+    let kernel: Vec<String> = st
+        .totals
+        .xsk
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "af_xdp:     {}",
+        if kernel.is_empty() {
+            "no kernel drops".into()
+        } else {
+            kernel.join("  ")
+        }
+    );
 }
 
 pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {

@@ -334,6 +334,17 @@ fn metrics_are_valid_exposition_and_count_the_packets_sent() {
     );
     assert_eq!(d("xylem_drop_count_total", &no_route), 3.0);
     assert!(d("xylem_xdp_redirect_total", &[]) >= 23.0);
+    // The kernel's socket counters are exported by their kernel names (the worker tests and
+    // `xsk_kernel_stats` check what they count).
+    for counter in [
+        "rx_dropped",
+        "rx_ring_full",
+        "rx_fill_ring_empty_descs",
+        "rx_invalid_descs",
+        "tx_invalid_descs",
+    ] {
+        value(&s1, "xylem_xsk_kernel_total", &[("counter", counter)]);
+    }
     let cli = lab.xylem(&["metrics"]);
     assert!(cli.contains("xylem_forward_count_total"), "{cli}");
 }

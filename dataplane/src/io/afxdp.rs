@@ -315,8 +315,15 @@ impl XskBackend {
             .comp_queue_size(ring)
             .build()
             .map_err(|e| Error::Config(format!("UMEM configuration: {e}")))?;
-        let frame_count =
-            (ports.len() as u32) * opts.ring_size * 2 + spare_ports * opts.ring_size + spare;
+        let rings = 2 * ports.len() as u64 + u64::from(spare_ports);
+        let frame_count = u32::try_from(rings * u64::from(opts.ring_size) + u64::from(spare))
+            .map_err(|_| {
+                Error::Config(format!(
+                    "{rings} rings of {} frames do not fit one UMEM: use fewer spare ports or \
+                     a smaller ring size",
+                    opts.ring_size
+                ))
+            })?;
         let count = NonZeroU32::new(frame_count)
             .ok_or_else(|| Error::Config("UMEM of zero frames".into()))?;
         let (umem, frames) = Umem::new(umem_cfg, count, false)
@@ -367,18 +374,6 @@ impl XskBackend {
             .collect()
     }
 
-    /// The kernel's own counters for port `port`'s socket (drops for a full RX ring or an empty
-    /// fill ring, invalid descriptors).
-    pub fn kernel_stats(&self, port: usize) -> Result<xsk_rs::socket::XdpStatistics, Error> {
-        let Some(p) = self.ports.get(port).and_then(Option::as_ref) else {
-            return Err(Error::Config(format!("port {port} is closed")));
-        };
-        p.rx.fd().xdp_statistics().map_err(|source| Error::Io {
-            what: "reading XDP_STATISTICS",
-            source,
-        })
-    }
-
     /// The open ports, in index order.
     pub fn ports(&self) -> impl Iterator<Item = &PortSpec> {
         self.ports.iter().flatten().map(|p| &p.spec)
@@ -410,6 +405,26 @@ impl Backend for XskBackend {
 
     fn max_ports(&self) -> usize {
         self.max_ports
+    }
+
+    fn kernel_stats(&self, port: usize) -> Option<super::KernelStats> {
+        // A socket that cannot answer (it always can while open) reads as no counters: the
+        // worker keeps what it counted and tries again next second.
+        let s = self
+            .ports
+            .get(port)?
+            .as_ref()?
+            .rx
+            .fd()
+            .xdp_statistics()
+            .ok()?;
+        Some(super::KernelStats {
+            rx_dropped: s.rx_dropped(),
+            rx_ring_full: s.rx_ring_full(),
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs(),
+            rx_invalid_descs: s.rx_invalid_descs(),
+            tx_invalid_descs: s.tx_invalid_descs(),
+        })
     }
 
     fn remove_port(&mut self, port: usize) {

@@ -39,6 +39,7 @@ struct MemPort {
     wire: VecDeque<Vec<u8>>,
     ring_size: usize,
     rx_dropped_no_fill: u64,
+    rx_ring_full: u64,
     keep_wire: bool,
     sent: u64,
     /// False once closed: rings of no entries, which take nothing and hold nothing.
@@ -68,6 +69,7 @@ impl MemPort {
             wire: VecDeque::new(),
             ring_size,
             rx_dropped_no_fill: 0,
+            rx_ring_full: 0,
             keep_wire: true,
             sent: 0,
             open: true,
@@ -159,7 +161,7 @@ impl MemoryBackend {
     pub fn inject(&mut self, port: usize, bytes: &[u8]) -> bool {
         let p = &mut self.ports[port];
         if p.rx.len() >= p.ring_size {
-            p.rx_dropped_no_fill += 1;
+            p.rx_ring_full += 1;
             return false;
         }
         let Some(mut d) = p.fill.pop_front() else {
@@ -218,9 +220,10 @@ impl MemoryBackend {
         self.ports[port].sent
     }
 
-    /// Packets that arrived on `port` when its fill ring was empty.
+    /// Packets that arrived on `port` and were dropped: its fill ring was empty, or its RX ring
+    /// full.
     pub fn rx_dropped(&self, port: usize) -> u64 {
-        self.ports[port].rx_dropped_no_fill
+        self.ports[port].rx_dropped_no_fill + self.ports[port].rx_ring_full
     }
 
     /// Frames that are in the kernel's hands on `port` (fill + RX, TX + completion).
@@ -356,5 +359,17 @@ impl Backend for MemoryBackend {
     }
     fn raw_fds(&self) -> Vec<(usize, RawFd)> {
         Vec::new()
+    }
+
+    /// As the kernel counts them: a packet with no frame in the fill ring is both an empty
+    /// fill ring and a drop.
+    fn kernel_stats(&self, port: usize) -> Option<super::KernelStats> {
+        let p = self.ports.get(port).filter(|p| p.open)?;
+        Some(super::KernelStats {
+            rx_dropped: p.rx_dropped_no_fill,
+            rx_ring_full: p.rx_ring_full,
+            rx_fill_ring_empty_descs: p.rx_dropped_no_fill,
+            ..Default::default()
+        })
     }
 }

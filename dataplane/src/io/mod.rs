@@ -65,6 +65,38 @@ pub const MAX_HEADROOM: usize = FRAME_SIZE as usize / 2;
 /// kernel already leaves in front of every received packet.
 pub const DEFAULT_HEADROOM: usize = 128;
 
+/// One socket's counters as the kernel keeps them (`struct xdp_statistics`), from the socket's
+/// opening. Only `rx_dropped`, `rx_ring_full` and the invalid descriptors are frames lost; the
+/// fill ring's empty count says how often the kernel looked for a frame and found none (each
+/// such frame is also in `rx_dropped`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Received frames dropped: the fill ring had no frame for them, or they did not fit one.
+    pub rx_dropped: u64,
+    /// Received frames dropped because the RX ring was full (the worker fell behind).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty when a frame arrived.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Fill-ring descriptors the kernel refused.
+    pub rx_invalid_descs: u64,
+    /// TX descriptors the kernel refused (out of the UMEM, or longer than a frame).
+    pub tx_invalid_descs: u64,
+}
+
+impl KernelStats {
+    /// The counters with their kernel names, in the order [`crate::stats::XskCounter::ALL`]
+    /// lists them.
+    pub fn values(&self) -> [u64; crate::stats::XskCounter::COUNT] {
+        [
+            self.rx_dropped,
+            self.rx_ring_full,
+            self.rx_fill_ring_empty_descs,
+            self.rx_invalid_descs,
+            self.tx_invalid_descs,
+        ]
+    }
+}
+
 /// The rings and frames of the ports one worker owns. See the module documentation.
 ///
 /// Port indices are `0..port_count()` and equal the [`crate::tables::PortId`]s the tables use.
@@ -178,4 +210,13 @@ pub trait Backend {
     /// `(port, fd)` of every open port with a file descriptor to wait on for readiness when
     /// idle (none for in-memory backends).
     fn raw_fds(&self) -> Vec<(usize, RawFd)>;
+
+    /// What the kernel counted at `port`'s socket since it was opened (`XDP_STATISTICS`):
+    /// frames lost before the dataplane could see them. One system call on AF_XDP: the worker
+    /// reads it at most once a second, never per packet. `None` for a closed port, or a
+    /// backend without such counters.
+    fn kernel_stats(&self, port: usize) -> Option<KernelStats> {
+        let _ = port;
+        None
+    }
 }
