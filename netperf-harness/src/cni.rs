@@ -770,7 +770,7 @@ fn lease_files(dir: &Path) -> usize {
 }
 
 /// The range IPAM hands out: `.100` to `.250` of the lab's /24, starting past the lab's own
-/// addresses (its pods, placeholders included) where they reach into it: the gateway (`.1`),
+/// addresses (its pods) where they reach into it: the gateway (`.1`),
 /// the host port (`.254`) and the lab's pods stay out of it.
 fn pick_range(cidr: &str, reserved: &[Ipv4Addr], pods: u32) -> Result<(Ipv4Addr, Ipv4Addr)> {
     let (net, len) = cidr
@@ -1163,40 +1163,35 @@ pub fn compare(b: &Snapshot, a: &Snapshot, rss_slack_kib: u64) -> Vec<Check> {
     v
 }
 
-/// Ports a lab's agent has room for beyond those of its lab file: the lab writes the agent's
-/// default `workers.spare_ports`, which it offers no flag to change.
-const LAB_SPARE_PORTS: u32 = 4;
-
-/// The lab file: [`PEER_POD`], which every new pod pings, and `slots` placeholder pods. The
-/// agent sizes its workers' frames for the ports it starts with plus [`LAB_SPARE_PORTS`];
-/// deleting the placeholders once it runs leaves room for that many more pods, which is how
-/// the benchmark gets a node that takes `--pods` pods at once through the lab's own CLI.
-fn lab_file(slots: u32) -> String {
-    let mut y = format!(
-        "# Written by netperf-harness cni: the pod every new pod pings, and placeholders whose\n\
-         # ports are freed after `lab up` to make room for the benchmark's pods.\n\
+/// The lab file: only [`PEER_POD`], which every new pod pings. The agent gets room for the
+/// benchmark's pods with `lab up --spare-ports`, so its workers' UMEMs are sized as those of a
+/// node configured for that many pods.
+fn lab_file() -> String {
+    format!(
+        "# Written by netperf-harness cni: the pod every new pod pings.\n\
          pods:\n  - name: {PEER_POD}\n"
-    );
-    for i in 0..slots {
-        y.push_str(&format!("  - name: {SLOT_PREFIX}{i}\n"));
-    }
-    y
+    )
 }
 
-/// Name prefix of the placeholder pods.
-const SLOT_PREFIX: &str = "slot-";
-
-/// Brings the lab up, frees the placeholders' ports and reads its status.
+/// Brings the lab up with room for `pods` pods beyond the peer, and reads its status.
 fn lab_up(o: &Options, dir: &Path, name: &str, pods: u32) -> Result<LabCtx> {
-    let slots = pods.saturating_sub(LAB_SPARE_PORTS) + 1;
     let yaml = dir.join("lab.yaml");
-    std::fs::write(&yaml, lab_file(slots)).map_err(|source| Error::Io {
+    std::fs::write(&yaml, lab_file()).map_err(|source| Error::Io {
         path: yaml.clone(),
         source,
     })?;
     let bin = o.xylem_bin.to_string_lossy().into_owned();
     let yaml_s = yaml.to_string_lossy().into_owned();
-    let mut up = vec![bin.as_str(), "lab", "up", "-f", &yaml_s];
+    let spare = pods.to_string();
+    let mut up = vec![
+        bin.as_str(),
+        "lab",
+        "up",
+        "-f",
+        &yaml_s,
+        "--spare-ports",
+        &spare,
+    ];
     if let Some(p) = &o.placement {
         up.extend(["--placement", p.as_str()]);
     }
@@ -1211,20 +1206,6 @@ fn lab_up(o: &Options, dir: &Path, name: &str, pods: u32) -> Result<LabCtx> {
         serde_json::from_str(&text)
             .map_err(|e| Error::Lab(format!("`lab status -o json` is not JSON: {e}")))
     };
-    // The placeholders' addresses stay out of the IPAM range too, like the peer's.
-    let with_slots = read_status()?;
-    let pb = progress(u64::from(slots), "placeholder pods deleted");
-    for i in 0..slots {
-        sys::check_interrupted()?;
-        let pod = format!("{SLOT_PREFIX}{i}");
-        xylem::check(
-            &[&bin, "lab", "delete-pod", &pod],
-            name,
-            Duration::from_secs(60),
-        )?;
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
     let status = read_status()?;
     let node = &status["nodes"][0];
     let field = |k: &str| {
@@ -1242,7 +1223,7 @@ fn lab_up(o: &Options, dir: &Path, name: &str, pods: u32) -> Result<LabCtx> {
     };
     let gateway = addr(field("gateway")?, "gateway")?;
     let host_ip = addr(field("host_ip")?, "host_ip")?;
-    let pod_ips: Vec<Ipv4Addr> = with_slots["pods"]
+    let pod_ips: Vec<Ipv4Addr> = status["pods"]
         .as_array()
         .map(|p| {
             p.iter()
@@ -1353,12 +1334,10 @@ fn conditions(o: &Options, lab: &LabCtx, agent: &Value, cidr: &str) -> Value {
             Value::Null
         },
         "pods": o.pods,
-        "port_room": format!(
-            "the lab gives its agent room for {LAB_SPARE_PORTS} ports beyond its lab file's and no \
-             flag to change it, so the lab file held {} placeholder pods, deleted (`xylem lab \
-             delete-pod`) before the first ADD: their frames stay with the workers and their \
-             ports are free for the benchmark's pods",
-            o.pods.saturating_sub(LAB_SPARE_PORTS) + 1
+        "spare_ports": format!(
+            "`lab up --spare-ports {}`: each worker's UMEM has one ring of frames per pod room, \
+             as on a node configured for that many pods",
+            o.pods
         ),
         "churn_cycles": o.churn,
         "gateway": lab.gateway.to_string(),

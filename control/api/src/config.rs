@@ -204,6 +204,11 @@ fn default_ct_capacity() -> usize {
     xylem_dataplane::worker::DEFAULT_CT_CAPACITY
 }
 
+/// The most `workers.spare_ports` a configuration may ask for: well above Kubernetes' largest
+/// usual `maxPods` (110 by default, 250 on large nodes), and small enough that the UMEM's frame
+/// count cannot overflow at the largest ring size.
+pub const MAX_SPARE_PORTS: u32 = 1024;
+
 fn default_spare_ports() -> u32 {
     4
 }
@@ -489,6 +494,16 @@ impl AgentConfig {
                 "use a power of two from 64 to 16384",
             ));
         }
+        if w.spare_ports > MAX_SPARE_PORTS {
+            return Err(Error::config(
+                "workers.spare_ports",
+                format!(
+                    "{} is more than {MAX_SPARE_PORTS}: each spare port adds ring_size frames \
+                     to every worker's UMEM",
+                    w.spare_ports
+                ),
+            ));
+        }
         let cpus = online_cpus();
         for (i, c) in self.worker_cores().iter().enumerate() {
             if *c >= cpus {
@@ -607,6 +622,19 @@ ports:
         assert!(e.contains("workers.ct_endpoint_limit"), "{e}");
         let passthrough = format!("{two}mode: passthrough\n");
         AgentConfig::parse(&passthrough).expect("several workers forward in passthrough");
+    }
+
+    #[test]
+    fn spare_ports_are_bounded() {
+        let c = AgentConfig::parse(&format!("{GOOD}workers: {{ spare_ports: 110 }}\n")).unwrap();
+        assert_eq!(c.workers.spare_ports, 110);
+        let e = AgentConfig::parse(&format!(
+            "{GOOD}workers: {{ spare_ports: {} }}\n",
+            MAX_SPARE_PORTS + 1
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("workers.spare_ports"), "{e}");
     }
 
     #[test]

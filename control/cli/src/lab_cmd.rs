@@ -16,6 +16,7 @@ pub(crate) fn options(a: &UpArgs) -> LabOptions {
         batch_size: a.batch_size,
         idle_spin_us: a.idle_spin_us,
         realtime: a.realtime,
+        spare_ports: a.spare_ports,
     }
 }
 

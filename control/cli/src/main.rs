@@ -455,6 +455,10 @@ struct UpArgs {
     /// Run workers at SCHED_FIFO priority while frames flow (shared placement) [default: true]
     #[arg(long)]
     realtime: Option<bool>,
+    /// Pods each node's agent can take beyond the lab file's (`lab add-pod`, a CNI plugin's
+    /// ADD); each costs every worker one ring of frames [default: 4]
+    #[arg(long)]
+    spare_ports: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -292,14 +292,15 @@ fn a_pod_veth_deleted_under_the_agent_gives_its_frames_back_and_is_attached_agai
     );
 }
 
-/// The lab's workers have frames for the configured ports plus `workers.spare_ports` more: one
-/// pod beyond them is refused by the API (503, naming what to raise) with nothing changed, and
-/// a pod deleted makes room for the next.
+/// The lab's workers have frames for the configured ports plus `workers.spare_ports` more
+/// (`lab up --spare-ports`): one pod beyond them is refused by the API (503, naming what to
+/// raise) with nothing changed, and a pod deleted makes room for the next.
 #[test]
 fn a_pod_beyond_the_frame_budget_is_refused_naming_spare_ports_and_changes_nothing() {
     require_root!();
-    let lab = LabGuard::up(&[]);
-    let spare = WorkersConfig::default().spare_ports;
+    // Not the default, so that the flag is what sets the budget.
+    let spare = WorkersConfig::default().spare_ports + 2;
+    let lab = LabGuard::up(&["--spare-ports", &spare.to_string()]);
     let ports = port_names(&lab.agent());
     // The configured ports, plus `spare` pods added at runtime: the frames' budget.
     for i in 0..spare {

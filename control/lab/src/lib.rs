@@ -418,6 +418,9 @@ pub struct LabOptions {
     pub idle_spin_us: Option<u64>,
     /// Realtime priority in shared placement (`workers.realtime`).
     pub realtime: Option<bool>,
+    /// Port rooms each worker keeps beyond the lab file's pods (`workers.spare_ports`): how
+    /// many pods `lab add-pod` or a CNI plugin can add at once.
+    pub spare_ports: Option<u32>,
 }
 
 /// A node as `lab status` reports it.

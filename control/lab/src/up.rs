@@ -360,6 +360,7 @@ impl Lab {
                 batch_size: opts.batch_size.unwrap_or(defaults.batch_size),
                 idle_spin_us: opts.idle_spin_us.unwrap_or(defaults.idle_spin_us),
                 realtime: opts.realtime.unwrap_or(defaults.realtime),
+                spare_ports: opts.spare_ports.unwrap_or(defaults.spare_ports),
                 ..defaults
             },
             xdp_mode: opts.xdp_mode.unwrap_or_default(),
