@@ -4,6 +4,7 @@
 use crate::error::Error;
 use crate::output::{Format, print_json, print_table};
 use crate::{Cli, socket};
+use std::collections::BTreeMap;
 use xylem_api::{Client, CtView, Endpoint, EndpointRequest, IdentityView, Status};
 
 pub(crate) fn status(cli: &Cli, output: Format) -> Result<(), Error> {
@@ -129,37 +130,23 @@ pub(crate) fn print_status(st: &Status) {
          cached names {}",
         d.queries_forwarded, d.queries_refused, d.answers, d.learned, d.log_lost, d.cache_names
     );
-    let nonzero: Vec<String> = st
-        .totals
-        .drops
-        .iter()
-        .filter(|(_, v)| **v > 0)
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    println!(
-        "drops:      {}",
-        if nonzero.is_empty() {
-            "none".into()
-        } else {
-            nonzero.join("  ")
-        }
-    );
+    println!("drops:      {}", nonzero(&st.totals.drops, "none"));
     // The kernel's own counters: frames lost at the sockets, before the dataplane saw them.
-    let kernel: Vec<String> = st
-        .totals
-        .xsk
+    println!("af_xdp:     {}", nonzero(&st.totals.xsk, "no kernel drops"));
+}
+
+/// `name value` for each counter above zero, or `none` when all are zero.
+fn nonzero<K: std::fmt::Display>(counts: &BTreeMap<K, u64>, none: &str) -> String {
+    let set: Vec<String> = counts
         .iter()
         .filter(|(_, v)| **v > 0)
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!(
-        "af_xdp:     {}",
-        if kernel.is_empty() {
-            "no kernel drops".into()
-        } else {
-            kernel.join("  ")
-        }
-    );
+    if set.is_empty() {
+        none.to_string()
+    } else {
+        set.join("  ")
+    }
 }
 
 pub(crate) fn endpoints(cli: &Cli, output: Format) -> Result<(), Error> {
