@@ -18,7 +18,7 @@
  *
  * Maps (the Rust loader in ../src/ writes xsk_slots and xsks):
  *   xsks       XSKMAP, slot -> AF_XDP socket. Indexed by a slot, not by the
- *              rx queue: every pod veth receives on queue 0.
+ *              rx queue: one program serves every port, whose queues overlap.
  *   xsk_slots  (ifindex, queue) -> slot.
  *   counters   per-CPU u64 counters, indices below.
  *
